@@ -1,0 +1,283 @@
+//! A whole federation in one process: a gateway and N regional nodes on loopback, each node
+//! with its own SQLite file. Used by `domicile dev` and by the integration-test harness.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use domicile_gateway::{Gateway, GatewayConfig, RegionConfig};
+use domicile_node::{Node, NodeConfig};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// A region to start.
+#[derive(Debug, Clone)]
+pub struct RegionSpec {
+    /// Region id.
+    pub id: String,
+    /// Countries it serves.
+    pub countries: Vec<String>,
+    /// When true, the region's port accepts connections but never answers (a hung node).
+    pub unresponsive: bool,
+}
+
+/// Builds a [`Federation`].
+#[derive(Debug, Clone)]
+pub struct FederationBuilder {
+    regions: Vec<RegionSpec>,
+    data_dir: Option<PathBuf>,
+    gateway_addr: SocketAddr,
+    min_group_size: u32,
+    default_deadline: Duration,
+}
+
+impl Default for FederationBuilder {
+    fn default() -> Self {
+        Self {
+            regions: Vec::new(),
+            data_dir: None,
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            min_group_size: 5,
+            default_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+impl FederationBuilder {
+    /// Adds a region serving `countries`.
+    pub fn region(mut self, id: &str, countries: &[&str]) -> Self {
+        self.regions.push(RegionSpec {
+            id: id.to_owned(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+            unresponsive: false,
+        });
+        self
+    }
+
+    /// Adds a region whose node accepts connections but never answers.
+    pub fn unresponsive_region(mut self, id: &str, countries: &[&str]) -> Self {
+        self.regions.push(RegionSpec {
+            id: id.to_owned(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+            unresponsive: true,
+        });
+        self
+    }
+
+    /// Keeps node files under `dir` (default: a temporary directory removed on drop).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The gateway's listen address (default `127.0.0.1:0`, an ephemeral port).
+    pub fn gateway_addr(mut self, addr: SocketAddr) -> Self {
+        self.gateway_addr = addr;
+        self
+    }
+
+    /// The nodes' *k* (default 5).
+    pub fn min_group_size(mut self, k: u32) -> Self {
+        self.min_group_size = k;
+        self
+    }
+
+    /// The gateway's deadline for calls that carry none (default 5 s).
+    pub fn default_deadline(mut self, d: Duration) -> Self {
+        self.default_deadline = d;
+        self
+    }
+
+    /// Starts every node, then the gateway, and waits until all listeners are bound.
+    pub async fn start(self) -> anyhow::Result<Federation> {
+        let (tempdir, data_dir) = match &self.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().context("creating a temporary data directory")?;
+                let p = t.path().to_owned();
+                (Some(t), p)
+            }
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut nodes = Vec::new();
+        let mut region_configs = Vec::new();
+        for spec in &self.regions {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let addr = listener.local_addr()?;
+            let database = data_dir.join(format!("{}.sqlite", spec.id));
+            let (tx, rx) = oneshot::channel::<()>();
+            let task = if spec.unresponsive {
+                // Hold the socket open without ever accepting: connections hang in the backlog.
+                tokio::spawn(async move {
+                    let _listener = listener;
+                    let _ = rx.await;
+                    Ok(())
+                })
+            } else {
+                let countries: Vec<&str> = spec.countries.iter().map(String::as_str).collect();
+                let mut config = NodeConfig::new(&spec.id, &countries, database.clone());
+                config.listen = addr;
+                config.min_group_size = self.min_group_size;
+                let node =
+                    Node::open(config).with_context(|| format!("opening node {}", spec.id))?;
+                tokio::spawn(async move {
+                    domicile_node::serve(node, listener, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+                })
+            };
+            region_configs.push(RegionConfig {
+                id: spec.id.clone(),
+                countries: spec.countries.clone(),
+                endpoints: vec![format!("http://{addr}")],
+            });
+            nodes.push(RunningNode {
+                region_id: spec.id.clone(),
+                addr,
+                database,
+                shutdown: Some(tx),
+                task: Some(task),
+            });
+        }
+        let mut config = GatewayConfig::new(region_configs);
+        config.default_deadline_ms = self.default_deadline.as_millis() as u64;
+        config.max_deadline_ms = config.max_deadline_ms.max(config.default_deadline_ms);
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("gateway configuration: {e}"))?;
+        let listener = TcpListener::bind(self.gateway_addr)
+            .await
+            .with_context(|| format!("binding the gateway to {}", self.gateway_addr))?;
+        let gateway_addr = listener.local_addr()?;
+        config.listen = gateway_addr;
+        let gateway = Gateway::new(config)?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let gateway_task = tokio::spawn(async move {
+            domicile_gateway::serve(gateway, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        });
+        Ok(Federation {
+            gateway_addr,
+            data_dir,
+            nodes,
+            gateway_shutdown: Some(tx),
+            gateway_task: Some(gateway_task),
+            _tempdir: tempdir,
+        })
+    }
+}
+
+/// A node started by a [`Federation`].
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Its region.
+    pub region_id: String,
+    /// Its federation address.
+    pub addr: SocketAddr,
+    /// Its SQLite file.
+    pub database: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningNode {
+    async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Graceful shutdown waits for open connections; do not wait for ever.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// A running federation; everything stops when it is dropped.
+#[derive(Debug)]
+pub struct Federation {
+    /// The gateway's address.
+    pub gateway_addr: SocketAddr,
+    /// Where the nodes keep their files.
+    pub data_dir: PathBuf,
+    /// The nodes, in the order their regions were added.
+    pub nodes: Vec<RunningNode>,
+    gateway_shutdown: Option<oneshot::Sender<()>>,
+    gateway_task: Option<JoinHandle<anyhow::Result<()>>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Federation {
+    /// A builder with no regions yet.
+    pub fn builder() -> FederationBuilder {
+        FederationBuilder::default()
+    }
+
+    /// The node of `region_id`.
+    pub fn node(&self, region_id: &str) -> Option<&RunningNode> {
+        self.nodes.iter().find(|n| n.region_id == region_id)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops one region's node (its listener closes; the gateway sees it as unavailable).
+    pub async fn stop_node(&mut self, region_id: &str) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.region_id == region_id) {
+            n.stop().await;
+        }
+    }
+
+    /// Stops the gateway and every node.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.gateway_shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.gateway_task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for n in &mut self.nodes {
+            n.stop().await;
+        }
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if let Some(tx) = self.gateway_shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.gateway_task.take() {
+            task.abort();
+        }
+        for n in &mut self.nodes {
+            if let Some(tx) = n.shutdown.take() {
+                let _ = tx.send(());
+            }
+            if let Some(task) = n.task.take() {
+                task.abort();
+            }
+        }
+    }
+}

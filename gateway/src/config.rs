@@ -1,0 +1,211 @@
+//! Gateway configuration, read from TOML (`domicile gateway --config gateway.toml`).
+//!
+//! ```toml
+//! listen = "0.0.0.0:50051"
+//! default_deadline_ms = 5000
+//!
+//! [[regions]]
+//! id = "eu-de"
+//! countries = ["DE", "AT"]
+//! endpoints = ["http://10.0.1.10:50061", "http://10.0.1.11:50061"]
+//! ```
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use domicile_proto::domain::{is_country_code, is_region_id};
+use serde::Deserialize;
+
+/// Configuration of the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address of the public gRPC listener. Default `127.0.0.1:50051`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The regions of the federation. At least one.
+    pub regions: Vec<RegionConfig>,
+    /// Deadline applied to a call that carries none, in milliseconds. Default 5000.
+    #[serde(default = "default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    /// Upper bound on any caller's deadline, in milliseconds. Default 30000.
+    #[serde(default = "default_max_deadline_ms")]
+    pub max_deadline_ms: u64,
+    /// Most records accepted in one `Ingest` request, over all envelopes. Default 1000.
+    #[serde(default = "default_max_records")]
+    pub max_records_per_request: usize,
+    /// Timeout of a region health probe (`ListRegions`), in milliseconds. Default 1000.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+}
+
+/// One region in the gateway's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Region id; must equal the node's own `region_id`.
+    pub id: String,
+    /// Countries routed to this region. Each country belongs to exactly one region.
+    pub countries: Vec<String>,
+    /// Federation endpoints of the region's node replicas, e.g. `http://10.0.1.10:50061`.
+    /// Calls are balanced across them.
+    pub endpoints: Vec<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_deadline_ms() -> u64 {
+    5000
+}
+fn default_max_deadline_ms() -> u64 {
+    30_000
+}
+fn default_max_records() -> usize {
+    1000
+}
+fn default_probe_timeout_ms() -> u64 {
+    1000
+}
+
+/// A configuration error, with the path of the offending option.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The option, e.g. `regions[1].countries[0]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl GatewayConfig {
+    /// A configuration with defaults and the given regions.
+    pub fn new(regions: Vec<RegionConfig>) -> Self {
+        Self {
+            listen: default_listen(),
+            regions,
+            default_deadline_ms: default_deadline_ms(),
+            max_deadline_ms: default_max_deadline_ms(),
+            max_records_per_request: default_max_records(),
+            probe_timeout_ms: default_probe_timeout_ms(),
+        }
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            path: e
+                .span()
+                .map_or_else(String::new, |s| format!("byte {}", s.start)),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The default deadline.
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// The largest deadline.
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_millis(self.max_deadline_ms)
+    }
+
+    /// Checks every option; the first error names its path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |path: String, message: &str| {
+            Err(ConfigError {
+                path,
+                message: message.to_owned(),
+            })
+        };
+        if self.regions.is_empty() {
+            return err("regions".into(), "at least one region is required");
+        }
+        let mut owner: HashMap<&str, &str> = HashMap::new();
+        let mut ids = HashMap::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            if !is_region_id(&r.id) {
+                return err(
+                    format!("regions[{i}].id"),
+                    "must be 1 to 63 characters of a-z, 0-9 and '-'",
+                );
+            }
+            if ids.insert(r.id.as_str(), i).is_some() {
+                return err(format!("regions[{i}].id"), "duplicate region id");
+            }
+            if r.countries.is_empty() {
+                return err(
+                    format!("regions[{i}].countries"),
+                    "at least one country is required",
+                );
+            }
+            for (j, c) in r.countries.iter().enumerate() {
+                if !is_country_code(c) {
+                    return err(
+                        format!("regions[{i}].countries[{j}]"),
+                        "must be an ISO 3166-1 alpha-2 code in upper case",
+                    );
+                }
+                if let Some(other) = owner.insert(c, &r.id) {
+                    return err(
+                        format!("regions[{i}].countries[{j}]"),
+                        &format!("{c} is already served by region {other}"),
+                    );
+                }
+            }
+            if r.endpoints.is_empty() {
+                return err(
+                    format!("regions[{i}].endpoints"),
+                    "at least one endpoint is required",
+                );
+            }
+            for (j, e) in r.endpoints.iter().enumerate() {
+                if tonic::transport::Endpoint::from_shared(e.clone()).is_err()
+                    || !(e.starts_with("http://") || e.starts_with("https://"))
+                {
+                    return err(
+                        format!("regions[{i}].endpoints[{j}]"),
+                        "must be a URL like http://host:port",
+                    );
+                }
+            }
+        }
+        if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
+            return err(
+                "default_deadline_ms".into(),
+                "must be positive and at most max_deadline_ms",
+            );
+        }
+        if self.max_records_per_request == 0 || self.max_records_per_request > 100_000 {
+            return err("max_records_per_request".into(), "must be 1 to 100000");
+        }
+        if self.probe_timeout_ms == 0 {
+            return err("probe_timeout_ms".into(), "must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_country_belongs_to_one_region() {
+        let toml = r#"
+            [[regions]]
+            id = "eu-de"
+            countries = ["DE"]
+            endpoints = ["http://127.0.0.1:1"]
+            [[regions]]
+            id = "eu-fr"
+            countries = ["FR", "DE"]
+            endpoints = ["http://127.0.0.1:2"]
+        "#;
+        let e = GatewayConfig::from_toml(toml).unwrap_err();
+        assert_eq!(e.path, "regions[1].countries[1]");
+        assert!(e.message.contains("eu-de"));
+    }
+}

@@ -1,0 +1,109 @@
+//! One concurrent call per region under a deadline, with each region's outcome.
+//!
+//! A slow or dead region never holds the answer past the deadline: each call is raced against
+//! the same timer, and whatever has not answered by then is reported as
+//! `REGION_STATUS_DEADLINE_EXCEEDED`.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use domicile_proto::pb::{RegionCoverage, RegionStatus};
+use tonic::{Code, Status};
+
+use crate::directory::Region;
+
+/// How one region took part.
+#[derive(Debug)]
+pub struct RegionOutcome<T> {
+    /// The region.
+    pub region: Arc<Region>,
+    /// Its answer, or why there is none.
+    pub result: Result<T, RegionFailure>,
+    /// How long the gateway waited.
+    pub latency: Duration,
+}
+
+/// Why a region's answer is missing.
+#[derive(Debug, Clone)]
+pub struct RegionFailure {
+    /// The status to report.
+    pub status: RegionStatus,
+    /// A description for the coverage entry.
+    pub detail: String,
+}
+
+impl RegionFailure {
+    fn from_status(s: &Status) -> Self {
+        let status = match s.code() {
+            Code::DeadlineExceeded => RegionStatus::DeadlineExceeded,
+            Code::PermissionDenied | Code::FailedPrecondition => RegionStatus::DeniedByPolicy,
+            Code::InvalidArgument => RegionStatus::Rejected,
+            _ => RegionStatus::Unavailable,
+        };
+        Self {
+            status,
+            detail: format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+impl<T> RegionOutcome<T> {
+    /// The coverage entry for this outcome (group counts filled by the caller).
+    pub fn coverage(&self) -> RegionCoverage {
+        let (status, detail) = match &self.result {
+            Ok(_) => (RegionStatus::Ok, String::new()),
+            Err(f) => (f.status, f.detail.clone()),
+        };
+        RegionCoverage {
+            region_id: self.region.id.clone(),
+            status: status as i32,
+            detail,
+            latency_ms: u32::try_from(self.latency.as_millis()).unwrap_or(u32::MAX),
+            groups_released: 0,
+            groups_suppressed: 0,
+        }
+    }
+}
+
+/// Calls `call` for every `(region, input)` concurrently, each with `deadline`; returns one
+/// outcome per region, in input order, no later than the deadline.
+pub async fn fan_out<I, T, F, Fut>(
+    targets: Vec<(Arc<Region>, I)>,
+    deadline: Duration,
+    call: F,
+) -> Vec<RegionOutcome<T>>
+where
+    F: Fn(Arc<Region>, I, Duration) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let started = Instant::now();
+    let calls = targets.into_iter().map(|(region, input)| {
+        let fut = call(region.clone(), input, deadline);
+        async move {
+            let result = match tokio::time::timeout(deadline, fut).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(status)) => Err(RegionFailure::from_status(&status)),
+                Err(_) => Err(RegionFailure {
+                    status: RegionStatus::DeadlineExceeded,
+                    detail: format!("no answer within {} ms", deadline.as_millis()),
+                }),
+            };
+            RegionOutcome {
+                region,
+                result,
+                latency: started.elapsed(),
+            }
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// A request to a region carrying the deadline as `grpc-timeout`.
+pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(deadline);
+    r
+}

@@ -1,0 +1,36 @@
+//! The gateway's public listener: `Gateway`, gRPC health and server reflection.
+
+use std::future::Future;
+
+use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{gateway::Gateway, service::GatewayService};
+
+/// Largest request the public listener decodes: a full batch of 1,000 records of at most
+/// 64 KiB each, plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+
+/// Serves the gateway on an already-bound listener until `shutdown` completes.
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let service = GatewayServer::new(GatewayService::new(gateway))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

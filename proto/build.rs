@@ -1,0 +1,35 @@
+//! Compiles `domicile/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no `protoc`
+//! is needed) and generates prost messages and tonic clients and servers.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "domicile/v1/common.proto",
+    "domicile/v1/records.proto",
+    "domicile/v1/aggregate.proto",
+    "domicile/v1/gateway.proto",
+    "domicile/v1/node.proto",
+];
+
+/// Messages that hold personal data in plaintext: their `Debug` is written by hand so that a
+/// stray `{:?}` in a log line cannot leak them.
+const REDACTED_DEBUG: &[&str] = &[
+    "domicile.v1.SubjectRecord",
+    "domicile.v1.InteractionRecord",
+    "domicile.v1.SurveyAnswer",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["."])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out_dir.join("domicile_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .skip_debug(REDACTED_DEBUG.iter().copied())
+        .compile_fds(fds)?;
+    Ok(())
+}

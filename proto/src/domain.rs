@@ -1,0 +1,518 @@
+//! Validated domain types, converted from wire messages at the one place they are received.
+//!
+//! Every conversion reports all violations with their field path (see [`crate::error`]) and
+//! never echoes a personal value in a description.
+
+use crate::error::Violations;
+use crate::pb::{
+    AggregateQuery, Channel, Dimension, Direction, InteractionRecord, Metric, Purpose,
+    SubjectRecord,
+};
+
+/// Longest tenant id.
+pub const MAX_TENANT_LEN: usize = 63;
+/// Longest external id, interaction id or idempotency key.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest free-text comment, in bytes.
+pub const MAX_COMMENT_LEN: usize = 4096;
+/// Longest profile field (name, e-mail, phone, postal code, language), in bytes.
+pub const MAX_PROFILE_FIELD_LEN: usize = 256;
+/// Longest outcome or team code, in bytes.
+pub const MAX_CODE_LEN: usize = 64;
+/// Earliest accepted interaction time: 2000-01-01T00:00:00Z.
+pub const MIN_TIMESTAMP: i64 = 946_684_800;
+/// Latest accepted interaction time: 2100-01-01T00:00:00Z.
+pub const MAX_TIMESTAMP: i64 = 4_102_444_800;
+/// Longest handle time: one day.
+pub const MAX_HANDLE_TIME_SECONDS: u32 = 86_400;
+
+/// A tenant id: 1 to 63 of `a-z 0-9 - _`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Validates `s` as the tenant id at `field`.
+    pub fn parse(s: &str, field: &str) -> Result<Self, Violations> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_TENANT_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && s.as_bytes()[0].is_ascii_alphanumeric();
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Violations::one(
+                field,
+                "must be 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            ))
+        }
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// True for an ISO 3166-1 alpha-2 shaped code: two upper-case ASCII letters.
+pub fn is_country_code(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// True for a region id: 1 to 63 of `a-z 0-9 -`, starting with a letter or digit.
+pub fn is_region_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// True for an id (external id, interaction id, idempotency key): 1 to 128 bytes, no control
+/// characters.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control)
+}
+
+/// A validated aggregate query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateSpec {
+    /// Declared purpose.
+    pub purpose: Purpose,
+    /// Metrics, in request order, without duplicates.
+    pub metrics: Vec<Metric>,
+    /// Grouping dimensions, in request order, without duplicates.
+    pub group_by: Vec<Dimension>,
+    /// Inclusive start, Unix seconds.
+    pub start: Option<i64>,
+    /// Exclusive end, Unix seconds.
+    pub end: Option<i64>,
+    /// Channels to keep; empty keeps all.
+    pub channels: Vec<Channel>,
+    /// Requested minimum group size (0: the region's own).
+    pub min_group_size: u32,
+}
+
+/// Largest `min_group_size` a request may ask for.
+pub const MAX_MIN_GROUP_SIZE: u32 = 1_000_000;
+
+impl AggregateSpec {
+    /// Validates `query`, found at `path` in the request (e.g. `"query"`).
+    pub fn from_query(query: Option<&AggregateQuery>, path: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let Some(q) = query else {
+            return Err(Violations::one(path, "required"));
+        };
+        let purpose = match Purpose::try_from(q.purpose) {
+            Ok(Purpose::Unspecified) | Err(_) => {
+                v.add(
+                    format!("{path}.purpose"),
+                    "required: a known Purpose other than UNSPECIFIED",
+                );
+                Purpose::Unspecified
+            }
+            Ok(p) => p,
+        };
+        let metrics = enum_list(
+            &q.metrics,
+            &format!("{path}.metrics"),
+            &mut v,
+            Metric::Unspecified,
+        );
+        if q.metrics.is_empty() {
+            v.add(format!("{path}.metrics"), "at least one metric is required");
+        }
+        let group_by = enum_list(
+            &q.group_by,
+            &format!("{path}.group_by"),
+            &mut v,
+            Dimension::Unspecified,
+        );
+        let channels = enum_list(
+            &q.channels,
+            &format!("{path}.channels"),
+            &mut v,
+            Channel::Unspecified,
+        );
+        let (mut start, mut end) = (None, None);
+        if let Some(range) = &q.time_range {
+            start = range.start.as_ref().map(|t| t.seconds);
+            end = range.end.as_ref().map(|t| t.seconds);
+            if let (Some(s), Some(e)) = (start, end)
+                && s >= e
+            {
+                v.add(format!("{path}.time_range"), "start must be before end");
+            }
+        }
+        if q.min_group_size > MAX_MIN_GROUP_SIZE {
+            v.add(
+                format!("{path}.min_group_size"),
+                format!("at most {MAX_MIN_GROUP_SIZE}"),
+            );
+        }
+        v.into_result(Self {
+            purpose,
+            metrics,
+            group_by,
+            start,
+            end,
+            channels,
+            min_group_size: q.min_group_size,
+        })
+    }
+
+    /// Back to the wire form (for forwarding to regions).
+    pub fn to_query(&self) -> AggregateQuery {
+        AggregateQuery {
+            purpose: self.purpose as i32,
+            metrics: self.metrics.iter().map(|m| *m as i32).collect(),
+            group_by: self.group_by.iter().map(|d| *d as i32).collect(),
+            time_range: (self.start.is_some() || self.end.is_some()).then(|| {
+                crate::pb::TimeRange {
+                    start: self
+                        .start
+                        .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+                    end: self
+                        .end
+                        .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+                }
+            }),
+            channels: self.channels.iter().map(|c| *c as i32).collect(),
+            min_group_size: self.min_group_size,
+        }
+    }
+}
+
+/// Decodes a repeated enum field: every value known, none UNSPECIFIED, no duplicates.
+fn enum_list<E>(values: &[i32], path: &str, v: &mut Violations, unspecified: E) -> Vec<E>
+where
+    E: TryFrom<i32> + PartialEq + Copy,
+{
+    let mut out: Vec<E> = Vec::with_capacity(values.len());
+    for (i, raw) in values.iter().enumerate() {
+        match E::try_from(*raw) {
+            Ok(e) if e == unspecified => v.add(format!("{path}[{i}]"), "must not be UNSPECIFIED"),
+            Ok(e) if out.contains(&e) => v.add(format!("{path}[{i}]"), "duplicate value"),
+            Ok(e) => out.push(e),
+            Err(_) => v.add(format!("{path}[{i}]"), format!("unknown enum value {raw}")),
+        }
+    }
+    out
+}
+
+/// A validated customer profile.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The tenant's key for the customer.
+    pub external_id: String,
+    /// Full name, possibly empty.
+    pub full_name: String,
+    /// E-mail, possibly empty.
+    pub email: String,
+    /// Phone, possibly empty.
+    pub phone: String,
+    /// Postal code, possibly empty.
+    pub postal_code: String,
+    /// BCP 47 language tag, possibly empty.
+    pub language: String,
+    /// Year of birth, when known.
+    pub birth_year: Option<u16>,
+}
+
+impl std::fmt::Debug for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subject").finish_non_exhaustive()
+    }
+}
+
+impl Subject {
+    /// Validates a sealed subject payload; field paths start at `path`.
+    pub fn validate(r: SubjectRecord, path: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        if !is_valid_id(&r.external_id) {
+            v.add(
+                format!("{path}.external_id"),
+                "must be 1 to 128 bytes without control characters",
+            );
+        }
+        for (name, value) in [
+            ("full_name", &r.full_name),
+            ("email", &r.email),
+            ("phone", &r.phone),
+            ("postal_code", &r.postal_code),
+            ("language", &r.language),
+        ] {
+            if value.len() > MAX_PROFILE_FIELD_LEN {
+                v.add(
+                    format!("{path}.{name}"),
+                    format!("at most {MAX_PROFILE_FIELD_LEN} bytes"),
+                );
+            }
+        }
+        let birth_year = match r.birth_year {
+            0 => None,
+            y @ 1900..=2100 => Some(y as u16),
+            _ => {
+                v.add(
+                    format!("{path}.birth_year"),
+                    "must be 0 (unknown) or 1900 to 2100",
+                );
+                None
+            }
+        };
+        v.into_result(Self {
+            external_id: r.external_id,
+            full_name: r.full_name,
+            email: r.email,
+            phone: r.phone,
+            postal_code: r.postal_code,
+            language: r.language,
+            birth_year,
+        })
+    }
+}
+
+/// A validated survey answer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Survey {
+    /// Survey id.
+    pub survey_id: String,
+    /// NPS 0..=10.
+    pub nps: Option<u8>,
+    /// CSAT 1..=5.
+    pub csat: Option<u8>,
+    /// CES 1..=7.
+    pub ces: Option<u8>,
+    /// Free text (personal data), possibly empty.
+    pub comment: String,
+}
+
+/// A validated interaction.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Interaction {
+    /// The tenant's id of the interaction.
+    pub interaction_id: String,
+    /// The subject's external id.
+    pub subject_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Direction.
+    pub direction: Direction,
+    /// Start, Unix seconds.
+    pub started_at: i64,
+    /// End, Unix seconds.
+    pub ended_at: Option<i64>,
+    /// Handle time in seconds.
+    pub handle_time_seconds: u32,
+    /// Outcome code.
+    pub outcome: String,
+    /// Agent team.
+    pub agent_team: String,
+    /// Whether it was recorded.
+    pub recorded: bool,
+    /// Survey answer, if any.
+    pub survey: Option<Survey>,
+}
+
+impl std::fmt::Debug for Interaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interaction")
+            .field("channel", &self.channel)
+            .field("started_at", &self.started_at)
+            .finish_non_exhaustive()
+    }
+}
+
+fn score(
+    value: Option<u32>,
+    range: std::ops::RangeInclusive<u32>,
+    field: String,
+    v: &mut Violations,
+) -> Option<u8> {
+    match value {
+        None => None,
+        Some(x) if range.contains(&x) => Some(x as u8),
+        Some(_) => {
+            v.add(
+                field,
+                format!("must be {} to {}", range.start(), range.end()),
+            );
+            None
+        }
+    }
+}
+
+fn timestamp(ts: &prost_types::Timestamp, field: String, v: &mut Violations) -> i64 {
+    if !(MIN_TIMESTAMP..MAX_TIMESTAMP).contains(&ts.seconds)
+        || !(0..1_000_000_000).contains(&ts.nanos)
+    {
+        v.add(field, "must be between 2000-01-01 and 2100-01-01 UTC");
+    }
+    ts.seconds
+}
+
+impl Interaction {
+    /// Validates a sealed interaction payload; field paths start at `path`.
+    pub fn validate(r: InteractionRecord, path: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        for (name, value) in [
+            ("interaction_id", &r.interaction_id),
+            ("subject_external_id", &r.subject_external_id),
+        ] {
+            if !is_valid_id(value) {
+                v.add(
+                    format!("{path}.{name}"),
+                    "must be 1 to 128 bytes without control characters",
+                );
+            }
+        }
+        let channel = match Channel::try_from(r.channel) {
+            Ok(Channel::Unspecified) | Err(_) => {
+                v.add(
+                    format!("{path}.channel"),
+                    "required: a known Channel other than UNSPECIFIED",
+                );
+                Channel::Unspecified
+            }
+            Ok(c) => c,
+        };
+        let direction = Direction::try_from(r.direction).unwrap_or_else(|_| {
+            v.add(
+                format!("{path}.direction"),
+                format!("unknown enum value {}", r.direction),
+            );
+            Direction::Unspecified
+        });
+        let started_at = match &r.started_at {
+            Some(ts) => timestamp(ts, format!("{path}.started_at"), &mut v),
+            None => {
+                v.add(format!("{path}.started_at"), "required");
+                0
+            }
+        };
+        let ended_at = r.ended_at.as_ref().map(|ts| {
+            let t = timestamp(ts, format!("{path}.ended_at"), &mut v);
+            if t < started_at {
+                v.add(format!("{path}.ended_at"), "must not be before started_at");
+            }
+            t
+        });
+        if r.handle_time_seconds > MAX_HANDLE_TIME_SECONDS {
+            v.add(
+                format!("{path}.handle_time_seconds"),
+                format!("at most {MAX_HANDLE_TIME_SECONDS}"),
+            );
+        }
+        for (name, value) in [("outcome", &r.outcome), ("agent_team", &r.agent_team)] {
+            if value.len() > MAX_CODE_LEN || value.chars().any(char::is_control) {
+                v.add(
+                    format!("{path}.{name}"),
+                    format!("at most {MAX_CODE_LEN} bytes without control characters"),
+                );
+            }
+        }
+        let survey = r.survey.map(|s| {
+            let sp = format!("{path}.survey");
+            if s.survey_id.is_empty() || s.survey_id.len() > MAX_CODE_LEN {
+                v.add(
+                    format!("{sp}.survey_id"),
+                    format!("must be 1 to {MAX_CODE_LEN} bytes"),
+                );
+            }
+            if s.comment.len() > MAX_COMMENT_LEN {
+                v.add(
+                    format!("{sp}.comment"),
+                    format!("at most {MAX_COMMENT_LEN} bytes"),
+                );
+            }
+            Survey {
+                nps: score(s.nps, 0..=10, format!("{sp}.nps"), &mut v),
+                csat: score(s.csat, 1..=5, format!("{sp}.csat"), &mut v),
+                ces: score(s.ces, 1..=7, format!("{sp}.ces"), &mut v),
+                survey_id: s.survey_id,
+                comment: s.comment,
+            }
+        });
+        v.into_result(Self {
+            interaction_id: r.interaction_id,
+            subject_id: r.subject_external_id,
+            channel,
+            direction,
+            started_at,
+            ended_at,
+            handle_time_seconds: r.handle_time_seconds,
+            outcome: r.outcome,
+            agent_team: r.agent_team,
+            recorded: r.recorded,
+            survey,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::SurveyAnswer;
+
+    #[test]
+    fn tenant_ids() {
+        assert!(TenantId::parse("acme-eu_1", "tenant_id").is_ok());
+        for bad in ["", "-acme", "Acme", "a b", &"a".repeat(64)] {
+            let err = TenantId::parse(bad, "tenant_id").unwrap_err();
+            assert_eq!(err.0[0].field, "tenant_id");
+        }
+    }
+
+    #[test]
+    fn aggregate_query_violations_name_each_field() {
+        let q = AggregateQuery {
+            purpose: 0,
+            metrics: vec![Metric::Count as i32, 99, Metric::Count as i32],
+            group_by: vec![0],
+            ..Default::default()
+        };
+        let err = AggregateSpec::from_query(Some(&q), "query").unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "query.purpose",
+                "query.metrics[1]",
+                "query.metrics[2]",
+                "query.group_by[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn interaction_scores_are_range_checked_without_echoing_values() {
+        let r = InteractionRecord {
+            interaction_id: "i1".into(),
+            subject_external_id: "s1".into(),
+            channel: Channel::Phone as i32,
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            survey: Some(SurveyAnswer {
+                survey_id: "relational".into(),
+                nps: Some(11),
+                csat: Some(0),
+                comment: "call me at +49 170 1234567".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Interaction::validate(r, "payload.interaction").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("payload.interaction.survey.nps: must be 0 to 10"));
+        assert!(text.contains("payload.interaction.survey.csat: must be 1 to 5"));
+        assert!(!text.contains("1234567"));
+    }
+}

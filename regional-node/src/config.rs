@@ -1,0 +1,158 @@
+//! Node configuration, read from TOML (`domicile node --config node.toml`).
+//!
+//! ```toml
+//! region_id = "eu-de"          # required
+//! countries = ["DE"]           # required: the jurisdiction, ISO 3166-1 alpha-2
+//! listen = "127.0.0.1:50061"   # federation listener
+//! database = "/var/lib/domicile/eu-de.sqlite"
+//! sealing_key_file = "/etc/domicile/eu-de.sealing.key"
+//! min_group_size = 5
+//! max_records_per_envelope = 1000
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use domicile_proto::domain::{is_country_code, is_region_id};
+use serde::Deserialize;
+
+/// Configuration of one regional node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Region id, e.g. `eu-de`: 1 to 63 of `a-z 0-9 -`. Required.
+    pub region_id: String,
+    /// Countries whose subjects this node holds (ISO 3166-1 alpha-2, upper case). Required,
+    /// at least one. Records for any other country are refused.
+    pub countries: Vec<String>,
+    /// Address of the federation listener. Default `127.0.0.1:50061`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Path of the SQLite database file; created if missing. Default `domicile-node.sqlite`.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Path of the region's sealing private key (32 raw bytes). Created with a fresh key, mode
+    /// 0600, if missing. Default `sealing.key` beside the database.
+    #[serde(default)]
+    pub sealing_key_file: Option<PathBuf>,
+    /// Minimum distinct subjects per released aggregate group (*k*). Default 5, at least 2.
+    #[serde(default = "default_k")]
+    pub min_group_size: u32,
+    /// Most records accepted in one envelope. Default 1000.
+    #[serde(default = "default_max_records")]
+    pub max_records_per_envelope: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50061))
+}
+fn default_database() -> PathBuf {
+    PathBuf::from("domicile-node.sqlite")
+}
+fn default_k() -> u32 {
+    5
+}
+fn default_max_records() -> usize {
+    1000
+}
+
+/// A configuration error, with the path of the offending option.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The option, e.g. `countries[1]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the region and its countries.
+    pub fn new(region_id: &str, countries: &[&str], database: PathBuf) -> Self {
+        Self {
+            region_id: region_id.to_owned(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+            listen: default_listen(),
+            database,
+            sealing_key_file: None,
+            min_group_size: default_k(),
+            max_records_per_envelope: default_max_records(),
+        }
+    }
+
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            path: e
+                .span()
+                .map_or_else(String::new, |s| format!("byte {}", s.start)),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The sealing key file: the configured one, or `sealing.key` beside the database.
+    pub fn sealing_key_path(&self) -> PathBuf {
+        self.sealing_key_file.clone().unwrap_or_else(|| {
+            let mut p = self.database.clone();
+            p.set_extension("sealing.key");
+            p
+        })
+    }
+
+    /// Checks every option; the first error names its path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |path: &str, message: &str| {
+            Err(ConfigError {
+                path: path.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if !is_region_id(&self.region_id) {
+            return err(
+                "region_id",
+                "must be 1 to 63 characters of a-z, 0-9 and '-'",
+            );
+        }
+        if self.countries.is_empty() {
+            return err("countries", "at least one country is required");
+        }
+        for (i, c) in self.countries.iter().enumerate() {
+            if !is_country_code(c) {
+                return err(
+                    &format!("countries[{i}]"),
+                    "must be an ISO 3166-1 alpha-2 code in upper case",
+                );
+            }
+        }
+        if self.min_group_size < 2 {
+            return err("min_group_size", "must be at least 2");
+        }
+        if self.max_records_per_envelope == 0 || self.max_records_per_envelope > 100_000 {
+            return err("max_records_per_envelope", "must be 1 to 100000");
+        }
+        Ok(())
+    }
+
+    /// True when `country` is in this node's jurisdiction.
+    pub fn serves(&self, country: &str) -> bool {
+        self.countries.iter().any(|c| c == country)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_names_bad_options() {
+        let c = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\n").unwrap();
+        assert_eq!(c.min_group_size, 5);
+        let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\", \"fr\"]\n")
+            .unwrap_err();
+        assert_eq!(e.path, "countries[1]");
+        let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\nbogus = 1\n")
+            .unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Opening and checking one sealed envelope: every record gets its own verdict, and no bad
+//! record affects another.
+//!
+//! Checks run cheapest and most telling first: metadata shape, jurisdiction (a record for a
+//! country outside the node's jurisdiction is refused without being opened), the seal, the
+//! payload's kind, then the payload's fields.
+
+use std::collections::HashSet;
+
+use domicile_proto::{
+    domain::{Interaction, Subject, is_country_code, is_valid_id},
+    pb::{
+        RecordKind, RecordResult, RecordStatus, RejectReason, SealedEnvelope,
+        record_payload::Record,
+    },
+    seal::{EnvelopeOpener, SealingKeyPair, payload_kind},
+};
+
+use crate::storage::{RecordBody, StoredRecord};
+
+/// The verdict on one record before storage.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Valid; to be stored.
+    Store(StoredRecord),
+    /// Refused, with the reason and a description that names a field, never a value.
+    Reject(RejectReason, String),
+}
+
+/// Opens and validates every record of `envelope`, in order.
+pub fn open_envelope(
+    keys: &SealingKeyPair,
+    tenant: &str,
+    jurisdiction: &[String],
+    envelope: &SealedEnvelope,
+) -> Vec<Verdict> {
+    if envelope.key_id != keys.public().key_id() {
+        return reject_all(
+            envelope,
+            RejectReason::UnknownKey,
+            "envelope.key_id: not a key of this region; fetch ListRegions again",
+        );
+    }
+    let opener = match EnvelopeOpener::new(
+        keys,
+        tenant,
+        &envelope.region_id,
+        &envelope.encapsulated_key,
+    ) {
+        Ok(o) => o,
+        Err(_) => {
+            return reject_all(
+                envelope,
+                RejectReason::SealInvalid,
+                "envelope.encapsulated_key: not a valid X25519 encapsulated key",
+            );
+        }
+    };
+    let mut seen = HashSet::with_capacity(envelope.records.len());
+    envelope
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let path = format!("envelope.records[{i}]");
+            if !seen.insert(record.seq) {
+                return Verdict::Reject(
+                    RejectReason::MetadataInvalid,
+                    format!("{path}.seq: duplicate within the envelope"),
+                );
+            }
+            if !is_valid_id(&record.idempotency_key) {
+                return Verdict::Reject(
+                    RejectReason::MetadataInvalid,
+                    format!(
+                        "{path}.idempotency_key: must be 1 to 128 bytes without control characters"
+                    ),
+                );
+            }
+            if !is_country_code(&record.country) {
+                return Verdict::Reject(
+                    RejectReason::MetadataInvalid,
+                    format!("{path}.country: must be an ISO 3166-1 alpha-2 code in upper case"),
+                );
+            }
+            let kind = match RecordKind::try_from(record.kind) {
+                Ok(RecordKind::Unspecified) | Err(_) => {
+                    return Verdict::Reject(
+                        RejectReason::MetadataInvalid,
+                        format!(
+                            "{path}.kind: must be RECORD_KIND_SUBJECT or RECORD_KIND_INTERACTION"
+                        ),
+                    );
+                }
+                Ok(k) => k,
+            };
+            if !jurisdiction.iter().any(|c| *c == record.country) {
+                return Verdict::Reject(
+                    RejectReason::CountryOutsideJurisdiction,
+                    format!(
+                        "{path}.country: {} is outside this region's jurisdiction",
+                        record.country
+                    ),
+                );
+            }
+            let payload = match opener.open(record) {
+                Ok(p) => p,
+                Err(domicile_proto::seal::SealError::MalformedPayload) => {
+                    return Verdict::Reject(
+                        RejectReason::PayloadInvalid,
+                        format!("{path}.ciphertext: opened, but is not a RecordPayload message"),
+                    );
+                }
+                Err(e) => {
+                    return Verdict::Reject(
+                        RejectReason::SealInvalid,
+                        format!("{path}.ciphertext: {e}"),
+                    );
+                }
+            };
+            if payload_kind(&payload) != kind {
+                return Verdict::Reject(
+                    RejectReason::KindMismatch,
+                    format!("{path}.kind: the payload is not of the declared kind"),
+                );
+            }
+            let body = match payload.record {
+                Some(Record::Subject(s)) => {
+                    Subject::validate(s, "payload.subject").map(RecordBody::Subject)
+                }
+                Some(Record::Interaction(r)) => {
+                    Interaction::validate(r, "payload.interaction").map(RecordBody::Interaction)
+                }
+                None => unreachable!("payload kind checked above"),
+            };
+            match body {
+                Ok(body) => Verdict::Store(StoredRecord {
+                    idempotency_key: record.idempotency_key.clone(),
+                    country: record.country.clone(),
+                    body,
+                }),
+                Err(v) => Verdict::Reject(RejectReason::PayloadInvalid, format!("{path}: {v}")),
+            }
+        })
+        .collect()
+}
+
+fn reject_all(envelope: &SealedEnvelope, reason: RejectReason, detail: &str) -> Vec<Verdict> {
+    envelope
+        .records
+        .iter()
+        .map(|_| Verdict::Reject(reason, detail.to_owned()))
+        .collect()
+}
+
+/// A per-record result for the wire.
+pub fn result(
+    seq: u32,
+    idempotency_key: &str,
+    status: RecordStatus,
+    reason: RejectReason,
+    detail: String,
+) -> RecordResult {
+    RecordResult {
+        envelope_index: 0,
+        seq,
+        idempotency_key: idempotency_key.to_owned(),
+        status: status as i32,
+        reason: reason as i32,
+        detail,
+    }
+}
