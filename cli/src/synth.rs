@@ -224,7 +224,7 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
                 }
                 .to_owned(),
                 nps: Some(nps),
-                csat: Some(((nps + 1) / 2).clamp(1, 5)),
+                csat: Some(u32::div_ceil(nps, 2).clamp(1, 5)),
                 ces: rng.random_bool(0.5).then(|| rng.random_range(1..=7)),
                 comment: if rng.random_bool(0.5) {
                     (*n.comments.choose(&mut rng).expect("non-empty")).to_owned()

@@ -115,8 +115,7 @@ impl Directory {
 
     /// Probes one region (`GetRegionInfo`) within `timeout` and records the result.
     pub async fn probe(&self, region: &Region, timeout: Duration) -> RegionState {
-        let mut request = tonic::Request::new(GetRegionInfoRequest {});
-        request.set_timeout(timeout);
+        let request = crate::fanout::request(GetRegionInfoRequest {}, timeout);
         let mut client = region.client.clone();
         let previous_key = self
             .state

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{gateway::Gateway, service::GatewayService};
 
@@ -31,6 +31,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

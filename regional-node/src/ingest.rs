@@ -22,7 +22,7 @@ use crate::storage::{RecordBody, StoredRecord};
 #[derive(Debug)]
 pub enum Verdict {
     /// Valid; to be stored.
-    Store(StoredRecord),
+    Store(Box<StoredRecord>),
     /// Refused, with the reason and a description that names a field, never a value.
     Reject(RejectReason, String),
 }
@@ -94,7 +94,7 @@ pub fn open_envelope(
                 }
                 Ok(k) => k,
             };
-            if !jurisdiction.iter().any(|c| *c == record.country) {
+            if !jurisdiction.contains(&record.country) {
                 return Verdict::Reject(
                     RejectReason::CountryOutsideJurisdiction,
                     format!(
@@ -134,11 +134,11 @@ pub fn open_envelope(
                 None => unreachable!("payload kind checked above"),
             };
             match body {
-                Ok(body) => Verdict::Store(StoredRecord {
+                Ok(body) => Verdict::Store(Box::new(StoredRecord {
                     idempotency_key: record.idempotency_key.clone(),
                     country: record.country.clone(),
                     body,
-                }),
+                })),
                 Err(v) => Verdict::Reject(RejectReason::PayloadInvalid, format!("{path}: {v}")),
             }
         })

@@ -134,7 +134,7 @@ impl Node {
         for (record, verdict) in envelope.records.iter().zip(verdicts) {
             match verdict {
                 Verdict::Store(r) => {
-                    to_store.push(r);
+                    to_store.push(*r);
                     results.push(None);
                 }
                 Verdict::Reject(reason, detail) => results.push(Some(result(

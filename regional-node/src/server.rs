@@ -4,7 +4,7 @@ use std::future::Future;
 
 use domicile_proto::pb::{FILE_DESCRIPTOR_SET, regional_node_server::RegionalNodeServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{node::Node, service::RegionalNodeService};
 
@@ -33,6 +33,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

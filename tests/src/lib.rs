@@ -1,1 +1,165 @@
+//! The integration-test harness: one call starts a gateway and N regional nodes in-process on
+//! ephemeral loopback ports, each node with its own SQLite file in a temporary directory, and
+//! tears everything down on drop.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let fed = domicile_tests::federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+//! let mut gateway = domicile_tests::gateway_client(&fed).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! It also holds an independent, brute-force implementation of the aggregate metrics over the
+//! generated records, to check the federation's merged answers against.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use domicile::{
+    client,
+    federation::{Federation, FederationBuilder},
+    synth::{self, SynthRecord, SynthSpec},
+};
+use domicile_proto::pb::{
+    AggregateStats, gateway_client::GatewayClient, record_payload::Record,
+    regional_node_client::RegionalNodeClient,
+};
+use tonic::transport::Channel;
+
+/// The tenant the tests load data under.
+pub const TENANT: &str = "acme";
+
+/// Starts a federation with the given regions and default settings.
+pub async fn federation(regions: &[(&str, &[&str])]) -> anyhow::Result<Federation> {
+    let mut b = Federation::builder();
+    for (id, countries) in regions {
+        b = b.region(id, countries);
+    }
+    b.start().await
+}
+
+/// A client of the federation's gateway.
+pub async fn gateway_client(fed: &Federation) -> anyhow::Result<GatewayClient<Channel>> {
+    client::connect(fed.gateway_addr).await
+}
+
+/// A direct client of one region's federation listener (bypassing the gateway).
+pub async fn node_client(
+    fed: &Federation,
+    region: &str,
+) -> anyhow::Result<RegionalNodeClient<Channel>> {
+    let node = fed
+        .node(region)
+        .ok_or_else(|| anyhow::anyhow!("no region {region}"))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))?
+        .connect()
+        .await?;
+    Ok(RegionalNodeClient::new(channel))
+}
+
+/// Generates data for `countries` and ingests it through the gateway; panics on any rejection.
+pub async fn load(
+    fed: &Federation,
+    countries: &[&str],
+    subjects: usize,
+    interactions: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<SynthRecord>> {
+    let mut gw = gateway_client(fed).await?;
+    let regions = client::regions(&mut gw).await?;
+    let mut all = Vec::new();
+    for c in countries {
+        all.extend(synth::generate(&SynthSpec {
+            countries: vec![(*c).to_owned()],
+            subjects,
+            interactions,
+            seed,
+        }));
+    }
+    let summary = client::ingest(&gw, TENANT, &regions, &all, 500).await?;
+    anyhow::ensure!(
+        summary.rejected_total() == 0,
+        "rejected: {:?}",
+        summary.rejected
+    );
+    Ok(all)
+}
+
+/// "YYYY-MM" of a Unix time, computed independently of SQLite (Howard Hinnant's civil-from-days).
+pub fn month_of(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}")
+}
+
+/// A brute-force group key: (region, country, channel, period).
+pub type Key = (String, String, i32, String);
+
+/// Computes, record by record, what the federation should answer: per region and key the
+/// statistics, suppressed below `k` distinct subjects, then summed across regions.
+/// `key_of` maps (region, country, channel, started_at) to the group key.
+pub fn brute_force(
+    records: &[(String, SynthRecord)],
+    k: u64,
+    key_of: impl Fn(&str, &str, i32, i64) -> Key,
+) -> (BTreeMap<Key, AggregateStats>, u64) {
+    let mut per_region: BTreeMap<(String, Key), (AggregateStats, BTreeSet<String>)> =
+        BTreeMap::new();
+    for (region, r) in records {
+        let Some(Record::Interaction(i)) = &r.payload.record else {
+            continue;
+        };
+        let started = i.started_at.as_ref().map_or(0, |t| t.seconds);
+        let key = key_of(region, &r.country, i.channel, started);
+        let (s, subjects) = per_region.entry((region.clone(), key)).or_default();
+        s.interactions += 1;
+        subjects.insert(i.subject_external_id.clone());
+        if let Some(sv) = &i.survey {
+            if let Some(n) = sv.nps {
+                if s.nps_histogram.is_empty() {
+                    s.nps_histogram = vec![0; 11];
+                }
+                s.nps_histogram[n as usize] += 1;
+            }
+            if let Some(c) = sv.csat {
+                s.csat_sum += u64::from(c);
+                s.csat_responses += 1;
+            }
+            if let Some(c) = sv.ces {
+                s.ces_sum += u64::from(c);
+                s.ces_responses += 1;
+            }
+        }
+        if i.handle_time_seconds > 0 {
+            s.handle_time_sum_seconds += u64::from(i.handle_time_seconds);
+            s.handle_time_count += 1;
+        }
+    }
+    let mut merged: BTreeMap<Key, AggregateStats> = BTreeMap::new();
+    let mut suppressed = 0;
+    for ((_, key), (mut stats, subjects)) in per_region {
+        stats.distinct_subjects = subjects.len() as u64;
+        if stats.distinct_subjects < k {
+            suppressed += 1;
+            continue;
+        }
+        merged.entry(key).or_default().merge(&stats);
+    }
+    (merged, suppressed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn months() {
+        assert_eq!(super::month_of(0), "1970-01");
+        assert_eq!(super::month_of(1_793_491_199), "2026-10");
+        assert_eq!(super::month_of(1_709_164_800), "2024-02"); // 2024-02-29
+    }
+}

@@ -1,0 +1,325 @@
+//! Bad input gets a clear error naming the field at fault, and changes nothing else.
+
+use domicile_proto::{
+    error::field_violations,
+    pb::{
+        AggregateQuery, AggregateRequest, IngestRequest, Metric, Purpose, RecordKind, RecordStatus,
+        RegionalNodeIngestRequest, RejectReason, SealedEnvelope,
+    },
+    seal::{EnvelopeSealer, PublicSealingKey},
+};
+use domicile_tests::{
+    Federation, SynthRecord, TENANT, client, federation, gateway_client, node_client, synth,
+};
+
+async fn key_of(fed: &Federation, region: &str) -> anyhow::Result<PublicSealingKey> {
+    let mut gw = gateway_client(fed).await?;
+    let regions = client::regions(&mut gw).await?;
+    let r = regions.iter().find(|r| r.region_id == region).unwrap();
+    Ok(PublicSealingKey::from_bytes(
+        &r.sealing_key.as_ref().unwrap().public_key,
+    )?)
+}
+
+fn some_records(country: &str, n: usize) -> Vec<SynthRecord> {
+    synth::generate(&synth::SynthSpec {
+        countries: vec![country.into()],
+        subjects: n,
+        interactions: 0,
+        seed: 9,
+    })
+}
+
+fn seal(
+    tenant: &str,
+    region: &str,
+    key: &PublicSealingKey,
+    records: &[SynthRecord],
+) -> SealedEnvelope {
+    let mut s = EnvelopeSealer::new(tenant, region, key).unwrap();
+    for r in records {
+        s.seal(&r.country, &r.idempotency_key, &r.payload).unwrap();
+    }
+    s.finish()
+}
+
+fn subjects_in(fed: &Federation, region: &str) -> i64 {
+    let conn = rusqlite::Connection::open(&fed.node(region).unwrap().database).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM subjects", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn statuses(results: &[domicile_proto::pb::RecordResult]) -> Vec<(i32, i32)> {
+    results.iter().map(|r| (r.status, r.reason)).collect()
+}
+
+const OK: (i32, i32) = (
+    RecordStatus::Accepted as i32,
+    RejectReason::Unspecified as i32,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+    let key = key_of(&fed, "eu-de").await?;
+    let mut envelope = seal(TENANT, "eu-de", &key, &some_records("DE", 3));
+    envelope.records[1].ciphertext[5] ^= 0x40;
+    let mut gw = gateway_client(&fed).await?;
+    let resp = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![envelope.clone()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        statuses(&resp.results),
+        [
+            OK,
+            (
+                RecordStatus::Rejected as i32,
+                RejectReason::SealInvalid as i32
+            ),
+            OK
+        ]
+    );
+    assert!(
+        resp.results[1].detail.contains("records[1].ciphertext"),
+        "{}",
+        resp.results[1].detail
+    );
+    assert_eq!(subjects_in(&fed, "eu-de"), 2);
+
+    // Sealed to another region's key: nothing opens.
+    let us_key = key_of(&fed, "us").await?;
+    let wrong_key = seal(TENANT, "eu-de", &us_key, &some_records("DE", 2));
+    let resp = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![wrong_key],
+        })
+        .await?
+        .into_inner();
+    assert!(
+        resp.results
+            .iter()
+            .all(|r| r.reason == RejectReason::UnknownKey as i32)
+    );
+
+    // Metadata changed on the way (the country, in the AAD) does not open either.
+    let mut relabelled = seal(TENANT, "eu-de", &key, &some_records("DE", 1));
+    relabelled.records[0].kind = RecordKind::Interaction as i32;
+    let resp = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![relabelled],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(resp.results[0].reason, RejectReason::SealInvalid as i32);
+    assert_eq!(subjects_in(&fed, "eu-de"), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_for_another_country_is_refused_by_gateway_and_node() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"])]).await?;
+    let key = key_of(&fed, "eu-de").await?;
+    // A French subject sealed to the German region.
+    let mut records = some_records("DE", 1);
+    records.extend(some_records("FR", 1));
+    records.extend(some_records("BR", 1));
+    let envelope = seal(TENANT, "eu-de", &key, &records);
+
+    // The gateway refuses to route it…
+    let mut gw = gateway_client(&fed).await?;
+    let resp = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![envelope.clone()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        statuses(&resp.results),
+        [
+            OK,
+            (
+                RecordStatus::Rejected as i32,
+                RejectReason::CountryOutsideJurisdiction as i32
+            ),
+            (
+                RecordStatus::Rejected as i32,
+                RejectReason::NoRegionForCountry as i32
+            ),
+        ]
+    );
+    assert!(
+        resp.results[1]
+            .detail
+            .contains("envelopes[0].records[1].country")
+    );
+
+    // …and the node refuses it on its own when called directly (defence in depth).
+    let mut node = node_client(&fed, "eu-de").await?;
+    let direct = node
+        .ingest(RegionalNodeIngestRequest {
+            tenant_id: TENANT.into(),
+            envelope: Some(envelope),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(direct.results[0].status, RecordStatus::Duplicate as i32);
+    assert_eq!(
+        direct.results[1].reason,
+        RejectReason::CountryOutsideJurisdiction as i32
+    );
+    assert_eq!(
+        direct.results[2].reason,
+        RejectReason::CountryOutsideJurisdiction as i32
+    );
+    assert_eq!(subjects_in(&fed, "eu-de"), 1);
+    assert_eq!(subjects_in(&fed, "eu-fr"), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_is_refused_whole_with_the_field_named() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let key = key_of(&fed, "eu-de").await?;
+    let records = some_records("DE", 1001);
+    let mut gw = gateway_client(&fed).await?;
+    let err = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![seal(TENANT, "eu-de", &key, &records)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let violations = field_violations(&err);
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].field, "envelopes");
+    assert!(violations[0].description.contains("at most 1000"));
+    assert_eq!(subjects_in(&fed, "eu-de"), 0, "nothing was stored");
+
+    // The node enforces its own limit too.
+    let mut node = node_client(&fed, "eu-de").await?;
+    let err = node
+        .ingest(RegionalNodeIngestRequest {
+            tenant_id: TENANT.into(),
+            envelope: Some(seal(TENANT, "eu-de", &key, &records)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&err)[0].field, "envelope.records");
+    assert_eq!(subjects_in(&fed, "eu-de"), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_name_every_field_at_fault() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let mut gw = gateway_client(&fed).await?;
+
+    let err = gw
+        .ingest(IngestRequest {
+            tenant_id: "Not A Tenant".into(),
+            envelopes: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&err)[0].field, "tenant_id");
+
+    let err = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![SealedEnvelope {
+                region_id: "mars".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = field_violations(&err)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["envelopes[0].region_id", "envelopes[0].records"]);
+
+    let err = gw
+        .aggregate(AggregateRequest {
+            tenant_id: TENANT.into(),
+            query: Some(AggregateQuery {
+                purpose: Purpose::Unspecified as i32,
+                metrics: vec![Metric::Nps as i32, 42],
+                ..Default::default()
+            }),
+            regions: vec!["eu-de".into(), "atlantis".into()],
+            require_all_regions: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = field_violations(&err)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["regions[1]", "query.purpose", "query.metrics[1]"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_payload_is_rejected_with_its_field_and_no_personal_value() -> anyhow::Result<()>
+{
+    use domicile_proto::pb::{
+        InteractionRecord, RecordPayload, SurveyAnswer, record_payload::Record,
+    };
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let key = key_of(&fed, "eu-de").await?;
+    let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+    let payload = RecordPayload {
+        record: Some(Record::Interaction(InteractionRecord {
+            interaction_id: "ix-1".into(),
+            subject_external_id: "cust-1".into(),
+            channel: 1,
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_780_000_000,
+                nanos: 0,
+            }),
+            survey: Some(SurveyAnswer {
+                survey_id: "post-call".into(),
+                nps: Some(12),
+                comment: "canary.person@example.org".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    sealer.seal("DE", "ix-1", &payload)?;
+    // A subject payload declared as an interaction.
+    let subject = some_records("DE", 1).remove(0).payload;
+    sealer.seal_bytes(
+        "DE",
+        "mislabelled",
+        RecordKind::Interaction,
+        &prost::Message::encode_to_vec(&subject),
+    )?;
+    let mut gw = gateway_client(&fed).await?;
+    let resp = gw
+        .ingest(IngestRequest {
+            tenant_id: TENANT.into(),
+            envelopes: vec![sealer.finish()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(resp.results[0].reason, RejectReason::PayloadInvalid as i32);
+    assert!(
+        resp.results[0]
+            .detail
+            .contains("payload.interaction.survey.nps: must be 0 to 10")
+    );
+    assert!(!resp.results[0].detail.contains("canary"));
+    assert_eq!(resp.results[1].reason, RejectReason::KindMismatch as i32);
+    Ok(())
+}

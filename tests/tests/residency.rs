@@ -1,0 +1,103 @@
+//! Ingest lands only in the region that serves the record's country, and only there.
+
+use domicile_proto::pb::record_payload::Record;
+use domicile_tests::{TENANT, federation, load};
+
+fn strings_in(db: &std::path::Path, sql: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn file_bytes_with_wal(db: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(db).unwrap();
+    let wal = db.with_extension("sqlite-wal");
+    if let Ok(w) = std::fs::read(wal) {
+        bytes.extend(w);
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"]), ("us", &["US"])]).await?;
+    let records = load(&fed, &["DE", "FR", "US"], 50, 400, 1).await?;
+
+    for (region, country) in [("eu-de", "DE"), ("eu-fr", "FR"), ("us", "US")] {
+        let db = &fed.node(region).unwrap().database;
+        let countries = strings_in(db, "SELECT DISTINCT country FROM interactions");
+        assert_eq!(
+            countries,
+            [country],
+            "{region} holds only {country} interactions"
+        );
+        let subject_countries = strings_in(db, "SELECT DISTINCT country FROM subjects");
+        assert_eq!(subject_countries, [country]);
+
+        // Every e-mail of this country's subjects is in this region's file…
+        let emails: Vec<String> = records
+            .iter()
+            .filter(|r| r.country == country)
+            .filter_map(|r| match &r.payload.record {
+                Some(Record::Subject(s)) => Some(s.email.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(emails.len(), 50);
+        let stored = strings_in(db, "SELECT email FROM subject_pii ORDER BY external_id");
+        let mut expected = emails.clone();
+        expected.sort();
+        let mut got = stored.clone();
+        got.sort();
+        assert_eq!(got, expected);
+
+        // …and not a byte of them in any other region's files (database and WAL).
+        for other in fed.nodes.iter().filter(|n| n.region_id != region) {
+            let bytes = file_bytes_with_wal(&other.database);
+            for email in &emails {
+                assert!(
+                    !bytes.windows(email.len()).any(|w| w == email.as_bytes()),
+                    "an e-mail of {country} found in {}'s files",
+                    other.region_id
+                );
+            }
+        }
+    }
+    let counts: Vec<u64> = fed
+        .nodes
+        .iter()
+        .map(|n| {
+            let conn = rusqlite::Connection::open(&n.database).unwrap();
+            conn.query_row(
+                "SELECT COUNT(*) FROM interactions WHERE tenant = ?1",
+                [TENANT],
+                |r| r.get(0),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(counts, [400, 400, 400]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_is_idempotent_per_tenant_and_key() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let records = load(&fed, &["DE"], 10, 40, 2).await?;
+    let gw = domicile_tests::gateway_client(&fed).await?;
+    let mut gw2 = gw.clone();
+    let regions = domicile_tests::client::regions(&mut gw2).await?;
+    let again = domicile_tests::client::ingest(&gw, TENANT, &regions, &records, 25).await?;
+    assert_eq!(again.accepted, 0);
+    assert_eq!(again.duplicate, 50);
+    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
+    assert_eq!(n, 40);
+    // The same keys under another tenant are that tenant's own records.
+    let other = domicile_tests::client::ingest(&gw, "globex", &regions, &records, 25).await?;
+    assert_eq!(other.accepted, 50);
+    Ok(())
+}
