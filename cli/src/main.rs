@@ -73,6 +73,16 @@ fn init_logging(json: bool, default: &str) {
     }
 }
 
+/// Reads and validates a TOML configuration file; errors name the file and the option.
+fn read_config<T, E: std::fmt::Display>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 async fn ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -108,20 +118,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Gateway { config } => {
             init_logging(cli.log_json, "info");
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            let config = GatewayConfig::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let config = read_config(&config, GatewayConfig::from_toml)?;
             let listener = TcpListener::bind(config.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
             domicile_gateway::serve(Gateway::new(config)?, listener, ctrl_c()).await?;
         }
         Command::Node { config } => {
             init_logging(cli.log_json, "info");
-            let text = std::fs::read_to_string(&config)
-                .with_context(|| format!("reading {}", config.display()))?;
-            let config = NodeConfig::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let config = read_config(&config, NodeConfig::from_toml)?;
             let listener = TcpListener::bind(config.listen).await?;
             let node = Node::open(config)?;
             tracing::info!(addr = %listener.local_addr()?, "node listening");

@@ -53,6 +53,17 @@ fn statuses(results: &[domicile_proto::pb::RecordResult]) -> Vec<(i32, i32)> {
     results.iter().map(|r| (r.status, r.reason)).collect()
 }
 
+async fn ingest_one(
+    gw: &mut domicile_proto::pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    envelope: SealedEnvelope,
+) -> Result<Vec<domicile_proto::pb::RecordResult>, tonic::Status> {
+    let request = IngestRequest {
+        tenant_id: TENANT.into(),
+        envelopes: vec![envelope],
+    };
+    Ok(gw.ingest(request).await?.into_inner().results)
+}
+
 const OK: (i32, i32) = (
     RecordStatus::Accepted as i32,
     RejectReason::Unspecified as i32,
@@ -65,15 +76,9 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
     let mut envelope = seal(TENANT, "eu-de", &key, &some_records("DE", 3));
     envelope.records[1].ciphertext[5] ^= 0x40;
     let mut gw = gateway_client(&fed).await?;
-    let resp = gw
-        .ingest(IngestRequest {
-            tenant_id: TENANT.into(),
-            envelopes: vec![envelope.clone()],
-        })
-        .await?
-        .into_inner();
+    let results = ingest_one(&mut gw, envelope.clone()).await?;
     assert_eq!(
-        statuses(&resp.results),
+        statuses(&results),
         [
             OK,
             (
@@ -84,24 +89,18 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
         ]
     );
     assert!(
-        resp.results[1].detail.contains("records[1].ciphertext"),
+        results[1].detail.contains("records[1].ciphertext"),
         "{}",
-        resp.results[1].detail
+        results[1].detail
     );
     assert_eq!(subjects_in(&fed, "eu-de"), 2);
 
     // Sealed to another region's key: nothing opens.
     let us_key = key_of(&fed, "us").await?;
     let wrong_key = seal(TENANT, "eu-de", &us_key, &some_records("DE", 2));
-    let resp = gw
-        .ingest(IngestRequest {
-            tenant_id: TENANT.into(),
-            envelopes: vec![wrong_key],
-        })
-        .await?
-        .into_inner();
+    let results = ingest_one(&mut gw, wrong_key).await?;
     assert!(
-        resp.results
+        results
             .iter()
             .all(|r| r.reason == RejectReason::UnknownKey as i32)
     );
@@ -109,14 +108,8 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
     // Metadata changed on the way (the country, in the AAD) does not open either.
     let mut relabelled = seal(TENANT, "eu-de", &key, &some_records("DE", 1));
     relabelled.records[0].kind = RecordKind::Interaction as i32;
-    let resp = gw
-        .ingest(IngestRequest {
-            tenant_id: TENANT.into(),
-            envelopes: vec![relabelled],
-        })
-        .await?
-        .into_inner();
-    assert_eq!(resp.results[0].reason, RejectReason::SealInvalid as i32);
+    let results = ingest_one(&mut gw, relabelled).await?;
+    assert_eq!(results[0].reason, RejectReason::SealInvalid as i32);
     assert_eq!(subjects_in(&fed, "eu-de"), 2);
     Ok(())
 }
@@ -133,15 +126,9 @@ async fn a_record_for_another_country_is_refused_by_gateway_and_node() -> anyhow
 
     // The gateway refuses to route it…
     let mut gw = gateway_client(&fed).await?;
-    let resp = gw
-        .ingest(IngestRequest {
-            tenant_id: TENANT.into(),
-            envelopes: vec![envelope.clone()],
-        })
-        .await?
-        .into_inner();
+    let results = ingest_one(&mut gw, envelope.clone()).await?;
     assert_eq!(
-        statuses(&resp.results),
+        statuses(&results),
         [
             OK,
             (
@@ -155,7 +142,7 @@ async fn a_record_for_another_country_is_refused_by_gateway_and_node() -> anyhow
         ]
     );
     assert!(
-        resp.results[1]
+        results[1]
             .detail
             .contains("envelopes[0].records[1].country")
     );
@@ -306,20 +293,14 @@ async fn an_invalid_payload_is_rejected_with_its_field_and_no_personal_value() -
         &prost::Message::encode_to_vec(&subject),
     )?;
     let mut gw = gateway_client(&fed).await?;
-    let resp = gw
-        .ingest(IngestRequest {
-            tenant_id: TENANT.into(),
-            envelopes: vec![sealer.finish()],
-        })
-        .await?
-        .into_inner();
-    assert_eq!(resp.results[0].reason, RejectReason::PayloadInvalid as i32);
+    let results = ingest_one(&mut gw, sealer.finish()).await?;
+    assert_eq!(results[0].reason, RejectReason::PayloadInvalid as i32);
     assert!(
-        resp.results[0]
+        results[0]
             .detail
             .contains("payload.interaction.survey.nps: must be 0 to 10")
     );
-    assert!(!resp.results[0].detail.contains("canary"));
-    assert_eq!(resp.results[1].reason, RejectReason::KindMismatch as i32);
+    assert!(!results[0].detail.contains("canary"));
+    assert_eq!(results[1].reason, RejectReason::KindMismatch as i32);
     Ok(())
 }
