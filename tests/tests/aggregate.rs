@@ -226,7 +226,9 @@ async fn a_hung_region_never_delays_the_answer_past_the_deadline() -> anyhow::Re
         .await?;
     load(&fed, &["DE"], 30, 300, 4).await?;
     let mut gw = gateway_client(&fed).await?;
-    for deadline_ms in [300u64, 1000] {
+    // Deadlines well above scheduling noise on a loaded 2-core CI machine; the margin the
+    // gateway keeps for merging is 50 ms at these sizes.
+    for deadline_ms in [800u64, 1500] {
         let mut req = tonic::Request::new(request(&[Dimension::Channel], 0));
         req.set_timeout(Duration::from_millis(deadline_ms));
         let started = Instant::now();
