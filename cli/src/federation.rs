@@ -1,11 +1,7 @@
 //! A whole federation in one process: a gateway and N regional nodes on loopback, each node
 //! with its own SQLite file. Used by `domicile dev` and by the integration-test harness.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use domicile_gateway::{Gateway, GatewayConfig, RegionConfig};
@@ -229,11 +225,6 @@ impl Federation {
     /// The node of `region_id`.
     pub fn node(&self, region_id: &str) -> Option<&RunningNode> {
         self.nodes.iter().find(|n| n.region_id == region_id)
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// Stops one region's node (its listener closes; the gateway sees it as unavailable).

@@ -15,7 +15,7 @@ use std::{
 };
 
 use domicile_proto::domain::{Interaction, Subject};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::NodeError;
 
@@ -270,19 +270,5 @@ impl SqliteStore {
             pool.push(conn);
         }
         result
-    }
-
-    /// Number of interactions stored for `tenant` (for health and tests).
-    pub fn interaction_count(&self, tenant: &str) -> Result<u64, NodeError> {
-        self.read(|c| {
-            let n: Option<i64> = c
-                .query_row(
-                    "SELECT COUNT(*) FROM interactions WHERE tenant = ?1",
-                    [tenant],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok(n.unwrap_or(0) as u64)
-        })
     }
 }

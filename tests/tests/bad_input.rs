@@ -64,6 +64,10 @@ async fn ingest_one(
     Ok(gw.ingest(request).await?.into_inner().results)
 }
 
+fn rejected(reason: RejectReason) -> (i32, i32) {
+    (RecordStatus::Rejected as i32, reason as i32)
+}
+
 const OK: (i32, i32) = (
     RecordStatus::Accepted as i32,
     RejectReason::Unspecified as i32,
@@ -79,14 +83,7 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
     let results = ingest_one(&mut gw, envelope.clone()).await?;
     assert_eq!(
         statuses(&results),
-        [
-            OK,
-            (
-                RecordStatus::Rejected as i32,
-                RejectReason::SealInvalid as i32
-            ),
-            OK
-        ]
+        [OK, rejected(RejectReason::SealInvalid), OK]
     );
     assert!(
         results[1].detail.contains("records[1].ciphertext"),
@@ -131,14 +128,8 @@ async fn a_record_for_another_country_is_refused_by_gateway_and_node() -> anyhow
         statuses(&results),
         [
             OK,
-            (
-                RecordStatus::Rejected as i32,
-                RejectReason::CountryOutsideJurisdiction as i32
-            ),
-            (
-                RecordStatus::Rejected as i32,
-                RejectReason::NoRegionForCountry as i32
-            ),
+            rejected(RejectReason::CountryOutsideJurisdiction),
+            rejected(RejectReason::NoRegionForCountry),
         ]
     );
     assert!(
