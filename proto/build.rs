@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "domicile/v1/common.proto",
     "domicile/v1/records.proto",
     "domicile/v1/aggregate.proto",
+    "domicile/v1/query.proto",
     "domicile/v1/gateway.proto",
     "domicile/v1/node.proto",
 ];

@@ -1,7 +1,10 @@
 //! The gateway's error type and its one mapping to gRPC status codes.
 
+use std::collections::HashMap;
+
 use domicile_proto::error::Violations;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// What can go wrong in a gateway call.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +19,10 @@ pub enum GatewayError {
     /// otherwise).
     #[error("regions missed the deadline: {0}")]
     RegionsDeadline(String),
+    /// Every asked region refused: the tenant's privacy budget is spent. Carries each region's
+    /// remaining epsilon as `(region, remaining)`.
+    #[error("privacy budget exhausted in every region")]
+    BudgetExhausted(Vec<(String, String)>),
 }
 
 impl From<GatewayError> for Status {
@@ -28,6 +35,26 @@ impl From<GatewayError> for Status {
             GatewayError::RegionsDeadline(which) => Status::deadline_exceeded(format!(
                 "require_all_regions: not all regions answered within the deadline: {which}"
             )),
+            GatewayError::BudgetExhausted(remaining) => {
+                let text = remaining
+                    .iter()
+                    .map(|(region, left)| format!("{region}: {left} left"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let metadata: HashMap<String, String> = remaining
+                    .into_iter()
+                    .map(|(region, left)| (format!("{region}.remaining_epsilon"), left))
+                    .collect();
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("privacy budget exhausted for today in every asked region ({text})"),
+                    ErrorDetails::with_error_info(
+                        "PRIVACY_BUDGET_EXHAUSTED",
+                        "domicile.v1",
+                        metadata,
+                    ),
+                )
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::{
 
 use domicile_proto::pb::{RegionCoverage, RegionStatus};
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use crate::directory::Region;
 
@@ -33,19 +34,39 @@ pub struct RegionFailure {
     pub status: RegionStatus,
     /// A description for the coverage entry.
     pub detail: String,
+    /// The node's `google.rpc.ErrorInfo` metadata, when it sent one (e.g. the remaining privacy
+    /// budget). Never personal data: nodes put only parameters there.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl RegionFailure {
-    fn from_status(s: &Status) -> Self {
+    /// The failure a node's status amounts to.
+    pub fn from_status(s: &Status) -> Self {
         let status = match s.code() {
             Code::DeadlineExceeded => RegionStatus::DeadlineExceeded,
             Code::PermissionDenied | Code::FailedPrecondition => RegionStatus::DeniedByPolicy,
+            Code::ResourceExhausted => RegionStatus::BudgetExhausted,
             Code::InvalidArgument => RegionStatus::Rejected,
             _ => RegionStatus::Unavailable,
         };
+        let mut metadata: Vec<(String, String)> = s
+            .get_details_error_info()
+            .map(|info| info.metadata.into_iter().collect())
+            .unwrap_or_default();
+        metadata.sort();
         Self {
             status,
             detail: format!("{:?}: {}", s.code(), s.message()),
+            metadata,
+        }
+    }
+
+    /// A region that did not answer within `deadline`.
+    pub fn deadline(deadline: Duration) -> Self {
+        Self {
+            status: RegionStatus::DeadlineExceeded,
+            detail: format!("no answer within {} ms", deadline.as_millis()),
+            metadata: Vec::new(),
         }
     }
 }
@@ -53,18 +74,27 @@ impl RegionFailure {
 impl<T> RegionOutcome<T> {
     /// The coverage entry for this outcome (group counts filled by the caller).
     pub fn coverage(&self) -> RegionCoverage {
-        let (status, detail) = match &self.result {
-            Ok(_) => (RegionStatus::Ok, String::new()),
-            Err(f) => (f.status, f.detail.clone()),
-        };
-        RegionCoverage {
-            region_id: self.region.id.clone(),
-            status: status as i32,
-            detail,
-            latency_ms: u32::try_from(self.latency.as_millis()).unwrap_or(u32::MAX),
-            groups_released: 0,
-            groups_suppressed: 0,
-        }
+        coverage(&self.region.id, self.result.as_ref().err(), self.latency)
+    }
+}
+
+/// The coverage entry of a region that answered (`failure` is `None`) or failed.
+pub fn coverage(
+    region_id: &str,
+    failure: Option<&RegionFailure>,
+    latency: Duration,
+) -> RegionCoverage {
+    let (status, detail) = match failure {
+        None => (RegionStatus::Ok, String::new()),
+        Some(f) => (f.status, f.detail.clone()),
+    };
+    RegionCoverage {
+        region_id: region_id.to_owned(),
+        status: status as i32,
+        detail,
+        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+        groups_released: 0,
+        groups_suppressed: 0,
     }
 }
 
@@ -86,10 +116,7 @@ where
             let result = match tokio::time::timeout(deadline, fut).await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(status)) => Err(RegionFailure::from_status(&status)),
-                Err(_) => Err(RegionFailure {
-                    status: RegionStatus::DeadlineExceeded,
-                    detail: format!("no answer within {} ms", deadline.as_millis()),
-                }),
+                Err(_) => Err(RegionFailure::deadline(deadline)),
             };
             RegionOutcome {
                 region,

@@ -3,20 +3,22 @@
 use std::{sync::Arc, time::Duration};
 
 use domicile_proto::{
-    domain::{AggregateSpec, TenantId},
+    domain::{AggregateSpec, RecordSpec, TenantId},
     error::Violations,
     merge::MergedGroups,
     pb::{
-        AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, PrivacyParameters,
-        RegionInfo, RegionStatus, RegionalNodeAggregateRequest, RegionalNodeIngestRequest,
+        AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, NoiseMechanism,
+        PrivacyParameters, QueryRecordsRequest, RegionInfo, RegionRelease, RegionStatus,
+        RegionalNodeAggregateRequest, RegionalNodeIngestRequest, ReleaseKind, ResidencyAttestation,
     },
 };
 
 use crate::{
     config::GatewayConfig,
-    directory::Directory,
+    directory::{Directory, Region},
     error::GatewayError,
     fanout::{fan_out, request},
+    records::{self, RecordStream},
     routing,
 };
 
@@ -130,28 +132,8 @@ impl Gateway {
         let mut v = Violations::new();
         let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
         let spec = AggregateSpec::from_query(req.query.as_ref(), "query");
-        let mut regions = Vec::new();
-        if req.regions.is_empty() {
-            regions.extend(self.directory.regions().iter().cloned());
-        }
-        for (i, id) in req.regions.iter().enumerate() {
-            match self.directory.region(id) {
-                Some(r) if regions.iter().any(|x: &Arc<_>| Arc::ptr_eq(x, r)) => {
-                    v.add(format!("regions[{i}]"), "duplicate region")
-                }
-                Some(r) => regions.push(r.clone()),
-                None => v.add(format!("regions[{i}]"), "unknown region; see ListRegions"),
-            }
-        }
-        let (tenant, spec) = match (tenant, spec) {
-            (Ok(t), Ok(s)) if v.is_empty() => (t, s),
-            (t, s) => {
-                for e in [t.err(), s.err()].into_iter().flatten() {
-                    v.0.extend(e.0);
-                }
-                return Err(v.into());
-            }
-        };
+        let regions = self.resolve_regions(&req.regions, &mut v);
+        let (tenant, spec) = combine(v, tenant, spec)?;
 
         let message = RegionalNodeAggregateRequest {
             tenant_id: tenant.as_str().to_owned(),
@@ -172,19 +154,44 @@ impl Gateway {
 
         let mut merged = MergedGroups::new();
         let mut coverage = Vec::with_capacity(outcomes.len());
+        let mut attestation = ResidencyAttestation::default();
         let mut suppressed = 0u64;
         let mut k_applied = spec.min_group_size;
+        let mut exhausted = Vec::new();
         for outcome in outcomes {
             let mut entry = outcome.coverage();
-            if let Ok(partial) = outcome.result {
-                entry.groups_released = u32::try_from(partial.groups.len()).unwrap_or(u32::MAX);
-                entry.groups_suppressed =
-                    u32::try_from(partial.suppressed_groups).unwrap_or(u32::MAX);
-                suppressed += partial.suppressed_groups;
-                k_applied = k_applied.max(partial.min_group_size);
-                merged.add_region(partial.groups);
+            match outcome.result {
+                Ok(partial) => {
+                    entry.groups_released = u32::try_from(partial.groups.len()).unwrap_or(u32::MAX);
+                    entry.groups_suppressed =
+                        u32::try_from(partial.suppressed_groups).unwrap_or(u32::MAX);
+                    suppressed += partial.suppressed_groups;
+                    k_applied = k_applied.max(partial.min_group_size);
+                    merged.add_region(partial.groups);
+                    attestation.regions.push(
+                        partial
+                            .release
+                            .unwrap_or_else(|| nothing_released(&outcome.region.id)),
+                    );
+                }
+                Err(failure) => {
+                    if failure.status == RegionStatus::BudgetExhausted {
+                        let left = failure
+                            .metadata
+                            .iter()
+                            .find(|(k, _)| k == "remaining_epsilon")
+                            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.clone());
+                        exhausted.push((outcome.region.id.clone(), left));
+                    }
+                    attestation
+                        .regions
+                        .push(nothing_released(&outcome.region.id));
+                }
             }
             coverage.push(entry);
+        }
+        if !coverage.is_empty() && exhausted.len() == coverage.len() {
+            return Err(GatewayError::BudgetExhausted(exhausted));
         }
         if req.require_all_regions {
             let missing: Vec<_> = coverage
@@ -207,13 +214,86 @@ impl Gateway {
                 });
             }
         }
+        let noised = attestation
+            .regions
+            .iter()
+            .filter(|r| r.mechanism == NoiseMechanism::DiscreteLaplace as i32);
+        let epsilon = noised.clone().map(|r| r.epsilon).fold(0.0, f64::max);
+        let mechanism = if noised.count() > 0 {
+            NoiseMechanism::DiscreteLaplace
+        } else {
+            NoiseMechanism::None
+        };
         Ok(AggregateResponse {
             groups: merged.finish(&spec.metrics),
             suppressed_groups: suppressed,
             coverage,
             privacy: Some(PrivacyParameters {
                 min_group_size: k_applied,
+                mechanism: mechanism as i32,
+                epsilon,
             }),
+            attestation: Some(attestation),
         })
+    }
+
+    /// Streams pseudonymised records from the requested regions (see [`records`]). The request
+    /// is validated before anything is streamed.
+    pub fn query_records(
+        &self,
+        req: QueryRecordsRequest,
+        deadline: Duration,
+    ) -> Result<RecordStream, GatewayError> {
+        let mut v = Violations::new();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
+        let spec = RecordSpec::from_query(req.query.as_ref(), "query");
+        let regions = self.resolve_regions(&req.regions, &mut v);
+        let (tenant, spec) = combine(v, tenant, spec)?;
+        Ok(records::stream(regions, tenant, spec, deadline))
+    }
+
+    /// The regions named by `ids` (all when empty), with a violation for each unknown or
+    /// repeated id.
+    fn resolve_regions(&self, ids: &[String], v: &mut Violations) -> Vec<Arc<Region>> {
+        let mut regions: Vec<Arc<Region>> = Vec::new();
+        if ids.is_empty() {
+            regions.extend(self.directory.regions().iter().cloned());
+        }
+        for (i, id) in ids.iter().enumerate() {
+            match self.directory.region(id) {
+                Some(r) if regions.iter().any(|x| Arc::ptr_eq(x, r)) => {
+                    v.add(format!("regions[{i}]"), "duplicate region")
+                }
+                Some(r) => regions.push(r.clone()),
+                None => v.add(format!("regions[{i}]"), "unknown region; see ListRegions"),
+            }
+        }
+        regions
+    }
+}
+
+/// The attestation entry of a region that released nothing.
+pub(crate) fn nothing_released(region_id: &str) -> RegionRelease {
+    RegionRelease {
+        region_id: region_id.to_owned(),
+        kind: ReleaseKind::None as i32,
+        ..Default::default()
+    }
+}
+
+/// All violations of a request, or its two validated parts.
+fn combine<A, B>(
+    mut v: Violations,
+    a: Result<A, Violations>,
+    b: Result<B, Violations>,
+) -> Result<(A, B), Violations> {
+    match (a, b) {
+        (Ok(a), Ok(b)) if v.is_empty() => Ok((a, b)),
+        (a, b) => {
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                v.0.extend(e.0);
+            }
+            Err(v)
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! reports each region's part in every answer. It never holds a key that opens personal data.
 //!
 //! Layout: [`config`] (TOML), [`directory`] (regions, their channels, cached keys and health),
-//! [`fanout`] (one concurrent call per region, with per-region status), [`routing`] (ingest),
+//! [`fanout`] (one concurrent call per region, with per-region status), [`records`] (the
+//! interleaved, backpressured `QueryRecords` stream), [`routing`] (ingest),
 //! [`gateway`] (the business logic), [`service`] (the tonic adapter), [`server`] (listener,
 //! health, reflection, shutdown).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod directory;
 pub mod error;
 pub mod fanout;
 pub mod gateway;
+pub mod records;
 pub mod routing;
 pub mod server;
 pub mod service;

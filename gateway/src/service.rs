@@ -1,9 +1,13 @@
 //! The tonic adapter of the public `Gateway` API.
 
+use std::pin::Pin;
+
 use domicile_proto::pb::{
     AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, ListRegionsRequest,
-    ListRegionsResponse, gateway_server,
+    ListRegionsResponse, QueryRecordsRequest, QueryRecordsResponse, gateway_server,
 };
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{deadline, gateway::Gateway};
@@ -60,5 +64,17 @@ impl gateway_server::Gateway for GatewayService {
             .aggregate(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
+    }
+
+    type QueryRecordsStream =
+        Pin<Box<dyn Stream<Item = Result<QueryRecordsResponse, Status>> + Send>>;
+
+    async fn query_records(
+        &self,
+        request: Request<QueryRecordsRequest>,
+    ) -> Result<Response<Self::QueryRecordsStream>, Status> {
+        let deadline = self.deadline(&request);
+        let rx = self.gateway.query_records(request.into_inner(), deadline)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

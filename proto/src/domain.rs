@@ -5,7 +5,7 @@
 
 use crate::error::Violations;
 use crate::pb::{
-    AggregateQuery, Channel, Dimension, Direction, InteractionRecord, Metric, Purpose,
+    AggregateQuery, Channel, Dimension, Direction, InteractionRecord, Metric, Purpose, RecordQuery,
     SubjectRecord,
 };
 
@@ -97,6 +97,50 @@ pub struct AggregateSpec {
     pub channels: Vec<Channel>,
     /// Requested minimum group size (0: the region's own).
     pub min_group_size: u32,
+    /// Requested differential-privacy epsilon; `None` asks for no noise.
+    pub epsilon: Option<Epsilon>,
+}
+
+/// A differential-privacy epsilon: a positive whole number of thousandths, at most 10.
+///
+/// Epsilon is kept as an integer so that the noise sampler can use exact rational arithmetic;
+/// a requested value is rounded *down* to a thousandth, which only adds noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epsilon(u32);
+
+impl Epsilon {
+    /// Thousandths per unit.
+    pub const SCALE: u32 = 1_000;
+    /// The largest epsilon accepted.
+    pub const MAX: Self = Self(10 * Self::SCALE);
+
+    /// Validates `value` (greater than 0 and at most 10, at least 0.001 after rounding down).
+    pub fn from_f64(value: f64, path: &str) -> Result<Self, Violations> {
+        let milli = (value * f64::from(Self::SCALE)).floor();
+        if value.is_finite() && value > 0.0 && milli >= 1.0 && value <= 10.0 {
+            Ok(Self(milli as u32))
+        } else {
+            Err(Violations::one(
+                path,
+                "must be at least 0.001 and at most 10",
+            ))
+        }
+    }
+
+    /// From thousandths (at least 1).
+    pub fn from_milli(milli: u32) -> Self {
+        Self(milli.clamp(1, Self::MAX.0))
+    }
+
+    /// In thousandths.
+    pub fn milli(self) -> u32 {
+        self.0
+    }
+
+    /// As a float, for reporting.
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / f64::from(Self::SCALE)
+    }
 }
 
 /// Largest `min_group_size` a request may ask for.
@@ -109,16 +153,7 @@ impl AggregateSpec {
         let Some(q) = query else {
             return Err(Violations::one(path, "required"));
         };
-        let purpose = match Purpose::try_from(q.purpose) {
-            Ok(Purpose::Unspecified) | Err(_) => {
-                v.add(
-                    format!("{path}.purpose"),
-                    "required: a known Purpose other than UNSPECIFIED",
-                );
-                Purpose::Unspecified
-            }
-            Ok(p) => p,
-        };
+        let purpose = purpose_of(q.purpose, &format!("{path}.purpose"), &mut v);
         let metrics = enum_list(
             &q.metrics,
             &format!("{path}.metrics"),
@@ -140,22 +175,23 @@ impl AggregateSpec {
             &mut v,
             Channel::Unspecified,
         );
-        let (mut start, mut end) = (None, None);
-        if let Some(range) = &q.time_range {
-            start = range.start.as_ref().map(|t| t.seconds);
-            end = range.end.as_ref().map(|t| t.seconds);
-            if let (Some(s), Some(e)) = (start, end)
-                && s >= e
-            {
-                v.add(format!("{path}.time_range"), "start must be before end");
-            }
-        }
+        let (start, end) = time_range(q.time_range.as_ref(), path, &mut v);
         if q.min_group_size > MAX_MIN_GROUP_SIZE {
             v.add(
                 format!("{path}.min_group_size"),
                 format!("at most {MAX_MIN_GROUP_SIZE}"),
             );
         }
+        let epsilon = match q.epsilon {
+            None => None,
+            Some(e) => match Epsilon::from_f64(e, &format!("{path}.epsilon")) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    v.0.extend(e.0);
+                    None
+                }
+            },
+        };
         v.into_result(Self {
             purpose,
             metrics,
@@ -164,6 +200,7 @@ impl AggregateSpec {
             end,
             channels,
             min_group_size: q.min_group_size,
+            epsilon,
         })
     }
 
@@ -173,20 +210,115 @@ impl AggregateSpec {
             purpose: self.purpose as i32,
             metrics: self.metrics.iter().map(|m| *m as i32).collect(),
             group_by: self.group_by.iter().map(|d| *d as i32).collect(),
-            time_range: (self.start.is_some() || self.end.is_some()).then(|| {
-                crate::pb::TimeRange {
-                    start: self
-                        .start
-                        .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-                    end: self
-                        .end
-                        .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-                }
-            }),
+            time_range: wire_range(self.start, self.end),
             channels: self.channels.iter().map(|c| *c as i32).collect(),
             min_group_size: self.min_group_size,
+            epsilon: self.epsilon.map(Epsilon::as_f64),
         }
     }
+}
+
+/// Largest number of records one `QueryRecords` call returns (and the default).
+pub const MAX_RECORDS_PER_QUERY: u32 = 100_000;
+
+/// A validated record query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSpec {
+    /// Declared purpose; keys the pseudonyms.
+    pub purpose: Purpose,
+    /// Inclusive start, Unix seconds.
+    pub start: Option<i64>,
+    /// Exclusive end, Unix seconds.
+    pub end: Option<i64>,
+    /// Channels to keep; empty keeps all.
+    pub channels: Vec<Channel>,
+    /// Most records to return, 1 to [`MAX_RECORDS_PER_QUERY`].
+    pub limit: u32,
+}
+
+impl RecordSpec {
+    /// Validates `query`, found at `path` in the request.
+    pub fn from_query(query: Option<&RecordQuery>, path: &str) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let Some(q) = query else {
+            return Err(Violations::one(path, "required"));
+        };
+        let purpose = purpose_of(q.purpose, &format!("{path}.purpose"), &mut v);
+        let channels = enum_list(
+            &q.channels,
+            &format!("{path}.channels"),
+            &mut v,
+            Channel::Unspecified,
+        );
+        let (start, end) = time_range(q.time_range.as_ref(), path, &mut v);
+        if q.limit > MAX_RECORDS_PER_QUERY {
+            v.add(
+                format!("{path}.limit"),
+                format!("at most {MAX_RECORDS_PER_QUERY}"),
+            );
+        }
+        let limit = if q.limit == 0 {
+            MAX_RECORDS_PER_QUERY
+        } else {
+            q.limit
+        };
+        v.into_result(Self {
+            purpose,
+            start,
+            end,
+            channels,
+            limit,
+        })
+    }
+
+    /// Back to the wire form (for forwarding to regions).
+    pub fn to_query(&self) -> RecordQuery {
+        RecordQuery {
+            purpose: self.purpose as i32,
+            time_range: wire_range(self.start, self.end),
+            channels: self.channels.iter().map(|c| *c as i32).collect(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// Decodes a required purpose.
+fn purpose_of(raw: i32, path: &str, v: &mut Violations) -> Purpose {
+    match Purpose::try_from(raw) {
+        Ok(Purpose::Unspecified) | Err(_) => {
+            v.add(path, "required: a known Purpose other than UNSPECIFIED");
+            Purpose::Unspecified
+        }
+        Ok(p) => p,
+    }
+}
+
+/// Decodes an optional time range at `{path}.time_range`.
+fn time_range(
+    range: Option<&crate::pb::TimeRange>,
+    path: &str,
+    v: &mut Violations,
+) -> (Option<i64>, Option<i64>) {
+    let Some(range) = range else {
+        return (None, None);
+    };
+    let start = range.start.as_ref().map(|t| t.seconds);
+    let end = range.end.as_ref().map(|t| t.seconds);
+    if let (Some(s), Some(e)) = (start, end)
+        && s >= e
+    {
+        v.add(format!("{path}.time_range"), "start must be before end");
+    }
+    (start, end)
+}
+
+/// The wire form of an optional time range.
+fn wire_range(start: Option<i64>, end: Option<i64>) -> Option<crate::pb::TimeRange> {
+    let ts = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+    (start.is_some() || end.is_some()).then(|| crate::pb::TimeRange {
+        start: start.map(ts),
+        end: end.map(ts),
+    })
 }
 
 /// Decodes a repeated enum field: every value known, none UNSPECIFIED, no duplicates.

@@ -2,16 +2,39 @@
 //!
 //! The query runs as one SQL `GROUP BY` over the analytical columns only (never the personal
 //! tables) and yields mergeable statistics per group (see `domicile_proto::merge`). A group with
-//! fewer than *k* distinct subjects is dropped here, at the node, and only counted.
+//! fewer than *k* distinct subjects is dropped here, at the node, and only counted. *k* counts
+//! distinct subjects, never rows; a group of one country meets that country's *k*, a group that
+//! mixes countries meets the largest *k* of the region.
+//!
+//! Under differential privacy ([`crate::dp`]) each subject's contributions are bounded first
+//! (its first `L` interactions in time order), handle times are clamped, every released
+//! statistic gets discrete Laplace noise, and the *noisy* distinct-subject count decides which
+//! groups meet *k*.
+
+use std::collections::BTreeMap;
 
 use domicile_proto::{
     domain::AggregateSpec,
     merge::NPS_BUCKETS,
     pb::{AggregateStats, Channel, Dimension, GroupKey, PartialGroup},
 };
+use rand::RngCore;
 use rusqlite::{Connection, ToSql};
 
-use crate::error::NodeError;
+use crate::{
+    dp::{NoisePlan, noise},
+    error::NodeError,
+};
+
+/// The privacy rules one aggregate runs under.
+pub struct Rules<'a> {
+    /// *k* per country (policy *k*, node floor and request, whichever is largest).
+    pub k_by_country: BTreeMap<String, u32>,
+    /// *k* for groups that mix countries: the largest of `k_by_country`.
+    pub k_mixed: u32,
+    /// Noise to add, with the randomness to draw it from; `None` releases exact values.
+    pub noise: Option<(NoisePlan, &'a mut dyn RngCore)>,
+}
 
 /// A region's answer before it is put on the wire.
 #[derive(Debug, Default, Clone)]
@@ -35,46 +58,65 @@ fn dimension_sql(d: Dimension) -> Option<&'static str> {
     }
 }
 
-/// Runs `spec` for `tenant` over `conn`, suppressing groups below `k` distinct subjects.
+/// Runs `spec` for `tenant` over `conn`, suppressing groups below *k* distinct subjects.
 pub fn run(
     conn: &Connection,
     region_id: &str,
     tenant: &str,
     spec: &AggregateSpec,
-    k: u32,
+    mut rules: Rules<'_>,
 ) -> Result<Partial, NodeError> {
     let dims: Vec<(Dimension, &str)> = spec
         .group_by
         .iter()
         .filter_map(|d| dimension_sql(*d).map(|sql| (*d, sql)))
         .collect();
+    let handle_time = match &rules.noise {
+        Some((plan, _)) => format!("MIN(handle_time, {})", plan.handle_time_bound),
+        None => "handle_time".to_owned(),
+    };
     let mut select = String::from("SELECT COUNT(*), COUNT(DISTINCT subject_id)");
     for score in 0..NPS_BUCKETS {
         select.push_str(&format!(", SUM(CASE WHEN nps = {score} THEN 1 ELSE 0 END)"));
     }
-    select.push_str(
+    select.push_str(&format!(
         ", COALESCE(SUM(csat), 0), COUNT(csat), COALESCE(SUM(ces), 0), COUNT(ces),\
-         COALESCE(SUM(handle_time), 0), SUM(CASE WHEN handle_time > 0 THEN 1 ELSE 0 END)",
-    );
+         COALESCE(SUM({handle_time}), 0), SUM(CASE WHEN handle_time > 0 THEN 1 ELSE 0 END)"
+    ));
     for (_, sql) in &dims {
         select.push_str(", ");
         select.push_str(sql);
     }
-    select.push_str(" FROM interactions WHERE tenant = ?");
+    // The country of each group, to pick its k: the grouped country, or (for mixed groups) a
+    // constant that maps to the region's largest k.
+    let country_col = dims.iter().position(|(d, _)| *d == Dimension::Country);
+    let mut filter = String::from(" WHERE tenant = ?");
     let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(tenant.to_owned())];
     if let Some(start) = spec.start {
-        select.push_str(" AND started_at >= ?");
+        filter.push_str(" AND started_at >= ?");
         args.push(Box::new(start));
     }
     if let Some(end) = spec.end {
-        select.push_str(" AND started_at < ?");
+        filter.push_str(" AND started_at < ?");
         args.push(Box::new(end));
     }
     if !spec.channels.is_empty() {
         let marks = vec!["?"; spec.channels.len()].join(", ");
-        select.push_str(&format!(" AND channel IN ({marks})"));
+        filter.push_str(&format!(" AND channel IN ({marks})"));
         for c in &spec.channels {
             args.push(Box::new(*c as i32));
+        }
+    }
+    match &rules.noise {
+        // Contribution bound: each subject's first L interactions (in time order) only.
+        Some((plan, _)) => select.push_str(&format!(
+            " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY started_at, \
+             interaction_id) AS contribution FROM interactions{filter}) WHERE contribution <= {}",
+            plan.max_contributions
+        )),
+        None => {
+            select.push_str(" FROM interactions");
+            select.push_str(&filter);
         }
     }
     if !dims.is_empty() {
@@ -87,7 +129,7 @@ pub fn run(
     let mut stmt = conn.prepare(&select)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
     let mut partial = Partial {
-        min_group_size: k,
+        min_group_size: rules.k_mixed,
         ..Default::default()
     };
     while let Some(row) = rows.next()? {
@@ -98,22 +140,25 @@ pub fn run(
         if interactions == 0 {
             continue; // an ungrouped query over no rows still yields one row
         }
-        let distinct_subjects = get(1)?;
-        if distinct_subjects < u64::from(k) {
-            partial.suppressed += 1;
-            continue;
-        }
+        let base = 2 + NPS_BUCKETS;
+        let k = match country_col {
+            Some(i) => {
+                let country: String = row.get(base + 6 + i)?;
+                rules
+                    .k_by_country
+                    .get(&country)
+                    .copied()
+                    .unwrap_or(rules.k_mixed)
+            }
+            None => rules.k_mixed,
+        };
         let mut nps_histogram = Vec::with_capacity(NPS_BUCKETS);
         for i in 0..NPS_BUCKETS {
             nps_histogram.push(get(2 + i)?);
         }
-        if nps_histogram.iter().all(|n| *n == 0) {
-            nps_histogram.clear();
-        }
-        let base = 2 + NPS_BUCKETS;
-        let stats = AggregateStats {
+        let mut stats = AggregateStats {
             interactions,
-            distinct_subjects,
+            distinct_subjects: get(1)?,
             nps_histogram,
             csat_sum: get(base)?,
             csat_responses: get(base + 1)?,
@@ -122,6 +167,16 @@ pub fn run(
             handle_time_sum_seconds: get(base + 4)?,
             handle_time_count: get(base + 5)?,
         };
+        if let Some((plan, rng)) = &mut rules.noise {
+            add_noise(&mut stats, plan, &mut **rng);
+        }
+        if stats.distinct_subjects < u64::from(k) {
+            partial.suppressed += 1;
+            continue;
+        }
+        if stats.nps_histogram.iter().all(|n| *n == 0) {
+            stats.nps_histogram.clear();
+        }
         let mut key = GroupKey::default();
         if grouped_by_region {
             key.region_id = region_id.to_owned();
@@ -144,4 +199,50 @@ pub fn run(
         });
     }
     Ok(partial)
+}
+
+/// Adds noise to every released family and zeroes the others. Noisy values are clamped at 0
+/// (post-processing, which costs no privacy).
+fn add_noise(stats: &mut AggregateStats, plan: &NoisePlan, rng: &mut dyn RngCore) {
+    let share = plan.families();
+    let l = u64::from(plan.max_contributions);
+    let mut noisy = |value: u64, sensitivity: u64| {
+        let n = noise(rng, plan.epsilon, share, sensitivity);
+        (i128::from(value) + i128::from(n)).clamp(0, i128::from(u64::MAX)) as u64
+    };
+    stats.interactions = noisy(stats.interactions, l);
+    stats.distinct_subjects = noisy(stats.distinct_subjects, l);
+    // Every interaction adds 1 to one bucket: the histogram as a whole has sensitivity L.
+    if plan.nps {
+        for bucket in &mut stats.nps_histogram {
+            *bucket = noisy(*bucket, l);
+        }
+    } else {
+        stats.nps_histogram.iter_mut().for_each(|b| *b = 0);
+    }
+    if plan.csat {
+        stats.csat_sum = noisy(stats.csat_sum, 5 * l);
+        stats.csat_responses = noisy(stats.csat_responses, l);
+    } else {
+        (stats.csat_sum, stats.csat_responses) = (0, 0);
+    }
+    if plan.ces {
+        stats.ces_sum = noisy(stats.ces_sum, 7 * l);
+        stats.ces_responses = noisy(stats.ces_responses, l);
+    } else {
+        (stats.ces_sum, stats.ces_responses) = (0, 0);
+    }
+    stats.handle_time_sum_seconds = if plan.handle_sum {
+        noisy(
+            stats.handle_time_sum_seconds,
+            u64::from(plan.handle_time_bound) * l,
+        )
+    } else {
+        0
+    };
+    stats.handle_time_count = if plan.handle_count {
+        noisy(stats.handle_time_count, l)
+    } else {
+        0
+    };
 }

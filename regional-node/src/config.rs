@@ -6,7 +6,9 @@
 //! listen = "127.0.0.1:50061"   # federation listener
 //! database = "/var/lib/domicile/eu-de.sqlite"
 //! sealing_key_file = "/etc/domicile/eu-de.sealing.key"
-//! min_group_size = 5
+//! pseudonym_secret_file = "/etc/domicile/eu-de.pseudonym.key"
+//! policy_dir = "/etc/domicile/policies"   # <CC>.toml per country; unset: the shipped examples
+//! min_group_size = 2           # a floor under every country policy's k
 //! max_records_per_envelope = 1000
 //! ```
 
@@ -34,7 +36,17 @@ pub struct NodeConfig {
     /// 0600, if missing. Default `sealing.key` beside the database.
     #[serde(default)]
     pub sealing_key_file: Option<PathBuf>,
-    /// Minimum distinct subjects per released aggregate group (*k*). Default 5, at least 2.
+    /// Path of the region's pseudonym secret (32 raw bytes), the HMAC key of pseudonymised
+    /// records. It never leaves the node. Created, mode 0600, if missing. Default
+    /// `pseudonym.key` beside the database.
+    #[serde(default)]
+    pub pseudonym_secret_file: Option<PathBuf>,
+    /// Directory of country policies, one `<CC>.toml` per country served. Default: the example
+    /// policies shipped in `deploy/policies/`, compiled into the binary.
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
+    /// A floor under every country policy's minimum group size *k*: the node applies the larger.
+    /// Default 2, at least 2.
     #[serde(default = "default_k")]
     pub min_group_size: u32,
     /// Most records accepted in one envelope. Default 1000.
@@ -49,7 +61,7 @@ fn default_database() -> PathBuf {
     PathBuf::from("domicile-node.sqlite")
 }
 fn default_k() -> u32 {
-    5
+    2
 }
 fn default_max_records() -> usize {
     1000
@@ -74,6 +86,8 @@ impl NodeConfig {
             listen: default_listen(),
             database,
             sealing_key_file: None,
+            pseudonym_secret_file: None,
+            policy_dir: None,
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
         }
@@ -96,6 +110,15 @@ impl NodeConfig {
         self.sealing_key_file.clone().unwrap_or_else(|| {
             let mut p = self.database.clone();
             p.set_extension("sealing.key");
+            p
+        })
+    }
+
+    /// The pseudonym secret file: the configured one, or `pseudonym.key` beside the database.
+    pub fn pseudonym_secret_path(&self) -> PathBuf {
+        self.pseudonym_secret_file.clone().unwrap_or_else(|| {
+            let mut p = self.database.clone();
+            p.set_extension("pseudonym.key");
             p
         })
     }
@@ -147,7 +170,7 @@ mod tests {
     #[test]
     fn parses_with_defaults_and_names_bad_options() {
         let c = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\n").unwrap();
-        assert_eq!(c.min_group_size, 5);
+        assert_eq!(c.min_group_size, 2);
         let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\", \"fr\"]\n")
             .unwrap_err();
         assert_eq!(e.path, "countries[1]");

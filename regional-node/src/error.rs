@@ -1,7 +1,17 @@
 //! The node's error type and its one mapping to gRPC status codes.
 
+use std::collections::HashMap;
+
 use domicile_proto::error::Violations;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of Domicile's errors.
+pub const ERROR_DOMAIN: &str = "domicile.v1";
+/// `ErrorInfo.reason` when a country policy refuses the call.
+pub const DENIED_BY_POLICY: &str = "DENIED_BY_POLICY";
+/// `ErrorInfo.reason` when the differential-privacy budget is spent.
+pub const BUDGET_EXHAUSTED: &str = "PRIVACY_BUDGET_EXHAUSTED";
 
 /// What can go wrong in a node call.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +22,21 @@ pub enum NodeError {
     /// The storage failed. The message is for operators' logs; clients get a generic text.
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The country policies refuse the call; the text names the countries and rule, never data.
+    #[error("denied by policy: {0}")]
+    DeniedByPolicy(String),
+    /// The tenant's differential-privacy budget for the day cannot pay for the query.
+    #[error(
+        "privacy budget exhausted: {remaining_milli} of {budget_milli} thousandths left, {requested_milli} requested"
+    )]
+    BudgetExhausted {
+        /// Epsilon left today, in thousandths.
+        remaining_milli: u64,
+        /// The daily budget, in thousandths.
+        budget_milli: u64,
+        /// What the query needed, in thousandths.
+        requested_milli: u32,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
@@ -25,6 +50,46 @@ impl From<NodeError> for Status {
                 // Storage errors can quote values (e.g. constraint failures): log, never return.
                 tracing::error!(error = %err, "storage failure");
                 Status::unavailable("storage unavailable; retry with the same idempotency keys")
+            }
+            NodeError::DeniedByPolicy(why) => Status::with_error_details(
+                Code::FailedPrecondition,
+                format!("denied by policy: {why}"),
+                ErrorDetails::with_error_info(DENIED_BY_POLICY, ERROR_DOMAIN, HashMap::new()),
+            ),
+            NodeError::BudgetExhausted {
+                remaining_milli,
+                budget_milli,
+                requested_milli,
+            } => {
+                let eps = |m: u64| format!("{:.3}", m as f64 / 1000.0);
+                let metadata = HashMap::from([
+                    ("remaining_epsilon".to_owned(), eps(remaining_milli)),
+                    ("daily_epsilon_budget".to_owned(), eps(budget_milli)),
+                    (
+                        "requested_epsilon".to_owned(),
+                        eps(u64::from(requested_milli)),
+                    ),
+                ]);
+                let mut details =
+                    ErrorDetails::with_error_info(BUDGET_EXHAUSTED, ERROR_DOMAIN, metadata);
+                details.add_quota_failure_violation(
+                    "differential-privacy epsilon per tenant per UTC day",
+                    format!(
+                        "{} of {} left today; the query needs {}",
+                        eps(remaining_milli),
+                        eps(budget_milli),
+                        eps(u64::from(requested_milli))
+                    ),
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "privacy budget exhausted: remaining epsilon {} of {} today",
+                        eps(remaining_milli),
+                        eps(budget_milli)
+                    ),
+                    details,
+                )
             }
             NodeError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal failure");

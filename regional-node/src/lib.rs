@@ -15,10 +15,15 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod dp;
 pub mod error;
 pub mod ingest;
 pub mod keys;
 pub mod node;
+pub mod policy;
+pub mod pseudonym;
+pub mod records;
+pub mod redact;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -1,22 +1,41 @@
 //! The node's business logic, callable in-process (tests) or through [`crate::service`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use domicile_proto::{
-    domain::{AggregateSpec, TenantId},
+    domain::{AggregateSpec, Epsilon, RecordSpec, TenantId},
     error::Violations,
-    pb::{RecordResult, RecordStatus, RejectReason, SealedEnvelope, SealingKey},
+    pb::{
+        NoiseMechanism, RecordResult, RecordStatus, RegionRelease, RegionalNodeAggregateResponse,
+        RegionalNodeQueryRecordsResponse, RejectReason, ReleaseKind, SealedEnvelope, SealingKey,
+    },
     seal::{SUITE, SealingKeyPair},
 };
+use prost::Message;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::{
-    aggregate::{self, Partial},
+    aggregate::{self, Rules},
     config::NodeConfig,
+    dp::NoisePlan,
     error::NodeError,
     ingest::{Verdict, open_envelope, result},
     keys,
-    storage::{SqliteStore, StoreOutcome},
+    policy::{PolicySet, Release},
+    pseudonym::Pseudonymiser,
+    records,
+    storage::{Charge, SqliteStore, StoreOutcome},
 };
+
+/// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
+/// client stops reading, the reader blocks after this many batches.
+const RECORD_STREAM_BUFFER: usize = 2;
+
+/// A stream of `QueryRecords` messages from a node.
+pub type RecordStream = mpsc::Receiver<Result<RegionalNodeQueryRecordsResponse, NodeError>>;
 
 /// A running regional node: configuration, keys and storage.
 #[derive(Clone)]
@@ -28,6 +47,10 @@ struct Inner {
     config: NodeConfig,
     keys: SealingKeyPair,
     store: SqliteStore,
+    policies: PolicySet,
+    pseudonyms: Pseudonymiser,
+    /// Randomness for differential-privacy noise, seeded from the operating system.
+    noise_rng: Mutex<ChaCha20Rng>,
 }
 
 impl std::fmt::Debug for Node {
@@ -47,10 +70,15 @@ impl Node {
             .map_err(|e| NodeError::Internal(format!("configuration: {e}")))?;
         let keys = keys::load_or_create(&config.sealing_key_path())
             .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
+        let policies = PolicySet::load(config.policy_dir.as_deref(), &config.countries)
+            .map_err(|e| NodeError::Internal(format!("policy: {e}")))?;
+        let secret = keys::load_or_create_secret(&config.pseudonym_secret_path())
+            .map_err(|e| NodeError::Internal(format!("pseudonym secret: {e}")))?;
         let store = SqliteStore::open(&config.database)?;
         tracing::info!(
             region = %config.region_id,
             countries = ?config.countries,
+            policies = ?policies.labels(),
             key_id = %keys.public().key_id(),
             database = %config.database.display(),
             "node opened"
@@ -60,8 +88,16 @@ impl Node {
                 config,
                 keys,
                 store,
+                policies,
+                pseudonyms: Pseudonymiser::new(&secret),
+                noise_rng: Mutex::new(ChaCha20Rng::from_os_rng()),
             }),
         })
+    }
+
+    /// The country policies in force.
+    pub fn policies(&self) -> &PolicySet {
+        &self.inner.policies
     }
 
     /// The configuration.
@@ -186,23 +222,207 @@ impl Node {
         Ok(results)
     }
 
-    /// This region's partial aggregate for `tenant`. k is the larger of the node's and the
-    /// request's.
+    /// This region's partial aggregate for `tenant`, with the release it amounts to.
+    ///
+    /// *k* is the largest of the country policy's, the node's floor and the request's. Noise is
+    /// added when the request asks for it or a policy demands it; its epsilon (capped at the
+    /// smallest `epsilon_per_query` of the region's policies) is charged to the tenant's daily
+    /// budget before the query runs, and an exhausted budget refuses the query.
     pub async fn aggregate(
         &self,
         tenant_id: &str,
         spec: AggregateSpec,
-    ) -> Result<Partial, NodeError> {
+    ) -> Result<RegionalNodeAggregateResponse, NodeError> {
         let tenant = TenantId::parse(tenant_id, "tenant_id")?;
-        let k = self.inner.config.min_group_size.max(spec.min_group_size);
+        let policies = &self.inner.policies;
+        let floor = self.inner.config.min_group_size.max(spec.min_group_size);
+        let k_by_country: std::collections::BTreeMap<String, u32> = policies
+            .iter()
+            .map(|p| (p.country().to_owned(), p.min_group_size().max(floor)))
+            .collect();
+        let k_mixed = k_by_country.values().copied().max().unwrap_or(floor);
+
+        let strictest = |f: fn(&crate::policy::PrivacyRules) -> f64| {
+            policies
+                .iter()
+                .map(|p| f(&p.privacy))
+                .fold(f64::INFINITY, f64::min)
+        };
+        let cap =
+            Epsilon::from_milli((strictest(|p| *p.epsilon_per_query.get_ref()) * 1000.0) as u32);
+        let required = policies.iter().any(|p| p.privacy.dp_required);
+        let epsilon = match (spec.epsilon, required) {
+            (Some(e), _) => Some(e.min(cap)),
+            (None, true) => Some(cap),
+            (None, false) => None,
+        };
+        let plan = epsilon.map(|e| {
+            let min_u32 = |f: fn(&crate::policy::PrivacyRules) -> u32| {
+                policies.iter().map(|p| f(&p.privacy)).min().unwrap_or(1)
+            };
+            NoisePlan::new(
+                e,
+                min_u32(|p| *p.max_contributions_per_subject.get_ref()),
+                min_u32(|p| *p.handle_time_bound_seconds.get_ref()),
+                &spec.metrics,
+            )
+        });
+        let budget_milli = (strictest(|p| *p.daily_epsilon_budget.get_ref()) * 1000.0) as u64;
+        let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
+
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
-            let region = &node.inner.config.region_id;
-            node.inner
+            let inner = &node.inner;
+            if let Some(plan) = &plan {
+                let requested_milli = plan.epsilon.milli();
+                if let Charge::Exhausted { remaining_milli } =
+                    inner
+                        .store
+                        .charge_epsilon(tenant.as_str(), requested_milli, budget_milli)?
+                {
+                    return Err(NodeError::BudgetExhausted {
+                        remaining_milli,
+                        budget_milli,
+                        requested_milli,
+                    });
+                }
+            }
+            let region = &inner.config.region_id;
+            let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
+            let rules = Rules {
+                k_by_country,
+                k_mixed,
+                noise: plan.map(|p| (p, &mut *rng as &mut dyn rand::RngCore)),
+            };
+            let partial = inner
                 .store
-                .read(|conn| aggregate::run(conn, region, tenant.as_str(), &spec, k))
+                .read(|conn| aggregate::run(conn, region, tenant.as_str(), &spec, rules))?;
+            let released = u32::try_from(partial.groups.len()).unwrap_or(u32::MAX);
+            let release = RegionRelease {
+                region_id: region.clone(),
+                kind: if released > 0 {
+                    ReleaseKind::Aggregates
+                } else {
+                    ReleaseKind::None
+                } as i32,
+                groups_released: released,
+                groups_suppressed: u32::try_from(partial.suppressed).unwrap_or(u32::MAX),
+                rows_released: 0,
+                min_group_size: partial.min_group_size,
+                mechanism: if plan.is_some() {
+                    NoiseMechanism::DiscreteLaplace
+                } else {
+                    NoiseMechanism::None
+                } as i32,
+                epsilon: plan.map_or(0.0, |p| p.epsilon.as_f64()),
+                policy_versions: inner.policies.labels(),
+                countries_denied: Vec::new(),
+                query_fingerprint: fingerprint,
+            };
+            tracing::debug!(
+                region = %region,
+                tenant = %tenant,
+                purpose = spec.purpose.as_str_name(),
+                groups = released,
+                suppressed = partial.suppressed,
+                epsilon = release.epsilon,
+                "aggregate released"
+            );
+            Ok(RegionalNodeAggregateResponse {
+                region_id: region.clone(),
+                groups: partial.groups,
+                suppressed_groups: partial.suppressed,
+                min_group_size: partial.min_group_size,
+                release: Some(release),
+            })
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
     }
+
+    /// Streams this region's pseudonymised records for `tenant`, in time order, from the
+    /// countries whose policy lets records leave; the last message carries the release.
+    /// Refused with [`NodeError::DeniedByPolicy`] when no country of the region does.
+    pub fn query_records(
+        &self,
+        tenant_id: &str,
+        spec: RecordSpec,
+    ) -> Result<RecordStream, NodeError> {
+        let tenant = TenantId::parse(tenant_id, "tenant_id")?;
+        let policies = &self.inner.policies;
+        let (allowed, denied): (Vec<_>, Vec<_>) = policies
+            .iter()
+            .partition(|p| p.border.release == Release::Pseudonymised);
+        let allowed: Vec<String> = allowed.iter().map(|p| p.country().to_owned()).collect();
+        let denied: Vec<String> = denied.iter().map(|p| p.country().to_owned()).collect();
+        if allowed.is_empty() {
+            return Err(NodeError::DeniedByPolicy(format!(
+                "region {} releases aggregates only ({})",
+                self.inner.config.region_id,
+                policies.labels().join(", ")
+            )));
+        }
+        let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
+        let (tx, rx) = mpsc::channel(RECORD_STREAM_BUFFER);
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &node.inner;
+            let region_id = inner.config.region_id.as_str();
+            let release = records::Release {
+                region_id,
+                tenant: tenant.as_str(),
+                countries: &allowed,
+                policies: &inner.policies,
+                pseudonyms: &inner.pseudonyms,
+            };
+            let outcome = inner.store.read(|conn| {
+                records::run(conn, &release, &spec, |batch| {
+                    let msg = RegionalNodeQueryRecordsResponse {
+                        records: batch,
+                        release: None,
+                    };
+                    // Blocks while the client is not reading: this is the backpressure.
+                    tx.blocking_send(Ok(msg)).is_ok()
+                })
+            });
+            let last = outcome.map(|rows| {
+                tracing::debug!(
+                    region = %region_id,
+                    tenant = %tenant,
+                    purpose = spec.purpose.as_str_name(),
+                    rows,
+                    "records released"
+                );
+                RegionalNodeQueryRecordsResponse {
+                    records: Vec::new(),
+                    release: Some(RegionRelease {
+                        region_id: region_id.to_owned(),
+                        kind: if rows > 0 {
+                            ReleaseKind::PseudonymisedRecords
+                        } else {
+                            ReleaseKind::None
+                        } as i32,
+                        rows_released: rows,
+                        mechanism: NoiseMechanism::None as i32,
+                        policy_versions: inner.policies.labels(),
+                        countries_denied: denied,
+                        query_fingerprint: fingerprint,
+                        ..Default::default()
+                    }),
+                }
+            });
+            let _ = tx.blocking_send(last);
+        });
+        Ok(rx)
+    }
+}
+
+/// Hex SHA-256 of the tenant and the encoded query: names the query in attestations without
+/// revealing anything but its parameters.
+fn fingerprint(tenant: &str, query: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(tenant.as_bytes());
+    h.update([0]);
+    h.update(query);
+    hex::encode(h.finalize())
 }

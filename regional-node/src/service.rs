@@ -1,14 +1,19 @@
 //! The tonic adapter of the federation API: converts wire messages and delegates to [`Node`].
 
+use std::pin::Pin;
+
 use domicile_proto::{
-    domain::AggregateSpec,
+    domain::{AggregateSpec, RecordSpec},
     error::Violations,
     pb::{
         GetRegionInfoRequest, GetRegionInfoResponse, RegionalNodeAggregateRequest,
         RegionalNodeAggregateResponse, RegionalNodeIngestRequest, RegionalNodeIngestResponse,
+        RegionalNodeQueryRecordsRequest, RegionalNodeQueryRecordsResponse,
         regional_node_server::RegionalNode,
     },
 };
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
@@ -58,12 +63,22 @@ impl RegionalNode for RegionalNodeService {
     ) -> Result<Response<RegionalNodeAggregateResponse>, Status> {
         let req = request.into_inner();
         let spec = AggregateSpec::from_query(req.query.as_ref(), "query")?;
-        let partial = self.node.aggregate(&req.tenant_id, spec).await?;
-        Ok(Response::new(RegionalNodeAggregateResponse {
-            region_id: self.node.config().region_id.clone(),
-            groups: partial.groups,
-            suppressed_groups: partial.suppressed,
-            min_group_size: partial.min_group_size,
-        }))
+        Ok(Response::new(
+            self.node.aggregate(&req.tenant_id, spec).await?,
+        ))
+    }
+
+    type QueryRecordsStream =
+        Pin<Box<dyn Stream<Item = Result<RegionalNodeQueryRecordsResponse, Status>> + Send>>;
+
+    async fn query_records(
+        &self,
+        request: Request<RegionalNodeQueryRecordsRequest>,
+    ) -> Result<Response<Self::QueryRecordsStream>, Status> {
+        let req = request.into_inner();
+        let spec = RecordSpec::from_query(req.query.as_ref(), "query")?;
+        let rx = self.node.query_records(&req.tenant_id, spec)?;
+        let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

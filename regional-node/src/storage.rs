@@ -79,7 +79,30 @@ CREATE TABLE IF NOT EXISTS ingest_keys (
     ingested_at     INTEGER NOT NULL,
     PRIMARY KEY (tenant, idempotency_key)
 ) WITHOUT ROWID;
+
+-- Differential-privacy budget spent per tenant and UTC day, in thousandths of epsilon.
+CREATE TABLE IF NOT EXISTS privacy_budget (
+    tenant      TEXT NOT NULL,
+    day         TEXT NOT NULL,
+    spent_milli INTEGER NOT NULL,
+    PRIMARY KEY (tenant, day)
+) WITHOUT ROWID;
 "#;
+
+/// The outcome of charging epsilon to a tenant's daily budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// Charged; this much is left today (thousandths).
+    Charged {
+        /// Left after the charge.
+        remaining_milli: u64,
+    },
+    /// Refused: not enough left; nothing changed.
+    Exhausted {
+        /// Left today.
+        remaining_milli: u64,
+    },
+}
 
 /// A record ready to store: validated and with its routing metadata.
 #[derive(Debug)]
@@ -245,6 +268,46 @@ impl SqliteStore {
         }
         tx.commit()?;
         Ok(outcomes)
+    }
+
+    /// Charges `milli` thousandths of epsilon to `tenant`'s budget for today (UTC), whose total
+    /// is `budget_milli`, atomically: either the whole charge fits and is durable, or nothing
+    /// changes.
+    pub fn charge_epsilon(
+        &self,
+        tenant: &str,
+        milli: u32,
+        budget_milli: u64,
+    ) -> Result<Charge, NodeError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let day: String = tx.query_row("SELECT date('now')", [], |r| r.get(0))?;
+        let spent: u64 = tx
+            .query_row(
+                "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
+                params![tenant, day],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v.max(0) as u64)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                e => Err(e),
+            })?;
+        let remaining = budget_milli.saturating_sub(spent);
+        if u64::from(milli) > remaining {
+            return Ok(Charge::Exhausted {
+                remaining_milli: remaining,
+            });
+        }
+        tx.execute(
+            "INSERT INTO privacy_budget (tenant, day, spent_milli) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant, day) DO UPDATE SET spent_milli = spent_milli + excluded.spent_milli",
+            params![tenant, day, milli],
+        )?;
+        tx.commit()?;
+        Ok(Charge::Charged {
+            remaining_milli: remaining - u64::from(milli),
+        })
     }
 
     /// Runs `f` with a read-only connection from the pool.

@@ -101,12 +101,19 @@ pub fn month_of(unix: i64) -> String {
 /// A brute-force group key: (region, country, channel, period).
 pub type Key = (String, String, i32, String);
 
+/// The minimum group size the shipped policy of `country` sets.
+pub fn policy_k(country: &str) -> u32 {
+    domicile_node::policy::PolicySet::load(None, &[country.to_owned()])
+        .expect("shipped policy")
+        .max_min_group_size()
+}
+
 /// Computes, record by record, what the federation should answer: per region and key the
-/// statistics, suppressed below `k` distinct subjects, then summed across regions.
+/// statistics, suppressed below `k_of(region)` distinct subjects, then summed across regions.
 /// `key_of` maps (region, country, channel, started_at) to the group key.
 pub fn brute_force(
     records: &[(String, SynthRecord)],
-    k: u64,
+    k_of: impl Fn(&str) -> u64,
     key_of: impl Fn(&str, &str, i32, i64) -> Key,
 ) -> (BTreeMap<Key, AggregateStats>, u64) {
     let mut per_region: BTreeMap<(String, Key), (AggregateStats, BTreeSet<String>)> =
@@ -143,9 +150,9 @@ pub fn brute_force(
     }
     let mut merged: BTreeMap<Key, AggregateStats> = BTreeMap::new();
     let mut suppressed = 0;
-    for ((_, key), (mut stats, subjects)) in per_region {
+    for ((region, key), (mut stats, subjects)) in per_region {
         stats.distinct_subjects = subjects.len() as u64;
-        if stats.distinct_subjects < k {
+        if stats.distinct_subjects < k_of(&region) {
             suppressed += 1;
             continue;
         }

@@ -7,7 +7,9 @@ use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, Channel, Dimension, Metric, Purpose, RegionStatus,
     gateway_client::GatewayClient,
 };
-use domicile_tests::{Federation, TENANT, brute_force, federation, gateway_client, load, month_of};
+use domicile_tests::{
+    Federation, TENANT, brute_force, federation, gateway_client, load, month_of, policy_k,
+};
 use tonic::transport::Channel as GrpcChannel;
 
 const ALL_METRICS: [Metric; 7] = [
@@ -42,6 +44,14 @@ fn region_of(country: &str) -> &'static str {
     }
 }
 
+fn country_of(region: &str) -> &'static str {
+    match region {
+        "eu-de" => "DE",
+        "eu-fr" => "FR",
+        _ => "US",
+    }
+}
+
 /// The coverage status reported for `region`.
 fn status_of(resp: &domicile_proto::pb::AggregateResponse, region: &str) -> i32 {
     resp.coverage
@@ -69,7 +79,8 @@ async fn check_against_brute_force(
     key_of: impl Fn(&str, &str, i32, i64) -> domicile_tests::Key,
 ) -> anyhow::Result<()> {
     let resp = gw.aggregate(request(group_by, k)).await?.into_inner();
-    let (expected, expected_suppressed) = brute_force(records, u64::from(k.max(5)), key_of);
+    let k_of = |region: &str| u64::from(k.max(policy_k(country_of(region))));
+    let (expected, expected_suppressed) = brute_force(records, k_of, key_of);
     assert_eq!(
         resp.suppressed_groups, expected_suppressed,
         "suppressed groups for {group_by:?}"
@@ -140,7 +151,8 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
 {
     let (fed, records) = three_regions().await?;
     let mut gw = gateway_client(&fed).await?;
-    // Per country × channel × day, most groups have fewer than 5 subjects.
+    // Per country × channel × day, most groups have fewer than k subjects. k is per country:
+    // 10 for DE and FR, 5 for the US in the shipped policies.
     let resp = gw
         .aggregate(request(
             &[Dimension::Country, Dimension::Channel, Dimension::Day],
@@ -149,10 +161,23 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
         .await?
         .into_inner();
     assert!(resp.suppressed_groups > 0, "day-level groups are small");
+    let mut smallest_us_group = u64::MAX;
     for g in &resp.groups {
-        assert!(g.stats.as_ref().unwrap().distinct_subjects >= 5);
+        let country = &g.key.as_ref().unwrap().country;
+        let subjects = g.stats.as_ref().unwrap().distinct_subjects;
+        assert!(
+            subjects >= u64::from(policy_k(country)),
+            "{country}: {subjects}"
+        );
+        if country == "US" {
+            smallest_us_group = smallest_us_group.min(subjects);
+        }
     }
-    assert_eq!(resp.privacy.unwrap().min_group_size, 5);
+    assert!(
+        smallest_us_group < 10,
+        "US groups use the US k of 5, not the largest k"
+    );
+    assert_eq!(resp.privacy.unwrap().min_group_size, 10);
 
     // A request may raise k…
     check_against_brute_force(
@@ -172,7 +197,7 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
         .into_inner();
     assert!(raised.suppressed_groups > 0);
     assert_eq!(raised.privacy.unwrap().min_group_size, 40);
-    // …but asking for k = 2 still gets the regions' k = 5.
+    // …but asking for k = 2 still gets the regions' own k.
     let lowered = gw
         .aggregate(request(
             &[Dimension::Country, Dimension::Channel, Dimension::Day],
@@ -180,7 +205,7 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
         ))
         .await?
         .into_inner();
-    assert_eq!(lowered.privacy.unwrap().min_group_size, 5);
+    assert_eq!(lowered.privacy.unwrap().min_group_size, 10);
     assert_eq!(lowered.groups.len(), resp.groups.len());
     Ok(())
 }

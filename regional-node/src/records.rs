@@ -1,0 +1,179 @@
+//! Pseudonymised records: interactions as they may leave the region.
+//!
+//! Each row is read with the subject's profile, then turned into a
+//! [`PseudonymisedInteraction`]: the subject and interaction ids become keyed pseudonyms
+//! ([`crate::pseudonym`]), quasi-identifiers are generalised as the country policy says (birth
+//! year to its decade or dropped, timestamps truncated to the hour or day, postal code to its
+//! prefix, language to its primary subtag), and the comment is redacted ([`crate::redact`])
+//! with the subject's own name. The message type has no field for a name, e-mail, phone or id.
+
+use domicile_proto::{domain::RecordSpec, pb::PseudonymisedInteraction};
+use rusqlite::{Connection, ToSql};
+
+use crate::{
+    error::NodeError,
+    policy::{BirthYear, PolicySet},
+    pseudonym::{Kind, Pseudonymiser},
+    redact::Redactor,
+};
+
+/// Records per streamed message.
+pub const BATCH: usize = 256;
+
+/// What one region may release and how.
+pub struct Release<'a> {
+    /// The region id.
+    pub region_id: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Countries whose records may leave (`pseudonymised` policy).
+    pub countries: &'a [String],
+    /// The policies.
+    pub policies: &'a PolicySet,
+    /// The region's pseudonymiser.
+    pub pseudonyms: &'a Pseudonymiser,
+}
+
+/// Streams `spec`'s records in time order to `emit`, `BATCH` at a time; stops early (without
+/// error) when `emit` returns false. Returns the number of records emitted.
+pub fn run(
+    conn: &Connection,
+    release: &Release<'_>,
+    spec: &RecordSpec,
+    mut emit: impl FnMut(Vec<PseudonymisedInteraction>) -> bool,
+) -> Result<u64, NodeError> {
+    let marks = vec!["?"; release.countries.len()].join(", ");
+    let mut sql = format!(
+        "SELECT i.interaction_id, i.subject_id, i.country, i.channel, i.direction, i.started_at,
+                i.handle_time, i.outcome, i.agent_team, i.recorded, i.survey_id, i.nps, i.csat,
+                i.ces, t.comment, p.full_name, p.postal_code, p.language, p.birth_year
+         FROM interactions i
+         LEFT JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
+         LEFT JOIN subject_pii p ON p.tenant = i.tenant AND p.external_id = i.subject_id
+         WHERE i.tenant = ? AND i.country IN ({marks})"
+    );
+    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(release.tenant.to_owned())];
+    for c in release.countries {
+        args.push(Box::new(c.clone()));
+    }
+    if let Some(start) = spec.start {
+        sql.push_str(" AND i.started_at >= ?");
+        args.push(Box::new(start));
+    }
+    if let Some(end) = spec.end {
+        sql.push_str(" AND i.started_at < ?");
+        args.push(Box::new(end));
+    }
+    if !spec.channels.is_empty() {
+        let marks = vec!["?"; spec.channels.len()].join(", ");
+        sql.push_str(&format!(" AND i.channel IN ({marks})"));
+        for c in &spec.channels {
+            args.push(Box::new(*c as i32));
+        }
+    }
+    sql.push_str(" ORDER BY i.started_at, i.interaction_id LIMIT ?");
+    args.push(Box::new(i64::from(spec.limit)));
+
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut emitted = 0u64;
+    while let Some(row) = rows.next()? {
+        let interaction_id: String = row.get(0)?;
+        let subject_id: String = row.get(1)?;
+        let country: String = row.get(2)?;
+        let Some(policy) = release.policies.get(&country) else {
+            continue; // the IN clause only admits the node's countries
+        };
+        let border = &policy.border;
+        let started_at: i64 = row.get(5)?;
+        let comment: Option<String> = row.get(14)?;
+        let full_name: Option<String> = row.get(15)?;
+        let postal: Option<String> = row.get(16)?;
+        let language: Option<String> = row.get(17)?;
+        let birth_year: Option<u32> = row.get(18)?;
+        let names: Vec<&str> = full_name.as_deref().into_iter().collect();
+        let comment_redacted = comment
+            .map(|c| Redactor::for_country(&country).redact(&c, &names).text)
+            .unwrap_or_default();
+        let prefix = usize::from(*border.postal_code_prefix.get_ref());
+        let postal_prefix: String = postal
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(prefix)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        batch.push(PseudonymisedInteraction {
+            subject_pseudonym: release.pseudonyms.pseudonym(
+                Kind::Subject,
+                release.tenant,
+                spec.purpose,
+                &subject_id,
+            ),
+            interaction_pseudonym: release.pseudonyms.pseudonym(
+                Kind::Interaction,
+                release.tenant,
+                spec.purpose,
+                &interaction_id,
+            ),
+            region_id: release.region_id.to_owned(),
+            country,
+            channel: row.get(3)?,
+            direction: row.get(4)?,
+            started_at: Some(prost_types::Timestamp {
+                seconds: border.timestamps.truncate(started_at),
+                nanos: 0,
+            }),
+            handle_time_seconds: row.get(6)?,
+            outcome: row.get(7)?,
+            agent_team: row.get(8)?,
+            recorded: row.get(9)?,
+            survey_id: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+            nps: row.get(11)?,
+            csat: row.get(12)?,
+            ces: row.get(13)?,
+            comment_redacted,
+            birth_decade: match (border.birth_year, birth_year) {
+                (BirthYear::Decade, Some(y)) if y > 0 => y / 10 * 10,
+                _ => 0,
+            },
+            postal_prefix,
+            language: primary_subtag(language.as_deref().unwrap_or("")),
+        });
+        if batch.len() == BATCH {
+            emitted += batch.len() as u64;
+            if !emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))) {
+                return Ok(emitted);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        emitted += batch.len() as u64;
+        emit(batch);
+    }
+    Ok(emitted)
+}
+
+/// The primary language subtag, lower case, when it is 2 or 3 letters ("de-DE" → "de").
+fn primary_subtag(tag: &str) -> String {
+    let primary = tag.split(['-', '_']).next().unwrap_or("");
+    if (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_alphabetic()) {
+        primary.to_ascii_lowercase()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::primary_subtag;
+
+    #[test]
+    fn language_keeps_the_primary_subtag_only() {
+        assert_eq!(primary_subtag("de-DE"), "de");
+        assert_eq!(primary_subtag("pt_BR"), "pt");
+        assert_eq!(primary_subtag(""), "");
+        assert_eq!(primary_subtag("x-klingon-1"), "");
+    }
+}

@@ -1,0 +1,553 @@
+//! Free-text redaction before a comment leaves the region.
+//!
+//! Detectors run in a fixed order — e-mail, IBAN, payment card, the country's national
+//! identifiers, phone number, the subject's own name — and each claims spans the earlier ones
+//! did not. Claimed spans are replaced by typed placeholders (`[EMAIL]`, `[IBAN]`, `[CARD]`,
+//! `[NATIONAL_ID]`, `[PHONE]`, `[NAME]`). The detectors lean towards recall: a digit run that
+//! looks like a phone number is redacted even if it is an order number, because a missed phone
+//! number is a leak and a redacted order number is not. Dates, times, year ranges, amounts and
+//! `#`-prefixed references are kept.
+//!
+//! Checksums keep IBANs (mod 97), card numbers (Luhn) and several national identifiers
+//! precise; the corpus test in `tests/redaction_corpus.rs` measures recall and precision.
+
+use std::{ops::Range, sync::LazyLock};
+
+use regex::Regex;
+
+/// What a redacted span was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Category {
+    /// An e-mail address.
+    Email,
+    /// An IBAN (mod-97 checked).
+    Iban,
+    /// A payment card number (Luhn checked).
+    Card,
+    /// A national identifier of the country (tax, social security, identity card numbers).
+    NationalId,
+    /// A phone number, international or national format.
+    Phone,
+    /// A token of the subject's own name.
+    Name,
+}
+
+impl Category {
+    /// The placeholder that replaces a span of this category.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Self::Email => "[EMAIL]",
+            Self::Iban => "[IBAN]",
+            Self::Card => "[CARD]",
+            Self::NationalId => "[NATIONAL_ID]",
+            Self::Phone => "[PHONE]",
+            Self::Name => "[NAME]",
+        }
+    }
+}
+
+/// A redacted text and what was taken out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redacted {
+    /// The text with every detected span replaced by its placeholder.
+    pub text: String,
+    /// The detected spans, as byte ranges of the *input*, in order.
+    pub spans: Vec<(Category, Range<usize>)>,
+}
+
+fn re(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("redaction patterns are constants")
+}
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"[\p{L}\p{N}._%+\-]+\s?(?:@|\(at\)|\[at\])\s?[\p{L}\p{N}\-]+(?:(?:\.|\(dot\)|\[dot\])[\p{L}\p{N}\-]+)*(?:\.|\(dot\)|\[dot\])\p{L}{2,}",
+    )
+});
+static IBAN: LazyLock<Regex> =
+    LazyLock::new(|| re(r"(?i)\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){11,30}"));
+static DIGIT_RUN: LazyLock<Regex> = LazyLock::new(|| re(r"\d(?:[ \-]?\d){12,18}"));
+static PHONE: LazyLock<Regex> = LazyLock::new(|| re(r"(?:\+|\b00|\(|\b)\d[\d\s().\-/]{4,}\d"));
+static DATE: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"^(?:\d{4}[./\-]\d{1,2}[./\-]\d{1,2}|\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}|\d{4}\s?[\-/]\s?\d{4}|\d{1,2}[./]\d{4})$",
+    )
+});
+static AMOUNT: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{1,3}(?:[., ]\d{3})*[.,]\d{2}$"));
+
+/// A country's national identifier: a pattern and an optional checksum on its characters.
+struct NationalId {
+    pattern: Regex,
+    check: fn(&str) -> bool,
+}
+
+fn always(_: &str) -> bool {
+    true
+}
+
+static NATIONAL_IDS: LazyLock<Vec<(&'static str, NationalId)>> = LazyLock::new(|| {
+    let id = |p: &str, check: fn(&str) -> bool| NationalId {
+        pattern: re(p),
+        check,
+    };
+    vec![
+        // Codice fiscale: 16 characters, letter/digit positions fixed.
+        (
+            "IT",
+            id(
+                r"(?i)\b[A-Z]{6}\d{2}[A-EHLMPR-T]\d{2}[A-Z]\d{3}[A-Z]\b",
+                always,
+            ),
+        ),
+        // DNI (8 digits and a check letter) and NIE (X/Y/Z, 7 digits, check letter).
+        ("ES", id(r"(?i)\b[XYZ0-9]\d{7}[\- ]?[A-Z]\b", spanish_id)),
+        // National Insurance number.
+        (
+            "GB",
+            id(
+                r"(?i)\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b",
+                always,
+            ),
+        ),
+        // Social Security number, dashed.
+        ("US", id(r"\b\d{3}-\d{2}-\d{4}\b", us_ssn)),
+        // CPF with its two check digits.
+        ("BR", id(r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b", brazil_cpf)),
+        // NIR (numéro de sécurité sociale) with its key.
+        (
+            "FR",
+            id(
+                r"(?i)\b[12]\s?\d{2}\s?\d{2}\s?(?:\d{2}|2A|2B)\s?\d{3}\s?\d{3}\s?\d{2}\b",
+                french_nir,
+            ),
+        ),
+        // BSN, 11-proof.
+        ("NL", id(r"\b\d{3}\.?\d{3}\.?\d{3}\b", dutch_bsn)),
+        // Resident identity card number, ISO 7064 MOD 11-2.
+        ("CN", id(r"(?i)\b\d{17}[\dX]\b", chinese_id)),
+    ]
+});
+
+fn digits(s: &str) -> Vec<u32> {
+    s.chars().filter_map(|c| c.to_digit(10)).collect()
+}
+
+fn spanish_id(s: &str) -> bool {
+    let clean: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let (body, letter) = clean.split_at(clean.len() - 1);
+    let body = body
+        .replacen('X', "0", 1)
+        .replacen('Y', "1", 1)
+        .replacen('Z', "2", 1);
+    let Ok(n) = body.parse::<u32>() else {
+        return false;
+    };
+    let table = b"TRWAGMYFPDXBNJZSQVHLCKE";
+    letter.as_bytes()[0] == table[(n % 23) as usize]
+}
+
+fn us_ssn(s: &str) -> bool {
+    let d = digits(s);
+    let area = d[0] * 100 + d[1] * 10 + d[2];
+    area != 0 && area != 666 && area < 900 && d[3..5] != [0, 0] && d[5..] != [0, 0, 0, 0]
+}
+
+fn brazil_cpf(s: &str) -> bool {
+    let d = digits(s);
+    if d.len() != 11 || d.iter().all(|x| *x == d[0]) {
+        return false;
+    }
+    let check = |n: usize| {
+        let sum: u32 = (0..n).map(|i| d[i] * (n as u32 + 1 - i as u32)).sum();
+        let r = (sum * 10) % 11;
+        if r == 10 { 0 } else { r }
+    };
+    check(9) == d[9] && check(10) == d[10]
+}
+
+fn french_nir(s: &str) -> bool {
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let (body, key) = clean.split_at(13);
+    // Corsica: 2A and 2B count as 19 and 18 in the key.
+    let (body, minus) = match &body[5..7] {
+        "2A" => (body.replacen("2A", "19", 1), 1_000_000),
+        "2B" => (body.replacen("2B", "18", 1), 2_000_000),
+        _ => (body.to_owned(), 0),
+    };
+    let (Ok(n), Ok(k)) = (body.parse::<u64>(), key.parse::<u64>()) else {
+        return false;
+    };
+    let n = if minus > 0 { n - minus } else { n };
+    97 - n % 97 == k
+}
+
+fn dutch_bsn(s: &str) -> bool {
+    let d = digits(s);
+    let sum: i64 = (0..8)
+        .map(|i| i64::from(d[i]) * (9 - i as i64))
+        .sum::<i64>()
+        - i64::from(d[8]);
+    d.len() == 9 && sum % 11 == 0 && sum != 0
+}
+
+fn chinese_id(s: &str) -> bool {
+    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let d = digits(&s[..17]);
+    let sum: u32 = d.iter().zip(W).map(|(a, b)| a * b).sum();
+    let expected = b"10X98765432"[(sum % 11) as usize];
+    s.as_bytes()[17].to_ascii_uppercase() == expected
+}
+
+/// The Luhn checksum of the digits of `s`.
+pub fn luhn(s: &str) -> bool {
+    let d = digits(s);
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, x)| {
+            if i % 2 == 1 {
+                let y = x * 2;
+                if y > 9 { y - 9 } else { y }
+            } else {
+                *x
+            }
+        })
+        .sum();
+    d.len() >= 12 && sum.is_multiple_of(10)
+}
+
+/// The IBAN mod-97 check on `s` without separators.
+pub fn iban_valid(compact: &str) -> bool {
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut rem: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let v = match c.to_digit(36) {
+            Some(v) => v,
+            None => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// Redacts free text with one country's rules (its national identifiers on top of the
+/// detectors every country uses).
+#[derive(Debug, Clone, Copy)]
+pub struct Redactor {
+    country: Option<&'static str>,
+}
+
+impl Redactor {
+    /// A redactor for `country` (ISO 3166-1 alpha-2); countries without national-identifier
+    /// rules get the common detectors only.
+    pub fn for_country(country: &str) -> Self {
+        Self {
+            country: NATIONAL_IDS
+                .iter()
+                .find(|(c, _)| *c == country)
+                .map(|(c, _)| *c),
+        }
+    }
+
+    /// The common detectors and no national identifiers.
+    pub fn common() -> Self {
+        Self { country: None }
+    }
+
+    /// Redacts `text`; `names` are the subject's known names (full name as stored), whose
+    /// tokens of two or more characters are replaced wherever they occur as words.
+    pub fn redact(&self, text: &str, names: &[&str]) -> Redacted {
+        let mut spans: Vec<(Category, Range<usize>)> = Vec::new();
+        let claim = |cat: Category, r: Range<usize>, spans: &mut Vec<_>| {
+            if r.is_empty()
+                || spans
+                    .iter()
+                    .any(|(_, s): &(Category, Range<usize>)| s.start < r.end && r.start < s.end)
+            {
+                return false;
+            }
+            spans.push((cat, r));
+            true
+        };
+
+        for m in EMAIL.find_iter(text) {
+            claim(Category::Email, m.range(), &mut spans);
+        }
+        for m in IBAN.find_iter(text) {
+            if let Some(end) = longest_valid_prefix(m.as_str(), |s| {
+                let compact: String = s
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect::<String>()
+                    .to_ascii_uppercase();
+                iban_valid(&compact)
+            }) {
+                claim(Category::Iban, m.start()..m.start() + end, &mut spans);
+            }
+        }
+        for m in DIGIT_RUN.find_iter(text) {
+            if let Some(end) = longest_valid_prefix(m.as_str(), |s| {
+                let n = digits(s).len();
+                (13..=19).contains(&n) && luhn(s)
+            }) {
+                claim(Category::Card, m.start()..m.start() + end, &mut spans);
+            }
+        }
+        if let Some(country) = self.country
+            && let Some((_, rule)) = NATIONAL_IDS.iter().find(|(c, _)| *c == country)
+        {
+            for m in rule.pattern.find_iter(text) {
+                if (rule.check)(m.as_str()) {
+                    claim(Category::NationalId, m.range(), &mut spans);
+                }
+            }
+        }
+        for m in PHONE.find_iter(text) {
+            let r = trim_phone(text, m.range());
+            let s = &text[r.clone()];
+            let n = digits(s).len();
+            let preceded_by_hash = text[..r.start].ends_with('#');
+            if (7..=15).contains(&n)
+                && !preceded_by_hash
+                && !DATE.is_match(s.trim())
+                && !AMOUNT.is_match(s.trim())
+            {
+                claim(Category::Phone, r, &mut spans);
+            }
+        }
+        for r in name_spans(text, names) {
+            claim(Category::Name, r, &mut spans);
+        }
+
+        spans.sort_by_key(|(_, r)| r.start);
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (cat, r) in &spans {
+            out.push_str(&text[at..r.start]);
+            out.push_str(cat.placeholder());
+            at = r.end;
+        }
+        out.push_str(&text[at..]);
+        Redacted { text: out, spans }
+    }
+}
+
+/// The longest prefix of `s` ending on an alphanumeric character for which `valid` holds, as a
+/// byte length.
+fn longest_valid_prefix(s: &str, valid: impl Fn(&str) -> bool) -> Option<usize> {
+    let ends: Vec<usize> = s
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_alphanumeric())
+        .map(|(i, c)| i + c.len_utf8())
+        .collect();
+    ends.into_iter().rev().find(|end| valid(&s[..*end]))
+}
+
+/// Drops an unbalanced leading `(` (the pattern allows one for "(030) …").
+fn trim_phone(text: &str, mut r: Range<usize>) -> Range<usize> {
+    let s = &text[r.clone()];
+    if s.starts_with('(') && !s.contains(')') {
+        r.start += 1;
+    }
+    r
+}
+
+/// Lower-case with common Latin diacritics folded to their base letter (`Müller` → `muller`).
+fn fold(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ą' => 'a',
+            'ç' | 'ć' | 'č' => 'c',
+            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ę' | 'ě' => 'e',
+            'ì' | 'í' | 'î' | 'ï' | 'ī' => 'i',
+            'ñ' | 'ń' | 'ň' => 'n',
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ő' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' | 'ū' | 'ů' | 'ű' => 'u',
+            'ý' | 'ÿ' => 'y',
+            'ś' | 'š' | 'ş' => 's',
+            'ź' | 'ż' | 'ž' => 'z',
+            'ł' => 'l',
+            'ř' => 'r',
+            other => other,
+        })
+        .collect()
+}
+
+/// German transliteration of umlauts (`Müller` → `mueller`), for texts typed without them.
+fn fold_de(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars().flat_map(char::to_lowercase) {
+        match c {
+            'ä' => out.push_str("ae"),
+            'ö' => out.push_str("oe"),
+            'ü' => out.push_str("ue"),
+            'ß' => out.push_str("ss"),
+            other => out.push(other),
+        }
+    }
+    fold(&out)
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xAC00..=0xD7AF)
+}
+
+/// Spans of `text` that are tokens of `names`: whole words (case and diacritics folded, with
+/// an optional possessive `s`/`'s`), or, for names in scripts written without spaces
+/// (Chinese, Japanese, Korean), any occurrence.
+fn name_spans(text: &str, names: &[&str]) -> Vec<Range<usize>> {
+    let mut tokens: Vec<String> = Vec::new();
+    let mut cjk: Vec<&str> = Vec::new();
+    for name in names {
+        for token in name.split(|c: char| !c.is_alphanumeric()) {
+            if token.chars().any(is_cjk) {
+                if token.chars().count() >= 2 {
+                    cjk.push(token);
+                }
+            } else if token.chars().count() >= 2 {
+                tokens.push(fold(token));
+                tokens.push(fold_de(token));
+            }
+        }
+    }
+    let mut spans = Vec::new();
+    if !tokens.is_empty() {
+        let mut word_start = None;
+        for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+            match (c.is_alphanumeric() && i < text.len(), word_start) {
+                (true, None) => word_start = Some(i),
+                (false, Some(start)) => {
+                    let word = fold(&text[start..i]);
+                    let hit = tokens.iter().any(|t| {
+                        word == *t
+                            || word.strip_suffix('s').is_some_and(|w| w == t)
+                            || (t.len() >= 4
+                                && word.starts_with(t.as_str())
+                                && word.len() <= t.len() + 2)
+                    });
+                    if hit {
+                        spans.push(start..i);
+                    }
+                    word_start = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    for token in cjk {
+        spans.extend(text.match_indices(token).map(|(i, t)| i..i + t.len()));
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(text: &str) -> String {
+        Redactor::for_country("DE")
+            .redact(text, &["Jürgen Müller"])
+            .text
+    }
+
+    #[test]
+    fn replaces_each_kind_with_its_placeholder() {
+        assert_eq!(
+            r("Mail juergen.mueller@example.de or call +49 171 2345678."),
+            "Mail [EMAIL] or call [PHONE]."
+        );
+        assert_eq!(
+            r("IBAN DE89 3704 0044 0532 0130 00 please"),
+            "IBAN [IBAN] please"
+        );
+        assert_eq!(r("card 4111 1111 1111 1111 expired"), "card [CARD] expired");
+        assert_eq!(
+            r("Herr Müller (Mueller's account) said hi"),
+            "Herr [NAME] ([NAME]'s account) said hi"
+        );
+        assert_eq!(r("ruf an: 030/1234567"), "ruf an: [PHONE]");
+    }
+
+    #[test]
+    fn keeps_dates_amounts_and_references() {
+        for kept in [
+            "on 2026-11-03 at 14:30",
+            "am 03.11.2026",
+            "paid 1.299,00 EUR",
+            "ticket #12345678",
+            "from 2019-2023",
+            "card 4111 1111 1111 1112 fails Luhn",
+        ] {
+            let out = r(kept);
+            assert!(
+                !out.contains("[CARD]") && !out.contains("[PHONE]"),
+                "{kept} → {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn national_ids_follow_the_country() {
+        let it = Redactor::for_country("IT");
+        assert_eq!(
+            it.redact("CF RSSMRA85T10A562S ok", &[]).text,
+            "CF [NATIONAL_ID] ok"
+        );
+        let es = Redactor::for_country("ES");
+        assert_eq!(es.redact("DNI 12345678Z", &[]).text, "DNI [NATIONAL_ID]");
+        assert_eq!(
+            es.redact("DNI 12345678A", &[]).text,
+            "DNI [PHONE]A",
+            "a wrong check letter is not a DNI, but its digits still go"
+        );
+        let us = Redactor::for_country("US");
+        assert_eq!(us.redact("SSN 123-45-6789", &[]).text, "SSN [NATIONAL_ID]");
+        let br = Redactor::for_country("BR");
+        assert_eq!(
+            br.redact("CPF 529.982.247-25", &[]).text,
+            "CPF [NATIONAL_ID]"
+        );
+    }
+
+    #[test]
+    fn checksums() {
+        assert!(iban_valid("GB82WEST12345698765432"));
+        assert!(!iban_valid("GB82WEST12345698765433"));
+        assert!(luhn("4539 1488 0343 6467"));
+        assert!(!luhn("4539 1488 0343 6468"));
+        assert!(dutch_bsn("111222333"));
+        assert!(chinese_id("11010519491231002X"));
+        assert!(french_nir("1 85 05 78 006 084 91"));
+    }
+
+    #[test]
+    fn cjk_names_are_found_without_word_boundaries() {
+        let out = Redactor::for_country("JP").redact("山田太郎様、ありがとう", &["山田 太郎"]);
+        assert_eq!(out.text, "[NAME][NAME]様、ありがとう");
+    }
+
+    #[test]
+    fn spans_point_into_the_input() {
+        let text = "x a@b.de y";
+        let out = Redactor::common().redact(text, &[]);
+        assert_eq!(out.spans, vec![(Category::Email, 2..8)]);
+        assert_eq!(&text[2..8], "a@b.de");
+    }
+}
