@@ -105,6 +105,7 @@ impl FederationBuilder {
             let addr = listener.local_addr()?;
             let database = data_dir.join(format!("{}.sqlite", spec.id));
             let (tx, rx) = oneshot::channel::<()>();
+            let mut handle = None;
             let task = if spec.unresponsive {
                 // Hold the socket open without ever accepting: connections hang in the backlog.
                 tokio::spawn(async move {
@@ -119,6 +120,7 @@ impl FederationBuilder {
                 config.min_group_size = self.min_group_size;
                 let node =
                     Node::open(config).with_context(|| format!("opening node {}", spec.id))?;
+                handle = Some(node.clone());
                 tokio::spawn(async move {
                     domicile_node::serve(node, listener, async {
                         let _ = rx.await;
@@ -136,6 +138,7 @@ impl FederationBuilder {
                 region_id: spec.id.clone(),
                 addr,
                 database,
+                node: handle,
                 shutdown: Some(tx),
                 task: Some(task),
             });
@@ -180,6 +183,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     /// Its SQLite file.
     pub database: PathBuf,
+    /// The node itself, for in-process inspection (`None` for an unresponsive region).
+    pub node: Option<Node>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }

@@ -59,6 +59,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Redact text read line by line from standard input with a country's rules, as a node does
+    /// before a comment leaves the region; prints each redacted line.
+    ///
+    /// Example: `echo "Call Jürgen on +49 171 2345678" | domicile redact --country DE --name "Jürgen Müller"`
+    Redact {
+        /// ISO 3166-1 alpha-2 country whose rules apply (national identifiers differ).
+        #[arg(long)]
+        country: String,
+        /// The subject's known name; its tokens are redacted too. Repeatable.
+        #[arg(long)]
+        name: Vec<String>,
+        /// Print a summary of what was redacted, by kind, to standard error at the end.
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 fn init_logging(json: bool, default: &str) {
@@ -130,6 +145,40 @@ async fn main() -> anyhow::Result<()> {
             let node = Node::open(config)?;
             tracing::info!(addr = %listener.local_addr()?, "node listening");
             domicile_node::serve(node, listener, ctrl_c()).await?;
+        }
+        Command::Redact {
+            country,
+            name,
+            stats,
+        } => redact(&country, &name, stats)?,
+    }
+    Ok(())
+}
+
+/// `domicile redact`: standard input to standard output, one line at a time.
+fn redact(country: &str, names: &[String], stats: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    anyhow::ensure!(
+        domicile_proto::domain::is_country_code(country),
+        "--country must be an ISO 3166-1 alpha-2 code in upper case, e.g. DE"
+    );
+    let redactor = domicile_node::redact::Redactor::for_country(country);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading standard input (is it UTF-8?)")?;
+        let redacted = redactor.redact(&line, &names);
+        for (category, _) in &redacted.spans {
+            *counts.entry(category.placeholder()).or_insert(0u64) += 1;
+        }
+        writeln!(out, "{}", redacted.text)?;
+    }
+    out.flush()?;
+    if stats {
+        for (placeholder, n) in counts {
+            eprintln!("{placeholder} {n}");
         }
     }
     Ok(())

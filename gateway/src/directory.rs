@@ -43,10 +43,15 @@ pub struct Directory {
     state: DashMap<String, RegionState>,
 }
 
+/// HTTP/2 receive window per stream from a region: bounds what a `QueryRecords` stream can
+/// buffer in the gateway per region while the client is not reading (about 1,500 records).
+const REGION_STREAM_WINDOW: u32 = 256 * 1024;
+
 fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        .initial_stream_window_size(REGION_STREAM_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true))
 }

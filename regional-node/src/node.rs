@@ -1,6 +1,9 @@
 //! The node's business logic, callable in-process (tests) or through [`crate::service`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use domicile_proto::{
     domain::{AggregateSpec, Epsilon, RecordSpec, TenantId},
@@ -51,6 +54,8 @@ struct Inner {
     pseudonyms: Pseudonymiser,
     /// Randomness for differential-privacy noise, seeded from the operating system.
     noise_rng: Mutex<ChaCha20Rng>,
+    /// Pseudonymised records handed to `QueryRecords` streams since start.
+    records_released: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -91,8 +96,15 @@ impl Node {
                 policies,
                 pseudonyms: Pseudonymiser::new(&secret),
                 noise_rng: Mutex::new(ChaCha20Rng::from_os_rng()),
+                records_released: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Pseudonymised records this node has handed to `QueryRecords` streams since it started
+    /// (a record counts once it is queued for the network, before the client reads it).
+    pub fn records_released(&self) -> u64 {
+        self.inner.records_released.load(Ordering::Relaxed)
     }
 
     /// The country policies in force.
@@ -377,6 +389,9 @@ impl Node {
             };
             let outcome = inner.store.read(|conn| {
                 records::run(conn, &release, &spec, |batch| {
+                    inner
+                        .records_released
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     let msg = RegionalNodeQueryRecordsResponse {
                         records: batch,
                         release: None,

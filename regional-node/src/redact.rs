@@ -499,7 +499,7 @@ fn name_spans(text: &str, names: &[&str]) -> Vec<Range<usize>> {
             });
             if hit {
                 hits.push((w, false));
-            } else if particles.iter().any(|p| *p == word) {
+            } else if particles.contains(&word) {
                 hits.push((w, true));
             }
         }

@@ -20,7 +20,9 @@ pub use domicile::{
     synth::{self, SynthRecord, SynthSpec},
 };
 use domicile_proto::pb::{
-    AggregateStats, gateway_client::GatewayClient, record_payload::Record,
+    AggregateStats, Channel as CxChannel, InteractionRecord, PseudonymisedInteraction,
+    QueryRecordsRequest, QueryRecordsSummary, RecordPayload, SubjectRecord, SurveyAnswer,
+    gateway_client::GatewayClient, record_payload::Record,
     regional_node_client::RegionalNodeClient,
 };
 use tonic::transport::Channel;
@@ -82,6 +84,99 @@ pub async fn load(
         summary.rejected
     );
     Ok(all)
+}
+
+/// Ingests hand-made records through the gateway; fails on any rejection.
+pub async fn ingest_records(fed: &Federation, records: &[SynthRecord]) -> anyhow::Result<()> {
+    let mut gw = gateway_client(fed).await?;
+    let regions = client::regions(&mut gw).await?;
+    let summary = client::ingest(&gw, TENANT, &regions, records, 500).await?;
+    anyhow::ensure!(
+        summary.rejected_total() == 0,
+        "rejected: {:?}",
+        summary.rejected
+    );
+    Ok(())
+}
+
+/// A customer profile record.
+pub fn person(
+    country: &str,
+    external_id: &str,
+    full_name: &str,
+    email: &str,
+    phone: &str,
+    postal_code: &str,
+    birth_year: u32,
+) -> SynthRecord {
+    SynthRecord {
+        country: country.to_owned(),
+        idempotency_key: format!("s-{external_id}"),
+        payload: RecordPayload {
+            record: Some(Record::Subject(SubjectRecord {
+                external_id: external_id.to_owned(),
+                full_name: full_name.to_owned(),
+                email: email.to_owned(),
+                phone: phone.to_owned(),
+                postal_code: postal_code.to_owned(),
+                language: "de-DE".to_owned(),
+                birth_year,
+            })),
+        },
+    }
+}
+
+/// An interaction record with a survey answer carrying `comment`.
+pub fn touch(
+    country: &str,
+    interaction_id: &str,
+    subject: &str,
+    started_at: i64,
+    comment: &str,
+) -> SynthRecord {
+    SynthRecord {
+        country: country.to_owned(),
+        idempotency_key: format!("i-{interaction_id}"),
+        payload: RecordPayload {
+            record: Some(Record::Interaction(InteractionRecord {
+                interaction_id: interaction_id.to_owned(),
+                subject_external_id: subject.to_owned(),
+                channel: CxChannel::Phone as i32,
+                started_at: Some(prost_types::Timestamp {
+                    seconds: started_at,
+                    nanos: 0,
+                }),
+                handle_time_seconds: 300,
+                outcome: "resolved".to_owned(),
+                survey: Some(SurveyAnswer {
+                    survey_id: "post-call".to_owned(),
+                    nps: Some(9),
+                    comment: comment.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        },
+    }
+}
+
+/// Runs `QueryRecords` through the gateway to the end: the records and the final summary.
+pub async fn query_records(
+    gw: &mut GatewayClient<Channel>,
+    req: QueryRecordsRequest,
+) -> anyhow::Result<(Vec<PseudonymisedInteraction>, QueryRecordsSummary)> {
+    let mut stream = gw.query_records(req).await?.into_inner();
+    let mut records = Vec::new();
+    let mut summary = None;
+    while let Some(msg) = stream.message().await? {
+        anyhow::ensure!(summary.is_none(), "a message after the summary");
+        records.extend(msg.records);
+        summary = msg.summary;
+    }
+    Ok((
+        records,
+        summary.ok_or_else(|| anyhow::anyhow!("no summary"))?,
+    ))
 }
 
 /// "YYYY-MM" of a Unix time, computed independently of SQLite (Howard Hinnant's civil-from-days).
