@@ -64,7 +64,7 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 static IBAN: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?i)(?-u:\b)[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){11,30}"));
+    LazyLock::new(|| re(r"(?-u:\b)[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]){11,30}"));
 static DIGIT_RUN: LazyLock<Regex> = LazyLock::new(|| re(r"\d(?:[ \-]?\d){12,18}"));
 static PHONE: LazyLock<Regex> = LazyLock::new(|| re(r"[+(]?\d[\d\s().\-/]{4,}\d"));
 static DATE: LazyLock<Regex> = LazyLock::new(|| {
@@ -282,67 +282,82 @@ impl Redactor {
     /// tokens of two or more characters are replaced wherever they occur as words.
     pub fn redact(&self, text: &str, names: &[&str]) -> Redacted {
         let mut spans: Vec<(Category, Range<usize>)> = Vec::new();
-        let claim = |cat: Category, r: Range<usize>, spans: &mut Vec<_>| {
+        // Each detector runs over the text with earlier claims masked out, so a match that
+        // would overlap a claimed span is found again in what remains.
+        let mut masked = text.to_owned();
+        let mut claim = |cat: Category, r: Range<usize>, masked: &mut String| {
             if r.is_empty()
                 || spans
                     .iter()
-                    .any(|(_, s): &(Category, Range<usize>)| s.start < r.end && r.start < s.end)
+                    .any(|(_, s)| s.start < r.end && r.start < s.end)
             {
-                return false;
+                return;
             }
+            mask(masked, &r);
             spans.push((cat, r));
-            true
         };
 
-        for m in EMAIL.find_iter(text) {
-            claim(Category::Email, m.range(), &mut spans);
+        let found: Vec<_> = EMAIL.find_iter(&masked).map(|m| m.range()).collect();
+        for r in found {
+            claim(Category::Email, r, &mut masked);
         }
-        for m in IBAN.find_iter(text) {
-            if let Some(end) = longest_valid_prefix(m.as_str(), |s| {
-                let compact: String = s
-                    .chars()
-                    .filter(char::is_ascii_alphanumeric)
-                    .collect::<String>()
-                    .to_ascii_uppercase();
-                iban_valid(&compact)
-            }) {
-                claim(Category::Iban, m.start()..m.start() + end, &mut spans);
-            }
+        let found: Vec<_> = IBAN
+            .find_iter(&masked)
+            .filter_map(|m| {
+                longest_valid_prefix(m.as_str(), |s| {
+                    let compact: String = s.chars().filter(char::is_ascii_alphanumeric).collect();
+                    iban_length(&compact[..2]).is_none_or(|n| n == compact.len())
+                        && iban_valid(&compact)
+                })
+                .map(|end| m.start()..m.start() + end)
+            })
+            .collect();
+        for r in found {
+            claim(Category::Iban, r, &mut masked);
         }
         // National identifiers before cards: their checksums are stricter than Luhn, which one
         // random digit run in ten passes.
         if let Some(country) = self.country
             && let Some((_, rule)) = NATIONAL_IDS.iter().find(|(c, _)| *c == country)
         {
-            for m in rule.pattern.find_iter(text) {
-                if (rule.check)(m.as_str()) {
-                    claim(Category::NationalId, m.range(), &mut spans);
-                }
+            let found: Vec<_> = rule
+                .pattern
+                .find_iter(&masked)
+                .filter(|m| (rule.check)(m.as_str()))
+                .map(|m| m.range())
+                .collect();
+            for r in found {
+                claim(Category::NationalId, r, &mut masked);
             }
         }
-        for m in DIGIT_RUN.find_iter(text) {
-            if let Some(end) = longest_valid_prefix(m.as_str(), |s| {
-                let n = digits(s).len();
-                (13..=19).contains(&n) && luhn(s)
-            }) {
-                claim(Category::Card, m.start()..m.start() + end, &mut spans);
-            }
+        let found: Vec<_> = DIGIT_RUN
+            .find_iter(&masked)
+            .filter_map(|m| {
+                longest_valid_prefix(m.as_str(), |s| {
+                    (13..=19).contains(&digits(s).len()) && luhn(s)
+                })
+                .map(|end| m.start()..m.start() + end)
+            })
+            .collect();
+        for r in found {
+            claim(Category::Card, r, &mut masked);
         }
-        for m in PHONE.find_iter(text) {
-            let r = trim_phone(text, m.range());
-            let s = &text[r.clone()];
-            let n = digits(s).len();
-            let preceded_by_hash = text[..r.start].ends_with('#');
-            if (7..=15).contains(&n)
-                && !preceded_by_hash
-                && !DATE.is_match(s.trim())
-                && !AMOUNT.is_match(s.trim())
-            {
-                claim(Category::Phone, r, &mut spans);
-            }
+        let found: Vec<_> = PHONE
+            .find_iter(&masked)
+            .map(|m| trim_phone(&masked, m.range()))
+            .filter(|r| {
+                let s = &masked[r.clone()];
+                (7..=15).contains(&digits(s).len())
+                    && !masked[..r.start].ends_with('#')
+                    && !DATE.is_match(s.trim())
+                    && !AMOUNT.is_match(s.trim())
+            })
+            .collect();
+        for r in found {
+            claim(Category::Phone, r, &mut masked);
         }
-        for r in name_spans(text, names) {
-            claim(Category::Name, r, &mut spans);
+        for r in name_spans(&masked, names) {
+            claim(Category::Name, r, &mut masked);
         }
 
         spans.sort_by_key(|(_, r)| r.start);
@@ -356,6 +371,35 @@ impl Redactor {
         out.push_str(&text[at..]);
         Redacted { text: out, spans }
     }
+}
+
+/// Replaces the bytes of `r` in `text` with U+0001, which no detector matches; byte offsets
+/// stay valid because `r` lies on character boundaries and U+0001 is one byte.
+fn mask(text: &mut String, r: &Range<usize>) {
+    text.replace_range(r.clone(), &"\u{1}".repeat(r.len()));
+}
+
+/// The IBAN length of a country (ISO 13616 registry), for the countries most often seen.
+fn iban_length(country: &str) -> Option<usize> {
+    Some(match country {
+        "NO" => 15,
+        "BE" => 16,
+        "DK" | "FI" | "NL" => 18,
+        "SI" => 19,
+        "AT" | "EE" | "LT" | "LU" => 20,
+        "CH" | "HR" | "LI" | "LV" => 21,
+        "BG" | "DE" | "GB" | "IE" => 22,
+        "AE" | "IL" => 23,
+        "CZ" | "ES" | "RO" | "SA" | "SE" | "SK" => 24,
+        "PT" => 25,
+        "IS" | "TR" => 26,
+        "FR" | "GR" | "IT" | "MC" | "SM" => 27,
+        "CY" | "HU" | "PL" => 28,
+        "BR" | "UA" => 29,
+        "MT" => 31,
+        "RU" => 33,
+        _ => return None,
+    })
 }
 
 /// The longest prefix of `s` ending on an alphanumeric character for which `valid` holds, as a

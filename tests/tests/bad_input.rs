@@ -3,8 +3,9 @@
 use domicile_proto::{
     error::field_violations,
     pb::{
-        AggregateQuery, AggregateRequest, IngestRequest, Metric, Purpose, RecordKind, RecordStatus,
-        RegionalNodeIngestRequest, RejectReason, SealedEnvelope,
+        AggregateQuery, AggregateRequest, IngestRequest, Metric, Purpose, QueryRecordsRequest,
+        RecordKind, RecordQuery, RecordStatus, RegionalNodeIngestRequest, RejectReason,
+        SealedEnvelope,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -244,6 +245,57 @@ async fn invalid_requests_name_every_field_at_fault() -> anyhow::Result<()> {
         .map(|v| v.field)
         .collect();
     assert_eq!(fields, ["regions[1]", "query.purpose", "query.metrics[1]"]);
+
+    for epsilon in [0.0, -1.0, 10.5, f64::NAN, 0.0004] {
+        let err = gw
+            .aggregate(AggregateRequest {
+                tenant_id: TENANT.into(),
+                query: Some(AggregateQuery {
+                    purpose: Purpose::CxAnalytics as i32,
+                    metrics: vec![Metric::Count as i32],
+                    epsilon: Some(epsilon),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "epsilon {epsilon}"
+        );
+        assert_eq!(field_violations(&err)[0].field, "query.epsilon");
+    }
+
+    let err = gw
+        .query_records(QueryRecordsRequest {
+            tenant_id: "Bad Tenant".into(),
+            query: Some(RecordQuery {
+                purpose: Purpose::Unspecified as i32,
+                limit: 1_000_001,
+                channels: vec![0],
+                ..Default::default()
+            }),
+            regions: vec!["atlantis".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = field_violations(&err)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "regions[0]",
+            "tenant_id",
+            "query.purpose",
+            "query.channels[0]",
+            "query.limit"
+        ]
+    );
     Ok(())
 }
 
