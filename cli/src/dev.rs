@@ -1,12 +1,13 @@
 //! `domicile dev`: a gateway and three regional nodes (DE, FR, US) on loopback, loaded with a
-//! synthetic CX data set, with an example cross-region aggregate printed as a table.
+//! synthetic CX data set, with an example cross-region aggregate and a few pseudonymised records
+//! printed as tables.
 
 use std::{net::SocketAddr, path::PathBuf, time::Instant};
 
 use anyhow::Context;
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension, Metric, Purpose,
-    RegionStatus,
+    AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension, Metric,
+    PseudonymisedInteraction, Purpose, QueryRecordsRequest, RecordQuery, RegionStatus,
 };
 
 use crate::{client, federation::Federation, synth, table};
@@ -188,9 +189,69 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
         .into_inner();
     println!("\nExample: Aggregate NPS, CSAT and volume by country and channel, all regions:\n");
     print!("{}", render_aggregate(&response));
+    let sample = sample_records(&mut gw, &opts.tenant).await?;
+    println!(
+        "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
+    );
+    print!("{}", render_records(&sample));
     println!(
         "\nTry it with grpcurl (reflection is on):\n  grpcurl -plaintext {} domicile.v1.Gateway/ListRegions",
         federation.gateway_addr
     );
     Ok(federation)
+}
+
+/// A few records with comments from each region, preferring ones the redaction touched.
+async fn sample_records(
+    gw: &mut domicile_proto::pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    tenant: &str,
+) -> anyhow::Result<Vec<PseudonymisedInteraction>> {
+    let request = QueryRecordsRequest {
+        tenant_id: tenant.to_owned(),
+        query: Some(RecordQuery {
+            purpose: Purpose::CxAnalytics as i32,
+            limit: 3_000,
+            ..Default::default()
+        }),
+        regions: Vec::new(),
+    };
+    let mut stream = gw.query_records(request).await?.into_inner();
+    let mut all = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        all.extend(msg.records);
+    }
+    let mut sample = Vec::new();
+    for (region, _) in DEV_REGIONS {
+        let mut mine: Vec<_> = all
+            .iter()
+            .filter(|r| r.region_id == *region && !r.comment_redacted.is_empty())
+            .collect();
+        mine.sort_by_key(|r| !r.comment_redacted.contains('['));
+        sample.extend(mine.into_iter().take(2).cloned());
+    }
+    Ok(sample)
+}
+
+/// Renders pseudonymised records for a terminal.
+pub fn render_records(records: &[PseudonymisedInteraction]) -> String {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.subject_pseudonym.chars().take(12).collect(),
+                r.region_id.clone(),
+                r.country.clone(),
+                r.birth_decade.to_string(),
+                r.postal_prefix.clone(),
+                r.nps.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                r.comment_redacted.clone(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "subject", "region", "country", " born", "postal", " nps", "comment",
+        ],
+        &rows,
+    )
 }

@@ -174,12 +174,20 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed_for(spec));
     let mut out = Vec::with_capacity(spec.subjects + spec.interactions);
     let country_of = |i: usize| spec.countries[i % spec.countries.len()].clone();
+    // (first name, phone) of each subject: some comments quote them, as real ones do.
+    let mut contacts: Vec<(&str, String)> = Vec::with_capacity(spec.subjects);
     for i in 0..spec.subjects {
         let country = country_of(i);
         let n = names(&country);
         let first = *n.first.choose(&mut rng).expect("non-empty");
         let last = *n.last.choose(&mut rng).expect("non-empty");
         let id = subject_id(&country, i);
+        let phone = format!(
+            "{} {}",
+            n.dial,
+            rng.random_range(100_000_000u64..999_999_999)
+        );
+        contacts.push((first, phone.clone()));
         out.push(SynthRecord {
             idempotency_key: format!("subject/{id}"),
             payload: RecordPayload {
@@ -193,11 +201,7 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
                         i,
                         n.tld
                     ),
-                    phone: format!(
-                        "{} {}",
-                        n.dial,
-                        rng.random_range(100_000_000u64..999_999_999)
-                    ),
+                    phone,
                     postal_code: format!("{:05}", rng.random_range(1_000..99_999)),
                     language: n.language.to_owned(),
                     birth_year: rng.random_range(1940..2008),
@@ -227,7 +231,11 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
                 csat: Some(u32::div_ceil(nps, 2).clamp(1, 5)),
                 ces: rng.random_bool(0.5).then(|| rng.random_range(1..=7)),
                 comment: if rng.random_bool(0.5) {
-                    (*n.comments.choose(&mut rng).expect("non-empty")).to_owned()
+                    let text = *n.comments.choose(&mut rng).expect("non-empty");
+                    match contacts.get(s).filter(|_| rng.random_bool(0.15)) {
+                        Some((first, phone)) => format!("{text} {first}, {phone}"),
+                        None => text.to_owned(),
+                    }
                 } else {
                     String::new()
                 },

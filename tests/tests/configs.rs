@@ -18,5 +18,10 @@ fn example_configurations_are_valid_and_consistent() {
         assert_eq!(node.region_id, region.id);
         assert_eq!(node.countries, region.countries);
         assert_eq!(format!("http://{}", node.listen), region.endpoints[0]);
+        // The policy directory the examples name (relative to the repository root) loads.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(node.policy_dir.as_ref().unwrap());
+        domicile_node::policy::PolicySet::load(Some(&dir), &node.countries).unwrap();
     }
 }
