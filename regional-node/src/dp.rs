@@ -150,6 +150,10 @@ mod tests {
             .map(|x| (*x as f64 - mean).powi(2))
             .sum::<f64>()
             / n as f64;
+        println!(
+            "s={s} t={t}: mean {mean:+.4} (se {:.4}), variance {sample_var:.3} vs {var:.3}",
+            (var / n as f64).sqrt()
+        );
         // Mean: within 5 standard errors of 0.
         let se = (var / n as f64).sqrt();
         assert!(mean.abs() < 5.0 * se, "mean {mean}, se {se} (s={s}, t={t})");
@@ -164,6 +168,7 @@ mod tests {
             let expected = 2.0 * p.powi(k as i32) / (1.0 + p);
             let observed = samples.iter().filter(|x| x.abs() >= k).count() as f64 / n as f64;
             let err = (expected * (1.0 - expected) / n as f64).sqrt();
+            println!("  P(|Y| >= {k}): {observed:.5} vs {expected:.5}");
             assert!(
                 (observed - expected).abs() < 5.0 * err + 1e-4,
                 "tail at {k}: {observed} vs {expected} (s={s}, t={t})"

@@ -607,6 +607,22 @@ mod tests {
         assert!(e.message.contains("deadlines"), "{e}");
     }
 
+    proptest::proptest! {
+        /// A damaged policy file is an error naming the file, never a panic.
+        #[test]
+        fn a_damaged_file_never_panics(cut in 0usize..3_000, junk in "\\PC{0,20}") {
+            let text = shipped("DE");
+            let mut cut = cut.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let damaged = format!("{}{junk}{}", &text[..cut], &text[cut..]);
+            if let Err(e) = CountryPolicy::parse(&damaged, Path::new("DE.toml"), "DE") {
+                proptest::prop_assert_eq!(e.file, PathBuf::from("DE.toml"));
+            }
+        }
+    }
+
     #[test]
     fn truncation_is_to_the_hour_or_day() {
         assert_eq!(TimeGranularity::Hour.truncate(7_199), 3_600);

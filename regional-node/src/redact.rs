@@ -663,6 +663,28 @@ mod tests {
         assert_eq!(out.text, "[NAME][NAME]様、ありがとう");
     }
 
+    proptest::proptest! {
+        /// Untrusted text never panics the redactor, and the spans it reports are ordered,
+        /// disjoint, on character boundaries, and gone from the output.
+        #[test]
+        fn any_text_is_redacted_without_panic(
+            text in "(\\PC|[0-9 +()./@-]){0,200}",
+            name in "\\PC{0,30}",
+            country in "(DE|FR|IT|ES|NL|GB|US|BR|JP|IN|RU|CN|XX)",
+        ) {
+            let out = Redactor::for_country(&country).redact(&text, &[name.as_str()]);
+            let mut end = 0;
+            for (_, r) in &out.spans {
+                proptest::prop_assert!(r.start >= end && r.start < r.end && r.end <= text.len());
+                proptest::prop_assert!(text.is_char_boundary(r.start) && text.is_char_boundary(r.end));
+                end = r.end;
+            }
+            if out.spans.is_empty() {
+                proptest::prop_assert_eq!(&out.text, &text);
+            }
+        }
+    }
+
     #[test]
     fn spans_point_into_the_input() {
         let text = "x a@b.de y";
