@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "domicile/v1/records.proto",
     "domicile/v1/aggregate.proto",
     "domicile/v1/query.proto",
+    "domicile/v1/consent.proto",
     "domicile/v1/gateway.proto",
     "domicile/v1/node.proto",
 ];

@@ -174,6 +174,19 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed_for(spec));
     let mut out = Vec::with_capacity(spec.subjects + spec.interactions);
     let country_of = |i: usize| spec.countries[i % spec.countries.len()].clone();
+    // Calls are recorded only where one party's consent suffices: elsewhere the node would
+    // (rightly) refuse a recorded call without the subject's recording consent on file.
+    let records_calls = |country: &str| {
+        domicile_node::policy::PolicySet::load(None, &[country.to_owned()])
+            .ok()
+            .and_then(|set| set.get(country).map(|p| p.recording.rule))
+            .is_some_and(|rule| rule == domicile_node::policy::RecordingRule::OneParty)
+    };
+    let recording: std::collections::HashMap<String, bool> = spec
+        .countries
+        .iter()
+        .map(|c| (c.clone(), records_calls(c)))
+        .collect();
     // (first name, phone) of each subject: some comments quote them, as real ones do.
     let mut contacts: Vec<(&str, String)> = Vec::with_capacity(spec.subjects);
     for i in 0..spec.subjects {
@@ -265,7 +278,9 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
                     handle_time_seconds: ht,
                     outcome: (*OUTCOMES.choose(&mut rng).expect("non-empty")).to_owned(),
                     agent_team: (*TEAMS.choose(&mut rng).expect("non-empty")).to_owned(),
-                    recorded: ch == Channel::Phone && rng.random_bool(0.6),
+                    recorded: ch == Channel::Phone
+                        && rng.random_bool(0.6)
+                        && recording.get(&country).copied().unwrap_or(false),
                     survey,
                 })),
             },

@@ -19,6 +19,9 @@ pub enum GatewayError {
     /// otherwise).
     #[error("regions missed the deadline: {0}")]
     RegionsDeadline(String),
+    /// The one region a subject-scoped call went to answered with an error: relayed as is.
+    #[error("region {0}: {1}")]
+    Region(String, Status),
     /// Every asked region refused: the tenant's privacy budget is spent. Carries each region's
     /// remaining epsilon as `(region, remaining)`.
     #[error("privacy budget exhausted in every region")]
@@ -35,6 +38,13 @@ impl From<GatewayError> for Status {
             GatewayError::RegionsDeadline(which) => Status::deadline_exceeded(format!(
                 "require_all_regions: not all regions answered within the deadline: {which}"
             )),
+            GatewayError::Region(region, status) => match status.code() {
+                // Transport failures say which region could not be reached.
+                Code::Unavailable | Code::Unknown | Code::Cancelled => Status::unavailable(
+                    format!("region {region} unavailable: {}", status.message()),
+                ),
+                _ => status,
+            },
             GatewayError::BudgetExhausted(remaining) => {
                 let text = remaining
                     .iter()

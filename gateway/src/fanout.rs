@@ -42,15 +42,19 @@ pub struct RegionFailure {
 impl RegionFailure {
     /// The failure a node's status amounts to.
     pub fn from_status(s: &Status) -> Self {
+        let info = s.get_details_error_info();
+        let denied = info
+            .as_ref()
+            .is_some_and(|i| i.reason == "DENIED_BY_POLICY");
         let status = match s.code() {
             Code::DeadlineExceeded => RegionStatus::DeadlineExceeded,
-            Code::PermissionDenied | Code::FailedPrecondition => RegionStatus::DeniedByPolicy,
+            Code::PermissionDenied => RegionStatus::DeniedByPolicy,
+            Code::FailedPrecondition if denied => RegionStatus::DeniedByPolicy,
             Code::ResourceExhausted => RegionStatus::BudgetExhausted,
-            Code::InvalidArgument => RegionStatus::Rejected,
+            Code::InvalidArgument | Code::FailedPrecondition => RegionStatus::Rejected,
             _ => RegionStatus::Unavailable,
         };
-        let mut metadata: Vec<(String, String)> = s
-            .get_details_error_info()
+        let mut metadata: Vec<(String, String)> = info
             .map(|info| info.metadata.into_iter().collect())
             .unwrap_or_default();
         metadata.sort();

@@ -8,12 +8,14 @@
 //! Layout: [`config`] (TOML), [`directory`] (regions, their channels, cached keys and health),
 //! [`fanout`] (one concurrent call per region, with per-region status), [`records`] (the
 //! interleaved, backpressured `QueryRecords` stream), [`routing`] (ingest),
-//! [`gateway`] (the business logic), [`service`] (the tonic adapter), [`server`] (listener,
+//! [`gateway`] (the business logic), [`consent`] (subject-scoped consent calls, routed to one
+//! region), [`service`] (the tonic adapter), [`server`] (listener,
 //! health, reflection, shutdown).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod consent;
 pub mod deadline;
 pub mod directory;
 pub mod error;

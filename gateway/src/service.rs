@@ -3,8 +3,11 @@
 use std::pin::Pin;
 
 use domicile_proto::pb::{
-    AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, ListRegionsRequest,
-    ListRegionsResponse, QueryRecordsRequest, QueryRecordsResponse, gateway_server,
+    AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
+    CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
+    GetConsentRequest, GetConsentResponse, IngestRequest, IngestResponse, ListRegionsRequest,
+    ListRegionsResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
+    RecordConsentResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,5 +79,65 @@ impl gateway_server::Gateway for GatewayService {
         let deadline = self.deadline(&request);
         let rx = self.gateway.query_records(request.into_inner(), deadline)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn check_contact_permission(
+        &self,
+        request: Request<CheckContactPermissionRequest>,
+    ) -> Result<Response<CheckContactPermissionResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .check_contact_permission(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<RecordConsentRequest>,
+    ) -> Result<Response<RecordConsentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .record_consent(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn confirm_consent(
+        &self,
+        request: Request<ConfirmConsentRequest>,
+    ) -> Result<Response<ConfirmConsentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .confirm_consent(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<WithdrawConsentRequest>,
+    ) -> Result<Response<WithdrawConsentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .withdraw_consent(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<GetConsentRequest>,
+    ) -> Result<Response<GetConsentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .get_consent(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
     }
 }

@@ -4,6 +4,7 @@
 //! - [`seal`]: the sealing format (HPKE, RFC 9180) that keeps personal data opaque to the
 //!   gateway; documented byte for byte in `records.proto`.
 //! - [`merge`]: the algebra of partial aggregates (a commutative monoid) and metric finalisation.
+//! - [`consent`]: validated consent requests (routing and recording).
 //! - [`domain`]: validated domain types converted from wire messages, with the field path of
 //!   every violation.
 //! - [`error`]: `google.rpc.BadRequest` field violations as a gRPC status.
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod consent;
 pub mod domain;
 pub mod error;
 pub mod merge;

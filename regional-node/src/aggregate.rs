@@ -34,6 +34,8 @@ pub struct Rules<'a> {
     pub k_mixed: u32,
     /// Noise to add, with the randomness to draw it from; `None` releases exact values.
     pub noise: Option<(NoisePlan, &'a mut dyn RngCore)>,
+    /// The consent condition of the purpose ([`crate::consent::gate`]): SQL and parameters.
+    pub consent: (String, Vec<Box<dyn ToSql>>),
 }
 
 /// A region's answer before it is put on the wire.
@@ -107,6 +109,9 @@ pub fn run(
             args.push(Box::new(*c as i32));
         }
     }
+    let (gate, gate_args) = std::mem::take(&mut rules.consent);
+    filter.push_str(&gate);
+    args.extend(gate_args);
     match &rules.noise {
         // Contribution bound: each subject's first L interactions (in time order) only.
         Some((plan, _)) => select.push_str(&format!(

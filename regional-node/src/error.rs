@@ -37,6 +37,12 @@ pub enum NodeError {
         /// What the query needed, in thousandths.
         requested_milli: u32,
     },
+    /// What the request names does not exist (for this tenant). The text names no personal data.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is valid but cannot apply in the current state (e.g. a used token).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
@@ -51,6 +57,8 @@ impl From<NodeError> for Status {
                 tracing::error!(error = %err, "storage failure");
                 Status::unavailable("storage unavailable; retry with the same idempotency keys")
             }
+            NodeError::NotFound(what) => Status::not_found(what),
+            NodeError::FailedPrecondition(why) => Status::failed_precondition(why),
             NodeError::DeniedByPolicy(why) => Status::with_error_details(
                 Code::FailedPrecondition,
                 format!("denied by policy: {why}"),

@@ -15,6 +15,7 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod consent;
 pub mod dp;
 pub mod error;
 pub mod ingest;

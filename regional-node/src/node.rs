@@ -6,11 +6,14 @@ use std::sync::{
 };
 
 use domicile_proto::{
+    consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, Epsilon, RecordSpec, TenantId},
     error::Violations,
     pb::{
-        NoiseMechanism, RecordResult, RecordStatus, RegionRelease, RegionalNodeAggregateResponse,
-        RegionalNodeQueryRecordsResponse, RejectReason, ReleaseKind, SealedEnvelope, SealingKey,
+        CheckContactPermissionResponse, ConsentAction, ConsentState, GetConsentResponse,
+        NoiseMechanism, Purpose, RecordResult, RecordStatus, RegionRelease,
+        RegionalNodeAggregateResponse, RegionalNodeQueryRecordsResponse, RejectReason, ReleaseKind,
+        SealedEnvelope, SealingKey,
     },
     seal::{SUITE, SealingKeyPair},
 };
@@ -23,14 +26,15 @@ use tokio::sync::mpsc;
 use crate::{
     aggregate::{self, Rules},
     config::NodeConfig,
+    consent::{self, Recorded},
     dp::NoisePlan,
     error::NodeError,
     ingest::{Verdict, open_envelope, result},
     keys,
-    policy::{PolicySet, Release},
+    policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
-    storage::{Charge, SqliteStore, StoreOutcome},
+    storage::{Charge, RecordBody, SqliteStore, StoreOutcome},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -177,6 +181,7 @@ impl Node {
             &inner.config.countries,
             envelope,
         );
+        let verdicts = self.check_recording_consent(tenant, verdicts)?;
         let mut to_store = Vec::new();
         let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(verdicts.len());
         for (record, verdict) in envelope.records.iter().zip(verdicts) {
@@ -304,6 +309,7 @@ impl Node {
             let rules = Rules {
                 k_by_country,
                 k_mixed,
+                consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), ""),
                 noise: plan.map(|p| (p, &mut *rng as &mut dyn rand::RngCore)),
             };
             let partial = inner
@@ -386,6 +392,7 @@ impl Node {
                 countries: &allowed,
                 policies: &inner.policies,
                 pseudonyms: &inner.pseudonyms,
+                consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), "i."),
             };
             let outcome = inner.store.read(|conn| {
                 records::run(conn, &release, &spec, |batch| {
@@ -429,6 +436,151 @@ impl Node {
             let _ = tx.blocking_send(last);
         });
         Ok(rx)
+    }
+
+    /// Rejects recorded interactions from countries that demand every party's consent to
+    /// recording when no `call_recording` grant of the subject is on file for the channel.
+    fn check_recording_consent(
+        &self,
+        tenant: &TenantId,
+        verdicts: Vec<Verdict>,
+    ) -> Result<Vec<Verdict>, NodeError> {
+        let needs_check = |v: &Verdict| match v {
+            Verdict::Store(r) => match &r.body {
+                RecordBody::Interaction(i) => {
+                    i.recorded
+                        && self.inner.policies.get(&r.country).is_some_and(|p| {
+                            p.recording.rule == crate::policy::RecordingRule::AllParties
+                        })
+                }
+                RecordBody::Subject(_) => false,
+            },
+            Verdict::Reject(..) => false,
+        };
+        if !verdicts.iter().any(needs_check) {
+            return Ok(verdicts);
+        }
+        self.inner.store.read(|conn| {
+            let mut out = Vec::with_capacity(verdicts.len());
+            for verdict in verdicts {
+                if needs_check(&verdict)
+                    && let Verdict::Store(r) = &verdict
+                    && let RecordBody::Interaction(i) = &r.body
+                {
+                    let (state, _) = consent::current(
+                        conn,
+                        tenant.as_str(),
+                        &i.subject_id,
+                        Purpose::CallRecording,
+                        i.channel,
+                    )?;
+                    if !matches!(state, ConsentState::Granted | ConsentState::GrantedConfirmed) {
+                        out.push(Verdict::Reject(
+                            RejectReason::RecordingConsentMissing,
+                            format!(
+                                "payload.interaction.recorded: {} requires every party's consent \
+                                 to recording and none of the subject's is on file for this channel",
+                                r.country
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+                out.push(verdict);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The policy of `country` when this node serves it; the error names `field`.
+    fn policy_for(&self, country: &str, field: &str) -> Result<&CountryPolicy, NodeError> {
+        self.inner.policies.get(country).ok_or_else(|| {
+            Violations::one(
+                field,
+                format!(
+                    "not served by region {}; route by ListRegions",
+                    self.inner.config.region_id
+                ),
+            )
+            .into()
+        })
+    }
+
+    /// Runs `f` on the blocking pool with this node.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || f(&node))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// Appends a grant, refusal, objection or withdrawal to a subject's consent ledger.
+    pub async fn record_consent(&self, change: ConsentChange) -> Result<Recorded, NodeError> {
+        self.policy_for(&change.subject.country, "subject.country")?;
+        self.blocking(move |node| {
+            let policy = node.policy_for(&change.subject.country, "subject.country")?;
+            let region = node.inner.config.region_id.as_str();
+            let recorded = node
+                .inner
+                .store
+                .write(|tx| consent::record(tx, region, policy, &change))?;
+            tracing::debug!(
+                region = %region,
+                tenant = %change.tenant,
+                purpose = change.purpose.as_str_name(),
+                action = ConsentAction::try_from(recorded.entry.action)
+                    .map_or("", |a| a.as_str_name()),
+                "consent recorded"
+            );
+            Ok(recorded)
+        })
+        .await
+    }
+
+    /// Confirms a double opt-in with its token.
+    pub async fn confirm_consent(&self, confirmation: Confirmation) -> Result<Recorded, NodeError> {
+        if confirmation.region_id != self.inner.config.region_id {
+            return Err(Violations::one("token", "issued by another region").into());
+        }
+        self.blocking(move |node| {
+            let policies = &node.inner.policies;
+            let recorded = node
+                .inner
+                .store
+                .write(|tx| consent::confirm(tx, policies, &confirmation))?;
+            tracing::debug!(
+                region = %node.inner.config.region_id,
+                tenant = %confirmation.tenant,
+                "double opt-in confirmed"
+            );
+            Ok(recorded)
+        })
+        .await
+    }
+
+    /// The consent state and ledger of a subject.
+    pub async fn get_consent(&self, q: ConsentQuestion) -> Result<GetConsentResponse, NodeError> {
+        self.policy_for(&q.subject.country, "subject.country")?;
+        self.blocking(move |node| node.inner.store.read(|conn| consent::get(conn, &q)))
+            .await
+    }
+
+    /// May the subject be contacted for the purpose on the channel, and why.
+    pub async fn check_contact_permission(
+        &self,
+        q: ConsentQuestion,
+    ) -> Result<CheckContactPermissionResponse, NodeError> {
+        self.policy_for(&q.subject.country, "subject.country")?;
+        self.blocking(move |node| {
+            let policy = node.policy_for(&q.subject.country, "subject.country")?;
+            node.inner
+                .store
+                .read(|conn| consent::check(conn, policy, &q))
+        })
+        .await
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Release<'a> {
     pub policies: &'a PolicySet,
     /// The region's pseudonymiser.
     pub pseudonyms: &'a Pseudonymiser,
+    /// The consent condition of the purpose ([`crate::consent::gate`]) on columns `i.*`.
+    pub consent: (String, Vec<Box<dyn ToSql>>),
 }
 
 /// Streams `spec`'s records in time order to `emit`, `BATCH` at a time; stops early (without
@@ -70,6 +72,10 @@ pub fn run(
         for c in &spec.channels {
             args.push(Box::new(*c as i32));
         }
+    }
+    sql.push_str(&release.consent.0);
+    for a in &release.consent.1 {
+        args.push(Box::new(a.to_sql()?.to_owned()));
     }
     sql.push_str(" ORDER BY i.started_at, i.interaction_id LIMIT ?");
     args.push(Box::new(i64::from(spec.limit)));

@@ -3,12 +3,19 @@
 use std::pin::Pin;
 
 use domicile_proto::{
+    consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, RecordSpec},
     error::Violations,
     pb::{
-        GetRegionInfoRequest, GetRegionInfoResponse, RegionalNodeAggregateRequest,
-        RegionalNodeAggregateResponse, RegionalNodeIngestRequest, RegionalNodeIngestResponse,
-        RegionalNodeQueryRecordsRequest, RegionalNodeQueryRecordsResponse,
+        ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse, RecordConsentResponse,
+        RegionalNodeAggregateRequest, RegionalNodeAggregateResponse,
+        RegionalNodeCheckContactPermissionRequest, RegionalNodeCheckContactPermissionResponse,
+        RegionalNodeConfirmConsentRequest, RegionalNodeConfirmConsentResponse,
+        RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse, RegionalNodeIngestRequest,
+        RegionalNodeIngestResponse, RegionalNodeQueryRecordsRequest,
+        RegionalNodeQueryRecordsResponse, RegionalNodeRecordConsentRequest,
+        RegionalNodeRecordConsentResponse, RegionalNodeWithdrawConsentRequest,
+        RegionalNodeWithdrawConsentResponse, WithdrawConsentResponse,
         regional_node_server::RegionalNode,
     },
 };
@@ -16,7 +23,16 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::node::Node;
+use crate::{consent::Recorded, node::Node};
+
+/// The client's request inside a federation wrapper, or `INVALID_ARGUMENT` naming `request`.
+fn inner<T>(request: Option<T>) -> Result<T, Status> {
+    request.ok_or_else(|| Violations::one("request", "required").into())
+}
+
+fn timestamp(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
 
 /// Serves `domicile.v1.RegionalNode` for one [`Node`].
 #[derive(Debug, Clone)]
@@ -80,5 +96,77 @@ impl RegionalNode for RegionalNodeService {
         let rx = self.node.query_records(&req.tenant_id, spec)?;
         let stream = ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn check_contact_permission(
+        &self,
+        request: Request<RegionalNodeCheckContactPermissionRequest>,
+    ) -> Result<Response<RegionalNodeCheckContactPermissionResponse>, Status> {
+        let q = ConsentQuestion::from_check(&inner(request.into_inner().request)?)?;
+        let response = self.node.check_contact_permission(q).await?;
+        Ok(Response::new(RegionalNodeCheckContactPermissionResponse {
+            response: Some(response),
+        }))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<RegionalNodeRecordConsentRequest>,
+    ) -> Result<Response<RegionalNodeRecordConsentResponse>, Status> {
+        let change = ConsentChange::from_record(&inner(request.into_inner().request)?)?;
+        let Recorded {
+            entry,
+            state,
+            token,
+        } = self.node.record_consent(change).await?;
+        let (confirmation_token, expires) =
+            token.map_or((String::new(), None), |(t, at)| (t, Some(timestamp(at))));
+        Ok(Response::new(RegionalNodeRecordConsentResponse {
+            response: Some(RecordConsentResponse {
+                entry: Some(entry),
+                state: state as i32,
+                confirmation_token,
+                token_expires_at: expires,
+            }),
+        }))
+    }
+
+    async fn confirm_consent(
+        &self,
+        request: Request<RegionalNodeConfirmConsentRequest>,
+    ) -> Result<Response<RegionalNodeConfirmConsentResponse>, Status> {
+        let confirmation = Confirmation::parse(&inner(request.into_inner().request)?)?;
+        let recorded = self.node.confirm_consent(confirmation).await?;
+        Ok(Response::new(RegionalNodeConfirmConsentResponse {
+            response: Some(ConfirmConsentResponse {
+                entry: Some(recorded.entry),
+                state: recorded.state as i32,
+            }),
+        }))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<RegionalNodeWithdrawConsentRequest>,
+    ) -> Result<Response<RegionalNodeWithdrawConsentResponse>, Status> {
+        let change = ConsentChange::from_withdraw(&inner(request.into_inner().request)?)?;
+        let recorded = self.node.record_consent(change).await?;
+        Ok(Response::new(RegionalNodeWithdrawConsentResponse {
+            response: Some(WithdrawConsentResponse {
+                entry: Some(recorded.entry),
+                state: recorded.state as i32,
+            }),
+        }))
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<RegionalNodeGetConsentRequest>,
+    ) -> Result<Response<RegionalNodeGetConsentResponse>, Status> {
+        let q = ConsentQuestion::from_get(&inner(request.into_inner().request)?)?;
+        let response = self.node.get_consent(q).await?;
+        Ok(Response::new(RegionalNodeGetConsentResponse {
+            response: Some(response),
+        }))
     }
 }

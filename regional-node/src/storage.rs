@@ -167,6 +167,7 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(crate::consent::SCHEMA)?;
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -308,6 +309,18 @@ impl SqliteStore {
         Ok(Charge::Charged {
             remaining_milli: remaining - u64::from(milli),
         })
+    }
+
+    /// Runs `f` in one write transaction: committed when `f` succeeds, rolled back otherwise.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// Runs `f` with a read-only connection from the pool.

@@ -24,10 +24,15 @@ use std::{
 use base64::Engine;
 use domicile_proto::{
     pb::{
-        AggregateQuery, AggregateRequest, Channel, Dimension, GetRegionInfoRequest, IngestRequest,
-        InteractionRecord, ListRegionsRequest, Purpose, QueryRecordsRequest, RecordPayload,
-        RecordQuery, RegionalNodeAggregateRequest, RegionalNodeIngestRequest,
-        RegionalNodeQueryRecordsRequest, SealedEnvelope, SubjectRecord, SurveyAnswer, TimeRange,
+        AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
+        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetConsentRequest,
+        GetRegionInfoRequest, IngestRequest, InteractionRecord, ListRegionsRequest, Purpose,
+        QueryRecordsRequest, RecordConsentRequest, RecordPayload, RecordQuery,
+        RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
+        RegionalNodeConfirmConsentRequest, RegionalNodeGetConsentRequest,
+        RegionalNodeIngestRequest, RegionalNodeQueryRecordsRequest,
+        RegionalNodeRecordConsentRequest, RegionalNodeWithdrawConsentRequest, SealedEnvelope,
+        SubjectRecord, SubjectRef, SurveyAnswer, TimeRange, WithdrawConsentRequest,
         gateway_client::GatewayClient, record_payload::Record,
         regional_node_client::RegionalNodeClient,
     },
@@ -363,6 +368,183 @@ async fn drain_node_stream(
     n
 }
 
+fn subject_ref(country: &str, c: &Canaries) -> Option<SubjectRef> {
+    Some(SubjectRef {
+        country: country.into(),
+        external_id: c.external_id.clone(),
+    })
+}
+
+fn grant(country: &str, c: &Canaries, purpose: Purpose, channel: Channel) -> RecordConsentRequest {
+    RecordConsentRequest {
+        tenant_id: TENANT.into(),
+        subject: subject_ref(country, c),
+        purpose: purpose as i32,
+        channel: channel as i32,
+        action: ConsentAction::Grant as i32,
+        source: ConsentSource::WebForm as i32,
+        wording_sha256: vec![1; 32],
+        actor: "crm:web".into(),
+        token_ttl_seconds: 0,
+    }
+}
+
+/// Every consent RPC through the gateway for `c`'s subject, valid and invalid.
+async fn consent_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &str, c: &Canaries) {
+    let check = |channel: Channel| CheckContactPermissionRequest {
+        tenant_id: TENANT.into(),
+        subject: subject_ref(country, c),
+        purpose: Purpose::Marketing as i32,
+        channel: channel as i32,
+    };
+    cap.result(gw.check_contact_permission(check(Channel::Email)).await);
+    let granted = cap.result(
+        gw.record_consent(grant(country, c, Purpose::Marketing, Channel::Email))
+            .await,
+    );
+    cap.result(
+        gw.record_consent(grant(country, c, Purpose::CxSurvey, Channel::Phone))
+            .await,
+    );
+    if let Some(token) = granted
+        .map(|g| g.confirmation_token)
+        .filter(|t| !t.is_empty())
+    {
+        let confirm = ConfirmConsentRequest {
+            tenant_id: TENANT.into(),
+            token,
+            source: 0,
+        };
+        cap.result(gw.confirm_consent(confirm.clone()).await);
+        cap.result(gw.confirm_consent(confirm).await); // reused
+    }
+    cap.result(gw.check_contact_permission(check(Channel::Email)).await);
+    cap.result(
+        gw.withdraw_consent(WithdrawConsentRequest {
+            tenant_id: TENANT.into(),
+            subject: subject_ref(country, c),
+            purpose: Purpose::Marketing as i32,
+            channel: Channel::Email as i32,
+            source: ConsentSource::PhoneCall as i32,
+            actor: "agent:7".into(),
+        })
+        .await,
+    );
+    cap.result(
+        gw.get_consent(GetConsentRequest {
+            tenant_id: TENANT.into(),
+            subject: subject_ref(country, c),
+            purpose: 0,
+        })
+        .await,
+    );
+    // Invalid: canaries in the actor, the external id and the token.
+    let mut bad = grant(country, c, Purpose::Marketing, Channel::Email);
+    bad.actor = c.full_name();
+    bad.subject = Some(SubjectRef {
+        country: country.into(),
+        external_id: format!("{}\u{7}{}", c.external_id, c.email),
+    });
+    cap.result(gw.record_consent(bad).await);
+    cap.result(
+        gw.confirm_consent(ConfirmConsentRequest {
+            tenant_id: TENANT.into(),
+            token: format!("{}.{}", c.email, c.phone),
+            source: 0,
+        })
+        .await,
+    );
+    cap.result(
+        gw.confirm_consent(ConfirmConsentRequest {
+            tenant_id: TENANT.into(),
+            token: "eu-de.dW5rbm93bg".into(),
+            source: 0,
+        })
+        .await,
+    );
+}
+
+/// Every consent RPC of a node's federation API for `c`'s subject.
+async fn node_consent_calls(
+    cap: &Capture,
+    node: &mut RegionalNodeClient<Grpc>,
+    country: &str,
+    c: &Canaries,
+) {
+    cap.result(
+        node.check_contact_permission(RegionalNodeCheckContactPermissionRequest {
+            request: Some(CheckContactPermissionRequest {
+                tenant_id: TENANT.into(),
+                subject: subject_ref(country, c),
+                purpose: Purpose::CxSurvey as i32,
+                channel: Channel::Phone as i32,
+            }),
+        })
+        .await,
+    );
+    let granted = cap.result(
+        node.record_consent(RegionalNodeRecordConsentRequest {
+            request: Some(grant(country, c, Purpose::Marketing, Channel::Email)),
+        })
+        .await,
+    );
+    if let Some(token) = granted
+        .and_then(|g| g.response)
+        .map(|g| g.confirmation_token)
+        .filter(|t| !t.is_empty())
+    {
+        cap.result(
+            node.confirm_consent(RegionalNodeConfirmConsentRequest {
+                request: Some(ConfirmConsentRequest {
+                    tenant_id: TENANT.into(),
+                    token,
+                    source: 0,
+                }),
+            })
+            .await,
+        );
+    }
+    cap.result(
+        node.withdraw_consent(RegionalNodeWithdrawConsentRequest {
+            request: Some(WithdrawConsentRequest {
+                tenant_id: TENANT.into(),
+                subject: subject_ref(country, c),
+                purpose: Purpose::Marketing as i32,
+                channel: Channel::Unspecified as i32,
+                source: ConsentSource::Api as i32,
+                actor: "sync".into(),
+            }),
+        })
+        .await,
+    );
+    cap.result(
+        node.get_consent(RegionalNodeGetConsentRequest {
+            request: Some(GetConsentRequest {
+                tenant_id: TENANT.into(),
+                subject: subject_ref(country, c),
+                purpose: 0,
+            }),
+        })
+        .await,
+    );
+    cap.result(
+        node.get_consent(RegionalNodeGetConsentRequest { request: None })
+            .await,
+    );
+    // A subject of a country the node does not serve.
+    cap.result(
+        node.check_contact_permission(RegionalNodeCheckContactPermissionRequest {
+            request: Some(CheckContactPermissionRequest {
+                tenant_id: TENANT.into(),
+                subject: subject_ref("JP", c),
+                purpose: Purpose::CxSurvey as i32,
+                channel: Channel::Phone as i32,
+            }),
+        })
+        .await,
+    );
+}
+
 /// Drives every gateway and node RPC, valid, invalid and failing; returns records streamed.
 async fn drive_every_rpc(
     fed: &mut Federation,
@@ -484,6 +666,11 @@ async fn drive_every_rpc(
     invalid.tenant_id = c.full_name();
     drain_gateway_stream(cap, &mut gw, invalid).await;
 
+    // Consent: every call, for every region's canary subject, valid and invalid.
+    for (r, (_, country)) in REGIONS.iter().enumerate() {
+        consent_calls(cap, &mut gw, country, &canaries[r]).await;
+    }
+
     // The nodes' federation API, directly.
     for (r, (region, country)) in REGIONS.iter().enumerate() {
         let mut node = node_client(fed, region).await?;
@@ -535,6 +722,7 @@ async fn drive_every_rpc(
             },
         )
         .await;
+        node_consent_calls(cap, &mut node, country, &canaries[r]).await;
     }
     // A node refuses an envelope for another region (with canary-bearing records inside).
     let mut fr_node = node_client(fed, "eu-fr").await?;
@@ -577,6 +765,7 @@ async fn drive_every_rpc(
             .await,
     );
     streamed += drain_gateway_stream(cap, &mut gw, records(Purpose::CxAnalytics)).await;
+    consent_calls(cap, &mut gw, "FR", &canaries[1]).await;
     Ok(streamed)
 }
 

@@ -1,0 +1,691 @@
+//! The consent ledger and contact-permission decisions.
+//!
+//! Every change is appended to `consent_ledger` (append-only: SQLite triggers refuse updates
+//! and deletes) and mirrored, in the same transaction, into `consent_state`, the current state
+//! per subject × purpose × channel that decisions read. An entry on channel 0 (unspecified)
+//! applies to every channel of its purpose; for a given channel the latest of its own and the
+//! channel-0 entry wins.
+//!
+//! [`allows`] is the whole decision: a country rule and a consent state in, allowed or not out.
+//! [`gate`] turns the same rule into SQL, so that aggregates and records under a purpose only
+//! include the subjects whose policy and consent permit it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domicile_proto::{
+    consent::{Confirmation, ConsentChange, ConsentQuestion},
+    pb::{
+        Channel, CheckContactPermissionResponse, ConsentAction, ConsentEntry,
+        ConsentRule as WireRule, ConsentSource, ConsentState, ConsentStatus, GetConsentResponse,
+        PermissionReason, PermissionReasonCode, Purpose,
+    },
+};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    error::NodeError,
+    policy::{ConsentRule, CountryPolicy, PolicySet},
+};
+
+/// The consent tables; created with the rest of the schema.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS consent_ledger (
+    tenant         TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
+    purpose        INTEGER NOT NULL,
+    channel        INTEGER NOT NULL,
+    action         INTEGER NOT NULL,
+    recorded_at    INTEGER NOT NULL,
+    source         INTEGER NOT NULL,
+    wording_sha256 BLOB,
+    policy_version TEXT NOT NULL,
+    actor          TEXT NOT NULL,
+    state          INTEGER NOT NULL,
+    PRIMARY KEY (tenant, subject_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS consent_ledger_no_update BEFORE UPDATE ON consent_ledger
+BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS consent_ledger_no_delete BEFORE DELETE ON consent_ledger
+BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+
+-- Derived from the ledger in the same transaction as each append: the latest entry per
+-- subject, purpose and channel.
+CREATE TABLE IF NOT EXISTS consent_state (
+    tenant         TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    purpose        INTEGER NOT NULL,
+    channel        INTEGER NOT NULL,
+    state          INTEGER NOT NULL,
+    seq            INTEGER NOT NULL,
+    since          INTEGER NOT NULL,
+    policy_version TEXT NOT NULL,
+    PRIMARY KEY (tenant, subject_id, purpose, channel)
+) WITHOUT ROWID;
+
+-- Double opt-in tokens: only their SHA-256 is kept.
+CREATE TABLE IF NOT EXISTS consent_tokens (
+    token_sha256 BLOB PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    purpose      INTEGER NOT NULL,
+    channel      INTEGER NOT NULL,
+    request_seq  INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    used_at      INTEGER
+) WITHOUT ROWID;
+"#;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// Whether `rule` allows processing for a subject in `state`. The whole decision.
+pub fn allows(rule: ConsentRule, state: ConsentState) -> bool {
+    use ConsentState as S;
+    match rule {
+        ConsentRule::None => state != S::Objected,
+        ConsentRule::OptOut => !matches!(state, S::Refused | S::Withdrawn | S::Objected),
+        ConsentRule::OptIn => matches!(state, S::Granted | S::GrantedConfirmed),
+        ConsentRule::DoubleOptIn => state == S::GrantedConfirmed,
+    }
+}
+
+/// The wire form of a policy rule.
+pub fn wire_rule(rule: ConsentRule) -> WireRule {
+    match rule {
+        ConsentRule::None => WireRule::None,
+        ConsentRule::OptOut => WireRule::OptOut,
+        ConsentRule::OptIn => WireRule::OptIn,
+        ConsentRule::DoubleOptIn => WireRule::DoubleOptIn,
+    }
+}
+
+/// The state an entry leads to.
+fn state_after(action: ConsentAction) -> ConsentState {
+    match action {
+        ConsentAction::Grant => ConsentState::Granted,
+        ConsentAction::Refuse => ConsentState::Refused,
+        ConsentAction::Withdraw => ConsentState::Withdrawn,
+        ConsentAction::DoubleOptInRequest => ConsentState::PendingConfirmation,
+        ConsentAction::DoubleOptInConfirm => ConsentState::GrantedConfirmed,
+        ConsentAction::Object => ConsentState::Objected,
+        ConsentAction::Unspecified => ConsentState::Unspecified,
+    }
+}
+
+/// The rule of `policy` for `purpose` on `channel` (`Unspecified`: the purpose's default).
+pub fn rule_of(policy: &CountryPolicy, purpose: Purpose, channel: Channel) -> ConsentRule {
+    policy
+        .consent
+        .for_purpose(purpose)
+        .map_or(ConsentRule::OptIn, |r| r.for_channel(channel))
+}
+
+/// The current state for `purpose` on `channel`, with the time and policy of its entry: the
+/// latest of the channel's own entry and the every-channel entry.
+pub fn current(
+    conn: &Connection,
+    tenant: &str,
+    subject: &str,
+    purpose: Purpose,
+    channel: Channel,
+) -> Result<(ConsentState, Option<i64>), NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, since FROM consent_state
+         WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3 AND channel IN (?4, 0)
+         ORDER BY seq DESC LIMIT 1",
+    )?;
+    let row = stmt
+        .query_row(
+            params![tenant, subject, purpose as i32, channel as i32],
+            |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((state, since)) => (
+            ConsentState::try_from(state).unwrap_or(ConsentState::Unspecified),
+            Some(since),
+        ),
+        None => (ConsentState::None, None),
+    })
+}
+
+/// Appends one entry and updates the derived state, in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+fn append(
+    tx: &Connection,
+    tenant: &str,
+    subject: &str,
+    purpose: Purpose,
+    channel: Channel,
+    action: ConsentAction,
+    source: ConsentSource,
+    wording: Option<&[u8; 32]>,
+    policy_version: &str,
+    actor: &str,
+    at: i64,
+) -> Result<ConsentEntry, NodeError> {
+    let seq: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
+        params![tenant, subject],
+        |r| r.get(0),
+    )?;
+    let state = state_after(action);
+    tx.execute(
+        "INSERT INTO consent_ledger (tenant, subject_id, seq, purpose, channel, action, recorded_at,
+           source, wording_sha256, policy_version, actor, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            tenant,
+            subject,
+            seq,
+            purpose as i32,
+            channel as i32,
+            action as i32,
+            at,
+            source as i32,
+            wording.map(|w| w.as_slice()),
+            policy_version,
+            actor,
+            state as i32
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO consent_state (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (tenant, subject_id, purpose, channel) DO UPDATE SET
+           state = excluded.state, seq = excluded.seq, since = excluded.since,
+           policy_version = excluded.policy_version",
+        params![
+            tenant,
+            subject,
+            purpose as i32,
+            channel as i32,
+            state as i32,
+            seq,
+            at,
+            policy_version
+        ],
+    )?;
+    Ok(ConsentEntry {
+        seq: seq as u64,
+        action: action as i32,
+        purpose: purpose as i32,
+        channel: channel as i32,
+        recorded_at: Some(ts(at)),
+        source: source as i32,
+        wording_sha256: wording.map(|w| w.to_vec()).unwrap_or_default(),
+        policy_version: policy_version.to_owned(),
+        actor: actor.to_owned(),
+        resulting_state: state as i32,
+    })
+}
+
+/// What recording a change did.
+#[derive(Debug)]
+pub struct Recorded {
+    /// The entry appended.
+    pub entry: ConsentEntry,
+    /// The state now.
+    pub state: ConsentState,
+    /// A double opt-in token and its expiry, when one was issued.
+    pub token: Option<(String, i64)>,
+}
+
+/// Records `change` (grant, refuse, object or withdraw). A grant where the rule is double
+/// opt-in becomes a request, and a single-use token `<region>.<secret>` is issued.
+pub fn record(
+    tx: &Connection,
+    region_id: &str,
+    policy: &CountryPolicy,
+    change: &ConsentChange,
+) -> Result<Recorded, NodeError> {
+    let rule = rule_of(policy, change.purpose, change.channel);
+    let action = match change.action {
+        ConsentAction::Grant if rule == ConsentRule::DoubleOptIn => {
+            ConsentAction::DoubleOptInRequest
+        }
+        a => a,
+    };
+    let at = now();
+    let entry = append(
+        tx,
+        change.tenant.as_str(),
+        &change.subject.external_id,
+        change.purpose,
+        change.channel,
+        action,
+        change.source,
+        change.wording_sha256.as_ref(),
+        &policy.label(),
+        &change.actor,
+        at,
+    )?;
+    let token = if action == ConsentAction::DoubleOptInRequest {
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret)
+            .map_err(|e| NodeError::Internal(format!("randomness: {e}")))?;
+        let token = format!("{region_id}.{}", base64url(&secret));
+        let expires = at + i64::from(change.token_ttl_seconds);
+        tx.execute(
+            "INSERT INTO consent_tokens (token_sha256, tenant, subject_id, purpose, channel,
+               request_seq, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                Sha256::digest(token.as_bytes()).as_slice(),
+                change.tenant.as_str(),
+                change.subject.external_id,
+                change.purpose as i32,
+                change.channel as i32,
+                entry.seq as i64,
+                expires
+            ],
+        )?;
+        Some((token, expires))
+    } else {
+        None
+    };
+    Ok(Recorded {
+        state: state_after(action),
+        entry,
+        token,
+    })
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Confirms a double opt-in: the token must exist for this tenant, be unused, unexpired, and
+/// its request must still be the latest entry for its purpose and channel.
+pub fn confirm(
+    tx: &Connection,
+    policies: &PolicySet,
+    confirmation: &Confirmation,
+) -> Result<Recorded, NodeError> {
+    let hash = Sha256::digest(confirmation.token.as_bytes());
+    let row = tx
+        .query_row(
+            "SELECT subject_id, purpose, channel, request_seq, expires_at, used_at
+             FROM consent_tokens WHERE token_sha256 = ?1 AND tenant = ?2",
+            params![hash.as_slice(), confirmation.tenant.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i32>(1)?,
+                    r.get::<_, i32>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((subject, purpose, channel, request_seq, expires_at, used_at)) = row else {
+        return Err(NodeError::NotFound("unknown confirmation token".into()));
+    };
+    let at = now();
+    if used_at.is_some() {
+        return Err(NodeError::FailedPrecondition(
+            "token: this confirmation token was already used".into(),
+        ));
+    }
+    if at >= expires_at {
+        return Err(NodeError::FailedPrecondition(format!(
+            "token: this confirmation token expired {} s ago; record the grant again",
+            at - expires_at
+        )));
+    }
+    let purpose = Purpose::try_from(purpose).unwrap_or(Purpose::Unspecified);
+    let channel = Channel::try_from(channel).unwrap_or(Channel::Unspecified);
+    let latest: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM consent_state
+         WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3 AND channel IN (?4, 0)",
+        params![
+            confirmation.tenant.as_str(),
+            subject,
+            purpose as i32,
+            channel as i32
+        ],
+        |r| r.get(0),
+    )?;
+    if latest != request_seq {
+        return Err(NodeError::FailedPrecondition(
+            "token: a later consent entry supersedes this request".into(),
+        ));
+    }
+    // The confirmation is recorded under the policy now in force for the request's country.
+    let requested_under: String = tx.query_row(
+        "SELECT policy_version FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2 AND seq = ?3",
+        params![confirmation.tenant.as_str(), subject, request_seq],
+        |r| r.get(0),
+    )?;
+    let country = requested_under.split('@').next().unwrap_or_default();
+    let policy_version = policies
+        .get(country)
+        .map_or(requested_under.clone(), CountryPolicy::label);
+    tx.execute(
+        "UPDATE consent_tokens SET used_at = ?1 WHERE token_sha256 = ?2",
+        params![at, hash.as_slice()],
+    )?;
+    let entry = append(
+        tx,
+        confirmation.tenant.as_str(),
+        &subject,
+        purpose,
+        channel,
+        ConsentAction::DoubleOptInConfirm,
+        confirmation.source,
+        None,
+        &policy_version,
+        "double-opt-in",
+        at,
+    )?;
+    Ok(Recorded {
+        entry,
+        state: ConsentState::GrantedConfirmed,
+        token: None,
+    })
+}
+
+/// State and history of a subject, without direct identifiers.
+pub fn get(conn: &Connection, q: &ConsentQuestion) -> Result<GetConsentResponse, NodeError> {
+    let purpose = q.purpose as i32;
+    let mut history = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, action, purpose, channel, recorded_at, source, wording_sha256,
+                policy_version, actor, state
+         FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2 AND (?3 = 0 OR purpose = ?3)
+         ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![q.tenant.as_str(), q.subject.external_id, purpose])?;
+    while let Some(r) = rows.next()? {
+        history.push(ConsentEntry {
+            seq: r.get::<_, i64>(0)? as u64,
+            action: r.get(1)?,
+            purpose: r.get(2)?,
+            channel: r.get(3)?,
+            recorded_at: Some(ts(r.get(4)?)),
+            source: r.get(5)?,
+            wording_sha256: r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default(),
+            policy_version: r.get(7)?,
+            actor: r.get(8)?,
+            resulting_state: r.get(9)?,
+        });
+    }
+    let mut current = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT purpose, channel, state, since, policy_version FROM consent_state
+         WHERE tenant = ?1 AND subject_id = ?2 AND (?3 = 0 OR purpose = ?3)
+         ORDER BY purpose, channel",
+    )?;
+    let mut rows = stmt.query(params![q.tenant.as_str(), q.subject.external_id, purpose])?;
+    while let Some(r) = rows.next()? {
+        current.push(ConsentStatus {
+            purpose: r.get(0)?,
+            channel: r.get(1)?,
+            state: r.get(2)?,
+            since: Some(ts(r.get(3)?)),
+            policy_version: r.get(4)?,
+        });
+    }
+    Ok(GetConsentResponse { current, history })
+}
+
+fn rule_name(rule: ConsentRule) -> &'static str {
+    match rule {
+        ConsentRule::None => "needs no consent",
+        ConsentRule::OptOut => "is allowed unless the subject opted out",
+        ConsentRule::OptIn => "needs an opt-in",
+        ConsentRule::DoubleOptIn => "needs a confirmed double opt-in",
+    }
+}
+
+/// Answers `CheckContactPermission` for a subject of `policy`'s country.
+pub fn check(
+    conn: &Connection,
+    policy: &CountryPolicy,
+    q: &ConsentQuestion,
+) -> Result<CheckContactPermissionResponse, NodeError> {
+    let rule = rule_of(policy, q.purpose, q.channel);
+    let (state, since) = current(
+        conn,
+        q.tenant.as_str(),
+        &q.subject.external_id,
+        q.purpose,
+        q.channel,
+    )?;
+    let allowed = allows(rule, state);
+    let channel_name = q
+        .channel
+        .as_str_name()
+        .trim_start_matches("CHANNEL_")
+        .to_lowercase();
+    let purpose_name = q
+        .purpose
+        .as_str_name()
+        .trim_start_matches("PURPOSE_")
+        .to_lowercase();
+    let mut reasons = vec![PermissionReason {
+        code: PermissionReasonCode::CountryRule as i32,
+        rule: wire_rule(rule) as i32,
+        consent_state: ConsentState::Unspecified as i32,
+        consent_since: None,
+        detail: format!(
+            "{}: {purpose_name} by {channel_name} {}",
+            policy.country(),
+            rule_name(rule)
+        ),
+    }];
+    let (code, detail) = match state {
+        ConsentState::Objected => (
+            PermissionReasonCode::ObjectionInForce,
+            "the subject objected to this processing",
+        ),
+        ConsentState::Refused | ConsentState::Withdrawn => (
+            PermissionReasonCode::RefusedOrWithdrawn,
+            "the subject refused or withdrew consent",
+        ),
+        ConsentState::PendingConfirmation => (
+            PermissionReasonCode::ConfirmationPending,
+            "a double opt-in awaits confirmation",
+        ),
+        ConsentState::None if matches!(rule, ConsentRule::OptIn | ConsentRule::DoubleOptIn) => {
+            (PermissionReasonCode::NoConsentOnFile, "no consent on file")
+        }
+        ConsentState::Granted if rule == ConsentRule::DoubleOptIn => (
+            PermissionReasonCode::ConsentState,
+            "granted without the double opt-in confirmation the rule needs",
+        ),
+        _ => (PermissionReasonCode::ConsentState, "consent state on file"),
+    };
+    reasons.push(PermissionReason {
+        code: code as i32,
+        rule: WireRule::Unspecified as i32,
+        consent_state: state as i32,
+        consent_since: since.map(ts),
+        detail: detail.to_owned(),
+    });
+    Ok(CheckContactPermissionResponse {
+        allowed,
+        reasons,
+        policy_version: policy.label(),
+    })
+}
+
+/// A SQL condition (with its parameters) that keeps only the rows of subjects whose country
+/// rule and consent permit `purpose`, for the node's countries. `col` prefixes the `country`
+/// and `subject_id` columns (e.g. `"i."`). Only every-channel (channel 0) entries count here:
+/// processing is not a contact on a channel.
+pub fn gate(
+    policies: &PolicySet,
+    purpose: Purpose,
+    tenant: &str,
+    col: &str,
+) -> (String, Vec<Box<dyn ToSql>>) {
+    use ConsentState as S;
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    let mut arms = Vec::new();
+    for policy in policies.iter() {
+        let rule = rule_of(policy, purpose, Channel::Unspecified);
+        let (keep, states): (bool, &[S]) = match rule {
+            ConsentRule::None => (false, &[S::Objected]),
+            ConsentRule::OptOut => (false, &[S::Refused, S::Withdrawn, S::Objected]),
+            ConsentRule::OptIn => (true, &[S::Granted, S::GrantedConfirmed]),
+            ConsentRule::DoubleOptIn => (true, &[S::GrantedConfirmed]),
+        };
+        let list = states
+            .iter()
+            .map(|s| (*s as i32).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Country codes are validated upper-case letters; enum values are integers.
+        arms.push(format!(
+            "({col}country = '{}' AND {col}subject_id {} (SELECT subject_id FROM consent_state \
+             WHERE tenant = ? AND purpose = {} AND channel = 0 AND state IN ({list})))",
+            policy.country(),
+            if keep { "IN" } else { "NOT IN" },
+            purpose as i32,
+        ));
+        args.push(Box::new(tenant.to_owned()));
+    }
+    (format!(" AND ({})", arms.join(" OR ")), args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::SHIPPED;
+    use ConsentRule as R;
+    use ConsentState as S;
+
+    /// The decision table, written out by hand: rule × state → allowed.
+    const TABLE: &[(R, S, bool)] = &[
+        (R::None, S::None, true),
+        (R::None, S::Granted, true),
+        (R::None, S::GrantedConfirmed, true),
+        (R::None, S::PendingConfirmation, true),
+        (R::None, S::Refused, true),
+        (R::None, S::Withdrawn, true),
+        (R::None, S::Objected, false),
+        (R::OptOut, S::None, true),
+        (R::OptOut, S::Granted, true),
+        (R::OptOut, S::GrantedConfirmed, true),
+        (R::OptOut, S::PendingConfirmation, true),
+        (R::OptOut, S::Refused, false),
+        (R::OptOut, S::Withdrawn, false),
+        (R::OptOut, S::Objected, false),
+        (R::OptIn, S::None, false),
+        (R::OptIn, S::Granted, true),
+        (R::OptIn, S::GrantedConfirmed, true),
+        (R::OptIn, S::PendingConfirmation, false),
+        (R::OptIn, S::Refused, false),
+        (R::OptIn, S::Withdrawn, false),
+        (R::OptIn, S::Objected, false),
+        (R::DoubleOptIn, S::None, false),
+        (R::DoubleOptIn, S::Granted, false),
+        (R::DoubleOptIn, S::GrantedConfirmed, true),
+        (R::DoubleOptIn, S::PendingConfirmation, false),
+        (R::DoubleOptIn, S::Refused, false),
+        (R::DoubleOptIn, S::Withdrawn, false),
+        (R::DoubleOptIn, S::Objected, false),
+    ];
+
+    fn expected(rule: R, state: S) -> bool {
+        TABLE
+            .iter()
+            .find(|(r, s, _)| *r == rule && *s == state)
+            .map(|(_, _, a)| *a)
+            .expect("every rule × state is in the table")
+    }
+
+    /// The rule for a purpose and channel read straight from the TOML text, independently of
+    /// the policy parser: the channel's key, else the purpose's `default`.
+    fn rule_in_file(text: &str, purpose: &str, channel: &str) -> R {
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        let rules = doc["consent"][purpose].as_table().unwrap();
+        let name = rules
+            .get(channel)
+            .or_else(|| rules.get("default"))
+            .and_then(|v| v.as_str())
+            .unwrap();
+        match name {
+            "none" => R::None,
+            "opt_out" => R::OptOut,
+            "opt_in" => R::OptIn,
+            "double_opt_in" => R::DoubleOptIn,
+            other => panic!("unknown rule {other}"),
+        }
+    }
+
+    const PURPOSES: [(Purpose, &str); 6] = [
+        (Purpose::Service, "service"),
+        (Purpose::CxSurvey, "cx_survey"),
+        (Purpose::CxAnalytics, "cx_analytics"),
+        (Purpose::Marketing, "marketing"),
+        (Purpose::Profiling, "profiling"),
+        (Purpose::CallRecording, "call_recording"),
+    ];
+    const CHANNELS: [(Channel, &str); 8] = [
+        (Channel::Phone, "phone"),
+        (Channel::Email, "email"),
+        (Channel::Chat, "chat"),
+        (Channel::Sms, "sms"),
+        (Channel::Web, "web"),
+        (Channel::App, "app"),
+        (Channel::Post, "post"),
+        (Channel::InPerson, "in_person"),
+    ];
+    const STATES: [S; 7] = [
+        S::None,
+        S::Granted,
+        S::GrantedConfirmed,
+        S::PendingConfirmation,
+        S::Refused,
+        S::Withdrawn,
+        S::Objected,
+    ];
+
+    #[test]
+    fn decision_matrix_over_every_shipped_country_purpose_channel_and_state() {
+        let countries: Vec<String> = SHIPPED.iter().map(|(c, _)| (*c).to_owned()).collect();
+        let policies = PolicySet::load(None, &countries).unwrap();
+        let mut checked = 0;
+        for (country, text) in SHIPPED {
+            let policy = policies.get(country).unwrap();
+            for (purpose, purpose_key) in PURPOSES {
+                for (channel, channel_key) in CHANNELS {
+                    let rule = rule_in_file(text, purpose_key, channel_key);
+                    assert_eq!(
+                        rule_of(policy, purpose, channel),
+                        rule,
+                        "{country} {purpose_key} {channel_key}"
+                    );
+                    for state in STATES {
+                        assert_eq!(
+                            allows(rule_of(policy, purpose, channel), state),
+                            expected(rule, state),
+                            "{country} {purpose_key} {channel_key} {state:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 12 * 6 * 8 * 7);
+    }
+
+    #[test]
+    fn base64url_tokens_are_url_safe() {
+        assert_eq!(base64url(b"\xfb\xff\xbf"), "-_-_");
+        assert_eq!(base64url(b"ab"), "YWI");
+    }
+}
