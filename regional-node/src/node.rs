@@ -77,10 +77,11 @@ impl Node {
         config
             .validate()
             .map_err(|e| NodeError::Internal(format!("configuration: {e}")))?;
-        let keys = keys::load_or_create(&config.sealing_key_path())
-            .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
+        // Policies first: a bad policy file stops the start before anything is created.
         let policies = PolicySet::load(config.policy_dir.as_deref(), &config.countries)
             .map_err(|e| NodeError::Internal(format!("policy: {e}")))?;
+        let keys = keys::load_or_create(&config.sealing_key_path())
+            .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
         let secret = keys::load_or_create_secret(&config.pseudonym_secret_path())
             .map_err(|e| NodeError::Internal(format!("pseudonym secret: {e}")))?;
         let store = SqliteStore::open(&config.database)?;

@@ -25,3 +25,32 @@ fn example_configurations_are_valid_and_consistent() {
         domicile_node::policy::PolicySet::load(Some(&dir), &node.countries).unwrap();
     }
 }
+
+#[test]
+fn a_bad_policy_file_stops_the_node_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies/DE.toml");
+    let text = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace("epsilon_per_query = 1.0", "epsilon_per_query = \"lots\"");
+    let line = text.lines().position(|l| l.contains("\"lots\"")).unwrap() + 1;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("DE.toml"), text).unwrap();
+
+    let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("node.sqlite"));
+    config.policy_dir = Some(policies.clone());
+    let err = domicile_node::Node::open(config).unwrap_err().to_string();
+    let expected = format!(
+        "{}:{line}: privacy.epsilon_per_query:",
+        policies.join("DE.toml").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    // Nothing was created for a node that did not start.
+    let created: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(created, ["policies"]);
+}
