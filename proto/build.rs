@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "domicile/v1/aggregate.proto",
     "domicile/v1/query.proto",
     "domicile/v1/consent.proto",
+    "domicile/v1/audit.proto",
+    "domicile/v1/local.proto",
     "domicile/v1/gateway.proto",
     "domicile/v1/node.proto",
 ];
@@ -21,6 +23,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "domicile.v1.SubjectRecord",
     "domicile.v1.InteractionRecord",
     "domicile.v1.SurveyAnswer",
+    "domicile.v1.IncidentSubject",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

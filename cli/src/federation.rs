@@ -106,6 +106,7 @@ impl FederationBuilder {
             let database = data_dir.join(format!("{}.sqlite", spec.id));
             let (tx, rx) = oneshot::channel::<()>();
             let mut handle = None;
+            let mut local_addr = None;
             let task = if spec.unresponsive {
                 // Hold the socket open without ever accepting: connections hang in the backlog.
                 tokio::spawn(async move {
@@ -121,12 +122,22 @@ impl FederationBuilder {
                 let node =
                     Node::open(config).with_context(|| format!("opening node {}", spec.id))?;
                 handle = Some(node.clone());
+                // The in-country listener, for tests that act as in-country staff.
+                let local = TcpListener::bind(("127.0.0.1", 0)).await?;
+                local_addr = Some(local.local_addr()?);
                 tokio::spawn(async move {
-                    domicile_node::serve(node, listener, async {
+                    let (stop_local, local_stopped) = oneshot::channel::<()>();
+                    let local_task =
+                        tokio::spawn(domicile_node::serve_local(node.clone(), local, async {
+                            let _ = local_stopped.await;
+                        }));
+                    let served = domicile_node::serve(node, listener, async {
                         let _ = rx.await;
                     })
-                    .await
-                    .map_err(anyhow::Error::from)
+                    .await;
+                    let _ = stop_local.send(());
+                    let _ = local_task.await;
+                    served.map_err(anyhow::Error::from)
                 })
             };
             region_configs.push(RegionConfig {
@@ -139,6 +150,7 @@ impl FederationBuilder {
                 addr,
                 database,
                 node: handle,
+                local_addr,
                 shutdown: Some(tx),
                 task: Some(task),
             });
@@ -185,6 +197,8 @@ pub struct RunningNode {
     pub database: PathBuf,
     /// The node itself, for in-process inspection (`None` for an unresponsive region).
     pub node: Option<Node>,
+    /// Its in-country `LocalNode` listener (`None` for an unresponsive region).
+    pub local_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Audit-log commands for a node's operator (run in-country, against the node's files).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Redact text read line by line from standard input with a country's rules, as a node does
     /// before a comment leaves the region; prints each redacted line.
     ///
@@ -73,6 +78,37 @@ enum Command {
         /// Print a summary of what was redacted, by kind, to standard error at the end.
         #[arg(long)]
         stats: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the audit log and its signed checkpoints; name the first entry that was modified,
+    /// removed, reordered or truncated. Exit status 1 when tampered.
+    Verify {
+        /// The node's configuration file (for its database, region and audit key).
+        #[arg(long)]
+        config: PathBuf,
+        /// Verify against this audit public key (64 hex characters) instead of the one derived
+        /// from the node's key file, e.g. the key the region published.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Records of processing: activities by tenant and purpose, data categories, recipients
+    /// (what crossed the border, in aggregate) and the retention the policies apply.
+    Report {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// First day included, YYYY-MM-DD (UTC). Default: the beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day included, YYYY-MM-DD (UTC). Default: today.
+        #[arg(long)]
+        to: Option<String>,
+        /// `json` or `csv`.
+        #[arg(long, default_value = "json")]
+        format: String,
     },
 }
 
@@ -142,10 +178,19 @@ async fn main() -> anyhow::Result<()> {
             init_logging(cli.log_json, "info");
             let config = read_config(&config, NodeConfig::from_toml)?;
             let listener = TcpListener::bind(config.listen).await?;
+            let local = match config.local_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            };
             let node = Node::open(config)?;
             tracing::info!(addr = %listener.local_addr()?, "node listening");
+            if let Some(local) = local {
+                tracing::info!(addr = %local.local_addr()?, "in-country listener");
+                tokio::spawn(domicile_node::serve_local(node.clone(), local, ctrl_c()));
+            }
             domicile_node::serve(node, listener, ctrl_c()).await?;
         }
+        Command::Audit { command } => return audit(command),
         Command::Redact {
             country,
             name,
@@ -153,6 +198,121 @@ async fn main() -> anyhow::Result<()> {
         } => redact(&country, &name, stats)?,
     }
     Ok(())
+}
+
+/// Unix seconds of 00:00 UTC on a "YYYY-MM-DD" day.
+fn day_start(day: &str) -> anyhow::Result<i64> {
+    let parts: Vec<i64> = day
+        .split('-')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{day:?}: expected YYYY-MM-DD"))?;
+    let [y, m, d] = parts[..] else {
+        anyhow::bail!("{day:?}: expected YYYY-MM-DD");
+    };
+    anyhow::ensure!(
+        (1..=12).contains(&m) && (1..=31).contains(&d),
+        "{day:?}: not a date"
+    );
+    // Days from civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Ok((era * 146_097 + doe - 719_468) * 86_400)
+}
+
+/// `domicile audit …`.
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    use domicile_node::audit;
+    match command {
+        AuditCommand::Verify { config, public_key } => {
+            let config = read_config(&config, NodeConfig::from_toml)?;
+            let key: [u8; 32] = match public_key {
+                Some(hex_key) => hex::decode(hex_key.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .context("--public-key: expected 64 hex characters")?,
+                None => {
+                    let seed = std::fs::read(config.audit_key_path()).with_context(|| {
+                        format!("reading {}", config.audit_key_path().display())
+                    })?;
+                    let seed: [u8; 32] = seed
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("the audit key file must hold 32 bytes"))?;
+                    audit::public_key_of(&seed)
+                }
+            };
+            let conn = audit::open_read_only(&config.database)?;
+            match audit::verify(&conn, &config.region_id, &key)? {
+                Ok(v) => {
+                    println!(
+                        "audit log of {} intact: {} entries, {} signed checkpoints, head {}",
+                        config.region_id,
+                        v.entries,
+                        v.checkpoints,
+                        hex::encode(v.head)
+                    );
+                    Ok(())
+                }
+                Err(t) => {
+                    println!("audit log of {} TAMPERED: {t}", config.region_id);
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Report {
+            config,
+            from,
+            to,
+            format,
+        } => {
+            let config = read_config(&config, NodeConfig::from_toml)?;
+            let from_ts = from.as_deref().map(day_start).transpose()?.unwrap_or(0);
+            let to_ts = match to.as_deref() {
+                Some(day) => day_start(day)? + 86_400,
+                None => i64::MAX,
+            };
+            let conn = audit::open_read_only(&config.database)?;
+            let activities = audit::activities(&conn, from_ts, to_ts)?;
+            let policies = domicile_node::policy::PolicySet::load(
+                config.policy_dir.as_deref(),
+                &config.countries,
+            )?;
+            match format.as_str() {
+                "csv" => print!("{}", audit::activities_csv(&activities)),
+                "json" => {
+                    let retention: Vec<_> = policies
+                        .iter()
+                        .map(|p| {
+                            serde_json::json!({
+                                "country": p.country(),
+                                "policy": p.label(),
+                                "profiles_days": p.retention.profiles,
+                                "interactions_days": p.retention.interactions,
+                                "comments_days": p.retention.comments,
+                                "recordings_days": p.retention.recordings,
+                                "consent_ledger_days": p.retention.consent_ledger,
+                            })
+                        })
+                        .collect();
+                    let report = serde_json::json!({
+                        "region": config.region_id,
+                        "countries": config.countries,
+                        "from": from,
+                        "to": to,
+                        "activities": activities,
+                        "retention": retention,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+                other => anyhow::bail!("--format {other}: expected json or csv"),
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `domicile redact`: standard input to standard output, one line at a time.

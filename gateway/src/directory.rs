@@ -30,6 +30,8 @@ pub struct RegionState {
     pub health: RegionHealth,
     /// The latest sealing key seen (kept across failed probes).
     pub sealing_key: Option<SealingKey>,
+    /// The region's audit public key, from its latest good answer.
+    pub audit_public_key: Vec<u8>,
     /// Why it is not serving.
     pub detail: String,
 }
@@ -122,52 +124,44 @@ impl Directory {
     pub async fn probe(&self, region: &Region, timeout: Duration) -> RegionState {
         let request = crate::fanout::request(GetRegionInfoRequest {}, timeout);
         let mut client = region.client.clone();
-        let previous_key = self
+        // A failed probe keeps the keys of the last good one.
+        let previous = self
             .state
             .get(&region.id)
-            .and_then(|s| s.sealing_key.clone());
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let failed = |detail: String| RegionState {
+            health: RegionHealth::NotServing,
+            detail,
+            ..previous.clone()
+        };
         let state = match tokio::time::timeout(timeout, client.get_region_info(request)).await {
             Ok(Ok(resp)) => {
                 let info = resp.into_inner();
                 if info.region_id != region.id {
-                    RegionState {
-                        health: RegionHealth::NotServing,
-                        sealing_key: previous_key,
-                        detail: format!(
-                            "misconfigured: the endpoint serves region {}, not {}",
-                            info.region_id, region.id
-                        ),
-                    }
+                    failed(format!(
+                        "misconfigured: the endpoint serves region {}, not {}",
+                        info.region_id, region.id
+                    ))
                 } else if let Some(c) = region
                     .countries
                     .iter()
                     .find(|c| !info.countries.contains(c))
                 {
-                    RegionState {
-                        health: RegionHealth::NotServing,
-                        sealing_key: previous_key,
-                        detail: format!(
-                            "misconfigured: the node's jurisdiction does not include {c}"
-                        ),
-                    }
+                    failed(format!(
+                        "misconfigured: the node's jurisdiction does not include {c}"
+                    ))
                 } else {
                     RegionState {
                         health: RegionHealth::Serving,
                         sealing_key: info.sealing_key,
+                        audit_public_key: info.audit_public_key,
                         detail: String::new(),
                     }
                 }
             }
-            Ok(Err(status)) => RegionState {
-                health: RegionHealth::NotServing,
-                sealing_key: previous_key,
-                detail: format!("{:?}: {}", status.code(), status.message()),
-            },
-            Err(_) => RegionState {
-                health: RegionHealth::NotServing,
-                sealing_key: previous_key,
-                detail: format!("no answer within {} ms", timeout.as_millis()),
-            },
+            Ok(Err(status)) => failed(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => failed(format!("no answer within {} ms", timeout.as_millis())),
         };
         self.state.insert(region.id.clone(), state.clone());
         state
@@ -183,6 +177,7 @@ impl Directory {
                 health: state.health as i32,
                 sealing_key: state.sealing_key,
                 detail: state.detail,
+                audit_public_key: state.audit_public_key,
             }
         });
         futures::future::join_all(probes).await

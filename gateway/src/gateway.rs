@@ -254,7 +254,7 @@ impl Gateway {
 
     /// The regions named by `ids` (all when empty), with a violation for each unknown or
     /// repeated id.
-    fn resolve_regions(&self, ids: &[String], v: &mut Violations) -> Vec<Arc<Region>> {
+    pub(crate) fn resolve_regions(&self, ids: &[String], v: &mut Violations) -> Vec<Arc<Region>> {
         let mut regions: Vec<Arc<Region>> = Vec::new();
         if ids.is_empty() {
             regions.extend(self.directory.regions().iter().cloned());

@@ -5,9 +5,11 @@ use std::pin::Pin;
 use domicile_proto::pb::{
     AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
     CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
-    GetConsentRequest, GetConsentResponse, IngestRequest, IngestResponse, ListRegionsRequest,
+    GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
+    GetIncidentRequest, GetIncidentResponse, IngestRequest, IngestResponse, ListRegionsRequest,
     ListRegionsResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
-    RecordConsentResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
+    RecordConsentResponse, ReportIncidentRequest, ReportIncidentResponse, WithdrawConsentRequest,
+    WithdrawConsentResponse, gateway_server,
 };
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -137,6 +139,42 @@ impl gateway_server::Gateway for GatewayService {
         let response = self
             .gateway
             .get_consent(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_audit_checkpoint(
+        &self,
+        request: Request<GetAuditCheckpointRequest>,
+    ) -> Result<Response<GetAuditCheckpointResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .get_audit_checkpoint(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_incident(
+        &self,
+        request: Request<ReportIncidentRequest>,
+    ) -> Result<Response<ReportIncidentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .report_incident(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<GetIncidentRequest>,
+    ) -> Result<Response<GetIncidentResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .get_incident(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
     }

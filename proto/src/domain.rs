@@ -648,3 +648,90 @@ mod tests {
         assert!(!text.contains("1234567"));
     }
 }
+
+/// Longest incident description, in characters.
+pub const MAX_INCIDENT_DESCRIPTION: usize = 2_000;
+
+/// A validated incident report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentSpec {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Exposure window start (Unix seconds).
+    pub start: i64,
+    /// Exposure window end (Unix seconds, exclusive): data stored before it counts.
+    pub end: i64,
+    /// The data categories, without duplicates.
+    pub categories: Vec<crate::pb::DataCategory>,
+    /// What happened (no personal data).
+    pub description: String,
+    /// When the breach was detected (Unix seconds); `None`: now.
+    pub detected_at: Option<i64>,
+}
+
+impl IncidentSpec {
+    /// Validates a `ReportIncident` request (its `regions` are the gateway's to check).
+    pub fn parse(r: &crate::pb::ReportIncidentRequest) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let tenant = TenantId::parse(&r.tenant_id, "tenant_id");
+        let (start, end) = match &r.window {
+            Some(w) => match (&w.start, &w.end) {
+                (Some(s), Some(e)) if s.seconds < e.seconds => (s.seconds, e.seconds),
+                (Some(_), Some(_)) => {
+                    v.add("window", "start must be before end");
+                    (0, 0)
+                }
+                _ => {
+                    v.add("window", "both start and end are required");
+                    (0, 0)
+                }
+            },
+            None => {
+                v.add("window", "required");
+                (0, 0)
+            }
+        };
+        let categories = enum_list(
+            &r.categories,
+            "categories",
+            &mut v,
+            crate::pb::DataCategory::Unspecified,
+        );
+        if r.categories.is_empty() {
+            v.add("categories", "at least one data category is required");
+        }
+        if r.description.chars().count() > MAX_INCIDENT_DESCRIPTION
+            || r.description.chars().any(|c| c.is_control() && c != '\n')
+        {
+            v.add(
+                "description",
+                "at most 2,000 characters, no control characters but newlines",
+            );
+        }
+        let tenant = match tenant {
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.0.splice(0..0, e.0);
+                None
+            }
+        };
+        let spec = Self {
+            tenant: tenant.unwrap_or_else(|| TenantId("invalid".into())),
+            start,
+            end,
+            categories,
+            description: r.description.clone(),
+            detected_at: r.detected_at.as_ref().map(|t| t.seconds),
+        };
+        v.into_result(spec)
+    }
+}
+
+/// True for an incident id: `inc-` and 32 lower-case hex characters.
+pub fn is_incident_id(s: &str) -> bool {
+    s.strip_prefix("inc-").is_some_and(|h| {
+        h.len() == 32
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}

@@ -8,6 +8,10 @@
 //! sealing_key_file = "/etc/domicile/eu-de.sealing.key"
 //! pseudonym_secret_file = "/etc/domicile/eu-de.pseudonym.key"
 //! policy_dir = "/etc/domicile/policies"   # <CC>.toml per country; unset: the shipped examples
+//! audit_key_file = "/etc/domicile/eu-de.audit.key"
+//! audit_checkpoint_every = 1000
+//! audit_checkpoint_seconds = 300
+//! local_listen = "127.0.0.1:50071"  # in-country LocalNode listener; unset: none
 //! min_group_size = 2           # a floor under every country policy's k
 //! max_records_per_envelope = 1000
 //! ```
@@ -45,6 +49,20 @@ pub struct NodeConfig {
     /// policies shipped in `deploy/policies/`, compiled into the binary.
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
+    /// Path of the region's Ed25519 audit signing key (a 32-byte seed). Created, mode 0600, if
+    /// missing. Default `audit.key` beside the database.
+    #[serde(default)]
+    pub audit_key_file: Option<PathBuf>,
+    /// A signed audit checkpoint every this many entries. Default 1000, at least 1.
+    #[serde(default = "default_checkpoint_every")]
+    pub audit_checkpoint_every: u64,
+    /// And every this many seconds while serving, if the log moved. Default 300, at least 1.
+    #[serde(default = "default_checkpoint_seconds")]
+    pub audit_checkpoint_seconds: u64,
+    /// Address of the in-country `LocalNode` listener (incident notification lists, …). Unset:
+    /// no local listener. Never expose it beyond the region's own network.
+    #[serde(default)]
+    pub local_listen: Option<SocketAddr>,
     /// A floor under every country policy's minimum group size *k*: the node applies the larger.
     /// Default 2, at least 2.
     #[serde(default = "default_k")]
@@ -59,6 +77,12 @@ fn default_listen() -> SocketAddr {
 }
 fn default_database() -> PathBuf {
     PathBuf::from("domicile-node.sqlite")
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_seconds() -> u64 {
+    300
 }
 fn default_k() -> u32 {
     2
@@ -88,6 +112,10 @@ impl NodeConfig {
             sealing_key_file: None,
             pseudonym_secret_file: None,
             policy_dir: None,
+            audit_key_file: None,
+            audit_checkpoint_every: default_checkpoint_every(),
+            audit_checkpoint_seconds: default_checkpoint_seconds(),
+            local_listen: None,
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
         }
@@ -123,6 +151,15 @@ impl NodeConfig {
         })
     }
 
+    /// The audit key file: the configured one, or `audit.key` beside the database.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key_file.clone().unwrap_or_else(|| {
+            let mut p = self.database.clone();
+            p.set_extension("audit.key");
+            p
+        })
+    }
+
     /// Checks every option; the first error names its path.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |path: &str, message: &str| {
@@ -147,6 +184,12 @@ impl NodeConfig {
                     "must be an ISO 3166-1 alpha-2 code in upper case",
                 );
             }
+        }
+        if self.audit_checkpoint_every == 0 {
+            return err("audit_checkpoint_every", "must be at least 1");
+        }
+        if self.audit_checkpoint_seconds == 0 {
+            return err("audit_checkpoint_seconds", "must be at least 1");
         }
         if self.min_group_size < 2 {
             return err("min_group_size", "must be at least 2");

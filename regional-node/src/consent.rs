@@ -306,11 +306,12 @@ fn base64url(bytes: &[u8]) -> String {
 
 /// Confirms a double opt-in: the token must exist for this tenant, be unused, unexpired, and
 /// its request must still be the latest entry for its purpose and channel.
+/// Returns what was recorded and the subject's external id (for the audit pseudonym).
 pub fn confirm(
     tx: &Connection,
     policies: &PolicySet,
     confirmation: &Confirmation,
-) -> Result<Recorded, NodeError> {
+) -> Result<(Recorded, String), NodeError> {
     let hash = Sha256::digest(confirmation.token.as_bytes());
     let row = tx
         .query_row(
@@ -389,11 +390,14 @@ pub fn confirm(
         "double-opt-in",
         at,
     )?;
-    Ok(Recorded {
-        entry,
-        state: ConsentState::GrantedConfirmed,
-        token: None,
-    })
+    Ok((
+        Recorded {
+            entry,
+            state: ConsentState::GrantedConfirmed,
+            token: None,
+        },
+        subject,
+    ))
 }
 
 /// State and history of a subject, without direct identifiers.

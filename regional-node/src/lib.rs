@@ -14,12 +14,15 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod audit;
 pub mod config;
 pub mod consent;
 pub mod dp;
 pub mod error;
+pub mod incident;
 pub mod ingest;
 pub mod keys;
+pub mod local;
 pub mod node;
 pub mod policy;
 pub mod pseudonym;
@@ -31,4 +34,4 @@ pub mod storage;
 
 pub use config::NodeConfig;
 pub use node::Node;
-pub use server::serve;
+pub use server::{serve, serve_local};

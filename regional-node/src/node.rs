@@ -7,11 +7,11 @@ use std::sync::{
 
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
-    domain::{AggregateSpec, Epsilon, RecordSpec, TenantId},
+    domain::{AggregateSpec, Epsilon, IncidentSpec, RecordSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
         CheckContactPermissionResponse, ConsentAction, ConsentState, GetConsentResponse,
-        NoiseMechanism, Purpose, RecordResult, RecordStatus, RegionRelease,
+        NoiseMechanism, Purpose, RecordResult, RecordStatus, RegionIncident, RegionRelease,
         RegionalNodeAggregateResponse, RegionalNodeQueryRecordsResponse, RejectReason, ReleaseKind,
         SealedEnvelope, SealingKey,
     },
@@ -25,10 +25,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     aggregate::{self, Rules},
+    audit::{self, AuditLog, Entry},
     config::NodeConfig,
     consent::{self, Recorded},
     dp::NoisePlan,
     error::NodeError,
+    incident,
     ingest::{Verdict, open_envelope, result},
     keys,
     policy::{CountryPolicy, PolicySet, Release},
@@ -60,6 +62,8 @@ struct Inner {
     noise_rng: Mutex<ChaCha20Rng>,
     /// Pseudonymised records handed to `QueryRecords` streams since start.
     records_released: AtomicU64,
+    /// The tamper-evident audit log.
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for Node {
@@ -84,7 +88,31 @@ impl Node {
             .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
         let secret = keys::load_or_create_secret(&config.pseudonym_secret_path())
             .map_err(|e| NodeError::Internal(format!("pseudonym secret: {e}")))?;
+        let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
+            .map_err(|e| NodeError::Internal(format!("audit key: {e}")))?;
+        let audit = AuditLog::new(
+            &config.region_id,
+            &audit_seed,
+            config.audit_checkpoint_every,
+        );
         let store = SqliteStore::open(&config.database)?;
+        store.write(|tx| {
+            audit.append(
+                tx,
+                Entry {
+                    kind: audit::Kind::NodeStart,
+                    tenant: "",
+                    subject: None,
+                    details: serde_json::json!({
+                        "region": config.region_id,
+                        "countries": config.countries,
+                        "policies": policies.labels(),
+                        "sealing_key_id": keys.public().key_id(),
+                        "audit_public_key": hex::encode(audit.public_key()),
+                    }),
+                },
+            )
+        })?;
         tracing::info!(
             region = %config.region_id,
             countries = ?config.countries,
@@ -102,6 +130,7 @@ impl Node {
                 pseudonyms: Pseudonymiser::new(&secret),
                 noise_rng: Mutex::new(ChaCha20Rng::from_os_rng()),
                 records_released: AtomicU64::new(0),
+                audit,
             }),
         })
     }
@@ -110,6 +139,111 @@ impl Node {
     /// (a record counts once it is queued for the network, before the client reads it).
     pub fn records_released(&self) -> u64 {
         self.inner.records_released.load(Ordering::Relaxed)
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// A signed checkpoint of the audit head (made now if the head moved).
+    pub async fn audit_checkpoint(&self) -> Result<domicile_proto::pb::AuditCheckpoint, NodeError> {
+        self.blocking(|node| node.inner.store.write(|tx| node.inner.audit.checkpoint(tx)))
+            .await
+    }
+
+    /// Records this region's part of an incident and audits it.
+    pub async fn report_incident(
+        &self,
+        incident_id: String,
+        spec: IncidentSpec,
+    ) -> Result<RegionIncident, NodeError> {
+        if !is_incident_id(&incident_id) {
+            return Err(
+                Violations::one("incident_id", "must be \"inc-\" and 32 hex characters").into(),
+            );
+        }
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let region = &inner.config.region_id;
+            inner.store.write(|tx| {
+                let part = incident::report(tx, &inner.policies, region, &incident_id, &spec)?;
+                let counts: Vec<_> = part
+                    .affected
+                    .iter()
+                    .map(|a| serde_json::json!([a.country, a.category, a.subjects]))
+                    .collect();
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::IncidentReported,
+                        tenant: spec.tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "incident_id": incident_id,
+                            "window": [spec.start, spec.end],
+                            "affected": counts,
+                            "deadline": part.deadline.as_ref().map(|t| t.seconds),
+                            "policy_versions": part.policy_versions,
+                        }),
+                    },
+                )?;
+                Ok(part)
+            })
+        })
+        .await
+    }
+
+    /// This region's part of an incident, or `NotFound`.
+    pub async fn get_incident(
+        &self,
+        tenant: TenantId,
+        incident_id: String,
+    ) -> Result<domicile_proto::pb::Incident, NodeError> {
+        self.blocking(move |node| {
+            let found = node
+                .inner
+                .store
+                .read(|conn| incident::get(conn, tenant.as_str(), &incident_id))?;
+            let mut incident = found
+                .ok_or_else(|| NodeError::NotFound("no such incident in this region".into()))?;
+            for part in &mut incident.regions {
+                part.region_id = node.inner.config.region_id.clone();
+            }
+            Ok(incident)
+        })
+        .await
+    }
+
+    /// Who an incident affects, with contact details: for the in-country listener only.
+    pub async fn incident_subjects(
+        &self,
+        tenant: TenantId,
+        incident_id: String,
+    ) -> Result<Vec<domicile_proto::pb::IncidentSubject>, NodeError> {
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let subjects = inner
+                .store
+                .read(|conn| incident::subjects(conn, tenant.as_str(), &incident_id))?
+                .ok_or_else(|| NodeError::NotFound("no such incident in this region".into()))?;
+            inner.store.write(|tx| {
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::IncidentSubjectsListed,
+                        tenant: tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "incident_id": incident_id,
+                            "subjects": subjects.len(),
+                        }),
+                    },
+                )
+            })?;
+            Ok(subjects)
+        })
+        .await
     }
 
     /// The country policies in force.
@@ -200,11 +334,37 @@ impl Node {
                 ))),
             }
         }
-        let outcomes = if to_store.is_empty() {
-            Vec::new()
-        } else {
-            inner.store.ingest(tenant.as_str(), &to_store)?
-        };
+        let rejected = results.iter().filter(|r| r.is_some()).count();
+        let (subjects, interactions) = to_store.iter().fold((0, 0), |(s, i), r| match r.body {
+            RecordBody::Subject(_) => (s + 1, i),
+            RecordBody::Interaction(_) => (s, i + 1),
+        });
+        let outcomes = inner
+            .store
+            .ingest(tenant.as_str(), &to_store, |tx, outcomes| {
+                let stored = outcomes
+                    .iter()
+                    .filter(|o| **o == StoreOutcome::Stored)
+                    .count();
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::IngestBatch,
+                        tenant: tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "key_id": envelope.key_id,
+                            "records": envelope.records.len(),
+                            "accepted": stored,
+                            "duplicate": outcomes.len() - stored,
+                            "rejected": rejected,
+                            "subject_records": subjects,
+                            "interaction_records": interactions,
+                        }),
+                    },
+                )?;
+                Ok(())
+            })?;
         let mut outcomes = outcomes.into_iter();
         let results: Vec<RecordResult> = envelope
             .records
@@ -317,7 +477,7 @@ impl Node {
                 .store
                 .read(|conn| aggregate::run(conn, region, tenant.as_str(), &spec, rules))?;
             let released = u32::try_from(partial.groups.len()).unwrap_or(u32::MAX);
-            let release = RegionRelease {
+            let mut release = RegionRelease {
                 region_id: region.clone(),
                 kind: if released > 0 {
                     ReleaseKind::Aggregates
@@ -337,7 +497,22 @@ impl Node {
                 policy_versions: inner.policies.labels(),
                 countries_denied: Vec::new(),
                 query_fingerprint: fingerprint,
+                audit_seq: 0,
+                signature: Vec::new(),
             };
+            // Nothing leaves without its audit entry.
+            release.audit_seq = inner.store.write(|tx| {
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::ReleaseAggregate,
+                        tenant: tenant.as_str(),
+                        subject: None,
+                        details: release_details(&spec.purpose, &release),
+                    },
+                )
+            })?;
+            inner.audit.sign_release(&mut release);
             tracing::debug!(
                 region = %region,
                 tenant = %tenant,
@@ -395,6 +570,27 @@ impl Node {
                 pseudonyms: &inner.pseudonyms,
                 consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), "i."),
             };
+            let start = inner.store.write(|tx| {
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::ReleaseRecordsStart,
+                        tenant: tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "purpose": spec.purpose.as_str_name(),
+                            "limit": spec.limit,
+                            "countries": allowed,
+                            "countries_denied": denied,
+                            "query_fingerprint": fingerprint,
+                        }),
+                    },
+                )
+            });
+            if let Err(e) = start {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
             let outcome = inner.store.read(|conn| {
                 records::run(conn, &release, &spec, |batch| {
                     inner
@@ -408,7 +604,7 @@ impl Node {
                     tx.blocking_send(Ok(msg)).is_ok()
                 })
             });
-            let last = outcome.map(|rows| {
+            let last = outcome.and_then(|rows| {
                 tracing::debug!(
                     region = %region_id,
                     tenant = %tenant,
@@ -416,23 +612,36 @@ impl Node {
                     rows,
                     "records released"
                 );
-                RegionalNodeQueryRecordsResponse {
+                let mut release = RegionRelease {
+                    region_id: region_id.to_owned(),
+                    kind: if rows > 0 {
+                        ReleaseKind::PseudonymisedRecords
+                    } else {
+                        ReleaseKind::None
+                    } as i32,
+                    rows_released: rows,
+                    mechanism: NoiseMechanism::None as i32,
+                    policy_versions: inner.policies.labels(),
+                    countries_denied: denied.clone(),
+                    query_fingerprint: fingerprint.clone(),
+                    ..Default::default()
+                };
+                release.audit_seq = inner.store.write(|tx| {
+                    inner.audit.append(
+                        tx,
+                        Entry {
+                            kind: audit::Kind::ReleaseRecords,
+                            tenant: tenant.as_str(),
+                            subject: None,
+                            details: release_details(&spec.purpose, &release),
+                        },
+                    )
+                })?;
+                inner.audit.sign_release(&mut release);
+                Ok(RegionalNodeQueryRecordsResponse {
                     records: Vec::new(),
-                    release: Some(RegionRelease {
-                        region_id: region_id.to_owned(),
-                        kind: if rows > 0 {
-                            ReleaseKind::PseudonymisedRecords
-                        } else {
-                            ReleaseKind::None
-                        } as i32,
-                        rows_released: rows,
-                        mechanism: NoiseMechanism::None as i32,
-                        policy_versions: inner.policies.labels(),
-                        countries_denied: denied,
-                        query_fingerprint: fingerprint,
-                        ..Default::default()
-                    }),
-                }
+                    release: Some(release),
+                })
             });
             let _ = tx.blocking_send(last);
         });
@@ -524,10 +733,23 @@ impl Node {
         self.blocking(move |node| {
             let policy = node.policy_for(&change.subject.country, "subject.country")?;
             let region = node.inner.config.region_id.as_str();
-            let recorded = node
-                .inner
-                .store
-                .write(|tx| consent::record(tx, region, policy, &change))?;
+            let inner = &node.inner;
+            let recorded = inner.store.write(|tx| {
+                let recorded = consent::record(tx, region, policy, &change)?;
+                let subject = inner
+                    .pseudonyms
+                    .audit_subject(change.tenant.as_str(), &change.subject.external_id);
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::ConsentChange,
+                        tenant: change.tenant.as_str(),
+                        subject: Some(&subject),
+                        details: consent_details(&recorded.entry),
+                    },
+                )?;
+                Ok(recorded)
+            })?;
             tracing::debug!(
                 region = %region,
                 tenant = %change.tenant,
@@ -548,10 +770,23 @@ impl Node {
         }
         self.blocking(move |node| {
             let policies = &node.inner.policies;
-            let recorded = node
-                .inner
-                .store
-                .write(|tx| consent::confirm(tx, policies, &confirmation))?;
+            let inner = &node.inner;
+            let recorded = inner.store.write(|tx| {
+                let (recorded, subject_id) = consent::confirm(tx, policies, &confirmation)?;
+                let subject = inner
+                    .pseudonyms
+                    .audit_subject(confirmation.tenant.as_str(), &subject_id);
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::ConsentChange,
+                        tenant: confirmation.tenant.as_str(),
+                        subject: Some(&subject),
+                        details: consent_details(&recorded.entry),
+                    },
+                )?;
+                Ok(recorded)
+            })?;
             tracing::debug!(
                 region = %node.inner.config.region_id,
                 tenant = %confirmation.tenant,
@@ -583,6 +818,35 @@ impl Node {
         })
         .await
     }
+}
+
+/// The audit details of a release: its parameters and counts, never data.
+fn release_details(purpose: &Purpose, release: &RegionRelease) -> serde_json::Value {
+    serde_json::json!({
+        "purpose": purpose.as_str_name(),
+        "kind": ReleaseKind::try_from(release.kind).map_or("", |k| k.as_str_name()),
+        "groups_released": release.groups_released,
+        "groups_suppressed": release.groups_suppressed,
+        "rows_released": release.rows_released,
+        "min_group_size": release.min_group_size,
+        "mechanism": NoiseMechanism::try_from(release.mechanism).map_or("", |m| m.as_str_name()),
+        "epsilon": release.epsilon,
+        "policy_versions": release.policy_versions,
+        "countries_denied": release.countries_denied,
+        "query_fingerprint": release.query_fingerprint,
+    })
+}
+
+/// The audit details of a consent entry.
+fn consent_details(entry: &domicile_proto::pb::ConsentEntry) -> serde_json::Value {
+    serde_json::json!({
+        "purpose": Purpose::try_from(entry.purpose).map_or("", |p| p.as_str_name()),
+        "channel": domicile_proto::pb::Channel::try_from(entry.channel).map_or("", |c| c.as_str_name()),
+        "action": ConsentAction::try_from(entry.action).map_or("", |a| a.as_str_name()),
+        "ledger_seq": entry.seq,
+        "policy_version": entry.policy_version,
+        "actor": entry.actor,
+    })
 }
 
 /// Hex SHA-256 of the tenant and the encoded query: names the query in attestations without

@@ -43,24 +43,29 @@ impl Pseudonymiser {
         }
     }
 
-    /// The pseudonym of `id` (a `kind`) of `tenant` under `purpose`: 32 hex characters.
-    pub fn pseudonym(&self, kind: Kind, tenant: &str, purpose: Purpose, id: &str) -> String {
+    /// The subject's pseudonym in the node's own audit log: the same construction with
+    /// `audit` in place of a purpose, so it never equals a pseudonym that left the region.
+    pub fn audit_subject(&self, tenant: &str, external_id: &str) -> String {
+        self.keyed(&["subject", tenant, "audit", external_id])
+    }
+
+    fn keyed(&self, parts: &[&str]) -> String {
         let mut mac = self.mac.clone();
-        let kind = match kind {
-            Kind::Subject => "subject",
-            Kind::Interaction => "interaction",
-        };
-        for part in [
-            "domicile/v1/pseudonym",
-            kind,
-            tenant,
-            purpose.as_str_name(),
-            id,
-        ] {
+        mac.update(b"domicile/v1/pseudonym\0");
+        for part in parts {
             mac.update(part.as_bytes());
             mac.update(&[0]);
         }
         hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// The pseudonym of `id` (a `kind`) of `tenant` under `purpose`: 32 hex characters.
+    pub fn pseudonym(&self, kind: Kind, tenant: &str, purpose: Purpose, id: &str) -> String {
+        let kind = match kind {
+            Kind::Subject => "subject",
+            Kind::Interaction => "interaction",
+        };
+        self.keyed(&[kind, tenant, purpose.as_str_name(), id])
     }
 }
 

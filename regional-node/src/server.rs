@@ -1,12 +1,29 @@
-//! The node's federation listener: `RegionalNode`, gRPC health and server reflection.
+//! The node's listeners: the federation listener (`RegionalNode`, gRPC health, server
+//! reflection) and the optional in-country listener (`LocalNode`, health).
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
-use domicile_proto::pb::{FILE_DESCRIPTOR_SET, regional_node_server::RegionalNodeServer};
+use domicile_proto::pb::{
+    FILE_DESCRIPTOR_SET, local_node_server::LocalNodeServer,
+    regional_node_server::RegionalNodeServer,
+};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::{node::Node, service::RegionalNodeService};
+use crate::{local::LocalNodeService, node::Node, service::RegionalNodeService};
+
+/// Signs an audit checkpoint every `audit_checkpoint_seconds` while the node serves, when the
+/// log has moved (a checkpoint of an unchanged head is not repeated).
+async fn checkpoint_loop(node: Node) {
+    let period = Duration::from_secs(node.config().audit_checkpoint_seconds);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = node.audit_checkpoint().await {
+            tracing::warn!(error = %e, "periodic audit checkpoint failed");
+        }
+    }
+}
 
 /// Largest request the federation listener decodes: a full envelope of 1,000 records of at most
 /// 64 KiB each, plus framing.
@@ -27,14 +44,38 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor sets are valid");
+    let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
         .serve_with_incoming_shutdown(
             // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await;
+    checkpoints.abort();
+    served
+}
+
+/// Serves the in-country `LocalNode` API on an already-bound listener until `shutdown`.
+/// Bind it to an address only the region's own network reaches.
+pub async fn serve_local(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<LocalNodeServer<LocalNodeService>>()
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(LocalNodeServer::new(LocalNodeService::new(node)))
+        .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )

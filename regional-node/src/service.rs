@@ -4,17 +4,20 @@ use std::pin::Pin;
 
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
-    domain::{AggregateSpec, RecordSpec},
+    domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
         ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse, RecordConsentResponse,
         RegionalNodeAggregateRequest, RegionalNodeAggregateResponse,
         RegionalNodeCheckContactPermissionRequest, RegionalNodeCheckContactPermissionResponse,
         RegionalNodeConfirmConsentRequest, RegionalNodeConfirmConsentResponse,
-        RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse, RegionalNodeIngestRequest,
+        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetAuditCheckpointResponse,
+        RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse,
+        RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse, RegionalNodeIngestRequest,
         RegionalNodeIngestResponse, RegionalNodeQueryRecordsRequest,
         RegionalNodeQueryRecordsResponse, RegionalNodeRecordConsentRequest,
-        RegionalNodeRecordConsentResponse, RegionalNodeWithdrawConsentRequest,
+        RegionalNodeRecordConsentResponse, RegionalNodeReportIncidentRequest,
+        RegionalNodeReportIncidentResponse, RegionalNodeWithdrawConsentRequest,
         RegionalNodeWithdrawConsentResponse, WithdrawConsentResponse,
         regional_node_server::RegionalNode,
     },
@@ -58,6 +61,7 @@ impl RegionalNode for RegionalNodeService {
             region_id: config.region_id.clone(),
             countries: config.countries.clone(),
             sealing_key: Some(self.node.sealing_key()),
+            audit_public_key: self.node.audit().public_key().to_vec(),
         }))
     }
 
@@ -167,6 +171,45 @@ impl RegionalNode for RegionalNodeService {
         let response = self.node.get_consent(q).await?;
         Ok(Response::new(RegionalNodeGetConsentResponse {
             response: Some(response),
+        }))
+    }
+
+    async fn get_audit_checkpoint(
+        &self,
+        _request: Request<RegionalNodeGetAuditCheckpointRequest>,
+    ) -> Result<Response<RegionalNodeGetAuditCheckpointResponse>, Status> {
+        let checkpoint = self.node.audit_checkpoint().await?;
+        Ok(Response::new(RegionalNodeGetAuditCheckpointResponse {
+            checkpoint: Some(checkpoint),
+        }))
+    }
+
+    async fn report_incident(
+        &self,
+        request: Request<RegionalNodeReportIncidentRequest>,
+    ) -> Result<Response<RegionalNodeReportIncidentResponse>, Status> {
+        let req = request.into_inner();
+        let spec = IncidentSpec::parse(&inner(req.request)?)?;
+        let region = self.node.report_incident(req.incident_id, spec).await?;
+        Ok(Response::new(RegionalNodeReportIncidentResponse {
+            region: Some(region),
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<RegionalNodeGetIncidentRequest>,
+    ) -> Result<Response<RegionalNodeGetIncidentResponse>, Status> {
+        let req = inner(request.into_inner().request)?;
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        if !is_incident_id(&req.incident_id) {
+            return Err(
+                Violations::one("incident_id", "must be \"inc-\" and 32 hex characters").into(),
+            );
+        }
+        let incident = self.node.get_incident(tenant, req.incident_id).await?;
+        Ok(Response::new(RegionalNodeGetIncidentResponse {
+            incident: Some(incident),
         }))
     }
 }

@@ -168,6 +168,8 @@ impl SqliteStore {
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(crate::consent::SCHEMA)?;
+        writer.execute_batch(crate::audit::SCHEMA)?;
+        writer.execute_batch(crate::incident::SCHEMA)?;
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -180,11 +182,14 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Stores a batch in one transaction. Each record's outcome, in order.
+    /// Stores a batch in one transaction. Each record's outcome, in order. `audit` runs in the
+    /// same transaction, after the records and before the commit, so the batch and its audit
+    /// entry are durable together or not at all.
     pub fn ingest(
         &self,
         tenant: &str,
         records: &[StoredRecord],
+        audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError>,
     ) -> Result<Vec<StoreOutcome>, NodeError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
@@ -267,6 +272,7 @@ impl SqliteStore {
                 outcomes.push(StoreOutcome::Stored);
             }
         }
+        audit(&tx, &outcomes)?;
         tx.commit()?;
         Ok(outcomes)
     }

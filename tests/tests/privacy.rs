@@ -45,10 +45,15 @@ async fn requested_noise_is_applied_and_stated() -> anyhow::Result<()> {
 
     // Count has sensitivity L = 20 under a third of epsilon 1 (count, distinct subjects, NPS
     // histogram): scale 60 per region. Every group moves, none by more than 25 scales.
-    assert_eq!(noisy.groups.len(), exact.groups.len());
+    // The noisy distinct-subject count decides k, so a group near k may come or go: compare
+    // the groups both answers have.
     let mut moved = 0;
-    for (n, e) in noisy.groups.iter().zip(&exact.groups) {
-        assert_eq!(n.key, e.key);
+    let mut compared = 0;
+    for n in &noisy.groups {
+        let Some(e) = exact.groups.iter().find(|e| e.key == n.key) else {
+            continue;
+        };
+        compared += 1;
         let (n, e) = (n.stats.as_ref().unwrap(), e.stats.as_ref().unwrap());
         let diff = n.interactions.abs_diff(e.interactions);
         assert!(diff < 2 * 25 * 60, "{diff}");
@@ -56,6 +61,11 @@ async fn requested_noise_is_applied_and_stated() -> anyhow::Result<()> {
             moved += 1;
         }
     }
+    assert!(
+        compared * 2 >= exact.groups.len(),
+        "{compared} of {}",
+        exact.groups.len()
+    );
     assert!(moved > 0, "noise changed the counts");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{InteractionRecord, SubjectRecord, SurveyAnswer};
+use super::{IncidentSubject, InteractionRecord, SubjectRecord, SurveyAnswer};
 
 impl fmt::Debug for SubjectRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,6 +27,14 @@ impl fmt::Debug for SurveyAnswer {
             .field("nps", &self.nps)
             .field("csat", &self.csat)
             .field("ces", &self.ces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for IncidentSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncidentSubject")
+            .field("country", &self.country)
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,251 @@
+//! Audit checkpoints and breach incidents through the gateway.
+//!
+//! `ReportIncident` gets an id here and fans out to the asked regions, each of which counts its
+//! affected subjects and stores its part; `GetIncident` asks every region and combines the
+//! parts of those that hold one. The gateway keeps no state: the regions are the record.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use domicile_proto::{
+    domain::{IncidentSpec, TenantId, is_incident_id},
+    error::Violations,
+    pb::{
+        AffectedCount, GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetIncidentRequest,
+        GetIncidentResponse, Incident, IncidentStatus, RegionIncident, RegionStatus,
+        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetIncidentRequest,
+        RegionalNodeReportIncidentRequest, ReportIncidentRequest, ReportIncidentResponse,
+    },
+};
+use tonic::Code;
+
+use crate::{
+    error::GatewayError,
+    fanout::{fan_out, request},
+    gateway::Gateway,
+};
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A fresh incident id: `inc-` and 128 random bits in hex.
+fn new_incident_id() -> Result<String, GatewayError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        GatewayError::Region(
+            "gateway".into(),
+            tonic::Status::internal(format!("randomness: {e}")),
+        )
+    })?;
+    Ok(format!(
+        "inc-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// Fills the combined fields of `incident` from its region parts.
+fn combine(incident: &mut Incident) {
+    let mut totals: BTreeMap<i32, u64> = BTreeMap::new();
+    for part in &incident.regions {
+        for a in &part.affected {
+            *totals.entry(a.category).or_default() += a.subjects;
+        }
+    }
+    incident.totals = totals
+        .into_iter()
+        .map(|(category, subjects)| AffectedCount {
+            country: String::new(),
+            category,
+            subjects,
+        })
+        .collect();
+    incident.deadline = incident
+        .regions
+        .iter()
+        .filter_map(|r| r.deadline)
+        .min_by_key(|t| t.seconds);
+    let deadline = incident.deadline.map_or(0, |t| t.seconds);
+    incident.seconds_left = deadline - now();
+    incident.status = if incident.seconds_left > 0 {
+        IncidentStatus::Open
+    } else {
+        IncidentStatus::DeadlinePassed
+    } as i32;
+}
+
+impl Gateway {
+    /// A region's signed audit head.
+    pub async fn get_audit_checkpoint(
+        &self,
+        req: GetAuditCheckpointRequest,
+        deadline: Duration,
+    ) -> Result<GetAuditCheckpointResponse, GatewayError> {
+        let region = self
+            .directory()
+            .region(&req.region_id)
+            .ok_or_else(|| Violations::one("region_id", "unknown region; see ListRegions"))?;
+        let mut client = region.client.clone();
+        let call = client
+            .get_audit_checkpoint(request(RegionalNodeGetAuditCheckpointRequest {}, deadline));
+        let answer = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(GatewayError::Region(region.id.clone(), status)),
+            Err(_) => {
+                return Err(GatewayError::RegionsDeadline(format!(
+                    "{} (no answer within {} ms)",
+                    region.id,
+                    deadline.as_millis()
+                )));
+            }
+        };
+        Ok(GetAuditCheckpointResponse {
+            checkpoint: answer.checkpoint,
+        })
+    }
+
+    /// Records an incident in the asked regions and returns it combined.
+    pub async fn report_incident(
+        &self,
+        req: ReportIncidentRequest,
+        deadline: Duration,
+    ) -> Result<ReportIncidentResponse, GatewayError> {
+        let mut v = Violations::new();
+        let spec = IncidentSpec::parse(&req);
+        let regions = self.resolve_regions(&req.regions, &mut v);
+        let spec = match spec {
+            Ok(s) if v.is_empty() => s,
+            Ok(_) => return Err(v.into()),
+            Err(e) => {
+                v.0.extend(e.0);
+                return Err(v.into());
+            }
+        };
+        let incident_id = new_incident_id()?;
+        let mut forwarded = req.clone();
+        forwarded.detected_at = Some(prost_types::Timestamp {
+            seconds: spec.detected_at.unwrap_or_else(now),
+            nanos: 0,
+        });
+        let message = RegionalNodeReportIncidentRequest {
+            incident_id: incident_id.clone(),
+            request: Some(forwarded.clone()),
+        };
+        let targets = regions.into_iter().map(|r| (r, ())).collect();
+        let outcomes = fan_out(targets, deadline, |region, (), deadline| {
+            let mut client = region.client.clone();
+            let message = message.clone();
+            async move {
+                Ok(client
+                    .report_incident(request(message, deadline))
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await;
+        let mut incident = Incident {
+            incident_id,
+            tenant_id: spec.tenant.as_str().to_owned(),
+            window: forwarded.window,
+            categories: forwarded.categories,
+            description: forwarded.description,
+            detected_at: forwarded.detected_at,
+            ..Default::default()
+        };
+        let mut coverage = Vec::new();
+        for outcome in outcomes {
+            coverage.push(outcome.coverage());
+            if let Ok(answer) = outcome.result {
+                incident.regions.extend(answer.region);
+            }
+        }
+        combine(&mut incident);
+        tracing::info!(
+            incident = %incident.incident_id,
+            tenant = %incident.tenant_id,
+            regions = incident.regions.len(),
+            "incident reported"
+        );
+        Ok(ReportIncidentResponse {
+            incident: Some(incident),
+            coverage,
+        })
+    }
+
+    /// An incident, combined from the regions that hold a part of it.
+    pub async fn get_incident(
+        &self,
+        req: GetIncidentRequest,
+        deadline: Duration,
+    ) -> Result<GetIncidentResponse, GatewayError> {
+        let mut v = Violations::new();
+        if let Err(e) = TenantId::parse(&req.tenant_id, "tenant_id") {
+            v.0.extend(e.0);
+        }
+        if !is_incident_id(&req.incident_id) {
+            v.add("incident_id", "must be \"inc-\" and 32 hex characters");
+        }
+        v.into_result(())?;
+        let message = RegionalNodeGetIncidentRequest {
+            request: Some(req.clone()),
+        };
+        let targets = self
+            .directory()
+            .regions()
+            .iter()
+            .map(|r| (r.clone(), ()))
+            .collect();
+        let outcomes = fan_out(targets, deadline, |region, (), deadline| {
+            let mut client = region.client.clone();
+            let message = message.clone();
+            async move {
+                match client.get_incident(request(message, deadline)).await {
+                    Ok(r) => Ok(r.into_inner().incident),
+                    // Not involved: an answer, not a failure.
+                    Err(s) if s.code() == Code::NotFound => Ok(None),
+                    Err(s) => Err(s),
+                }
+            }
+        })
+        .await;
+        let mut incident: Option<Incident> = None;
+        let mut parts: Vec<RegionIncident> = Vec::new();
+        let mut coverage = Vec::new();
+        for outcome in outcomes {
+            let mut entry = outcome.coverage();
+            if let Ok(found) = outcome.result {
+                match found {
+                    Some(mut i) => {
+                        parts.append(&mut i.regions);
+                        incident.get_or_insert(i);
+                    }
+                    None => entry.detail = "not involved".into(),
+                }
+            }
+            coverage.push(entry);
+        }
+        let Some(mut incident) = incident else {
+            let all_answered = coverage.iter().all(|c| c.status == RegionStatus::Ok as i32);
+            return Err(if all_answered {
+                GatewayError::Region(
+                    "all".into(),
+                    tonic::Status::not_found("no region holds this incident"),
+                )
+            } else {
+                GatewayError::RegionsUnavailable(
+                    "no answering region holds this incident; some did not answer".into(),
+                )
+            });
+        };
+        incident.regions = parts;
+        combine(&mut incident);
+        Ok(GetIncidentResponse {
+            incident: Some(incident),
+            coverage,
+        })
+    }
+}

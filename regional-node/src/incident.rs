@@ -1,0 +1,260 @@
+//! Breach incidents: this region's part — how many subjects are affected per country and data
+//! category (never who), and the notification deadline from the country policy.
+//!
+//! A subject counts as affected in a category when the region held data of that category about
+//! them before the end of the exposure window: a profile created before it, an interaction (or
+//! survey answer, or comment) that took place before it, a consent entry recorded before it.
+//! The list of who, with contact details for notifying them, is only served in-country
+//! ([`subjects`], on the `LocalNode` listener).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domicile_proto::{
+    domain::IncidentSpec,
+    pb::{AffectedCount, DataCategory, Incident, IncidentSubject, RegionIncident, TimeRange},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{error::NodeError, policy::PolicySet};
+
+/// The incident table; created with the rest of the schema.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS incidents (
+    tenant          TEXT NOT NULL,
+    incident_id     TEXT NOT NULL,
+    reported_at     INTEGER NOT NULL,
+    detected_at     INTEGER NOT NULL,
+    window_start    INTEGER NOT NULL,
+    window_end      INTEGER NOT NULL,
+    categories      TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    deadline        INTEGER NOT NULL,
+    policy_versions TEXT NOT NULL,
+    counts          TEXT NOT NULL,
+    PRIMARY KEY (tenant, incident_id)
+) WITHOUT ROWID;
+"#;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn ts(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// `(subject_id, country)` rows of subjects with data of `category` stored before `?2`, for
+/// tenant `?1`.
+fn affected_sql(category: DataCategory) -> &'static str {
+    match category {
+        DataCategory::Profile => {
+            "SELECT s.external_id AS subject_id, s.country AS country FROM subjects s
+             JOIN subject_pii p ON p.tenant = s.tenant AND p.external_id = s.external_id
+             WHERE s.tenant = ?1 AND s.created_at < ?2"
+        }
+        DataCategory::ContactDetails => {
+            "SELECT s.external_id AS subject_id, s.country AS country FROM subjects s
+             JOIN subject_pii p ON p.tenant = s.tenant AND p.external_id = s.external_id
+             WHERE s.tenant = ?1 AND s.created_at < ?2 AND (p.email <> '' OR p.phone <> '')"
+        }
+        DataCategory::Interactions => {
+            "SELECT subject_id, country FROM interactions WHERE tenant = ?1 AND started_at < ?2"
+        }
+        DataCategory::SurveyAnswers => {
+            "SELECT subject_id, country FROM interactions WHERE tenant = ?1 AND started_at < ?2
+             AND (nps IS NOT NULL OR csat IS NOT NULL OR ces IS NOT NULL)"
+        }
+        DataCategory::Comments => {
+            "SELECT i.subject_id AS subject_id, i.country AS country FROM interactions i
+             JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
+             WHERE i.tenant = ?1 AND i.started_at < ?2"
+        }
+        // The country of a consent-only subject is the one of the policy it was recorded under.
+        DataCategory::ConsentRecords => {
+            "SELECT subject_id, substr(policy_version, 1, 2) AS country FROM consent_ledger
+             WHERE tenant = ?1 AND recorded_at < ?2"
+        }
+        DataCategory::Unspecified => "SELECT '' AS subject_id, '' AS country WHERE 0",
+    }
+}
+
+/// Counts this region's affected subjects and records its part of the incident, in the
+/// caller's transaction.
+pub fn report(
+    tx: &Connection,
+    policies: &PolicySet,
+    region_id: &str,
+    incident_id: &str,
+    spec: &IncidentSpec,
+) -> Result<RegionIncident, NodeError> {
+    let mut affected = Vec::new();
+    for category in &spec.categories {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT country, COUNT(DISTINCT subject_id) FROM ({}) AS a
+             GROUP BY country ORDER BY country",
+            affected_sql(*category)
+        ))?;
+        let rows = stmt.query_map(params![spec.tenant.as_str(), spec.end], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (country, n) = row?;
+            affected.push(AffectedCount {
+                country,
+                category: *category as i32,
+                subjects: n as u64,
+            });
+        }
+    }
+    let detected = spec.detected_at.unwrap_or_else(now);
+    let hours = policies
+        .iter()
+        .map(|p| *p.deadlines.breach_notification_hours.get_ref())
+        .min()
+        .unwrap_or(72);
+    let deadline = detected + i64::from(hours) * 3_600;
+    let part = RegionIncident {
+        region_id: region_id.to_owned(),
+        affected,
+        deadline: Some(ts(deadline)),
+        policy_versions: policies.labels(),
+    };
+    let counts: Vec<(String, i32, u64)> = part
+        .affected
+        .iter()
+        .map(|a| (a.country.clone(), a.category, a.subjects))
+        .collect();
+    let categories: Vec<i32> = spec.categories.iter().map(|c| *c as i32).collect();
+    tx.execute(
+        "INSERT INTO incidents (tenant, incident_id, reported_at, detected_at, window_start,
+           window_end, categories, description, deadline, policy_versions, counts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            spec.tenant.as_str(),
+            incident_id,
+            now(),
+            detected,
+            spec.start,
+            spec.end,
+            serde_json::to_string(&categories).unwrap_or_default(),
+            spec.description,
+            deadline,
+            serde_json::to_string(&part.policy_versions).unwrap_or_default(),
+            serde_json::to_string(&counts).unwrap_or_default(),
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            NodeError::FailedPrecondition("incident_id: already reported".into())
+        }
+        e => e.into(),
+    })?;
+    Ok(part)
+}
+
+/// The stored incident with this region's part, or `None`.
+pub fn get(
+    conn: &Connection,
+    tenant: &str,
+    incident_id: &str,
+) -> Result<Option<Incident>, NodeError> {
+    let row = conn
+        .query_row(
+            "SELECT detected_at, window_start, window_end, categories, description, deadline,
+                    policy_versions, counts, incident_id
+             FROM incidents WHERE tenant = ?1 AND incident_id = ?2",
+            params![tenant, incident_id],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((detected, start, end, categories, description, deadline, versions, counts)) = row
+    else {
+        return Ok(None);
+    };
+    let counts: Vec<(String, i32, u64)> = serde_json::from_str(&counts).unwrap_or_default();
+    Ok(Some(Incident {
+        incident_id: incident_id.to_owned(),
+        tenant_id: tenant.to_owned(),
+        window: Some(TimeRange {
+            start: Some(ts(start)),
+            end: Some(ts(end)),
+        }),
+        categories: serde_json::from_str(&categories).unwrap_or_default(),
+        description,
+        detected_at: Some(ts(detected)),
+        regions: vec![RegionIncident {
+            region_id: String::new(), // filled by the caller, which knows its region
+            affected: counts
+                .into_iter()
+                .map(|(country, category, subjects)| AffectedCount {
+                    country,
+                    category,
+                    subjects,
+                })
+                .collect(),
+            deadline: Some(ts(deadline)),
+            policy_versions: serde_json::from_str(&versions).unwrap_or_default(),
+        }],
+        deadline: Some(ts(deadline)),
+        seconds_left: 0,
+        status: 0,
+        totals: Vec::new(),
+    }))
+}
+
+/// Who is affected, with contact details, for notifying them. In-country only.
+pub fn subjects(
+    conn: &Connection,
+    tenant: &str,
+    incident_id: &str,
+) -> Result<Option<Vec<IncidentSubject>>, NodeError> {
+    let row = conn
+        .query_row(
+            "SELECT window_end, categories FROM incidents WHERE tenant = ?1 AND incident_id = ?2",
+            params![tenant, incident_id],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?;
+    let Some((end, categories)) = row else {
+        return Ok(None);
+    };
+    let categories: Vec<i32> = serde_json::from_str(&categories).unwrap_or_default();
+    let union = categories
+        .iter()
+        .filter_map(|c| DataCategory::try_from(*c).ok())
+        .map(affected_sql)
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    let mut stmt = conn.prepare(&format!(
+        "SELECT a.subject_id, MIN(a.country), p.full_name, p.email, p.phone, p.language
+         FROM ({union}) AS a
+         LEFT JOIN subject_pii p ON p.tenant = ?1 AND p.external_id = a.subject_id
+         GROUP BY a.subject_id ORDER BY a.subject_id"
+    ))?;
+    let rows = stmt.query_map(params![tenant, end], |r| {
+        Ok(IncidentSubject {
+            external_id: r.get(0)?,
+            country: r.get(1)?,
+            full_name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            email: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            phone: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            language: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        })
+    })?;
+    Ok(Some(rows.collect::<Result<_, _>>()?))
+}
