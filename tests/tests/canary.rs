@@ -25,16 +25,17 @@ use base64::Engine;
 use domicile_proto::{
     pb::{
         AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
-        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetConsentRequest,
-        GetRegionInfoRequest, IngestRequest, InteractionRecord, ListRegionsRequest, Purpose,
-        QueryRecordsRequest, RecordConsentRequest, RecordPayload, RecordQuery,
-        RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
-        RegionalNodeConfirmConsentRequest, RegionalNodeGetConsentRequest,
-        RegionalNodeIngestRequest, RegionalNodeQueryRecordsRequest,
-        RegionalNodeRecordConsentRequest, RegionalNodeWithdrawConsentRequest, SealedEnvelope,
-        SubjectRecord, SubjectRef, SurveyAnswer, TimeRange, WithdrawConsentRequest,
-        gateway_client::GatewayClient, record_payload::Record,
-        regional_node_client::RegionalNodeClient,
+        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetAuditCheckpointRequest,
+        GetConsentRequest, GetIncidentRequest, GetRegionInfoRequest, IngestRequest,
+        InteractionRecord, ListRegionsRequest, Purpose, QueryRecordsRequest, RecordConsentRequest,
+        RecordPayload, RecordQuery, RegionalNodeAggregateRequest,
+        RegionalNodeCheckContactPermissionRequest, RegionalNodeConfirmConsentRequest,
+        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetConsentRequest,
+        RegionalNodeGetIncidentRequest, RegionalNodeIngestRequest, RegionalNodeQueryRecordsRequest,
+        RegionalNodeRecordConsentRequest, RegionalNodeReportIncidentRequest,
+        RegionalNodeWithdrawConsentRequest, ReportIncidentRequest, SealedEnvelope, SubjectRecord,
+        SubjectRef, SurveyAnswer, TimeRange, WithdrawConsentRequest, gateway_client::GatewayClient,
+        record_payload::Record, regional_node_client::RegionalNodeClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -368,6 +369,26 @@ async fn drain_node_stream(
     n
 }
 
+fn incident_request() -> ReportIncidentRequest {
+    ReportIncidentRequest {
+        tenant_id: TENANT.into(),
+        regions: Vec::new(),
+        window: Some(TimeRange {
+            start: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            end: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+        }),
+        categories: (1..=6).collect(),
+        description: "Laptop with an export lost".into(),
+        detected_at: None,
+    }
+}
+
 fn subject_ref(country: &str, c: &Canaries) -> Option<SubjectRef> {
     Some(SubjectRef {
         country: country.into(),
@@ -666,6 +687,43 @@ async fn drive_every_rpc(
     invalid.tenant_id = c.full_name();
     drain_gateway_stream(cap, &mut gw, invalid).await;
 
+    // Audit checkpoints and incidents, valid and invalid.
+    for (region, _) in REGIONS {
+        cap.result(
+            gw.get_audit_checkpoint(GetAuditCheckpointRequest {
+                region_id: region.into(),
+            })
+            .await,
+        );
+    }
+    cap.result(
+        gw.get_audit_checkpoint(GetAuditCheckpointRequest {
+            region_id: c.email.clone(),
+        })
+        .await,
+    );
+    let reported = cap.result(gw.report_incident(incident_request()).await);
+    if let Some(incident) = reported.and_then(|r| r.incident) {
+        cap.result(
+            gw.get_incident(GetIncidentRequest {
+                tenant_id: TENANT.into(),
+                incident_id: incident.incident_id.clone(),
+            })
+            .await,
+        );
+    }
+    let mut bad_incident = incident_request();
+    bad_incident.tenant_id = c.full_name();
+    bad_incident.window = None;
+    cap.result(gw.report_incident(bad_incident).await);
+    cap.result(
+        gw.get_incident(GetIncidentRequest {
+            tenant_id: TENANT.into(),
+            incident_id: c.external_id.clone(),
+        })
+        .await,
+    );
+
     // Consent: every call, for every region's canary subject, valid and invalid.
     for (r, (_, country)) in REGIONS.iter().enumerate() {
         consent_calls(cap, &mut gw, country, &canaries[r]).await;
@@ -723,6 +781,35 @@ async fn drive_every_rpc(
         )
         .await;
         node_consent_calls(cap, &mut node, country, &canaries[r]).await;
+        cap.result(
+            node.get_audit_checkpoint(RegionalNodeGetAuditCheckpointRequest {})
+                .await,
+        );
+        let part = cap.result(
+            node.report_incident(RegionalNodeReportIncidentRequest {
+                incident_id: format!("inc-{}", "ab".repeat(16)),
+                request: Some(incident_request()),
+            })
+            .await,
+        );
+        if part.is_some() {
+            cap.result(
+                node.get_incident(RegionalNodeGetIncidentRequest {
+                    request: Some(GetIncidentRequest {
+                        tenant_id: TENANT.into(),
+                        incident_id: format!("inc-{}", "ab".repeat(16)),
+                    }),
+                })
+                .await,
+            );
+        }
+        cap.result(
+            node.report_incident(RegionalNodeReportIncidentRequest {
+                incident_id: canaries[r].external_id.clone(),
+                request: Some(incident_request()),
+            })
+            .await,
+        );
     }
     // A node refuses an envelope for another region (with canary-bearing records inside).
     let mut fr_node = node_client(fed, "eu-fr").await?;
@@ -766,6 +853,13 @@ async fn drive_every_rpc(
     );
     streamed += drain_gateway_stream(cap, &mut gw, records(Purpose::CxAnalytics)).await;
     consent_calls(cap, &mut gw, "FR", &canaries[1]).await;
+    cap.result(gw.report_incident(incident_request()).await);
+    cap.result(
+        gw.get_audit_checkpoint(GetAuditCheckpointRequest {
+            region_id: "eu-fr".into(),
+        })
+        .await,
+    );
     Ok(streamed)
 }
 
@@ -789,6 +883,21 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let databases: Vec<_> = fed.nodes.iter().map(|n| n.database.clone()).collect();
 
     let streamed = drive_every_rpc(&mut fed, &cap, &canaries).await?;
+    // The audit logs stay in-country, but they too hold no direct identifier.
+    let audit_logs: Vec<Vec<u8>> = databases
+        .iter()
+        .map(|db| {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            let text: String = conn
+                .query_row(
+                    "SELECT group_concat(kind || tenant || coalesce(subject, '') || details, '|') FROM audit_log",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            text.into_bytes()
+        })
+        .collect();
     // The regions' own files, read before the federation and its directory go away.
     let stored: Vec<Vec<u8>> = databases
         .iter()
@@ -831,6 +940,18 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
             "planted in {}",
             REGIONS[r].0
         );
+        assert!(
+            audit_logs[r].len() > 1_000,
+            "the audit log of {} has entries",
+            REGIONS[r].0
+        );
+        for canary in c.all() {
+            assert!(
+                !find(&audit_logs[r], canary.as_bytes()),
+                "canary {canary:?} in the audit log of {}",
+                REGIONS[r].0
+            );
+        }
         // …and never in what crossed the border, in any encoding.
         for canary in c.all() {
             for form in encodings(&canary) {

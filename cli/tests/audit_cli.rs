@@ -1,0 +1,100 @@
+//! `domicile audit verify` and `domicile audit report` against a real node's files.
+
+use std::process::Command;
+
+use domicile_node::{Node, NodeConfig};
+use domicile_proto::{
+    consent::ConsentChange,
+    pb::{Channel, ConsentAction, ConsentSource, Purpose, RecordConsentRequest, SubjectRef},
+};
+
+fn domicile(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .output()
+        .expect("the domicile binary runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("eu-de.sqlite");
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ndatabase = \"{}\"\n",
+            db.display()
+        ),
+    )?;
+    {
+        let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
+            &config_path,
+        )?)?)?;
+        for i in 0..5 {
+            node.record_consent(ConsentChange::from_record(&RecordConsentRequest {
+                tenant_id: "acme".into(),
+                subject: Some(SubjectRef {
+                    country: "DE".into(),
+                    external_id: format!("c-{i}"),
+                }),
+                purpose: Purpose::CxSurvey as i32,
+                channel: Channel::Phone as i32,
+                action: ConsentAction::Grant as i32,
+                source: ConsentSource::WebForm as i32,
+                wording_sha256: vec![1; 32],
+                actor: "test".into(),
+                token_ttl_seconds: 0,
+            })?)
+            .await?;
+        }
+        node.audit_checkpoint().await?;
+    }
+    let config = config_path.to_str().unwrap();
+
+    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("intact: 6 entries, 1 signed checkpoints"),
+        "{out}"
+    );
+
+    let (code, out) = domicile(&["audit", "report", "--config", config, "--format", "csv"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("activity,tenant,purpose,events"), "{out}");
+    assert!(
+        out.contains("consent_change,acme,PURPOSE_CX_SURVEY,5,\"consent_records\""),
+        "{out}"
+    );
+    let (code, out) = domicile(&["audit", "report", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(json["retention"][0]["policy"], "DE@2026-11-01");
+
+    // Behind the node's back: drop the guard and edit entry 3.
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_update;
+         UPDATE audit_log SET details = replace(details, 'CX_SURVEY', 'MARKETING') WHERE seq = 3;",
+    )?;
+    drop(conn);
+    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("TAMPERED: entry 3: Modified"), "{out}");
+
+    // Verifying against another key fails at the first checkpoint, whatever the log says.
+    let other = "00".repeat(31) + "01";
+    let (code, out) = domicile(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--public-key",
+        &other,
+    ]);
+    assert_ne!(code, 0, "{out}");
+    Ok(())
+}
