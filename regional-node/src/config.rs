@@ -8,6 +8,8 @@
 //! sealing_key_file = "/etc/domicile/eu-de.sealing.key"
 //! pseudonym_secret_file = "/etc/domicile/eu-de.pseudonym.key"
 //! policy_dir = "/etc/domicile/policies"   # <CC>.toml per country; unset: the shipped examples
+//! kek_file = "/etc/domicile/eu-de.kek"   # or kek_env = "DOMICILE_KEK" (64 hex characters)
+//! key_vault = "/var/lib/domicile/eu-de.keys.sqlite"
 //! audit_key_file = "/etc/domicile/eu-de.audit.key"
 //! audit_checkpoint_every = 1000
 //! audit_checkpoint_seconds = 300
@@ -49,6 +51,19 @@ pub struct NodeConfig {
     /// policies shipped in `deploy/policies/`, compiled into the binary.
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
+    /// Path of the region's key-encryption key (32 raw bytes) that wraps every subject's data
+    /// key. Created, mode 0600, if missing. Default `kek` beside the database. Ignored when
+    /// `kek_env` names a set variable.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    /// Name of an environment variable holding the key-encryption key as 64 hex characters;
+    /// takes precedence over `kek_file` when set. Default unset.
+    #[serde(default)]
+    pub kek_env: Option<String>,
+    /// Path of the key vault, the SQLite file of wrapped per-subject data keys. Keep it apart
+    /// from data backups: erasure destroys keys here. Default `keys.sqlite` beside the database.
+    #[serde(default)]
+    pub key_vault: Option<PathBuf>,
     /// Path of the region's Ed25519 audit signing key (a 32-byte seed). Created, mode 0600, if
     /// missing. Default `audit.key` beside the database.
     #[serde(default)]
@@ -112,6 +127,9 @@ impl NodeConfig {
             sealing_key_file: None,
             pseudonym_secret_file: None,
             policy_dir: None,
+            kek_file: None,
+            kek_env: None,
+            key_vault: None,
             audit_key_file: None,
             audit_checkpoint_every: default_checkpoint_every(),
             audit_checkpoint_seconds: default_checkpoint_seconds(),
@@ -147,6 +165,24 @@ impl NodeConfig {
         self.pseudonym_secret_file.clone().unwrap_or_else(|| {
             let mut p = self.database.clone();
             p.set_extension("pseudonym.key");
+            p
+        })
+    }
+
+    /// The KEK file: the configured one, or `kek` beside the database.
+    pub fn kek_path(&self) -> PathBuf {
+        self.kek_file.clone().unwrap_or_else(|| {
+            let mut p = self.database.clone();
+            p.set_extension("kek");
+            p
+        })
+    }
+
+    /// The key vault: the configured one, or `keys.sqlite` beside the database.
+    pub fn key_vault_path(&self) -> PathBuf {
+        self.key_vault.clone().unwrap_or_else(|| {
+            let mut p = self.database.clone();
+            p.set_extension("keys.sqlite");
             p
         })
     }

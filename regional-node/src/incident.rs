@@ -15,7 +15,7 @@ use domicile_proto::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{error::NodeError, policy::PolicySet};
+use crate::{error::NodeError, policy::PolicySet, storage::SqliteStore};
 
 /// The incident table; created with the rest of the schema.
 pub const SCHEMA: &str = r#"
@@ -57,7 +57,7 @@ fn affected_sql(category: DataCategory) -> &'static str {
         DataCategory::ContactDetails => {
             "SELECT s.external_id AS subject_id, s.country AS country FROM subjects s
              JOIN subject_pii p ON p.tenant = s.tenant AND p.external_id = s.external_id
-             WHERE s.tenant = ?1 AND s.created_at < ?2 AND (p.email <> '' OR p.phone <> '')"
+             WHERE s.tenant = ?1 AND s.created_at < ?2 AND p.has_contact = 1"
         }
         DataCategory::Interactions => {
             "SELECT subject_id, country FROM interactions WHERE tenant = ?1 AND started_at < ?2"
@@ -217,9 +217,10 @@ pub fn get(
     }))
 }
 
-/// Who is affected, with contact details, for notifying them. In-country only.
+/// Who is affected, with contact details (decrypted), for notifying them. In-country only.
 pub fn subjects(
     conn: &Connection,
+    store: &SqliteStore,
     tenant: &str,
     incident_id: &str,
 ) -> Result<Option<Vec<IncidentSubject>>, NodeError> {
@@ -241,20 +242,25 @@ pub fn subjects(
         .collect::<Vec<_>>()
         .join(" UNION ");
     let mut stmt = conn.prepare(&format!(
-        "SELECT a.subject_id, MIN(a.country), p.full_name, p.email, p.phone, p.language
-         FROM ({union}) AS a
-         LEFT JOIN subject_pii p ON p.tenant = ?1 AND p.external_id = a.subject_id
+        "SELECT a.subject_id, MIN(a.country) FROM ({union}) AS a
          GROUP BY a.subject_id ORDER BY a.subject_id"
     ))?;
-    let rows = stmt.query_map(params![tenant, end], |r| {
-        Ok(IncidentSubject {
-            external_id: r.get(0)?,
-            country: r.get(1)?,
-            full_name: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-            email: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-            phone: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-            language: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-        })
-    })?;
-    Ok(Some(rows.collect::<Result<_, _>>()?))
+    let ids: Vec<(String, String)> = stmt
+        .query_map(params![tenant, end], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (external_id, country) in ids {
+        let profile = store
+            .profile(conn, tenant, &external_id)?
+            .unwrap_or_default();
+        out.push(IncidentSubject {
+            external_id,
+            country,
+            full_name: profile.full_name,
+            email: profile.email,
+            phone: profile.phone,
+            language: profile.language,
+        });
+    }
+    Ok(Some(out))
 }

@@ -31,6 +31,7 @@ pub mod redact;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod vault;
 
 pub use config::NodeConfig;
 pub use node::Node;

@@ -95,7 +95,8 @@ impl Node {
             &audit_seed,
             config.audit_checkpoint_every,
         );
-        let store = SqliteStore::open(&config.database)?;
+        let kek = load_kek(&config)?;
+        let store = SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
         store.write(|tx| {
             audit.append(
                 tx,
@@ -225,7 +226,7 @@ impl Node {
             let inner = &node.inner;
             let subjects = inner
                 .store
-                .read(|conn| incident::subjects(conn, tenant.as_str(), &incident_id))?
+                .read(|conn| incident::subjects(conn, &inner.store, tenant.as_str(), &incident_id))?
                 .ok_or_else(|| NodeError::NotFound("no such incident in this region".into()))?;
             inner.store.write(|tx| {
                 inner.audit.append(
@@ -568,6 +569,7 @@ impl Node {
                 countries: &allowed,
                 policies: &inner.policies,
                 pseudonyms: &inner.pseudonyms,
+                vault: inner.store.vault(),
                 consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), "i."),
             };
             let start = inner.store.write(|tx| {
@@ -818,6 +820,23 @@ impl Node {
         })
         .await
     }
+}
+
+/// The key-encryption key: from the environment variable `kek_env` names when it is set,
+/// otherwise from (or created in) `kek_file`.
+fn load_kek(config: &NodeConfig) -> Result<[u8; 32], NodeError> {
+    if let Some(var) = &config.kek_env
+        && let Ok(value) = std::env::var(var)
+    {
+        return hex::decode(value.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                NodeError::Internal(format!("{var}: the KEK must be 64 hex characters"))
+            });
+    }
+    keys::load_or_create_secret(&config.kek_path())
+        .map_err(|e| NodeError::Internal(format!("key-encryption key: {e}")))
 }
 
 /// The audit details of a release: its parameters and counts, never data.

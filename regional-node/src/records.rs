@@ -15,10 +15,14 @@ use crate::{
     policy::{BirthYear, PolicySet},
     pseudonym::{Kind, Pseudonymiser},
     redact::Redactor,
+    storage::Profile,
+    vault::{DataKey, Vault, comment_aad},
 };
 
 /// Records per streamed message.
 pub const BATCH: usize = 256;
+/// Subjects whose data keys a stream keeps unwrapped at a time.
+const KEY_CACHE: usize = 4_096;
 
 /// What one region may release and how.
 pub struct Release<'a> {
@@ -32,6 +36,8 @@ pub struct Release<'a> {
     pub policies: &'a PolicySet,
     /// The region's pseudonymiser.
     pub pseudonyms: &'a Pseudonymiser,
+    /// The key vault, to decrypt profiles and comments.
+    pub vault: &'a Vault,
     /// The consent condition of the purpose ([`crate::consent::gate`]) on columns `i.*`.
     pub consent: (String, Vec<Box<dyn ToSql>>),
 }
@@ -48,7 +54,7 @@ pub fn run(
     let mut sql = format!(
         "SELECT i.interaction_id, i.subject_id, i.country, i.channel, i.direction, i.started_at,
                 i.handle_time, i.outcome, i.agent_team, i.recorded, i.survey_id, i.nps, i.csat,
-                i.ces, t.comment, p.full_name, p.postal_code, p.language, p.birth_year
+                i.ces, t.comment, p.profile
          FROM interactions i
          LEFT JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
          LEFT JOIN subject_pii p ON p.tenant = i.tenant AND p.external_id = i.subject_id
@@ -84,6 +90,8 @@ pub fn run(
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut emitted = 0u64;
+    let mut keys: std::collections::HashMap<String, Option<DataKey>> =
+        std::collections::HashMap::new();
     while let Some(row) = rows.next()? {
         let interaction_id: String = row.get(0)?;
         let subject_id: String = row.get(1)?;
@@ -93,15 +101,40 @@ pub fn run(
         };
         let border = &policy.border;
         let started_at: i64 = row.get(5)?;
-        let comment: Option<String> = row.get(14)?;
-        let full_name: Option<String> = row.get(15)?;
-        let postal: Option<String> = row.get(16)?;
-        let language: Option<String> = row.get(17)?;
-        let birth_year: Option<u32> = row.get(18)?;
-        let names: Vec<&str> = full_name.as_deref().into_iter().collect();
+        let sealed_comment: Option<Vec<u8>> = row.get(14)?;
+        let sealed_profile: Option<Vec<u8>> = row.get(15)?;
+        // Rows are in time order, so subjects recur: keep their keys for the stream.
+        if !keys.contains_key(&subject_id) {
+            if keys.len() >= KEY_CACHE {
+                keys.clear();
+            }
+            let key = release.vault.key(release.tenant, &subject_id)?;
+            keys.insert(subject_id.clone(), key);
+        }
+        let key = keys.get(&subject_id).and_then(Option::as_ref);
+        let profile = match (key, &sealed_profile) {
+            (Some(k), Some(blob)) => Profile::open(k, release.tenant, &subject_id, blob),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let comment = match (key, &sealed_comment) {
+            (Some(k), Some(blob)) => k
+                .open(&comment_aad(release.tenant, &interaction_id), blob)
+                .and_then(|c| String::from_utf8(c).ok()),
+            _ => None,
+        };
+        let names: Vec<&str> = [profile.full_name.as_str()]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect();
         let comment_redacted = comment
             .map(|c| Redactor::for_country(&country).redact(&c, &names).text)
             .unwrap_or_default();
+        let (postal, language, birth_year) = (
+            Some(profile.postal_code),
+            Some(profile.language),
+            profile.birth_year,
+        );
         let prefix = usize::from(*border.postal_code_prefix.get_ref());
         let postal_prefix: String = postal
             .unwrap_or_default()

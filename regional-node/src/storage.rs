@@ -15,9 +15,12 @@ use std::{
 };
 
 use domicile_proto::domain::{Interaction, Subject};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::error::NodeError;
+use crate::{
+    error::NodeError,
+    vault::{DataKey, Vault, comment_aad, profile_aad},
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS subjects (
@@ -29,18 +32,25 @@ CREATE TABLE IF NOT EXISTS subjects (
     PRIMARY KEY (tenant, external_id)
 ) WITHOUT ROWID;
 
--- Personal data of a subject, kept apart from the analytical columns.
+-- Personal data of a subject, kept apart from the analytical columns and encrypted with the
+-- subject's data key (see vault.rs). `has_contact` (an e-mail or phone is on file) is the one
+-- fact about it kept in clear, for incident counts.
 CREATE TABLE IF NOT EXISTS subject_pii (
     tenant      TEXT NOT NULL,
     external_id TEXT NOT NULL,
-    full_name   TEXT NOT NULL,
-    email       TEXT NOT NULL,
-    phone       TEXT NOT NULL,
-    postal_code TEXT NOT NULL,
-    language    TEXT NOT NULL,
-    birth_year  INTEGER,
+    profile     BLOB NOT NULL,
+    has_contact INTEGER NOT NULL,
     PRIMARY KEY (tenant, external_id)
 ) WITHOUT ROWID;
+
+-- Earlier versions of rectified profiles, encrypted like the profile.
+CREATE TABLE IF NOT EXISTS subject_pii_history (
+    tenant      TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    replaced_at INTEGER NOT NULL,
+    profile     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subject_pii_history_by_subject ON subject_pii_history (tenant, external_id);
 
 CREATE TABLE IF NOT EXISTS interactions (
     tenant         TEXT NOT NULL,
@@ -63,11 +73,12 @@ CREATE TABLE IF NOT EXISTS interactions (
 );
 CREATE INDEX IF NOT EXISTS interactions_by_time ON interactions (tenant, started_at);
 
--- Free text is personal data: kept apart, like subject_pii.
+-- Free text is personal data: kept apart and encrypted with the subject's data key.
 CREATE TABLE IF NOT EXISTS interaction_text (
     tenant         TEXT NOT NULL,
     interaction_id TEXT NOT NULL,
-    comment        TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    comment        BLOB NOT NULL,
     PRIMARY KEY (tenant, interaction_id)
 ) WITHOUT ROWID;
 
@@ -104,6 +115,40 @@ pub enum Charge {
     },
 }
 
+/// The version of the schema this code writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// A subject's personal fields, stored encrypted as one JSON document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    /// Full name.
+    pub full_name: String,
+    /// E-mail address.
+    pub email: String,
+    /// Phone number.
+    pub phone: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// Preferred language.
+    pub language: String,
+    /// Year of birth.
+    pub birth_year: Option<u32>,
+}
+
+impl Profile {
+    /// Encrypts the profile for `subject` of `tenant` with its data key.
+    pub fn seal(&self, key: &DataKey, tenant: &str, subject: &str) -> Result<Vec<u8>, NodeError> {
+        let json = serde_json::to_vec(self).map_err(|e| NodeError::Internal(e.to_string()))?;
+        key.seal(&profile_aad(tenant, subject), &json)
+    }
+
+    /// Decrypts a stored profile; `None` when it does not open (shredded key or tampering).
+    pub fn open(key: &DataKey, tenant: &str, subject: &str, blob: &[u8]) -> Option<Self> {
+        let json = key.open(&profile_aad(tenant, subject), blob)?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 /// A record ready to store: validated and with its routing metadata.
 #[derive(Debug)]
 pub struct StoredRecord {
@@ -138,6 +183,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    vault: Vault,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -155,8 +201,9 @@ fn now() -> i64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies the schema.
-    pub fn open(path: &Path) -> Result<Self, NodeError> {
+    /// Opens (creating if needed) the database at `path` and its key vault at `vault` (with the
+    /// region's key-encryption key), and applies the schema.
+    pub fn open(path: &Path, vault: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
@@ -166,20 +213,58 @@ impl SqliteStore {
         // FULL: a commit is on disk before the node acknowledges the batch.
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let empty: i64 =
+            writer.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if empty > 0 && version != SCHEMA_VERSION {
+            return Err(NodeError::Internal(format!(
+                "{}: schema version {version}, this node needs {SCHEMA_VERSION}; start from a new \
+                 database (versioned migrations come with the storage backends)",
+                path.display()
+            )));
+        }
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(crate::consent::SCHEMA)?;
         writer.execute_batch(crate::audit::SCHEMA)?;
         writer.execute_batch(crate::incident::SCHEMA)?;
+        let vault = Vault::open(vault, kek)?;
         Ok(Self {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            vault,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The key vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// A subject's decrypted profile, if stored and its key is alive.
+    pub fn profile(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<Profile>, NodeError> {
+        let blob: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+                params![tenant, subject],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let (Some(blob), Some(key)) = (blob, self.vault.key(tenant, subject)?) else {
+            return Ok(None);
+        };
+        Ok(Profile::open(&key, tenant, subject, &blob))
     }
 
     /// Stores a batch in one transaction. Each record's outcome, in order. `audit` runs in the
@@ -191,6 +276,24 @@ impl SqliteStore {
         records: &[StoredRecord],
         audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError>,
     ) -> Result<Vec<StoreOutcome>, NodeError> {
+        // Data keys first (their own vault transaction): a key made for a batch that then fails
+        // is harmless, a record stored without its key would not be.
+        let needing_keys: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter_map(|r| match &r.body {
+                RecordBody::Subject(s) => Some(s.external_id.as_str()),
+                RecordBody::Interaction(i) => i
+                    .survey
+                    .as_ref()
+                    .filter(|s| !s.comment.is_empty())
+                    .map(|_| i.subject_id.as_str()),
+            })
+            .collect();
+        let keys = self.vault.keys(tenant, &needing_keys, true)?;
+        let key_of = |subject: &str| {
+            keys.get(subject)
+                .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
+        };
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         let now = now();
@@ -204,8 +307,8 @@ impl SqliteStore {
                  ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at",
             )?;
             let mut pii = tx.prepare_cached(
-                "INSERT OR REPLACE INTO subject_pii (tenant, external_id, full_name, email, phone, postal_code, language, birth_year)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut interaction = tx.prepare_cached(
                 "INSERT OR REPLACE INTO interactions (tenant, interaction_id, subject_id, country, channel, direction, started_at,
@@ -213,7 +316,8 @@ impl SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let mut text = tx.prepare_cached(
-                "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, comment) VALUES (?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, subject_id, comment)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut drop_text = tx.prepare_cached(
                 "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
@@ -230,16 +334,18 @@ impl SqliteStore {
                 match &record.body {
                     RecordBody::Subject(s) => {
                         subject.execute(params![tenant, s.external_id, record.country, now])?;
-                        pii.execute(params![
-                            tenant,
-                            s.external_id,
-                            s.full_name,
-                            s.email,
-                            s.phone,
-                            s.postal_code,
-                            s.language,
-                            s.birth_year
-                        ])?;
+                        let profile = Profile {
+                            full_name: s.full_name.clone(),
+                            email: s.email.clone(),
+                            phone: s.phone.clone(),
+                            postal_code: s.postal_code.clone(),
+                            language: s.language.clone(),
+                            birth_year: s.birth_year.map(u32::from),
+                        };
+                        let sealed =
+                            profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
+                        let has_contact = !s.email.is_empty() || !s.phone.is_empty();
+                        pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
                     }
                     RecordBody::Interaction(i) => {
                         let survey = i.survey.as_ref();
@@ -263,7 +369,16 @@ impl SqliteStore {
                         ])?;
                         match survey.filter(|s| !s.comment.is_empty()) {
                             Some(s) => {
-                                text.execute(params![tenant, i.interaction_id, s.comment])?
+                                let sealed = key_of(&i.subject_id)?.seal(
+                                    &comment_aad(tenant, &i.interaction_id),
+                                    s.comment.as_bytes(),
+                                )?;
+                                text.execute(params![
+                                    tenant,
+                                    i.interaction_id,
+                                    i.subject_id,
+                                    sealed
+                                ])?
                             }
                             None => drop_text.execute(params![tenant, i.interaction_id])?,
                         };

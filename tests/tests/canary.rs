@@ -8,8 +8,8 @@
 //! debug level (gateway and nodes). The capture is then searched for each canary in plain text,
 //! hex (lower and upper case) and base64 (standard and URL-safe, at every byte alignment).
 //!
-//! Positive controls keep the test honest: the canaries are found in the regions' own database
-//! files, the detector finds a canary hidden in base64 inside a blob, and the redaction
+//! Positive controls keep the test honest: each region reads its canaries back (while its files
+//! hold them only encrypted), the detector finds a canary hidden in base64 inside a blob, and the redaction
 //! placeholders do cross (so the comments were released, redacted).
 //!
 //! There is no metrics endpoint yet; when one lands, its text joins the capture here, and so
@@ -907,6 +907,14 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
             bytes
         })
         .collect();
+    // The region itself can read its canaries back (they were stored)…
+    let mut profiles = Vec::new();
+    for (r, (region, _)) in REGIONS.iter().enumerate() {
+        let node = fed.node(region).unwrap().node.clone().unwrap();
+        let store = node.store();
+        let profile = store.read(|conn| store.profile(conn, TENANT, &canaries[r].external_id))?;
+        profiles.push(profile);
+    }
     fed.shutdown().await;
 
     let captured = cap.bytes();
@@ -935,11 +943,16 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
 
     for (r, c) in canaries.iter().enumerate() {
         // Planted: the canaries are in the region's own storage…
-        assert!(
-            find(&stored[r], c.email.as_bytes()),
-            "planted in {}",
-            REGIONS[r].0
-        );
+        let profile = profiles[r].as_ref().expect("the canary profile is stored");
+        assert_eq!(profile.email, c.email, "planted in {}", REGIONS[r].0);
+        // …but its files hold them encrypted: no personal field in clear at rest.
+        for canary in [&c.email, &c.phone, &c.full_name(), &c.postal_code, &c.iban] {
+            assert!(
+                !find(&stored[r], canary.as_bytes()),
+                "{canary:?} in clear in {}'s files",
+                REGIONS[r].0
+            );
+        }
         assert!(
             audit_logs[r].len() > 1_000,
             "the audit log of {} has entries",

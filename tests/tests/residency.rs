@@ -37,34 +37,51 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
         let subject_countries = strings_in(db, "SELECT DISTINCT country FROM subjects");
         assert_eq!(subject_countries, [country]);
 
-        // Every e-mail of this country's subjects is in this region's file…
-        let emails: Vec<String> = records
+        // Every e-mail of this country's subjects is held by this region, which can read it…
+        let subjects: Vec<(String, String)> = records
             .iter()
             .filter(|r| r.country == country)
             .filter_map(|r| match &r.payload.record {
-                Some(Record::Subject(s)) => Some(s.email.clone()),
+                Some(Record::Subject(s)) => Some((s.external_id.clone(), s.email.clone())),
                 _ => None,
             })
             .collect();
-        assert_eq!(emails.len(), 50);
-        let stored = strings_in(db, "SELECT email FROM subject_pii ORDER BY external_id");
-        let mut expected = emails.clone();
-        expected.sort();
-        let mut got = stored.clone();
-        got.sort();
-        assert_eq!(got, expected);
+        assert_eq!(subjects.len(), 50);
+        let node = fed.node(region).unwrap().node.clone().unwrap();
+        let store = node.store();
+        for (id, email) in &subjects {
+            let profile = store.read(|conn| store.profile(conn, TENANT, id))?.unwrap();
+            assert_eq!(&profile.email, email);
+        }
 
-        // …and not a byte of them in any other region's files (database and WAL).
-        for other in fed.nodes.iter().filter(|n| n.region_id != region) {
-            let bytes = file_bytes_with_wal(&other.database);
-            for email in &emails {
+        // …and not a byte of them is in clear in any region's files (database, WAL, vault):
+        // at rest they are encrypted, and other regions never had them at all.
+        for any in &fed.nodes {
+            let mut bytes = file_bytes_with_wal(&any.database);
+            bytes.extend(
+                std::fs::read(any.database.with_extension("keys.sqlite")).unwrap_or_default(),
+            );
+            for (_, email) in &subjects {
                 assert!(
                     !bytes.windows(email.len()).any(|w| w == email.as_bytes()),
-                    "an e-mail of {country} found in {}'s files",
-                    other.region_id
+                    "an e-mail of {country} found in clear in {}'s files",
+                    any.region_id
                 );
             }
         }
+        let other_regions_hold_none = fed.nodes.iter().filter(|n| n.region_id != region).all(|n| {
+            let conn = rusqlite::Connection::open(&n.database).unwrap();
+            subjects.iter().all(|(id, _)| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM subject_pii WHERE external_id = ?1",
+                    [id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                    == 0
+            })
+        });
+        assert!(other_regions_hold_none);
     }
     let counts: Vec<u64> = fed
         .nodes

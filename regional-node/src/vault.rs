@@ -1,0 +1,237 @@
+//! Encryption at rest: a data key per subject, wrapped by the region's key-encryption key (KEK),
+//! kept in a key vault apart from the data.
+//!
+//! Every personal field (the profile) and every free-text comment is stored as
+//! `nonce(24) ‖ XChaCha20-Poly1305(data key, aad, plaintext)`, with an AAD naming what the
+//! ciphertext is and whose, so a ciphertext moved to another row does not open. Data keys live
+//! in their own SQLite file (the vault; `secure_delete` on, rollback journal), wrapped by the
+//! KEK, which comes from a file or an environment variable and is never written elsewhere.
+//!
+//! Erasure destroys the subject's data key (crypto-shredding): a copy or backup of the *data*
+//! file taken before the erasure no longer opens for that subject, because the key it needs is
+//! gone from the vault. Backups of the vault itself must follow the same retention as erasures
+//! (or not be taken): that is the operator's side of the contract.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use chacha20poly1305::{
+    KeyInit, XChaCha20Poly1305, XNonce,
+    aead::{Aead, Payload},
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::NodeError;
+
+const NONCE_LEN: usize = 24;
+
+fn random<const N: usize>() -> Result<[u8; N], NodeError> {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).map_err(|e| NodeError::Internal(format!("randomness: {e}")))?;
+    Ok(out)
+}
+
+fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, NodeError> {
+    let nonce = random::<NONCE_LEN>()?;
+    let ct = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| NodeError::Internal("encryption failed".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn open(cipher: &XChaCha20Poly1305, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
+    if blob.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let nonce = XNonce::try_from(nonce).ok()?;
+    cipher.decrypt(&nonce, Payload { msg: ct, aad }).ok()
+}
+
+/// One subject's data key.
+pub struct DataKey(XChaCha20Poly1305);
+
+impl DataKey {
+    /// Encrypts `plaintext` bound to `aad`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, NodeError> {
+        seal(&self.0, aad, plaintext)
+    }
+
+    /// Decrypts a blob from [`DataKey::seal`]; `None` when it does not open with this key and
+    /// AAD.
+    pub fn open(&self, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
+        open(&self.0, aad, blob)
+    }
+}
+
+/// The AAD of a subject's profile.
+pub fn profile_aad(tenant: &str, subject: &str) -> Vec<u8> {
+    format!("domicile/v1/profile\0{tenant}\0{subject}").into_bytes()
+}
+
+/// The AAD of an interaction's comment.
+pub fn comment_aad(tenant: &str, interaction: &str) -> Vec<u8> {
+    format!("domicile/v1/comment\0{tenant}\0{interaction}").into_bytes()
+}
+
+fn wrap_aad(tenant: &str, subject: &str) -> Vec<u8> {
+    format!("domicile/v1/data-key\0{tenant}\0{subject}").into_bytes()
+}
+
+/// The key vault: wrapped data keys, one per subject.
+pub struct Vault {
+    conn: Mutex<Connection>,
+    kek: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault { kek: <redacted> }")
+    }
+}
+
+impl Vault {
+    /// Opens (creating if needed) the vault at `path` with the region's KEK.
+    pub fn open(path: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
+        let conn = Connection::open(path)?;
+        // Deleted keys are overwritten in the file, and no WAL keeps old pages around.
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS data_keys (
+                tenant     TEXT NOT NULL,
+                subject_id TEXT NOT NULL,
+                wrapped    BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                PRIMARY KEY (tenant, subject_id)
+            ) WITHOUT ROWID;",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            kek: XChaCha20Poly1305::new_from_slice(kek).expect("32-byte key"),
+        })
+    }
+
+    fn unwrap_key(
+        &self,
+        tenant: &str,
+        subject: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey, NodeError> {
+        let key = open(&self.kek, &wrap_aad(tenant, subject), wrapped).ok_or_else(|| {
+            NodeError::Internal(
+                "a data key does not open with this KEK (wrong key-encryption key?)".into(),
+            )
+        })?;
+        Ok(DataKey(
+            XChaCha20Poly1305::new_from_slice(&key).expect("32-byte key"),
+        ))
+    }
+
+    /// The data keys of `subjects`; with `create`, missing ones are made (in one vault
+    /// transaction), otherwise they are absent from the map.
+    pub fn keys(
+        &self,
+        tenant: &str,
+        subjects: &BTreeSet<&str>,
+        create: bool,
+    ) -> Result<HashMap<String, DataKey>, NodeError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let mut out = HashMap::with_capacity(subjects.len());
+        {
+            let mut get = tx.prepare_cached(
+                "SELECT wrapped FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT INTO data_keys (tenant, subject_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for subject in subjects {
+                let wrapped: Option<Vec<u8>> = get
+                    .query_row(params![tenant, subject], |r| r.get(0))
+                    .optional()?;
+                let key = match wrapped {
+                    Some(w) => self.unwrap_key(tenant, subject, &w)?,
+                    None if create => {
+                        let raw = random::<32>()?;
+                        let wrapped = seal(&self.kek, &wrap_aad(tenant, subject), &raw)?;
+                        put.execute(params![tenant, subject, wrapped, now])?;
+                        DataKey(XChaCha20Poly1305::new_from_slice(&raw).expect("32-byte key"))
+                    }
+                    None => continue,
+                };
+                out.insert((*subject).to_owned(), key);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The data key of one subject, if it has one.
+    pub fn key(&self, tenant: &str, subject: &str) -> Result<Option<DataKey>, NodeError> {
+        Ok(self
+            .keys(tenant, &BTreeSet::from([subject]), false)?
+            .remove(subject))
+    }
+
+    /// Destroys a subject's data key. True when there was one.
+    pub fn destroy(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conn.execute(
+            "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
+            params![tenant, subject],
+        )?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_keys_seal_and_are_shredded() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(&dir.path().join("keys.sqlite"), &[3; 32]).unwrap();
+        let keys = vault
+            .keys("acme", &BTreeSet::from(["s1", "s2"]), true)
+            .unwrap();
+        let blob = keys["s1"].seal(b"aad", b"secret").unwrap();
+        assert_eq!(keys["s1"].open(b"aad", &blob).unwrap(), b"secret");
+        assert!(
+            keys["s1"].open(b"other", &blob).is_none(),
+            "bound to its AAD"
+        );
+        assert!(
+            keys["s2"].open(b"aad", &blob).is_none(),
+            "one key per subject"
+        );
+        // The same key comes back from the vault…
+        let again = vault.key("acme", "s1").unwrap().unwrap();
+        assert_eq!(again.open(b"aad", &blob).unwrap(), b"secret");
+        // …until it is destroyed.
+        assert!(vault.destroy("acme", "s1").unwrap());
+        assert!(vault.key("acme", "s1").unwrap().is_none());
+        // A vault opened with another KEK cannot unwrap the keys.
+        drop(vault);
+        let wrong = Vault::open(&dir.path().join("keys.sqlite"), &[4; 32]).unwrap();
+        assert!(wrong.key("acme", "s2").is_err());
+    }
+}
