@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "domicile/v1/query.proto",
     "domicile/v1/consent.proto",
     "domicile/v1/audit.proto",
+    "domicile/v1/subject.proto",
     "domicile/v1/local.proto",
     "domicile/v1/gateway.proto",
     "domicile/v1/node.proto",

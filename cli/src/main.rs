@@ -59,6 +59,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Exports of personal data (access and portability requests) for the person who asked.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+    /// Apply the country policies' retention now: delete what may no longer be kept (skipping
+    /// legal holds) and end expired holds. A serving node also does this every day.
+    Sweep {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Audit-log commands for a node's operator (run in-country, against the node's files).
     Audit {
         #[command(subcommand)]
@@ -78,6 +90,29 @@ enum Command {
         /// Print a summary of what was redacted, by kind, to standard error at the end.
         #[arg(long)]
         stats: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// Make an X25519 key pair to receive an export: writes the private key (32 raw bytes,
+    /// mode 0600) and prints the public key in hex for `recipient_public_key`.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decrypt an export and print its JSON document.
+    Open {
+        /// The private key file from `domicile export keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The tenant the request was made for.
+        #[arg(long)]
+        tenant: String,
+        /// The receipt (`SubjectRequestReceipt`, protobuf binary) carrying the sealed export.
+        #[arg(long)]
+        receipt: PathBuf,
     },
 }
 
@@ -191,6 +226,14 @@ async fn main() -> anyhow::Result<()> {
             domicile_node::serve(node, listener, ctrl_c()).await?;
         }
         Command::Audit { command } => return audit(command),
+        Command::Export { command } => return export(command),
+        Command::Sweep { config } => {
+            init_logging(cli.log_json, "info");
+            let config = read_config(&config, NodeConfig::from_toml)?;
+            let node = Node::open(config)?;
+            let swept = node.sweep()?;
+            println!("{}", serde_json::to_string_pretty(&swept)?);
+        }
         Command::Redact {
             country,
             name,
@@ -222,6 +265,63 @@ fn day_start(day: &str) -> anyhow::Result<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Ok((era * 146_097 + doe - 719_468) * 86_400)
+}
+
+/// `domicile export …`.
+fn export(command: ExportCommand) -> anyhow::Result<()> {
+    use domicile_proto::seal::{SealingKeyPair, open_export};
+    match command {
+        ExportCommand::Keygen { out } => {
+            let keys = SealingKeyPair::generate();
+            write_private_key(&out, &keys.private_bytes())?;
+            println!("{}", hex::encode(keys.public().as_bytes()));
+            Ok(())
+        }
+        ExportCommand::Open {
+            key,
+            tenant,
+            receipt,
+        } => {
+            use prost::Message;
+            let keys = SealingKeyPair::from_private_bytes(
+                &std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let bytes = std::fs::read(&receipt)
+                .with_context(|| format!("reading {}", receipt.display()))?;
+            let receipt = domicile_proto::pb::SubjectRequestReceipt::decode(bytes.as_slice())
+                .context("the receipt is not a SubjectRequestReceipt (protobuf binary)")?;
+            let sealed = receipt
+                .export
+                .context("the receipt carries no export (only access and portability do)")?;
+            let json = open_export(
+                &keys,
+                &tenant,
+                &receipt.region_id,
+                receipt.request_id.as_bytes(),
+                &sealed.encapsulated_key,
+                &sealed.ciphertext,
+            )
+            .map_err(|e| anyhow::anyhow!("the export does not open with this key: {e}"))?;
+            let doc: serde_json::Value = serde_json::from_slice(&json)?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
+    }
+}
+
+/// Writes a private key file readable by its owner only.
+fn write_private_key(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 /// `domicile audit …`.

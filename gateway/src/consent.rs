@@ -41,7 +41,7 @@ impl Gateway {
     }
 
     /// Runs one region call under `deadline`; a missing answer names the region.
-    async fn one_region<T, Fut>(
+    pub(crate) async fn one_region<T, Fut>(
         region: &str,
         deadline: Duration,
         call: Fut,

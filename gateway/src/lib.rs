@@ -9,7 +9,8 @@
 //! [`fanout`] (one concurrent call per region, with per-region status), [`records`] (the
 //! interleaved, backpressured `QueryRecords` stream), [`routing`] (ingest),
 //! [`gateway`] (the business logic), [`consent`] (subject-scoped consent calls, routed to one
-//! region), [`incident`] (audit checkpoints and breach incidents), [`service`] (the tonic adapter), [`server`] (listener,
+//! region), [`incident`] (audit checkpoints and breach incidents), [`rights`] (data-subject
+//! requests and legal holds), [`service`] (the tonic adapter), [`server`] (listener,
 //! health, reflection, shutdown).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod incident;
 pub mod records;
+pub mod rights;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -6,10 +6,12 @@ use domicile_proto::pb::{
     AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
     CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
     GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
-    GetIncidentRequest, GetIncidentResponse, IngestRequest, IngestResponse, ListRegionsRequest,
-    ListRegionsResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
-    RecordConsentResponse, ReportIncidentRequest, ReportIncidentResponse, WithdrawConsentRequest,
-    WithdrawConsentResponse, gateway_server,
+    GetIncidentRequest, GetIncidentResponse, GetSubjectRequestRequest, GetSubjectRequestResponse,
+    IngestRequest, IngestResponse, ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest,
+    PlaceLegalHoldResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
+    RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
+    ReportIncidentRequest, ReportIncidentResponse, SubmitSubjectRequestRequest,
+    SubmitSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -175,6 +177,54 @@ impl gateway_server::Gateway for GatewayService {
         let response = self
             .gateway
             .get_incident(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn submit_subject_request(
+        &self,
+        request: Request<SubmitSubjectRequestRequest>,
+    ) -> Result<Response<SubmitSubjectRequestResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .submit_subject_request(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_subject_request(
+        &self,
+        request: Request<GetSubjectRequestRequest>,
+    ) -> Result<Response<GetSubjectRequestResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .get_subject_request(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn place_legal_hold(
+        &self,
+        request: Request<PlaceLegalHoldRequest>,
+    ) -> Result<Response<PlaceLegalHoldResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .place_legal_hold(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn release_legal_hold(
+        &self,
+        request: Request<ReleaseLegalHoldRequest>,
+    ) -> Result<Response<ReleaseLegalHoldResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let response = self
+            .gateway
+            .release_legal_hold(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
     }

@@ -5,6 +5,7 @@
 //!   gateway; documented byte for byte in `records.proto`.
 //! - [`merge`]: the algebra of partial aggregates (a commutative monoid) and metric finalisation.
 //! - [`consent`]: validated consent requests (routing and recording).
+//! - [`rights`]: validated data-subject requests and legal holds.
 //! - [`domain`]: validated domain types converted from wire messages, with the field path of
 //!   every violation.
 //! - [`error`]: `google.rpc.BadRequest` field violations as a gRPC status.
@@ -17,6 +18,7 @@ pub mod consent;
 pub mod domain;
 pub mod error;
 pub mod merge;
+pub mod rights;
 pub mod seal;
 
 /// Generated code for the `domicile.v1` package.

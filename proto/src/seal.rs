@@ -507,3 +507,80 @@ mod tests {
         assert_eq!(info("acme", "eu-de"), b"domicile/v1/ingest\0acme\0eu-de");
     }
 }
+
+/// Prefix of the HPKE `info` string of a subject-data export.
+pub const EXPORT_INFO_PREFIX: &[u8] = b"domicile/v1/export";
+
+/// `info` of an export: `"domicile/v1/export" 0 tenant 0 region`.
+pub fn export_info(tenant_id: &str, region_id: &str) -> Vec<u8> {
+    let mut info = EXPORT_INFO_PREFIX.to_vec();
+    info.push(0);
+    info.extend_from_slice(tenant_id.as_bytes());
+    info.push(0);
+    info.extend_from_slice(region_id.as_bytes());
+    info
+}
+
+/// Seals an export to the requester's key (HPKE base mode, the sealing suite, single message).
+/// Returns the encapsulated key and the ciphertext.
+pub fn seal_export(
+    recipient: &PublicSealingKey,
+    tenant_id: &str,
+    region_id: &str,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient.as_bytes())
+        .map_err(|_| SealError::InvalidKey("public key"))?;
+    let (enc, mut ctx) = hpke::setup_sender::<HpkeAead, Kdf, Kem>(
+        &OpModeS::Base,
+        &pk,
+        &export_info(tenant_id, region_id),
+    )
+    .map_err(|_| SealError::InvalidKey("public key"))?;
+    let ct = ctx
+        .seal(plaintext, aad)
+        .map_err(|_| SealError::OpenFailed)?;
+    Ok((enc.to_bytes().to_vec(), ct))
+}
+
+/// Opens an export with the requester's key pair.
+pub fn open_export(
+    keys: &SealingKeyPair,
+    tenant_id: &str,
+    region_id: &str,
+    aad: &[u8],
+    encapsulated_key: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(encapsulated_key)
+        .map_err(|_| SealError::InvalidKey("encapsulated key"))?;
+    let mut ctx = hpke::setup_receiver::<HpkeAead, Kdf, Kem>(
+        &OpModeR::Base,
+        &keys.private,
+        &enc,
+        &export_info(tenant_id, region_id),
+    )
+    .map_err(|_| SealError::InvalidKey("encapsulated key"))?;
+    ctx.open(ciphertext, aad).map_err(|_| SealError::OpenFailed)
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+
+    #[test]
+    fn an_export_opens_only_for_its_recipient_tenant_region_and_request() {
+        let recipient = SealingKeyPair::generate();
+        let (enc, ct) =
+            seal_export(recipient.public(), "acme", "eu-de", b"req-1", b"{\"a\":1}").unwrap();
+        assert_eq!(
+            open_export(&recipient, "acme", "eu-de", b"req-1", &enc, &ct).unwrap(),
+            b"{\"a\":1}"
+        );
+        assert!(open_export(&recipient, "acme", "eu-fr", b"req-1", &enc, &ct).is_err());
+        assert!(open_export(&recipient, "acme", "eu-de", b"req-2", &enc, &ct).is_err());
+        let other = SealingKeyPair::generate();
+        assert!(open_export(&other, "acme", "eu-de", b"req-1", &enc, &ct).is_err());
+    }
+}

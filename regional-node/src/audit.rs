@@ -69,6 +69,15 @@ pub enum Kind {
     IncidentReported,
     /// Affected subjects of an incident were listed in-country.
     IncidentSubjectsListed,
+    /// A data-subject request was fulfilled (access, portability, rectification, restriction,
+    /// objection).
+    SubjectRequest,
+    /// A subject was erased (or partly, under a legal hold).
+    Erasure,
+    /// A legal hold was placed, released or expired.
+    LegalHold,
+    /// The retention sweeper deleted what the policies no longer allow to keep.
+    RetentionSweep,
 }
 
 impl Kind {
@@ -83,6 +92,10 @@ impl Kind {
             Self::ConsentChange => "consent_change",
             Self::IncidentReported => "incident_reported",
             Self::IncidentSubjectsListed => "incident_subjects_listed",
+            Self::SubjectRequest => "subject_request",
+            Self::Erasure => "erasure",
+            Self::LegalHold => "legal_hold",
+            Self::RetentionSweep => "retention_sweep",
         }
     }
 
@@ -104,6 +117,14 @@ impl Kind {
             Self::ConsentChange => &["consent_records"],
             Self::IncidentReported => &[],
             Self::IncidentSubjectsListed => &["profile", "contact_details"],
+            Self::SubjectRequest | Self::Erasure | Self::LegalHold | Self::RetentionSweep => &[
+                "profile",
+                "contact_details",
+                "interactions",
+                "survey_answers",
+                "comments",
+                "consent_records",
+            ],
         }
     }
 }
@@ -572,6 +593,10 @@ pub fn activities(conn: &Connection, from: i64, to: i64) -> Result<Vec<Activity>
         Kind::ConsentChange,
         Kind::IncidentReported,
         Kind::IncidentSubjectsListed,
+        Kind::SubjectRequest,
+        Kind::Erasure,
+        Kind::LegalHold,
+        Kind::RetentionSweep,
     ];
     let mut by_key: std::collections::BTreeMap<(String, String, String), Activity> =
         std::collections::BTreeMap::new();

@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// And every this many seconds while serving, if the log moved. Default 300, at least 1.
     #[serde(default = "default_checkpoint_seconds")]
     pub audit_checkpoint_seconds: u64,
+    /// Seconds between retention sweeps while serving. Default 86400 (daily), at least 60.
+    #[serde(default = "default_sweep_seconds")]
+    pub retention_sweep_seconds: u64,
     /// Address of the in-country `LocalNode` listener (incident notification lists, …). Unset:
     /// no local listener. Never expose it beyond the region's own network.
     #[serde(default)]
@@ -98,6 +101,9 @@ fn default_checkpoint_every() -> u64 {
 }
 fn default_checkpoint_seconds() -> u64 {
     300
+}
+fn default_sweep_seconds() -> u64 {
+    86_400
 }
 fn default_k() -> u32 {
     2
@@ -133,6 +139,7 @@ impl NodeConfig {
             audit_key_file: None,
             audit_checkpoint_every: default_checkpoint_every(),
             audit_checkpoint_seconds: default_checkpoint_seconds(),
+            retention_sweep_seconds: default_sweep_seconds(),
             local_listen: None,
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
@@ -226,6 +233,9 @@ impl NodeConfig {
         }
         if self.audit_checkpoint_seconds == 0 {
             return err("audit_checkpoint_seconds", "must be at least 1");
+        }
+        if self.retention_sweep_seconds < 60 {
+            return err("retention_sweep_seconds", "must be at least 60");
         }
         if self.min_group_size < 2 {
             return err("min_group_size", "must be at least 2");

@@ -47,7 +47,10 @@ CREATE TABLE IF NOT EXISTS consent_ledger (
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS consent_ledger_no_update BEFORE UPDATE ON consent_ledger
 BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
+-- Deletes happen only inside an erasure, which raises this guard for its own transaction.
+CREATE TABLE IF NOT EXISTS erasure_guard (active INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS consent_ledger_no_delete BEFORE DELETE ON consent_ledger
+WHEN NOT EXISTS (SELECT 1 FROM erasure_guard)
 BEGIN SELECT RAISE(ABORT, 'the consent ledger is append-only'); END;
 
 -- Derived from the ledger in the same transaction as each append: the latest entry per
@@ -467,7 +470,8 @@ pub fn check(
         q.purpose,
         q.channel,
     )?;
-    let allowed = allows(rule, state);
+    let restricted = crate::rights::is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
+    let allowed = allows(rule, state) && !restricted;
     let channel_name = q
         .channel
         .as_str_name()
@@ -490,6 +494,10 @@ pub fn check(
         ),
     }];
     let (code, detail) = match state {
+        _ if restricted => (
+            PermissionReasonCode::RestrictionInForce,
+            "the subject's processing is restricted",
+        ),
         ConsentState::Objected => (
             PermissionReasonCode::ObjectionInForce,
             "the subject objected to this processing",
@@ -561,7 +569,16 @@ pub fn gate(
         ));
         args.push(Box::new(tenant.to_owned()));
     }
-    (format!(" AND ({})", arms.join(" OR ")), args)
+    // Restricted subjects, and subjects held for an unfinished erasure, take part in nothing.
+    args.push(Box::new(tenant.to_owned()));
+    (
+        format!(
+            " AND ({}){}",
+            arms.join(" OR "),
+            crate::rights::unrestricted(col)
+        ),
+        args,
+    )
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub mod policy;
 pub mod pseudonym;
 pub mod records;
 pub mod redact;
+pub mod retention;
+pub mod rights;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -49,21 +49,21 @@ pub type RecordStream = mpsc::Receiver<Result<RegionalNodeQueryRecordsResponse, 
 /// A running regional node: configuration, keys and storage.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: NodeConfig,
-    keys: SealingKeyPair,
-    store: SqliteStore,
-    policies: PolicySet,
-    pseudonyms: Pseudonymiser,
+pub(crate) struct Inner {
+    pub(crate) config: NodeConfig,
+    pub(crate) keys: SealingKeyPair,
+    pub(crate) store: SqliteStore,
+    pub(crate) policies: PolicySet,
+    pub(crate) pseudonyms: Pseudonymiser,
     /// Randomness for differential-privacy noise, seeded from the operating system.
-    noise_rng: Mutex<ChaCha20Rng>,
+    pub(crate) noise_rng: Mutex<ChaCha20Rng>,
     /// Pseudonymised records handed to `QueryRecords` streams since start.
-    records_released: AtomicU64,
+    pub(crate) records_released: AtomicU64,
     /// The tamper-evident audit log.
-    audit: AuditLog,
+    pub(crate) audit: AuditLog,
 }
 
 impl std::fmt::Debug for Node {
@@ -705,7 +705,11 @@ impl Node {
     }
 
     /// The policy of `country` when this node serves it; the error names `field`.
-    fn policy_for(&self, country: &str, field: &str) -> Result<&CountryPolicy, NodeError> {
+    pub(crate) fn policy_for(
+        &self,
+        country: &str,
+        field: &str,
+    ) -> Result<&CountryPolicy, NodeError> {
         self.inner.policies.get(country).ok_or_else(|| {
             Violations::one(
                 field,
@@ -719,7 +723,7 @@ impl Node {
     }
 
     /// Runs `f` on the blocking pool with this node.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {

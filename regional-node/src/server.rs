@@ -29,6 +29,21 @@ async fn checkpoint_loop(node: Node) {
 /// 64 KiB each, plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 
+/// Applies retention once a day while the node serves (the first sweep a day after start).
+async fn sweep_loop(node: Node) {
+    let period = Duration::from_secs(node.config().retention_sweep_seconds);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticker.tick().await;
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.sweep()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+        }
+    }
+}
+
 /// Serves the node on an already-bound listener until `shutdown` completes.
 pub async fn serve(
     node: Node,
@@ -45,6 +60,7 @@ pub async fn serve(
         .build_v1()
         .expect("the embedded descriptor sets are valid");
     let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
+    let sweeps = tokio::spawn(sweep_loop(node.clone()));
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let served = tonic::transport::Server::builder()
@@ -58,6 +74,7 @@ pub async fn serve(
         )
         .await;
     checkpoints.abort();
+    sweeps.abort();
     served
 }
 

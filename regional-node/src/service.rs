@@ -7,20 +7,26 @@ use domicile_proto::{
     domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
-        ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse, RecordConsentResponse,
+        ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse,
+        GetSubjectRequestResponse, PlaceLegalHoldResponse, RecordConsentResponse,
         RegionalNodeAggregateRequest, RegionalNodeAggregateResponse,
         RegionalNodeCheckContactPermissionRequest, RegionalNodeCheckContactPermissionResponse,
         RegionalNodeConfirmConsentRequest, RegionalNodeConfirmConsentResponse,
         RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetAuditCheckpointResponse,
         RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse,
-        RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse, RegionalNodeIngestRequest,
-        RegionalNodeIngestResponse, RegionalNodeQueryRecordsRequest,
+        RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse,
+        RegionalNodeGetSubjectRequestRequest, RegionalNodeGetSubjectRequestResponse,
+        RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodePlaceLegalHoldRequest,
+        RegionalNodePlaceLegalHoldResponse, RegionalNodeQueryRecordsRequest,
         RegionalNodeQueryRecordsResponse, RegionalNodeRecordConsentRequest,
-        RegionalNodeRecordConsentResponse, RegionalNodeReportIncidentRequest,
-        RegionalNodeReportIncidentResponse, RegionalNodeWithdrawConsentRequest,
-        RegionalNodeWithdrawConsentResponse, WithdrawConsentResponse,
-        regional_node_server::RegionalNode,
+        RegionalNodeRecordConsentResponse, RegionalNodeReleaseLegalHoldRequest,
+        RegionalNodeReleaseLegalHoldResponse, RegionalNodeReportIncidentRequest,
+        RegionalNodeReportIncidentResponse, RegionalNodeSubmitSubjectRequestRequest,
+        RegionalNodeSubmitSubjectRequestResponse, RegionalNodeWithdrawConsentRequest,
+        RegionalNodeWithdrawConsentResponse, ReleaseLegalHoldResponse,
+        SubmitSubjectRequestResponse, WithdrawConsentResponse, regional_node_server::RegionalNode,
     },
+    rights::{HoldSpec, RightsRequest, region_of_id},
 };
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
@@ -210,6 +216,65 @@ impl RegionalNode for RegionalNodeService {
         let incident = self.node.get_incident(tenant, req.incident_id).await?;
         Ok(Response::new(RegionalNodeGetIncidentResponse {
             incident: Some(incident),
+        }))
+    }
+
+    async fn submit_subject_request(
+        &self,
+        request: Request<RegionalNodeSubmitSubjectRequestRequest>,
+    ) -> Result<Response<RegionalNodeSubmitSubjectRequestResponse>, Status> {
+        let req = RightsRequest::parse(&inner(request.into_inner().request)?)?;
+        let receipt = self.node.submit_subject_request(req).await?;
+        Ok(Response::new(RegionalNodeSubmitSubjectRequestResponse {
+            response: Some(SubmitSubjectRequestResponse {
+                receipts: vec![receipt],
+                coverage: Vec::new(),
+            }),
+        }))
+    }
+
+    async fn get_subject_request(
+        &self,
+        request: Request<RegionalNodeGetSubjectRequestRequest>,
+    ) -> Result<Response<RegionalNodeGetSubjectRequestResponse>, Status> {
+        let req = inner(request.into_inner().request)?;
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        region_of_id(&req.request_id, "sr", "request_id")?;
+        let receipt = self
+            .node
+            .get_subject_request(tenant, req.request_id)
+            .await?;
+        Ok(Response::new(RegionalNodeGetSubjectRequestResponse {
+            response: Some(GetSubjectRequestResponse {
+                receipt: Some(receipt),
+            }),
+        }))
+    }
+
+    async fn place_legal_hold(
+        &self,
+        request: Request<RegionalNodePlaceLegalHoldRequest>,
+    ) -> Result<Response<RegionalNodePlaceLegalHoldResponse>, Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let spec = HoldSpec::parse(&inner(request.into_inner().request)?, now)?;
+        let hold_id = self.node.place_legal_hold(spec).await?;
+        Ok(Response::new(RegionalNodePlaceLegalHoldResponse {
+            response: Some(PlaceLegalHoldResponse { hold_id }),
+        }))
+    }
+
+    async fn release_legal_hold(
+        &self,
+        request: Request<RegionalNodeReleaseLegalHoldRequest>,
+    ) -> Result<Response<RegionalNodeReleaseLegalHoldResponse>, Status> {
+        let req = inner(request.into_inner().request)?;
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        region_of_id(&req.hold_id, "hold", "hold_id")?;
+        let erasure_completed = self.node.release_legal_hold(tenant, req.hold_id).await?;
+        Ok(Response::new(RegionalNodeReleaseLegalHoldResponse {
+            response: Some(ReleaseLegalHoldResponse { erasure_completed }),
         }))
     }
 }

@@ -116,7 +116,7 @@ pub enum Charge {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -228,6 +228,7 @@ impl SqliteStore {
         writer.execute_batch(crate::consent::SCHEMA)?;
         writer.execute_batch(crate::audit::SCHEMA)?;
         writer.execute_batch(crate::incident::SCHEMA)?;
+        writer.execute_batch(crate::rights::SCHEMA)?;
         let vault = Vault::open(vault, kek)?;
         Ok(Self {
             path: path.to_owned(),

@@ -226,9 +226,22 @@ async fn a_slow_reader_holds_the_node_back() -> anyhow::Result<()> {
     let first = stream.message().await?.expect("a first batch");
     let mut seen = first.records.len() as u64;
     // The client reads nothing for a while: the node must stop well short of the end, held
-    // back by the bounded channels and HTTP/2 flow control, not buffer everything.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let produced_while_paused = node.records_released();
+    // back by the bounded channels and HTTP/2 flow control, not buffer everything. Wait until
+    // it has stopped (it fills the buffers at its own pace), then check that it stays stopped.
+    let started = std::time::Instant::now();
+    let mut produced_while_paused = node.records_released();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = node.records_released();
+        if now == produced_while_paused {
+            break;
+        }
+        produced_while_paused = now;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the node never stopped"
+        );
+    }
     println!("rows produced while the client paused: {produced_while_paused} of {ROWS}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
