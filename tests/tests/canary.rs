@@ -26,15 +26,19 @@ use domicile_proto::{
     pb::{
         AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
         ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetAuditCheckpointRequest,
-        GetConsentRequest, GetIncidentRequest, GetRegionInfoRequest, IngestRequest,
-        InteractionRecord, ListRegionsRequest, Purpose, QueryRecordsRequest, RecordConsentRequest,
-        RecordPayload, RecordQuery, RegionalNodeAggregateRequest,
-        RegionalNodeCheckContactPermissionRequest, RegionalNodeConfirmConsentRequest,
-        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetConsentRequest,
-        RegionalNodeGetIncidentRequest, RegionalNodeIngestRequest, RegionalNodeQueryRecordsRequest,
-        RegionalNodeRecordConsentRequest, RegionalNodeReportIncidentRequest,
-        RegionalNodeWithdrawConsentRequest, ReportIncidentRequest, SealedEnvelope, SubjectRecord,
-        SubjectRef, SurveyAnswer, TimeRange, WithdrawConsentRequest, gateway_client::GatewayClient,
+        GetConsentRequest, GetIncidentRequest, GetRegionInfoRequest, GetSubjectRequestRequest,
+        IngestRequest, InteractionRecord, ListRegionsRequest, PlaceLegalHoldRequest, Purpose,
+        QueryRecordsRequest, RecordConsentRequest, RecordPayload, RecordQuery,
+        RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
+        RegionalNodeConfirmConsentRequest, RegionalNodeGetAuditCheckpointRequest,
+        RegionalNodeGetConsentRequest, RegionalNodeGetIncidentRequest,
+        RegionalNodeGetSubjectRequestRequest, RegionalNodeIngestRequest,
+        RegionalNodePlaceLegalHoldRequest, RegionalNodeQueryRecordsRequest,
+        RegionalNodeRecordConsentRequest, RegionalNodeReleaseLegalHoldRequest,
+        RegionalNodeReportIncidentRequest, RegionalNodeSubmitSubjectRequestRequest,
+        RegionalNodeWithdrawConsentRequest, ReleaseLegalHoldRequest, ReportIncidentRequest,
+        SealedEnvelope, SubjectRecord, SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
+        SurveyAnswer, TimeRange, WithdrawConsentRequest, gateway_client::GatewayClient,
         record_payload::Record, regional_node_client::RegionalNodeClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
@@ -485,6 +489,97 @@ async fn consent_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &st
     );
 }
 
+/// Every data-subject-rights RPC through the gateway for `c`'s subject: access (sealed export),
+/// restriction, a legal hold placed and released, receipts, and invalid requests carrying
+/// canaries. (Erasure is left out so that the other calls still find the subject; its
+/// crypto-shredding is proven in `tests/rights.rs`.)
+async fn rights_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &str, c: &Canaries) {
+    let requester = domicile_proto::seal::SealingKeyPair::generate();
+    let submit = |kind: SubjectRequestKind, country: &str| SubmitSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        subject: subject_ref(country, c),
+        kind: kind as i32,
+        recipient_public_key: if kind == SubjectRequestKind::Access {
+            requester.public().as_bytes().to_vec()
+        } else {
+            Vec::new()
+        },
+        actor: "dpo".into(),
+        ..Default::default()
+    };
+    let access = cap.result(
+        gw.submit_subject_request(submit(SubjectRequestKind::Access, ""))
+            .await,
+    );
+    if let Some(receipt) = access.and_then(|a| a.receipts.into_iter().next()) {
+        cap.result(
+            gw.get_subject_request(GetSubjectRequestRequest {
+                tenant_id: TENANT.into(),
+                request_id: receipt.request_id,
+            })
+            .await,
+        );
+    }
+    let hold = cap.result(
+        gw.place_legal_hold(PlaceLegalHoldRequest {
+            tenant_id: TENANT.into(),
+            subject: subject_ref(country, c),
+            reason: "case 7".into(),
+            interactions: None,
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 4_000_000_000,
+                nanos: 0,
+            }),
+        })
+        .await,
+    );
+    if let Some(hold) = hold {
+        cap.result(
+            gw.release_legal_hold(ReleaseLegalHoldRequest {
+                tenant_id: TENANT.into(),
+                hold_id: hold.hold_id,
+            })
+            .await,
+        );
+    }
+    cap.result(
+        gw.submit_subject_request(submit(SubjectRequestKind::Restriction, country))
+            .await,
+    );
+    // Invalid: canaries in the actor, the subject, the ids and the reason.
+    let mut bad = submit(SubjectRequestKind::Objection, country);
+    bad.actor = c.email.clone();
+    bad.subject = Some(SubjectRef {
+        country: c.postal_code.clone(),
+        external_id: format!("{}\u{1}", c.external_id),
+    });
+    cap.result(gw.submit_subject_request(bad).await);
+    cap.result(
+        gw.get_subject_request(GetSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            request_id: c.phone.clone(),
+        })
+        .await,
+    );
+    cap.result(
+        gw.place_legal_hold(PlaceLegalHoldRequest {
+            tenant_id: TENANT.into(),
+            subject: subject_ref(country, c),
+            reason: format!("{}\u{7}", c.full_name()),
+            interactions: None,
+            expires_at: None,
+        })
+        .await,
+    );
+    cap.result(
+        gw.release_legal_hold(ReleaseLegalHoldRequest {
+            tenant_id: TENANT.into(),
+            hold_id: c.external_id.clone(),
+        })
+        .await,
+    );
+}
+
 /// Every consent RPC of a node's federation API for `c`'s subject.
 async fn node_consent_calls(
     cap: &Capture,
@@ -727,6 +822,7 @@ async fn drive_every_rpc(
     // Consent: every call, for every region's canary subject, valid and invalid.
     for (r, (_, country)) in REGIONS.iter().enumerate() {
         consent_calls(cap, &mut gw, country, &canaries[r]).await;
+        rights_calls(cap, &mut gw, country, &canaries[r]).await;
     }
 
     // The nodes' federation API, directly.
@@ -781,6 +877,42 @@ async fn drive_every_rpc(
         )
         .await;
         node_consent_calls(cap, &mut node, country, &canaries[r]).await;
+        let requester = domicile_proto::seal::SealingKeyPair::generate();
+        cap.result(
+            node.submit_subject_request(RegionalNodeSubmitSubjectRequestRequest {
+                request: Some(SubmitSubjectRequestRequest {
+                    tenant_id: TENANT.into(),
+                    subject: subject_ref(country, &canaries[r]),
+                    kind: SubjectRequestKind::Portability as i32,
+                    recipient_public_key: requester.public().as_bytes().to_vec(),
+                    actor: "dpo".into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        );
+        cap.result(
+            node.get_subject_request(RegionalNodeGetSubjectRequestRequest {
+                request: Some(GetSubjectRequestRequest {
+                    tenant_id: TENANT.into(),
+                    request_id: format!("{}.sr-{}", REGIONS[r].0, "0".repeat(32)),
+                }),
+            })
+            .await,
+        );
+        cap.result(
+            node.place_legal_hold(RegionalNodePlaceLegalHoldRequest { request: None })
+                .await,
+        );
+        cap.result(
+            node.release_legal_hold(RegionalNodeReleaseLegalHoldRequest {
+                request: Some(ReleaseLegalHoldRequest {
+                    tenant_id: TENANT.into(),
+                    hold_id: format!("{}.hold-{}", REGIONS[r].0, "0".repeat(32)),
+                }),
+            })
+            .await,
+        );
         cap.result(
             node.get_audit_checkpoint(RegionalNodeGetAuditCheckpointRequest {})
                 .await,
