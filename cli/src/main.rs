@@ -53,23 +53,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a regional node.
+    /// Run a regional node (`domicile node --config node.toml`), or an operation on its files
+    /// (`domicile node sweep --config node.toml`).
     Node {
         /// Node configuration file (TOML).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<NodeCommand>,
     },
     /// Exports of personal data (access and portability requests) for the person who asked.
     Export {
         #[command(subcommand)]
         command: ExportCommand,
-    },
-    /// Apply the country policies' retention now: delete what may no longer be kept (skipping
-    /// legal holds) and end expired holds. A serving node also does this every day.
-    Sweep {
-        /// The node's configuration file.
-        #[arg(long)]
-        config: PathBuf,
     },
     /// Audit-log commands for a node's operator (run in-country, against the node's files).
     Audit {
@@ -90,6 +86,17 @@ enum Command {
         /// Print a summary of what was redacted, by kind, to standard error at the end.
         #[arg(long)]
         stats: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Apply the country policies' retention now: delete what may no longer be kept (skipping
+    /// legal holds) and end expired holds. A serving node also does this every day.
+    Sweep {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -209,8 +216,12 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
             domicile_gateway::serve(Gateway::new(config)?, listener, ctrl_c()).await?;
         }
-        Command::Node { config } => {
+        Command::Node {
+            config,
+            command: None,
+        } => {
             init_logging(cli.log_json, "info");
+            let config = config.context("--config is required to run a node")?;
             let config = read_config(&config, NodeConfig::from_toml)?;
             let listener = TcpListener::bind(config.listen).await?;
             let local = match config.local_listen {
@@ -227,7 +238,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Audit { command } => return audit(command),
         Command::Export { command } => return export(command),
-        Command::Sweep { config } => {
+        Command::Node {
+            command: Some(NodeCommand::Sweep { config }),
+            ..
+        } => {
             init_logging(cli.log_json, "info");
             let config = read_config(&config, NodeConfig::from_toml)?;
             let node = Node::open(config)?;

@@ -74,6 +74,18 @@ async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow
     let json: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(json["retention"][0]["policy"], "DE@2026-11-01");
 
+    // Retention on demand, audited (the log then verifies with one more entry).
+    let (code, out) = domicile(&["node", "sweep", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    // Standard output holds the JSON; the log lines on standard error follow it.
+    let start = out.find('{').expect("a JSON document");
+    let end = start + out[start..].find("\n}").expect("its end") + 2;
+    let swept: serde_json::Value = serde_json::from_str(&out[start..end])?;
+    assert_eq!(swept["interactions_deleted"], 0);
+    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 8 entries"), "{out}");
+
     // Behind the node's back: drop the guard and edit entry 3.
     let conn = rusqlite::Connection::open(&db)?;
     conn.execute_batch(

@@ -1,6 +1,6 @@
 //! Retention: deletes what the country policies no longer allow to keep, per data category,
 //! skipping anything a legal hold keeps; ends expired holds (completing the erasures they
-//! delayed). Runs daily while a node serves, and on demand (`domicile sweep`). What it deleted
+//! delayed). Runs daily while a node serves, and on demand (`domicile node sweep`). What it deleted
 //! is counted and audited, never listed.
 
 use std::time::{SystemTime, UNIX_EPOCH};
