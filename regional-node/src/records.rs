@@ -181,15 +181,19 @@ pub fn run(
             language: primary_subtag(language.as_deref().unwrap_or("")),
         });
         if batch.len() == BATCH {
-            emitted += batch.len() as u64;
+            let n = batch.len() as u64;
+            // Only what was handed on counts as released.
             if !emit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))) {
                 return Ok(emitted);
             }
+            emitted += n;
         }
     }
     if !batch.is_empty() {
-        emitted += batch.len() as u64;
-        emit(batch);
+        let n = batch.len() as u64;
+        if emit(batch) {
+            emitted += n;
+        }
     }
     Ok(emitted)
 }
