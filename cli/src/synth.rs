@@ -14,16 +14,8 @@ pub const PERIOD_END: i64 = 1_793_491_200;
 /// Start of the generated period: 365 days before [`PERIOD_END`].
 pub const PERIOD_START: i64 = PERIOD_END - 365 * 86_400;
 
-/// One generated record with its routing metadata.
-#[derive(Clone)]
-pub struct SynthRecord {
-    /// Country of the subject.
-    pub country: String,
-    /// Idempotency key (a surrogate, never personal data).
-    pub idempotency_key: String,
-    /// The record.
-    pub payload: RecordPayload,
-}
+/// One generated record with its routing metadata (a [`domicile_client::Record`]).
+pub type SynthRecord = domicile_client::Record;
 
 /// What to generate for one region.
 #[derive(Debug, Clone)]

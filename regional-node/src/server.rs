@@ -29,6 +29,17 @@ async fn checkpoint_loop(node: Node) {
 /// 64 KiB each, plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 
+/// Server reflection over the contract and gRPC health, for grpcurl and grpcui.
+fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid")
+}
+
 /// Applies retention once a day while the node serves (the first sweep a day after start).
 async fn sweep_loop(node: Node) {
     let period = Duration::from_secs(node.config().retention_sweep_seconds);
@@ -54,11 +65,7 @@ pub async fn serve(
     health
         .set_serving::<RegionalNodeServer<RegionalNodeService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor sets are valid");
+    let reflection = reflection();
     let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
     let sweeps = tokio::spawn(sweep_loop(node.clone()));
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
@@ -91,6 +98,7 @@ pub async fn serve_local(
         .await;
     tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(reflection())
         .add_service(LocalNodeServer::new(LocalNodeService::new(node)))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

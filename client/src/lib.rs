@@ -1,0 +1,271 @@
+//! A Rust client of the Domicile gateway.
+//!
+//! It seals each record to its region's public key (the format in `records.proto`; the gateway
+//! never sees a payload), routes records by country, sends them in batches with the regions
+//! concurrently, and retries what a region could not take (`REGION_UNAVAILABLE`) with backoff,
+//! and once with fresh keys when a region rotated its sealing key (`UNKNOWN_KEY`). Used by the
+//! `domicile` CLI, `domicile dev` and the integration tests.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use domicile_client::{Client, Record};
+//! use domicile_proto::pb::{RecordPayload, SubjectRecord, record_payload::Record as Payload};
+//!
+//! let client = Client::connect("127.0.0.1:50051".parse()?).await?;
+//! let record = Record {
+//!     country: "DE".into(),
+//!     idempotency_key: "subject/c-42".into(),
+//!     payload: RecordPayload {
+//!         record: Some(Payload::Subject(SubjectRecord {
+//!             external_id: "c-42".into(),
+//!             full_name: "Erika Mustermann".into(),
+//!             ..Default::default()
+//!         })),
+//!     },
+//! };
+//! let summary = client.ingest("acme", &[record]).await?;
+//! assert_eq!(summary.rejected_total(), 0);
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use domicile_proto::{
+    pb::{
+        IngestRequest, ListRegionsRequest, RecordPayload, RecordStatus, RegionInfo, RejectReason,
+        gateway_client::GatewayClient,
+    },
+    seal::{EnvelopeSealer, PublicSealingKey},
+};
+use tonic::transport::Channel;
+
+/// Attempts per record for what a region could not take, the first included.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// A record to ingest: its routing metadata and its plaintext payload (sealed before it
+/// leaves the client).
+#[derive(Clone)]
+pub struct Record {
+    /// Country of the subject; routes the record.
+    pub country: String,
+    /// Idempotency key: a surrogate, never personal data.
+    pub idempotency_key: String,
+    /// The record.
+    pub payload: RecordPayload,
+}
+
+/// Counts of what an ingest did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Newly stored.
+    pub accepted: u64,
+    /// Already stored before.
+    pub duplicate: u64,
+    /// Refused for good (after retries), by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Records sent again after a region could not take them.
+    pub retried: u64,
+}
+
+impl IngestSummary {
+    /// Total refused.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    fn add(&mut self, other: IngestSummary) {
+        self.accepted += other.accepted;
+        self.duplicate += other.duplicate;
+        self.retried += other.retried;
+        for (k, v) in other.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Connects to a gateway at `addr` (e.g. `127.0.0.1:50051`).
+pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<GatewayClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the gateway at {addr}"))?;
+    Ok(GatewayClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// The regions with their health and sealing keys.
+pub async fn regions(client: &mut GatewayClient<Channel>) -> anyhow::Result<Vec<RegionInfo>> {
+    Ok(client
+        .list_regions(ListRegionsRequest {})
+        .await?
+        .into_inner()
+        .regions)
+}
+
+/// Seals one region's records in batches and sends them; what the region could not take is
+/// retried with backoff. Returns the summary and the records refused for an unknown key (to be
+/// sent again with fresh keys).
+async fn ingest_region<'a>(
+    mut client: GatewayClient<Channel>,
+    tenant: &str,
+    region: &RegionInfo,
+    records: Vec<&'a Record>,
+    batch: usize,
+) -> anyhow::Result<(IngestSummary, Vec<&'a Record>)> {
+    let mut summary = IngestSummary::default();
+    let mut stale_key = Vec::new();
+    if records.is_empty() {
+        return Ok((summary, stale_key));
+    }
+    let key = region.sealing_key.as_ref().with_context(|| {
+        format!(
+            "region {} has no sealing key yet: {}",
+            region.region_id, region.detail
+        )
+    })?;
+    let key = PublicSealingKey::from_bytes(&key.public_key)?;
+    let mut pending = records;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut again = Vec::new();
+        for chunk in pending.chunks(batch.max(1)) {
+            let mut sealer = EnvelopeSealer::new(tenant, &region.region_id, &key)?;
+            for r in chunk {
+                sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
+            }
+            let response = client
+                .ingest(IngestRequest {
+                    tenant_id: tenant.to_owned(),
+                    envelopes: vec![sealer.finish()],
+                })
+                .await?
+                .into_inner();
+            for (result, record) in response.results.iter().zip(chunk) {
+                match RecordStatus::try_from(result.status) {
+                    Ok(RecordStatus::Accepted) => summary.accepted += 1,
+                    Ok(RecordStatus::Duplicate) => summary.duplicate += 1,
+                    _ => match RejectReason::try_from(result.reason) {
+                        Ok(RejectReason::RegionUnavailable) if attempt < MAX_ATTEMPTS => {
+                            again.push(*record)
+                        }
+                        Ok(RejectReason::UnknownKey) => stale_key.push(*record),
+                        reason => {
+                            let name = reason.map_or_else(
+                                |_| "unknown".to_owned(),
+                                |r| r.as_str_name().to_owned(),
+                            );
+                            *summary.rejected.entry(name).or_default() += 1;
+                        }
+                    },
+                }
+            }
+        }
+        if again.is_empty() {
+            break;
+        }
+        summary.retried += again.len() as u64;
+        // Idempotency keys make the retry safe even if the region stored some of them.
+        tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
+        pending = again;
+    }
+    Ok((summary, stale_key))
+}
+
+/// Seals `records` to their regions and ingests them, `batch` records per request, the regions
+/// concurrently, retrying what a region could not take.
+pub async fn ingest(
+    client: &GatewayClient<Channel>,
+    tenant: &str,
+    regions: &[RegionInfo],
+    records: &[Record],
+    batch: usize,
+) -> anyhow::Result<IngestSummary> {
+    let (summary, stale) =
+        ingest_once(client, tenant, regions, records.iter().collect(), batch).await?;
+    if stale.is_empty() {
+        return Ok(summary);
+    }
+    // A region rotated its key since `regions` was read: fetch the keys again, once.
+    let mut fresh_client = client.clone();
+    let fresh = self::regions(&mut fresh_client).await?;
+    let (mut retry, still) = ingest_once(client, tenant, &fresh, stale, batch).await?;
+    if !still.is_empty() {
+        *retry
+            .rejected
+            .entry(RejectReason::UnknownKey.as_str_name().to_owned())
+            .or_default() += still.len() as u64;
+    }
+    let mut total = summary;
+    total.add(retry);
+    Ok(total)
+}
+
+async fn ingest_once<'a>(
+    client: &GatewayClient<Channel>,
+    tenant: &str,
+    regions: &[RegionInfo],
+    records: Vec<&'a Record>,
+    batch: usize,
+) -> anyhow::Result<(IngestSummary, Vec<&'a Record>)> {
+    let mut region_of_country = HashMap::new();
+    for (i, r) in regions.iter().enumerate() {
+        for c in &r.countries {
+            region_of_country.insert(c.as_str(), i);
+        }
+    }
+    let mut per_region: Vec<Vec<&Record>> = vec![Vec::new(); regions.len()];
+    for r in records {
+        let Some(i) = region_of_country.get(r.country.as_str()) else {
+            bail!("no region serves {}", r.country);
+        };
+        per_region[*i].push(r);
+    }
+    let loads = per_region
+        .into_iter()
+        .enumerate()
+        .map(|(i, recs)| ingest_region(client.clone(), tenant, &regions[i], recs, batch));
+    let mut total = IngestSummary::default();
+    let mut stale = Vec::new();
+    for result in futures::future::join_all(loads).await {
+        let (summary, mut s) = result?;
+        total.add(summary);
+        stale.append(&mut s);
+    }
+    Ok((total, stale))
+}
+
+/// A connected client that keeps the regions and their keys.
+#[derive(Debug, Clone)]
+pub struct Client {
+    gateway: GatewayClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the gateway at `addr`.
+    pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self {
+            gateway: connect(addr).await?,
+        })
+    }
+
+    /// The generated gRPC client, for every other call.
+    pub fn gateway(&self) -> GatewayClient<Channel> {
+        self.gateway.clone()
+    }
+
+    /// The regions with their health and keys.
+    pub async fn regions(&self) -> anyhow::Result<Vec<RegionInfo>> {
+        regions(&mut self.gateway.clone()).await
+    }
+
+    /// Seals, routes and ingests `records` in batches of 500, retrying what a region could not
+    /// take.
+    pub async fn ingest(&self, tenant: &str, records: &[Record]) -> anyhow::Result<IngestSummary> {
+        let regions = self.regions().await?;
+        ingest(&self.gateway, tenant, &regions, records, 500).await
+    }
+}
