@@ -58,21 +58,94 @@ fn fmt_value(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |x| format!("{x:.decimals$}"))
 }
 
-/// Renders an aggregate answer (groups and coverage) for a terminal.
-pub fn render_aggregate(resp: &AggregateResponse) -> String {
-    let rows: Vec<Vec<String>> = resp
+fn channel_name(raw: i32) -> String {
+    Channel::try_from(raw)
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("CHANNEL_")
+                .to_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// An aggregate answer as JSON for scripts: groups (key and metric values), privacy,
+/// coverage and the attestation's releases.
+pub fn aggregate_json(resp: &AggregateResponse) -> serde_json::Value {
+    let groups: Vec<_> = resp
         .groups
         .iter()
         .map(|g| {
             let key = g.key.clone().unwrap_or_default();
-            let channel = Channel::try_from(key.channel)
-                .map(|c| {
-                    c.as_str_name()
-                        .trim_start_matches("CHANNEL_")
-                        .to_lowercase()
+            let values: serde_json::Map<String, serde_json::Value> = g
+                .values
+                .iter()
+                .map(|v| {
+                    (
+                        Metric::try_from(v.metric)
+                            .map_or_else(|_| v.metric.to_string(), |m| m.as_str_name().to_owned()),
+                        serde_json::json!(v.value),
+                    )
                 })
-                .unwrap_or_default();
-            let mut row = vec![key.country, channel];
+                .collect();
+            serde_json::json!({
+                "region": key.region_id, "country": key.country,
+                "channel": channel_name(key.channel), "period": key.period,
+                "values": values,
+            })
+        })
+        .collect();
+    let coverage: Vec<_> = resp
+        .coverage
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "region": c.region_id,
+                "status": RegionStatus::try_from(c.status).map_or("", |s| s.as_str_name()),
+                "detail": c.detail, "latency_ms": c.latency_ms,
+            })
+        })
+        .collect();
+    let privacy = resp.privacy.unwrap_or_default();
+    serde_json::json!({
+        "groups": groups,
+        "suppressed_groups": resp.suppressed_groups,
+        "min_group_size": privacy.min_group_size,
+        "epsilon": privacy.epsilon,
+        "coverage": coverage,
+    })
+}
+
+/// Renders an aggregate answer (groups and coverage) for a terminal. Key columns appear when
+/// some group has a value for them.
+pub fn render_aggregate(resp: &AggregateResponse) -> String {
+    let keys: Vec<_> = resp
+        .groups
+        .iter()
+        .map(|g| g.key.clone().unwrap_or_default())
+        .collect();
+    let show = [
+        keys.iter().any(|k| !k.region_id.is_empty()),
+        keys.iter().any(|k| !k.country.is_empty()),
+        keys.iter().any(|k| k.channel != 0),
+        keys.iter().any(|k| !k.period.is_empty()),
+    ];
+    let rows: Vec<Vec<String>> = resp
+        .groups
+        .iter()
+        .zip(&keys)
+        .map(|(g, key)| {
+            let parts = [
+                key.region_id.clone(),
+                key.country.clone(),
+                channel_name(key.channel),
+                key.period.clone(),
+            ];
+            let mut row: Vec<String> = parts
+                .into_iter()
+                .zip(show)
+                .filter(|(_, shown)| *shown)
+                .map(|(p, _)| p)
+                .collect();
             for v in &g.values {
                 let decimals = match Metric::try_from(v.metric) {
                     Ok(Metric::Count | Metric::DistinctSubjects) => 0,
@@ -84,18 +157,20 @@ pub fn render_aggregate(resp: &AggregateResponse) -> String {
             row
         })
         .collect();
-    let mut out = table::render(
-        &[
-            "country",
-            "channel",
-            " interactions",
-            " subjects",
-            " NPS",
-            " CSAT",
-            " handle time (s)",
-        ],
-        &rows,
-    );
+    let mut headers: Vec<&str> = ["region", "country", "channel", "period"]
+        .into_iter()
+        .zip(show)
+        .filter(|(_, shown)| *shown)
+        .map(|(h, _)| h)
+        .collect();
+    headers.extend([
+        " interactions",
+        " subjects",
+        " NPS",
+        " CSAT",
+        " handle time (s)",
+    ]);
+    let mut out = table::render(&headers, &rows);
     out.push_str(&format!(
         "\n{} groups released, {} suppressed (fewer than k = {} distinct subjects)\n",
         resp.groups.len(),

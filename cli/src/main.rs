@@ -62,6 +62,41 @@ enum Command {
         #[command(subcommand)]
         command: Option<NodeCommand>,
     },
+    /// List the federation's regions: countries, health and sealing key ids.
+    Regions {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a cross-region aggregate: NPS, CSAT and volumes by the dimensions asked.
+    Aggregate {
+        #[command(flatten)]
+        target: Target,
+        /// Tenant whose data to aggregate.
+        #[arg(long)]
+        tenant: String,
+        /// Group by these, comma-separated: region, country, channel, month, day.
+        #[arg(long, default_value = "country,channel", value_delimiter = ',')]
+        group_by: Vec<String>,
+        /// Differential-privacy epsilon to spend (capped by each region's policy).
+        #[arg(long)]
+        epsilon: Option<f64>,
+    },
+    /// Bulk-import a CX export (one interaction per row, .csv or .jsonl) through the gateway,
+    /// sealed on this machine. The column mapping is documented in `cli/src/load.rs` and the
+    /// README; every unreadable or refused row is reported with its number and reason.
+    Load {
+        #[command(flatten)]
+        target: Target,
+        /// Tenant to load the data under.
+        #[arg(long)]
+        tenant: String,
+        /// The file: `.csv` with a header row, or `.jsonl`.
+        #[arg(long)]
+        file: PathBuf,
+        /// Country of rows without a `country` column (ISO 3166-1 alpha-2).
+        #[arg(long, alias = "region")]
+        country: String,
+    },
     /// Exports of personal data (access and portability requests) for the person who asked.
     Export {
         #[command(subcommand)]
@@ -87,6 +122,17 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+}
+
+/// Where to send a client command and how to print its answer.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The gateway's address.
+    #[arg(long, env = "DOMICILE_GATEWAY", default_value = "127.0.0.1:50051")]
+    gateway: SocketAddr,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +283,108 @@ async fn main() -> anyhow::Result<()> {
             domicile_node::serve(node, listener, ctrl_c()).await?;
         }
         Command::Audit { command } => return audit(command),
+        Command::Regions { target } => {
+            let client = domicile::client::Client::connect(target.gateway).await?;
+            let regions = client.regions().await?;
+            if target.output == "json" {
+                let rows: Vec<_> = regions
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "region_id": r.region_id,
+                            "countries": r.countries,
+                            "health": domicile_proto::pb::RegionHealth::try_from(r.health)
+                                .map_or("", |h| h.as_str_name()),
+                            "sealing_key_id": r.sealing_key.as_ref().map(|k| k.key_id.clone()),
+                            "audit_public_key": hex::encode(&r.audit_public_key),
+                            "detail": r.detail,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> = regions
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.region_id.clone(),
+                            r.countries.join(","),
+                            domicile_proto::pb::RegionHealth::try_from(r.health)
+                                .map(|h| {
+                                    h.as_str_name()
+                                        .trim_start_matches("REGION_HEALTH_")
+                                        .to_lowercase()
+                                })
+                                .unwrap_or_default(),
+                            r.sealing_key
+                                .as_ref()
+                                .map(|k| k.key_id.clone())
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    domicile::table::render(&["region", "countries", "health", "key id"], &rows)
+                );
+            }
+        }
+        Command::Aggregate {
+            target,
+            tenant,
+            group_by,
+            epsilon,
+        } => {
+            use domicile_proto::pb::Dimension;
+            let mut dims = Vec::new();
+            for g in &group_by {
+                dims.push(match g.trim() {
+                    "region" => Dimension::Region,
+                    "country" => Dimension::Country,
+                    "channel" => Dimension::Channel,
+                    "month" => Dimension::Month,
+                    "day" => Dimension::Day,
+                    other => {
+                        anyhow::bail!("--group-by {other}: region, country, channel, month or day")
+                    }
+                } as i32);
+            }
+            let mut request = domicile::dev::example_request(&tenant);
+            if let Some(q) = request.query.as_mut() {
+                q.group_by = dims;
+                q.epsilon = epsilon;
+            }
+            let client = domicile::client::Client::connect(target.gateway).await?;
+            let response = client.gateway().aggregate(request).await?.into_inner();
+            if target.output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&domicile::dev::aggregate_json(&response))?
+                );
+            } else {
+                print!("{}", domicile::dev::render_aggregate(&response));
+            }
+        }
+        Command::Load {
+            target,
+            tenant,
+            file,
+            country,
+        } => {
+            anyhow::ensure!(
+                domicile_proto::domain::is_country_code(&country),
+                "--country must be an ISO 3166-1 alpha-2 code in upper case, e.g. DE"
+            );
+            let client = domicile::client::Client::connect(target.gateway).await?;
+            let report =
+                domicile::load::load(&client, &tenant, &file, &country, target.output == "table")
+                    .await?;
+            if target.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", domicile::load::render(&report));
+            }
+        }
         Command::Export { command } => return export(command),
         Command::Node {
             command: Some(NodeCommand::Sweep { config }),

@@ -71,6 +71,20 @@ pub struct IngestSummary {
     pub rejected: BTreeMap<String, u64>,
     /// Records sent again after a region could not take them.
     pub retried: u64,
+    /// Each record refused for good: its idempotency key, the reason and the node's detail
+    /// (which names a field, never a value).
+    pub rejections: Vec<Rejection>,
+}
+
+/// One record refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The record's idempotency key.
+    pub idempotency_key: String,
+    /// `RejectReason` name.
+    pub reason: String,
+    /// What the region said.
+    pub detail: String,
 }
 
 impl IngestSummary {
@@ -83,6 +97,7 @@ impl IngestSummary {
         self.accepted += other.accepted;
         self.duplicate += other.duplicate;
         self.retried += other.retried;
+        self.rejections.extend(other.rejections);
         for (k, v) in other.rejected {
             *self.rejected.entry(k).or_default() += v;
         }
@@ -158,7 +173,12 @@ async fn ingest_region<'a>(
                                 |_| "unknown".to_owned(),
                                 |r| r.as_str_name().to_owned(),
                             );
-                            *summary.rejected.entry(name).or_default() += 1;
+                            *summary.rejected.entry(name.clone()).or_default() += 1;
+                            summary.rejections.push(Rejection {
+                                idempotency_key: record.idempotency_key.clone(),
+                                reason: name,
+                                detail: result.detail.clone(),
+                            });
                         }
                     },
                 }
@@ -193,11 +213,14 @@ pub async fn ingest(
     let mut fresh_client = client.clone();
     let fresh = self::regions(&mut fresh_client).await?;
     let (mut retry, still) = ingest_once(client, tenant, &fresh, stale, batch).await?;
-    if !still.is_empty() {
-        *retry
-            .rejected
-            .entry(RejectReason::UnknownKey.as_str_name().to_owned())
-            .or_default() += still.len() as u64;
+    for record in still {
+        let name = RejectReason::UnknownKey.as_str_name().to_owned();
+        *retry.rejected.entry(name.clone()).or_default() += 1;
+        retry.rejections.push(Rejection {
+            idempotency_key: record.idempotency_key.clone(),
+            reason: name,
+            detail: "the region's sealing key changed twice during the ingest".into(),
+        });
     }
     let mut total = summary;
     total.add(retry);
