@@ -30,14 +30,34 @@ async fn checkpoint_loop(node: Node) {
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 
 /// Server reflection over the contract and gRPC health, for grpcurl and grpcui.
-fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
+fn reflection(
+    service: &'static str,
+) -> tonic_reflection::server::v1::ServerReflectionServer<
     impl tonic_reflection::server::v1::ServerReflection,
 > {
+    reflection_builder(service)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid")
+}
+
+/// The same in v1alpha, which grpcurl and grpcui releases still in use speak.
+fn reflection_v1alpha(
+    service: &'static str,
+) -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    impl tonic_reflection::server::v1alpha::ServerReflection,
+> {
+    reflection_builder(service)
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid")
+}
+
+/// Reflection listing only `service` (what the listener serves) and health.
+fn reflection_builder(service: &'static str) -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the embedded descriptor sets are valid")
+        .with_service_name(service)
+        .with_service_name("grpc.health.v1.Health")
 }
 
 /// Applies retention once a day while the node serves (the first sweep a day after start).
@@ -65,7 +85,7 @@ pub async fn serve(
     health
         .set_serving::<RegionalNodeServer<RegionalNodeService>>()
         .await;
-    let reflection = reflection();
+    let reflection = reflection("domicile.v1.RegionalNode");
     let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
     let sweeps = tokio::spawn(sweep_loop(node.clone()));
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
@@ -73,6 +93,7 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha("domicile.v1.RegionalNode"))
         .add_service(service)
         .serve_with_incoming_shutdown(
             // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
@@ -98,7 +119,8 @@ pub async fn serve_local(
         .await;
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection())
+        .add_service(reflection("domicile.v1.LocalNode"))
+        .add_service(reflection_v1alpha("domicile.v1.LocalNode"))
         .add_service(LocalNodeServer::new(LocalNodeService::new(node)))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
