@@ -240,9 +240,18 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
             seed: opts.seed,
         }));
     }
-    let summary = client::ingest(&gw, &opts.tenant, &regions, &records, 1000)
-        .await
-        .context("loading the synthetic data set")?;
+    // A progress bar on standard error (drawn only on a terminal).
+    let bar = indicatif::ProgressBar::new(records.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records sealed and ingested ({per_sec})",
+        )
+        .expect("a valid template"),
+    );
+    let summary =
+        client::ingest_with_progress(&gw, &opts.tenant, &regions, &records, 1000, &|n| bar.inc(n))
+            .await
+            .context("loading the synthetic data set")?;
+    bar.finish_and_clear();
     println!(
         "\nLoaded tenant {:?}: {} records sealed and ingested through the gateway in {:.1} s ({} accepted, {} already present, {} rejected)",
         opts.tenant,

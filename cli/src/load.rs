@@ -347,7 +347,6 @@ pub async fn load(
                 reason: format!("{}: {}", r.reason, r.detail),
             });
         }
-        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     report.refused.sort_by_key(|p| p.row);

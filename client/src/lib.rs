@@ -131,6 +131,7 @@ async fn ingest_region<'a>(
     region: &RegionInfo,
     records: Vec<&'a Record>,
     batch: usize,
+    progress: &Progress<'_>,
 ) -> anyhow::Result<(IngestSummary, Vec<&'a Record>)> {
     let mut summary = IngestSummary::default();
     let mut stale_key = Vec::new();
@@ -159,6 +160,9 @@ async fn ingest_region<'a>(
                 })
                 .await?
                 .into_inner();
+            if attempt == 1 {
+                progress(chunk.len() as u64);
+            }
             for (result, record) in response.results.iter().zip(chunk) {
                 match RecordStatus::try_from(result.status) {
                     Ok(RecordStatus::Accepted) => summary.accepted += 1,
@@ -195,6 +199,9 @@ async fn ingest_region<'a>(
     Ok((summary, stale_key))
 }
 
+/// A callback told how many records each batch carried, once, as batches are answered.
+pub type Progress<'a> = dyn Fn(u64) + Sync + 'a;
+
 /// Seals `records` to their regions and ingests them, `batch` records per request, the regions
 /// concurrently, retrying what a region could not take.
 pub async fn ingest(
@@ -204,15 +211,34 @@ pub async fn ingest(
     records: &[Record],
     batch: usize,
 ) -> anyhow::Result<IngestSummary> {
-    let (summary, stale) =
-        ingest_once(client, tenant, regions, records.iter().collect(), batch).await?;
+    ingest_with_progress(client, tenant, regions, records, batch, &|_| {}).await
+}
+
+/// [`ingest`], calling `progress` as batches are answered (for a progress bar).
+pub async fn ingest_with_progress(
+    client: &GatewayClient<Channel>,
+    tenant: &str,
+    regions: &[RegionInfo],
+    records: &[Record],
+    batch: usize,
+    progress: &Progress<'_>,
+) -> anyhow::Result<IngestSummary> {
+    let (summary, stale) = ingest_once(
+        client,
+        tenant,
+        regions,
+        records.iter().collect(),
+        batch,
+        progress,
+    )
+    .await?;
     if stale.is_empty() {
         return Ok(summary);
     }
     // A region rotated its key since `regions` was read: fetch the keys again, once.
     let mut fresh_client = client.clone();
     let fresh = self::regions(&mut fresh_client).await?;
-    let (mut retry, still) = ingest_once(client, tenant, &fresh, stale, batch).await?;
+    let (mut retry, still) = ingest_once(client, tenant, &fresh, stale, batch, &|_| {}).await?;
     for record in still {
         let name = RejectReason::UnknownKey.as_str_name().to_owned();
         *retry.rejected.entry(name.clone()).or_default() += 1;
@@ -233,6 +259,7 @@ async fn ingest_once<'a>(
     regions: &[RegionInfo],
     records: Vec<&'a Record>,
     batch: usize,
+    progress: &Progress<'_>,
 ) -> anyhow::Result<(IngestSummary, Vec<&'a Record>)> {
     let mut region_of_country = HashMap::new();
     for (i, r) in regions.iter().enumerate() {
@@ -250,7 +277,7 @@ async fn ingest_once<'a>(
     let loads = per_region
         .into_iter()
         .enumerate()
-        .map(|(i, recs)| ingest_region(client.clone(), tenant, &regions[i], recs, batch));
+        .map(|(i, recs)| ingest_region(client.clone(), tenant, &regions[i], recs, batch, progress));
     let mut total = IngestSummary::default();
     let mut stale = Vec::new();
     for result in futures::future::join_all(loads).await {
