@@ -62,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: Option<NodeCommand>,
     },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// List the federation's regions: countries, health and sealing key ids.
     Regions {
         #[command(flatten)]
@@ -133,6 +138,16 @@ struct Target {
     /// `table` for people, `json` for scripts.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a gateway configuration, a node configuration (with its countries' policies) or a
+    /// country policy file, and report every problem with its path. Exit status 1 when any.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +298,17 @@ async fn main() -> anyhow::Result<()> {
             domicile_node::serve(node, listener, ctrl_c()).await?;
         }
         Command::Audit { command } => return audit(command),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let problems = config_check(&file)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    println!("{}: {p}", file.display());
+                }
+                std::process::exit(1);
+            }
+        }
         Command::Regions { target } => {
             let client = domicile::client::Client::connect(target.gateway).await?;
             let regions = client.regions().await?;
@@ -427,6 +453,76 @@ fn day_start(day: &str) -> anyhow::Result<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Ok((era * 146_097 + doe - 719_468) * 86_400)
+}
+
+/// Every problem of a configuration or policy file, as "path: message" lines; prints what the
+/// file is when it is fine.
+fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => return Ok(vec![format!("not valid TOML: {}", e.message())]),
+    };
+    if table.contains_key("region_id") {
+        let config: NodeConfig = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => return Ok(vec![e.message().trim().to_owned()]),
+        };
+        let mut problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        if problems.is_empty() {
+            match domicile_node::policy::PolicySet::load(
+                config.policy_dir.as_deref(),
+                &config.countries,
+            ) {
+                Ok(set) => println!(
+                    "{}: node {} for {} under {}: ok",
+                    file.display(),
+                    config.region_id,
+                    config.countries.join(", "),
+                    set.labels().join(", ")
+                ),
+                Err(e) => problems.push(format!("policy_dir: {e}")),
+            }
+        }
+        Ok(problems)
+    } else if table.contains_key("regions") {
+        let config: GatewayConfig = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => return Ok(vec![e.message().trim().to_owned()]),
+        };
+        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        if problems.is_empty() {
+            println!(
+                "{}: gateway with {} regions: ok",
+                file.display(),
+                config.regions.len()
+            );
+        }
+        Ok(problems)
+    } else if table.contains_key("border") {
+        let country = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        match domicile_node::policy::CountryPolicy::parse(&text, file, &country) {
+            Ok(p) => {
+                println!("{}: policy {}: ok", file.display(), p.label());
+                Ok(Vec::new())
+            }
+            Err(e) => Ok(vec![format!(
+                "{}{}: {}",
+                e.line.map_or_else(String::new, |l| format!("line {l}: ")),
+                e.field,
+                e.message.trim()
+            )]),
+        }
+    } else {
+        Ok(vec![
+            "neither a node configuration (region_id), a gateway configuration (regions) nor a country policy (border)".into(),
+        ])
+    }
 }
 
 /// `domicile export …`.

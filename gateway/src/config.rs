@@ -114,49 +114,58 @@ impl GatewayConfig {
 
     /// Checks every option; the first error names its path.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |path: String, message: &str| {
-            Err(ConfigError {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the configuration, each with its path (`domicile config check`).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut err = |path: String, message: &str| {
+            out.push(ConfigError {
                 path,
                 message: message.to_owned(),
             })
         };
         if self.regions.is_empty() {
-            return err("regions".into(), "at least one region is required");
+            err("regions".into(), "at least one region is required");
         }
         let mut owner: HashMap<&str, &str> = HashMap::new();
         let mut ids = HashMap::new();
         for (i, r) in self.regions.iter().enumerate() {
             if !is_region_id(&r.id) {
-                return err(
+                err(
                     format!("regions[{i}].id"),
                     "must be 1 to 63 characters of a-z, 0-9 and '-'",
                 );
             }
             if ids.insert(r.id.as_str(), i).is_some() {
-                return err(format!("regions[{i}].id"), "duplicate region id");
+                err(format!("regions[{i}].id"), "duplicate region id");
             }
             if r.countries.is_empty() {
-                return err(
+                err(
                     format!("regions[{i}].countries"),
                     "at least one country is required",
                 );
             }
             for (j, c) in r.countries.iter().enumerate() {
                 if !is_country_code(c) {
-                    return err(
+                    err(
                         format!("regions[{i}].countries[{j}]"),
                         "must be an ISO 3166-1 alpha-2 code in upper case",
                     );
                 }
                 if let Some(other) = owner.insert(c, &r.id) {
-                    return err(
+                    err(
                         format!("regions[{i}].countries[{j}]"),
                         &format!("{c} is already served by region {other}"),
                     );
                 }
             }
             if r.endpoints.is_empty() {
-                return err(
+                err(
                     format!("regions[{i}].endpoints"),
                     "at least one endpoint is required",
                 );
@@ -165,7 +174,7 @@ impl GatewayConfig {
                 if tonic::transport::Endpoint::from_shared(e.clone()).is_err()
                     || !(e.starts_with("http://") || e.starts_with("https://"))
                 {
-                    return err(
+                    err(
                         format!("regions[{i}].endpoints[{j}]"),
                         "must be a URL like http://host:port",
                     );
@@ -173,18 +182,18 @@ impl GatewayConfig {
             }
         }
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
-            return err(
+            err(
                 "default_deadline_ms".into(),
                 "must be positive and at most max_deadline_ms",
             );
         }
         if self.max_records_per_request == 0 || self.max_records_per_request > 100_000 {
-            return err("max_records_per_request".into(), "must be 1 to 100000");
+            err("max_records_per_request".into(), "must be 1 to 100000");
         }
         if self.probe_timeout_ms == 0 {
-            return err("probe_timeout_ms".into(), "must be positive");
+            err("probe_timeout_ms".into(), "must be positive");
         }
-        Ok(())
+        out
     }
 }
 

@@ -205,45 +205,54 @@ impl NodeConfig {
 
     /// Checks every option; the first error names its path.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |path: &str, message: &str| {
-            Err(ConfigError {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the configuration, each with its path (`domicile config check`).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut err = |path: &str, message: &str| {
+            out.push(ConfigError {
                 path: path.to_owned(),
                 message: message.to_owned(),
             })
         };
         if !is_region_id(&self.region_id) {
-            return err(
+            err(
                 "region_id",
                 "must be 1 to 63 characters of a-z, 0-9 and '-'",
             );
         }
         if self.countries.is_empty() {
-            return err("countries", "at least one country is required");
+            err("countries", "at least one country is required");
         }
         for (i, c) in self.countries.iter().enumerate() {
             if !is_country_code(c) {
-                return err(
+                err(
                     &format!("countries[{i}]"),
                     "must be an ISO 3166-1 alpha-2 code in upper case",
                 );
             }
         }
         if self.audit_checkpoint_every == 0 {
-            return err("audit_checkpoint_every", "must be at least 1");
+            err("audit_checkpoint_every", "must be at least 1");
         }
         if self.audit_checkpoint_seconds == 0 {
-            return err("audit_checkpoint_seconds", "must be at least 1");
+            err("audit_checkpoint_seconds", "must be at least 1");
         }
         if self.retention_sweep_seconds < 60 {
-            return err("retention_sweep_seconds", "must be at least 60");
+            err("retention_sweep_seconds", "must be at least 60");
         }
         if self.min_group_size < 2 {
-            return err("min_group_size", "must be at least 2");
+            err("min_group_size", "must be at least 2");
         }
         if self.max_records_per_envelope == 0 || self.max_records_per_envelope > 100_000 {
-            return err("max_records_per_envelope", "must be 1 to 100000");
+            err("max_records_per_envelope", "must be 1 to 100000");
         }
-        Ok(())
+        out
     }
 
     /// True when `country` is in this node's jurisdiction.
