@@ -272,7 +272,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Gateway { config } => {
             init_logging(cli.log_json, "info");
-            let config = read_config(&config, GatewayConfig::from_toml)?;
+            let config = read_config(&config, |t| {
+                GatewayConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
             let listener = TcpListener::bind(config.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
             domicile_gateway::serve(Gateway::new(config)?, listener, ctrl_c()).await?;
@@ -283,7 +285,9 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_logging(cli.log_json, "info");
             let config = config.context("--config is required to run a node")?;
-            let config = read_config(&config, NodeConfig::from_toml)?;
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
             let listener = TcpListener::bind(config.listen).await?;
             let local = match config.local_listen {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -417,7 +421,9 @@ async fn main() -> anyhow::Result<()> {
             ..
         } => {
             init_logging(cli.log_json, "info");
-            let config = read_config(&config, NodeConfig::from_toml)?;
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
             let node = Node::open(config)?;
             let swept = node.sweep()?;
             println!("{}", serde_json::to_string_pretty(&swept)?);
@@ -587,7 +593,9 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use domicile_node::audit;
     match command {
         AuditCommand::Verify { config, public_key } => {
-            let config = read_config(&config, NodeConfig::from_toml)?;
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
             let key: [u8; 32] = match public_key {
                 Some(hex_key) => hex::decode(hex_key.trim())
                     .ok()
@@ -627,7 +635,9 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             to,
             format,
         } => {
-            let config = read_config(&config, NodeConfig::from_toml)?;
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
             let from_ts = from.as_deref().map(day_start).transpose()?.unwrap_or(0);
             let to_ts = match to.as_deref() {
                 Some(day) => day_start(day)? + 86_400,

@@ -67,6 +67,15 @@ fn default_probe_timeout_ms() -> u64 {
     1000
 }
 
+/// The top-level options that `DOMICILE_GATEWAY_*` variables override.
+pub const OPTIONS: &[&str] = &[
+    "listen",
+    "default_deadline_ms",
+    "max_deadline_ms",
+    "max_records_per_request",
+    "probe_timeout_ms",
+];
+
 /// A configuration error, with the path of the offending option.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -88,6 +97,39 @@ impl GatewayConfig {
             max_records_per_request: default_max_records(),
             probe_timeout_ms: default_probe_timeout_ms(),
         }
+    }
+
+    /// Parses and validates a TOML document with overrides from the environment: every
+    /// top-level option can be set by `DOMICILE_GATEWAY_<OPTION>` (upper case), e.g.
+    /// `DOMICILE_GATEWAY_LISTEN=0.0.0.0:50051`; regions come from the file only. `env` looks a
+    /// variable up (`|k| std::env::var(k).ok()`), so tests can pass their own.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            path: e
+                .span()
+                .map_or_else(String::new, |s| format!("byte {}", s.start)),
+            message: e.message().to_owned(),
+        })?;
+        for key in OPTIONS {
+            if let Some(value) = env(&format!("DOMICILE_GATEWAY_{}", key.to_uppercase())) {
+                let literal = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                    .ok()
+                    .and_then(|t| t.get("v").cloned());
+                table.insert(
+                    (*key).to_owned(),
+                    literal.unwrap_or(toml::Value::String(value)),
+                );
+            }
+        }
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError {
+            path: "(file or DOMICILE_GATEWAY_* environment)".into(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates a TOML document.
@@ -200,6 +242,21 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_overrides_top_level_options() {
+        let toml = "[[regions]]\nid = \"eu-de\"\ncountries = [\"DE\"]\nendpoints = [\"http://127.0.0.1:1\"]\n";
+        let c = GatewayConfig::from_toml_with_env(toml, |k| {
+            (k == "DOMICILE_GATEWAY_DEFAULT_DEADLINE_MS").then(|| "1234".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.default_deadline_ms, 1234);
+        let bad = GatewayConfig::from_toml_with_env(toml, |k| {
+            (k == "DOMICILE_GATEWAY_PROBE_TIMEOUT_MS").then(|| "0".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(bad.path, "probe_timeout_ms");
+    }
 
     #[test]
     fn a_country_belongs_to_one_region() {

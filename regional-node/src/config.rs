@@ -112,6 +112,46 @@ fn default_max_records() -> usize {
     1000
 }
 
+/// Every option, as named in the file (and, upper-cased, in `DOMICILE_NODE_*` overrides).
+pub const OPTIONS: &[&str] = &[
+    "region_id",
+    "countries",
+    "listen",
+    "database",
+    "sealing_key_file",
+    "pseudonym_secret_file",
+    "policy_dir",
+    "kek_file",
+    "kek_env",
+    "key_vault",
+    "audit_key_file",
+    "audit_checkpoint_every",
+    "audit_checkpoint_seconds",
+    "retention_sweep_seconds",
+    "local_listen",
+    "min_group_size",
+    "max_records_per_envelope",
+];
+
+/// An environment value as TOML: a TOML literal when it is one, else a string (or, for a list,
+/// comma-separated strings).
+pub fn env_value(raw: &str, list: bool) -> toml::Value {
+    if let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        && let Some(v) = t.get("v")
+    {
+        return v.clone();
+    }
+    if list {
+        toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_owned()))
+                .collect(),
+        )
+    } else {
+        toml::Value::String(raw.to_owned())
+    }
+}
+
 /// A configuration error, with the path of the offending option.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -144,6 +184,35 @@ impl NodeConfig {
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
         }
+    }
+
+    /// Parses and validates a TOML document with overrides from the environment: every option
+    /// can be set by `DOMICILE_NODE_<OPTION>` (upper case), e.g. `DOMICILE_NODE_LISTEN=0.0.0.0:50061`
+    /// or `DOMICILE_NODE_COUNTRIES=DE,AT`. Values are TOML literals, or plain strings (lists as
+    /// comma-separated strings). `env` looks a variable up (`|k| std::env::var(k).ok()`), so
+    /// tests can pass their own.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            path: e
+                .span()
+                .map_or_else(String::new, |s| format!("byte {}", s.start)),
+            message: e.message().to_owned(),
+        })?;
+        for key in OPTIONS {
+            let var = format!("DOMICILE_NODE_{}", key.to_uppercase());
+            if let Some(value) = env(&var) {
+                table.insert((*key).to_owned(), env_value(&value, *key == "countries"));
+            }
+        }
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError {
+            path: "(file or DOMICILE_NODE_* environment)".into(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Parses and validates a TOML document.
@@ -264,6 +333,30 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "DOMICILE_NODE_LISTEN" => Some("0.0.0.0:6000".to_owned()),
+            "DOMICILE_NODE_COUNTRIES" => Some("DE, AT".to_owned()),
+            "DOMICILE_NODE_MIN_GROUP_SIZE" => Some("7".to_owned()),
+            _ => None,
+        };
+        let c = NodeConfig::from_toml_with_env(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nmin_group_size = 3\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:6000");
+        assert_eq!(c.countries, ["DE", "AT"]);
+        assert_eq!(c.min_group_size, 7);
+        let bad =
+            NodeConfig::from_toml_with_env("region_id = \"eu-de\"\ncountries = [\"DE\"]\n", |k| {
+                (k == "DOMICILE_NODE_MIN_GROUP_SIZE").then(|| "1".to_owned())
+            })
+            .unwrap_err();
+        assert_eq!(bad.path, "min_group_size");
+    }
 
     #[test]
     fn parses_with_defaults_and_names_bad_options() {
