@@ -439,26 +439,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// Unix seconds of 00:00 UTC on a "YYYY-MM-DD" day.
 fn day_start(day: &str) -> anyhow::Result<i64> {
-    let parts: Vec<i64> = day
-        .split('-')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{day:?}: expected YYYY-MM-DD"))?;
-    let [y, m, d] = parts[..] else {
-        anyhow::bail!("{day:?}: expected YYYY-MM-DD");
-    };
-    anyhow::ensure!(
-        (1..=12).contains(&m) && (1..=31).contains(&d),
-        "{day:?}: not a date"
-    );
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400)
+    domicile::load::parse_time(&format!("{day}T00:00:00Z"))
+        .filter(|_| day.len() == 10)
+        .with_context(|| format!("{day:?}: expected YYYY-MM-DD"))
 }
 
 /// Every problem of a configuration or policy file, as "path: message" lines; prints what the

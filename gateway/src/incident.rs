@@ -4,12 +4,10 @@
 //! affected subjects and stores its part; `GetIncident` asks every region and combines the
 //! parts of those that hold one. The gateway keeps no state: the regions are the record.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use domicile_proto::{
+    domain::unix_now as now,
     domain::{IncidentSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
@@ -26,12 +24,6 @@ use crate::{
     fanout::{fan_out, request},
     gateway::Gateway,
 };
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// A fresh incident id: `inc-` and 128 random bits in hex.
 fn new_incident_id() -> Result<String, GatewayError> {
@@ -127,10 +119,9 @@ impl Gateway {
         };
         let incident_id = new_incident_id()?;
         let mut forwarded = req.clone();
-        forwarded.detected_at = Some(prost_types::Timestamp {
-            seconds: spec.detected_at.unwrap_or_else(now),
-            nanos: 0,
-        });
+        forwarded.detected_at = Some(domicile_proto::domain::whole_seconds(
+            spec.detected_at.unwrap_or_else(now),
+        ));
         let message = RegionalNodeReportIncidentRequest {
             incident_id: incident_id.clone(),
             request: Some(forwarded.clone()),

@@ -3,7 +3,7 @@
 //! the one holding the subject answers). Exports pass through sealed; the gateway cannot open
 //! them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use domicile_proto::{
     domain::TenantId,
@@ -77,16 +77,20 @@ impl Gateway {
             _ => None,
         };
         let message = RegionalNodeSubmitSubjectRequestRequest { request: Some(req) };
-        let targets: Vec<_> = match &target {
-            Some(region) => vec![(region.clone(), ())],
-            None => self
-                .directory()
-                .regions()
-                .iter()
-                .map(|r| (r.clone(), ()))
-                .collect(),
-        };
-        let asked_all = target.is_none();
+        // One region: its answer, error included, is relayed as it is.
+        if let Some(region) = target {
+            let mut client = region.client.clone();
+            let call = client.submit_subject_request(request(message, deadline));
+            let answer = Self::one_region(&region.id, deadline, call).await?;
+            return answer.response.ok_or_else(|| missing(&region.id));
+        }
+        // Country unknown: ask every region; those without the subject answer NOT_FOUND.
+        let targets: Vec<_> = self
+            .directory()
+            .regions()
+            .iter()
+            .map(|r| (r.clone(), ()))
+            .collect();
         let outcomes = fan_out(targets, deadline, |region, (), deadline| {
             let mut client = region.client.clone();
             let message = message.clone();
@@ -104,26 +108,16 @@ impl Gateway {
         .await;
         let mut receipts = Vec::new();
         let mut coverage = Vec::new();
-        let mut first_error = None;
         for outcome in outcomes {
             let mut entry = outcome.coverage();
             match outcome.result {
                 Ok(Some(answer)) => receipts.extend(answer.receipts),
                 Ok(None) => entry.detail = "holds no data about the subject".into(),
-                Err(failure) => {
-                    first_error.get_or_insert((outcome.region.id.clone(), failure));
-                }
+                Err(_) => {}
             }
             coverage.push(entry);
         }
         if receipts.is_empty() {
-            // A single region's refusal is relayed as it is (e.g. a rejected rectification).
-            if let (false, Some((region, failure))) = (asked_all, first_error) {
-                return Err(GatewayError::Region(
-                    region,
-                    Status::new(status_code(failure.status), failure.detail),
-                ));
-            }
             let all_answered = coverage.iter().all(|c| c.status == RegionStatus::Ok as i32);
             return Err(if all_answered {
                 GatewayError::Region(
@@ -136,10 +130,7 @@ impl Gateway {
                 )
             });
         }
-        Ok(SubmitSubjectRequestResponse {
-            receipts,
-            coverage: if asked_all { coverage } else { Vec::new() },
-        })
+        Ok(SubmitSubjectRequestResponse { receipts, coverage })
     }
 
     /// A request's receipt, from the region in its id.
@@ -165,9 +156,7 @@ impl Gateway {
         req: PlaceLegalHoldRequest,
         deadline: Duration,
     ) -> Result<PlaceLegalHoldResponse, GatewayError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = domicile_proto::domain::unix_now();
         let spec = HoldSpec::parse(&req, now)?;
         let region = self
             .directory()
@@ -203,16 +192,5 @@ impl Gateway {
         ));
         let answer = Self::one_region(&region.id, deadline, call).await?;
         answer.response.ok_or_else(|| missing(&region.id))
-    }
-}
-
-/// The gRPC code a region failure is relayed with.
-fn status_code(status: RegionStatus) -> Code {
-    match status {
-        RegionStatus::DeadlineExceeded => Code::DeadlineExceeded,
-        RegionStatus::Rejected => Code::InvalidArgument,
-        RegionStatus::DeniedByPolicy => Code::FailedPrecondition,
-        RegionStatus::BudgetExhausted => Code::ResourceExhausted,
-        _ => Code::Unavailable,
     }
 }

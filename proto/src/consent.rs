@@ -2,7 +2,7 @@
 //! records and decides). Every violation names its field; no personal value is ever echoed.
 
 use crate::{
-    domain::{TenantId, is_country_code, is_valid_id},
+    domain::{TenantId, is_country_code, is_valid_id, purpose_of},
     error::Violations,
     pb::{
         Channel, CheckContactPermissionRequest, ConfirmConsentRequest, ConsentAction,
@@ -58,21 +58,13 @@ impl Subject {
     }
 }
 
-fn tenant(raw: &str, v: &mut Violations) -> TenantId {
+/// The tenant at `tenant_id`; a violation (and a placeholder) when invalid, so that every other
+/// field is still checked.
+pub(crate) fn tenant(raw: &str, v: &mut Violations) -> TenantId {
     TenantId::parse(raw, "tenant_id").unwrap_or_else(|e| {
         v.0.extend(e.0);
         TenantId::parse("invalid", "tenant_id").expect("a valid placeholder")
     })
-}
-
-fn purpose(raw: i32, path: &str, v: &mut Violations) -> Purpose {
-    match Purpose::try_from(raw) {
-        Ok(Purpose::Unspecified) | Err(_) => {
-            v.add(path, "required: a known Purpose other than UNSPECIFIED");
-            Purpose::Unspecified
-        }
-        Ok(p) => p,
-    }
 }
 
 /// A channel; `UNSPECIFIED` allowed (every channel) unless `required`.
@@ -108,7 +100,8 @@ fn source(raw: i32, default: Option<ConsentSource>, v: &mut Violations) -> Conse
     }
 }
 
-fn actor(raw: &str, v: &mut Violations) -> String {
+/// The `actor` code: a system or agent code, never a name.
+pub(crate) fn actor(raw: &str, v: &mut Violations) -> String {
     let ok = !raw.is_empty()
         && raw.len() <= MAX_ACTOR_LEN
         && raw
@@ -152,7 +145,7 @@ impl ConsentChange {
         let mut v = Violations::new();
         let tenant = tenant(&r.tenant_id, &mut v);
         let subject = Subject::parse(r.subject.as_ref(), "subject", &mut v);
-        let purpose = purpose(r.purpose, "purpose", &mut v);
+        let purpose = purpose_of(r.purpose, "purpose", &mut v);
         let channel = channel(r.channel, false, "channel", &mut v);
         let action = match ConsentAction::try_from(r.action) {
             Ok(a @ (ConsentAction::Grant | ConsentAction::Refuse | ConsentAction::Object)) => a,
@@ -212,7 +205,7 @@ impl ConsentChange {
         let change = Self {
             tenant: tenant(&r.tenant_id, &mut v),
             subject: Subject::parse(r.subject.as_ref(), "subject", &mut v),
-            purpose: purpose(r.purpose, "purpose", &mut v),
+            purpose: purpose_of(r.purpose, "purpose", &mut v),
             channel: channel(r.channel, false, "channel", &mut v),
             action: ConsentAction::Withdraw,
             source: source(r.source, None, &mut v),
@@ -244,7 +237,7 @@ impl ConsentQuestion {
         let q = Self {
             tenant: tenant(&r.tenant_id, &mut v),
             subject: Subject::parse(r.subject.as_ref(), "subject", &mut v),
-            purpose: purpose(r.purpose, "purpose", &mut v),
+            purpose: purpose_of(r.purpose, "purpose", &mut v),
             channel: channel(r.channel, true, "channel", &mut v),
         };
         v.into_result(q)

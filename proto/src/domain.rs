@@ -283,7 +283,7 @@ impl RecordSpec {
 }
 
 /// Decodes a required purpose.
-fn purpose_of(raw: i32, path: &str, v: &mut Violations) -> Purpose {
+pub(crate) fn purpose_of(raw: i32, path: &str, v: &mut Violations) -> Purpose {
     match Purpose::try_from(raw) {
         Ok(Purpose::Unspecified) | Err(_) => {
             v.add(path, "required: a known Purpose other than UNSPECIFIED");
@@ -734,4 +734,16 @@ pub fn is_incident_id(s: &str) -> bool {
             && h.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
+}
+
+/// The current Unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A whole-second protobuf timestamp.
+pub fn whole_seconds(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
 }

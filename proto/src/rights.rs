@@ -2,6 +2,7 @@
 //! and the node (which fulfils them).
 
 use crate::{
+    consent::{actor, tenant},
     domain::{TenantId, is_country_code, is_region_id, is_valid_id},
     error::Violations,
     pb::{
@@ -33,21 +34,6 @@ pub struct RightsRequest {
     pub purposes: Vec<Purpose>,
     /// Who filed it.
     pub actor: String,
-}
-
-fn tenant(raw: &str, v: &mut Violations) -> TenantId {
-    TenantId::parse(raw, "tenant_id").unwrap_or_else(|e| {
-        v.0.extend(e.0);
-        TenantId::parse("invalid", "tenant_id").expect("a valid placeholder")
-    })
-}
-
-fn actor_ok(raw: &str) -> bool {
-    !raw.is_empty()
-        && raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 impl RightsRequest {
@@ -142,12 +128,7 @@ impl RightsRequest {
                 "required for an objection: at least one purpose",
             );
         }
-        if !actor_ok(&r.actor) {
-            v.add(
-                "actor",
-                "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':' (a code, not a name)",
-            );
-        }
+        let actor = actor(&r.actor, &mut v);
         v.into_result(Self {
             tenant,
             country,
@@ -156,7 +137,7 @@ impl RightsRequest {
             recipient,
             rectification,
             purposes,
-            actor: r.actor.clone(),
+            actor,
         })
     }
 }

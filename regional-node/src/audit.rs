@@ -10,12 +10,9 @@
 //! removed, reordered or truncated. Entries carry no direct identifier: subjects appear as
 //! audit pseudonyms ([`crate::pseudonym`]), and details are counts and parameters.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, fmt};
 
+use domicile_proto::domain::unix_now as now;
 use domicile_proto::pb::{AuditCheckpoint, RegionRelease};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use prost::Message;
@@ -81,6 +78,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 12] = [
+        Kind::NodeStart,
+        Kind::IngestBatch,
+        Kind::ReleaseAggregate,
+        Kind::ReleaseRecordsStart,
+        Kind::ReleaseRecords,
+        Kind::ConsentChange,
+        Kind::IncidentReported,
+        Kind::IncidentSubjectsListed,
+        Kind::SubjectRequest,
+        Kind::Erasure,
+        Kind::LegalHold,
+        Kind::RetentionSweep,
+    ];
+
     /// Its stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -140,12 +153,6 @@ pub struct Entry<'a> {
     pub subject: Option<&'a str>,
     /// Counts and parameters as JSON; never a personal value.
     pub details: serde_json::Value,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// hash(n) as documented in `audit.proto`.
@@ -281,10 +288,7 @@ impl AuditLog {
         Ok(AuditCheckpoint {
             region_id: self.region_id.clone(),
             seq,
-            at: Some(prost_types::Timestamp {
-                seconds: at,
-                nanos: 0,
-            }),
+            at: Some(domicile_proto::domain::whole_seconds(at)),
             head_hash: head.to_vec(),
             signature: signature.to_bytes().to_vec(),
             public_key: self.public_key().to_vec(),
@@ -313,10 +317,7 @@ impl AuditLog {
             Some((at, head_hash, signature)) => Ok(AuditCheckpoint {
                 region_id: self.region_id.clone(),
                 seq: seq as u64,
-                at: Some(prost_types::Timestamp {
-                    seconds: at,
-                    nanos: 0,
-                }),
+                at: Some(domicile_proto::domain::whole_seconds(at)),
                 head_hash,
                 signature,
                 public_key: self.public_key().to_vec(),
@@ -584,25 +585,11 @@ pub fn activities(conn: &Connection, from: i64, to: i64) -> Result<Vec<Activity>
             r.get::<_, String>(2)?,
         ))
     })?;
-    let kinds = [
-        Kind::NodeStart,
-        Kind::IngestBatch,
-        Kind::ReleaseAggregate,
-        Kind::ReleaseRecordsStart,
-        Kind::ReleaseRecords,
-        Kind::ConsentChange,
-        Kind::IncidentReported,
-        Kind::IncidentSubjectsListed,
-        Kind::SubjectRequest,
-        Kind::Erasure,
-        Kind::LegalHold,
-        Kind::RetentionSweep,
-    ];
     let mut by_key: std::collections::BTreeMap<(String, String, String), Activity> =
         std::collections::BTreeMap::new();
     for row in rows {
         let (kind, tenant, details) = row?;
-        let Some(k) = kinds.iter().find(|k| k.as_str() == kind) else {
+        let Some(k) = Kind::ALL.iter().find(|k| k.as_str() == kind) else {
             continue;
         };
         if matches!(k, Kind::NodeStart | Kind::ReleaseRecordsStart) {

@@ -10,10 +10,9 @@
 //! [`gate`] turns the same rule into SQL, so that aggregates and records under a purpose only
 //! include the subjects whose policy and consent permit it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
+    domain::{unix_now as now, whole_seconds as ts},
     pb::{
         Channel, CheckContactPermissionResponse, ConsentAction, ConsentEntry,
         ConsentRule as WireRule, ConsentSource, ConsentState, ConsentStatus, GetConsentResponse,
@@ -79,16 +78,6 @@ CREATE TABLE IF NOT EXISTS consent_tokens (
     used_at      INTEGER
 ) WITHOUT ROWID;
 "#;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn ts(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
-}
 
 /// Whether `rule` allows processing for a subject in `state`. The whole decision.
 pub fn allows(rule: ConsentRule, state: ConsentState) -> bool {

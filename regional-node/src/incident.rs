@@ -7,10 +7,9 @@
 //! The list of who, with contact details for notifying them, is only served in-country
 //! ([`subjects`], on the `LocalNode` listener).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use domicile_proto::{
     domain::IncidentSpec,
+    domain::{unix_now as now, whole_seconds as ts},
     pb::{AffectedCount, DataCategory, Incident, IncidentSubject, RegionIncident, TimeRange},
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -34,16 +33,6 @@ CREATE TABLE IF NOT EXISTS incidents (
     PRIMARY KEY (tenant, incident_id)
 ) WITHOUT ROWID;
 "#;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn ts(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
-}
 
 /// `(subject_id, country)` rows of subjects with data of `category` stored before `?2`, for
 /// tenant `?1`.

@@ -704,6 +704,27 @@ impl Node {
         })
     }
 
+    /// Audits a consent ledger entry under the subject's audit pseudonym, in the caller's
+    /// transaction (the one that appended the entry).
+    pub(crate) fn audit_consent(
+        &self,
+        tx: &rusqlite::Connection,
+        tenant: &str,
+        subject_id: &str,
+        entry: &domicile_proto::pb::ConsentEntry,
+    ) -> Result<u64, NodeError> {
+        let subject = self.inner.pseudonyms.audit_subject(tenant, subject_id);
+        self.inner.audit.append(
+            tx,
+            Entry {
+                kind: audit::Kind::ConsentChange,
+                tenant,
+                subject: Some(&subject),
+                details: consent_details(entry),
+            },
+        )
+    }
+
     /// The policy of `country` when this node serves it; the error names `field`.
     pub(crate) fn policy_for(
         &self,
@@ -742,17 +763,11 @@ impl Node {
             let inner = &node.inner;
             let recorded = inner.store.write(|tx| {
                 let recorded = consent::record(tx, region, policy, &change)?;
-                let subject = inner
-                    .pseudonyms
-                    .audit_subject(change.tenant.as_str(), &change.subject.external_id);
-                inner.audit.append(
+                node.audit_consent(
                     tx,
-                    Entry {
-                        kind: audit::Kind::ConsentChange,
-                        tenant: change.tenant.as_str(),
-                        subject: Some(&subject),
-                        details: consent_details(&recorded.entry),
-                    },
+                    change.tenant.as_str(),
+                    &change.subject.external_id,
+                    &recorded.entry,
                 )?;
                 Ok(recorded)
             })?;
@@ -779,17 +794,11 @@ impl Node {
             let inner = &node.inner;
             let recorded = inner.store.write(|tx| {
                 let (recorded, subject_id) = consent::confirm(tx, policies, &confirmation)?;
-                let subject = inner
-                    .pseudonyms
-                    .audit_subject(confirmation.tenant.as_str(), &subject_id);
-                inner.audit.append(
+                node.audit_consent(
                     tx,
-                    Entry {
-                        kind: audit::Kind::ConsentChange,
-                        tenant: confirmation.tenant.as_str(),
-                        subject: Some(&subject),
-                        details: consent_details(&recorded.entry),
-                    },
+                    confirmation.tenant.as_str(),
+                    &subject_id,
+                    &recorded.entry,
                 )?;
                 Ok(recorded)
             })?;

@@ -130,14 +130,9 @@ pub fn run(
         let comment_redacted = comment
             .map(|c| Redactor::for_country(&country).redact(&c, &names).text)
             .unwrap_or_default();
-        let (postal, language, birth_year) = (
-            Some(profile.postal_code),
-            Some(profile.language),
-            profile.birth_year,
-        );
         let prefix = usize::from(*border.postal_code_prefix.get_ref());
-        let postal_prefix: String = postal
-            .unwrap_or_default()
+        let postal_prefix: String = profile
+            .postal_code
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(prefix)
@@ -160,10 +155,9 @@ pub fn run(
             country,
             channel: row.get(3)?,
             direction: row.get(4)?,
-            started_at: Some(prost_types::Timestamp {
-                seconds: border.timestamps.truncate(started_at),
-                nanos: 0,
-            }),
+            started_at: Some(domicile_proto::domain::whole_seconds(
+                border.timestamps.truncate(started_at),
+            )),
             handle_time_seconds: row.get(6)?,
             outcome: row.get(7)?,
             agent_team: row.get(8)?,
@@ -173,12 +167,12 @@ pub fn run(
             csat: row.get(12)?,
             ces: row.get(13)?,
             comment_redacted,
-            birth_decade: match (border.birth_year, birth_year) {
+            birth_decade: match (border.birth_year, profile.birth_year) {
                 (BirthYear::Decade, Some(y)) if y > 0 => y / 10 * 10,
                 _ => 0,
             },
             postal_prefix,
-            language: primary_subtag(language.as_deref().unwrap_or("")),
+            language: primary_subtag(&profile.language),
         });
         if batch.len() == BATCH {
             let n = batch.len() as u64;

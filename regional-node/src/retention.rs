@@ -3,8 +3,6 @@
 //! delayed). Runs daily while a node serves, and on demand (`domicile node sweep`). What it deleted
 //! is counted and audited, never listed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rusqlite::params;
 use serde_json::json;
 
@@ -39,9 +37,7 @@ const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant =
 impl Node {
     /// Applies every country policy's retention now.
     pub fn sweep(&self) -> Result<Swept, NodeError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = domicile_proto::domain::unix_now();
         let (holds_expired, erasures_completed) = self.expire_holds()?;
         let mut swept = Swept {
             holds_expired,

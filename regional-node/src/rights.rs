@@ -6,10 +6,9 @@
 //! the subject's audit pseudonym. A region that holds nothing about the subject answers
 //! `NOT_FOUND`, so a gateway asking every region hears only from the home region.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
+    domain::{unix_now as now, whole_seconds as ts},
     pb::{
         Channel, ConsentAction, ConsentSource, HeldData, Purpose, SealedExport, SubjectRequestKind,
         SubjectRequestReceipt, SubjectRequestStatus, TimeRange,
@@ -70,16 +69,6 @@ CREATE TABLE IF NOT EXISTS subject_flags (
     PRIMARY KEY (tenant, subject_id)
 ) WITHOUT ROWID;
 "#;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn ts(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
-}
 
 fn random_hex() -> Result<String, NodeError> {
     let mut b = [0u8; 16];
@@ -629,20 +618,7 @@ impl Node {
                             token_ttl_seconds: 0,
                         };
                         let recorded = consent::record(tx, &region, &policy, &change)?;
-                        inner.audit.append(
-                            tx,
-                            Entry {
-                                kind: Kind::ConsentChange,
-                                tenant,
-                                subject: Some(&audit_subject),
-                                details: json!({
-                                    "purpose": purpose.as_str_name(),
-                                    "action": "CONSENT_ACTION_OBJECT",
-                                    "ledger_seq": recorded.entry.seq,
-                                    "policy_version": recorded.entry.policy_version,
-                                }),
-                            },
-                        )?;
+                        self.audit_consent(tx, tenant, subject, &recorded.entry)?;
                     }
                     Ok(())
                 })?;

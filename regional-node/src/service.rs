@@ -39,10 +39,6 @@ fn inner<T>(request: Option<T>) -> Result<T, Status> {
     request.ok_or_else(|| Violations::one("request", "required").into())
 }
 
-fn timestamp(seconds: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds, nanos: 0 }
-}
-
 /// Serves `domicile.v1.RegionalNode` for one [`Node`].
 #[derive(Debug, Clone)]
 pub struct RegionalNodeService {
@@ -129,8 +125,9 @@ impl RegionalNode for RegionalNodeService {
             state,
             token,
         } = self.node.record_consent(change).await?;
-        let (confirmation_token, expires) =
-            token.map_or((String::new(), None), |(t, at)| (t, Some(timestamp(at))));
+        let (confirmation_token, expires) = token.map_or((String::new(), None), |(t, at)| {
+            (t, Some(domicile_proto::domain::whole_seconds(at)))
+        });
         Ok(Response::new(RegionalNodeRecordConsentResponse {
             response: Some(RecordConsentResponse {
                 entry: Some(entry),
@@ -255,9 +252,7 @@ impl RegionalNode for RegionalNodeService {
         &self,
         request: Request<RegionalNodePlaceLegalHoldRequest>,
     ) -> Result<Response<RegionalNodePlaceLegalHoldResponse>, Status> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = domicile_proto::domain::unix_now();
         let spec = HoldSpec::parse(&inner(request.into_inner().request)?, now)?;
         let hold_id = self.node.place_legal_hold(spec).await?;
         Ok(Response::new(RegionalNodePlaceLegalHoldResponse {

@@ -11,9 +11,9 @@
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
+use domicile_proto::domain::unix_now as now;
 use domicile_proto::domain::{Interaction, Subject};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -192,12 +192,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl SqliteStore {

@@ -16,7 +16,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     path::Path,
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use chacha20poly1305::{
@@ -160,9 +159,7 @@ impl Vault {
             let mut put = tx.prepare_cached(
                 "INSERT INTO data_keys (tenant, subject_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = domicile_proto::domain::unix_now();
             for subject in subjects {
                 let wrapped: Option<Vec<u8>> = get
                     .query_row(params![tenant, subject], |r| r.get(0))

@@ -317,19 +317,20 @@ fn records(purpose: Purpose) -> QueryRecordsRequest {
     }
 }
 
-async fn drain_gateway_stream(
+/// Reads a record stream to its end, capturing every message (or the error); the rows seen.
+async fn drain<M: Message + std::fmt::Debug + Default>(
     cap: &Capture,
-    gw: &mut GatewayClient<Grpc>,
-    req: QueryRecordsRequest,
+    call: Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>,
+    rows: fn(&M) -> usize,
 ) -> u64 {
     let mut n = 0;
-    match gw.query_records(req).await {
+    match call {
         Ok(resp) => {
             let mut stream = resp.into_inner();
             loop {
                 match stream.message().await {
                     Ok(Some(m)) => {
-                        n += m.records.len() as u64;
+                        n += rows(&m) as u64;
                         cap.message(&m);
                     }
                     Ok(None) => break,
@@ -345,32 +346,20 @@ async fn drain_gateway_stream(
     n
 }
 
+async fn drain_gateway_stream(
+    cap: &Capture,
+    gw: &mut GatewayClient<Grpc>,
+    req: QueryRecordsRequest,
+) -> u64 {
+    drain(cap, gw.query_records(req).await, |m| m.records.len()).await
+}
+
 async fn drain_node_stream(
     cap: &Capture,
     node: &mut RegionalNodeClient<Grpc>,
     req: RegionalNodeQueryRecordsRequest,
 ) -> u64 {
-    let mut n = 0;
-    match node.query_records(req).await {
-        Ok(resp) => {
-            let mut stream = resp.into_inner();
-            loop {
-                match stream.message().await {
-                    Ok(Some(m)) => {
-                        n += m.records.len() as u64;
-                        cap.message(&m);
-                    }
-                    Ok(None) => break,
-                    Err(s) => {
-                        cap.status(&s);
-                        break;
-                    }
-                }
-            }
-        }
-        Err(s) => cap.status(&s),
-    }
-    n
+    drain(cap, node.query_records(req).await, |m| m.records.len()).await
 }
 
 fn incident_request() -> ReportIncidentRequest {
