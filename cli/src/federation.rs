@@ -1,11 +1,12 @@
 //! A whole federation in one process: a gateway and N regional nodes on loopback, each node
 //! with its own SQLite file. Used by `domicile dev` and by the integration-test harness.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use domicile_gateway::{Gateway, GatewayConfig, RegionConfig};
 use domicile_node::{Node, NodeConfig};
+use domicile_ops::metrics::Source;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// A region to start.
@@ -168,8 +169,9 @@ impl FederationBuilder {
         config.listen = gateway_addr;
         let gateway = Gateway::new(config)?;
         let (tx, rx) = oneshot::channel::<()>();
+        let serving = gateway.clone();
         let gateway_task = tokio::spawn(async move {
-            domicile_gateway::serve(gateway, listener, async {
+            domicile_gateway::serve(serving, listener, async {
                 let _ = rx.await;
             })
             .await
@@ -177,6 +179,7 @@ impl FederationBuilder {
         });
         Ok(Federation {
             gateway_addr,
+            gateway,
             data_dir,
             nodes,
             gateway_shutdown: Some(tx),
@@ -226,6 +229,8 @@ impl RunningNode {
 pub struct Federation {
     /// The gateway's address.
     pub gateway_addr: SocketAddr,
+    /// The gateway itself, for in-process inspection (metrics) and reloads.
+    pub gateway: Gateway,
     /// Where the nodes keep their files.
     pub data_dir: PathBuf,
     /// The nodes, in the order their regions were added.
@@ -244,6 +249,19 @@ impl Federation {
     /// The node of `region_id`.
     pub fn node(&self, region_id: &str) -> Option<&RunningNode> {
         self.nodes.iter().find(|n| n.region_id == region_id)
+    }
+
+    /// The metrics of the gateway (at `/metrics`) and of every running node (at
+    /// `/metrics/<region>`), for [`domicile_ops::metrics::serve`].
+    pub fn metrics_sources(&self) -> BTreeMap<String, Source> {
+        let mut sources = BTreeMap::new();
+        sources.insert("/metrics".to_owned(), self.gateway.metrics().source());
+        for n in &self.nodes {
+            if let Some(node) = &n.node {
+                sources.insert(format!("/metrics/{}", n.region_id), node.metrics().source());
+            }
+        }
+        sources
     }
 
     /// Stops one region's node (its listener closes; the gateway sees it as unavailable).

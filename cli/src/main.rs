@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use domicile::dev::{self, DevOptions};
 use domicile_gateway::{Gateway, GatewayConfig};
 use domicile_node::{Node, NodeConfig};
+use domicile_ops::lifecycle::terminated;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +47,10 @@ enum Command {
         /// Print the example and exit instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// Serve Prometheus metrics here: the gateway's at `/metrics`, each node's at
+        /// `/metrics/<region>`.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: SocketAddr,
     },
     /// Run the gateway.
     Gateway {
@@ -237,8 +242,39 @@ fn read_config<T, E: std::fmt::Display>(
     parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-async fn ctrl_c() {
-    let _ = tokio::signal::ctrl_c().await;
+/// Re-reads the gateway's configuration file on every SIGHUP and applies it
+/// ([`Gateway::reload`]); a file that does not validate is refused and the running
+/// configuration stays.
+async fn reload_on_hangup(gateway: Gateway, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be handled here: configuration reload is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let config = read_config(&path, |t| {
+                GatewayConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            });
+            let applied = config.and_then(|c| Ok(gateway.reload(c)?));
+            match applied {
+                Ok(report) => tracing::info!(
+                    added = ?report.added,
+                    removed = ?report.removed,
+                    changed = ?report.changed,
+                    restart_needed = ?report.restart_needed,
+                    "configuration reloaded"
+                ),
+                Err(e) => {
+                    gateway.metrics().reload_failures.inc();
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, path);
 }
 
 #[tokio::main]
@@ -253,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
             seed,
             tenant,
             once,
+            metrics_listen,
         } => {
             init_logging(cli.log_json, "warn");
             let opts = DevOptions {
@@ -265,19 +302,47 @@ async fn main() -> anyhow::Result<()> {
             };
             let federation = dev::start(&opts).await?;
             if !once {
-                println!("\nServing; Ctrl-C to stop.");
-                ctrl_c().await;
+                let metrics = TcpListener::bind(metrics_listen)
+                    .await
+                    .with_context(|| format!("binding the metrics listener to {metrics_listen}"))?;
+                println!(
+                    "\nMetrics: http://{0}/metrics (gateway), http://{0}/metrics/<region> (nodes)",
+                    metrics.local_addr()?
+                );
+                tokio::spawn(domicile_ops::metrics::serve(
+                    metrics,
+                    federation.metrics_sources(),
+                    terminated(),
+                ));
+                println!("Serving; Ctrl-C to stop.");
+                terminated().await;
             }
             federation.shutdown().await;
         }
         Command::Gateway { config } => {
             init_logging(cli.log_json, "info");
+            let config_path = config.clone();
             let config = read_config(&config, |t| {
                 GatewayConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
             let listener = TcpListener::bind(config.listen).await?;
+            let metrics = match config.metrics_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            };
+            let gateway = Gateway::new(config)?;
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-            domicile_gateway::serve(Gateway::new(config)?, listener, ctrl_c()).await?;
+            if let Some(metrics) = metrics {
+                tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
+                let sources = [("/metrics".to_owned(), gateway.metrics().source())];
+                tokio::spawn(domicile_ops::metrics::serve(
+                    metrics,
+                    sources.into(),
+                    terminated(),
+                ));
+            }
+            tokio::spawn(reload_on_hangup(gateway.clone(), config_path));
+            domicile_gateway::serve(gateway, listener, terminated()).await?;
         }
         Command::Node {
             config,
@@ -293,13 +358,30 @@ async fn main() -> anyhow::Result<()> {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
                 None => None,
             };
+            let metrics = match config.metrics_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            };
             let node = Node::open(config)?;
             tracing::info!(addr = %listener.local_addr()?, "node listening");
             if let Some(local) = local {
                 tracing::info!(addr = %local.local_addr()?, "in-country listener");
-                tokio::spawn(domicile_node::serve_local(node.clone(), local, ctrl_c()));
+                tokio::spawn(domicile_node::serve_local(
+                    node.clone(),
+                    local,
+                    terminated(),
+                ));
             }
-            domicile_node::serve(node, listener, ctrl_c()).await?;
+            if let Some(metrics) = metrics {
+                tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
+                let sources = [("/metrics".to_owned(), node.metrics().source())];
+                tokio::spawn(domicile_ops::metrics::serve(
+                    metrics,
+                    sources.into(),
+                    terminated(),
+                ));
+            }
+            domicile_node::serve(node, listener, terminated()).await?;
         }
         Command::Audit { command } => return audit(command),
         Command::Config {

@@ -3,6 +3,8 @@
 //! ```toml
 //! listen = "0.0.0.0:50051"
 //! default_deadline_ms = 5000
+//! metrics_listen = "0.0.0.0:9464"   # Prometheus /metrics; unset: none
+//! shutdown_grace_ms = 5000          # NOT_SERVING before the listener closes, on SIGTERM
 //!
 //! [[regions]]
 //! id = "eu-de"
@@ -36,6 +38,23 @@ pub struct GatewayConfig {
     /// Timeout of a region health probe (`ListRegions`), in milliseconds. Default 1000.
     #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// How often every region is probed in the background (health, keys, the `region_up`
+    /// metric), in milliseconds. Default 10000.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Default: none (no
+    /// endpoint). Bind it where only the monitoring network reaches.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM or Ctrl-C, how long health reports `NOT_SERVING` while calls are still
+    /// accepted, so that load balancers stop sending first, in milliseconds. Default 0; set it
+    /// above the readiness probe period under Kubernetes.
+    #[serde(default)]
+    pub shutdown_grace_ms: u64,
+    /// Then, the longest wait for calls in flight before they are cut, in milliseconds.
+    /// Default 30000.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 /// One region in the gateway's directory.
@@ -66,6 +85,12 @@ fn default_max_records() -> usize {
 fn default_probe_timeout_ms() -> u64 {
     1000
 }
+fn default_probe_interval_ms() -> u64 {
+    10_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
 
 /// The top-level options that `DOMICILE_GATEWAY_*` variables override.
 pub const OPTIONS: &[&str] = &[
@@ -74,6 +99,10 @@ pub const OPTIONS: &[&str] = &[
     "max_deadline_ms",
     "max_records_per_request",
     "probe_timeout_ms",
+    "probe_interval_ms",
+    "metrics_listen",
+    "shutdown_grace_ms",
+    "drain_timeout_ms",
 ];
 
 /// A configuration error, with the path of the offending option.
@@ -96,6 +125,10 @@ impl GatewayConfig {
             max_deadline_ms: default_max_deadline_ms(),
             max_records_per_request: default_max_records(),
             probe_timeout_ms: default_probe_timeout_ms(),
+            probe_interval_ms: default_probe_interval_ms(),
+            metrics_listen: None,
+            shutdown_grace_ms: 0,
+            drain_timeout_ms: default_drain_timeout_ms(),
         }
     }
 
@@ -152,6 +185,14 @@ impl GatewayConfig {
     /// The largest deadline.
     pub fn max_deadline(&self) -> Duration {
         Duration::from_millis(self.max_deadline_ms)
+    }
+
+    /// How the listener drains on shutdown.
+    pub fn drain(&self) -> domicile_ops::lifecycle::Drain {
+        domicile_ops::lifecycle::Drain {
+            grace: Duration::from_millis(self.shutdown_grace_ms),
+            timeout: Duration::from_millis(self.drain_timeout_ms),
+        }
     }
 
     /// Checks every option; the first error names its path.
@@ -234,6 +275,21 @@ impl GatewayConfig {
         }
         if self.probe_timeout_ms == 0 {
             err("probe_timeout_ms".into(), "must be positive");
+        }
+        if self.probe_interval_ms < 100 {
+            err("probe_interval_ms".into(), "must be at least 100");
+        }
+        if self.shutdown_grace_ms > 300_000 {
+            err(
+                "shutdown_grace_ms".into(),
+                "must be at most 300000 (5 minutes)",
+            );
+        }
+        if self.drain_timeout_ms > 3_600_000 {
+            err(
+                "drain_timeout_ms".into(),
+                "must be at most 3600000 (1 hour)",
+            );
         }
         out
     }

@@ -18,7 +18,9 @@ use domicile_proto::{
         WithdrawConsentRequest, WithdrawConsentResponse, regional_node_client::RegionalNodeClient,
     },
 };
-use tonic::{Status, transport::Channel};
+use tonic::Status;
+
+use crate::directory::RegionChannel;
 
 use crate::{error::GatewayError, fanout::request, gateway::Gateway};
 
@@ -27,16 +29,13 @@ impl Gateway {
     fn client_for_country(
         &self,
         country: &str,
-    ) -> Result<(String, RegionalNodeClient<Channel>), GatewayError> {
-        let region = self
-            .directory()
-            .region_for_country(country)
-            .ok_or_else(|| {
-                Violations::one(
-                    "subject.country",
-                    "no region serves this country; see ListRegions",
-                )
-            })?;
+    ) -> Result<(String, RegionalNodeClient<RegionChannel>), GatewayError> {
+        let region = self.region_for_country(country).ok_or_else(|| {
+            Violations::one(
+                "subject.country",
+                "no region serves this country; see ListRegions",
+            )
+        })?;
         Ok((region.id.clone(), region.client.clone()))
     }
 
@@ -123,7 +122,6 @@ impl Gateway {
     ) -> Result<ConfirmConsentResponse, GatewayError> {
         let confirmation = Confirmation::parse(&req)?;
         let region = self
-            .directory()
             .region(&confirmation.region_id)
             .ok_or_else(|| Violations::one("token", "issued by no known region"))?;
         let (region, mut client) = (region.id.clone(), region.client.clone());

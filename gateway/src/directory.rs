@@ -4,13 +4,21 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use dashmap::DashMap;
+use domicile_ops::rpc::Instrumented;
 use domicile_proto::pb::{
     GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey,
     regional_node_client::RegionalNodeClient,
 };
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::{GatewayConfig, RegionConfig};
+use crate::{
+    config::{GatewayConfig, RegionConfig},
+    metrics::{GatewayMetrics, RegionLabels},
+};
+
+/// The channel to a region: balanced over its endpoints, instrumented (metrics per region and
+/// method, `traceparent` on every call).
+pub type RegionChannel = Instrumented<Channel>;
 
 /// A region and its federation client.
 #[derive(Debug)]
@@ -19,8 +27,10 @@ pub struct Region {
     pub id: String,
     /// Countries routed here.
     pub countries: Vec<String>,
+    /// The endpoints the client balances over.
+    pub endpoints: Vec<String>,
     /// A client balanced over the region's endpoints; cheap to clone.
-    pub client: RegionalNodeClient<Channel>,
+    pub client: RegionalNodeClient<RegionChannel>,
 }
 
 /// The latest known state of a region.
@@ -43,6 +53,7 @@ pub struct Directory {
     by_country: HashMap<String, usize>,
     by_id: HashMap<String, usize>,
     state: DashMap<String, RegionState>,
+    metrics: GatewayMetrics,
 }
 
 /// HTTP/2 receive window per stream from a region: bounds what a `QueryRecords` stream can
@@ -58,50 +69,98 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
+/// A channel balanced over `endpoints`, connected lazily.
+fn channel(endpoints: &[String]) -> Result<Channel, tonic::transport::Error> {
+    Ok(if endpoints.len() == 1 {
+        endpoint(&endpoints[0])?.connect_lazy()
+    } else {
+        let eps = endpoints
+            .iter()
+            .map(|e| endpoint(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Channel::balance_list(eps.into_iter())
+    })
+}
+
 /// Largest response the gateway decodes from a region.
 const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Directory {
     /// Builds the directory from validated configuration. Connections are made lazily, so a
     /// region that is down does not hold up the gateway's start.
-    pub fn new(config: &GatewayConfig) -> Result<Self, tonic::transport::Error> {
+    pub fn new(
+        config: &GatewayConfig,
+        metrics: GatewayMetrics,
+    ) -> Result<Self, tonic::transport::Error> {
+        Self::build(config, metrics, None)
+    }
+
+    /// The directory for a new configuration, keeping the connections and the latest state of
+    /// every region whose id, countries and endpoints are unchanged.
+    pub fn rebuild(&self, config: &GatewayConfig) -> Result<Self, tonic::transport::Error> {
+        Self::build(config, self.metrics.clone(), Some(self))
+    }
+
+    fn build(
+        config: &GatewayConfig,
+        metrics: GatewayMetrics,
+        previous: Option<&Self>,
+    ) -> Result<Self, tonic::transport::Error> {
         let mut regions = Vec::with_capacity(config.regions.len());
         let mut by_country = HashMap::new();
         let mut by_id = HashMap::new();
-        for (
-            i,
-            RegionConfig {
+        let state = DashMap::new();
+        for (i, rc) in config.regions.iter().enumerate() {
+            let RegionConfig {
                 id,
                 countries,
                 endpoints,
-            },
-        ) in config.regions.iter().enumerate()
-        {
-            let channel = if endpoints.len() == 1 {
-                endpoint(&endpoints[0])?.connect_lazy()
-            } else {
-                let eps = endpoints
-                    .iter()
-                    .map(|e| endpoint(e))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Channel::balance_list(eps.into_iter())
+            } = rc;
+            let kept = previous.and_then(|p| {
+                p.region(id)
+                    .filter(|r| r.countries == *countries && r.endpoints == *endpoints)
+                    .map(|r| (r.clone(), p.state.get(id).map(|s| s.clone())))
+            });
+            let region = match kept {
+                Some((region, last)) => {
+                    if let Some(last) = last {
+                        state.insert(id.clone(), last);
+                    }
+                    region
+                }
+                None => Arc::new(Region {
+                    id: id.clone(),
+                    countries: countries.clone(),
+                    endpoints: endpoints.clone(),
+                    client: RegionalNodeClient::new(Instrumented::new(
+                        channel(endpoints)?,
+                        id,
+                        metrics.regions.clone(),
+                    ))
+                    .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
+                }),
             };
             for c in countries {
                 by_country.insert(c.clone(), i);
             }
             by_id.insert(id.clone(), i);
-            regions.push(Arc::new(Region {
-                id: id.clone(),
-                countries: countries.clone(),
-                client: RegionalNodeClient::new(channel)
-                    .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
-            }));
+            regions.push(region);
         }
+        // A region that left the directory is no longer reported as up or down.
+        if let Some(p) = previous {
+            for r in p.regions.iter().filter(|r| !by_id.contains_key(&r.id)) {
+                metrics.region_up.remove(&RegionLabels {
+                    region: r.id.clone(),
+                });
+            }
+        }
+        metrics.regions_configured.set(regions.len() as i64);
         Ok(Self {
             regions,
             by_country,
             by_id,
-            state: DashMap::new(),
+            state,
+            metrics,
         })
     }
 
@@ -163,6 +222,12 @@ impl Directory {
             Ok(Err(status)) => failed(format!("{:?}: {}", status.code(), status.message())),
             Err(_) => failed(format!("no answer within {} ms", timeout.as_millis())),
         };
+        self.metrics
+            .region_up
+            .get_or_create(&RegionLabels {
+                region: region.id.clone(),
+            })
+            .set(i64::from(state.health == RegionHealth::Serving));
         self.state.insert(region.id.clone(), state.clone());
         state
     }

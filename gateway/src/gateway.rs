@@ -1,6 +1,9 @@
 //! The gateway's business logic, callable in-process (tests) or through [`crate::service`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use domicile_proto::{
     domain::{AggregateSpec, RecordSpec, TenantId},
@@ -18,41 +21,141 @@ use crate::{
     directory::{Directory, Region},
     error::GatewayError,
     fanout::{fan_out, request},
+    metrics::GatewayMetrics,
     records::{self, RecordStream},
     routing,
 };
 
-/// The gateway: configuration and region directory. Cheap to clone.
+/// The gateway: configuration, region directory and metrics. Cheap to clone.
+///
+/// The configuration and directory can be replaced while serving ([`Gateway::reload`]); a call
+/// works on the snapshot it started with, so a region removed by a reload still finishes the
+/// calls already sent to it.
 #[derive(Debug, Clone)]
 pub struct Gateway {
+    current: Arc<RwLock<Current>>,
+    metrics: GatewayMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct Current {
     config: Arc<GatewayConfig>,
     directory: Arc<Directory>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Regions that joined the directory.
+    pub added: Vec<String>,
+    /// Regions that left it.
+    pub removed: Vec<String>,
+    /// Regions whose countries or endpoints changed.
+    pub changed: Vec<String>,
+    /// Options that changed but take effect only on restart (listen addresses).
+    pub restart_needed: Vec<String>,
 }
 
 impl Gateway {
     /// Builds a gateway from validated configuration. Must run inside a Tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Self, tonic::transport::Error> {
-        let directory = Directory::new(&config)?;
+        let metrics = GatewayMetrics::new();
+        let directory = Directory::new(&config, metrics.clone())?;
         Ok(Self {
-            config: Arc::new(config),
-            directory: Arc::new(directory),
+            current: Arc::new(RwLock::new(Current {
+                config: Arc::new(config),
+                directory: Arc::new(directory),
+            })),
+            metrics,
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &GatewayConfig {
-        &self.config
+    fn current(&self) -> Current {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// The region directory.
-    pub fn directory(&self) -> &Directory {
-        &self.directory
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.current().config
+    }
+
+    /// The region directory in force.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.current().directory
+    }
+
+    /// The region with id `id`.
+    pub fn region(&self, id: &str) -> Option<Arc<Region>> {
+        self.directory().region(id).cloned()
+    }
+
+    /// The region that serves `country`.
+    pub fn region_for_country(&self, country: &str) -> Option<Arc<Region>> {
+        self.directory().region_for_country(country).cloned()
+    }
+
+    /// Every region, in configuration order.
+    pub fn regions(&self) -> Vec<Arc<Region>> {
+        self.directory().regions().to_vec()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// Replaces the configuration with `config` (already validated): regions are added,
+    /// removed or re-pointed without a restart, unchanged regions keep their connections, and
+    /// calls in flight finish on the directory they started with. Listen addresses are only
+    /// read at start; a change to them is reported in `restart_needed`.
+    pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, tonic::transport::Error> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let directory = current.directory.rebuild(&config)?;
+        let old = &current.config;
+        let ids = |c: &GatewayConfig| c.regions.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let (old_ids, new_ids) = (ids(old), ids(&config));
+        let mut report = ReloadReport {
+            added: new_ids
+                .iter()
+                .filter(|i| !old_ids.contains(i))
+                .cloned()
+                .collect(),
+            removed: old_ids
+                .iter()
+                .filter(|i| !new_ids.contains(i))
+                .cloned()
+                .collect(),
+            ..Default::default()
+        };
+        for r in &config.regions {
+            if let Some(o) = old.regions.iter().find(|o| o.id == r.id)
+                && (o.countries != r.countries || o.endpoints != r.endpoints)
+            {
+                report.changed.push(r.id.clone());
+            }
+        }
+        if old.listen != config.listen {
+            report.restart_needed.push("listen".to_owned());
+        }
+        if old.metrics_listen != config.metrics_listen {
+            report.restart_needed.push("metrics_listen".to_owned());
+        }
+        *current = Current {
+            config: Arc::new(config),
+            directory: Arc::new(directory),
+        };
+        self.metrics.reloads.inc();
+        Ok(report)
     }
 
     /// Probes every region and lists them with health and sealing keys.
     pub async fn list_regions(&self, deadline: Duration) -> Vec<RegionInfo> {
-        let timeout = deadline.min(Duration::from_millis(self.config.probe_timeout_ms));
-        self.directory.probe_all(timeout).await
+        let Current { config, directory } = self.current();
+        let timeout = deadline.min(Duration::from_millis(config.probe_timeout_ms));
+        directory.probe_all(timeout).await
     }
 
     /// Routes sealed records to their regions; one result per record, in request order.
@@ -62,11 +165,8 @@ impl Gateway {
         deadline: Duration,
     ) -> Result<IngestResponse, GatewayError> {
         let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
-        let plan = routing::plan(
-            &self.directory,
-            req.envelopes,
-            self.config.max_records_per_request,
-        )?;
+        let Current { config, directory } = self.current();
+        let plan = routing::plan(&directory, req.envelopes, config.max_records_per_request)?;
         let mut results = plan.results;
         let mut placements = Vec::with_capacity(plan.forwards.len());
         let mut targets = Vec::with_capacity(plan.forwards.len());
@@ -120,6 +220,7 @@ impl Gateway {
             }
             coverage.push(entry);
         }
+        self.metrics.observe_coverage("Ingest", &coverage);
         Ok(IngestResponse { results, coverage })
     }
 
@@ -190,6 +291,7 @@ impl Gateway {
             }
             coverage.push(entry);
         }
+        self.metrics.observe_coverage("Aggregate", &coverage);
         if !coverage.is_empty() && exhausted.len() == coverage.len() {
             return Err(GatewayError::BudgetExhausted(exhausted));
         }
@@ -224,8 +326,11 @@ impl Gateway {
         } else {
             NoiseMechanism::None
         };
+        let groups = merged.finish(&spec.metrics);
+        self.metrics.groups_released.inc_by(groups.len() as u64);
+        self.metrics.groups_suppressed.inc_by(suppressed);
         Ok(AggregateResponse {
-            groups: merged.finish(&spec.metrics),
+            groups,
             suppressed_groups: suppressed,
             coverage,
             privacy: Some(PrivacyParameters {
@@ -249,18 +354,25 @@ impl Gateway {
         let spec = RecordSpec::from_query(req.query.as_ref(), "query");
         let regions = self.resolve_regions(&req.regions, &mut v);
         let (tenant, spec) = combine(v, tenant, spec)?;
-        Ok(records::stream(regions, tenant, spec, deadline))
+        Ok(records::stream(
+            regions,
+            tenant,
+            spec,
+            deadline,
+            self.metrics.clone(),
+        ))
     }
 
     /// The regions named by `ids` (all when empty), with a violation for each unknown or
     /// repeated id.
     pub(crate) fn resolve_regions(&self, ids: &[String], v: &mut Violations) -> Vec<Arc<Region>> {
+        let directory = self.directory();
         let mut regions: Vec<Arc<Region>> = Vec::new();
         if ids.is_empty() {
-            regions.extend(self.directory.regions().iter().cloned());
+            regions.extend(directory.regions().iter().cloned());
         }
         for (i, id) in ids.iter().enumerate() {
-            match self.directory.region(id) {
+            match directory.region(id) {
                 Some(r) if regions.iter().any(|x| Arc::ptr_eq(x, r)) => {
                     v.add(format!("regions[{i}]"), "duplicate region")
                 }

@@ -78,7 +78,6 @@ impl Gateway {
         deadline: Duration,
     ) -> Result<GetAuditCheckpointResponse, GatewayError> {
         let region = self
-            .directory()
             .region(&req.region_id)
             .ok_or_else(|| Violations::one("region_id", "unknown region; see ListRegions"))?;
         let mut client = region.client.clone();
@@ -184,12 +183,7 @@ impl Gateway {
         let message = RegionalNodeGetIncidentRequest {
             request: Some(req.clone()),
         };
-        let targets = self
-            .directory()
-            .regions()
-            .iter()
-            .map(|r| (r.clone(), ()))
-            .collect();
+        let targets = self.regions().into_iter().map(|r| (r, ())).collect();
         let outcomes = fan_out(targets, deadline, |region, (), deadline| {
             let mut client = region.client.clone();
             let message = message.clone();

@@ -23,6 +23,7 @@ pub mod error;
 pub mod fanout;
 pub mod gateway;
 pub mod incident;
+pub mod metrics;
 pub mod records;
 pub mod rights;
 pub mod routing;

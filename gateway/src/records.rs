@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use domicile_ops::trace;
 use domicile_proto::{
     domain::{RecordSpec, TenantId},
     pb::{
@@ -27,6 +28,7 @@ use crate::{
     directory::Region,
     fanout::{RegionFailure, coverage, request},
     gateway::nothing_released,
+    metrics::GatewayMetrics,
 };
 
 /// The client-facing stream: batches of records, then one summary message.
@@ -46,9 +48,12 @@ pub fn stream(
     tenant: TenantId,
     spec: RecordSpec,
     deadline: Duration,
+    metrics: GatewayMetrics,
 ) -> RecordStream {
     let (out, rx) = mpsc::channel(CLIENT_BUFFER);
-    tokio::spawn(coordinate(regions, tenant, spec, deadline, out));
+    tokio::spawn(trace::carried(coordinate(
+        regions, tenant, spec, deadline, out, metrics,
+    )));
     rx
 }
 
@@ -58,6 +63,7 @@ async fn coordinate(
     spec: RecordSpec,
     deadline: Duration,
     out: mpsc::Sender<Result<QueryRecordsResponse, Status>>,
+    metrics: GatewayMetrics,
 ) {
     let started = Instant::now();
     let until = tokio::time::Instant::now() + deadline;
@@ -71,7 +77,7 @@ async fn coordinate(
         let mut client = region.client.clone();
         let message = message.clone();
         let events = events.clone();
-        tasks.spawn(async move {
+        tasks.spawn(trace::carried(async move {
             let result = async {
                 let mut stream = client
                     .query_records(request(message, deadline))
@@ -97,7 +103,7 @@ async fn coordinate(
                     result.map_err(|s| RegionFailure::from_status(&s)),
                 ))
                 .await;
-        });
+        }));
     }
     drop(events);
 
@@ -162,6 +168,8 @@ async fn coordinate(
             Err(_) => nothing_released(&region.id),
         });
     }
+    metrics.observe_coverage("QueryRecords", &summary.coverage);
+    metrics.records_released.inc_by(sent);
     tracing::debug!(tenant = %tenant, records = sent, regions = regions.len(), "records streamed");
     let _ = out
         .send(Ok(QueryRecordsResponse {

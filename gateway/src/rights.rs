@@ -42,7 +42,6 @@ impl Gateway {
     ) -> Result<std::sync::Arc<crate::directory::Region>, GatewayError> {
         let region = region_of_id(id, prefix, field)?;
         Ok(self
-            .directory()
             .region(&region)
             .ok_or_else(|| Violations::one(field, "issued by no known region"))?
             .clone())
@@ -58,8 +57,7 @@ impl Gateway {
         let parsed = RightsRequest::parse(&req)?;
         let target = match (&parsed.country, &parsed.rectification) {
             (Some(country), _) => Some(
-                self.directory()
-                    .region_for_country(country)
+                self.region_for_country(country)
                     .ok_or_else(|| {
                         Violations::one(
                             "subject.country",
@@ -69,8 +67,7 @@ impl Gateway {
                     .clone(),
             ),
             (None, Some(envelope)) if parsed.kind == SubjectRequestKind::Rectification => Some(
-                self.directory()
-                    .region(&envelope.region_id)
+                self.region(&envelope.region_id)
                     .ok_or_else(|| Violations::one("rectification.region_id", "unknown region"))?
                     .clone(),
             ),
@@ -85,12 +82,7 @@ impl Gateway {
             return answer.response.ok_or_else(|| missing(&region.id));
         }
         // Country unknown: ask every region; those without the subject answer NOT_FOUND.
-        let targets: Vec<_> = self
-            .directory()
-            .regions()
-            .iter()
-            .map(|r| (r.clone(), ()))
-            .collect();
+        let targets: Vec<_> = self.regions().into_iter().map(|r| (r, ())).collect();
         let outcomes = fan_out(targets, deadline, |region, (), deadline| {
             let mut client = region.client.clone();
             let message = message.clone();
@@ -159,7 +151,6 @@ impl Gateway {
         let now = domicile_proto::domain::unix_now();
         let spec = HoldSpec::parse(&req, now)?;
         let region = self
-            .directory()
             .region_for_country(&spec.country)
             .ok_or_else(|| {
                 Violations::one(

@@ -1,7 +1,9 @@
-//! The gateway's public listener: `Gateway`, gRPC health and server reflection.
+//! The gateway's public listener: `Gateway`, gRPC health and server reflection, with per-call
+//! spans and metrics, background region probes, and a graceful drain on shutdown.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
+use domicile_ops::{lifecycle::serve_and_drain, rpc::RpcLayer};
 use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -12,7 +14,30 @@ use crate::{gateway::Gateway, service::GatewayService};
 /// 64 KiB each, plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 
-/// Serves the gateway on an already-bound listener until `shutdown` completes.
+/// Services the public listener serves (and labels its calls by).
+const SERVICES: &[&str] = &[
+    "domicile.v1.Gateway",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Probes every region every `probe_interval_ms` (as configured at each round, so a reload
+/// applies), keeping health, keys and the `region_up` metric current.
+async fn probe_loop(gateway: Gateway) {
+    loop {
+        let config = gateway.config();
+        tokio::time::sleep(Duration::from_millis(config.probe_interval_ms)).await;
+        gateway
+            .directory()
+            .probe_all(Duration::from_millis(config.probe_timeout_ms))
+            .await;
+    }
+}
+
+/// Serves the gateway on an already-bound listener until `shutdown` completes, then drains
+/// (health `NOT_SERVING` for `shutdown_grace_ms`, then up to `drain_timeout_ms` for the calls in
+/// flight).
 pub async fn serve(
     gateway: Gateway,
     listener: TcpListener,
@@ -35,17 +60,40 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
+    let drain = gateway.config().drain();
+    let layer = RpcLayer::new(gateway.metrics().rpc.clone(), SERVICES);
+    let probes = tokio::spawn(probe_loop(gateway.clone()));
     let service = GatewayServer::new(GatewayService::new(gateway))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+    let served = serve_and_drain(
+        |stop| {
+            tonic::transport::Server::builder()
+                .layer(layer)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
+                    // ACKs).
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stop.await;
+                    },
+                )
+        },
+        shutdown,
+        drain,
+        async {
+            health
+                .set_not_serving::<GatewayServer<GatewayService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        },
+    )
+    .await;
+    probes.abort();
+    served
 }

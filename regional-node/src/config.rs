@@ -16,6 +16,9 @@
 //! local_listen = "127.0.0.1:50071"  # in-country LocalNode listener; unset: none
 //! min_group_size = 2           # a floor under every country policy's k
 //! max_records_per_envelope = 1000
+//! metrics_listen = "127.0.0.1:9465"  # Prometheus /metrics; unset: none
+//! shutdown_grace_ms = 0        # NOT_SERVING before the listener closes, on SIGTERM
+//! drain_timeout_ms = 30000     # longest wait for calls in flight
 //! ```
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -88,6 +91,18 @@ pub struct NodeConfig {
     /// Most records accepted in one envelope. Default 1000.
     #[serde(default = "default_max_records")]
     pub max_records_per_envelope: usize,
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Unset: no endpoint.
+    /// Bind it where only the monitoring network reaches.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM or Ctrl-C, how long health reports `NOT_SERVING` while calls are still
+    /// accepted, in milliseconds. Default 0.
+    #[serde(default)]
+    pub shutdown_grace_ms: u64,
+    /// Then, the longest wait for calls in flight before they are cut, in milliseconds.
+    /// Default 30000.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -111,6 +126,9 @@ fn default_k() -> u32 {
 fn default_max_records() -> usize {
     1000
 }
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
 
 /// Every option, as named in the file (and, upper-cased, in `DOMICILE_NODE_*` overrides).
 pub const OPTIONS: &[&str] = &[
@@ -131,6 +149,9 @@ pub const OPTIONS: &[&str] = &[
     "local_listen",
     "min_group_size",
     "max_records_per_envelope",
+    "metrics_listen",
+    "shutdown_grace_ms",
+    "drain_timeout_ms",
 ];
 
 /// An environment value as TOML: a TOML literal when it is one, else a string (or, for a list,
@@ -183,6 +204,9 @@ impl NodeConfig {
             local_listen: None,
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
+            metrics_listen: None,
+            shutdown_grace_ms: 0,
+            drain_timeout_ms: default_drain_timeout_ms(),
         }
     }
 
@@ -225,6 +249,14 @@ impl NodeConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// How the listeners drain on shutdown.
+    pub fn drain(&self) -> domicile_ops::lifecycle::Drain {
+        domicile_ops::lifecycle::Drain {
+            grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
+            timeout: std::time::Duration::from_millis(self.drain_timeout_ms),
+        }
     }
 
     /// The sealing key file: the configured one, or `sealing.key` beside the database.
@@ -311,6 +343,12 @@ impl NodeConfig {
         }
         if self.audit_checkpoint_seconds == 0 {
             err("audit_checkpoint_seconds", "must be at least 1");
+        }
+        if self.shutdown_grace_ms > 300_000 {
+            err("shutdown_grace_ms", "must be at most 300000 (5 minutes)");
+        }
+        if self.drain_timeout_ms > 3_600_000 {
+            err("drain_timeout_ms", "must be at most 3600000 (1 hour)");
         }
         if self.retention_sweep_seconds < 60 {
             err("retention_sweep_seconds", "must be at least 60");

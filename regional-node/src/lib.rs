@@ -23,6 +23,7 @@ pub mod incident;
 pub mod ingest;
 pub mod keys;
 pub mod local;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod pseudonym;

@@ -33,6 +33,7 @@ use crate::{
     incident,
     ingest::{Verdict, open_envelope, result},
     keys,
+    metrics::{DecisionLabels, NodeMetrics, OutcomeLabels, TenantLabels},
     policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) records_released: AtomicU64,
     /// The tamper-evident audit log.
     pub(crate) audit: AuditLog,
+    /// Prometheus metrics.
+    pub(crate) metrics: NodeMetrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -122,8 +125,18 @@ impl Node {
             database = %config.database.display(),
             "node opened"
         );
+        let metrics = NodeMetrics::new(
+            &config.region_id,
+            vec![
+                ("database", config.database.clone()),
+                ("database_wal", wal_of(&config.database)),
+                ("key_vault", config.key_vault_path()),
+                ("key_vault_wal", wal_of(&config.key_vault_path())),
+            ],
+        );
         Ok(Self {
             inner: Arc::new(Inner {
+                metrics,
                 config,
                 keys,
                 store,
@@ -140,6 +153,11 @@ impl Node {
     /// (a record counts once it is queued for the network, before the client reads it).
     pub fn records_released(&self) -> u64 {
         self.inner.records_released.load(Ordering::Relaxed)
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.inner.metrics
     }
 
     /// The audit log.
@@ -300,7 +318,7 @@ impl Node {
         v.into_result(())?;
 
         let node = self.clone();
-        tokio::task::spawn_blocking(move || node.ingest_blocking(&tenant, &envelope))
+        spawn_blocking_in_span(move || node.ingest_blocking(&tenant, &envelope))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
     }
@@ -387,10 +405,22 @@ impl Node {
                 })
             })
             .collect();
-        let accepted = results
-            .iter()
-            .filter(|r| r.status == RecordStatus::Accepted as i32)
-            .count();
+        let count =
+            |status: RecordStatus| results.iter().filter(|r| r.status == status as i32).count();
+        let accepted = count(RecordStatus::Accepted);
+        for (outcome, n) in [
+            ("accepted", accepted),
+            ("duplicate", count(RecordStatus::Duplicate)),
+            ("rejected", count(RecordStatus::Rejected)),
+        ] {
+            inner
+                .metrics
+                .records_ingested
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
         tracing::debug!(
             region = %inner.config.region_id,
             tenant = %tenant,
@@ -450,15 +480,24 @@ impl Node {
         let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
 
         let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_blocking_in_span(move || {
             let inner = &node.inner;
             if let Some(plan) = &plan {
                 let requested_milli = plan.epsilon.milli();
-                if let Charge::Exhausted { remaining_milli } =
+                let charge =
                     inner
                         .store
-                        .charge_epsilon(tenant.as_str(), requested_milli, budget_milli)?
-                {
+                        .charge_epsilon(tenant.as_str(), requested_milli, budget_milli)?;
+                let (Charge::Charged { remaining_milli } | Charge::Exhausted { remaining_milli }) =
+                    charge;
+                inner
+                    .metrics
+                    .dp_budget_remaining
+                    .get_or_create(&TenantLabels {
+                        tenant: tenant.as_str().to_owned(),
+                    })
+                    .set(remaining_milli as f64 / 1000.0);
+                if let Charge::Exhausted { remaining_milli } = charge {
                     return Err(NodeError::BudgetExhausted {
                         remaining_milli,
                         budget_milli,
@@ -514,10 +553,17 @@ impl Node {
                 )
             })?;
             inner.audit.sign_release(&mut release);
+            let purpose = spec.purpose.as_str_name();
+            NodeMetrics::by_purpose(&inner.metrics.groups_released, purpose, u64::from(released));
+            NodeMetrics::by_purpose(
+                &inner.metrics.groups_suppressed,
+                purpose,
+                partial.suppressed,
+            );
             tracing::debug!(
                 region = %region,
                 tenant = %tenant,
-                purpose = spec.purpose.as_str_name(),
+                purpose,
                 groups = released,
                 suppressed = partial.suppressed,
                 epsilon = release.epsilon,
@@ -560,7 +606,7 @@ impl Node {
         let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
         let (tx, rx) = mpsc::channel(RECORD_STREAM_BUFFER);
         let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        spawn_blocking_in_span(move || {
             let inner = &node.inner;
             let region_id = inner.config.region_id.as_str();
             let release = records::Release {
@@ -598,6 +644,11 @@ impl Node {
                     inner
                         .records_released
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    NodeMetrics::by_purpose(
+                        &inner.metrics.records_released,
+                        spec.purpose.as_str_name(),
+                        batch.len() as u64,
+                    );
                     let msg = RegionalNodeQueryRecordsResponse {
                         records: batch,
                         release: None,
@@ -749,7 +800,7 @@ impl Node {
         f: impl FnOnce(&Node) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
         let node = self.clone();
-        tokio::task::spawn_blocking(move || f(&node))
+        spawn_blocking_in_span(move || f(&node))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
     }
@@ -827,12 +878,41 @@ impl Node {
         self.policy_for(&q.subject.country, "subject.country")?;
         self.blocking(move |node| {
             let policy = node.policy_for(&q.subject.country, "subject.country")?;
-            node.inner
+            let answer = node
+                .inner
                 .store
-                .read(|conn| consent::check(conn, policy, &q))
+                .read(|conn| consent::check(conn, policy, &q))?;
+            node.inner
+                .metrics
+                .contact_checks
+                .get_or_create(&DecisionLabels {
+                    purpose: q.purpose.as_str_name().to_owned(),
+                    channel: q.channel.as_str_name().to_owned(),
+                    decision: if answer.allowed { "allowed" } else { "denied" }.to_owned(),
+                })
+                .inc();
+            Ok(answer)
         })
         .await
     }
+}
+
+/// `spawn_blocking` that keeps the caller's span (the RPC's, with its trace id) for the logs
+/// of the blocking part.
+fn spawn_blocking_in_span<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}
+
+/// The write-ahead log beside an SQLite file.
+fn wal_of(path: &std::path::Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
 }
 
 /// The key-encryption key: from the environment variable `kek_env` names when it is set,

@@ -3,6 +3,7 @@
 
 use std::{future::Future, time::Duration};
 
+use domicile_ops::{lifecycle::serve_and_drain, rpc::RpcLayer};
 use domicile_proto::pb::{
     FILE_DESCRIPTOR_SET, local_node_server::LocalNodeServer,
     regional_node_server::RegionalNodeServer,
@@ -75,7 +76,18 @@ async fn sweep_loop(node: Node) {
     }
 }
 
-/// Serves the node on an already-bound listener until `shutdown` completes.
+/// Services the node's listeners serve (and label their calls by).
+const SERVICES: &[&str] = &[
+    "domicile.v1.RegionalNode",
+    "domicile.v1.LocalNode",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Serves the node on an already-bound listener until `shutdown` completes, then drains
+/// (health `NOT_SERVING` for `shutdown_grace_ms`, then up to `drain_timeout_ms` for the calls in
+/// flight).
 pub async fn serve(
     node: Node,
     listener: TcpListener,
@@ -88,19 +100,39 @@ pub async fn serve(
     let reflection = reflection("domicile.v1.RegionalNode");
     let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
     let sweeps = tokio::spawn(sweep_loop(node.clone()));
+    let drain = node.config().drain();
+    let layer = RpcLayer::new(node.metrics().rpc.clone(), SERVICES);
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let served = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha("domicile.v1.RegionalNode"))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await;
+    let served = serve_and_drain(
+        |stop| {
+            tonic::transport::Server::builder()
+                .layer(layer)
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(reflection_v1alpha("domicile.v1.RegionalNode"))
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
+                    // ACKs).
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stop.await;
+                    },
+                )
+        },
+        shutdown,
+        drain,
+        async {
+            health
+                .set_not_serving::<RegionalNodeServer<RegionalNodeService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        },
+    )
+    .await;
     checkpoints.abort();
     sweeps.abort();
     served
@@ -118,6 +150,7 @@ pub async fn serve_local(
         .set_serving::<LocalNodeServer<LocalNodeService>>()
         .await;
     tonic::transport::Server::builder()
+        .layer(RpcLayer::new(node.metrics().rpc.clone(), SERVICES))
         .add_service(health_service)
         .add_service(reflection("domicile.v1.LocalNode"))
         .add_service(reflection_v1alpha("domicile.v1.LocalNode"))

@@ -1,0 +1,17 @@
+//! Operations support shared by the Domicile gateway and regional nodes.
+//!
+//! - [`trace`]: W3C `traceparent` parsing and the trace context of the call being served.
+//! - [`metrics`]: the Prometheus families every listener records, and the `/metrics` endpoint.
+//! - [`rpc`]: tower middleware that gives each served call a span, a trace context and
+//!   metrics, and that propagates the trace to regions on the gateway's client channels.
+//! - [`lifecycle`]: graceful drain on shutdown, and the signals that ask for it.
+//!
+//! Nothing here reads a message body: spans and labels are built from the method path, the
+//! `traceparent` and `grpc-status` headers only, so no personal data can reach them.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod lifecycle;
+pub mod metrics;
+pub mod rpc;
+pub mod trace;

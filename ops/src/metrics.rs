@@ -1,0 +1,278 @@
+//! Prometheus metrics: the per-RPC families every listener records, and the `/metrics` HTTP
+//! endpoint.
+//!
+//! Labels name methods, regions, countries, purposes, tenants and status codes, never a
+//! subject: no label value is ever taken from personal data.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+/// Latency buckets in seconds: 0.5 ms to about 16 s, doubling.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 16)
+}
+
+/// A histogram family with [`latency_buckets`].
+pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A new histogram family with [`latency_buckets`].
+pub fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
+    Family::new_with_constructor(|| Histogram::new(latency_buckets()))
+}
+
+/// Labels of a served call: the gRPC method (or `unknown` for a path no service serves, so
+/// that a caller cannot invent label values) and its final status code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// e.g. `Aggregate`.
+    pub method: String,
+    /// The gRPC status code, e.g. `OK`, `INVALID_ARGUMENT`.
+    pub code: String,
+}
+
+/// Labels of a served call's latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// e.g. `Aggregate`.
+    pub method: String,
+}
+
+/// Labels of a call to a region.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionCallLabels {
+    /// Region id.
+    pub region: String,
+    /// e.g. `Aggregate`.
+    pub method: String,
+    /// The gRPC status code.
+    pub code: String,
+}
+
+/// Labels of a region call's latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionMethodLabels {
+    /// Region id.
+    pub region: String,
+    /// e.g. `Aggregate`.
+    pub method: String,
+}
+
+/// The families every gRPC listener records, registered as `<prefix>_rpc_*`.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics {
+    /// Finished calls by method and code.
+    pub requests: Family<CallLabels, Counter>,
+    /// Time from request to the end of the response (trailers), by method.
+    pub duration: LatencyFamily<MethodLabels>,
+    /// Calls being served now.
+    pub in_flight: Gauge,
+}
+
+impl RpcMetrics {
+    /// Registers the families in `registry` (which carries the prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: latency_family(),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "rpc_requests",
+            "gRPC calls served, by method and final status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "Time from a gRPC call's arrival to the end of its response, by method",
+            m.duration.clone(),
+        );
+        registry.register(
+            "rpc_in_flight",
+            "gRPC calls being served now",
+            m.in_flight.clone(),
+        );
+        m
+    }
+}
+
+/// The families of calls the gateway makes to regions, registered as `<prefix>_region_*`.
+#[derive(Debug, Clone)]
+pub struct RegionCallMetrics {
+    /// Finished calls by region, method and code.
+    pub requests: Family<RegionCallLabels, Counter>,
+    /// Time from request to the end of the region's response, by region and method.
+    pub duration: LatencyFamily<RegionMethodLabels>,
+}
+
+impl RegionCallMetrics {
+    /// Registers the families in `registry` (which carries the prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: latency_family(),
+        };
+        registry.register(
+            "region_requests",
+            "Calls to regional nodes, by region, method and final status code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "region_duration_seconds",
+            "Time from a call to a region to the end of its answer, by region and method",
+            m.duration.clone(),
+        );
+        m
+    }
+}
+
+/// A source of exposition text: a registry, plus an optional refresh run before each scrape
+/// (for values read from the outside, such as file sizes).
+#[derive(Clone)]
+pub struct Source {
+    registry: Arc<Mutex<Registry>>,
+    refresh: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    /// A source over `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            refresh: None,
+        }
+    }
+
+    /// Runs `refresh` before every scrape.
+    pub fn with_refresh(mut self, refresh: impl Fn() + Send + Sync + 'static) -> Self {
+        self.refresh = Some(Arc::new(refresh));
+        self
+    }
+
+    /// The exposition text (OpenMetrics text format, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        if let Some(refresh) = &self.refresh {
+            refresh();
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Content type of the exposition.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET <path>` for each `(path, source)` on `listener` until `shutdown` completes;
+/// anything else is 404 (or 405 for another method). Plain HTTP/1.1: bind it to an address only
+/// the monitoring network reaches.
+pub async fn serve(
+    listener: TcpListener,
+    sources: BTreeMap<String, Source>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let sources = Arc::new(sources);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(respond(&sources, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(sources: &BTreeMap<String, Source>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    let Some(source) = sources.get(req.uri().path()) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    let mut r = Response::new(Full::new(Bytes::from(source.encode())));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    r
+}
+
+/// Fetches `http://addr/path` with a minimal HTTP/1.1 client (for tests and `domicile dev`).
+pub async fn scrape(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A new metric of type `M`, registered in `registry` as `name` with `help`.
+pub fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let m = M::default();
+    registry.register(name, help, m.clone());
+    m
+}
