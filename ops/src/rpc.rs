@@ -105,12 +105,15 @@ const KNOWN_METHODS: &[&str] = &[
 /// trailers-only response, or `CANCELLED` when the response is dropped before its end.
 struct Finish {
     start: Instant,
+    span: tracing::Span,
     record: Box<dyn FnOnce(&'static str, f64) + Send + Sync>,
 }
 
 impl Finish {
     fn done(self, code: &'static str) {
-        (self.record)(code, self.start.elapsed().as_secs_f64());
+        let seconds = self.start.elapsed().as_secs_f64();
+        tracing::debug!(parent: &self.span, code, ms = seconds * 1000.0, "call finished");
+        (self.record)(code, seconds);
     }
 }
 
@@ -265,6 +268,7 @@ where
         metrics.in_flight.inc();
         let finish = Finish {
             start: Instant::now(),
+            span: span.clone(),
             record: Box::new(move |code, seconds| {
                 metrics.in_flight.dec();
                 record(&metrics.requests, &metrics.duration, method, code, seconds);
@@ -353,10 +357,18 @@ where
             TRACEPARENT,
             HeaderValue::try_from(context.to_string()).expect("a traceparent is ASCII"),
         );
+        let span = tracing::debug_span!(
+            "region_call",
+            region = %self.region,
+            method,
+            trace_id = %context.trace_id_hex(),
+            span_id = %context.span_id_hex(),
+        );
         let metrics = self.metrics.clone();
         let region = self.region.clone();
         let finish = Finish {
             start: Instant::now(),
+            span: span.clone(),
             record: Box::new(move |code, seconds| {
                 metrics
                     .requests
@@ -376,15 +388,18 @@ where
             }),
         };
         let fut = self.inner.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(response) => Ok(metered(response, finish)),
-                Err(e) => {
-                    finish.done("UNAVAILABLE");
-                    Err(e)
+        Box::pin(
+            async move {
+                match fut.await {
+                    Ok(response) => Ok(metered(response, finish)),
+                    Err(e) => {
+                        finish.done("UNAVAILABLE");
+                        Err(e)
+                    }
                 }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 

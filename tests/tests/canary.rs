@@ -1004,6 +1004,23 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let databases: Vec<_> = fed.nodes.iter().map(|n| n.database.clone()).collect();
 
     let streamed = drive_every_rpc(&mut fed, &cap, &canaries).await?;
+    // The metrics of the gateway and of every node, as Prometheus scrapes them.
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let sources = fed.metrics_sources();
+    let paths: Vec<String> = sources.keys().cloned().collect();
+    tokio::spawn(domicile_ops::metrics::serve(
+        metrics_listener,
+        sources,
+        std::future::pending(),
+    ));
+    let mut metrics = String::new();
+    for path in &paths {
+        let (status, body) = domicile_ops::metrics::scrape(metrics_addr, path).await?;
+        assert_eq!(status, 200, "{path}");
+        metrics.push_str(&body);
+    }
+    cap.add(metrics.as_bytes());
     // The audit logs stay in-country, but they too hold no direct identifier.
     let audit_logs: Vec<Vec<u8>> = databases
         .iter()
@@ -1048,6 +1065,21 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
         );
     }
     assert!(find(&captured, b"DEBUG"), "debug logs were captured");
+    assert_eq!(
+        paths.len(),
+        1 + REGIONS.len(),
+        "the gateway's and every node's metrics"
+    );
+    for family in [
+        "domicile_gateway_rpc_requests_total{",
+        "domicile_gateway_region_requests_total{",
+        "domicile_node_records_ingested_total{",
+        "domicile_node_groups_released_total{",
+        "domicile_node_dp_budget_remaining_epsilon{",
+        "domicile_node_contact_checks_total{",
+    ] {
+        assert!(metrics.contains(family), "{family} was scraped");
+    }
     assert!(
         captured.len() > 100_000,
         "captured {} bytes",
