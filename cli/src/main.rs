@@ -149,6 +149,7 @@ struct Target {
 enum ConfigCommand {
     /// Check a gateway configuration, a node configuration (with its countries' policies) or a
     /// country policy file, and report every problem with its path. Exit status 1 when any.
+    /// `DOMICILE_NODE_*` and `DOMICILE_GATEWAY_*` overrides apply, as when the file is run.
     Check {
         /// The TOML file.
         file: PathBuf,
@@ -536,9 +537,9 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
         Err(e) => return Ok(vec![format!("not valid TOML: {}", e.message())]),
     };
     if table.contains_key("region_id") {
-        let config: NodeConfig = match toml::from_str(&text) {
+        let config = match NodeConfig::parse_with_env(&text, |k| std::env::var(k).ok()) {
             Ok(c) => c,
-            Err(e) => return Ok(vec![e.message().trim().to_owned()]),
+            Err(e) => return Ok(vec![e.to_string().trim().to_owned()]),
         };
         let mut problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
         if problems.is_empty() {
@@ -558,9 +559,9 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
         }
         Ok(problems)
     } else if table.contains_key("regions") {
-        let config: GatewayConfig = match toml::from_str(&text) {
+        let config = match GatewayConfig::parse_with_env(&text, |k| std::env::var(k).ok()) {
             Ok(c) => c,
-            Err(e) => return Ok(vec![e.message().trim().to_owned()]),
+            Err(e) => return Ok(vec![e.to_string().trim().to_owned()]),
         };
         let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
         if problems.is_empty() {

@@ -219,6 +219,17 @@ impl NodeConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        let config = Self::parse_with_env(text, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Like [`Self::from_toml_with_env`] without the validation, for `domicile config check`,
+    /// which lists every problem ([`Self::problems`]) rather than the first.
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
             path: e
                 .span()
@@ -235,7 +246,6 @@ impl NodeConfig {
             path: "(file or DOMICILE_NODE_* environment)".into(),
             message: e.message().to_owned(),
         })?;
-        config.validate()?;
         Ok(config)
     }
 

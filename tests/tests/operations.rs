@@ -63,7 +63,7 @@ fn aggregate(epsilon: Option<f64>) -> AggregateRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_regions_releases_and_budget() -> anyhow::Result<()> {
-    let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+    let mut fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
     let records = load(&fed, &["DE", "US"], 60, 600, 5).await?;
     let mut gw = gateway_client(&fed).await?;
     let exact = gw.aggregate(aggregate(None)).await?.into_inner();
@@ -197,6 +197,63 @@ async fn metrics_count_calls_regions_releases_and_budget() -> anyhow::Result<()>
 
     let (status, _) = scrape(addr, "/nothing-here").await?;
     assert_eq!(status, 404);
+
+    // A region down: the fan-out is incomplete, and counted so.
+    fed.stop_node("us").await;
+    gw.aggregate(aggregate(None)).await?;
+    let (_, g) = scrape(addr, "/metrics").await?;
+    assert_eq!(
+        sample(
+            &g,
+            r#"domicile_gateway_fanout_incomplete_total{method="Aggregate"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &g,
+            r#"domicile_gateway_fanout_regions_total{method="Aggregate",status="UNAVAILABLE"}"#
+        ),
+        Some(1.0)
+    );
+
+    // Every series the Grafana dashboard queries is one the gateway or a node exports.
+    let families: Vec<&str> = g
+        .lines()
+        .chain(de.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/domicile.json"
+    ))?;
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard)?;
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("domicile_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 16, "the dashboard queries {queried:?}");
+    for name in &queried {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            families.contains(&family),
+            "the dashboard queries {name}, which nobody exports"
+        );
+    }
     Ok(())
 }
 
