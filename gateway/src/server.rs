@@ -3,10 +3,12 @@
 
 use std::{future::Future, time::Duration};
 
-use domicile_ops::{lifecycle::serve_and_drain, rpc::RpcLayer};
+use domicile_ops::{
+    lifecycle::{incoming, not_serving, serve_and_drain},
+    rpc::RpcLayer,
+};
 use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{gateway::Gateway, service::GatewayService};
 
@@ -73,25 +75,11 @@ pub async fn serve(
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
-                    // ACKs).
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = stop.await;
-                    },
-                )
+                .serve_with_incoming_shutdown(incoming(listener), stop)
         },
         shutdown,
         drain,
-        async {
-            health
-                .set_not_serving::<GatewayServer<GatewayService>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        },
+        not_serving::<GatewayServer<GatewayService>>(&health),
     )
     .await;
     probes.abort();

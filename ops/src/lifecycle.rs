@@ -2,6 +2,10 @@
 
 use std::{future::Future, time::Duration};
 
+use tokio::net::TcpListener;
+use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
 /// How a listener drains when asked to stop.
 #[derive(Debug, Clone, Copy)]
 pub struct Drain {
@@ -13,12 +17,12 @@ pub struct Drain {
     pub timeout: Duration,
 }
 
-/// Runs `server` (a tonic server future that stops accepting when `stop` resolves, then waits
-/// for its calls) until `shutdown` completes, then drains it: `not_serving` runs first (set
-/// health to `NOT_SERVING`), the listener keeps accepting for `drain.grace`, then stops
-/// accepting and gets at most `drain.timeout` to finish its calls.
+/// Runs `server` (a tonic server future that stops accepting when the future it is given
+/// completes, then waits for its calls) until `shutdown` completes, then drains it:
+/// `not_serving` runs first (set health to `NOT_SERVING`), the listener keeps accepting for
+/// `drain.grace`, then stops accepting and gets at most `drain.timeout` to finish its calls.
 pub async fn serve_and_drain<S, E, N>(
-    server: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> S,
+    server: impl FnOnce(Stop) -> S,
     shutdown: impl Future<Output = ()>,
     drain: Drain,
     not_serving: N,
@@ -27,8 +31,10 @@ where
     S: Future<Output = Result<(), E>>,
     N: Future<Output = ()>,
 {
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let server = server(stopped);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = server(Box::pin(async {
+        let _ = stopped.await;
+    }));
     let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => return result,
@@ -55,6 +61,24 @@ where
             Ok(())
         }
     }
+}
+
+/// Completes when a draining server must stop accepting.
+pub type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A listener's connections for tonic, with `TCP_NODELAY`: small gRPC frames must not wait for
+/// Nagle's algorithm (40 ms with delayed ACKs).
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Reports `S` and the whole server (the empty service name, which Kubernetes probes) as
+/// `NOT_SERVING`.
+pub async fn not_serving<S: NamedService>(health: &HealthReporter) {
+    health.set_not_serving::<S>().await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM (what Kubernetes and systemd send).
@@ -96,7 +120,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let result: Result<(), ()> = serve_and_drain(
             |stop| async move {
-                stop.await.unwrap();
+                stop.await;
                 // A call in flight that needs 2 s more.
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 Ok(())

@@ -199,6 +199,34 @@ fn metered<B>(response: Response<B>, finish: Finish) -> Response<MeteredBody<B>>
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Calls `inner`, then meters the response with `finish` (or records `failed` when the call
+/// fails before a response), inside `span`.
+fn call_metered<F, RB, E>(
+    fut: F,
+    finish: Finish,
+    failed: &'static str,
+    context: Option<TraceContext>,
+    span: tracing::Span,
+) -> BoxFuture<Result<Response<MeteredBody<RB>>, E>>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>> + Send + 'static,
+    RB: 'static,
+    E: 'static,
+{
+    Box::pin(
+        async move {
+            match trace::scope(context, fut).await {
+                Ok(response) => Ok(metered(response, finish)),
+                Err(e) => {
+                    finish.done(failed);
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span),
+    )
+}
+
 /// Middleware for a gRPC listener; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
@@ -278,18 +306,7 @@ where
             let _entered = span.enter();
             self.inner.call(req)
         };
-        Box::pin(
-            async move {
-                match trace::scope(Some(context), fut).await {
-                    Ok(response) => Ok(metered(response, finish)),
-                    Err(e) => {
-                        finish.done("UNKNOWN");
-                        Err(e)
-                    }
-                }
-            }
-            .instrument(span),
-        )
+        call_metered(fut, finish, "UNKNOWN", Some(context), span)
     }
 }
 
@@ -388,18 +405,8 @@ where
             }),
         };
         let fut = self.inner.call(req);
-        Box::pin(
-            async move {
-                match fut.await {
-                    Ok(response) => Ok(metered(response, finish)),
-                    Err(e) => {
-                        finish.done("UNAVAILABLE");
-                        Err(e)
-                    }
-                }
-            }
-            .instrument(span),
-        )
+        // The context is already in the request's header.
+        call_metered(fut, finish, "UNAVAILABLE", None, span)
     }
 }
 

@@ -3,13 +3,15 @@
 
 use std::{future::Future, time::Duration};
 
-use domicile_ops::{lifecycle::serve_and_drain, rpc::RpcLayer};
+use domicile_ops::{
+    lifecycle::{incoming, not_serving, serve_and_drain},
+    rpc::RpcLayer,
+};
 use domicile_proto::pb::{
     FILE_DESCRIPTOR_SET, local_node_server::LocalNodeServer,
     regional_node_server::RegionalNodeServer,
 };
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{local::LocalNodeService, node::Node, service::RegionalNodeService};
 
@@ -112,25 +114,11 @@ pub async fn serve(
                 .add_service(reflection)
                 .add_service(reflection_v1alpha("domicile.v1.RegionalNode"))
                 .add_service(service)
-                .serve_with_incoming_shutdown(
-                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
-                    // ACKs).
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = stop.await;
-                    },
-                )
+                .serve_with_incoming_shutdown(incoming(listener), stop)
         },
         shutdown,
         drain,
-        async {
-            health
-                .set_not_serving::<RegionalNodeServer<RegionalNodeService>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        },
+        not_serving::<RegionalNodeServer<RegionalNodeService>>(&health),
     )
     .await;
     checkpoints.abort();
@@ -155,9 +143,6 @@ pub async fn serve_local(
         .add_service(reflection("domicile.v1.LocalNode"))
         .add_service(reflection_v1alpha("domicile.v1.LocalNode"))
         .add_service(LocalNodeServer::new(LocalNodeService::new(node)))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

@@ -12,7 +12,11 @@
 //! It also holds an independent, brute-force implementation of the aggregate metrics over the
 //! generated records, to check the federation's merged answers against.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    sync::{Arc, Mutex},
+};
 
 pub use domicile::{
     client,
@@ -25,6 +29,7 @@ use domicile_proto::pb::{
     gateway_client::GatewayClient, record_payload::Record,
     regional_node_client::RegionalNodeClient,
 };
+use prost::Message;
 use tonic::transport::Channel;
 
 /// The tenant the tests load data under.
@@ -263,5 +268,68 @@ mod tests {
         assert_eq!(super::month_of(0), "1970-01");
         assert_eq!(super::month_of(1_793_491_199), "2026-10");
         assert_eq!(super::month_of(1_709_164_800), "2024-02"); // 2024-02-29
+    }
+}
+
+/// Bytes captured from the federation boundary: messages, statuses and, as a `tracing` writer,
+/// log lines (`.with_writer(move || capture.clone())`).
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// Appends `bytes` and a newline.
+    pub fn add(&self, bytes: &[u8]) {
+        let mut all = self.0.lock().unwrap();
+        all.extend_from_slice(bytes);
+        all.push(b'\n');
+    }
+
+    /// Appends a message, encoded and as text.
+    pub fn message<M: Message + std::fmt::Debug>(&self, m: &M) {
+        self.add(&m.encode_to_vec());
+        // The text form too, as a client would print it.
+        self.add(format!("{m:?}").as_bytes());
+    }
+
+    /// Appends a status: code, message, details and metadata.
+    pub fn status(&self, s: &tonic::Status) {
+        self.add(format!("{:?} {}", s.code(), s.message()).as_bytes());
+        self.add(s.details());
+        for kv in s.metadata().iter() {
+            self.add(format!("{kv:?}").as_bytes());
+        }
+    }
+
+    /// Appends a call's answer or its error; the answer, if any.
+    pub fn result<M: Message + std::fmt::Debug>(
+        &self,
+        r: Result<tonic::Response<M>, tonic::Status>,
+    ) -> Option<M> {
+        match r {
+            Ok(resp) => {
+                let m = resp.into_inner();
+                self.message(&m);
+                Some(m)
+            }
+            Err(s) => {
+                self.status(&s);
+                None
+            }
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

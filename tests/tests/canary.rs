@@ -4,22 +4,18 @@
 //! Every RPC of the gateway and of the nodes' federation API is driven — valid calls, invalid
 //! ones (some carrying canaries in the invalid fields), and calls that fail because a region is
 //! down — and every byte that crosses is captured: gateway responses, stream messages and
-//! errors (code, message, details), node federation responses and errors, and all log output at
-//! debug level (gateway and nodes). The capture is then searched for each canary in plain text,
+//! errors (code, message, details), node federation responses and errors, every level of the
+//! gateway's and nodes' logs, and the Prometheus metrics of the gateway and of every node as
+//! scraped over HTTP. The capture is then searched for each canary in plain text,
 //! hex (lower and upper case) and base64 (standard and URL-safe, at every byte alignment).
 //!
 //! Positive controls keep the test honest: each region reads its canaries back (while its files
 //! hold them only encrypted), the detector finds a canary hidden in base64 inside a blob, and the redaction
 //! placeholders do cross (so the comments were released, redacted).
 //!
-//! There is no metrics endpoint yet; when one lands, its text joins the capture here, and so
-//! does every new RPC.
+//! Every new RPC must be driven here.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use base64::Engine;
 use domicile_proto::{
@@ -43,66 +39,9 @@ use domicile_proto::{
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
-use domicile_tests::{Federation, TENANT, client, gateway_client, node_client};
+use domicile_tests::{Capture, Federation, TENANT, client, gateway_client, node_client};
 use prost::Message;
 use tonic::transport::Channel as Grpc;
-
-/// Everything captured from the federation boundary.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn add(&self, bytes: &[u8]) {
-        let mut all = self.0.lock().unwrap();
-        all.extend_from_slice(bytes);
-        all.push(b'\n');
-    }
-
-    fn message<M: Message + std::fmt::Debug>(&self, m: &M) {
-        self.add(&m.encode_to_vec());
-        // The text form too, as a client would print it.
-        self.add(format!("{m:?}").as_bytes());
-    }
-
-    fn status(&self, s: &tonic::Status) {
-        self.add(format!("{:?} {}", s.code(), s.message()).as_bytes());
-        self.add(s.details());
-        for kv in s.metadata().iter() {
-            self.add(format!("{kv:?}").as_bytes());
-        }
-    }
-
-    fn result<M: Message + std::fmt::Debug>(
-        &self,
-        r: Result<tonic::Response<M>, tonic::Status>,
-    ) -> Option<M> {
-        match r {
-            Ok(resp) => {
-                let m = resp.into_inner();
-                self.message(&m);
-                Some(m)
-            }
-            Err(s) => {
-                self.status(&s);
-                None
-            }
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Every encoding of `canary` the capture is searched for.
 fn encodings(canary: &str) -> Vec<Vec<u8>> {

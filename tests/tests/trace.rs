@@ -2,27 +2,9 @@
 //! each region call is a child span, and each node continues the trace from it; the ids appear
 //! in the JSON logs of both sides.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use domicile_proto::pb::{AggregateQuery, AggregateRequest, Dimension, Metric, Purpose};
-use domicile_tests::{TENANT, federation, gateway_client, load};
+use domicile_tests::{Capture, TENANT, federation, gateway_client, load};
 use serde_json::Value;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The fields of the span named `name` among a JSON log line's current span and its parents
 /// (an event with an explicit parent lists that span as `span` only).
@@ -80,7 +62,7 @@ async fn the_callers_trace_reaches_every_region() -> anyhow::Result<()> {
     .await?;
     fed.shutdown().await;
 
-    let text = String::from_utf8(cap.0.lock().unwrap().clone())?;
+    let text = String::from_utf8(cap.bytes())?;
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
