@@ -5,12 +5,18 @@
 use std::{net::SocketAddr, path::PathBuf, time::Instant};
 
 use anyhow::Context;
+use domicile_gateway::auth::AuthConfig;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension, Metric,
     PseudonymisedInteraction, Purpose, QueryRecordsRequest, RecordQuery, RegionStatus,
 };
 
-use crate::{client, federation::Federation, synth, table};
+use crate::{
+    client,
+    federation::Federation,
+    synth, table,
+    token::{self, TokenClaims},
+};
 
 /// Options of `domicile dev`.
 #[derive(Debug, Clone)]
@@ -27,6 +33,34 @@ pub struct DevOptions {
     pub seed: u64,
     /// Tenant to load the data under.
     pub tenant: String,
+    /// Serve the gateway without authentication (logs a warning). Mutual TLS between gateway
+    /// and nodes stays on.
+    pub insecure: bool,
+}
+
+/// A running `domicile dev`: the federation, and the token that calls it.
+#[derive(Debug)]
+pub struct Dev {
+    /// The federation.
+    pub federation: Federation,
+    /// A token for the dev tenant with every purpose and operation (`None` with `insecure`).
+    pub token: Option<String>,
+    /// The HS256 secret file, for `domicile token --secret-file` (`None` with `insecure`).
+    pub secret_file: Option<std::path::PathBuf>,
+    _auth_dir: Option<tempfile::TempDir>,
+}
+
+/// The development HS256 secret in `dir` (made, mode 0600, when missing).
+fn dev_secret(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Vec<u8>)> {
+    let path = dir.join("hs256.secret");
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        crate::certs::write_private(&path, hex::encode(bytes).as_bytes())?;
+    }
+    let secret = std::fs::read(&path)?;
+    Ok((path, secret))
 }
 
 /// The regions `dev` starts.
@@ -204,8 +238,9 @@ pub fn render_aggregate(resp: &AggregateResponse) -> String {
     out
 }
 
-/// Starts the federation, loads it, prints the example, and returns the running federation.
-pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
+/// Starts the federation (mutual TLS between gateway and nodes; callers authenticated by a
+/// development token unless `insecure`), loads it, prints the example, and returns it running.
+pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     let mut builder = Federation::builder().gateway_addr(opts.listen);
     for (id, countries) in DEV_REGIONS {
         builder = builder.region(id, countries);
@@ -213,6 +248,30 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
     if let Some(dir) = &opts.data_dir {
         builder = builder.data_dir(dir);
     }
+    let (auth_dir, token, secret_file) = if opts.insecure {
+        tracing::warn!("--insecure: the gateway serves without authentication");
+        (None, None, None)
+    } else {
+        let (guard, dir) = match &opts.data_dir {
+            Some(d) => (None, d.join("auth")),
+            None => {
+                let t = tempfile::tempdir()?;
+                let p = t.path().to_owned();
+                (Some(t), p)
+            }
+        };
+        let (path, secret) = dev_secret(&dir)?;
+        builder = builder.auth(AuthConfig {
+            audience: token::DEV_AUDIENCE.into(),
+            issuer: None,
+            hs256_secret_file: Some(path.clone()),
+            jwks_file: None,
+            leeway_seconds: 30,
+            clients: Vec::new(),
+        });
+        let minted = token::mint(&secret, &TokenClaims::everything(&opts.tenant, 12))?;
+        (guard, Some(minted), Some(path))
+    };
     let federation = builder.start().await?;
     println!("Domicile dev federation");
     println!(
@@ -228,7 +287,14 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
         );
     }
 
-    let mut gw = client::connect(federation.gateway_addr).await?;
+    let mut gw = client::connect_with(
+        &federation.gateway_addr.to_string(),
+        &client::ConnectOptions {
+            token: token.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
     let regions = client::regions(&mut gw).await?;
     let started = Instant::now();
     let mut records = Vec::new();
@@ -278,16 +344,31 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Federation> {
         "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
     );
     print!("{}", render_records(&sample));
-    println!(
-        "\nTry it with grpcurl (reflection is on):\n  grpcurl -plaintext {} domicile.v1.Gateway/ListRegions",
-        federation.gateway_addr
-    );
-    Ok(federation)
+    match &token {
+        Some(t) => println!(
+            "\nGateway and nodes talk mutual TLS; callers need a token. For tenant {:?}, every purpose and operation, 12 hours:\n\ntoken: {t}\n\nTry it with grpcurl (reflection is on):\n  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {} domicile.v1.Gateway/ListRegions\nMore tokens: domicile token --secret-file {} --tenant <tenant>",
+            opts.tenant,
+            federation.gateway_addr,
+            secret_file
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+        ),
+        None => println!(
+            "\nTry it with grpcurl (reflection is on; --insecure: no token needed):\n  grpcurl -plaintext {} domicile.v1.Gateway/ListRegions",
+            federation.gateway_addr
+        ),
+    }
+    Ok(Dev {
+        federation,
+        token,
+        secret_file,
+        _auth_dir: auth_dir,
+    })
 }
 
 /// A few records with comments from each region, preferring ones the redaction touched.
 async fn sample_records(
-    gw: &mut domicile_proto::pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    gw: &mut domicile_client::Gateway,
     tenant: &str,
 ) -> anyhow::Result<Vec<PseudonymisedInteraction>> {
     let request = QueryRecordsRequest {

@@ -4,9 +4,16 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use domicile_gateway::{Gateway, GatewayConfig, RegionConfig};
-use domicile_node::{Node, NodeConfig};
+use domicile_gateway::{
+    Gateway, GatewayConfig, RegionConfig,
+    auth::AuthConfig,
+    config::{FederationTlsConfig, PublicTlsConfig},
+    limits::LimitsConfig,
+};
+use domicile_node::{Node, NodeConfig, config::NodeTls};
 use domicile_ops::metrics::Source;
+
+use crate::certs::{self, Pki};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// A region to start.
@@ -28,6 +35,9 @@ pub struct FederationBuilder {
     gateway_addr: SocketAddr,
     min_group_size: u32,
     default_deadline: Duration,
+    auth: Option<AuthConfig>,
+    limits: Option<LimitsConfig>,
+    public_tls: bool,
 }
 
 impl Default for FederationBuilder {
@@ -38,6 +48,9 @@ impl Default for FederationBuilder {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             min_group_size: 5,
             default_deadline: Duration::from_secs(5),
+            auth: None,
+            limits: None,
+            public_tls: false,
         }
     }
 }
@@ -81,6 +94,27 @@ impl FederationBuilder {
         self
     }
 
+    /// Authenticate callers at the gateway with `auth`. Without it the federation's gateway runs
+    /// in the explicit insecure mode (`insecure_no_auth`), as tests of other features need.
+    pub fn auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Serve the gateway's public listener with TLS (the federation PKI's gateway certificate,
+    /// valid for `gateway.domicile`, `localhost` and `127.0.0.1`), accepting client
+    /// certificates from the same CA.
+    pub fn public_tls(mut self) -> Self {
+        self.public_tls = true;
+        self
+    }
+
+    /// The gateway's admission limits (default: the configuration's defaults).
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// The gateway's deadline for calls that carry none (default 5 s).
     pub fn default_deadline(mut self, d: Duration) -> Self {
         self.default_deadline = d;
@@ -99,6 +133,10 @@ impl FederationBuilder {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
+        // Mutual TLS between gateway and nodes, always: a development PKI per federation.
+        let region_ids: Vec<String> = self.regions.iter().map(|r| r.id.clone()).collect();
+        let pki = certs::reuse_or_generate(&data_dir.join("pki"), &region_ids)
+            .context("generating the federation's certificates")?;
         let mut nodes = Vec::new();
         let mut region_configs = Vec::new();
         for spec in &self.regions {
@@ -120,6 +158,13 @@ impl FederationBuilder {
                 let mut config = NodeConfig::new(&spec.id, &countries, database.clone());
                 config.listen = addr;
                 config.min_group_size = self.min_group_size;
+                let (cert_file, key_file) = pki.pair(&format!("node-{}", spec.id));
+                config.tls = Some(NodeTls {
+                    cert_file,
+                    key_file,
+                    client_ca_file: pki.ca(),
+                    gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
+                });
                 let node =
                     Node::open(config).with_context(|| format!("opening node {}", spec.id))?;
                 handle = Some(node.clone());
@@ -144,7 +189,8 @@ impl FederationBuilder {
             region_configs.push(RegionConfig {
                 id: spec.id.clone(),
                 countries: spec.countries.clone(),
-                endpoints: vec![format!("http://{addr}")],
+                endpoints: vec![format!("https://{addr}")],
+                identity: None,
             });
             nodes.push(RunningNode {
                 region_id: spec.id.clone(),
@@ -157,6 +203,24 @@ impl FederationBuilder {
             });
         }
         let mut config = GatewayConfig::new(region_configs);
+        let (cert_file, key_file) = pki.pair("gateway");
+        if self.public_tls {
+            config.tls = Some(PublicTlsConfig {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: Some(pki.ca()),
+            });
+        }
+        config.federation_tls = Some(FederationTlsConfig {
+            ca_file: pki.ca(),
+            cert_file,
+            key_file,
+        });
+        config.insecure_no_auth = self.auth.is_none();
+        config.auth = self.auth.clone();
+        if let Some(limits) = &self.limits {
+            config.limits = limits.clone();
+        }
         config.default_deadline_ms = self.default_deadline.as_millis() as u64;
         config.max_deadline_ms = config.max_deadline_ms.max(config.default_deadline_ms);
         config
@@ -180,6 +244,7 @@ impl FederationBuilder {
         Ok(Federation {
             gateway_addr,
             gateway,
+            pki,
             data_dir,
             nodes,
             gateway_shutdown: Some(tx),
@@ -231,6 +296,8 @@ pub struct Federation {
     pub gateway_addr: SocketAddr,
     /// The gateway itself, for in-process inspection (metrics) and reloads.
     pub gateway: Gateway,
+    /// The development PKI of its mutual TLS (CA, gateway, nodes, a client).
+    pub pki: Pki,
     /// Where the nodes keep their files.
     pub data_dir: PathBuf,
     /// The nodes, in the order their regions were added.

@@ -51,6 +51,32 @@ enum Command {
         /// `/metrics/<region>`.
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: SocketAddr,
+        /// Serve the gateway without authentication (a warning is logged). Gateway and nodes
+        /// still talk mutual TLS.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Mint a development token (HS256) for a gateway whose `[auth]` has `hs256_secret_file`:
+    /// `domicile dev` prints the secret file's path.
+    Token {
+        /// The shared secret file.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The tenant the token acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Operations, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        operations: Vec<String>,
+        /// Purposes, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        purposes: Vec<String>,
+        /// Without the DPO's authority (access, portability, erasure, legal holds).
+        #[arg(long)]
+        no_dpo: bool,
+        /// Hours until it expires.
+        #[arg(long, default_value_t = 12)]
+        hours: u64,
     },
     /// Run the gateway.
     Gateway {
@@ -107,6 +133,31 @@ enum Command {
         #[arg(long, alias = "region")]
         country: String,
     },
+    /// Generate a region's secrets into a new directory: the sealing key pair, the
+    /// key-encryption key, the pseudonym secret and the audit signing key (each 32 bytes, mode
+    /// 0600). Run it in-country; prints the public halves.
+    Keygen {
+        /// The directory to create them in; existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// The region they are for (names the audit key's log).
+        #[arg(long)]
+        region: String,
+    },
+    /// Generate a development PKI for mutual TLS: a CA, the gateway's certificate
+    /// (gateway.domicile), one per region (<region>.node.domicile) and a client certificate.
+    /// For production, issue the same identities from your own CA.
+    Certs {
+        /// The directory to write them in.
+        #[arg(long)]
+        out: PathBuf,
+        /// The regions, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+        /// The DNS name of the client certificate (for `[[auth.clients]]`).
+        #[arg(long, default_value = "client.domicile")]
+        client: String,
+    },
     /// Exports of personal data (access and portability requests) for the person who asked.
     Export {
         #[command(subcommand)]
@@ -140,9 +191,32 @@ struct Target {
     /// The gateway's address.
     #[arg(long, env = "DOMICILE_GATEWAY", default_value = "127.0.0.1:50051")]
     gateway: SocketAddr,
+    /// The bearer token to call it with (`domicile dev` prints one; `domicile token` mints
+    /// more). Read from `DOMICILE_TOKEN` when not given, so it stays out of the shell history.
+    #[arg(long, env = "DOMICILE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate (PEM) of a gateway that serves TLS.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// `table` for people, `json` for scripts.
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     output: String,
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<domicile::client::Client> {
+        let options = domicile::client::ConnectOptions {
+            token: self.token.clone(),
+            ca_pem: match &self.ca {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            },
+            ..Default::default()
+        };
+        domicile::client::Client::connect_with(&self.gateway.to_string(), &options).await
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
             tenant,
             once,
             metrics_listen,
+            insecure,
         } => {
             init_logging(cli.log_json, "warn");
             let opts = DevOptions {
@@ -300,8 +375,9 @@ async fn main() -> anyhow::Result<()> {
                 interactions,
                 seed,
                 tenant,
+                insecure,
             };
-            let federation = dev::start(&opts).await?;
+            let dev = dev::start(&opts).await?;
             if !once {
                 let metrics = TcpListener::bind(metrics_listen)
                     .await
@@ -312,13 +388,13 @@ async fn main() -> anyhow::Result<()> {
                 );
                 tokio::spawn(domicile_ops::metrics::serve(
                     metrics,
-                    federation.metrics_sources(),
+                    dev.federation.metrics_sources(),
                     terminated(),
                 ));
                 println!("Serving; Ctrl-C to stop.");
                 terminated().await;
             }
-            federation.shutdown().await;
+            dev.federation.shutdown().await;
         }
         Command::Gateway { config } => {
             init_logging(cli.log_json, "info");
@@ -397,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Regions { target } => {
-            let client = domicile::client::Client::connect(target.gateway).await?;
+            let client = target.connect().await?;
             let regions = client.regions().await?;
             if target.output == "json" {
                 let rows: Vec<_> = regions
@@ -467,7 +543,7 @@ async fn main() -> anyhow::Result<()> {
                 q.group_by = dims;
                 q.epsilon = epsilon;
             }
-            let client = domicile::client::Client::connect(target.gateway).await?;
+            let client = target.connect().await?;
             let response = client.gateway().aggregate(request).await?.into_inner();
             if target.output == "json" {
                 println!(
@@ -488,7 +564,7 @@ async fn main() -> anyhow::Result<()> {
                 domicile_proto::domain::is_country_code(&country),
                 "--country must be an ISO 3166-1 alpha-2 code in upper case, e.g. DE"
             );
-            let client = domicile::client::Client::connect(target.gateway).await?;
+            let client = target.connect().await?;
             let report =
                 domicile::load::load(&client, &tenant, &file, &country, target.output == "table")
                     .await?;
@@ -499,6 +575,42 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Export { command } => return export(command),
+        Command::Keygen { out, region } => return keygen(&out, &region),
+        Command::Token {
+            secret_file,
+            tenant,
+            operations,
+            purposes,
+            no_dpo,
+            hours,
+        } => {
+            let secret = std::fs::read(&secret_file)
+                .with_context(|| format!("reading {}", secret_file.display()))?;
+            let mut claims = domicile::token::TokenClaims::everything(&tenant, hours);
+            if !operations.is_empty() {
+                claims.operations = operations;
+            }
+            if !purposes.is_empty() {
+                claims.purposes = purposes;
+            }
+            claims.dpo = !no_dpo;
+            println!("{}", domicile::token::mint(secret.trim_ascii(), &claims)?);
+        }
+        Command::Certs {
+            out,
+            regions,
+            client,
+        } => {
+            let pki = domicile::certs::generate(&out, &regions, &client)?;
+            println!("CA           {}", pki.ca().display());
+            for name in std::iter::once("gateway".to_owned())
+                .chain(regions.iter().map(|r| format!("node-{r}")))
+                .chain(std::iter::once("client".to_owned()))
+            {
+                let (cert, key) = pki.pair(&name);
+                println!("{name:<12} {} {}", cert.display(), key.display());
+            }
+        }
         Command::Node {
             command: Some(NodeCommand::Sweep { config }),
             ..
@@ -603,7 +715,7 @@ fn export(command: ExportCommand) -> anyhow::Result<()> {
     match command {
         ExportCommand::Keygen { out } => {
             let keys = SealingKeyPair::generate();
-            write_private_key(&out, &keys.private_bytes())?;
+            domicile::certs::write_private(&out, &keys.private_bytes())?;
             println!("{}", hex::encode(keys.public().as_bytes()));
             Ok(())
         }
@@ -641,16 +753,34 @@ fn export(command: ExportCommand) -> anyhow::Result<()> {
 }
 
 /// Writes a private key file readable by its owner only.
-fn write_private_key(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
-    f.write_all(bytes)?;
+/// `domicile keygen`: a region's four secrets, created fresh (never overwriting).
+fn keygen(out: &std::path::Path, region: &str) -> anyhow::Result<()> {
+    let files = ["sealing.key", "pseudonym.key", "audit.key", "kek"];
+    for f in files {
+        anyhow::ensure!(
+            !out.join(f).exists(),
+            "{} exists: refusing to overwrite a key",
+            out.join(f).display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let sealing = domicile_node::keys::load_or_create(&out.join("sealing.key"))?;
+    domicile_node::keys::load_or_create_secret(&out.join("pseudonym.key"))?;
+    let audit_seed = domicile_node::keys::load_or_create_secret(&out.join("audit.key"))?;
+    let kek = domicile_node::keys::load_or_create_secret(&out.join("kek"))?;
+    domicile::certs::write_private(&out.join("kek.hex"), hex::encode(kek).as_bytes())?;
+    let audit = domicile_node::audit::AuditLog::new(region, &audit_seed, 1);
+    println!("sealing.key    key id {}", sealing.public().key_id());
+    println!(
+        "               public {}",
+        hex::encode(sealing.public().as_bytes())
+    );
+    println!(
+        "audit.key      public {}  (verifies checkpoints and releases)",
+        hex::encode(audit.public_key())
+    );
+    println!("pseudonym.key  (never leaves the region)");
+    println!("kek, kek.hex   (back up apart from the key vault; kek_env takes kek.hex)");
     Ok(())
 }
 

@@ -26,7 +26,7 @@ async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow
     std::fs::write(
         &config_path,
         format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ndatabase = \"{}\"\n",
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
             db.display()
         ),
     )?;

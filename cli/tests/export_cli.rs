@@ -28,11 +28,9 @@ fn domicile(args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requester_opens_their_export_with_their_own_key() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = Node::open(NodeConfig::new(
-        "eu-de",
-        &["DE"],
-        dir.path().join("n.sqlite"),
-    ))?;
+    let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("n.sqlite"));
+    config.insecure_plaintext = true; // in-process only: the node never serves here
+    let node = Node::open(config)?;
     let key = PublicSealingKey::from_bytes(&node.sealing_key().public_key)?;
     let mut sealer = EnvelopeSealer::new("acme", "eu-de", &key)?;
     sealer.seal(

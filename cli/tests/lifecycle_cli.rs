@@ -16,8 +16,9 @@ fn free_port() -> SocketAddr {
 }
 
 fn config(listen: SocketAddr, metrics: SocketAddr, regions: &[(&str, &str)]) -> String {
-    let mut t =
-        format!("listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\nprobe_timeout_ms = 200\n");
+    let mut t = format!(
+        "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\nprobe_timeout_ms = 200\ninsecure_no_auth = true\ninsecure_plaintext_federation = true\n"
+    );
     for (id, country) in regions {
         // Nothing listens on port 1: the regions are listed, as not serving.
         t += &format!(

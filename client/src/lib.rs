@@ -39,11 +39,13 @@ use anyhow::{Context, bail};
 use domicile_proto::{
     pb::{
         IngestRequest, ListRegionsRequest, RecordPayload, RecordStatus, RegionInfo, RejectReason,
-        gateway_client::GatewayClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
-use tonic::transport::Channel;
+
+mod channel;
+
+pub use channel::{ConnectOptions, Gateway, GatewayChannel, connect_with};
 
 /// Attempts per record for what a region could not take, the first included.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -104,17 +106,14 @@ impl IngestSummary {
     }
 }
 
-/// Connects to a gateway at `addr` (e.g. `127.0.0.1:50051`).
-pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<GatewayClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the gateway at {addr}"))?;
-    Ok(GatewayClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+/// Connects to a gateway at `addr` (e.g. `127.0.0.1:50051`) in plaintext without credentials
+/// (a gateway in its insecure mode); see [`connect_with`] for TLS and tokens.
+pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Gateway> {
+    connect_with(&addr.to_string(), &ConnectOptions::default()).await
 }
 
 /// The regions with their health and sealing keys.
-pub async fn regions(client: &mut GatewayClient<Channel>) -> anyhow::Result<Vec<RegionInfo>> {
+pub async fn regions(client: &mut Gateway) -> anyhow::Result<Vec<RegionInfo>> {
     Ok(client
         .list_regions(ListRegionsRequest {})
         .await?
@@ -126,7 +125,7 @@ pub async fn regions(client: &mut GatewayClient<Channel>) -> anyhow::Result<Vec<
 /// retried with backoff. Returns the summary and the records refused for an unknown key (to be
 /// sent again with fresh keys).
 async fn ingest_region<'a>(
-    mut client: GatewayClient<Channel>,
+    mut client: Gateway,
     tenant: &str,
     region: &RegionInfo,
     records: Vec<&'a Record>,
@@ -205,7 +204,7 @@ pub type Progress<'a> = dyn Fn(u64) + Sync + 'a;
 /// Seals `records` to their regions and ingests them, `batch` records per request, the regions
 /// concurrently, retrying what a region could not take.
 pub async fn ingest(
-    client: &GatewayClient<Channel>,
+    client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
     records: &[Record],
@@ -216,7 +215,7 @@ pub async fn ingest(
 
 /// [`ingest`], calling `progress` as batches are answered (for a progress bar).
 pub async fn ingest_with_progress(
-    client: &GatewayClient<Channel>,
+    client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
     records: &[Record],
@@ -254,7 +253,7 @@ pub async fn ingest_with_progress(
 }
 
 async fn ingest_once<'a>(
-    client: &GatewayClient<Channel>,
+    client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
     records: Vec<&'a Record>,
@@ -291,19 +290,27 @@ async fn ingest_once<'a>(
 /// A connected client that keeps the regions and their keys.
 #[derive(Debug, Clone)]
 pub struct Client {
-    gateway: GatewayClient<Channel>,
+    gateway: Gateway,
 }
 
 impl Client {
-    /// Connects to the gateway at `addr`.
+    /// Connects to the gateway at `addr` (plaintext, no credentials).
     pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
             gateway: connect(addr).await?,
         })
     }
 
+    /// Connects to the gateway at `addr` (`host:port`) with TLS and credentials as `options`
+    /// say.
+    pub async fn connect_with(addr: &str, options: &ConnectOptions) -> anyhow::Result<Self> {
+        Ok(Self {
+            gateway: connect_with(addr, options).await?,
+        })
+    }
+
     /// The generated gRPC client, for every other call.
-    pub fn gateway(&self) -> GatewayClient<Channel> {
+    pub fn gateway(&self) -> Gateway {
         self.gateway.clone()
     }
 

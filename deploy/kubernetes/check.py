@@ -1,12 +1,14 @@
 """Checks of deploy/kubernetes that a schema cannot make (CI runs it after kubernetes-validate).
 
 - every ConfigMap's TOML passes `domicile config check` (the image ships deploy/policies as
-  /etc/domicile/policies, so the check reads them from deploy/policies);
+  /etc/domicile/policies, so the check reads them from deploy/policies; the gateway's JWKS comes
+  from its ConfigMap);
 - every region in the gateway's configuration has a node manifest with the same region id and
   countries, and the gateway's endpoint names that node's StatefulSet pod through its headless
   Service on the federation port;
 - every node StatefulSet is pinned by required node affinity on topology.kubernetes.io/region,
-  takes its keys from a Secret, and probes gRPC health;
+  takes its keys and certificates from Secrets, serves mutual TLS pinned to the gateway's
+  identity, and probes its federation port;
 - every node's NetworkPolicy lets only gateway pods reach the federation port.
 
 Usage: python deploy/kubernetes/check.py path/to/domicile
@@ -63,7 +65,17 @@ def main():
     for _, cm in by_kind.get("ConfigMap", []):
         for key, text in cm.get("data", {}).items():
             configs[f"{cm['metadata']['name']}-{key}"] = text
-    config_check(sys.argv[1], configs)
+    with tempfile.TemporaryDirectory() as mounted:
+        # The gateway's JWKS is mounted from its ConfigMap at /etc/domicile/auth/jwks.json.
+        jwks = os.path.join(mounted, "jwks.json")
+        with open(jwks, "w") as f:
+            f.write(configs.pop("domicile-gateway-auth-jwks.json"))
+        checked = {
+            name: text.replace("/etc/domicile/auth/jwks.json", jwks)
+            for name, text in configs.items()
+            if name.endswith(".toml")
+        }
+        config_check(sys.argv[1], checked)
 
     gateway = tomllib.loads(configs["domicile-gateway-gateway.toml"])
     nodes = {}
@@ -85,7 +97,7 @@ def main():
         svc = services.get(name) or fail(f"region {rid}: no Service {name}")
         if sts["spec"]["serviceName"] != name or svc["spec"].get("clusterIP") != "None":
             fail(f"region {rid}: {name} must be served by its own headless Service")
-        want = f"http://{name}-0.{name}.domicile.svc.cluster.local:{FEDERATION_PORT}"
+        want = f"https://{name}-0.{name}.domicile.svc.cluster.local:{FEDERATION_PORT}"
         if region["endpoints"] != [want]:
             fail(f"region {rid}: gateway endpoint {region['endpoints']}, expected [{want}]")
 
@@ -95,12 +107,17 @@ def main():
         if keys != ["topology.kubernetes.io/region"]:
             fail(f"region {rid}: the StatefulSet must be pinned by topology.kubernetes.io/region, not {keys}")
         secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
-        if secrets != [f"{name}-keys"]:
-            fail(f"region {rid}: keys must come from the Secret {name}-keys, found {secrets}")
+        if secrets != [f"{name}-keys", f"{name}-tls"]:
+            fail(f"region {rid}: keys and certificates must come from {name}-keys and {name}-tls, found {secrets}")
+        if "[tls]" not in configs[f"{name}-node.toml"] or node.get("insecure_plaintext"):
+            fail(f"region {rid}: the federation listener must use mutual TLS")
+        if tomllib.loads(configs[f"{name}-node.toml"])["tls"]["gateway_identity"] != "gateway.domicile":
+            fail(f"region {rid}: the node must pin the gateway's identity")
         container = pod["containers"][0]
         for probe in ("readinessProbe", "livenessProbe"):
-            if container[probe].get("grpc", {}).get("port") != FEDERATION_PORT:
-                fail(f"region {rid}: {probe} must call gRPC health on {FEDERATION_PORT}")
+            # Kubelet's gRPC probes cannot do mutual TLS: a TCP probe on the federation port.
+            if container[probe].get("tcpSocket", {}).get("port") != FEDERATION_PORT:
+                fail(f"region {rid}: {probe} must probe the federation port {FEDERATION_PORT}")
 
         policy = policies.get(name) or fail(f"region {rid}: no NetworkPolicy {name}")
         for rule in policy["spec"]["ingress"]:

@@ -90,11 +90,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gateway", default="127.0.0.1:50051")
     parser.add_argument("--tenant", default="pyexample")
+    parser.add_argument("--token", help="bearer JWT for the tenant (`domicile token`); omit for an --insecure gateway")
     args = parser.parse_args()
     pb, grpc_mod = generate_stubs()
     records, common, consent, gateway = pb["records"], pb["common"], pb["consent"], pb["gateway"]
     aggregate = pb["aggregate"]
-    stub = grpc_mod.GatewayStub(grpc.insecure_channel(args.gateway))
+    if args.token:
+        # The token rides on every call; local credentials allow that over loopback plaintext,
+        # a TLS gateway takes grpc.ssl_channel_credentials() instead.
+        credentials = grpc.composite_channel_credentials(
+            grpc.local_channel_credentials(), grpc.access_token_call_credentials(args.token))
+        channel = grpc.secure_channel(args.gateway, credentials)
+    else:
+        channel = grpc.insecure_channel(args.gateway)
+    stub = grpc_mod.GatewayStub(channel)
 
     regions = stub.ListRegions(gateway.ListRegionsRequest()).regions
     print("regions:", ", ".join(f"{r.region_id}({'/'.join(r.countries)})" for r in regions))

@@ -12,10 +12,15 @@
 //! endpoints = ["http://10.0.1.10:50061", "http://10.0.1.11:50061"]
 //! ```
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use domicile_proto::domain::{is_country_code, is_region_id};
 use serde::Deserialize;
+
+use crate::{
+    auth::{AuthConfig, Authenticator},
+    limits::LimitsConfig,
+};
 
 /// Configuration of the gateway.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +60,55 @@ pub struct GatewayConfig {
     /// Default 30000.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// How callers authenticate (bearer JWTs, client certificates). Required unless
+    /// `insecure_no_auth` is set.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Serve without authentication: every caller may do everything. For local development
+    /// and tests only; the gateway logs a warning at start. Default false.
+    #[serde(default)]
+    pub insecure_no_auth: bool,
+    /// Per-tenant rate and concurrency limits, and load shedding.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// TLS on the public listener (and client certificates, for `[[auth.clients]]`). Without
+    /// it the listener is plaintext: put it behind a TLS-terminating proxy or a service mesh.
+    #[serde(default)]
+    pub tls: Option<PublicTlsConfig>,
+    /// Mutual TLS to the regions. Required unless `insecure_plaintext_federation` is set.
+    #[serde(default)]
+    pub federation_tls: Option<FederationTlsConfig>,
+    /// Call the regions in plaintext, without verifying who answers: for local development
+    /// and tests only; the gateway logs a warning at start. Default false.
+    #[serde(default)]
+    pub insecure_plaintext_federation: bool,
+}
+
+/// `[tls]`: the public listener's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicTlsConfig {
+    /// The gateway's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) of callers' client certificates. When set, a caller may authenticate with
+    /// a certificate listed in `[[auth.clients]]` (callers with tokens need none).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[federation_tls]`: the gateway's client certificate, and the CA its regions' certificates
+/// chain to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationTlsConfig {
+    /// The CA (PEM) that signs the nodes' certificates.
+    pub ca_file: PathBuf,
+    /// The gateway's client certificate (PEM), valid for the identity the nodes pin.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// One region in the gateway's directory.
@@ -65,9 +119,22 @@ pub struct RegionConfig {
     pub id: String,
     /// Countries routed to this region. Each country belongs to exactly one region.
     pub countries: Vec<String>,
-    /// Federation endpoints of the region's node replicas, e.g. `http://10.0.1.10:50061`.
+    /// Federation endpoints of the region's node replicas, e.g. `https://10.0.1.10:50061`.
     /// Calls are balanced across them.
     pub endpoints: Vec<String>,
+    /// The DNS name the region's certificate must be valid for. Default
+    /// `<id>.node.domicile`.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl RegionConfig {
+    /// The DNS name the region's certificate must be valid for.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .unwrap_or_else(|| format!("{}.node.domicile", self.id))
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -103,6 +170,8 @@ pub const OPTIONS: &[&str] = &[
     "metrics_listen",
     "shutdown_grace_ms",
     "drain_timeout_ms",
+    "insecure_no_auth",
+    "insecure_plaintext_federation",
 ];
 
 /// A configuration error, with the path of the offending option.
@@ -129,6 +198,12 @@ impl GatewayConfig {
             metrics_listen: None,
             shutdown_grace_ms: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
+            auth: None,
+            insecure_no_auth: false,
+            limits: LimitsConfig::default(),
+            tls: None,
+            federation_tls: None,
+            insecure_plaintext_federation: false,
         }
     }
 
@@ -197,6 +272,32 @@ impl GatewayConfig {
         Duration::from_millis(self.max_deadline_ms)
     }
 
+    /// The public listener's TLS settings, read from their files.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("tls.{what}: {}: {e}", path.display()))
+        };
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(
+                read("cert_file", &t.cert_file)?,
+                read("key_file", &t.key_file)?,
+            ),
+        );
+        if let Some(ca) = &t.client_ca_file {
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    "client_ca_file",
+                    ca,
+                )?))
+                // Token callers present no certificate.
+                .client_auth_optional(true);
+        }
+        Ok(Some(config))
+    }
+
     /// How the listener drains on shutdown.
     pub fn drain(&self) -> domicile_ops::lifecycle::Drain {
         domicile_ops::lifecycle::Drain {
@@ -263,15 +364,23 @@ impl GatewayConfig {
                     "at least one endpoint is required",
                 );
             }
+            let scheme = if self.federation_tls.is_some() {
+                "https://"
+            } else {
+                "http://"
+            };
             for (j, e) in r.endpoints.iter().enumerate() {
                 if tonic::transport::Endpoint::from_shared(e.clone()).is_err()
-                    || !(e.starts_with("http://") || e.starts_with("https://"))
+                    || !e.starts_with(scheme)
                 {
                     err(
                         format!("regions[{i}].endpoints[{j}]"),
-                        "must be a URL like http://host:port",
+                        &format!("must be a URL like {scheme}host:port"),
                     );
                 }
+            }
+            if rustls_pki_types::ServerName::try_from(r.identity()).is_err() {
+                err(format!("regions[{i}].identity"), "must be a DNS name");
             }
         }
         if self.default_deadline_ms == 0 || self.default_deadline_ms > self.max_deadline_ms {
@@ -301,6 +410,59 @@ impl GatewayConfig {
                 "must be at most 3600000 (1 hour)",
             );
         }
+        match (&self.auth, self.insecure_no_auth) {
+            (None, false) => err(
+                "auth".into(),
+                "required: configure [auth] (tokens or client certificates), or set insecure_no_auth = true for local development",
+            ),
+            (Some(_), true) => err(
+                "insecure_no_auth".into(),
+                "cannot be set together with [auth]",
+            ),
+            (Some(auth), false) => {
+                if auth.audience.is_empty() {
+                    err("auth.audience".into(), "must not be empty");
+                }
+                if auth.hs256_secret_file.is_none()
+                    && auth.jwks_file.is_none()
+                    && auth.clients.is_empty()
+                {
+                    err(
+                        "auth".into(),
+                        "no way to authenticate: set hs256_secret_file, jwks_file or [[auth.clients]]",
+                    );
+                }
+                if !auth.clients.is_empty()
+                    && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+                {
+                    err(
+                        "auth.clients".into(),
+                        "client certificates need tls.client_ca_file on the public listener",
+                    );
+                }
+                // Reads the key files: a missing or malformed one is a configuration error.
+                if let Err(e) = Authenticator::from_config(auth) {
+                    let (path, message) = e.split_once(": ").unwrap_or(("auth", &e));
+                    err(path.to_owned(), message);
+                }
+            }
+            (None, true) => {}
+        }
+        match (&self.federation_tls, self.insecure_plaintext_federation) {
+            (None, false) => err(
+                "federation_tls".into(),
+                "required: configure [federation_tls] (mutual TLS to the regions), or set insecure_plaintext_federation = true for local development",
+            ),
+            (Some(_), true) => err(
+                "insecure_plaintext_federation".into(),
+                "cannot be set together with [federation_tls]",
+            ),
+            // The files are read at start; an unreadable one stops it naming the option.
+            _ => {}
+        }
+        for (path, message) in self.limits.problems() {
+            err(path.into(), message);
+        }
         out
     }
 }
@@ -311,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_top_level_options() {
-        let toml = "[[regions]]\nid = \"eu-de\"\ncountries = [\"DE\"]\nendpoints = [\"http://127.0.0.1:1\"]\n";
+        let toml = "insecure_no_auth = true\ninsecure_plaintext_federation = true\n[[regions]]\nid = \"eu-de\"\ncountries = [\"DE\"]\nendpoints = [\"http://127.0.0.1:1\"]\n";
         let c = GatewayConfig::from_toml_with_env(toml, |k| {
             (k == "DOMICILE_GATEWAY_DEFAULT_DEADLINE_MS").then(|| "1234".to_owned())
         })
@@ -327,6 +489,8 @@ mod tests {
     #[test]
     fn a_country_belongs_to_one_region() {
         let toml = r#"
+            insecure_no_auth = true
+            insecure_plaintext_federation = true
             [[regions]]
             id = "eu-de"
             countries = ["DE"]

@@ -9,7 +9,7 @@ use domicile_proto::pb::{
     GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey,
     regional_node_client::RegionalNodeClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     config::{GatewayConfig, RegionConfig},
@@ -60,23 +60,64 @@ pub struct Directory {
 /// buffer in the gateway per region while the client is not reading (about 1,500 records).
 const REGION_STREAM_WINDOW: u32 = 256 * 1024;
 
-fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(1))
+/// Why a directory could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An endpoint or TLS setting tonic refuses.
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A TLS file that cannot be read.
+    #[error("{0}")]
+    Files(String),
+}
+
+/// The client TLS settings towards regions, from `[federation_tls]` (without the per-region
+/// name).
+fn federation_tls(config: &GatewayConfig) -> Result<Option<ClientTlsConfig>, BuildError> {
+    let Some(t) = &config.federation_tls else {
+        return Ok(None);
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            BuildError::Files(format!("federation_tls.{what}: {}: {e}", path.display()))
+        })
+    };
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca_file", &t.ca_file)?))
+            .identity(Identity::from_pem(
+                read("cert_file", &t.cert_file)?,
+                read("key_file", &t.key_file)?,
+            )),
+    ))
+}
+
+fn endpoint(url: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
+    let mut e = Endpoint::from_shared(url.to_owned())?;
+    if let Some(tls) = tls {
+        e = e.tls_config(tls)?;
+    }
+    Ok(e.connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .initial_stream_window_size(REGION_STREAM_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true))
 }
 
-/// A channel balanced over `endpoints`, connected lazily.
-fn channel(endpoints: &[String]) -> Result<Channel, tonic::transport::Error> {
+/// A channel balanced over `endpoints`, connected lazily; with `tls`, each endpoint verifies
+/// the region's certificate for `identity` and presents the gateway's.
+fn channel(
+    endpoints: &[String],
+    tls: Option<&ClientTlsConfig>,
+    identity: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let tls = || tls.map(|t| t.clone().domain_name(identity));
     Ok(if endpoints.len() == 1 {
-        endpoint(&endpoints[0])?.connect_lazy()
+        endpoint(&endpoints[0], tls())?.connect_lazy()
     } else {
         let eps = endpoints
             .iter()
-            .map(|e| endpoint(e))
+            .map(|e| endpoint(e, tls()))
             .collect::<Result<Vec<_>, _>>()?;
         Channel::balance_list(eps.into_iter())
     })
@@ -88,16 +129,13 @@ const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 impl Directory {
     /// Builds the directory from validated configuration. Connections are made lazily, so a
     /// region that is down does not hold up the gateway's start.
-    pub fn new(
-        config: &GatewayConfig,
-        metrics: GatewayMetrics,
-    ) -> Result<Self, tonic::transport::Error> {
+    pub fn new(config: &GatewayConfig, metrics: GatewayMetrics) -> Result<Self, BuildError> {
         Self::build(config, metrics, None)
     }
 
     /// The directory for a new configuration, keeping the connections and the latest state of
     /// every region whose id, countries and endpoints are unchanged.
-    pub fn rebuild(&self, config: &GatewayConfig) -> Result<Self, tonic::transport::Error> {
+    pub fn rebuild(&self, config: &GatewayConfig) -> Result<Self, BuildError> {
         Self::build(config, self.metrics.clone(), Some(self))
     }
 
@@ -105,7 +143,8 @@ impl Directory {
         config: &GatewayConfig,
         metrics: GatewayMetrics,
         previous: Option<&Self>,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, BuildError> {
+        let tls = federation_tls(config)?;
         let mut regions = Vec::with_capacity(config.regions.len());
         let mut by_country = HashMap::new();
         let mut by_id = HashMap::new();
@@ -115,8 +154,11 @@ impl Directory {
                 id,
                 countries,
                 endpoints,
+                ..
             } = rc;
-            let kept = previous.and_then(|p| {
+            // TLS settings are re-read on every build, so a reload also rotates certificates;
+            // only plaintext regions keep their connections.
+            let kept = previous.filter(|_| tls.is_none()).and_then(|p| {
                 p.region(id)
                     .filter(|r| r.countries == *countries && r.endpoints == *endpoints)
                     .map(|r| (r.clone(), p.state.get(id).map(|s| s.clone())))
@@ -133,7 +175,7 @@ impl Directory {
                     countries: countries.clone(),
                     endpoints: endpoints.clone(),
                     client: RegionalNodeClient::new(Instrumented::new(
-                        channel(endpoints)?,
+                        channel(endpoints, tls.as_ref(), &rc.identity())?,
                         id,
                         metrics.regions.clone(),
                     ))

@@ -17,10 +17,12 @@ use domicile_proto::{
 };
 
 use crate::{
+    auth::Authenticator,
     config::GatewayConfig,
-    directory::{Directory, Region},
+    directory::{BuildError, Directory, Region},
     error::GatewayError,
     fanout::{fan_out, request},
+    limits::Limiter,
     metrics::GatewayMetrics,
     records::{self, RecordStream},
     routing,
@@ -41,6 +43,18 @@ pub struct Gateway {
 struct Current {
     config: Arc<GatewayConfig>,
     directory: Arc<Directory>,
+    /// `None` only in the explicit insecure mode.
+    auth: Option<Arc<Authenticator>>,
+    limiter: Arc<Limiter>,
+}
+
+/// Builds what a configuration needs besides the directory.
+fn security(config: &GatewayConfig) -> (Option<Arc<Authenticator>>, Arc<Limiter>) {
+    let auth = config.auth.as_ref().map(|a| {
+        // Validated configurations read their files without error.
+        Arc::new(Authenticator::from_config(a).unwrap_or_else(|e| panic!("{e}")))
+    });
+    (auth, Arc::new(Limiter::new(config.limits.clone())))
 }
 
 /// What a reload changed.
@@ -58,16 +72,39 @@ pub struct ReloadReport {
 
 impl Gateway {
     /// Builds a gateway from validated configuration. Must run inside a Tokio runtime.
-    pub fn new(config: GatewayConfig) -> Result<Self, tonic::transport::Error> {
+    pub fn new(config: GatewayConfig) -> Result<Self, BuildError> {
         let metrics = GatewayMetrics::new();
         let directory = Directory::new(&config, metrics.clone())?;
+        let (auth, limiter) = security(&config);
+        if config.federation_tls.is_none() {
+            tracing::warn!(
+                "insecure_plaintext_federation: regions are called in plaintext, unverified"
+            );
+        }
+        if auth.is_none() {
+            tracing::warn!(
+                "insecure_no_auth: the gateway serves without authentication; every caller may do everything"
+            );
+        }
         Ok(Self {
             current: Arc::new(RwLock::new(Current {
                 config: Arc::new(config),
                 directory: Arc::new(directory),
+                auth,
+                limiter,
             })),
             metrics,
         })
+    }
+
+    /// The authenticator in force; `None` in the explicit insecure mode.
+    pub fn authenticator(&self) -> Option<Arc<Authenticator>> {
+        self.current().auth
+    }
+
+    /// The admission limiter in force.
+    pub fn limiter(&self) -> Arc<Limiter> {
+        self.current().limiter
     }
 
     fn current(&self) -> Current {
@@ -108,10 +145,11 @@ impl Gateway {
     }
 
     /// Replaces the configuration with `config` (already validated): regions are added,
-    /// removed or re-pointed without a restart, unchanged regions keep their connections, and
+    /// removed or re-pointed without a restart, keys for tokens (`[auth]`) and limits are
+    /// re-read, unchanged regions keep their connections, and
     /// calls in flight finish on the directory they started with. Listen addresses are only
     /// read at start; a change to them is reported in `restart_needed`.
-    pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, tonic::transport::Error> {
+    pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, BuildError> {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let directory = current.directory.rebuild(&config)?;
         let old = &current.config;
@@ -143,9 +181,12 @@ impl Gateway {
         if old.metrics_listen != config.metrics_listen {
             report.restart_needed.push("metrics_listen".to_owned());
         }
+        let (auth, limiter) = security(&config);
         *current = Current {
             config: Arc::new(config),
             directory: Arc::new(directory),
+            auth,
+            limiter,
         };
         self.metrics.reloads.inc();
         Ok(report)
@@ -153,7 +194,9 @@ impl Gateway {
 
     /// Probes every region and lists them with health and sealing keys.
     pub async fn list_regions(&self, deadline: Duration) -> Vec<RegionInfo> {
-        let Current { config, directory } = self.current();
+        let Current {
+            config, directory, ..
+        } = self.current();
         let timeout = deadline.min(Duration::from_millis(config.probe_timeout_ms));
         directory.probe_all(timeout).await
     }
@@ -165,7 +208,9 @@ impl Gateway {
         deadline: Duration,
     ) -> Result<IngestResponse, GatewayError> {
         let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
-        let Current { config, directory } = self.current();
+        let Current {
+            config, directory, ..
+        } = self.current();
         let plan = routing::plan(&directory, req.envelopes, config.max_records_per_request)?;
         let mut results = plan.results;
         let mut placements = Vec::with_capacity(plan.forwards.len());

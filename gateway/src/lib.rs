@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod consent;
 pub mod deadline;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod fanout;
 pub mod gateway;
 pub mod incident;
+pub mod limits;
 pub mod metrics;
 pub mod records;
 pub mod rights;

@@ -10,11 +10,25 @@ use domicile_ops::{
 use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
 
-use crate::{gateway::Gateway, service::GatewayService};
+use crate::{
+    gateway::Gateway,
+    service::{Authenticate, GatewayService},
+};
 
 /// Largest request the public listener decodes: a full batch of 1,000 records of at most
 /// 64 KiB each, plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+
+/// Why the gateway could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// A TLS file named in `[tls]` cannot be read.
+    #[error("{0}")]
+    Tls(String),
+}
 
 /// Services the public listener serves (and labels its calls by).
 const SERVICES: &[&str] = &[
@@ -44,7 +58,7 @@ pub async fn serve(
     gateway: Gateway,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
     // Reflection in both versions: grpcurl and grpcui releases still in use speak v1alpha.
@@ -63,13 +77,22 @@ pub async fn serve(
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
     let drain = gateway.config().drain();
+    let mut builder = tonic::transport::Server::builder();
+    match gateway.config().server_tls() {
+        Ok(Some(tls)) => builder = builder.tls_config(tls)?,
+        Ok(None) => {}
+        Err(e) => return Err(ServeError::Tls(e)),
+    }
     let layer = RpcLayer::new(gateway.metrics().rpc.clone(), SERVICES);
     let probes = tokio::spawn(probe_loop(gateway.clone()));
-    let service = GatewayServer::new(GatewayService::new(gateway))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        GatewayServer::new(GatewayService::new(gateway.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        Authenticate(gateway),
+    );
     let served = serve_and_drain(
         |stop| {
-            tonic::transport::Server::builder()
+            builder
                 .layer(layer)
                 .add_service(health_service)
                 .add_service(reflection_v1)
@@ -83,5 +106,5 @@ pub async fn serve(
     )
     .await;
     probes.abort();
-    served
+    Ok(served?)
 }

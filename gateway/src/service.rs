@@ -8,16 +8,45 @@ use domicile_proto::pb::{
     GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
     GetIncidentRequest, GetIncidentResponse, GetSubjectRequestRequest, GetSubjectRequestResponse,
     IngestRequest, IngestResponse, ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest,
-    PlaceLegalHoldResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
-    RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
-    ReportIncidentRequest, ReportIncidentResponse, SubmitSubjectRequestRequest,
+    PlaceLegalHoldResponse, Purpose, QueryRecordsRequest, QueryRecordsResponse,
+    RecordConsentRequest, RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
+    ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
     SubmitSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{deadline, gateway::Gateway};
+use crate::{
+    auth::{Caller, Operation},
+    deadline,
+    gateway::Gateway,
+    limits::Admission,
+};
+
+/// Access, portability and erasure act on a person's whole record: only the DPO may ask.
+fn needs_dpo(kind: SubjectRequestKind) -> bool {
+    matches!(
+        kind,
+        SubjectRequestKind::Access | SubjectRequestKind::Portability | SubjectRequestKind::Erasure
+    )
+}
+
+/// Authenticates every call with the gateway's authenticator in force (so a reload that
+/// rotates keys applies at once): the [`Caller`] goes into the request's extensions for the
+/// handler's authorisation. Without one (the explicit insecure mode) calls pass unauthenticated.
+#[derive(Debug, Clone)]
+pub struct Authenticate(pub Gateway);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(auth) = self.0.authenticator() {
+            let caller = auth.authenticate(&request)?;
+            request.extensions_mut().insert(caller);
+        }
+        Ok(request)
+    }
+}
 
 /// Serves `domicile.v1.Gateway`.
 #[derive(Debug, Clone)]
@@ -29,6 +58,29 @@ impl GatewayService {
     /// Wraps a gateway.
     pub fn new(gateway: Gateway) -> Self {
         Self { gateway }
+    }
+
+    /// Authorises the caller (tenant, purpose, operation, DPO authority) and admits the call
+    /// under the limits; the admission lasts as long as the returned value.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        op: Operation,
+        tenant: Option<&str>,
+        purpose: Option<Purpose>,
+        needs_dpo: bool,
+    ) -> Result<Admission, Status> {
+        let caller = request.extensions().get::<Caller>();
+        match caller {
+            Some(c) => c.authorize(op, tenant, purpose, needs_dpo)?,
+            // The interceptor authenticates every call when authentication is on.
+            None if self.gateway.authenticator().is_some() => {
+                return Err(Status::unauthenticated("missing credentials"));
+            }
+            None => {}
+        }
+        let key = tenant.or(caller.map(|c| c.tenant.as_str())).unwrap_or("");
+        self.gateway.limiter().admit(key)
     }
 
     fn deadline<T>(&self, request: &Request<T>) -> std::time::Duration {
@@ -48,6 +100,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ListRegionsRequest>,
     ) -> Result<Response<ListRegionsResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(&request, Operation::Regions, None, None, false)?;
         let regions = self.gateway.list_regions(deadline).await;
         Ok(Response::new(ListRegionsResponse { regions }))
     }
@@ -57,6 +110,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Ingest,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
         let response = self.gateway.ingest(request.into_inner(), deadline).await?;
         Ok(Response::new(response))
     }
@@ -66,6 +126,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<AggregateRequest>,
     ) -> Result<Response<AggregateResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Aggregate,
+            Some(request.get_ref().tenant_id.as_str()),
+            request.get_ref().query.as_ref().map(|q| q.purpose()),
+            false,
+        )?;
         let response = self
             .gateway
             .aggregate(request.into_inner(), deadline)
@@ -81,8 +148,20 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<QueryRecordsRequest>,
     ) -> Result<Response<Self::QueryRecordsStream>, Status> {
         let deadline = self.deadline(&request);
+        let admission = self.admit(
+            &request,
+            Operation::Records,
+            Some(request.get_ref().tenant_id.as_str()),
+            request.get_ref().query.as_ref().map(|q| q.purpose()),
+            false,
+        )?;
         let rx = self.gateway.query_records(request.into_inner(), deadline)?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The admission (concurrency slot) lasts as long as the stream.
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let _held = &admission;
+            item
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn check_contact_permission(
@@ -90,6 +169,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<CheckContactPermissionRequest>,
     ) -> Result<Response<CheckContactPermissionResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Consent,
+            Some(request.get_ref().tenant_id.as_str()),
+            Some(request.get_ref().purpose()),
+            false,
+        )?;
         let response = self
             .gateway
             .check_contact_permission(request.into_inner(), deadline)
@@ -102,6 +188,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<RecordConsentRequest>,
     ) -> Result<Response<RecordConsentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Consent,
+            Some(request.get_ref().tenant_id.as_str()),
+            Some(request.get_ref().purpose()),
+            false,
+        )?;
         let response = self
             .gateway
             .record_consent(request.into_inner(), deadline)
@@ -114,6 +207,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ConfirmConsentRequest>,
     ) -> Result<Response<ConfirmConsentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Consent,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
         let response = self
             .gateway
             .confirm_consent(request.into_inner(), deadline)
@@ -126,6 +226,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<WithdrawConsentRequest>,
     ) -> Result<Response<WithdrawConsentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Consent,
+            Some(request.get_ref().tenant_id.as_str()),
+            Some(request.get_ref().purpose()),
+            false,
+        )?;
         let response = self
             .gateway
             .withdraw_consent(request.into_inner(), deadline)
@@ -138,6 +245,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetConsentRequest>,
     ) -> Result<Response<GetConsentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Consent,
+            Some(request.get_ref().tenant_id.as_str()),
+            Some(request.get_ref().purpose()),
+            false,
+        )?;
         let response = self
             .gateway
             .get_consent(request.into_inner(), deadline)
@@ -150,6 +264,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetAuditCheckpointRequest>,
     ) -> Result<Response<GetAuditCheckpointResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(&request, Operation::Audit, None, None, false)?;
         let response = self
             .gateway
             .get_audit_checkpoint(request.into_inner(), deadline)
@@ -162,6 +277,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ReportIncidentRequest>,
     ) -> Result<Response<ReportIncidentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Incident,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
         let response = self
             .gateway
             .report_incident(request.into_inner(), deadline)
@@ -174,6 +296,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Incident,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
         let response = self
             .gateway
             .get_incident(request.into_inner(), deadline)
@@ -186,6 +315,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<SubmitSubjectRequestRequest>,
     ) -> Result<Response<SubmitSubjectRequestResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            needs_dpo(request.get_ref().kind()),
+        )?;
         let response = self
             .gateway
             .submit_subject_request(request.into_inner(), deadline)
@@ -198,6 +334,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetSubjectRequestRequest>,
     ) -> Result<Response<GetSubjectRequestResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
         let response = self
             .gateway
             .get_subject_request(request.into_inner(), deadline)
@@ -210,6 +353,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<PlaceLegalHoldRequest>,
     ) -> Result<Response<PlaceLegalHoldResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            true,
+        )?;
         let response = self
             .gateway
             .place_legal_hold(request.into_inner(), deadline)
@@ -222,6 +372,13 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ReleaseLegalHoldRequest>,
     ) -> Result<Response<ReleaseLegalHoldResponse>, Status> {
         let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            true,
+        )?;
         let response = self
             .gateway
             .release_legal_hold(request.into_inner(), deadline)

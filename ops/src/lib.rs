@@ -5,6 +5,7 @@
 //! - [`rpc`]: tower middleware that gives each served call a span, a trace context and
 //!   metrics, and that propagates the trace to regions on the gateway's client channels.
 //! - [`lifecycle`]: graceful drain on shutdown, and the signals that ask for it.
+//! - [`tls`]: pinned peer identities on mutual-TLS listeners.
 //!
 //! Nothing here reads a message body: spans and labels are built from the method path, the
 //! `traceparent` and `grpc-status` headers only, so no personal data can reach them.
@@ -14,4 +15,5 @@
 pub mod lifecycle;
 pub mod metrics;
 pub mod rpc;
+pub mod tls;
 pub mod trace;

@@ -35,11 +35,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let node = Node::open(NodeConfig::new(
-        "eu-de",
-        &["DE"],
-        dir.path().join("bench.sqlite"),
-    ))?;
+    let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("bench.sqlite"));
+    config.insecure_plaintext = true; // in-process only: the node never serves here
+    let node = Node::open(config)?;
 
     // Ledgers: a quarter each granted, refused, pending double opt-in, and empty.
     let policy = node.policies().get("DE").expect("DE policy").clone();

@@ -103,6 +103,31 @@ pub struct NodeConfig {
     /// Default 30000.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Mutual TLS on the federation listener. Required unless `insecure_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<NodeTls>,
+    /// Serve the federation listener in plaintext, to any client: for local development and
+    /// tests only; the node logs a warning at start. Default false.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
+/// `[tls]`: the federation listener's certificate, and who may call it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTls {
+    /// The node's certificate chain (PEM), valid for the name the gateway verifies
+    /// (`<region_id>.node.domicile` unless the gateway's region says otherwise).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) that signs client certificates: a client without one is refused in the
+    /// handshake.
+    pub client_ca_file: PathBuf,
+    /// The DNS name the gateway's client certificate must be valid for, e.g.
+    /// `gateway.domicile`: any other certificate, even from the same CA, is refused with
+    /// `PERMISSION_DENIED` before a handler runs.
+    pub gateway_identity: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -152,6 +177,7 @@ pub const OPTIONS: &[&str] = &[
     "metrics_listen",
     "shutdown_grace_ms",
     "drain_timeout_ms",
+    "insecure_plaintext",
 ];
 
 /// An environment value as TOML: a TOML literal when it is one, else a string (or, for a list,
@@ -207,6 +233,8 @@ impl NodeConfig {
             metrics_listen: None,
             shutdown_grace_ms: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 
@@ -360,6 +388,19 @@ impl NodeConfig {
         if self.drain_timeout_ms > 3_600_000 {
             err("drain_timeout_ms", "must be at most 3600000 (1 hour)");
         }
+        match (&self.tls, self.insecure_plaintext) {
+            (None, false) => err(
+                "tls",
+                "required: configure [tls] (mutual TLS with the gateway), or set insecure_plaintext = true for local development",
+            ),
+            (Some(_), true) => err("insecure_plaintext", "cannot be set together with [tls]"),
+            (Some(t), false) => {
+                if rustls_pki_types::ServerName::try_from(t.gateway_identity.as_str()).is_err() {
+                    err("tls.gateway_identity", "must be a DNS name");
+                }
+            }
+            (None, true) => {}
+        }
         if self.retention_sweep_seconds < 60 {
             err("retention_sweep_seconds", "must be at least 60");
         }
@@ -391,27 +432,32 @@ mod tests {
             _ => None,
         };
         let c = NodeConfig::from_toml_with_env(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nmin_group_size = 3\n",
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nmin_group_size = 3\ninsecure_plaintext = true\n",
             env,
         )
         .unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:6000");
         assert_eq!(c.countries, ["DE", "AT"]);
         assert_eq!(c.min_group_size, 7);
-        let bad =
-            NodeConfig::from_toml_with_env("region_id = \"eu-de\"\ncountries = [\"DE\"]\n", |k| {
-                (k == "DOMICILE_NODE_MIN_GROUP_SIZE").then(|| "1".to_owned())
-            })
-            .unwrap_err();
+        let bad = NodeConfig::from_toml_with_env(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n",
+            |k| (k == "DOMICILE_NODE_MIN_GROUP_SIZE").then(|| "1".to_owned()),
+        )
+        .unwrap_err();
         assert_eq!(bad.path, "min_group_size");
     }
 
     #[test]
     fn parses_with_defaults_and_names_bad_options() {
-        let c = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\n").unwrap();
+        let c = NodeConfig::from_toml(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n",
+        )
+        .unwrap();
         assert_eq!(c.min_group_size, 2);
-        let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\", \"fr\"]\n")
-            .unwrap_err();
+        let e = NodeConfig::from_toml(
+            "region_id = \"eu-de\"\ncountries = [\"DE\", \"fr\"]\ninsecure_plaintext = true\n",
+        )
+        .unwrap_err();
         assert_eq!(e.path, "countries[1]");
         let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\nbogus = 1\n")
             .unwrap_err();

@@ -67,6 +67,43 @@ pub(crate) struct Inner {
     pub(crate) audit: AuditLog,
     /// Prometheus metrics.
     pub(crate) metrics: NodeMetrics,
+    /// The federation listener's mutual TLS; `None` in the explicit insecure mode.
+    pub(crate) tls: Option<FederationTls>,
+}
+
+/// What the federation listener needs for mutual TLS, read at start.
+#[derive(Debug, Clone)]
+pub struct FederationTls {
+    /// Certificate, key and client CA.
+    pub config: tonic::transport::ServerTlsConfig,
+    /// The gateway identity pinned.
+    pub pin: domicile_ops::tls::RequirePeer,
+}
+
+fn load_tls(config: &NodeConfig) -> Result<Option<FederationTls>, NodeError> {
+    let Some(t) = &config.tls else {
+        tracing::warn!(
+            region = %config.region_id,
+            "insecure_plaintext: the federation listener serves any client, in plaintext"
+        );
+        return Ok(None);
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| NodeError::Internal(format!("tls.{what}: {}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read("cert_file", &t.cert_file)?,
+        read("key_file", &t.key_file)?,
+    );
+    let ca = tonic::transport::Certificate::from_pem(read("client_ca_file", &t.client_ca_file)?);
+    Ok(Some(FederationTls {
+        config: tonic::transport::ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(ca),
+        pin: domicile_ops::tls::RequirePeer::new(std::slice::from_ref(&t.gateway_identity))
+            .map_err(|e| NodeError::Internal(format!("tls.gateway_identity: {e}")))?,
+    }))
 }
 
 impl std::fmt::Debug for Node {
@@ -98,6 +135,7 @@ impl Node {
             &audit_seed,
             config.audit_checkpoint_every,
         );
+        let tls = load_tls(&config)?;
         let kek = load_kek(&config)?;
         let store = SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
         store.write(|tx| {
@@ -137,6 +175,7 @@ impl Node {
         Ok(Self {
             inner: Arc::new(Inner {
                 metrics,
+                tls,
                 config,
                 keys,
                 store,
@@ -153,6 +192,11 @@ impl Node {
     /// (a record counts once it is queued for the network, before the client reads it).
     pub fn records_released(&self) -> u64 {
         self.inner.records_released.load(Ordering::Relaxed)
+    }
+
+    /// The federation listener's mutual TLS, if configured.
+    pub fn federation_tls(&self) -> Option<&FederationTls> {
+        self.inner.tls.as_ref()
     }
 
     /// The metrics.

@@ -6,6 +6,7 @@ use std::{future::Future, time::Duration};
 use domicile_ops::{
     lifecycle::{incoming, not_serving, serve_and_drain},
     rpc::RpcLayer,
+    tls::RequirePeer,
 };
 use domicile_proto::pb::{
     FILE_DESCRIPTOR_SET, local_node_server::LocalNodeServer,
@@ -104,12 +105,21 @@ pub async fn serve(
     let sweeps = tokio::spawn(sweep_loop(node.clone()));
     let drain = node.config().drain();
     let layer = RpcLayer::new(node.metrics().rpc.clone(), SERVICES);
+    let mut builder = tonic::transport::Server::builder();
+    let pin = match node.federation_tls() {
+        Some(tls) => {
+            builder = builder.tls_config(tls.config.clone())?;
+            tls.pin.clone()
+        }
+        None => RequirePeer::allow_all(),
+    };
     let service = RegionalNodeServer::new(RegionalNodeService::new(node))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let served = serve_and_drain(
         |stop| {
-            tonic::transport::Server::builder()
+            builder
                 .layer(layer)
+                .layer(pin)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha("domicile.v1.RegionalNode"))

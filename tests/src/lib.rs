@@ -26,8 +26,7 @@ pub use domicile::{
 use domicile_proto::pb::{
     AggregateStats, Channel as CxChannel, InteractionRecord, PseudonymisedInteraction,
     QueryRecordsRequest, QueryRecordsSummary, RecordPayload, SubjectRecord, SurveyAnswer,
-    gateway_client::GatewayClient, record_payload::Record,
-    regional_node_client::RegionalNodeClient,
+    record_payload::Record, regional_node_client::RegionalNodeClient,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -45,22 +44,57 @@ pub async fn federation(regions: &[(&str, &[&str])]) -> anyhow::Result<Federatio
 }
 
 /// A client of the federation's gateway.
-pub async fn gateway_client(fed: &Federation) -> anyhow::Result<GatewayClient<Channel>> {
+pub async fn gateway_client(fed: &Federation) -> anyhow::Result<domicile_client::Gateway> {
     client::connect(fed.gateway_addr).await
 }
 
-/// A direct client of one region's federation listener (bypassing the gateway).
+/// A direct client of one region's federation listener (bypassing the gateway), presenting the
+/// gateway's client certificate as the node requires (mutual TLS).
 pub async fn node_client(
     fed: &Federation,
     region: &str,
 ) -> anyhow::Result<RegionalNodeClient<Channel>> {
+    let (cert, key) = fed.pki.pair("gateway");
+    node_client_as(fed, region, Some((cert, key))).await
+}
+
+/// A direct client of one region's federation listener presenting the certificate and key
+/// files `identity` (or none).
+pub async fn node_client_as(
+    fed: &Federation,
+    region: &str,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<RegionalNodeClient<Channel>> {
+    Ok(RegionalNodeClient::new(
+        node_channel(fed, region, identity).await?,
+    ))
+}
+
+/// A TLS channel to one region's federation listener presenting `identity` (or none).
+pub async fn node_channel(
+    fed: &Federation,
+    region: &str,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let node = fed
         .node(region)
         .ok_or_else(|| anyhow::anyhow!("no region {region}"))?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.addr))?
-        .connect()
-        .await?;
-    Ok(RegionalNodeClient::new(channel))
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(fed.pki.ca())?))
+        .domain_name(domicile::certs::node_identity(region));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("https://{}", node.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await?,
+    )
 }
 
 /// Generates data for `countries` and ingests it through the gateway; panics on any rejection.
@@ -167,7 +201,7 @@ pub fn touch(
 
 /// Runs `QueryRecords` through the gateway to the end: the records and the final summary.
 pub async fn query_records(
-    gw: &mut GatewayClient<Channel>,
+    gw: &mut domicile_client::Gateway,
     req: QueryRecordsRequest,
 ) -> anyhow::Result<(Vec<PseudonymisedInteraction>, QueryRecordsSummary)> {
     let mut stream = gw.query_records(req).await?.into_inner();

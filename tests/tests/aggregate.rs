@@ -5,12 +5,10 @@ use std::time::{Duration, Instant};
 
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, Channel, Dimension, Metric, Purpose, RegionStatus,
-    gateway_client::GatewayClient,
 };
 use domicile_tests::{
     Federation, TENANT, brute_force, federation, gateway_client, load, month_of, policy_k,
 };
-use tonic::transport::Channel as GrpcChannel;
 
 const ALL_METRICS: [Metric; 7] = [
     Metric::Count,
@@ -72,7 +70,7 @@ async fn three_regions() -> anyhow::Result<(Federation, Vec<(String, domicile_te
 }
 
 async fn check_against_brute_force(
-    gw: &mut GatewayClient<GrpcChannel>,
+    gw: &mut domicile_client::Gateway,
     records: &[(String, domicile_tests::SynthRecord)],
     group_by: &[Dimension],
     k: u32,

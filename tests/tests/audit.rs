@@ -344,9 +344,16 @@ async fn incidents_count_affected_subjects_exactly_and_list_them_only_in_country
                 "contact details for notifying"
             );
 
-            // Neither the federation listener nor the gateway serves that list.
-            for addr in [fed.node("eu-de").unwrap().addr, fed.gateway_addr] {
-                let mut other = LocalNodeClient::connect(format!("http://{addr}")).await?;
+            // Neither the federation listener (as the gateway reaches it, over mutual TLS) nor
+            // the gateway serves that list.
+            let federation =
+                domicile_tests::node_channel(&fed, "eu-de", Some(fed.pki.pair("gateway"))).await?;
+            let gateway =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", fed.gateway_addr))?
+                    .connect()
+                    .await?;
+            for (addr, channel) in [("federation listener", federation), ("gateway", gateway)] {
+                let mut other = LocalNodeClient::new(channel);
                 let err = other
                     .list_incident_subjects(ListIncidentSubjectsRequest {
                         tenant_id: TENANT.into(),

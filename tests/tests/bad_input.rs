@@ -55,7 +55,7 @@ fn statuses(results: &[domicile_proto::pb::RecordResult]) -> Vec<(i32, i32)> {
 }
 
 async fn ingest_one(
-    gw: &mut domicile_proto::pb::gateway_client::GatewayClient<tonic::transport::Channel>,
+    gw: &mut domicile_client::Gateway,
     envelope: SealedEnvelope,
 ) -> Result<Vec<domicile_proto::pb::RecordResult>, tonic::Status> {
     let request = IngestRequest {

@@ -34,8 +34,8 @@ use domicile_proto::{
         RegionalNodeReportIncidentRequest, RegionalNodeSubmitSubjectRequestRequest,
         RegionalNodeWithdrawConsentRequest, ReleaseLegalHoldRequest, ReportIncidentRequest,
         SealedEnvelope, SubjectRecord, SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
-        SurveyAnswer, TimeRange, WithdrawConsentRequest, gateway_client::GatewayClient,
-        record_payload::Record, regional_node_client::RegionalNodeClient,
+        SurveyAnswer, TimeRange, WithdrawConsentRequest, record_payload::Record,
+        regional_node_client::RegionalNodeClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -213,7 +213,7 @@ impl Canaries {
 const REGIONS: [(&str, &str); 3] = [("eu-de", "DE"), ("eu-fr", "FR"), ("us", "US")];
 
 async fn sealed(
-    gw: &mut GatewayClient<Grpc>,
+    gw: &mut domicile_client::Gateway,
     region: &str,
     country: &str,
     payloads: &[RecordPayload],
@@ -287,7 +287,7 @@ async fn drain<M: Message + std::fmt::Debug + Default>(
 
 async fn drain_gateway_stream(
     cap: &Capture,
-    gw: &mut GatewayClient<Grpc>,
+    gw: &mut domicile_client::Gateway,
     req: QueryRecordsRequest,
 ) -> u64 {
     drain(cap, gw.query_records(req).await, |m| m.records.len()).await
@@ -343,7 +343,12 @@ fn grant(country: &str, c: &Canaries, purpose: Purpose, channel: Channel) -> Rec
 }
 
 /// Every consent RPC through the gateway for `c`'s subject, valid and invalid.
-async fn consent_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &str, c: &Canaries) {
+async fn consent_calls(
+    cap: &Capture,
+    gw: &mut domicile_client::Gateway,
+    country: &str,
+    c: &Canaries,
+) {
     let check = |channel: Channel| CheckContactPermissionRequest {
         tenant_id: TENANT.into(),
         subject: subject_ref(country, c),
@@ -421,7 +426,12 @@ async fn consent_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &st
 /// restriction, a legal hold placed and released, receipts, and invalid requests carrying
 /// canaries. (Erasure is left out so that the other calls still find the subject; its
 /// crypto-shredding is proven in `tests/rights.rs`.)
-async fn rights_calls(cap: &Capture, gw: &mut GatewayClient<Grpc>, country: &str, c: &Canaries) {
+async fn rights_calls(
+    cap: &Capture,
+    gw: &mut domicile_client::Gateway,
+    country: &str,
+    c: &Canaries,
+) {
     let requester = domicile_proto::seal::SealingKeyPair::generate();
     let submit = |kind: SubjectRequestKind, country: &str| SubmitSubjectRequestRequest {
         tenant_id: TENANT.into(),

@@ -3,11 +3,13 @@
 use domicile_gateway::GatewayConfig;
 use domicile_node::NodeConfig;
 
+/// An example file, with its paths relative to the repository root made absolute.
 fn example(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("deploy/examples").join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("\"deploy/", &format!("\"{}/deploy/", root.display()))
 }
 
 #[test]
@@ -17,12 +19,14 @@ fn example_configurations_are_valid_and_consistent() {
         let node = NodeConfig::from_toml(&example(&format!("node-{}.toml", region.id))).unwrap();
         assert_eq!(node.region_id, region.id);
         assert_eq!(node.countries, region.countries);
-        assert_eq!(format!("http://{}", node.listen), region.endpoints[0]);
+        assert_eq!(format!("https://{}", node.listen), region.endpoints[0]);
+        assert_eq!(
+            node.tls.as_ref().unwrap().gateway_identity,
+            "gateway.domicile"
+        );
         // The policy directory the examples name (relative to the repository root) loads.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(node.policy_dir.as_ref().unwrap());
-        domicile_node::policy::PolicySet::load(Some(&dir), &node.countries).unwrap();
+        domicile_node::policy::PolicySet::load(node.policy_dir.as_deref(), &node.countries)
+            .unwrap();
     }
 }
 
@@ -40,6 +44,7 @@ fn a_bad_policy_file_stops_the_node_naming_file_line_and_field() {
     std::fs::write(policies.join("DE.toml"), text).unwrap();
 
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("node.sqlite"));
+    config.insecure_plaintext = true;
     config.policy_dir = Some(policies.clone());
     let err = domicile_node::Node::open(config).unwrap_err().to_string();
     let expected = format!(

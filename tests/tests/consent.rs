@@ -11,14 +11,14 @@ use domicile_proto::{
         ConfirmConsentRequest, ConsentAction, ConsentRule, ConsentSource, ConsentState,
         GetConsentRequest, Metric, PermissionReasonCode, Purpose, QueryRecordsRequest,
         RecordConsentRequest, RecordQuery, RejectReason, SubjectRef, WithdrawConsentRequest,
-        gateway_client::GatewayClient, record_payload::Record,
+        record_payload::Record,
     },
 };
 use domicile_tests::{
     TENANT, client, federation, gateway_client, ingest_records, person, query_records, touch,
 };
 use prost::Message;
-use tonic::{Code, transport::Channel as Grpc};
+use tonic::Code;
 
 const WORDING: [u8; 32] = [7; 32];
 
@@ -54,7 +54,7 @@ fn record(
 }
 
 async fn check(
-    gw: &mut GatewayClient<Grpc>,
+    gw: &mut domicile_client::Gateway,
     country: &str,
     id: &str,
     purpose: Purpose,

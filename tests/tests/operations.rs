@@ -262,7 +262,7 @@ async fn a_reload_adds_and_removes_regions_without_a_restart() -> anyhow::Result
     let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"]), ("us", &["US"])]).await?;
     let original = fed.gateway.config();
     let mut gw = gateway_client(&fed).await?;
-    let listed = |gw: &mut GatewayClient<tonic::transport::Channel>| {
+    let listed = |gw: &mut domicile_client::Gateway| {
         let mut gw = gw.clone();
         async move {
             let mut ids: Vec<String> = gw
@@ -310,7 +310,7 @@ async fn a_reload_adds_and_removes_regions_without_a_restart() -> anyhow::Result
         .iter_mut()
         .find(|r| r.id == "us")
         .unwrap()
-        .endpoints = vec!["http://127.0.0.1:9".into()];
+        .endpoints = vec!["https://127.0.0.1:9".into()];
     let report = fed.gateway.reload(changed)?;
     assert_eq!(report.added, ["eu-fr"]);
     assert_eq!(report.changed, ["us"]);
@@ -350,8 +350,11 @@ async fn shutdown_drains_the_calls_in_flight() -> anyhow::Result<()> {
         id: "eu-de".into(),
         countries: vec!["DE".into()],
         endpoints: vec![format!("http://{hung_addr}")],
+        identity: None,
     }]);
     config.shutdown_grace_ms = 600;
+    config.insecure_no_auth = true;
+    config.insecure_plaintext_federation = true;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

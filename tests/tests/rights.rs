@@ -13,7 +13,7 @@ use domicile_proto::{
         PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordConsentRequest, RecordPayload,
         RecordQuery, ReleaseLegalHoldRequest, SubjectRecord, SubjectRef, SubjectRequestKind,
         SubjectRequestReceipt, SubjectRequestStatus, SubmitSubjectRequestRequest, TimeRange,
-        gateway_client::GatewayClient, record_payload::Record,
+        record_payload::Record,
     },
     seal::{EnvelopeSealer, PublicSealingKey, SealingKeyPair, open_export},
 };
@@ -22,7 +22,7 @@ use domicile_tests::{
     touch,
 };
 use prost::Message;
-use tonic::{Code, transport::Channel as Grpc};
+use tonic::Code;
 
 /// 2026-06-01T00:00:00Z.
 const T: i64 = 1_780_272_000;
@@ -56,7 +56,7 @@ fn request(country: &str, id: &str, kind: SubjectRequestKind) -> SubmitSubjectRe
 }
 
 /// Twelve DE subjects (d0..d11) with two interactions each, d0 with a comment and consent.
-async fn setup() -> anyhow::Result<(Federation, GatewayClient<Grpc>)> {
+async fn setup() -> anyhow::Result<(Federation, domicile_client::Gateway)> {
     let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
     let mut records = Vec::new();
     for s in 0..12 {
@@ -127,7 +127,7 @@ fn open(receipt: &SubjectRequestReceipt, keys: &SealingKeyPair) -> serde_json::V
 }
 
 async fn access(
-    gw: &mut GatewayClient<Grpc>,
+    gw: &mut domicile_client::Gateway,
     country: &str,
     id: &str,
     keys: &SealingKeyPair,

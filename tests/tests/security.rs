@@ -1,0 +1,747 @@
+//! Authentication, authorisation and limits at the gateway.
+//!
+//! - Tokens: HS256 (development secret), RS256 and ES256 (JWKS); valid, expired, for another
+//!   audience or issuer, badly signed, `alg: none`, malformed, missing.
+//! - The matrix: for every operation, a caller lacking it is refused on every RPC of that
+//!   operation and admitted on the others; tenant and purpose checks; the DPO authority for
+//!   access, portability, erasure and legal holds.
+//! - Limits: per-tenant rate and concurrency (`RESOURCE_EXHAUSTED`), load shedding
+//!   (`UNAVAILABLE`), nothing done by a refused call.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domicile_client::{ConnectOptions, Gateway, connect_with};
+use domicile_gateway::{auth::AuthConfig, limits::LimitsConfig};
+use domicile_proto::pb::{
+    AggregateQuery, AggregateRequest, CheckContactPermissionRequest, GetAuditCheckpointRequest,
+    GetConsentRequest, GetIncidentRequest, GetSubjectRequestRequest, IngestRequest,
+    ListRegionsRequest, Metric, PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordQuery,
+    SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
+};
+use domicile_tests::{Federation, TENANT};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use tonic::Code;
+
+const AUDIENCE: &str = "domicile";
+const ISSUER: &str = "https://idp.test";
+const SECRET: &[u8] = b"a development secret of at least 32 bytes";
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+
+const OPERATIONS: [&str; 8] = [
+    "regions",
+    "ingest",
+    "aggregate",
+    "records",
+    "consent",
+    "rights",
+    "incident",
+    "audit",
+];
+const PURPOSES: [&str; 6] = [
+    "service",
+    "cx_survey",
+    "cx_analytics",
+    "marketing",
+    "profiling",
+    "call_recording",
+];
+
+#[derive(Serialize, Clone)]
+struct Claims {
+    sub: String,
+    tenant: String,
+    purposes: Vec<String>,
+    operations: Vec<String>,
+    dpo: bool,
+    exp: u64,
+    aud: String,
+    iss: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(operations: &[&str], purposes: &[&str], dpo: bool) -> Claims {
+    Claims {
+        sub: "svc-crm".into(),
+        tenant: TENANT.into(),
+        purposes: purposes.iter().map(|p| (*p).to_owned()).collect(),
+        operations: operations.iter().map(|o| (*o).to_owned()).collect(),
+        dpo,
+        exp: now() + 600,
+        aud: AUDIENCE.into(),
+        iss: ISSUER.into(),
+    }
+}
+
+fn hs256(c: &Claims) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        c,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn signed(alg: Algorithm, kid: &str, c: &Claims) -> String {
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_der(
+            &std::fs::read(format!("{DATA}/jwt-test-rs256.pkcs1.der")).unwrap(),
+        ),
+        Algorithm::ES256 => EncodingKey::from_ec_der(
+            &std::fs::read(format!("{DATA}/jwt-test-es256.pkcs8.der")).unwrap(),
+        ),
+        _ => unreachable!(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, c, &key).unwrap()
+}
+
+async fn secured(limits: Option<LimitsConfig>) -> anyhow::Result<(Federation, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET)?;
+    let auth = AuthConfig {
+        audience: AUDIENCE.into(),
+        issuer: Some(ISSUER.into()),
+        hs256_secret_file: Some(secret),
+        jwks_file: Some(format!("{DATA}/jwt-test-jwks.json").into()),
+        leeway_seconds: 5,
+        clients: Vec::new(),
+    };
+    let mut b = Federation::builder()
+        .region("eu-de", &["DE"])
+        .region("us", &["US"])
+        .auth(auth);
+    if let Some(l) = limits {
+        b = b.limits(l);
+    }
+    Ok((b.start().await?, dir))
+}
+
+async fn client(fed: &Federation, token: Option<String>) -> Gateway {
+    connect_with(
+        &fed.gateway_addr.to_string(),
+        &ConnectOptions {
+            token,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn subject() -> Option<SubjectRef> {
+    Some(SubjectRef {
+        country: "DE".into(),
+        external_id: "cust-1".into(),
+    })
+}
+
+fn aggregate(tenant: &str, purpose: Purpose) -> AggregateRequest {
+    AggregateRequest {
+        tenant_id: tenant.into(),
+        query: Some(AggregateQuery {
+            purpose: purpose as i32,
+            metrics: vec![Metric::Count as i32],
+            ..Default::default()
+        }),
+        regions: Vec::new(),
+        require_all_regions: false,
+    }
+}
+
+/// One call of each RPC (with the DPO-only kinds apart), as `(operation, name)`.
+const RPCS: [(&str, &str); 13] = [
+    ("regions", "ListRegions"),
+    ("ingest", "Ingest"),
+    ("aggregate", "Aggregate"),
+    ("records", "QueryRecords"),
+    ("consent", "CheckContactPermission"),
+    ("consent", "GetConsent"),
+    ("audit", "GetAuditCheckpoint"),
+    ("incident", "GetIncident"),
+    ("rights", "SubmitSubjectRequest(RESTRICTION)"),
+    ("rights", "GetSubjectRequest"),
+    ("rights", "SubmitSubjectRequest(ERASURE)"),
+    ("rights", "SubmitSubjectRequest(ACCESS)"),
+    ("rights", "PlaceLegalHold"),
+];
+
+/// Calls `rpc` for `tenant` with `purpose`; the status code (OK when it succeeds).
+async fn call(gw: &mut Gateway, rpc: &str, tenant: &str, purpose: Purpose) -> Code {
+    let t = tenant.to_owned();
+    let subject_request = |kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+        tenant_id: t.clone(),
+        subject: subject(),
+        kind: kind as i32,
+        recipient_public_key: vec![7; 32],
+        ..Default::default()
+    };
+    let result = match rpc {
+        "ListRegions" => gw.list_regions(ListRegionsRequest {}).await.map(|_| ()),
+        "Ingest" => gw
+            .ingest(IngestRequest {
+                tenant_id: t.clone(),
+                envelopes: Vec::new(),
+            })
+            .await
+            .map(|_| ()),
+        "Aggregate" => gw.aggregate(aggregate(tenant, purpose)).await.map(|_| ()),
+        "QueryRecords" => gw
+            .query_records(QueryRecordsRequest {
+                tenant_id: t.clone(),
+                query: Some(RecordQuery {
+                    purpose: purpose as i32,
+                    limit: 1,
+                    ..Default::default()
+                }),
+                regions: Vec::new(),
+            })
+            .await
+            .map(|_| ()),
+        "CheckContactPermission" => gw
+            .check_contact_permission(CheckContactPermissionRequest {
+                tenant_id: t.clone(),
+                subject: subject(),
+                purpose: purpose as i32,
+                channel: domicile_proto::pb::Channel::Email as i32,
+            })
+            .await
+            .map(|_| ()),
+        "GetConsent" => gw
+            .get_consent(GetConsentRequest {
+                tenant_id: t.clone(),
+                subject: subject(),
+                purpose: purpose as i32,
+            })
+            .await
+            .map(|_| ()),
+        "GetAuditCheckpoint" => gw
+            .get_audit_checkpoint(GetAuditCheckpointRequest {
+                region_id: "eu-de".into(),
+            })
+            .await
+            .map(|_| ()),
+        "GetIncident" => gw
+            .get_incident(GetIncidentRequest {
+                tenant_id: t.clone(),
+                incident_id: "inc-00000000000000000000000000000000".into(),
+            })
+            .await
+            .map(|_| ()),
+        "SubmitSubjectRequest(RESTRICTION)" => gw
+            .submit_subject_request(subject_request(SubjectRequestKind::Restriction))
+            .await
+            .map(|_| ()),
+        "SubmitSubjectRequest(ERASURE)" => gw
+            .submit_subject_request(subject_request(SubjectRequestKind::Erasure))
+            .await
+            .map(|_| ()),
+        "SubmitSubjectRequest(ACCESS)" => gw
+            .submit_subject_request(subject_request(SubjectRequestKind::Access))
+            .await
+            .map(|_| ()),
+        "GetSubjectRequest" => gw
+            .get_subject_request(GetSubjectRequestRequest {
+                tenant_id: t.clone(),
+                request_id: "dsr-eu-de-00000000000000000000000000000000".into(),
+            })
+            .await
+            .map(|_| ()),
+        "PlaceLegalHold" => gw
+            .place_legal_hold(PlaceLegalHoldRequest {
+                tenant_id: t.clone(),
+                subject: subject(),
+                reason: "litigation".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        other => panic!("no RPC {other}"),
+    };
+    match result {
+        Ok(()) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// Refused by authentication or authorisation.
+fn refused(code: Code) -> bool {
+    matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_before_anything_runs() -> anyhow::Result<()> {
+    let (fed, _dir) = secured(None).await?;
+    let full = claims(&OPERATIONS, &PURPOSES, true);
+    let request = || aggregate(TENANT, Purpose::CxAnalytics);
+
+    // Valid tokens of every algorithm are accepted.
+    for token in [
+        hs256(&full),
+        signed(Algorithm::RS256, "test-rs256", &full),
+        signed(Algorithm::ES256, "test-es256", &full),
+    ] {
+        let mut gw = client(&fed, Some(token)).await;
+        gw.aggregate(request()).await?;
+    }
+
+    let expired = Claims {
+        exp: now() - 3600,
+        ..full.clone()
+    };
+    let other_audience = Claims {
+        aud: "someone-else".into(),
+        ..full.clone()
+    };
+    let other_issuer = Claims {
+        iss: "https://evil.test".into(),
+        ..full.clone()
+    };
+    let wrong_secret = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &full,
+        &EncodingKey::from_secret(b"another secret of at least 32 bytes long"),
+    )?;
+    // A valid RS256 token with its payload swapped for one granting another tenant.
+    let genuine = signed(Algorithm::RS256, "test-rs256", &full);
+    let forged_payload = signed(
+        Algorithm::RS256,
+        "test-rs256",
+        &Claims {
+            tenant: "globex".into(),
+            ..full.clone()
+        },
+    );
+    let parts: Vec<&str> = genuine.split('.').collect();
+    let forged: Vec<&str> = forged_payload.split('.').collect();
+    let tampered = format!("{}.{}.{}", parts[0], forged[1], parts[2]);
+    // alg "none": unsigned.
+    let none = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&full)?)
+        )
+    };
+    // An ES256 token naming the RSA key: no algorithm confusion.
+    let confused = signed(Algorithm::ES256, "test-rs256", &full);
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("expired", Some(hs256(&expired)), "expired"),
+        (
+            "wrong audience",
+            Some(hs256(&other_audience)),
+            "another audience",
+        ),
+        ("wrong issuer", Some(hs256(&other_issuer)), "another issuer"),
+        ("wrong signature", Some(wrong_secret), "bad signature"),
+        ("tampered payload", Some(tampered), "bad signature"),
+        ("alg none", Some(none), ""),
+        (
+            "unknown key id",
+            Some(signed(Algorithm::ES256, "nope", &full)),
+            "no key",
+        ),
+        ("algorithm confusion", Some(confused), ""),
+        ("malformed", Some("not-a-jwt".into()), "not a JWT"),
+        ("missing", None, "missing credentials"),
+    ];
+    for (what, token, says) in cases {
+        let mut gw = client(&fed, token).await;
+        for rpc in ["Aggregate", "ListRegions", "SubmitSubjectRequest(ERASURE)"] {
+            let status = match rpc {
+                "Aggregate" => gw.aggregate(request()).await.unwrap_err(),
+                "ListRegions" => gw.list_regions(ListRegionsRequest {}).await.unwrap_err(),
+                _ => {
+                    assert_eq!(
+                        call(&mut gw, rpc, TENANT, Purpose::CxAnalytics).await,
+                        Code::Unauthenticated,
+                        "{what}: {rpc}"
+                    );
+                    continue;
+                }
+            };
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{what}: {rpc}: {status:?}"
+            );
+            assert!(
+                status.message().contains(says),
+                "{what}: {}",
+                status.message()
+            );
+        }
+    }
+    // Health stays open (Kubernetes probes it without credentials).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", fed.gateway_addr))?
+        .connect()
+        .await?;
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow::Result<()> {
+    let (fed, _dir) = secured(None).await?;
+
+    // With every operation, purpose and the DPO's authority, nothing is refused.
+    let mut full = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, true)))).await;
+    for (_, rpc) in RPCS {
+        let code = call(&mut full, rpc, TENANT, Purpose::CxAnalytics).await;
+        assert!(!refused(code), "{rpc} refused with every right: {code:?}");
+    }
+
+    // Without one operation: exactly that operation's RPCs are refused.
+    for missing in OPERATIONS {
+        let ops: Vec<&str> = OPERATIONS
+            .iter()
+            .copied()
+            .filter(|o| *o != missing)
+            .collect();
+        let mut gw = client(&fed, Some(hs256(&claims(&ops, &PURPOSES, true)))).await;
+        for (op, rpc) in RPCS {
+            let code = call(&mut gw, rpc, TENANT, Purpose::CxAnalytics).await;
+            if op == missing {
+                assert_eq!(code, Code::PermissionDenied, "{rpc} without {missing}");
+            } else {
+                assert!(!refused(code), "{rpc} refused without {missing}: {code:?}");
+            }
+        }
+    }
+
+    // Another tenant's data: refused on every tenant-scoped RPC.
+    for (_, rpc) in RPCS {
+        let code = call(&mut full, rpc, "globex", Purpose::CxAnalytics).await;
+        let scoped = !matches!(rpc, "ListRegions" | "GetAuditCheckpoint");
+        assert_eq!(
+            code == Code::PermissionDenied,
+            scoped,
+            "{rpc} for globex: {code:?}"
+        );
+    }
+
+    // A purpose the token does not allow: refused where the request declares it.
+    let mut survey_only = client(
+        &fed,
+        Some(hs256(&claims(&OPERATIONS, &["cx_survey"], true))),
+    )
+    .await;
+    for rpc in [
+        "Aggregate",
+        "QueryRecords",
+        "CheckContactPermission",
+        "GetConsent",
+    ] {
+        assert_eq!(
+            call(&mut survey_only, rpc, TENANT, Purpose::CxAnalytics).await,
+            Code::PermissionDenied,
+            "{rpc} for cx_analytics"
+        );
+        assert!(!refused(
+            call(&mut survey_only, rpc, TENANT, Purpose::CxSurvey).await
+        ));
+    }
+
+    // Access, portability, erasure and legal holds need the DPO's authority; restriction
+    // and status checks do not.
+    let mut no_dpo = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, false)))).await;
+    for (_, rpc) in RPCS.iter().filter(|(op, _)| *op == "rights") {
+        let code = call(&mut no_dpo, rpc, TENANT, Purpose::CxAnalytics).await;
+        let dpo_only = matches!(
+            *rpc,
+            "SubmitSubjectRequest(ERASURE)" | "SubmitSubjectRequest(ACCESS)" | "PlaceLegalHold"
+        );
+        assert_eq!(
+            code == Code::PermissionDenied,
+            dpo_only,
+            "{rpc} without dpo: {code:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_before_anything_is_done() -> anyhow::Result<()> {
+    let (fed, _dir) = secured(Some(LimitsConfig {
+        requests_per_second: 0.5,
+        burst: 3,
+        max_concurrent_per_tenant: 64,
+        max_in_flight: 2048,
+    }))
+    .await?;
+    let token = hs256(&claims(&OPERATIONS, &PURPOSES, false));
+    let mut gw = client(&fed, Some(token)).await;
+    let calls_to_regions = || {
+        fed.gateway
+            .metrics()
+            .encode()
+            .lines()
+            .filter(|l| {
+                l.starts_with("domicile_gateway_region_requests_total{")
+                    && l.contains("method=\"Aggregate\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    for _ in 0..3 {
+        gw.aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+            .await?;
+    }
+    let asked = calls_to_regions();
+    assert_eq!(asked, 6.0, "three aggregates, two regions each");
+    let over = gw
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert!(over.message().contains("rate limit"));
+    assert_eq!(
+        calls_to_regions(),
+        asked,
+        "a refused call reaches no region"
+    );
+
+    // Another tenant has its own budget of calls.
+    let globex = Claims {
+        tenant: "globex".into(),
+        ..claims(&OPERATIONS, &PURPOSES, false)
+    };
+    let mut other = client(&fed, Some(hs256(&globex))).await;
+    other
+        .aggregate(aggregate("globex", Purpose::CxAnalytics))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_per_tenant_and_load_shedding() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET)?;
+    // A region that never answers keeps an aggregate (and its admission) open until its
+    // deadline.
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .unresponsive_region("hung", &["FR"])
+        .auth(AuthConfig {
+            audience: AUDIENCE.into(),
+            issuer: Some(ISSUER.into()),
+            hs256_secret_file: Some(secret),
+            jwks_file: None,
+            leeway_seconds: 5,
+            clients: Vec::new(),
+        })
+        .limits(LimitsConfig {
+            requests_per_second: 1000.0,
+            burst: 1000,
+            max_concurrent_per_tenant: 1,
+            max_in_flight: 2,
+        })
+        .start()
+        .await?;
+    let token = |tenant: &str| {
+        hs256(&Claims {
+            tenant: tenant.into(),
+            ..claims(&OPERATIONS, &PURPOSES, false)
+        })
+    };
+    let slow = |tenant: &'static str, gw: Gateway| {
+        let mut gw = gw;
+        tokio::spawn(async move {
+            let mut r = tonic::Request::new(aggregate(tenant, Purpose::CxAnalytics));
+            r.set_timeout(std::time::Duration::from_millis(2500));
+            gw.aggregate(r).await
+        })
+    };
+    let acme = client(&fed, Some(token(TENANT))).await;
+    let first = slow(TENANT, acme.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // The tenant's one slot is taken.
+    let busy = acme
+        .clone()
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::ResourceExhausted, "{busy:?}");
+    assert!(busy.message().contains("concurrency"));
+
+    // Two calls in flight in all: a third tenant is shed with UNAVAILABLE.
+    let second = slow("globex", client(&fed, Some(token("globex"))).await);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut initech = client(&fed, Some(token("initech"))).await;
+    let shed = initech
+        .aggregate(aggregate("initech", Purpose::CxAnalytics))
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+
+    // Finished calls free their slots.
+    first.await??;
+    second.await??;
+    let mut only_de = aggregate(TENANT, Purpose::CxAnalytics);
+    only_de.regions = vec!["eu-de".into()];
+    acme.clone().aggregate(only_de).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateway_certificate_reaches_a_node() -> anyhow::Result<()> {
+    use domicile_proto::pb::{GetRegionInfoRequest, RegionalNodeIngestRequest};
+    use domicile_tests::{node_client, node_client_as};
+
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .start()
+        .await?;
+    let ingest = || RegionalNodeIngestRequest {
+        tenant_id: TENANT.into(),
+        envelope: None,
+    };
+
+    // The gateway's own certificate: served (and an empty ingest is a validation error).
+    let mut as_gateway = node_client(&fed, "eu-de").await?;
+    as_gateway.get_region_info(GetRegionInfoRequest {}).await?;
+    let invalid = as_gateway.ingest(ingest()).await.unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+
+    // Bypassing the gateway with another certificate of the same CA: refused before the
+    // handler (which would have said INVALID_ARGUMENT).
+    let mut bypass = node_client_as(&fed, "eu-de", Some(fed.pki.pair("client"))).await?;
+    for status in [
+        bypass.ingest(ingest()).await.unwrap_err(),
+        bypass
+            .get_region_info(GetRegionInfoRequest {})
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("pinned"));
+    }
+
+    // No client certificate, or one from another CA: the TLS handshake fails.
+    let other_ca = tempfile::tempdir()?;
+    let foreign = domicile::certs::generate(other_ca.path(), &["eu-de".into()], "x.domicile")?;
+    for (what, identity) in [
+        ("no certificate", None),
+        ("another CA", Some(foreign.pair("gateway"))),
+    ] {
+        let refused = match node_client_as(&fed, "eu-de", identity).await {
+            Err(_) => true,
+            Ok(mut c) => c.get_region_info(GetRegionInfoRequest {}).await.is_err(),
+        };
+        assert!(refused, "{what}: a call went through");
+    }
+
+    // Plaintext to the federation port: no answer.
+    let plain = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        fed.node("eu-de").unwrap().addr
+    ))?
+    .connect_timeout(std::time::Duration::from_secs(2))
+    .timeout(std::time::Duration::from_secs(2))
+    .connect()
+    .await;
+    if let Ok(channel) = plain {
+        let mut c = domicile_proto::pb::regional_node_client::RegionalNodeClient::new(channel);
+        assert!(c.get_region_info(GetRegionInfoRequest {}).await.is_err());
+    }
+
+    // The node counted the refusals as such.
+    let node = fed.node("eu-de").unwrap().node.clone().unwrap();
+    let text = node.metrics().encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("domicile_node_rpc_requests_total{")
+                && l.contains("method=\"Ingest\"")
+                && l.contains("code=\"PERMISSION_DENIED\"")),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_may_authenticate_with_a_client_certificate() -> anyhow::Result<()> {
+    use domicile_gateway::auth::CertClient;
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET)?;
+    let auth = AuthConfig {
+        audience: AUDIENCE.into(),
+        issuer: None,
+        hs256_secret_file: Some(secret),
+        jwks_file: None,
+        leeway_seconds: 5,
+        clients: vec![CertClient {
+            identity: "client.domicile".into(),
+            tenant: TENANT.into(),
+            purposes: vec!["cx_analytics".into()],
+            operations: vec!["aggregate".into()],
+            dpo: false,
+        }],
+    };
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .auth(auth)
+        .public_tls()
+        .start()
+        .await?;
+    let pem = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let tls = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>, token| ConnectOptions {
+        token,
+        ca_pem: Some(pem(fed.pki.ca())),
+        domain: Some("gateway.domicile".into()),
+        identity: identity.map(|(c, k)| (pem(c), pem(k))),
+    };
+    let addr = fed.gateway_addr.to_string();
+
+    // The listed certificate: its tenant, purposes and operations apply.
+    let mut by_cert = connect_with(&addr, &tls(Some(fed.pki.pair("client")), None)).await?;
+    by_cert
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    let code = call(&mut by_cert, "QueryRecords", TENANT, Purpose::CxAnalytics).await;
+    assert_eq!(code, Code::PermissionDenied);
+    let code = call(&mut by_cert, "Aggregate", TENANT, Purpose::Marketing).await;
+    assert_eq!(code, Code::PermissionDenied);
+
+    // A certificate of the same CA that is not listed (the gateway's own): unauthenticated.
+    let mut unlisted = connect_with(&addr, &tls(Some(fed.pki.pair("gateway")), None)).await?;
+    let code = call(&mut unlisted, "Aggregate", TENANT, Purpose::CxAnalytics).await;
+    assert_eq!(code, Code::Unauthenticated);
+
+    // Over TLS without a certificate: a token works, nothing does not.
+    let token = hs256(&claims(&OPERATIONS, &PURPOSES, false));
+    let mut by_token = connect_with(&addr, &tls(None, Some(token))).await?;
+    by_token
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    let mut anonymous = connect_with(&addr, &tls(None, None)).await?;
+    let code = call(&mut anonymous, "Aggregate", TENANT, Purpose::CxAnalytics).await;
+    assert_eq!(code, Code::Unauthenticated);
+
+    // A certificate from another CA: the handshake fails.
+    let other = tempfile::tempdir()?;
+    let foreign = domicile::certs::generate(other.path(), &[], "client.domicile")?;
+    let refused = match connect_with(&addr, &tls(Some(foreign.pair("client")), None)).await {
+        Err(_) => true,
+        Ok(mut c) => !matches!(
+            call(&mut c, "Aggregate", TENANT, Purpose::CxAnalytics).await,
+            Code::Ok
+        ),
+    };
+    assert!(refused, "a certificate from another CA was accepted");
+    Ok(())
+}
