@@ -20,7 +20,11 @@ fn authenticator() -> &'static Authenticator {
             issuer: Some("https://idp.test".into()),
             hs256_secret_file: Some(secret),
             jwks_file: Some(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/jwt-test-jwks.json").into(),
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tests/data/jwt-test-jwks.json"
+                )
+                .into(),
             ),
             leeway_seconds: 30,
             clients: Vec::new(),

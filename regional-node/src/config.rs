@@ -45,6 +45,16 @@ pub struct NodeConfig {
     /// 0600, if missing. Default `sealing.key` beside the database.
     #[serde(default)]
     pub sealing_key_file: Option<PathBuf>,
+    /// The previous sealing key (32 raw bytes) after a rotation: envelopes sealed to it are
+    /// still accepted until `previous_sealing_key_until`, so that clients holding the old key
+    /// are not refused while they refresh (`ListRegions` shows only the current key).
+    #[serde(default)]
+    pub previous_sealing_key_file: Option<PathBuf>,
+    /// The end of the previous key's grace period, e.g. `2026-12-01T00:00:00Z`; required with
+    /// `previous_sealing_key_file`. After it, envelopes sealed to the previous key are refused
+    /// with `UNKNOWN_KEY`.
+    #[serde(default)]
+    pub previous_sealing_key_until: Option<toml::value::Datetime>,
     /// Path of the region's pseudonym secret (32 raw bytes), the HMAC key of pseudonymised
     /// records. It never leaves the node. Created, mode 0600, if missing. Default
     /// `pseudonym.key` beside the database.
@@ -162,6 +172,8 @@ pub const OPTIONS: &[&str] = &[
     "listen",
     "database",
     "sealing_key_file",
+    "previous_sealing_key_file",
+    "previous_sealing_key_until",
     "pseudonym_secret_file",
     "policy_dir",
     "kek_file",
@@ -199,6 +211,33 @@ pub fn env_value(raw: &str, list: bool) -> toml::Value {
     }
 }
 
+/// A TOML offset date-time in Unix seconds; `None` without a date, a time or an offset.
+pub fn unix_seconds(t: &toml::value::Datetime) -> Option<i64> {
+    let (date, time, offset) = (t.date?, t.time?, t.offset?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m, d) = (
+        i64::from(date.year) - i64::from(date.month <= 2),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let offset_minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    Some(
+        days * 86_400
+            + i64::from(time.hour) * 3600
+            + i64::from(time.minute) * 60
+            + i64::from(time.second)
+            - offset_minutes * 60,
+    )
+}
+
 /// A configuration error, with the path of the offending option.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -218,6 +257,8 @@ impl NodeConfig {
             listen: default_listen(),
             database,
             sealing_key_file: None,
+            previous_sealing_key_file: None,
+            previous_sealing_key_until: None,
             pseudonym_secret_file: None,
             policy_dir: None,
             kek_file: None,
@@ -287,6 +328,13 @@ impl NodeConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The end of the previous sealing key's grace period, in Unix seconds.
+    pub fn previous_key_until(&self) -> Option<i64> {
+        self.previous_sealing_key_until
+            .as_ref()
+            .and_then(unix_seconds)
     }
 
     /// How the listeners drain on shutdown.
@@ -381,6 +429,24 @@ impl NodeConfig {
         }
         if self.audit_checkpoint_seconds == 0 {
             err("audit_checkpoint_seconds", "must be at least 1");
+        }
+        match (
+            &self.previous_sealing_key_file,
+            &self.previous_sealing_key_until,
+        ) {
+            (Some(_), None) => err(
+                "previous_sealing_key_until",
+                "required with previous_sealing_key_file: when the grace period ends",
+            ),
+            (None, Some(_)) => err(
+                "previous_sealing_key_file",
+                "required with previous_sealing_key_until",
+            ),
+            (Some(_), Some(until)) if unix_seconds(until).is_none() => err(
+                "previous_sealing_key_until",
+                "must be a date and time with its offset, e.g. 2026-12-01T00:00:00Z",
+            ),
+            _ => {}
         }
         if self.shutdown_grace_ms > 300_000 {
             err("shutdown_grace_ms", "must be at most 300000 (5 minutes)");

@@ -56,6 +56,8 @@ pub struct Node {
 pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
     pub(crate) keys: SealingKeyPair,
+    /// The previous sealing key and the end of its grace period (Unix seconds).
+    pub(crate) previous: Option<(SealingKeyPair, i64)>,
     pub(crate) store: SqliteStore,
     pub(crate) policies: PolicySet,
     pub(crate) pseudonyms: Pseudonymiser,
@@ -136,6 +138,23 @@ impl Node {
             config.audit_checkpoint_every,
         );
         let tls = load_tls(&config)?;
+        let previous = match (
+            &config.previous_sealing_key_file,
+            config.previous_key_until(),
+        ) {
+            (Some(path), Some(until)) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    NodeError::Internal(format!(
+                        "previous_sealing_key_file: {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let pair = SealingKeyPair::from_private_bytes(&bytes)
+                    .map_err(|e| NodeError::Internal(format!("previous_sealing_key_file: {e}")))?;
+                Some((pair, until))
+            }
+            _ => None,
+        };
         let kek = load_kek(&config)?;
         let store = SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
         store.write(|tx| {
@@ -176,6 +195,7 @@ impl Node {
             inner: Arc::new(Inner {
                 metrics,
                 tls,
+                previous,
                 config,
                 keys,
                 store,
@@ -373,12 +393,17 @@ impl Node {
         envelope: &SealedEnvelope,
     ) -> Result<Vec<RecordResult>, NodeError> {
         let inner = &self.inner;
-        let verdicts = open_envelope(
-            &inner.keys,
-            tenant.as_str(),
-            &inner.config.countries,
-            envelope,
-        );
+        // The previous key still opens envelopes during its grace period after a rotation.
+        let key = match &inner.previous {
+            Some((previous, until))
+                if envelope.key_id == previous.public().key_id()
+                    && domicile_proto::domain::unix_now() < *until =>
+            {
+                previous
+            }
+            _ => &inner.keys,
+        };
+        let verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
         let verdicts = self.check_recording_consent(tenant, verdicts)?;
         let mut to_store = Vec::new();
         let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(verdicts.len());
