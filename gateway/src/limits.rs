@@ -34,6 +34,11 @@ pub struct LimitsConfig {
     /// Calls the gateway runs at once before it sheds load with `UNAVAILABLE`. Default 2048.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Largest request message, in bytes; a larger one is refused before it is decoded
+    /// (`OUT_OF_RANGE`, tonic's code for it). Default 80 MiB: a full ingest batch of 1,000
+    /// records of 64 KiB, plus framing.
+    #[serde(default = "default_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 fn default_rate() -> f64 {
@@ -48,6 +53,9 @@ fn default_concurrency() -> u32 {
 fn default_in_flight() -> usize {
     2048
 }
+fn default_message_bytes() -> usize {
+    80 * 1024 * 1024
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -56,6 +64,7 @@ impl Default for LimitsConfig {
             burst: default_burst(),
             max_concurrent_per_tenant: default_concurrency(),
             max_in_flight: default_in_flight(),
+            max_message_bytes: default_message_bytes(),
         }
     }
 }
@@ -75,6 +84,9 @@ impl LimitsConfig {
         }
         if self.max_in_flight == 0 {
             out.push(("limits.max_in_flight", "must be at least 1"));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_message_bytes) {
+            out.push(("limits.max_message_bytes", "must be 1 KiB to 1 GiB"));
         }
         out
     }
@@ -200,6 +212,7 @@ mod tests {
             burst,
             max_concurrent_per_tenant: concurrent,
             max_in_flight: in_flight,
+            ..LimitsConfig::default()
         })
     }
 

@@ -15,10 +15,6 @@ use crate::{
     service::{Authenticate, GatewayService},
 };
 
-/// Largest request the public listener decodes: a full batch of 1,000 records of at most
-/// 64 KiB each, plus framing.
-pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
-
 /// Why the gateway could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -87,7 +83,7 @@ pub async fn serve(
     let probes = tokio::spawn(probe_loop(gateway.clone()));
     let service = tonic::service::interceptor::InterceptedService::new(
         GatewayServer::new(GatewayService::new(gateway.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(gateway.config().limits.max_message_bytes),
         Authenticate(gateway),
     );
     let served = serve_and_drain(

@@ -479,6 +479,7 @@ async fn limits_refuse_before_anything_is_done() -> anyhow::Result<()> {
         burst: 3,
         max_concurrent_per_tenant: 64,
         max_in_flight: 2048,
+        ..LimitsConfig::default()
     }))
     .await?;
     let token = hs256(&claims(&OPERATIONS, &PURPOSES, false));
@@ -548,6 +549,7 @@ async fn concurrency_per_tenant_and_load_shedding() -> anyhow::Result<()> {
             burst: 1000,
             max_concurrent_per_tenant: 1,
             max_in_flight: 2,
+            ..LimitsConfig::default()
         })
         .start()
         .await?;
@@ -743,5 +745,39 @@ async fn callers_may_authenticate_with_a_client_certificate() -> anyhow::Result<
         ),
     };
     assert!(refused, "a certificate from another CA was accepted");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_before_decoding() -> anyhow::Result<()> {
+    use domicile_proto::pb::{SealedEnvelope, SealedRecord};
+    let (fed, _dir) = secured(Some(LimitsConfig {
+        max_message_bytes: 1024 * 1024,
+        ..LimitsConfig::default()
+    }))
+    .await?;
+    let mut gw = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, false)))).await;
+    let big = IngestRequest {
+        tenant_id: TENANT.into(),
+        envelopes: vec![SealedEnvelope {
+            region_id: "eu-de".into(),
+            records: vec![SealedRecord {
+                country: "DE".into(),
+                ciphertext: vec![0; 2 * 1024 * 1024],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let refused = gw.ingest(big).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("too large"),
+        "{}",
+        refused.message()
+    );
+    // Nothing reached a region.
+    let node = fed.node("eu-de").unwrap().node.clone().unwrap();
+    assert!(!node.metrics().encode().contains("method=\"Ingest\""));
     Ok(())
 }
