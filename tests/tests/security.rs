@@ -781,3 +781,57 @@ async fn oversized_requests_are_refused_before_decoding() -> anyhow::Result<()> 
     assert!(!node.metrics().encode().contains("method=\"Ingest\""));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_subject_is_indistinguishable_from_a_missing_one() -> anyhow::Result<()> {
+    use domicile_tests::{SynthSpec, client as c, gateway_client, synth};
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .start()
+        .await?;
+    let mut gw = gateway_client(&fed).await?;
+    let regions = c::regions(&mut gw).await?;
+    let records = synth::generate(&SynthSpec {
+        countries: vec!["DE".into()],
+        subjects: 5,
+        interactions: 10,
+        seed: 9,
+    });
+    c::ingest(&gw, "globex", &regions, &records, 100).await?;
+    let theirs = records
+        .iter()
+        .find_map(|r| match &r.payload.record {
+            Some(domicile_proto::pb::record_payload::Record::Subject(s)) => {
+                Some(s.external_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let ask = |external_id: String| SubmitSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        subject: Some(SubjectRef {
+            country: "DE".into(),
+            external_id,
+        }),
+        kind: SubjectRequestKind::Access as i32,
+        recipient_public_key: vec![9; 32],
+        actor: "dpo-1".into(),
+        ..Default::default()
+    };
+    let of_globex = gw
+        .submit_subject_request(ask(theirs.clone()))
+        .await
+        .unwrap_err();
+    let nobody = gw
+        .submit_subject_request(ask("cust-de-nobody".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(of_globex.code(), Code::NotFound);
+    assert_eq!(of_globex.code(), nobody.code());
+    assert_eq!(
+        of_globex.message().replace(&theirs, "<id>"),
+        nobody.message().replace("cust-de-nobody", "<id>"),
+        "the same answer"
+    );
+    Ok(())
+}
