@@ -5,21 +5,24 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use domicile_gateway::auth::Operation;
+use domicile_proto::pb::Purpose;
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
 
 /// The audience `domicile dev` configures.
 pub const DEV_AUDIENCE: &str = "domicile";
 
-/// Every purpose's name in tokens.
-pub const ALL_PURPOSES: [&str; 6] = [
-    "service",
-    "cx_survey",
-    "cx_analytics",
-    "marketing",
-    "profiling",
-    "call_recording",
-];
+/// Every purpose's name in tokens (`cx_analytics` for `PURPOSE_CX_ANALYTICS`).
+pub fn all_purposes() -> Vec<String> {
+    (1..)
+        .map_while(|n| Purpose::try_from(n).ok())
+        .map(|p| {
+            p.as_str_name()
+                .trim_start_matches("PURPOSE_")
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
 
 /// What a token grants.
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +49,7 @@ impl TokenClaims {
         Self {
             sub: "domicile-dev".into(),
             tenant: tenant.into(),
-            purposes: ALL_PURPOSES.iter().map(|p| (*p).to_owned()).collect(),
+            purposes: all_purposes(),
             operations: Operation::ALL.iter().map(|o| o.name().to_owned()).collect(),
             dpo: true,
             aud: DEV_AUDIENCE.into(),
@@ -65,4 +68,18 @@ pub fn mint(secret: &[u8], claims: &TokenClaims) -> anyhow::Result<String> {
         claims,
         &EncodingKey::from_secret(secret),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_purpose_is_named_as_the_gateway_parses_it() {
+        let all = all_purposes();
+        assert_eq!(all.len(), 6);
+        for p in &all {
+            assert!(domicile_gateway::auth::parse_purpose(p).is_some(), "{p}");
+        }
+    }
 }
