@@ -835,3 +835,39 @@ async fn another_tenants_subject_is_indistinguishable_from_a_missing_one() -> an
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_verifies_each_nodes_identity() -> anyhow::Result<()> {
+    use domicile_proto::pb::RegionStatus;
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .region("us", &["US"])
+        .start()
+        .await?;
+    let mut gw = domicile_tests::gateway_client(&fed).await?;
+    let all_ok = |r: &domicile_proto::pb::AggregateResponse| {
+        r.coverage
+            .iter()
+            .map(|c| (c.region_id.clone(), c.status == RegionStatus::Ok as i32))
+            .collect::<Vec<_>>()
+    };
+    let answer = gw
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    assert_eq!(
+        all_ok(answer.get_ref()),
+        [("eu-de".to_owned(), true), ("us".to_owned(), true)]
+    );
+
+    // Expect eu-de to present the US node's identity: its real certificate no longer passes.
+    let mut wrong = (*fed.gateway.config()).clone();
+    wrong.regions[0].identity = Some("us.node.domicile".into());
+    fed.gateway.reload(wrong)?;
+    let answer = gw
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    let eu_de = &answer.get_ref().coverage[0];
+    assert_eq!(eu_de.status, RegionStatus::Unavailable as i32, "{eu_de:?}");
+    assert_eq!(answer.get_ref().coverage[1].status, RegionStatus::Ok as i32);
+    Ok(())
+}
