@@ -35,6 +35,7 @@ pub struct FederationBuilder {
     gateway_addr: SocketAddr,
     min_group_size: u32,
     default_deadline: Duration,
+    max_deadline: Option<Duration>,
     auth: Option<AuthConfig>,
     limits: Option<LimitsConfig>,
     public_tls: bool,
@@ -48,6 +49,7 @@ impl Default for FederationBuilder {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             min_group_size: 5,
             default_deadline: Duration::from_secs(5),
+            max_deadline: None,
             auth: None,
             limits: None,
             public_tls: false,
@@ -112,6 +114,13 @@ impl FederationBuilder {
     /// The gateway's admission limits (default: the configuration's defaults).
     pub fn limits(mut self, limits: LimitsConfig) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// The gateway's cap on any caller's deadline (default 30 s, or the default deadline if
+    /// larger).
+    pub fn max_deadline(mut self, d: Duration) -> Self {
+        self.max_deadline = Some(d);
         self
     }
 
@@ -222,7 +231,10 @@ impl FederationBuilder {
             config.limits = limits.clone();
         }
         config.default_deadline_ms = self.default_deadline.as_millis() as u64;
-        config.max_deadline_ms = config.max_deadline_ms.max(config.default_deadline_ms);
+        config.max_deadline_ms = match self.max_deadline {
+            Some(d) => d.as_millis() as u64,
+            None => config.max_deadline_ms.max(config.default_deadline_ms),
+        };
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("gateway configuration: {e}"))?;

@@ -871,3 +871,48 @@ async fn the_gateway_verifies_each_nodes_identity() -> anyhow::Result<()> {
     assert_eq!(answer.get_ref().coverage[1].status, RegionStatus::Ok as i32);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_have_a_default_and_a_cap() -> anyhow::Result<()> {
+    use domicile_proto::pb::RegionStatus;
+    use std::time::{Duration, Instant};
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .unresponsive_region("hung", &["FR"])
+        .default_deadline(Duration::from_millis(300))
+        .max_deadline(Duration::from_millis(800))
+        .start()
+        .await?;
+    let mut gw = domicile_tests::gateway_client(&fed).await?;
+
+    // No deadline from the caller: the default applies.
+    let started = Instant::now();
+    let answer = gw
+        .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answer.get_ref().coverage[1].status,
+        RegionStatus::DeadlineExceeded as i32
+    );
+
+    // A caller asking for a minute gets the cap; requiring every region makes it an error.
+    let mut request = tonic::Request::new(AggregateRequest {
+        require_all_regions: true,
+        ..aggregate(TENANT, Purpose::CxAnalytics)
+    });
+    request.set_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let late = gw.aggregate(request).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    Ok(())
+}
