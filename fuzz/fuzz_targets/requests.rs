@@ -5,7 +5,7 @@
 
 use domicile_ops::trace::TraceContext;
 use domicile_proto::{
-    consent::{Confirmation, ConsentChange},
+    consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId},
     pb::{
         AggregateRequest, CheckContactPermissionRequest, ConfirmConsentRequest, GetConsentRequest,
@@ -56,12 +56,12 @@ fuzz_target!(|data: &[u8]| {
         }
         6 => {
             if let Ok(r) = CheckContactPermissionRequest::decode(bytes) {
-                let _ = ConsentChange::from_check(&r);
+                let _ = ConsentQuestion::from_check(&r);
             }
         }
         7 => {
             if let Ok(r) = GetConsentRequest::decode(bytes) {
-                let _ = ConsentChange::from_get(&r);
+                let _ = ConsentQuestion::from_get(&r);
             }
         }
         8 => {
