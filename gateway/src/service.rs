@@ -79,7 +79,10 @@ impl GatewayService {
             }
             None => {}
         }
-        let key = tenant.or(caller.map(|c| c.tenant.as_str())).unwrap_or("");
+        // Limits are per authenticated tenant. Without authentication every caller shares one
+        // budget: keying on the unchecked `tenant_id` would let a caller grow the limiter's
+        // tables without bound.
+        let key = caller.map_or("", |c| c.tenant.as_str());
         self.gateway.limiter().admit(key)
     }
 
