@@ -218,6 +218,26 @@ fn question(i: usize) -> CheckContactPermissionRequest {
     }
 }
 
+/// One `CheckContactPermission` on a node's API (direct, or through nginx) per call.
+fn node_call(
+    client: &RegionalNodeClient<Channel>,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
++ Clone
++ Send
++ 'static {
+    let client = client.clone();
+    move |i| {
+        let mut c = client.clone();
+        Box::pin(async move {
+            c.check_contact_permission(RegionalNodeCheckContactPermissionRequest {
+                request: Some(question(i)),
+            })
+            .await?;
+            Ok(())
+        })
+    }
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -288,20 +308,9 @@ async fn proxy(args: &Args) -> anyhow::Result<String> {
             vec![("direct", vec![]), ("gateway", vec![]), ("nginx", vec![])];
         for _ in 0..runs {
             // Interleaved, so that drift on the shared machine hits all three alike.
-            let c = direct.clone();
-            results[0].1.push(
-                measure(calls, concurrency, move |i| {
-                    let mut c = c.clone();
-                    async move {
-                        c.check_contact_permission(RegionalNodeCheckContactPermissionRequest {
-                            request: Some(question(i)),
-                        })
-                        .await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            results[0]
+                .1
+                .push(measure(calls, concurrency, node_call(&direct)).await?);
             let g = gateway.clone();
             results[1].1.push(
                 measure(calls, concurrency, move |i| {
@@ -313,20 +322,9 @@ async fn proxy(args: &Args) -> anyhow::Result<String> {
                 })
                 .await?,
             );
-            let n = via_nginx.clone();
-            results[2].1.push(
-                measure(calls, concurrency, move |i| {
-                    let mut n = n.clone();
-                    async move {
-                        n.check_contact_permission(RegionalNodeCheckContactPermissionRequest {
-                            request: Some(question(i)),
-                        })
-                        .await?;
-                        Ok(())
-                    }
-                })
-                .await?,
-            );
+            results[2]
+                .1
+                .push(measure(calls, concurrency, node_call(&via_nginx)).await?);
         }
         let summary: Vec<(&str, Duration, Duration, f64)> = results
             .iter()
