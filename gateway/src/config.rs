@@ -226,28 +226,8 @@ impl GatewayConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
-            path: e
-                .span()
-                .map_or_else(String::new, |s| format!("byte {}", s.start)),
-            message: e.message().to_owned(),
-        })?;
-        for key in OPTIONS {
-            if let Some(value) = env(&format!("DOMICILE_GATEWAY_{}", key.to_uppercase())) {
-                let literal = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                    .ok()
-                    .and_then(|t| t.get("v").cloned());
-                table.insert(
-                    (*key).to_owned(),
-                    literal.unwrap_or(toml::Value::String(value)),
-                );
-            }
-        }
-        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError {
-            path: "(file or DOMICILE_GATEWAY_* environment)".into(),
-            message: e.message().to_owned(),
-        })?;
-        Ok(config)
+        domicile_ops::config::parse_with_env(text, "DOMICILE_GATEWAY", OPTIONS, &[], env)
+            .map_err(|(path, message)| ConfigError { path, message })
     }
 
     /// Parses and validates a TOML document.

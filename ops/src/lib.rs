@@ -1,5 +1,6 @@
 //! Operations support shared by the Domicile gateway and regional nodes.
 //!
+//! - [`config`]: configuration files with environment overrides.
 //! - [`trace`]: W3C `traceparent` parsing and the trace context of the call being served.
 //! - [`metrics`]: the Prometheus families every listener records, and the `/metrics` endpoint.
 //! - [`rpc`]: tower middleware that gives each served call a span, a trace context and
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod lifecycle;
 pub mod metrics;
 pub mod rpc;

@@ -192,25 +192,6 @@ pub const OPTIONS: &[&str] = &[
     "insecure_plaintext",
 ];
 
-/// An environment value as TOML: a TOML literal when it is one, else a string (or, for a list,
-/// comma-separated strings).
-pub fn env_value(raw: &str, list: bool) -> toml::Value {
-    if let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        && let Some(v) = t.get("v")
-    {
-        return v.clone();
-    }
-    if list {
-        toml::Value::Array(
-            raw.split(',')
-                .map(|s| toml::Value::String(s.trim().to_owned()))
-                .collect(),
-        )
-    } else {
-        toml::Value::String(raw.to_owned())
-    }
-}
-
 /// A TOML offset date-time in Unix seconds; `None` without a date, a time or an offset.
 pub fn unix_seconds(t: &toml::value::Datetime) -> Option<i64> {
     let (date, time, offset) = (t.date?, t.time?, t.offset?);
@@ -299,23 +280,8 @@ impl NodeConfig {
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
-            path: e
-                .span()
-                .map_or_else(String::new, |s| format!("byte {}", s.start)),
-            message: e.message().to_owned(),
-        })?;
-        for key in OPTIONS {
-            let var = format!("DOMICILE_NODE_{}", key.to_uppercase());
-            if let Some(value) = env(&var) {
-                table.insert((*key).to_owned(), env_value(&value, *key == "countries"));
-            }
-        }
-        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError {
-            path: "(file or DOMICILE_NODE_* environment)".into(),
-            message: e.message().to_owned(),
-        })?;
-        Ok(config)
+        domicile_ops::config::parse_with_env(text, "DOMICILE_NODE", OPTIONS, &["countries"], env)
+            .map_err(|(path, message)| ConfigError { path, message })
     }
 
     /// Parses and validates a TOML document.
