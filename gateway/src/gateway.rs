@@ -49,12 +49,18 @@ struct Current {
 }
 
 /// Builds what a configuration needs besides the directory.
-fn security(config: &GatewayConfig) -> (Option<Arc<Authenticator>>, Arc<Limiter>) {
-    let auth = config.auth.as_ref().map(|a| {
-        // Validated configurations read their files without error.
-        Arc::new(Authenticator::from_config(a).unwrap_or_else(|e| panic!("{e}")))
-    });
-    (auth, Arc::new(Limiter::new(config.limits.clone())))
+/// The key files are read again here: one that changed since the configuration was checked
+/// fails the start or the reload, naming the option.
+fn security(
+    config: &GatewayConfig,
+) -> Result<(Option<Arc<Authenticator>>, Arc<Limiter>), BuildError> {
+    let auth = match &config.auth {
+        Some(a) => Some(Arc::new(
+            Authenticator::from_config(a).map_err(BuildError::Files)?,
+        )),
+        None => None,
+    };
+    Ok((auth, Arc::new(Limiter::new(config.limits.clone()))))
 }
 
 /// What a reload changed.
@@ -75,7 +81,7 @@ impl Gateway {
     pub fn new(config: GatewayConfig) -> Result<Self, BuildError> {
         let metrics = GatewayMetrics::new();
         let directory = Directory::new(&config, metrics.clone())?;
-        let (auth, limiter) = security(&config);
+        let (auth, limiter) = security(&config)?;
         if config.federation_tls.is_none() {
             tracing::warn!(
                 "insecure_plaintext_federation: regions are called in plaintext, unverified"
@@ -99,29 +105,32 @@ impl Gateway {
 
     /// The authenticator in force; `None` in the explicit insecure mode.
     pub fn authenticator(&self) -> Option<Arc<Authenticator>> {
-        self.current().auth
+        self.read().auth.clone()
     }
 
     /// The admission limiter in force.
     pub fn limiter(&self) -> Arc<Limiter> {
-        self.current().limiter
+        self.read().limiter.clone()
+    }
+
+    /// The state in force (a poisoned lock still holds a consistent state: it is only
+    /// replaced whole).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn current(&self) -> Current {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read().clone()
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<GatewayConfig> {
-        self.current().config
+        self.read().config.clone()
     }
 
     /// The region directory in force.
     pub fn directory(&self) -> Arc<Directory> {
-        self.current().directory
+        self.read().directory.clone()
     }
 
     /// The region with id `id`.
@@ -181,7 +190,7 @@ impl Gateway {
         if old.metrics_listen != config.metrics_listen {
             report.restart_needed.push("metrics_listen".to_owned());
         }
-        let (auth, limiter) = security(&config);
+        let (auth, limiter) = security(&config)?;
         *current = Current {
             config: Arc::new(config),
             directory: Arc::new(directory),

@@ -331,6 +331,23 @@ async fn a_reload_adds_and_removes_regions_without_a_restart() -> anyhow::Result
     moved.listen = "127.0.0.1:1".parse()?;
     assert_eq!(fed.gateway.reload(moved)?.restart_needed, ["listen"]);
     assert_eq!(fed.gateway.metrics().reloads.get(), 3);
+
+    // A key file that vanished after the check fails the reload, naming the option; the
+    // running configuration stays.
+    let mut broken = (*original).clone();
+    broken.insecure_no_auth = false;
+    broken.auth = Some(domicile_gateway::auth::AuthConfig {
+        audience: "domicile".into(),
+        issuer: None,
+        hs256_secret_file: Some("/nonexistent/hs256.secret".into()),
+        jwks_file: None,
+        leeway_seconds: 30,
+        clients: Vec::new(),
+    });
+    let err = fed.gateway.reload(broken).unwrap_err().to_string();
+    assert!(err.contains("auth.hs256_secret_file"), "{err}");
+    assert!(fed.gateway.authenticator().is_none());
+    assert_eq!(listed(&mut gw).await, ["eu-de", "eu-fr", "us"]);
     Ok(())
 }
 
