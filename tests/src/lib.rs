@@ -218,6 +218,11 @@ pub async fn query_records(
     ))
 }
 
+/// A protobuf timestamp of `seconds` since the Unix epoch.
+pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
 /// "YYYY-MM" of a Unix time, computed independently of SQLite (Howard Hinnant's civil-from-days).
 pub fn month_of(unix: i64) -> String {
     let days = unix.div_euclid(86_400);

@@ -17,16 +17,8 @@ use domicile_tests::{
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use tonic::Code;
 
-fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use domicile_proto::domain::unix_now as now;
+use domicile_tests::ts;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_release_is_audited_signed_and_under_a_verifiable_checkpoint() -> anyhow::Result<()> {

@@ -27,16 +27,8 @@ use tonic::Code;
 /// 2026-06-01T00:00:00Z.
 const T: i64 = 1_780_272_000;
 
-fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use domicile_proto::domain::unix_now as now;
+use domicile_tests::ts;
 
 fn subject(country: &str, id: &str) -> Option<SubjectRef> {
     Some(SubjectRef {

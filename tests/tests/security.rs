@@ -8,8 +8,6 @@
 //! - Limits: per-tenant rate and concurrency (`RESOURCE_EXHAUSTED`), load shedding
 //!   (`UNAVAILABLE`), nothing done by a refused call.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use domicile_client::{ConnectOptions, Gateway, connect_with};
 use domicile_gateway::{auth::AuthConfig, limits::LimitsConfig};
 use domicile_proto::pb::{
@@ -60,10 +58,7 @@ struct Claims {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    domicile_proto::domain::unix_now() as u64
 }
 
 fn claims(operations: &[&str], purposes: &[&str], dpo: bool) -> Claims {
