@@ -35,10 +35,14 @@ use domicile_proto::pb::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+mod cluster;
+mod data;
+mod scenarios;
+
 #[derive(Debug, Parser)]
 #[command(name = "domicile-bench", about = "Domicile's benchmark suite")]
-struct Args {
-    /// The scenario: `proxy`.
+pub struct Args {
+    /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, or `all`.
     scenario: String,
     /// Seconds, small data: checks that the suite runs (CI), not the numbers.
     #[arg(long)]
@@ -57,6 +61,10 @@ struct Run {
     p50: Duration,
     p99: Duration,
     per_second: f64,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -437,27 +445,68 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
+const SCENARIOS: [(&str, &str); 5] = [
+    (
+        "proxy",
+        "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
+    ),
+    ("fanout", "## Fan-out: Aggregate across 1 to 32 regions"),
+    (
+        "dashboard",
+        "## Dashboard query: Domicile vs one centralised SQLite file vs DuckDB",
+    ),
+    (
+        "ingest",
+        "## Ingest: sealed interactions per second through the gateway, durable",
+    ),
+    (
+        "erasure",
+        "## Erasure: latency by the subject's number of interactions",
+    ),
+];
+
+async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
+    match scenario {
+        "proxy" => proxy(args).await,
+        "fanout" => scenarios::fanout(args).await,
+        "dashboard" => scenarios::dashboard(args).await,
+        "ingest" => scenarios::ingest(args).await,
+        "erasure" => scenarios::erasure(args).await,
+        other => anyhow::bail!(
+            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, all"
+        ),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let raw: Vec<String> = std::env::args().collect();
+    if raw.get(1).map(String::as_str) == Some("__serve") {
+        return cluster::serve(&raw[2..]).await;
+    }
     let args = Args::parse();
-    let (heading, table) = match args.scenario.as_str() {
-        "proxy" => (
-            "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
-            proxy(&args).await?,
-        ),
-        other => anyhow::bail!("unknown scenario {other:?}; known: proxy"),
+    let chosen: Vec<(&str, &str)> = match args.scenario.as_str() {
+        "all" => SCENARIOS.to_vec(),
+        name => vec![
+            *SCENARIOS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, all"))?,
+        ],
     };
-    let mode = if args.quick { " --quick" } else { "" };
-    let body = format!(
-        "`cargo run --release -p domicile-bench -- {}{mode}` — {} — {}\n\n{table}",
-        args.scenario,
-        today(),
-        machine()
-    );
-    println!("{heading}\n\n{body}");
-    if args.write {
-        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"));
-        write_section(&path, heading, &body)?;
+    for (name, heading) in chosen {
+        let table = run(&args, name).await?;
+        let mode = if args.quick { " --quick" } else { "" };
+        let body = format!(
+            "`cargo run --release -p domicile-bench -- {name}{mode}` — {} — {}\n\n{table}",
+            today(),
+            machine()
+        );
+        println!("{heading}\n\n{body}\n");
+        if args.write {
+            let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"));
+            write_section(&path, heading, &body)?;
+        }
     }
     Ok(())
 }

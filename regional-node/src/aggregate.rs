@@ -22,6 +22,7 @@ use rand::RngCore;
 use rusqlite::{Connection, ToSql};
 
 use crate::{
+    consent::Gate,
     dp::{NoisePlan, noise},
     error::NodeError,
 };
@@ -34,8 +35,8 @@ pub struct Rules<'a> {
     pub k_mixed: u32,
     /// Noise to add, with the randomness to draw it from; `None` releases exact values.
     pub noise: Option<(NoisePlan, &'a mut dyn RngCore)>,
-    /// The consent condition of the purpose ([`crate::consent::gate`]): SQL and parameters.
-    pub consent: (String, Vec<Box<dyn ToSql>>),
+    /// The consent condition of the purpose.
+    pub gate: Gate,
 }
 
 /// A region's answer before it is put on the wire.
@@ -60,8 +61,23 @@ fn dimension_sql(d: Dimension) -> Option<&'static str> {
     }
 }
 
-/// Runs `spec` for `tenant` over `conn`, suppressing groups below *k* distinct subjects.
+/// Runs `spec` for `tenant` over `conn`, suppressing groups below *k* distinct subjects: from
+/// the rollups when the rules allow ([`crate::rollup`]), otherwise over the rows.
 pub fn run(
+    conn: &Connection,
+    region_id: &str,
+    tenant: &str,
+    spec: &AggregateSpec,
+    mut rules: Rules<'_>,
+) -> Result<Partial, NodeError> {
+    match crate::rollup::run(conn, region_id, tenant, spec, &mut rules)? {
+        Some(partial) => Ok(partial),
+        None => run_over_rows(conn, region_id, tenant, spec, rules),
+    }
+}
+
+/// Runs `spec` as one SQL `GROUP BY` over the rows.
+pub fn run_over_rows(
     conn: &Connection,
     region_id: &str,
     tenant: &str,
@@ -109,7 +125,7 @@ pub fn run(
             args.push(Box::new(*c as i32));
         }
     }
-    let (gate, gate_args) = std::mem::take(&mut rules.consent);
+    let (gate, gate_args) = rules.gate.filter("");
     filter.push_str(&gate);
     args.extend(gate_args);
     match &rules.noise {
@@ -146,22 +162,12 @@ pub fn run(
             continue; // an ungrouped query over no rows still yields one row
         }
         let base = 2 + NPS_BUCKETS;
-        let k = match country_col {
-            Some(i) => {
-                let country: String = row.get(base + 6 + i)?;
-                rules
-                    .k_by_country
-                    .get(&country)
-                    .copied()
-                    .unwrap_or(rules.k_mixed)
-            }
-            None => rules.k_mixed,
-        };
+        let country: Option<String> = country_col.map(|i| row.get(base + 6 + i)).transpose()?;
         let mut nps_histogram = Vec::with_capacity(NPS_BUCKETS);
         for i in 0..NPS_BUCKETS {
             nps_histogram.push(get(2 + i)?);
         }
-        let mut stats = AggregateStats {
+        let stats = AggregateStats {
             interactions,
             distinct_subjects: get(1)?,
             nps_histogram,
@@ -172,16 +178,6 @@ pub fn run(
             handle_time_sum_seconds: get(base + 4)?,
             handle_time_count: get(base + 5)?,
         };
-        if let Some((plan, rng)) = &mut rules.noise {
-            add_noise(&mut stats, plan, &mut **rng);
-        }
-        if stats.distinct_subjects < u64::from(k) {
-            partial.suppressed += 1;
-            continue;
-        }
-        if stats.nps_histogram.iter().all(|n| *n == 0) {
-            stats.nps_histogram.clear();
-        }
         let mut key = GroupKey::default();
         if grouped_by_region {
             key.region_id = region_id.to_owned();
@@ -198,12 +194,38 @@ pub fn run(
                 Dimension::Region | Dimension::Unspecified => {}
             }
         }
-        partial.groups.push(PartialGroup {
-            key: Some(key),
-            stats: Some(stats),
-        });
+        release(&mut rules, &mut partial, country.as_deref(), stats, key);
     }
     Ok(partial)
+}
+
+/// Releases one group into `partial`, or counts it as suppressed: noise first (when the rules
+/// add it), then *k* — the group's country's, or the region's largest for a group without one —
+/// against the (noisy) distinct-subject count.
+pub(crate) fn release(
+    rules: &mut Rules<'_>,
+    partial: &mut Partial,
+    country: Option<&str>,
+    mut stats: AggregateStats,
+    key: GroupKey,
+) {
+    let k = country
+        .and_then(|c| rules.k_by_country.get(c).copied())
+        .unwrap_or(rules.k_mixed);
+    if let Some((plan, rng)) = &mut rules.noise {
+        add_noise(&mut stats, plan, &mut **rng);
+    }
+    if stats.distinct_subjects < u64::from(k) {
+        partial.suppressed += 1;
+        return;
+    }
+    if stats.nps_histogram.iter().all(|n| *n == 0) {
+        stats.nps_histogram.clear();
+    }
+    partial.groups.push(PartialGroup {
+        key: Some(key),
+        stats: Some(stats),
+    });
 }
 
 /// Adds noise to every released family and zeroes the others. Noisy values are clamped at 0

@@ -522,52 +522,118 @@ pub fn check(
     })
 }
 
-/// A SQL condition (with its parameters) that keeps only the rows of subjects whose country
-/// rule and consent permit `purpose`, for the node's countries. `col` prefixes the `country`
-/// and `subject_id` columns (e.g. `"i."`). Only every-channel (channel 0) entries count here:
-/// processing is not a contact on a channel.
+/// The consent condition of one purpose over the node's countries: which rows of `interactions`
+/// a purpose may use. Only every-channel (channel 0) entries count here: processing is not a
+/// contact on a channel. Restricted subjects, and subjects held for an unfinished erasure, take
+/// part in nothing.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    tenant: String,
+    purpose: i32,
+    /// Per country: whether listed subjects are the only ones kept (opt-in rules) rather than
+    /// the ones dropped, and the consent states listed (as SQL integers).
+    arms: Vec<(String, bool, String)>,
+}
+
+impl Gate {
+    /// The gate of `purpose` for `tenant` under `policies`.
+    pub fn new(policies: &PolicySet, purpose: Purpose, tenant: &str) -> Self {
+        use ConsentState as S;
+        let arms = policies
+            .iter()
+            .map(|policy| {
+                let (keep, states): (bool, &[S]) =
+                    match rule_of(policy, purpose, Channel::Unspecified) {
+                        ConsentRule::None => (false, &[S::Objected]),
+                        ConsentRule::OptOut => (false, &[S::Refused, S::Withdrawn, S::Objected]),
+                        ConsentRule::OptIn => (true, &[S::Granted, S::GrantedConfirmed]),
+                        ConsentRule::DoubleOptIn => (true, &[S::GrantedConfirmed]),
+                    };
+                let list = states
+                    .iter()
+                    .map(|s| (*s as i32).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (policy.country().to_owned(), keep, list)
+            })
+            .collect();
+        Self {
+            tenant: tenant.to_owned(),
+            purpose: purpose as i32,
+            arms,
+        }
+    }
+
+    /// The condition as a SQL expression, with its parameters. `col` prefixes the `country` and
+    /// `subject_id` columns (e.g. `"i."`).
+    pub fn condition(&self, col: &str) -> (String, Vec<Box<dyn ToSql>>) {
+        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        let mut arms = Vec::with_capacity(self.arms.len());
+        for (country, keep, list) in &self.arms {
+            // Country codes are validated upper-case letters; enum values are integers.
+            arms.push(format!(
+                "({col}country = '{country}' AND {col}subject_id {} (SELECT subject_id FROM \
+                 consent_state WHERE tenant = ? AND purpose = {} AND channel = 0 AND state IN \
+                 ({list})))",
+                if *keep { "IN" } else { "NOT IN" },
+                self.purpose,
+            ));
+            args.push(Box::new(self.tenant.clone()));
+        }
+        args.push(Box::new(self.tenant.clone()));
+        (
+            format!(
+                "({}){}",
+                arms.join(" OR "),
+                crate::rights::unrestricted(col)
+            ),
+            args,
+        )
+    }
+
+    /// The condition as a clause to append to a `WHERE` (` AND …`), with its parameters.
+    pub fn filter(&self, col: &str) -> (String, Vec<Box<dyn ToSql>>) {
+        let (condition, args) = self.condition(col);
+        (format!(" AND {condition}"), args)
+    }
+
+    /// A query selecting every subject some of whose rows the gate may drop — a small set when
+    /// every country's rule drops listed subjects (opt-out or no consent needed), with its
+    /// parameters. `None` when a country keeps listed subjects only (opt-in): then most rows may
+    /// be dropped, and the rows have to be read.
+    pub fn dropped_subjects(&self) -> Option<(String, Vec<Box<dyn ToSql>>)> {
+        if self.arms.iter().any(|(_, keep, _)| *keep) {
+            return None;
+        }
+        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        let mut parts = Vec::with_capacity(self.arms.len() + 1);
+        for (_, _, list) in &self.arms {
+            parts.push(format!(
+                "SELECT subject_id FROM consent_state WHERE tenant = ? AND purpose = {} \
+                 AND channel = 0 AND state IN ({list})",
+                self.purpose
+            ));
+            args.push(Box::new(self.tenant.clone()));
+        }
+        parts.push(
+            "SELECT subject_id FROM subject_flags WHERE tenant = ? \
+             AND (restricted = 1 OR erasure_pending = 1)"
+                .to_owned(),
+        );
+        args.push(Box::new(self.tenant.clone()));
+        Some((parts.join(" UNION "), args))
+    }
+}
+
+/// [`Gate::filter`] of `purpose` for `tenant`: a clause that keeps only the rows of subjects
+/// whose country rule and consent permit the purpose.
 pub fn gate(
     policies: &PolicySet,
     purpose: Purpose,
     tenant: &str,
     col: &str,
 ) -> (String, Vec<Box<dyn ToSql>>) {
-    use ConsentState as S;
-    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-    let mut arms = Vec::new();
-    for policy in policies.iter() {
-        let rule = rule_of(policy, purpose, Channel::Unspecified);
-        let (keep, states): (bool, &[S]) = match rule {
-            ConsentRule::None => (false, &[S::Objected]),
-            ConsentRule::OptOut => (false, &[S::Refused, S::Withdrawn, S::Objected]),
-            ConsentRule::OptIn => (true, &[S::Granted, S::GrantedConfirmed]),
-            ConsentRule::DoubleOptIn => (true, &[S::GrantedConfirmed]),
-        };
-        let list = states
-            .iter()
-            .map(|s| (*s as i32).to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Country codes are validated upper-case letters; enum values are integers.
-        arms.push(format!(
-            "({col}country = '{}' AND {col}subject_id {} (SELECT subject_id FROM consent_state \
-             WHERE tenant = ? AND purpose = {} AND channel = 0 AND state IN ({list})))",
-            policy.country(),
-            if keep { "IN" } else { "NOT IN" },
-            purpose as i32,
-        ));
-        args.push(Box::new(tenant.to_owned()));
-    }
-    // Restricted subjects, and subjects held for an unfinished erasure, take part in nothing.
-    args.push(Box::new(tenant.to_owned()));
-    (
-        format!(
-            " AND ({}){}",
-            arms.join(" OR "),
-            crate::rights::unrestricted(col)
-        ),
-        args,
-    )
+    Gate::new(policies, purpose, tenant).filter(col)
 }
 
 #[cfg(test)]

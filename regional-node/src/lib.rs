@@ -31,6 +31,7 @@ pub mod records;
 pub mod redact;
 pub mod retention;
 pub mod rights;
+pub mod rollup;
 pub mod server;
 pub mod service;
 pub mod storage;

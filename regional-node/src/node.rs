@@ -579,7 +579,7 @@ impl Node {
             let rules = Rules {
                 k_by_country,
                 k_mixed,
-                consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), ""),
+                gate: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
                 noise: plan.map(|p| (p, &mut *rng as &mut dyn rand::RngCore)),
             };
             let partial = inner

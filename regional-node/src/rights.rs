@@ -165,7 +165,7 @@ pub fn is_restricted(conn: &Connection, tenant: &str, subject: &str) -> Result<b
 }
 
 /// What erasing did.
-struct Erased {
+pub(crate) struct Erased {
     complete: bool,
     held: Vec<HeldData>,
     interactions_deleted: usize,
@@ -173,7 +173,7 @@ struct Erased {
 
 /// Deletes what no active hold keeps, in the caller's transaction. When nothing is held the
 /// erasure is complete and the caller destroys the data key after the commit.
-fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Erased, NodeError> {
+pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Erased, NodeError> {
     let holds = active_holds(tx, tenant, subject)?;
     let count_in = |range: Option<(i64, i64)>| -> Result<u64, NodeError> {
         let (start, end) = range.unwrap_or((i64::MIN, i64::MAX));
@@ -224,10 +224,17 @@ fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Erased, NodeErr
         ),
         params![tenant, subject],
     )?;
+    let mut rollups = crate::rollup::Delta::default();
+    rollups.remove_where(
+        tx,
+        &format!("tenant = ?1 AND subject_id = ?2{not_kept}"),
+        params![tenant, subject],
+    )?;
     let interactions_deleted = tx.execute(
         &format!("DELETE FROM interactions WHERE tenant = ?1 AND subject_id = ?2{not_kept}"),
         params![tenant, subject],
     )?;
+    rollups.apply(tx)?;
     for table in ["subject_pii", "subject_pii_history", "subjects"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE tenant = ?1 AND external_id = ?2"),

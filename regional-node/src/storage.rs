@@ -19,6 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::{
     error::NodeError,
+    rollup::Facts,
     vault::{DataKey, Vault, comment_aad, profile_aad},
 };
 
@@ -116,7 +117,7 @@ pub enum Charge {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -202,7 +203,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk before the node acknowledges the batch.
         writer.pragma_update(None, "synchronous", "FULL")?;
@@ -210,19 +211,26 @@ impl SqliteStore {
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let empty: i64 =
             writer.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        if empty > 0 && version != SCHEMA_VERSION {
+        // Version 3 lacks only the rollups, which are built from the rows.
+        if empty > 0 && version != SCHEMA_VERSION && version != 3 {
             return Err(NodeError::Internal(format!(
                 "{}: schema version {version}, this node needs {SCHEMA_VERSION}; start from a new \
                  database (versioned migrations come with the storage backends)",
                 path.display()
             )));
         }
-        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        writer.execute_batch(SCHEMA)?;
-        writer.execute_batch(crate::consent::SCHEMA)?;
-        writer.execute_batch(crate::audit::SCHEMA)?;
-        writer.execute_batch(crate::incident::SCHEMA)?;
-        writer.execute_batch(crate::rights::SCHEMA)?;
+        let tx = writer.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(crate::consent::SCHEMA)?;
+        tx.execute_batch(crate::audit::SCHEMA)?;
+        tx.execute_batch(crate::incident::SCHEMA)?;
+        tx.execute_batch(crate::rights::SCHEMA)?;
+        tx.execute_batch(crate::rollup::SCHEMA)?;
+        if empty > 0 && version == 3 {
+            crate::rollup::rebuild(&tx)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         let vault = Vault::open(vault, kek)?;
         Ok(Self {
             path: path.to_owned(),
@@ -293,6 +301,7 @@ impl SqliteStore {
         let tx = conn.transaction()?;
         let now = now();
         let mut outcomes = Vec::with_capacity(records.len());
+        let mut rollups = crate::rollup::Delta::default();
         {
             let mut claim = tx.prepare_cached(
                 "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)",
@@ -344,6 +353,25 @@ impl SqliteStore {
                     }
                     RecordBody::Interaction(i) => {
                         let survey = i.survey.as_ref();
+                        rollups.remove_where(
+                            &tx,
+                            "i.tenant = ?1 AND i.interaction_id = ?2",
+                            params![tenant, i.interaction_id],
+                        )?;
+                        rollups.add(
+                            &tx,
+                            &Facts {
+                                tenant: tenant.to_owned(),
+                                subject: i.subject_id.clone(),
+                                country: record.country.clone(),
+                                channel: i.channel as i32,
+                                started_at: i.started_at,
+                                handle_time: i64::from(i.handle_time_seconds),
+                                nps: survey.and_then(|s| s.nps).map(i64::from),
+                                csat: survey.and_then(|s| s.csat).map(i64::from),
+                                ces: survey.and_then(|s| s.ces).map(i64::from),
+                            },
+                        )?;
                         interaction.execute(params![
                             tenant,
                             i.interaction_id,
@@ -382,6 +410,7 @@ impl SqliteStore {
                 outcomes.push(StoreOutcome::Stored);
             }
         }
+        rollups.apply(&tx)?;
         audit(&tx, &outcomes)?;
         tx.commit()?;
         Ok(outcomes)

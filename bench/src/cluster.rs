@@ -1,0 +1,289 @@
+//! A federation of separate processes — each node and the gateway a child of the benchmark, so
+//! that each one's peak memory can be read — started by re-running this binary with the hidden
+//! `__serve` command. Nodes and gateway talk mutual TLS, the gateway wants a token: the same
+//! set-up as production, on loopback.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use domicile::{
+    certs::{self, Pki},
+    token::{DEV_AUDIENCE, TokenClaims, mint},
+};
+use domicile_gateway::{
+    Gateway, GatewayConfig,
+    auth::AuthConfig,
+    config::{FederationTlsConfig, RegionConfig},
+    limits::LimitsConfig,
+};
+use domicile_node::{Node, config::NodeConfig, config::NodeTls};
+use domicile_ops::lifecycle::terminated;
+use tokio::net::TcpListener;
+
+/// One region of a cluster: its id and countries.
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Region id.
+    pub id: String,
+    /// Countries it serves.
+    pub countries: Vec<String>,
+}
+
+impl Region {
+    /// A region serving `countries`.
+    pub fn new(id: &str, countries: &[&str]) -> Self {
+        Self {
+            id: id.to_owned(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+}
+
+/// A child process, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// Its listen address.
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    /// Peak resident set size so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running federation of processes.
+pub struct Cluster {
+    /// The nodes, in region order.
+    pub nodes: Vec<Proc>,
+    /// The gateway.
+    pub gateway: Proc,
+    /// A token for the tenant `bench` with every operation and purpose.
+    pub token: String,
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(args: &[String], addr: SocketAddr, log: &Path) -> anyhow::Result<Proc> {
+    let child = Command::new(std::env::current_exe()?)
+        .arg("__serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("starting a child process")?;
+    let proc = Proc { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{args:?} did not start on {addr}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(proc)
+}
+
+/// The configuration of a node process of `region` with its data in `dir`.
+pub fn node_config(dir: &Path, pki: &Pki, region: &Region, policies: Option<&Path>) -> NodeConfig {
+    let countries: Vec<&str> = region.countries.iter().map(String::as_str).collect();
+    let mut config = NodeConfig::new(
+        &region.id,
+        &countries,
+        dir.join(format!("{}.sqlite", region.id)),
+    );
+    config.policy_dir = policies.map(Path::to_owned);
+    let (cert_file, key_file) = pki.pair(&format!("node-{}", region.id));
+    config.tls = Some(NodeTls {
+        cert_file,
+        key_file,
+        client_ca_file: pki.ca(),
+        gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
+    });
+    config
+}
+
+/// The development PKI of a cluster in `dir`.
+pub fn pki(dir: &Path, regions: &[Region]) -> anyhow::Result<Pki> {
+    let ids: Vec<String> = regions.iter().map(|r| r.id.clone()).collect();
+    certs::reuse_or_generate(&dir.join("pki"), &ids)
+}
+
+impl Cluster {
+    /// Starts a node process per region (data in `dir`, policies from `policies` or the shipped
+    /// ones) and a gateway process in front of them.
+    pub fn start(dir: &Path, regions: &[Region], policies: Option<&Path>) -> anyhow::Result<Self> {
+        pki(dir, regions)?;
+        let secret = dir.join("hs256.secret");
+        std::fs::write(&secret, b"benchmark secret of at least thirty-two bytes")?;
+        let mut nodes = Vec::new();
+        let mut route = Vec::new();
+        for r in regions {
+            let addr = free_port()?;
+            let mut args = vec![
+                "node".to_owned(),
+                dir.display().to_string(),
+                r.id.clone(),
+                r.countries.join(","),
+                addr.to_string(),
+            ];
+            if let Some(p) = policies {
+                args.push(p.display().to_string());
+            }
+            nodes.push(spawn(&args, addr, &dir.join(format!("{}.log", r.id)))?);
+            route.push(format!("{}={}@{addr}", r.id, r.countries.join(",")));
+        }
+        let addr = free_port()?;
+        let gateway = spawn(
+            &[
+                "gateway".to_owned(),
+                dir.display().to_string(),
+                addr.to_string(),
+                route.join(";"),
+            ],
+            addr,
+            &dir.join("gateway.log"),
+        )?;
+        let token = mint(
+            &std::fs::read(&secret)?,
+            &TokenClaims::everything("bench", 4),
+        )?;
+        Ok(Self {
+            nodes,
+            gateway,
+            token,
+        })
+    }
+
+    /// A client of the gateway with the cluster's token.
+    pub async fn client(&self) -> anyhow::Result<domicile_client::Gateway> {
+        domicile_client::connect_with(
+            &self.gateway.addr.to_string(),
+            &domicile_client::ConnectOptions {
+                token: Some(self.token.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts the peak-RSS marks afresh (`echo 5 > /proc/<pid>/clear_refs`), so that a
+    /// measurement covers one phase only.
+    pub fn reset_peak_rss(&self) {
+        for p in self.nodes.iter().chain([&self.gateway]) {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", p.child.id()), "5");
+        }
+    }
+
+    /// Peak RSS of the gateway and of the largest node, MiB.
+    pub fn peak_rss(&self) -> (f64, f64) {
+        let node = self
+            .nodes
+            .iter()
+            .map(Proc::peak_rss_mib)
+            .fold(0.0, f64::max);
+        (self.gateway.peak_rss_mib(), node)
+    }
+}
+
+/// The hidden `__serve node|gateway …` command: one process of a [`Cluster`].
+pub async fn serve(args: &[String]) -> anyhow::Result<()> {
+    match args {
+        [kind, dir, id, countries, listen, rest @ ..] if kind == "node" => {
+            let dir = PathBuf::from(dir);
+            let countries: Vec<&str> = countries.split(',').collect();
+            let region = Region::new(id, &countries);
+            let pki = Pki {
+                dir: dir.join("pki"),
+            };
+            let policies = rest.first().map(PathBuf::from);
+            let mut config = node_config(&dir, &pki, &region, policies.as_deref());
+            config.listen = listen.parse()?;
+            let listener = TcpListener::bind(config.listen).await?;
+            let node = Node::open(config)?;
+            domicile_node::serve(node, listener, terminated()).await?;
+        }
+        [kind, dir, listen, route] if kind == "gateway" => {
+            let dir = PathBuf::from(dir);
+            let mut regions = Vec::new();
+            for part in route.split(';') {
+                let (id, rest) = part.split_once('=').context("route: id=countries@addr")?;
+                let (countries, addr) = rest.split_once('@').context("route: countries@addr")?;
+                regions.push(RegionConfig {
+                    id: id.to_owned(),
+                    countries: countries.split(',').map(str::to_owned).collect(),
+                    endpoints: vec![format!("https://{addr}")],
+                    identity: None,
+                });
+            }
+            let pki = Pki {
+                dir: dir.join("pki"),
+            };
+            let mut config = GatewayConfig::new(regions);
+            config.listen = listen.parse()?;
+            let (cert_file, key_file) = pki.pair("gateway");
+            config.federation_tls = Some(FederationTlsConfig {
+                ca_file: pki.ca(),
+                cert_file,
+                key_file,
+            });
+            config.auth = Some(AuthConfig {
+                audience: DEV_AUDIENCE.into(),
+                issuer: None,
+                hs256_secret_file: Some(dir.join("hs256.secret")),
+                jwks_file: None,
+                leeway_seconds: 30,
+                clients: Vec::new(),
+            });
+            // One tenant at full speed: its rate limit lifted, in-flight limits kept.
+            config.limits = LimitsConfig {
+                requests_per_second: 1e9,
+                burst: u32::MAX,
+                max_concurrent_per_tenant: 1024,
+                max_in_flight: 4096,
+                ..Default::default()
+            };
+            config.max_deadline_ms = 600_000;
+            config.default_deadline_ms = 600_000;
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("gateway configuration: {e}"))?;
+            let listener = TcpListener::bind(config.listen).await?;
+            let gateway = Gateway::new(config)?;
+            domicile_gateway::serve(gateway, listener, terminated()).await?;
+        }
+        _ => anyhow::bail!(
+            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route>"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,755 @@
+//! The federation scenarios: fan-out, dashboard query (against a centralised SQLite file and
+//! DuckDB), ingest and erasure, each on a [`Cluster`] of processes, with peak memory.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use domicile_proto::{
+    pb::{
+        AggregateQuery, AggregateRequest, Channel, ConsentAction, ConsentSource, Dimension,
+        IngestRequest, Metric, Purpose, RecordConsentRequest, RecordStatus, RegionInfo, SubjectRef,
+        SubjectRequestKind, SubjectRequestStatus, SubmitSubjectRequestRequest, TimeRange,
+    },
+    seal::PublicSealingKey,
+};
+use futures::{StreamExt, stream};
+
+use crate::{
+    Args,
+    cluster::{Cluster, Region},
+    data::{Generator, PERIOD_END, PERIOD_START, Row, TENANT, seal},
+    median, ms, percentile,
+};
+
+/// Sends `rows` of each region through the gateway, `batch` records per request and
+/// `in_flight` requests per region at once; returns records accepted and the wall time.
+async fn load(
+    cluster: &Cluster,
+    per_region: Vec<(RegionInfo, Box<dyn Iterator<Item = Row> + Send>)>,
+    batch: usize,
+    in_flight: usize,
+) -> anyhow::Result<(u64, Duration)> {
+    let client = cluster.client().await?;
+    let started = Instant::now();
+    let loads = per_region.into_iter().map(|(region, rows)| {
+        let client = client.clone();
+        async move {
+            let key = region
+                .sealing_key
+                .as_ref()
+                .context("a region without a sealing key")?;
+            let key = PublicSealingKey::from_bytes(&key.public_key)?;
+            let mut rows = rows.peekable();
+            let batches = std::iter::from_fn(move || {
+                rows.peek()?;
+                Some(rows.by_ref().take(batch).collect::<Vec<Row>>())
+            });
+            let results = stream::iter(batches)
+                .map(|chunk| {
+                    let mut client = client.clone();
+                    let envelope = seal(&region.region_id, &key, &chunk);
+                    async move {
+                        let response = client
+                            .ingest(IngestRequest {
+                                tenant_id: TENANT.into(),
+                                envelopes: vec![envelope?],
+                            })
+                            .await?
+                            .into_inner();
+                        let accepted = response
+                            .results
+                            .iter()
+                            .filter(|r| r.status == RecordStatus::Accepted as i32)
+                            .count();
+                        anyhow::ensure!(
+                            accepted == chunk.len(),
+                            "only {accepted} of {} records accepted: {:?}",
+                            chunk.len(),
+                            response
+                                .results
+                                .iter()
+                                .find(|r| r.status != RecordStatus::Accepted as i32)
+                        );
+                        anyhow::Ok(accepted as u64)
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .collect::<Vec<_>>()
+                .await;
+            results.into_iter().sum::<anyhow::Result<u64>>()
+        }
+    });
+    let mut accepted = 0;
+    for r in futures::future::join_all(loads).await {
+        accepted += r?;
+    }
+    Ok((accepted, started.elapsed()))
+}
+
+async fn regions_of(cluster: &Cluster) -> anyhow::Result<Vec<RegionInfo>> {
+    let mut client = cluster.client().await?;
+    domicile_client::regions(&mut client).await
+}
+
+/// The dashboard query: NPS, CSAT and volume by country × channel × month over the twelve
+/// months.
+fn dashboard_query() -> AggregateRequest {
+    AggregateRequest {
+        tenant_id: TENANT.into(),
+        query: Some(AggregateQuery {
+            purpose: Purpose::CxAnalytics as i32,
+            metrics: vec![
+                Metric::Count as i32,
+                Metric::DistinctSubjects as i32,
+                Metric::Nps as i32,
+                Metric::CsatMean as i32,
+            ],
+            group_by: vec![
+                Dimension::Country as i32,
+                Dimension::Channel as i32,
+                Dimension::Month as i32,
+            ],
+            time_range: Some(TimeRange {
+                start: Some(prost_types::Timestamp {
+                    seconds: PERIOD_START,
+                    nanos: 0,
+                }),
+                end: Some(prost_types::Timestamp {
+                    seconds: PERIOD_END,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        }),
+        regions: Vec::new(),
+        require_all_regions: true,
+    }
+}
+
+/// The same query over all rows in one table (SQLite dialect; DuckDB's differs in the month).
+fn central_sql(month: &str) -> String {
+    let mut nps = String::new();
+    for s in 0..=10 {
+        nps.push_str(&format!(", SUM(CASE WHEN nps = {s} THEN 1 ELSE 0 END)"));
+    }
+    format!(
+        "SELECT country, channel, {month} AS month, COUNT(*), COUNT(DISTINCT subject_id){nps}, \
+         SUM(csat), COUNT(csat) FROM interactions \
+         WHERE tenant = 'bench' AND started_at >= {PERIOD_START} AND started_at < {PERIOD_END} \
+         AND subject_id NOT IN (SELECT subject_id FROM opted_out) \
+         GROUP BY 1, 2, 3"
+    )
+}
+
+/// A centralised copy of every region's rows: one SQLite file, and a CSV for DuckDB.
+struct Central {
+    db: rusqlite::Connection,
+    csv: std::io::BufWriter<std::fs::File>,
+}
+
+impl Central {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        let db = rusqlite::Connection::open(dir.join("central.sqlite"))?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE interactions (tenant TEXT NOT NULL, interaction_id TEXT NOT NULL,
+               subject_id TEXT NOT NULL, country TEXT NOT NULL, channel INTEGER NOT NULL,
+               started_at INTEGER NOT NULL, handle_time INTEGER NOT NULL, nps INTEGER,
+               csat INTEGER, ces INTEGER, PRIMARY KEY (tenant, interaction_id));
+             CREATE INDEX interactions_by_time ON interactions (tenant, started_at);
+             CREATE TABLE opted_out (subject_id TEXT PRIMARY KEY);",
+        )?;
+        let mut csv = std::io::BufWriter::new(std::fs::File::create(dir.join("central.csv"))?);
+        writeln!(
+            csv,
+            "tenant,interaction_id,subject_id,country,channel,started_at,handle_time,nps,csat,ces"
+        )?;
+        Ok(Self { db, csv })
+    }
+
+    fn add(&mut self, rows: impl Iterator<Item = Row>) -> anyhow::Result<()> {
+        let tx = self.db.transaction()?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO interactions VALUES ('bench', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let opt = |v: Option<u32>| v.map_or(String::new(), |v| v.to_string());
+            for r in rows {
+                insert.execute(rusqlite::params![
+                    r.id,
+                    r.subject,
+                    r.country,
+                    r.channel as i32,
+                    r.started_at,
+                    r.handle_time,
+                    r.nps,
+                    r.csat,
+                    r.ces
+                ])?;
+                writeln!(
+                    self.csv,
+                    "bench,{},{},{},{},{},{},{},{},{}",
+                    r.id,
+                    r.subject,
+                    r.country,
+                    r.channel as i32,
+                    r.started_at,
+                    r.handle_time,
+                    opt(r.nps),
+                    opt(r.csat),
+                    opt(r.ces)
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (country, channel, month) → (volume, distinct subjects), and the query's latencies.
+    fn query(
+        &self,
+        runs: usize,
+    ) -> anyhow::Result<(BTreeMap<(String, i32, String), (u64, u64)>, Vec<Duration>)> {
+        let sql = central_sql("strftime('%Y-%m', started_at, 'unixepoch')");
+        let mut times = Vec::new();
+        let mut groups = BTreeMap::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let mut stmt = self.db.prepare(&sql)?;
+            groups = stmt
+                .query_map([], |r| {
+                    Ok((
+                        (r.get(0)?, r.get(1)?, r.get(2)?),
+                        (r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64),
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            times.push(t.elapsed());
+        }
+        Ok((groups, times))
+    }
+}
+
+/// A Python with the `duckdb` package: `DOMICILE_BENCH_PYTHON`, or a venv made in `dir` with
+/// `duckdb` from PyPI.
+fn duckdb_python(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("DOMICILE_BENCH_PYTHON") {
+        return Ok(p.into());
+    }
+    let venv = dir.join("venv");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?
+        .success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "duckdb==1.4.2"])
+            .status()?
+            .success();
+    anyhow::ensure!(
+        ok,
+        "could not install duckdb from PyPI into {}",
+        venv.display()
+    );
+    Ok(venv.join("bin/python"))
+}
+
+/// Loads the CSV into an in-memory DuckDB table (not timed) and times the query `runs` times.
+fn duckdb_query(python: &Path, dir: &Path, runs: usize) -> anyhow::Result<(u64, Vec<Duration>)> {
+    let sql = central_sql("strftime(to_timestamp(started_at), '%Y-%m')")
+        .replace("FROM opted_out", "FROM read_csv_auto('OPTED', header=true)");
+    let script = format!(
+        r#"
+import duckdb, json, time
+con = duckdb.connect()
+con.execute("CREATE TABLE interactions AS SELECT * FROM read_csv_auto('{csv}', header=true)")
+sql = """{sql}""".replace("OPTED", "{opted}")
+times = []
+for _ in range({runs}):
+    t = time.perf_counter()
+    rows = con.execute(sql).fetchall()
+    times.append(time.perf_counter() - t)
+print(json.dumps({{"times": times, "volume": sum(r[3] for r in rows)}}))
+"#,
+        csv = dir.join("central.csv").display(),
+        opted = dir.join("opted_out.csv").display(),
+    );
+    let out = Command::new(python).arg("-c").arg(script).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let times = text
+        .split("\"times\": [")
+        .nth(1)
+        .and_then(|t| t.split(']').next())
+        .context("duckdb: no times")?
+        .split(',')
+        .map(|s| s.trim().parse::<f64>().map(Duration::from_secs_f64))
+        .collect::<Result<Vec<_>, _>>()?;
+    let volume = text
+        .split("\"volume\": ")
+        .nth(1)
+        .and_then(|t| t.trim().trim_end_matches('}').parse::<u64>().ok())
+        .context("duckdb: no volume")?;
+    Ok((volume, times))
+}
+
+/// Sends the same request `calls` times after `warmup` calls; sorted latencies.
+async fn time_aggregate(
+    client: &mut domicile_client::Gateway,
+    request: &AggregateRequest,
+    warmup: usize,
+    calls: usize,
+) -> anyhow::Result<(Vec<Duration>, domicile_proto::pb::AggregateResponse)> {
+    let mut last = None;
+    for _ in 0..warmup {
+        last = Some(client.aggregate(request.clone()).await?.into_inner());
+    }
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        last = Some(client.aggregate(request.clone()).await?.into_inner());
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((times, last.context("no call made")?))
+}
+
+/// Subjects who object to analytics: one in a hundred, through the gateway, as a CX platform
+/// would record them. Returns their ids.
+async fn object(
+    cluster: &Cluster,
+    regions: &[Region],
+    subjects: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut client = cluster.client().await?;
+    let mut ids = Vec::new();
+    for r in regions {
+        for s in (0..subjects).step_by(100) {
+            let country = &r.countries[s % r.countries.len()];
+            let id = Generator::subject_id(country, s);
+            client
+                .record_consent(RecordConsentRequest {
+                    tenant_id: TENANT.into(),
+                    subject: Some(SubjectRef {
+                        country: country.clone(),
+                        external_id: id.clone(),
+                    }),
+                    purpose: Purpose::CxAnalytics as i32,
+                    channel: Channel::Unspecified as i32,
+                    action: ConsentAction::Object as i32,
+                    source: ConsentSource::WebForm as i32,
+                    actor: "bench".into(),
+                    ..Default::default()
+                })
+                .await?;
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn three_regions() -> Vec<Region> {
+    vec![
+        Region::new("eu-de", &["DE"]),
+        Region::new("eu-fr", &["FR"]),
+        Region::new("us", &["US"]),
+    ]
+}
+
+/// Dashboard query on 3 regions at two sizes, against one centralised SQLite file and DuckDB.
+pub async fn dashboard(args: &Args) -> anyhow::Result<String> {
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
+    let (sizes, subjects) = if args.quick {
+        ([30_000usize, 60_000], 2_000)
+    } else {
+        ([3_000_000usize, 10_000_000], 100_000)
+    };
+    let dir = tempfile::tempdir()?;
+    let regions = three_regions();
+    let cluster = Cluster::start(dir.path(), &regions, None)?;
+    let infos = regions_of(&cluster).await?;
+    let opted = object(&cluster, &regions, subjects).await?;
+    let mut central = Central::create(dir.path())?;
+    let mut opted_csv = std::fs::File::create(dir.path().join("opted_out.csv"))?;
+    writeln!(opted_csv, "subject_id")?;
+    for id in &opted {
+        central
+            .db
+            .execute("INSERT INTO opted_out VALUES (?1)", [id])?;
+        writeln!(opted_csv, "{id}")?;
+    }
+    let python = duckdb_python(dir.path())?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut loaded = 0usize;
+    let mut p50s = Vec::new();
+    for (pass, total) in sizes.iter().enumerate() {
+        let per_region = (total - loaded) / regions.len();
+        let gens = |r: &Region| Generator::new(&r.countries, subjects, per_region, pass as u32, 7);
+        let sources = regions
+            .iter()
+            .zip(&infos)
+            .map(|(r, info)| {
+                (
+                    info.clone(),
+                    Box::new(gens(r)) as Box<dyn Iterator<Item = Row> + Send>,
+                )
+            })
+            .collect();
+        let (accepted, took) = load(&cluster, sources, 1_000, 2).await?;
+        for r in &regions {
+            central.add(gens(r))?;
+        }
+        central.csv.flush()?;
+        loaded += per_region * regions.len();
+        notes.push(format!(
+            "{accepted} interactions loaded through the gateway in {:.1} s ({:.0}/s)",
+            took.as_secs_f64(),
+            accepted as f64 / took.as_secs_f64()
+        ));
+
+        cluster.reset_peak_rss();
+        let mut client = cluster.client().await?;
+        let calls = if args.quick { 5 } else { 50 };
+        let mut fed_p50 = Vec::new();
+        let mut fed_p99 = Vec::new();
+        let mut answer = None;
+        for _ in 0..runs {
+            let (times, a) = time_aggregate(&mut client, &dashboard_query(), 3, calls).await?;
+            fed_p50.push(percentile(&times, 0.5));
+            fed_p99.push(percentile(&times, 0.99));
+            answer = Some(a);
+        }
+        let (gateway_rss, node_rss) = cluster.peak_rss();
+        let answer = answer.context("no answer")?;
+        let (central_groups, central_times) = central.query(runs)?;
+        // The federation's answer equals the centralised one, group by group.
+        let mut volume = 0;
+        for g in &answer.groups {
+            let key = g.key.clone().unwrap_or_default();
+            let stats = g.stats.clone().unwrap_or_default();
+            let expected = central_groups
+                .get(&(key.country.clone(), key.channel, key.period.clone()))
+                .with_context(|| format!("group {key:?} missing centrally"))?;
+            anyhow::ensure!(
+                (stats.interactions, stats.distinct_subjects) == *expected,
+                "group {key:?}: federation {:?}, central {expected:?}",
+                (stats.interactions, stats.distinct_subjects)
+            );
+            volume += stats.interactions;
+        }
+        let (duck_volume, duck_times) = duckdb_query(&python, dir.path(), runs.max(3))?;
+        let central_volume: u64 = central_groups.values().map(|v| v.0).sum();
+        anyhow::ensure!(
+            answer.suppressed_groups > 0 || volume == central_volume && volume == duck_volume,
+            "volumes differ: federation {volume}, SQLite {central_volume}, DuckDB {duck_volume}"
+        );
+        let fed = median(fed_p50.clone());
+        p50s.push(fed);
+        let sqlite = median(central_times);
+        let duck = median(duck_times);
+        rows.push(format!(
+            "| {total} | Domicile (3 regions, through the gateway) | {} | {} | {} groups, {} suppressed | {gateway_rss:.0} MiB / {node_rss:.0} MiB |",
+            ms(fed),
+            ms(median(fed_p99)),
+            answer.groups.len(),
+            answer.suppressed_groups,
+        ));
+        rows.push(format!(
+            "| {total} | one centralised SQLite file | {} | — | {:.0}× slower | — |",
+            ms(sqlite),
+            sqlite.as_secs_f64() / fed.as_secs_f64()
+        ));
+        rows.push(format!(
+            "| {total} | DuckDB (in memory, centralised) | {} | — | {:.1}× slower | — |",
+            ms(duck),
+            duck.as_secs_f64() / fed.as_secs_f64()
+        ));
+        if pass == 0 {
+            let verdict = |ok: bool| if ok { "met" } else { "**missed**" };
+            notes.push(format!(
+                "target at {total} rows: p50 {} ≤ 50 ms: {}; ≥ 2× faster than DuckDB ({}): {}",
+                ms(fed),
+                verdict(fed <= Duration::from_millis(50)),
+                ms(duck),
+                verdict(duck.as_secs_f64() >= 2.0 * fed.as_secs_f64()),
+            ));
+        }
+    }
+    let growth = p50s[1].as_secs_f64() / p50s[0].as_secs_f64();
+    notes.push(format!(
+        "growth from {} to {} rows: {growth:.2}× < 2×: {}",
+        sizes[0],
+        sizes[1],
+        if growth < 2.0 { "met" } else { "**missed**" }
+    ));
+    Ok(format!(
+        "| rows | where | p50 | p99 | answer | peak RSS gateway / node |\n|---:|---|---:|---:|---|---:|\n{}\n\n{}\n\nMedians of {runs} run(s) of {} calls. The query: volume, distinct subjects, NPS and CSAT by country × channel × month over twelve months for purpose `cx_analytics`; one subject in a hundred has objected, and is left out everywhere (Domicile by its consent gate, the baselines by a `NOT IN`). Data: {subjects} subjects per region, 30% with a survey answer, generated in time order and loaded through the gateway at 1,000 records per request. Every released group equals the centralised SQLite answer (volume and distinct subjects), checked in the run. DuckDB {} reads the same rows from a CSV into an in-memory table first (not timed). Peak RSS is the high-water mark of each process during the queries (reset after loading).",
+        rows.join("\n"),
+        notes
+            .iter()
+            .map(|n| format!("- {n}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        if args.quick { 5 } else { 50 },
+        "1.4.2",
+    ))
+}
+
+/// Aggregate across 1 to 32 regions, small data each.
+pub async fn fanout(args: &Args) -> anyhow::Result<String> {
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
+    let counts: &[usize] = if args.quick {
+        &[1, 4]
+    } else {
+        &[1, 2, 4, 8, 16, 32]
+    };
+    const COUNTRIES: [&str; 32] = [
+        "DE", "FR", "US", "GB", "ES", "IT", "NL", "BR", "JP", "IN", "AT", "BE", "CH", "DK", "FI",
+        "IE", "NO", "PL", "PT", "SE", "CZ", "GR", "HU", "RO", "CA", "MX", "AU", "NZ", "SG", "KR",
+        "ZA", "AR",
+    ];
+    let template = domicile_node::policy::SHIPPED
+        .iter()
+        .find(|(c, _)| *c == "DE")
+        .context("the DE policy")?
+        .1;
+    let mut rows = Vec::new();
+    let mut p50s = Vec::new();
+    for &n in counts {
+        let dir = tempfile::tempdir()?;
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies)?;
+        // One policy per country, shaped after DE's (k = 10), for the test federation only.
+        for c in &COUNTRIES[..n] {
+            std::fs::write(
+                policies.join(format!("{c}.toml")),
+                template.replace("country = \"DE\"", &format!("country = \"{c}\"")),
+            )?;
+        }
+        let regions: Vec<Region> = (0..n)
+            .map(|i| Region::new(&format!("r{i:02}"), &[COUNTRIES[i]]))
+            .collect();
+        let cluster = Cluster::start(dir.path(), &regions, Some(&policies))?;
+        let infos = regions_of(&cluster).await?;
+        let sources = regions
+            .iter()
+            .zip(&infos)
+            .map(|(r, info)| {
+                (
+                    info.clone(),
+                    Box::new(Generator::new(&r.countries, 50, 500, 0, 11))
+                        as Box<dyn Iterator<Item = Row> + Send>,
+                )
+            })
+            .collect();
+        load(&cluster, sources, 500, 1).await?;
+        let mut request = dashboard_query();
+        request.query.as_mut().expect("a query").group_by = vec![Dimension::Country as i32];
+        let mut client = cluster.client().await?;
+        let calls = if args.quick { 20 } else { 300 };
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..runs {
+            let (times, answer) = time_aggregate(&mut client, &request, 10, calls).await?;
+            anyhow::ensure!(
+                answer.groups.len() == n,
+                "{} groups from {n} regions",
+                answer.groups.len()
+            );
+            p50.push(percentile(&times, 0.5));
+            p99.push(percentile(&times, 0.99));
+        }
+        let p50 = median(p50);
+        p50s.push(p50);
+        rows.push(format!(
+            "| {n} | {} | {} | {:.2}× |",
+            ms(p50),
+            ms(median(p99)),
+            p50.as_secs_f64() / p50s[0].as_secs_f64()
+        ));
+    }
+    let ratio = p50s[p50s.len() - 1].as_secs_f64() / p50s[0].as_secs_f64();
+    Ok(format!(
+        "| regions | p50 | p99 | p50 / p50 at 1 region |\n|---:|---:|---:|---:|\n{}\n\nTarget: p50 at {} regions ≤ 3× the p50 at 1 region: {ratio:.2}×, {}.\n\nEach region is a node process with its own country (policies shaped after DE's), 500 interactions of 50 subjects; the gateway is a process in front of them with mutual TLS. `Aggregate` by country, volume, distinct subjects, NPS and CSAT, every region required. Medians of {runs} run(s) of {} calls after 10 warm-up calls.",
+        rows.join("\n"),
+        counts[counts.len() - 1],
+        if ratio <= 3.0 { "met" } else { "**missed**" },
+        if args.quick { 20 } else { 300 },
+    ))
+}
+
+/// Sealed interactions per second through the gateway into durable storage.
+pub async fn ingest(args: &Args) -> anyhow::Result<String> {
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let mut rows = Vec::new();
+    let mut best_1000 = 0.0f64;
+    for (batch, per_region, in_flight) in [
+        (1usize, 2_000usize, 16usize),
+        (100, 50_000, 4),
+        (1_000, 200_000, 2),
+    ] {
+        let per_region = if args.quick {
+            per_region / 50
+        } else {
+            per_region
+        };
+        let mut rates = Vec::new();
+        let mut rss = (0.0f64, 0.0f64);
+        for run in 0..runs {
+            let dir = tempfile::tempdir()?;
+            let regions = three_regions();
+            let cluster = Cluster::start(dir.path(), &regions, None)?;
+            let infos = regions_of(&cluster).await?;
+            cluster.reset_peak_rss();
+            let sources = regions
+                .iter()
+                .zip(&infos)
+                .map(|(r, info)| {
+                    (
+                        info.clone(),
+                        Box::new(
+                            Generator::new(&r.countries, 100_000, per_region, run as u32, 3)
+                                .with_comments(),
+                        ) as Box<dyn Iterator<Item = Row> + Send>,
+                    )
+                })
+                .collect();
+            let (accepted, took) = load(&cluster, sources, batch, in_flight).await?;
+            rates.push(accepted as f64 / took.as_secs_f64());
+            let (g, n) = cluster.peak_rss();
+            rss = (rss.0.max(g), rss.1.max(n));
+        }
+        let rate = median(rates);
+        if batch == 1_000 {
+            best_1000 = rate;
+        }
+        rows.push(format!(
+            "| {batch} | {in_flight} per region | {} | {rate:.0} | {:.0} MiB / {:.0} MiB |",
+            per_region * 3,
+            rss.0,
+            rss.1
+        ));
+    }
+    Ok(format!(
+        "| records per request | requests in flight | records per run | records/s | peak RSS gateway / node |\n|---:|---:|---:|---:|---:|\n{}\n\nTarget: ≥ 50,000 interactions/s at 1,000 per request: {best_1000:.0}/s, {}.\n\nThree regions (DE, FR, US), each a node process on its own SQLite file (WAL, `synchronous = FULL`: a batch is on disk before it is acknowledged); the gateway a process in front. The client seals every record (HPKE envelope per request, AEAD per record) on the same 2-core machine, sends each region's batches with the given number of requests in flight, and counts a record only when its region acknowledged it as stored. 30% of interactions carry a survey answer, one in ten of those a comment (sealed at rest with the subject's data key). Medians of {runs} run(s), each on fresh databases.",
+        rows.join("\n"),
+        if best_1000 >= 50_000.0 {
+            "met"
+        } else {
+            "**missed**"
+        },
+    ))
+}
+
+/// Latency of erasing a subject with 1, 100 and 10,000 interactions, in a region holding
+/// other data too.
+pub async fn erasure(args: &Args) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let regions = vec![Region::new("eu-de", &["DE"])];
+    let cluster = Cluster::start(dir.path(), &regions, None)?;
+    let infos = regions_of(&cluster).await?;
+    let background = if args.quick { 5_000 } else { 500_000 };
+    let sizes: &[(usize, usize)] = if args.quick {
+        &[(1, 3), (100, 3), (1_000, 2)]
+    } else {
+        &[(1, 50), (100, 50), (10_000, 20)]
+    };
+    // Background: other subjects' interactions.
+    let mut sources: Vec<(RegionInfo, Box<dyn Iterator<Item = Row> + Send>)> = vec![(
+        infos[0].clone(),
+        Box::new(Generator::new(
+            &regions[0].countries,
+            50_000,
+            background,
+            0,
+            5,
+        )),
+    )];
+    // The subjects to erase: `count` subjects with `size` interactions each.
+    for (size, count) in sizes {
+        let rows: Vec<Row> = (0..*count)
+            .flat_map(|s| {
+                Generator::new(
+                    &regions[0].countries,
+                    1,
+                    *size,
+                    1_000 + *size as u32 * 100 + s as u32,
+                    9,
+                )
+                .map(move |mut r| {
+                    r.subject = format!("erase-{size}-{s}");
+                    r.id = format!("{}-{}", r.subject, r.id);
+                    r
+                })
+            })
+            .collect();
+        sources.push((infos[0].clone(), Box::new(rows.into_iter())));
+    }
+    load(&cluster, sources, 1_000, 1).await?;
+    let mut client = cluster.client().await?;
+    let mut rows = Vec::new();
+    let mut p99_10k = None;
+    for (size, count) in sizes {
+        let mut times = Vec::new();
+        for s in 0..*count {
+            let t = Instant::now();
+            let receipt = client
+                .submit_subject_request(SubmitSubjectRequestRequest {
+                    tenant_id: TENANT.into(),
+                    subject: Some(SubjectRef {
+                        country: "DE".into(),
+                        external_id: format!("erase-{size}-{s}"),
+                    }),
+                    kind: SubjectRequestKind::Erasure as i32,
+                    actor: "bench".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            times.push(t.elapsed());
+            anyhow::ensure!(
+                receipt.receipts.first().map(|r| r.status)
+                    == Some(SubjectRequestStatus::Completed as i32),
+                "erasure of a {size}-interaction subject did not complete"
+            );
+        }
+        times.sort();
+        let p99 = percentile(&times, 0.99);
+        if *size == 10_000 {
+            p99_10k = Some(p99);
+        }
+        rows.push(format!(
+            "| {size} | {count} | {} | {} | {} |",
+            ms(percentile(&times, 0.5)),
+            ms(p99),
+            ms(*times.last().expect("some"))
+        ));
+    }
+    let target = match p99_10k {
+        Some(p) => format!(
+            "Target: p99 ≤ 20 ms for 10,000 interactions: {}, {}.",
+            ms(p),
+            if p <= Duration::from_millis(20) {
+                "met"
+            } else {
+                "**missed**"
+            }
+        ),
+        None => "Quick mode: the 10,000-interaction size is not run.".to_owned(),
+    };
+    Ok(format!(
+        "| interactions of the subject | erasures | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n{}\n\n{target}\n\nOne region (DE) holding {background} other interactions of 50,000 subjects. Each erasure is a `SubmitSubjectRequest` of kind ERASURE through the gateway, answered once the node has deleted the interactions (with their comments, rollup cells and subject numbers), profile and consent records, written the audit entry and committed (`synchronous = FULL`), and shredded the subject's data key. p99 of 20 or 50 samples is close to the maximum.",
+        rows.join("\n")
+    ))
+}
