@@ -67,6 +67,20 @@ impl Proc {
     }
 }
 
+/// CPU seconds (user + system) used so far by process `pid` (`self` for this one).
+pub fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces), from field 3 on.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -202,6 +216,20 @@ impl Cluster {
         for p in self.nodes.iter().chain([&self.gateway]) {
             let _ = std::fs::write(format!("/proc/{}/clear_refs", p.child.id()), "5");
         }
+    }
+
+    /// CPU seconds used so far: the gateway, all nodes together, and this process (the client).
+    pub fn cpu(&self) -> (f64, f64, f64) {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| cpu_seconds(&n.child.id().to_string()))
+            .sum();
+        (
+            cpu_seconds(&self.gateway.child.id().to_string()),
+            nodes,
+            cpu_seconds("self"),
+        )
     }
 
     /// Peak RSS of the gateway and of the largest node, MiB.

@@ -62,7 +62,8 @@ pub fn open_envelope(
         .iter()
         .enumerate()
         .map(|(i, record)| {
-            let path = format!("envelope.records[{i}]");
+            // Only a rejection names the record; valid ones need no string.
+            let path = Indexed(i);
             if !seen.insert(record.seq) {
                 return Verdict::Reject(
                     RejectReason::MetadataInvalid,
@@ -143,6 +144,15 @@ pub fn open_envelope(
             }
         })
         .collect()
+}
+
+/// `envelope.records[i]`, formatted only when a rejection describes the record.
+struct Indexed(usize);
+
+impl std::fmt::Display for Indexed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "envelope.records[{}]", self.0)
+    }
 }
 
 fn reject_all(envelope: &SealedEnvelope, reason: RejectReason, detail: &str) -> Vec<Verdict> {

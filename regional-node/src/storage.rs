@@ -116,6 +116,19 @@ pub enum Charge {
     },
 }
 
+/// Page cache of the writer connection, KiB: the indexes ingest touches stay in memory.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of each pooled reader connection, KiB.
+const READER_CACHE_KIB: i64 = 8 * 1024;
+
+/// Cache and memory-map settings of one connection.
+fn tune(conn: &Connection, cache_kib: i64) -> Result<(), NodeError> {
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
+    // A longer WAL between checkpoints: a page changed by many batches is copied back once.
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
+    Ok(())
+}
+
 /// The version of the schema this code writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 4;
 
@@ -208,6 +221,7 @@ impl SqliteStore {
         // FULL: a commit is on disk before the node acknowledges the batch.
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        tune(&writer, WRITER_CACHE_KIB)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let empty: i64 =
             writer.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
@@ -314,11 +328,15 @@ impl SqliteStore {
                 "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut interaction = tx.prepare_cached(
-                "INSERT OR REPLACE INTO interactions (tenant, interaction_id, subject_id, country, channel, direction, started_at,
-                   ended_at, handle_time, outcome, agent_team, recorded, survey_id, nps, csat, ces)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?;
+            const INTERACTION: &str = "INTO interactions (tenant, interaction_id, subject_id, country,
+                   channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
+                   survey_id, nps, csat, ces)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+            let mut new_interaction = tx.prepare_cached(&format!(
+                "INSERT {INTERACTION} ON CONFLICT (tenant, interaction_id) DO NOTHING"
+            ))?;
+            let mut replace_interaction =
+                tx.prepare_cached(&format!("INSERT OR REPLACE {INTERACTION}"))?;
             let mut text = tx.prepare_cached(
                 "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, subject_id, comment)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -353,26 +371,7 @@ impl SqliteStore {
                     }
                     RecordBody::Interaction(i) => {
                         let survey = i.survey.as_ref();
-                        rollups.remove_where(
-                            &tx,
-                            "i.tenant = ?1 AND i.interaction_id = ?2",
-                            params![tenant, i.interaction_id],
-                        )?;
-                        rollups.add(
-                            &tx,
-                            &Facts {
-                                tenant: tenant.to_owned(),
-                                subject: i.subject_id.clone(),
-                                country: record.country.clone(),
-                                channel: i.channel as i32,
-                                started_at: i.started_at,
-                                handle_time: i64::from(i.handle_time_seconds),
-                                nps: survey.and_then(|s| s.nps).map(i64::from),
-                                csat: survey.and_then(|s| s.csat).map(i64::from),
-                                ces: survey.and_then(|s| s.ces).map(i64::from),
-                            },
-                        )?;
-                        interaction.execute(params![
+                        let values = params![
                             tenant,
                             i.interaction_id,
                             i.subject_id,
@@ -389,7 +388,32 @@ impl SqliteStore {
                             survey.and_then(|s| s.nps),
                             survey.and_then(|s| s.csat),
                             survey.and_then(|s| s.ces),
-                        ])?;
+                        ];
+                        // A new interaction id is one insert; an existing one (sent again under
+                        // a new idempotency key) replaces the stored row, which leaves its cells.
+                        let replaced = new_interaction.execute(values)? == 0;
+                        if replaced {
+                            rollups.remove_where(
+                                &tx,
+                                "i.tenant = ?1 AND i.interaction_id = ?2",
+                                params![tenant, i.interaction_id],
+                            )?;
+                            replace_interaction.execute(values)?;
+                        }
+                        rollups.add(
+                            &tx,
+                            &Facts {
+                                tenant: tenant.to_owned(),
+                                subject: i.subject_id.clone(),
+                                country: record.country.clone(),
+                                channel: i.channel as i32,
+                                started_at: i.started_at,
+                                handle_time: i64::from(i.handle_time_seconds),
+                                nps: survey.and_then(|s| s.nps).map(i64::from),
+                                csat: survey.and_then(|s| s.csat).map(i64::from),
+                                ces: survey.and_then(|s| s.ces).map(i64::from),
+                            },
+                        )?;
                         match survey.filter(|s| !s.comment.is_empty()) {
                             Some(s) => {
                                 let sealed = key_of(&i.subject_id)?.seal(
@@ -403,7 +427,11 @@ impl SqliteStore {
                                     sealed
                                 ])?
                             }
-                            None => drop_text.execute(params![tenant, i.interaction_id])?,
+                            // A replaced interaction loses the comment it no longer has.
+                            None if replaced => {
+                                drop_text.execute(params![tenant, i.interaction_id])?
+                            }
+                            None => 0,
                         };
                     }
                 }
@@ -482,6 +510,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(5))?;
+                tune(&c, READER_CACHE_KIB)?;
                 c
             }
         };
