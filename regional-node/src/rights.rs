@@ -217,13 +217,15 @@ pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Eras
     } else {
         format!(" AND NOT ({})", kept.join(" OR "))
     };
-    tx.execute(
-        &format!(
+    let comments = if kept.is_empty() {
+        "DELETE FROM interaction_text WHERE tenant = ?1 AND subject_id = ?2".to_owned()
+    } else {
+        format!(
             "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id IN (
                SELECT interaction_id FROM interactions WHERE tenant = ?1 AND subject_id = ?2{not_kept})"
-        ),
-        params![tenant, subject],
-    )?;
+        )
+    };
+    tx.execute(&comments, params![tenant, subject])?;
     let mut rollups = crate::rollup::Delta::default();
     rollups.remove_where(
         tx,

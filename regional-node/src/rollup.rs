@@ -32,6 +32,7 @@ use crate::{
 /// Tables of the rollups (schema version 4).
 pub const SCHEMA: &str = r#"
 CREATE INDEX IF NOT EXISTS interactions_by_subject ON interactions (tenant, subject_id);
+CREATE INDEX IF NOT EXISTS interaction_text_by_subject ON interaction_text (tenant, subject_id);
 
 -- Dense numbers for the subjects of `interactions`, for the bitmaps of the cells. A number is
 -- dropped with the subject's last interaction.
@@ -400,9 +401,11 @@ impl Delta {
         for key in CellKey::both(f)? {
             let cell = delta.cells.entry(key).or_default();
             cell.sums.add(&sums, -1);
-            cell.removed.insert(n, f.subject.clone());
+            cell.removed.entry(n).or_insert_with(|| f.subject.clone());
         }
-        delta.losing.insert(f.subject.clone());
+        if !delta.losing.contains(&f.subject) {
+            delta.losing.insert(f.subject.clone());
+        }
         Ok(())
     }
 
