@@ -1,17 +1,24 @@
-//! The Domicile benchmark suite (issue 10). Each scenario starts what it measures itself —
-//! the federation in-process, baselines as child processes — generates its data
-//! deterministically, and prints a Markdown table; `--write` also puts it in `BENCHMARKS.md`.
+//! The Domicile benchmark suite (issue 10). Each scenario starts what it measures itself — the
+//! gateway and each node as processes of their own (this binary, re-run with `__serve`), nginx
+//! and DuckDB as baselines — generates its data deterministically, and prints a Markdown table;
+//! `--write` also puts it in `BENCHMARKS.md`.
 //!
 //! ```sh
-//! cargo run --release -p domicile-bench -- proxy --write     # full run
-//! cargo run --release -p domicile-bench -- proxy --quick     # seconds; what CI runs
+//! cargo run --release -p domicile-bench -- all --write      # the full suite
+//! cargo run --release -p domicile-bench -- fanout --write   # one scenario
+//! cargo run --release -p domicile-bench -- all --quick      # seconds, small data; what CI runs
 //! ```
 //!
-//! Scenarios so far:
+//! Scenarios:
 //! - `proxy`: `CheckContactPermission` for one subject, sent straight to a node, through the
 //!   gateway (authenticating, authorising, routing, recording metrics), and through nginx's
 //!   `grpc_pass` in front of the same node; concurrency 1 and 64; p50, p99 and calls per
 //!   second, and what each proxy adds to the direct p50 and p99.
+//! - `fanout`: `Aggregate` across 1 to 32 regions.
+//! - `dashboard`: NPS, CSAT and volume by country × channel × month on 3 × 1M and 10M rows,
+//!   against the same rows in one SQLite file and in DuckDB; peak memory of gateway and nodes.
+//! - `ingest`: sealed interactions per second through the gateway, batches of 1, 100 and 1,000.
+//! - `erasure`: erasing subjects with 1, 100 and 10,000 interactions.
 
 use std::{
     net::SocketAddr,
@@ -22,12 +29,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use domicile::{
-    certs::{Pki, node_identity},
-    federation::Federation,
-    token::{TokenClaims, mint},
-};
-use domicile_gateway::auth::AuthConfig;
+use domicile::certs::{Pki, node_identity};
 use domicile_proto::pb::{
     Channel as CxChannel, CheckContactPermissionRequest, Purpose,
     RegionalNodeCheckContactPermissionRequest, SubjectRef,
@@ -253,55 +255,24 @@ fn us(d: Duration) -> String {
 async fn proxy(args: &Args) -> anyhow::Result<String> {
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
     let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hs256.secret");
-    std::fs::write(&secret, b"benchmark secret of at least thirty-two bytes")?;
-    let fed = Federation::builder()
-        .region("eu-de", &["DE"])
-        .auth(AuthConfig {
-            audience: domicile::token::DEV_AUDIENCE.into(),
-            issuer: None,
-            hs256_secret_file: Some(secret.clone()),
-            jwks_file: None,
-            leeway_seconds: 30,
-            clients: Vec::new(),
-        })
-        .limits(domicile_gateway::limits::LimitsConfig {
-            // The benchmark is one tenant at full speed: lift its rate limit.
-            requests_per_second: 1e9,
-            burst: u32::MAX,
-            max_concurrent_per_tenant: 1024,
-            max_in_flight: 4096,
-            ..Default::default()
-        })
-        .data_dir(dir.path().join("federation"))
-        .start()
-        .await?;
-    let node = fed.node("eu-de").expect("the region").addr;
-    let token = mint(
-        &std::fs::read(&secret)?,
-        &TokenClaims::everything("bench", 1),
-    )?;
+    let regions = [cluster::Region::new("eu-de", &["DE"])];
+    let cluster = cluster::Cluster::start(dir.path(), &regions, None)?;
+    let pki = cluster::pki(dir.path(), &regions)?;
+    let node = cluster.nodes[0].addr;
     let nginx_dir = dir.path().join("nginx");
     for sub in ["", "body", "proxy", "fastcgi", "uwsgi", "scgi"] {
         std::fs::create_dir_all(nginx_dir.join(sub))?;
     }
-    let nginx = start_nginx(&nginx_dir, node, "eu-de", &fed.pki)?;
+    let nginx = start_nginx(&nginx_dir, node, "eu-de", &pki)?;
 
-    let direct = RegionalNodeClient::new(node_channel(node, "eu-de", &fed.pki).await?);
+    let direct = RegionalNodeClient::new(node_channel(node, "eu-de", &pki).await?);
     let via_nginx = RegionalNodeClient::new(
         Endpoint::from_shared(format!("http://{}", nginx.addr))?
             .tcp_nodelay(true)
             .connect()
             .await?,
     );
-    let gateway = domicile_client::connect_with(
-        &fed.gateway_addr.to_string(),
-        &domicile_client::ConnectOptions {
-            token: Some(token),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let gateway = cluster.client().await?;
 
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -385,9 +356,9 @@ async fn proxy(args: &Args) -> anyhow::Result<String> {
         }
     }
     drop(nginx);
-    fed.shutdown().await;
+    drop(cluster);
     Ok(format!(
-        "| concurrency | path | calls per run | p50 | p99 | calls/s | added p50 | added p99 |\n|---:|---|---:|---:|---:|---:|---:|---:|\n{}\n\nTargets (issue 10):\n\n{}\n\nMedians of {runs} run(s). *direct*: the client calls the node's federation listener over mutual TLS with the gateway's certificate. *gateway*: plaintext to the gateway with a bearer token, which authenticates, authorises, admits, routes, records metrics and calls the node over mutual TLS. *nginx*: plaintext to Debian's nginx 1.22 (`grpc_pass grpcs://`, upstream keepalive, 2 workers) presenting the gateway's certificate to the same node. Every call asks about one of 10,000 subjects with nothing on file.",
+        "| concurrency | path | calls per run | p50 | p99 | calls/s | added p50 | added p99 |\n|---:|---|---:|---:|---:|---:|---:|---:|\n{}\n\nTargets (issue 10):\n\n{}\n\nMedians of {runs} run(s). The node, the gateway and nginx are each a process of their own; the client is the benchmark process. *direct*: the client calls the node's federation listener over mutual TLS with the gateway's certificate. *gateway*: plaintext to the gateway with a bearer token, which authenticates, authorises, admits, routes, records metrics and calls the node over mutual TLS. *nginx*: plaintext to Debian's nginx 1.22 (`grpc_pass grpcs://`, upstream keepalive, 2 workers) presenting the gateway's certificate to the same node. Every call asks about one of 10,000 subjects with nothing on file.",
         rows.join("\n"),
         targets.join("\n")
     ))

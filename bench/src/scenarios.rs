@@ -147,6 +147,9 @@ fn central_sql(month: &str) -> String {
     )
 }
 
+/// Groups of the dashboard query: (country, channel, month) → (volume, distinct subjects).
+type Groups = BTreeMap<(String, i32, String), (u64, u64)>;
+
 /// A centralised copy of every region's rows: one SQLite file, and a CSV for DuckDB.
 struct Central {
     db: rusqlite::Connection,
@@ -212,10 +215,7 @@ impl Central {
     }
 
     /// (country, channel, month) → (volume, distinct subjects), and the query's latencies.
-    fn query(
-        &self,
-        runs: usize,
-    ) -> anyhow::Result<(BTreeMap<(String, i32, String), (u64, u64)>, Vec<Duration>)> {
+    fn query(&self, runs: usize) -> anyhow::Result<(Groups, Vec<Duration>)> {
         let sql = central_sql("strftime('%Y-%m', started_at, 'unixepoch')");
         let mut times = Vec::new();
         let mut groups = BTreeMap::new();
@@ -412,6 +412,7 @@ pub async fn dashboard(args: &Args) -> anyhow::Result<String> {
         }
         central.csv.flush()?;
         loaded += per_region * regions.len();
+        let total = loaded;
         notes.push(format!(
             "{accepted} interactions loaded through the gateway in {:.1} s ({:.0}/s)",
             took.as_secs_f64(),

@@ -8,6 +8,10 @@
 //! purpose and operation against it ([`Caller::authorize`]).
 //!
 //! Tokens and secrets are never logged, and error messages never echo a token.
+//!
+//! A verified token is remembered until it expires (at most [`VERIFIED_CAPACITY`] of them), so
+//! a client that sends the same token on every call pays for one signature check, not one per
+//! call. The memory goes with the authenticator: a reload (new keys) starts it empty.
 
 use std::{collections::HashSet, path::PathBuf};
 
@@ -193,7 +197,12 @@ struct Claims {
     operations: Vec<String>,
     #[serde(default)]
     dpo: bool,
+    /// Expiry, Unix seconds (required by the validation).
+    exp: u64,
 }
+
+/// Most verified tokens remembered; beyond it the memory starts again empty.
+pub const VERIFIED_CAPACITY: usize = 10_000;
 
 /// Longest `authorization` header read.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -206,6 +215,8 @@ pub struct Authenticator {
     jwks: JwkSet,
     leeway: u64,
     clients: Vec<(ServerName<'static>, Caller)>,
+    /// Tokens already verified, with their caller and expiry (Unix seconds, leeway included).
+    verified: dashmap::DashMap<Box<str>, (Caller, u64)>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -296,6 +307,7 @@ impl Authenticator {
             jwks,
             leeway: config.leeway_seconds,
             clients,
+            verified: dashmap::DashMap::new(),
         })
     }
 
@@ -325,6 +337,15 @@ impl Authenticator {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| Status::unauthenticated("authorization: expected Bearer <token>"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(hit) = self.verified.get(token) {
+            let (caller, expires) = hit.value();
+            if now < *expires {
+                return Ok(caller.clone());
+            }
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Status::unauthenticated("authorization: not a JWT"))?;
         let key = match header.alg {
@@ -364,8 +385,14 @@ impl Authenticator {
             })
         })?;
         let c = data.claims;
-        caller(c.sub, c.tenant, &c.purposes, &c.operations, c.dpo)
-            .map_err(|e| Status::unauthenticated(format!("authorization: {e}")))
+        let expires = c.exp.saturating_add(self.leeway);
+        let who = caller(c.sub, c.tenant, &c.purposes, &c.operations, c.dpo)
+            .map_err(|e| Status::unauthenticated(format!("authorization: {e}")))?;
+        if self.verified.len() >= VERIFIED_CAPACITY {
+            self.verified.clear();
+        }
+        self.verified.insert(token.into(), (who.clone(), expires));
+        Ok(who)
     }
 
     /// The caller of a TLS client certificate (already verified against the client CA by the
@@ -380,5 +407,82 @@ impl Authenticator {
             .ok_or_else(|| {
                 Status::unauthenticated("client certificate: identity not in auth.clients")
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    use super::*;
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(secret: &[u8], exp: u64) -> String {
+        let claims = serde_json::json!({
+            "sub": "svc", "tenant": "acme", "aud": "domicile",
+            "purposes": ["cx_analytics"], "operations": ["aggregate"], "exp": exp,
+        });
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn authenticator(dir: &std::path::Path, secret: &[u8]) -> Authenticator {
+        let file = dir.join("secret");
+        std::fs::write(&file, secret).unwrap();
+        Authenticator::from_config(&AuthConfig {
+            audience: "domicile".into(),
+            issuer: None,
+            hs256_secret_file: Some(file),
+            jwks_file: None,
+            leeway_seconds: 30,
+            clients: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = b"a secret of at least thirty-two bytes!!";
+        let auth = authenticator(dir.path(), secret);
+        let good = token(secret, now() + 600);
+        let header = format!("Bearer {good}");
+        let first = auth.token(header.as_bytes()).unwrap();
+        assert_eq!(auth.verified.len(), 1);
+        assert_eq!(auth.token(header.as_bytes()).unwrap(), first);
+        assert_eq!(
+            auth.verified.get(good.as_str()).unwrap().1,
+            now() + 600 + 30
+        );
+
+        // A remembered entry past its expiry is not trusted: the token is checked again, and
+        // this one (signed with another secret) fails.
+        let forged = token(b"another secret of thirty-two bytes or more", now() + 600);
+        auth.verified
+            .insert(forged.as_str().into(), (first.clone(), now() - 1));
+        let err = auth
+            .token(format!("Bearer {forged}").as_bytes())
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+        // A token that fails is never remembered; the memory stays bounded.
+        assert!(auth.verified.get(forged.as_str()).unwrap().1 < now());
+        for i in 0..VERIFIED_CAPACITY + 5 {
+            auth.verified
+                .insert(format!("t{i}").into(), (first.clone(), now() + 60));
+        }
+        let fresh = token(secret, now() + 601);
+        auth.token(format!("Bearer {fresh}").as_bytes()).unwrap();
+        assert_eq!(auth.verified.len(), 1, "full: started again empty");
     }
 }

@@ -257,10 +257,12 @@ pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Eras
     }
     let complete = kept.is_empty();
     if complete {
-        tx.execute(
-            "DELETE FROM subject_flags WHERE tenant = ?1 AND subject_id = ?2",
-            params![tenant, subject],
-        )?;
+        for table in ["subject_flags", "tracked_subjects"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE tenant = ?1 AND subject_id = ?2"),
+                params![tenant, subject],
+            )?;
+        }
     } else {
         set_flag(tx, tenant, subject, "erasure_pending")?;
     }

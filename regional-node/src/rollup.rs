@@ -29,9 +29,9 @@ use crate::{
     error::NodeError,
 };
 
-/// Tables of the rollups (schema version 4).
-pub const SCHEMA: &str = r#"
-CREATE INDEX IF NOT EXISTS interactions_by_subject ON interactions (tenant, subject_id);
+/// Tables of the rollups (schema version 4); see [`schema`].
+const TABLES: &str = r#"
+CREATE INDEX IF NOT EXISTS interactions_by_subject ON interactions (tenant, subject_id, started_at);
 CREATE INDEX IF NOT EXISTS interaction_text_by_subject ON interaction_text (tenant, subject_id);
 
 -- Dense numbers for the subjects of `interactions`, for the bitmaps of the cells. A number is
@@ -56,7 +56,116 @@ CREATE TABLE IF NOT EXISTS rollup_cells (
     subjects       BLOB NOT NULL,
     UNIQUE (tenant, grain, bucket, country, channel)
 );
+
+-- The same sums per subject and month (no subject sets), clustered by subject, for the subjects
+-- in `tracked_subjects` only: what the consent gate takes out for the few subjects it drops is
+-- read here, a few rows per subject, rather than from every interaction of theirs. Columns
+-- follow `Sums::fields`.
+CREATE TABLE IF NOT EXISTS subject_cells (
+    tenant     TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    bucket     INTEGER NOT NULL,
+    country    TEXT NOT NULL,
+    channel    INTEGER NOT NULL,
+    interactions INTEGER NOT NULL,
+    nps0 INTEGER NOT NULL, nps1 INTEGER NOT NULL, nps2 INTEGER NOT NULL, nps3 INTEGER NOT NULL,
+    nps4 INTEGER NOT NULL, nps5 INTEGER NOT NULL, nps6 INTEGER NOT NULL, nps7 INTEGER NOT NULL,
+    nps8 INTEGER NOT NULL, nps9 INTEGER NOT NULL, nps10 INTEGER NOT NULL,
+    csat_sum INTEGER NOT NULL, csat_responses INTEGER NOT NULL,
+    ces_sum INTEGER NOT NULL, ces_responses INTEGER NOT NULL,
+    handle_time_sum INTEGER NOT NULL, handle_time_count INTEGER NOT NULL,
+    PRIMARY KEY (tenant, subject_id, bucket, country, channel)
+) WITHOUT ROWID;
+
+-- Subjects some purpose's gate may drop: a refusal, withdrawal or objection on file for any
+-- purpose, or a restriction or pending erasure. Triggers (see `schema`) add a subject, with
+-- its subject cells built from its rows, the moment it first qualifies.
+CREATE TABLE IF NOT EXISTS tracked_subjects (
+    tenant     TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, subject_id)
+) WITHOUT ROWID;
 "#;
+
+/// The consent states that make a subject droppable under some purpose's gate, as SQL.
+fn dropping_states() -> String {
+    use domicile_proto::pb::ConsentState as S;
+    format!(
+        "{}, {}, {}",
+        S::Refused as i32,
+        S::Withdrawn as i32,
+        S::Objected as i32
+    )
+}
+
+/// Who is tracked: the subjects that qualify now (a rebuild starts from this).
+fn qualifying() -> String {
+    format!(
+        "SELECT tenant, subject_id FROM consent_state WHERE state IN ({})
+         UNION SELECT tenant, subject_id FROM subject_flags WHERE restricted = 1 OR erasure_pending = 1",
+        dropping_states()
+    )
+}
+
+/// The rollup schema: tables, and the triggers that track a subject when it first qualifies.
+pub fn schema() -> String {
+    let sums = [
+        "COUNT(*)".to_owned(),
+        (0..NPS_BUCKETS)
+            .map(|b| format!("SUM(CASE WHEN nps = {b} THEN 1 ELSE 0 END)"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "COALESCE(SUM(csat), 0), COUNT(csat), COALESCE(SUM(ces), 0), COUNT(ces), \
+         SUM(handle_time), SUM(CASE WHEN handle_time > 0 THEN 1 ELSE 0 END)"
+            .to_owned(),
+    ]
+    .join(", ");
+    let month = "(CAST(strftime('%Y', started_at, 'unixepoch') AS INTEGER) - 1970) * 12 \
+                 + CAST(strftime('%m', started_at, 'unixepoch') AS INTEGER) - 1";
+    let mut sql = TABLES.to_owned();
+    let states = dropping_states();
+    for (table, event, when) in [
+        (
+            "consent_state",
+            "INSERT",
+            format!("NEW.state IN ({states})"),
+        ),
+        (
+            "consent_state",
+            "UPDATE",
+            format!("NEW.state IN ({states})"),
+        ),
+        (
+            "subject_flags",
+            "INSERT",
+            "NEW.restricted = 1 OR NEW.erasure_pending = 1".to_owned(),
+        ),
+        (
+            "subject_flags",
+            "UPDATE",
+            "NEW.restricted = 1 OR NEW.erasure_pending = 1".to_owned(),
+        ),
+    ] {
+        sql.push_str(&format!(
+            "CREATE TRIGGER IF NOT EXISTS track_{table}_{event} AFTER {event} ON {table}
+             WHEN ({when}) AND NOT EXISTS (SELECT 1 FROM tracked_subjects
+                 WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id)
+             BEGIN
+               INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
+                 SELECT tenant, subject_id, {month}, country, channel, {sums}
+                 FROM interactions WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id
+                 GROUP BY 3, 4, 5;
+               INSERT INTO tracked_subjects (tenant, subject_id) VALUES (NEW.tenant, NEW.subject_id);
+             END;\n"
+        ));
+    }
+    sql
+}
+
+/// The sums columns of `subject_cells`, in `Sums::fields` order.
+const SUMS_COLUMNS: &str = "interactions, nps0, nps1, nps2, nps3, nps4, nps5, nps6, nps7, nps8, \
+    nps9, nps10, csat_sum, csat_responses, ces_sum, ces_responses, handle_time_sum, \
+    handle_time_count";
 
 const DAY: i64 = 86_400;
 
@@ -178,6 +287,15 @@ impl Sums {
             *a += sign * b;
         }
         *self = Self::from_fields(f);
+    }
+
+    /// Reads `SUMS_COLUMNS` starting at column `first`.
+    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+        let mut f = [0; SUMS_FIELDS];
+        for (i, v) in f.iter_mut().enumerate() {
+            *v = row.get(first + i)?;
+        }
+        Ok(Self::from_fields(f))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -335,6 +453,10 @@ struct TenantDelta {
     numbers: HashMap<String, u32>,
     /// Subjects that lost an interaction: their number goes with their last one.
     losing: BTreeSet<String>,
+    /// Per tracked subject, month, country and channel.
+    subject_cells: BTreeMap<(String, i64, [u8; 2], i32), Sums>,
+    /// Whether a subject is tracked, as looked up in this transaction.
+    tracked: HashMap<String, bool>,
 }
 
 /// Changes to the cells made by one transaction; [`Delta::apply`] writes them before its
@@ -345,6 +467,48 @@ pub struct Delta {
 }
 
 impl TenantDelta {
+    /// Whether `subject` has subject cells to keep.
+    fn is_tracked(
+        &mut self,
+        tx: &Connection,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<bool, NodeError> {
+        if let Some(t) = self.tracked.get(subject) {
+            return Ok(*t);
+        }
+        let t: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tracked_subjects WHERE tenant = ?1 AND subject_id = ?2)",
+            )?
+            .query_row(params![tenant, subject], |r| r.get(0))?;
+        self.tracked.insert(subject.to_owned(), t);
+        Ok(t)
+    }
+
+    /// Adds `sign` × `sums` to the subject cell of `f`, when its subject is tracked.
+    fn subject_cell(
+        &mut self,
+        tx: &Connection,
+        f: &Facts,
+        month: CellKey,
+        sums: &Sums,
+        sign: i64,
+    ) -> Result<(), NodeError> {
+        if self.is_tracked(tx, &f.tenant, &f.subject)? {
+            self.subject_cells
+                .entry((
+                    f.subject.clone(),
+                    month.bucket,
+                    month.country,
+                    month.channel,
+                ))
+                .or_default()
+                .add(sums, sign);
+        }
+        Ok(())
+    }
+
     /// The number of a subject, made when missing.
     fn number(&mut self, tx: &Connection, tenant: &str, subject: &str) -> Result<u32, NodeError> {
         if let Some(n) = self.numbers.get(subject) {
@@ -385,11 +549,13 @@ impl Delta {
         let delta = self.tenant(&f.tenant);
         let n = delta.number(tx, &f.tenant, &f.subject)?;
         let sums = sums_of(f.handle_time, f.nps, f.csat, f.ces);
-        for key in CellKey::both(f)? {
+        let keys = CellKey::both(f)?;
+        for key in keys {
             let cell = delta.cells.entry(key).or_default();
             cell.sums.add(&sums, 1);
             cell.added.insert(n);
         }
+        delta.subject_cell(tx, f, keys[1], &sums, 1)?;
         Ok(())
     }
 
@@ -398,7 +564,9 @@ impl Delta {
         let delta = self.tenant(&f.tenant);
         let n = delta.number(tx, &f.tenant, &f.subject)?;
         let sums = sums_of(f.handle_time, f.nps, f.csat, f.ces);
-        for key in CellKey::both(f)? {
+        let keys = CellKey::both(f)?;
+        delta.subject_cell(tx, f, keys[1], &sums, -1)?;
+        for key in keys {
             let cell = delta.cells.entry(key).or_default();
             cell.sums.add(&sums, -1);
             cell.removed.entry(n).or_insert_with(|| f.subject.clone());
@@ -517,10 +685,49 @@ impl TenantDelta {
                 blob
             ])?;
         }
+        let updates: Vec<String> = SUMS_COLUMNS
+            .split(", ")
+            .map(|c| format!("{c} = {c} + excluded.{c}"))
+            .collect();
+        let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("?{i}")).collect();
+        let mut add_subject_cell = tx.prepare_cached(&format!(
+            "INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, {})
+             ON CONFLICT (tenant, subject_id, bucket, country, channel) DO UPDATE SET {}",
+            marks.join(", "),
+            updates.join(", ")
+        ))?;
+        let mut drop_empty = tx.prepare_cached(
+            "DELETE FROM subject_cells WHERE tenant = ?1 AND subject_id = ?2 AND bucket = ?3
+             AND country = ?4 AND channel = ?5 AND interactions <= 0",
+        )?;
+        for ((subject, bucket, country, channel), sums) in &self.subject_cells {
+            if *sums == Sums::default() {
+                continue;
+            }
+            let country = std::str::from_utf8(country).unwrap_or("??");
+            let head: [&dyn ToSql; 5] = [&tenant, subject, bucket, &country, channel];
+            let fields = sums.fields();
+            let values: Vec<&dyn ToSql> = head
+                .into_iter()
+                .chain(fields.iter().map(|v| v as &dyn ToSql))
+                .collect();
+            add_subject_cell.execute(params_from_iter(values))?;
+            if sums.interactions < 0 {
+                drop_empty.execute(params![tenant, subject, bucket, country, channel])?;
+            }
+        }
         let mut forget =
             tx.prepare_cached("DELETE FROM subject_numbers WHERE tenant = ?1 AND subject_id = ?2")?;
+        // A subject whose last interaction went stays tracked only while it still qualifies.
+        let mut untrack = tx.prepare_cached(&format!(
+            "DELETE FROM tracked_subjects WHERE tenant = ?1 AND subject_id = ?2
+             AND (?1, ?2) NOT IN ({})",
+            qualifying()
+        ))?;
         for subject in gone {
             forget.execute(params![tenant, subject])?;
+            untrack.execute(params![tenant, subject])?;
         }
         Ok(())
     }
@@ -531,17 +738,24 @@ fn decode_bitmap(blob: &[u8]) -> Result<RoaringBitmap, NodeError> {
         .map_err(|_| NodeError::Internal("a rollup cell is corrupt".into()))
 }
 
-/// Rebuilds every cell from the rows (a migration from a database without rollups).
+/// Rebuilds every cell from the rows (a migration from a database without rollups). Tracked
+/// subjects stay tracked (tracking is never withdrawn while a subject has interactions), and
+/// every subject that qualifies now is tracked too.
 pub fn rebuild(tx: &Connection) -> Result<(), NodeError> {
-    tx.execute_batch("DELETE FROM rollup_cells; DELETE FROM subject_numbers;")?;
+    tx.execute_batch(&format!(
+        "DELETE FROM rollup_cells; DELETE FROM subject_numbers; DELETE FROM subject_cells;
+         INSERT OR IGNORE INTO tracked_subjects {};",
+        qualifying()
+    ))?;
     let mut delta = Delta::default();
-    let facts: Vec<Facts> = tx
-        .prepare(&format!("SELECT {FACT_COLUMNS} FROM interactions AS i"))?
-        .query_map([], Facts::from_row)?
-        .collect::<Result<_, _>>()?;
-    for f in &facts {
-        delta.add(tx, f)?;
+    // Streamed: the rows are never all in memory, only the cells.
+    let mut all = tx.prepare(&format!("SELECT {FACT_COLUMNS} FROM interactions AS i"))?;
+    let mut rows = all.query([])?;
+    while let Some(row) = rows.next()? {
+        delta.add(tx, &Facts::from_row(row)?)?;
     }
+    drop(rows);
+    drop(all);
     delta.apply(tx)
 }
 
@@ -626,6 +840,9 @@ pub fn run(
     let d1 = end.div_euclid(DAY);
     let mut groups: BTreeMap<Group, Acc> = BTreeMap::new();
     let mut edges = Vec::new();
+    // Seconds covered by day cells, and the months covered by month cells.
+    let mut day_spans = Vec::new();
+    let mut month_span = None;
     if d0 < d1 {
         let mut spans = Vec::new(); // (grain, first bucket, end bucket)
         let (m0, m1) = (
@@ -638,6 +855,12 @@ pub fn run(
             spans.push((Grain::Day, first_day(m1), d1));
         } else {
             spans.push((Grain::Day, d0, d1));
+        }
+        for (grain, from, to) in &spans {
+            match grain {
+                Grain::Day => day_spans.push((from * DAY, to * DAY)),
+                Grain::Month => month_span = Some((*from, *to)),
+            }
         }
         let mut cells = conn.prepare_cached(
             "SELECT rowid, bucket, country, channel, sums, subjects_count FROM rollup_cells
@@ -680,12 +903,16 @@ pub fn run(
                 .join(", ")
         );
     }
-    let select = format!(
-        "SELECT i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces, n.n, \
-         ({condition}) FROM interactions i JOIN subject_numbers n \
-         ON n.tenant = i.tenant AND n.subject_id = i.subject_id \
-         WHERE i.tenant = ? AND i.started_at >= ? AND i.started_at < ?{channels_sql}"
-    );
+    // The index is named: by time for the ends of the range, by subject for the subjects the
+    // gate may drop (the planner, left alone, may scan the whole range for the latter).
+    let select = |index: &str| {
+        format!(
+            "SELECT i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces, n.n, \
+             ({condition}) FROM interactions i INDEXED BY {index} JOIN subject_numbers n \
+             ON n.tenant = i.tenant AND n.subject_id = i.subject_id \
+             WHERE i.tenant = ? AND i.started_at >= ? AND i.started_at < ?{channels_sql}"
+        )
+    };
     let mut read_rows = |extra: &str,
                          from: i64,
                          to: i64,
@@ -698,7 +925,12 @@ pub fn run(
         let mut args: Vec<&dyn ToSql> = condition_args.iter().map(|a| a.as_ref()).collect();
         args.extend([&tenant as &dyn ToSql, &from, &to]);
         args.extend(extra_args.iter().map(|a| a.as_ref()));
-        let mut stmt = conn.prepare_cached(&format!("{select}{extra}"))?;
+        let index = if edge {
+            "interactions_by_time"
+        } else {
+            "interactions_by_subject"
+        };
+        let mut stmt = conn.prepare_cached(&format!("{}{extra}", select(index)))?;
         let mut rows = stmt.query(params_from_iter(args))?;
         while let Some(row) = rows.next()? {
             let country: String = row.get(0)?;
@@ -729,14 +961,50 @@ pub fn run(
     for (from, to) in edges {
         read_rows("", from, to, &[], true)?;
     }
-    if d0 < d1 {
+    for (from, to) in day_spans {
         read_rows(
             &format!(" AND i.subject_id IN ({dropped_sql})"),
-            d0 * DAY,
-            d1 * DAY,
+            from,
+            to,
             &dropped_args,
             false,
         )?;
+    }
+    drop(read_rows);
+    if let Some((m0, m1)) = month_span {
+        // The droppable subjects' months, from their own cells.
+        let (condition, condition_args) = rules.gate.condition("c.");
+        let channels_sql = channels_sql.replace("i.channel", "c.channel");
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT c.bucket, c.country, c.channel, n.n, ({condition}), {} \
+             FROM subject_cells c JOIN subject_numbers n \
+             ON n.tenant = c.tenant AND n.subject_id = c.subject_id \
+             WHERE c.tenant = ? AND c.subject_id IN ({dropped_sql}) \
+             AND c.bucket >= ? AND c.bucket < ?{channels_sql}",
+            SUMS_COLUMNS
+                .split(", ")
+                .map(|c| format!("c.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let mut args: Vec<&dyn ToSql> = condition_args.iter().map(|a| a.as_ref()).collect();
+        args.push(&tenant);
+        args.extend(dropped_args.iter().map(|a| a.as_ref()));
+        args.extend([&m0 as &dyn ToSql, &m1]);
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            let country: String = row.get(1)?;
+            let group = dims.group(&country, row.get(2)?, None, row.get(0)?);
+            let n: u32 = row.get(3)?;
+            let kept: bool = row.get(4)?;
+            let acc = groups.entry(group).or_default();
+            acc.dropped_any.insert(n);
+            if kept {
+                acc.dropped_kept.insert(n);
+            } else {
+                acc.sums.add(&Sums::from_row(row, 5)?, -1);
+            }
+        }
     }
 
     let mut bitmap = conn.prepare_cached("SELECT subjects FROM rollup_cells WHERE rowid = ?1")?;
@@ -902,6 +1170,27 @@ mod tests {
             .collect()
     }
 
+    /// Every subject cell: key and sums.
+    fn subject_cells(tx: &Connection) -> Vec<(String, i64, String, i32, Vec<i64>)> {
+        tx.prepare(&format!(
+            "SELECT subject_id, bucket, country, channel, {SUMS_COLUMNS} FROM subject_cells \
+             ORDER BY 1, 2, 3, 4"
+        ))
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                Sums::from_row(r, 4)?.fields().to_vec(),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
     fn sorted(mut p: Partial) -> Partial {
         p.groups.sort_by_key(|g| format!("{:?}", g.key));
         p
@@ -916,6 +1205,7 @@ mod tests {
         #[test]
         fn cells_answer_exactly_as_the_rows(
             batches in proptest::collection::vec(proptest::collection::vec(row(), 1..40), 1..4),
+            late in proptest::collection::vec(row(), 0..20),
             states in proptest::collection::vec((0u8..25, 0usize..5), 0..10),
             restricted in proptest::collection::btree_set(0u8..25, 0..3),
             erased in proptest::collection::btree_set(0u8..25, 0..3),
@@ -961,11 +1251,19 @@ mod tests {
                 }
                 Ok(())
             }).unwrap();
+            // Interactions arriving after the consent changes (some for tracked subjects).
+            if !late.is_empty() {
+                ingest(&store, &late);
+            }
             // Maintained cells equal rebuilt ones.
             store.write(|tx| {
-                let maintained = cells(tx);
+                let tracked = |tx: &Connection| -> Vec<String> {
+                    tx.prepare("SELECT subject_id FROM tracked_subjects ORDER BY 1").unwrap()
+                        .query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+                };
+                let maintained = (cells(tx), subject_cells(tx), tracked(tx));
                 rebuild(tx)?;
-                assert_eq!(maintained, cells(tx));
+                assert_eq!(maintained, (cells(tx), subject_cells(tx), tracked(tx)));
                 Err::<(), _>(NodeError::Internal("roll back the rebuild".into()))
             }).unwrap_err();
 
@@ -996,6 +1294,48 @@ mod tests {
                 prop_assert_eq!(from_cells.suppressed, from_rows.suppressed);
             }
         }
+    }
+
+    #[test]
+    fn a_version_3_database_gets_its_cells_built_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, vault) = (dir.path().join("n.db"), dir.path().join("v.db"));
+        let rows: Vec<Row> = (0..60)
+            .map(|i| {
+                (
+                    i,
+                    i % 7,
+                    (i % 3) as usize,
+                    1 + (i % 4) as i32,
+                    i64::from(i) * 40_000,
+                    60,
+                    Some(i % 11),
+                    None,
+                )
+            })
+            .collect();
+        let expected = {
+            let store = SqliteStore::open(&db, &vault, &[7; 32]).unwrap();
+            ingest(&store, &rows);
+            let cells = store.read(|c| Ok(cells(c))).unwrap();
+            // What a version-3 database looks like: no rollups.
+            store
+                .write(|tx| {
+                    tx.execute_batch(
+                        "DROP TABLE rollup_cells; DROP TABLE subject_numbers; PRAGMA user_version = 3;",
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+            cells
+        };
+        assert!(!expected.is_empty());
+        let store = SqliteStore::open(&db, &vault, &[7; 32]).unwrap();
+        assert_eq!(store.read(|c| Ok(cells(c))).unwrap(), expected);
+        let version: i64 = store
+            .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, crate::storage::SCHEMA_VERSION);
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl SqliteStore {
         tx.execute_batch(crate::audit::SCHEMA)?;
         tx.execute_batch(crate::incident::SCHEMA)?;
         tx.execute_batch(crate::rights::SCHEMA)?;
-        tx.execute_batch(crate::rollup::SCHEMA)?;
+        tx.execute_batch(&crate::rollup::schema())?;
         if empty > 0 && version == 3 {
             crate::rollup::rebuild(&tx)?;
         }
