@@ -449,12 +449,32 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("__serve") {
-        return cluster::serve(&raw[2..]).await;
+        // The runtime `domicile gateway` and `domicile node` run on: tokio's default.
+        let threads: usize = std::env::var("DOMICILE_BENCH_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let mut rt = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        };
+        if threads > 1 {
+            rt.worker_threads(threads);
+        }
+        return rt.enable_all().build()?.block_on(cluster::serve(&raw[2..]));
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(suite())
+}
+
+async fn suite() -> anyhow::Result<()> {
     let args = Args::parse();
     let chosen: Vec<(&str, &str)> = match args.scenario.as_str() {
         "all" => SCENARIOS.to_vec(),

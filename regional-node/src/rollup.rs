@@ -970,7 +970,6 @@ pub fn run(
             false,
         )?;
     }
-    drop(read_rows);
     if let Some((m0, m1)) = month_span {
         // The droppable subjects' months, from their own cells.
         let (condition, condition_args) = rules.gate.condition("c.");
