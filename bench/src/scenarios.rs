@@ -581,6 +581,7 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
         let calls = if args.quick { 20 } else { 300 };
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
+        let before = cluster.cpu();
         for _ in 0..runs {
             let (times, answer) = time_aggregate(&mut client, &request, 10, calls).await?;
             anyhow::ensure!(
@@ -591,18 +592,22 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
             p50.push(percentile(&times, 0.5));
             p99.push(percentile(&times, 0.99));
         }
+        let after = cluster.cpu();
+        let per_call = |a: f64, b: f64| (a - b) / ((calls + 10) * runs) as f64 * 1e3;
         let p50 = median(p50);
         p50s.push(p50);
         rows.push(format!(
-            "| {n} | {} | {} | {:.2}× |",
+            "| {n} | {} | {} | {:.2}× | {:.2} ms | {:.2} ms |",
             ms(p50),
             ms(median(p99)),
-            p50.as_secs_f64() / p50s[0].as_secs_f64()
+            p50.as_secs_f64() / p50s[0].as_secs_f64(),
+            per_call(after.0, before.0),
+            per_call(after.1, before.1),
         ));
     }
     let ratio = p50s[p50s.len() - 1].as_secs_f64() / p50s[0].as_secs_f64();
     Ok(format!(
-        "| regions | p50 | p99 | p50 / p50 at 1 region |\n|---:|---:|---:|---:|\n{}\n\nTarget: p50 at {} regions ≤ 3× the p50 at 1 region: {ratio:.2}×, {}.\n\nEach region is a node process with its own country (policies shaped after DE's), 500 interactions of 50 subjects; the gateway is a process in front of them with mutual TLS. `Aggregate` by country, volume, distinct subjects, NPS and CSAT, every region required. Medians of {runs} run(s) of {} calls after 10 warm-up calls.",
+        "| regions | p50 | p99 | p50 / p50 at 1 region | gateway CPU per call | all nodes' CPU per call |\n|---:|---:|---:|---:|---:|---:|\n{}\n\nTarget: p50 at {} regions ≤ 3× the p50 at 1 region: {ratio:.2}×, {}.\n\nEach region is a node process with its own country (policies shaped after DE's), 500 interactions of 50 subjects; the gateway is a process in front of them with mutual TLS. `Aggregate` by country, volume, distinct subjects, NPS and CSAT, every region required. Medians of {runs} run(s) of {} calls after 10 warm-up calls. All the node processes share the machine's two cores with the gateway and the client, so the work of a fan-out, which grows with the number of regions, is done on two cores: the CPU columns (per call, warm-up included) show how much of it is the gateway's.",
         rows.join("\n"),
         counts[counts.len() - 1],
         if ratio <= 3.0 { "met" } else { "**missed**" },
