@@ -241,7 +241,10 @@ impl SqliteStore {
         tx.execute_batch(crate::rights::SCHEMA)?;
         tx.execute_batch(&crate::rollup::schema())?;
         if empty > 0 && version == 3 {
+            tracing::info!(database = %path.display(), "schema 3 to 4: building rollups from the rows");
+            let started = std::time::Instant::now();
             crate::rollup::rebuild(&tx)?;
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "rollups built");
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
