@@ -1,6 +1,7 @@
 //! Deterministic interactions for the benchmarks, streamed in time order (as a contact centre
 //! produces them), never held all at once: ten million rows would not fit comfortably.
 
+use domicile::synth;
 use domicile_proto::{
     pb::{
         Channel, Direction, InteractionRecord, RecordPayload, SurveyAnswer, record_payload::Record,
@@ -16,17 +17,6 @@ pub const TENANT: &str = "bench";
 pub const PERIOD_START: i64 = 1_761_955_200;
 /// End (exclusive): 2026-11-01T00:00:00Z.
 pub const PERIOD_END: i64 = 1_793_491_200;
-
-const CHANNELS: [(Channel, u32); 8] = [
-    (Channel::Phone, 35),
-    (Channel::Email, 20),
-    (Channel::Chat, 20),
-    (Channel::Web, 10),
-    (Channel::App, 8),
-    (Channel::Sms, 4),
-    (Channel::InPerson, 2),
-    (Channel::Post, 1),
-];
 
 /// One generated interaction, with what the centralised baselines store of it.
 #[derive(Debug, Clone)]
@@ -91,11 +81,6 @@ impl Generator {
         self.comments = true;
         self
     }
-
-    /// The id of subject `i` of `country`.
-    pub fn subject_id(country: &str, i: usize) -> String {
-        format!("cust-{}-{i:07}", country.to_ascii_lowercase())
-    }
 }
 
 impl Iterator for Generator {
@@ -114,25 +99,11 @@ impl Iterator for Generator {
             PERIOD_START + (j as f64 * slot) as i64 + rng.random_range(0..slot.max(1.0) as i64);
         let s = rng.random_range(0..self.subjects.max(1));
         let country = self.countries[s % self.countries.len()].clone();
-        let mut x = rng.random_range(0..100);
-        let channel = CHANNELS
-            .iter()
-            .find(|(_, w)| {
-                let hit = x < *w;
-                x = x.saturating_sub(*w);
-                hit
-            })
-            .map_or(Channel::Phone, |(c, _)| *c);
-        let handle_time = match channel {
-            Channel::Phone => rng.random_range(60..1_800),
-            Channel::Chat => rng.random_range(120..2_400),
-            Channel::Email | Channel::Post => rng.random_range(180..1_200),
-            Channel::InPerson => rng.random_range(300..2_700),
-            Channel::Sms => rng.random_range(30..300),
-            _ => 0,
-        };
+        // The distributions of `domicile dev`'s data set.
+        let channel = synth::channel(rng);
+        let handle_time = synth::handle_time(rng, channel);
         let (nps, csat, ces, comment) = if rng.random_bool(0.3) {
-            let nps = [10, 10, 9, 9, 9, 8, 8, 7, 7, 6, 5, 3, 1, 0][rng.random_range(0..14)];
+            let nps = synth::nps_score(rng);
             let ces = rng.random_bool(0.5).then(|| rng.random_range(1..=7));
             let comment = if self.comments && rng.random_bool(0.1) {
                 "Quick and friendly, thank you.".to_owned()
@@ -150,7 +121,7 @@ impl Iterator for Generator {
         };
         Some(Row {
             id: format!("ix-{}-{}-{j:08}", country.to_ascii_lowercase(), self.pass),
-            subject: Self::subject_id(&country, s),
+            subject: synth::subject_id(&country, s),
             country,
             channel,
             started_at,

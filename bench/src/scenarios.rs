@@ -336,7 +336,7 @@ async fn object(
     for r in regions {
         for s in (0..subjects).step_by(100) {
             let country = &r.countries[s % r.countries.len()];
-            let id = Generator::subject_id(country, s);
+            let id = domicile::synth::subject_id(country, s);
             client
                 .record_consent(RecordConsentRequest {
                     tenant_id: TENANT.into(),

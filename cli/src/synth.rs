@@ -124,7 +124,13 @@ const OUTCOMES: &[&str] = &[
 ];
 const TEAMS: &[&str] = &["billing", "tech-support", "sales", "retention"];
 
-fn channel(rng: &mut ChaCha8Rng) -> Channel {
+/// An NPS answer, skewed towards satisfied customers as real CX data is.
+pub fn nps_score(rng: &mut ChaCha8Rng) -> u32 {
+    [10, 10, 9, 9, 9, 8, 8, 7, 7, 6, 5, 3, 1, 0][rng.random_range(0..14)]
+}
+
+/// A channel drawn with realistic weights (phone most, post least).
+pub fn channel(rng: &mut ChaCha8Rng) -> Channel {
     let total: u32 = CHANNELS.iter().map(|(_, w)| w).sum();
     let mut x = rng.random_range(0..total);
     for (c, w) in CHANNELS {
@@ -136,7 +142,8 @@ fn channel(rng: &mut ChaCha8Rng) -> Channel {
     Channel::Phone
 }
 
-fn handle_time(rng: &mut ChaCha8Rng, c: Channel) -> u32 {
+/// A handle time in seconds typical of channel `c` (0 for self-service channels).
+pub fn handle_time(rng: &mut ChaCha8Rng, c: Channel) -> u32 {
     match c {
         Channel::Phone => rng.random_range(60..1_800),
         Channel::Chat => rng.random_range(120..2_400),
@@ -224,7 +231,7 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
         let ht = handle_time(&mut rng, ch);
         let survey = rng.random_bool(0.3).then(|| {
             // Skewed towards satisfied customers, as real CX data is.
-            let nps = [10, 10, 9, 9, 9, 8, 8, 7, 7, 6, 5, 3, 1, 0][rng.random_range(0..14)];
+            let nps = nps_score(&mut rng);
             SurveyAnswer {
                 survey_id: if ch == Channel::Phone {
                     "post-call"

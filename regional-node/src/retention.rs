@@ -67,13 +67,11 @@ impl Node {
                     ),
                     params![country, now, days(r.interactions)],
                 )?;
-                let mut rollups = crate::rollup::Delta::default();
-                let expired = format!("i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD}");
-                let args = params![country, now, days(r.interactions)];
-                rollups.remove_where(tx, &expired, args)?;
-                swept.interactions_deleted +=
-                    tx.execute(&format!("DELETE FROM interactions AS i WHERE {expired}"), args)?;
-                rollups.apply(tx)?;
+                swept.interactions_deleted += crate::rollup::delete_interactions(
+                    tx,
+                    &format!("i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD}"),
+                    params![country, now, days(r.interactions)],
+                )?;
                 // Profiles of subjects inactive beyond retention, with nothing left or held.
                 let mut stmt = tx.prepare(
                     "SELECT s.tenant, s.external_id FROM subjects s

@@ -226,17 +226,11 @@ pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Eras
         )
     };
     tx.execute(&comments, params![tenant, subject])?;
-    let mut rollups = crate::rollup::Delta::default();
-    rollups.remove_where(
+    let interactions_deleted = crate::rollup::delete_interactions(
         tx,
-        &format!("tenant = ?1 AND subject_id = ?2{not_kept}"),
+        &format!("i.tenant = ?1 AND i.subject_id = ?2{not_kept}"),
         params![tenant, subject],
     )?;
-    let interactions_deleted = tx.execute(
-        &format!("DELETE FROM interactions WHERE tenant = ?1 AND subject_id = ?2{not_kept}"),
-        params![tenant, subject],
-    )?;
-    rollups.apply(tx)?;
     for table in ["subject_pii", "subject_pii_history", "subjects"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE tenant = ?1 AND external_id = ?2"),

@@ -162,6 +162,23 @@ pub fn schema() -> String {
     sql
 }
 
+/// Adds a delta to a subject cell (made when missing): tenant, subject, bucket, country,
+/// channel, then the `SUMS_COLUMNS` values.
+static ADD_SUBJECT_CELL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let updates: Vec<String> = SUMS_COLUMNS
+        .split(", ")
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, {})
+         ON CONFLICT (tenant, subject_id, bucket, country, channel) DO UPDATE SET {}",
+        marks.join(", "),
+        updates.join(", ")
+    )
+});
+
 /// The sums columns of `subject_cells`, in `Sums::fields` order.
 const SUMS_COLUMNS: &str = "interactions, nps0, nps1, nps2, nps3, nps4, nps5, nps6, nps7, nps8, \
     nps9, nps10, csat_sum, csat_responses, ces_sum, ces_responses, handle_time_sum, \
@@ -560,7 +577,7 @@ impl Delta {
     }
 
     /// Takes out an interaction about to be deleted or replaced.
-    pub fn remove(&mut self, tx: &Connection, f: &Facts) -> Result<(), NodeError> {
+    fn remove(&mut self, tx: &Connection, f: &Facts) -> Result<(), NodeError> {
         let delta = self.tenant(&f.tenant);
         let n = delta.number(tx, &f.tenant, &f.subject)?;
         let sums = sums_of(f.handle_time, f.nps, f.csat, f.ces);
@@ -685,18 +702,7 @@ impl TenantDelta {
                 blob
             ])?;
         }
-        let updates: Vec<String> = SUMS_COLUMNS
-            .split(", ")
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
-        let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("?{i}")).collect();
-        let mut add_subject_cell = tx.prepare_cached(&format!(
-            "INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, {})
-             ON CONFLICT (tenant, subject_id, bucket, country, channel) DO UPDATE SET {}",
-            marks.join(", "),
-            updates.join(", ")
-        ))?;
+        let mut add_subject_cell = tx.prepare_cached(&ADD_SUBJECT_CELL)?;
         let mut drop_empty = tx.prepare_cached(
             "DELETE FROM subject_cells WHERE tenant = ?1 AND subject_id = ?2 AND bucket = ?3
              AND country = ?4 AND channel = ?5 AND interactions <= 0",
@@ -736,6 +742,24 @@ impl TenantDelta {
 fn decode_bitmap(blob: &[u8]) -> Result<RoaringBitmap, NodeError> {
     RoaringBitmap::deserialize_from(blob)
         .map_err(|_| NodeError::Internal("a rollup cell is corrupt".into()))
+}
+
+/// Deletes the interactions `i` matching `condition` (SQL on `interactions AS i`, with `args`)
+/// and takes them out of the cells, in the caller's transaction. Returns how many. Every
+/// deletion of interactions goes through here, so cells never count a deleted row.
+pub fn delete_interactions(
+    tx: &Connection,
+    condition: &str,
+    args: &[&dyn ToSql],
+) -> Result<usize, NodeError> {
+    let mut delta = Delta::default();
+    delta.remove_where(tx, condition, args)?;
+    let deleted = tx.execute(
+        &format!("DELETE FROM interactions AS i WHERE {condition}"),
+        args,
+    )?;
+    delta.apply(tx)?;
+    Ok(deleted)
 }
 
 /// Rebuilds every cell from the rows (a migration from a database without rollups). Tracked
@@ -1241,12 +1265,7 @@ mod tests {
                     crate::rights::erase(tx, TENANT, &format!("s-{subject}"))?;
                 }
                 if let Some(cut) = retention_cut {
-                    let mut delta = Delta::default();
-                    let expired = "i.country = ?1 AND i.started_at < ?2";
-                    let args = params!["FR", BASE + cut];
-                    delta.remove_where(tx, expired, args)?;
-                    tx.execute(&format!("DELETE FROM interactions AS i WHERE {expired}"), args)?;
-                    delta.apply(tx)?;
+                    delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;
                 }
                 Ok(())
             }).unwrap();
