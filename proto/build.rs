@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "domicile/v1/audit.proto",
     "domicile/v1/subject.proto",
     "domicile/v1/local.proto",
+    "domicile/v1/overview.proto",
     "domicile/v1/gateway.proto",
     "domicile/v1/node.proto",
 ];

@@ -7,8 +7,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Instant};
 use anyhow::Context;
 use domicile_gateway::auth::AuthConfig;
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension, Metric,
-    PseudonymisedInteraction, Purpose, QueryRecordsRequest, RecordQuery, RegionStatus,
+    AggregateQuery, AggregateRequest, AggregateResponse, Channel, ConsentAction, ConsentSource,
+    DataCategory, Dimension, Metric, PlaceLegalHoldRequest, PseudonymisedInteraction, Purpose,
+    QueryRecordsRequest, RecordConsentRequest, RecordQuery, RegionStatus, ReportIncidentRequest,
+    SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest, TimeRange, WithdrawConsentRequest,
 };
 
 use crate::{
@@ -340,6 +342,9 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     println!("\nExample: Aggregate NPS, CSAT and volume by country and channel, all regions:\n");
     print!("{}", render_aggregate(&response));
     let sample = sample_records(&mut gw, &opts.tenant).await?;
+    activity(&mut gw, &opts.tenant, opts.subjects)
+        .await
+        .context("recording the consents, requests and incident of the dev data set")?;
     println!(
         "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
     );
@@ -364,6 +369,132 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         secret_file,
         _auth_dir: auth_dir,
     })
+}
+
+/// What a federation in use has on file besides interactions, so that the console has
+/// something to show: consents (granted, pending double opt-in, withdrawn, refused), a noisy
+/// aggregate (privacy budget spent), subject requests of every kind (an erasure waiting on a
+/// legal hold among them), and an incident. Synthetic subjects only.
+pub async fn activity(
+    gw: &mut domicile_client::Gateway,
+    tenant: &str,
+    subjects: usize,
+) -> anyhow::Result<()> {
+    let subject = |country: &str, i: usize| {
+        Some(SubjectRef {
+            country: country.to_owned(),
+            external_id: synth::subject_id(country, i),
+        })
+    };
+    let consent = |country: &str, i: usize, purpose: Purpose, channel: Channel, action| {
+        RecordConsentRequest {
+            tenant_id: tenant.to_owned(),
+            subject: subject(country, i),
+            purpose: purpose as i32,
+            channel: channel as i32,
+            action: action as i32,
+            source: ConsentSource::WebForm as i32,
+            wording_sha256: if action == ConsentAction::Grant {
+                vec![0x5a; 32]
+            } else {
+                Vec::new()
+            },
+            actor: "dev:activity".into(),
+            token_ttl_seconds: 0,
+        }
+    };
+    let now = domicile_proto::domain::unix_now();
+    for (_, countries) in DEV_REGIONS {
+        for &country in *countries {
+            for i in 0..subjects.min(120) {
+                let (purpose, channel, action) = match i % 6 {
+                    0 | 1 => (Purpose::CxSurvey, Channel::Email, ConsentAction::Grant),
+                    2 => (Purpose::Marketing, Channel::Email, ConsentAction::Grant),
+                    3 => (Purpose::CxSurvey, Channel::Phone, ConsentAction::Grant),
+                    4 => (Purpose::Marketing, Channel::Sms, ConsentAction::Refuse),
+                    _ => (Purpose::CxSurvey, Channel::Sms, ConsentAction::Grant),
+                };
+                gw.record_consent(consent(country, i, purpose, channel, action))
+                    .await?;
+                if i % 10 == 0 {
+                    gw.withdraw_consent(WithdrawConsentRequest {
+                        tenant_id: tenant.to_owned(),
+                        subject: subject(country, i),
+                        purpose: purpose as i32,
+                        channel: channel as i32,
+                        source: ConsentSource::EmailLink as i32,
+                        actor: "dev:activity".into(),
+                    })
+                    .await?;
+                }
+            }
+            let request = |i: usize, kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+                tenant_id: tenant.to_owned(),
+                subject: subject(country, i),
+                kind: kind as i32,
+                recipient_public_key: if matches!(
+                    kind,
+                    SubjectRequestKind::Access | SubjectRequestKind::Portability
+                ) {
+                    domicile_proto::seal::SealingKeyPair::generate()
+                        .public()
+                        .as_bytes()
+                        .to_vec()
+                } else {
+                    Vec::new()
+                },
+                purposes: if kind == SubjectRequestKind::Objection {
+                    vec![Purpose::Marketing as i32]
+                } else {
+                    Vec::new()
+                },
+                actor: "dev:dpo-desk".into(),
+                ..Default::default()
+            };
+            for (i, kind) in [
+                (subjects.saturating_sub(1), SubjectRequestKind::Access),
+                (subjects.saturating_sub(2), SubjectRequestKind::Portability),
+                (subjects.saturating_sub(3), SubjectRequestKind::Restriction),
+                (subjects.saturating_sub(4), SubjectRequestKind::Objection),
+                (subjects.saturating_sub(5), SubjectRequestKind::Erasure),
+            ] {
+                gw.submit_subject_request(request(i, kind)).await?;
+            }
+            // Evidence in a dispute: the erasure waits for the hold (an open request).
+            let held = subjects.saturating_sub(6);
+            gw.place_legal_hold(PlaceLegalHoldRequest {
+                tenant_id: tenant.to_owned(),
+                subject: subject(country, held),
+                reason: "dev: case 2026-0042".into(),
+                interactions: None,
+                expires_at: Some(domicile_proto::domain::whole_seconds(now + 60 * 86_400)),
+            })
+            .await?;
+            gw.submit_subject_request(request(held, SubjectRequestKind::Erasure))
+                .await?;
+        }
+    }
+    let mut noisy = example_request(tenant);
+    if let Some(q) = noisy.query.as_mut() {
+        q.epsilon = Some(0.5);
+    }
+    gw.aggregate(noisy).await?;
+    gw.report_incident(ReportIncidentRequest {
+        tenant_id: tenant.to_owned(),
+        regions: Vec::new(),
+        window: Some(TimeRange {
+            start: Some(domicile_proto::domain::whole_seconds(now - 30 * 86_400)),
+            end: Some(domicile_proto::domain::whole_seconds(now)),
+        }),
+        categories: vec![
+            DataCategory::ContactDetails as i32,
+            DataCategory::Interactions as i32,
+        ],
+        description: "dev: an export bucket was world-readable (synthetic)".into(),
+        detected_at: Some(domicile_proto::domain::whole_seconds(now - 5 * 3_600)),
+    })
+    .await?;
+    Ok(())
 }
 
 /// A few records with comments from each region, preferring ones the redaction touched.

@@ -51,6 +51,9 @@ enum Command {
         /// `/metrics/<region>`.
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: SocketAddr,
+        /// Serve the console (the DPO and operations web page) here.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        console_listen: SocketAddr,
         /// Serve the gateway without authentication (a warning is logged). Gateway and nodes
         /// still talk mutual TLS.
         #[arg(long)]
@@ -352,6 +355,19 @@ async fn reload_on_hangup(gateway: Gateway, path: PathBuf) {
     let _ = (gateway, path);
 }
 
+/// A command typed into `domicile dev`: `stop <region>` stops that region's node.
+async fn dev_command(federation: &mut domicile::federation::Federation, line: &str) {
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [] => {}
+        ["stop", region] if federation.node(region).is_some() => {
+            federation.stop_node(region).await;
+            println!("stopped region {region}");
+        }
+        ["stop", region] => println!("no region {region:?}"),
+        _ => println!("commands: stop <region>"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -365,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
             tenant,
             once,
             metrics_listen,
+            console_listen,
             insecure,
         } => {
             init_logging(cli.log_json, "warn");
@@ -377,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
                 tenant,
                 insecure,
             };
-            let dev = dev::start(&opts).await?;
+            let mut dev = dev::start(&opts).await?;
             if !once {
                 let metrics = TcpListener::bind(metrics_listen)
                     .await
@@ -391,8 +408,54 @@ async fn main() -> anyhow::Result<()> {
                     dev.federation.metrics_sources(),
                     terminated(),
                 ));
-                println!("Serving; Ctrl-C to stop.");
-                terminated().await;
+                let console = TcpListener::bind(console_listen)
+                    .await
+                    .with_context(|| format!("binding the console to {console_listen}"))?;
+                let console_addr = console.local_addr()?;
+                match &dev.token {
+                    Some(_) => {
+                        println!("Console: http://{console_addr}/ (sign in with the token above)")
+                    }
+                    None => println!(
+                        "Console: http://{console_addr}/?tenant={} (--insecure: no sign-in)",
+                        opts.tenant
+                    ),
+                }
+                let gateway = dev.federation.gateway.clone();
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        domicile_gateway::console::serve(gateway, console, terminated()).await
+                    {
+                        tracing::error!(error = %e, "console stopped");
+                    }
+                });
+                println!(
+                    "Serving; Ctrl-C to stop. Type \"stop <region>\" to stop a region's node and watch the federation degrade."
+                );
+                // A thread of its own: a blocking read of standard input would hold up the
+                // runtime's shutdown, and a detached thread does not.
+                let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(8);
+                std::thread::spawn(move || {
+                    for line in std::io::stdin().lines().map_while(Result::ok) {
+                        if tx.blocking_send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut stop = std::pin::pin!(terminated());
+                loop {
+                    tokio::select! {
+                        () = &mut stop => break,
+                        line = lines.recv() => match line {
+                            Some(line) => dev_command(&mut dev.federation, line.trim()).await,
+                            // Standard input closed (e.g. /dev/null): serve until stopped.
+                            None => {
+                                (&mut stop).await;
+                                break;
+                            }
+                        },
+                    }
+                }
             }
             dev.federation.shutdown().await;
         }
@@ -407,7 +470,24 @@ async fn main() -> anyhow::Result<()> {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
                 None => None,
             };
+            let console = match config.console_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            };
             let gateway = Gateway::new(config)?;
+            if let Some(console) = console {
+                // Fail at start, not at the first visit, when [tls] cannot be used.
+                domicile_gateway::console::tls_acceptor(&gateway.config())?;
+                tracing::info!(addr = %console.local_addr()?, "console listening");
+                let serving = gateway.clone();
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        domicile_gateway::console::serve(serving, console, terminated()).await
+                    {
+                        tracing::error!(error = %e, "console stopped");
+                    }
+                });
+            }
             tracing::info!(addr = %listener.local_addr()?, "gateway listening");
             if let Some(metrics) = metrics {
                 tracing::info!(addr = %metrics.local_addr()?, "metrics listening");

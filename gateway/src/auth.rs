@@ -41,11 +41,13 @@ pub enum Operation {
     Incident,
     /// `GetAuditCheckpoint`.
     Audit,
+    /// `GetOverview` and the console: the federation's state, counts only.
+    Admin,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 8] = [
+    pub const ALL: [Operation; 9] = [
         Operation::Regions,
         Operation::Ingest,
         Operation::Aggregate,
@@ -54,6 +56,7 @@ impl Operation {
         Operation::Rights,
         Operation::Incident,
         Operation::Audit,
+        Operation::Admin,
     ];
 
     /// The name in tokens and configuration, e.g. `aggregate`.
@@ -67,6 +70,7 @@ impl Operation {
             Operation::Rights => "rights",
             Operation::Incident => "incident",
             Operation::Audit => "audit",
+            Operation::Admin => "admin",
         }
     }
 

@@ -4,6 +4,7 @@
 //! listen = "0.0.0.0:50051"
 //! default_deadline_ms = 5000
 //! metrics_listen = "0.0.0.0:9464"   # Prometheus /metrics; unset: none
+//! console_listen = "127.0.0.1:8080" # the DPO and operations console; unset: none
 //! shutdown_grace_ms = 5000          # NOT_SERVING before the listener closes, on SIGTERM
 //!
 //! [[regions]]
@@ -51,6 +52,11 @@ pub struct GatewayConfig {
     /// endpoint). Bind it where only the monitoring network reaches.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the console, a read-only web page of the federation's state for the
+    /// data-protection officer and the operators (HTTP, or HTTPS with `[tls]`'s certificate).
+    /// Callers sign in with a token that has the `admin` operation. Default: none.
+    #[serde(default)]
+    pub console_listen: Option<SocketAddr>,
     /// On SIGTERM or Ctrl-C, how long health reports `NOT_SERVING` while calls are still
     /// accepted, so that load balancers stop sending first, in milliseconds. Default 0; set it
     /// above the readiness probe period under Kubernetes.
@@ -168,6 +174,7 @@ pub const OPTIONS: &[&str] = &[
     "probe_timeout_ms",
     "probe_interval_ms",
     "metrics_listen",
+    "console_listen",
     "shutdown_grace_ms",
     "drain_timeout_ms",
     "insecure_no_auth",
@@ -196,6 +203,7 @@ impl GatewayConfig {
             probe_timeout_ms: default_probe_timeout_ms(),
             probe_interval_ms: default_probe_interval_ms(),
             metrics_listen: None,
+            console_listen: None,
             shutdown_grace_ms: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
             auth: None,

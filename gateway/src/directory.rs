@@ -274,6 +274,11 @@ impl Directory {
         state
     }
 
+    /// The latest known state of region `id` (`None` before its first probe).
+    pub fn state(&self, id: &str) -> Option<RegionState> {
+        self.state.get(id).map(|s| s.clone())
+    }
+
     /// Probes every region concurrently and returns them as `ListRegions` reports them.
     pub async fn probe_all(&self, timeout: Duration) -> Vec<RegionInfo> {
         let probes = self.regions.iter().map(|r| async move {

@@ -190,6 +190,9 @@ impl Gateway {
         if old.metrics_listen != config.metrics_listen {
             report.restart_needed.push("metrics_listen".to_owned());
         }
+        if old.console_listen != config.console_listen {
+            report.restart_needed.push("console_listen".to_owned());
+        }
         let (auth, limiter) = security(&config)?;
         *current = Current {
             config: Arc::new(config),
@@ -448,7 +451,7 @@ pub(crate) fn nothing_released(region_id: &str) -> RegionRelease {
 }
 
 /// All violations of a request, or its two validated parts.
-fn combine<A, B>(
+pub(crate) fn combine<A, B>(
     mut v: Violations,
     a: Result<A, Violations>,
     b: Result<B, Violations>,

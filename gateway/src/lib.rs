@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod consent;
+pub mod console;
 pub mod deadline;
 pub mod directory;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod gateway;
 pub mod incident;
 pub mod limits;
 pub mod metrics;
+pub mod overview;
 pub mod records;
 pub mod rights;
 pub mod routing;

@@ -6,10 +6,11 @@ use domicile_proto::pb::{
     AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
     CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
     GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
-    GetIncidentRequest, GetIncidentResponse, GetSubjectRequestRequest, GetSubjectRequestResponse,
-    IngestRequest, IngestResponse, ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest,
-    PlaceLegalHoldResponse, Purpose, QueryRecordsRequest, QueryRecordsResponse,
-    RecordConsentRequest, RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
+    GetIncidentRequest, GetIncidentResponse, GetOverviewRequest, GetOverviewResponse,
+    GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest, IngestResponse,
+    ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse,
+    Purpose, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
+    RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
     ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
     SubmitSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
@@ -271,6 +272,25 @@ impl gateway_server::Gateway for GatewayService {
         let response = self
             .gateway
             .get_audit_checkpoint(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_overview(
+        &self,
+        request: Request<GetOverviewRequest>,
+    ) -> Result<Response<GetOverviewResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::Admin,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
+        let response = self
+            .gateway
+            .overview(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
     }

@@ -587,8 +587,117 @@ impl Interaction {
     }
 }
 
+/// The release window of an overview (`GetOverviewRequest.since` and `bucket_seconds`),
+/// validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverviewWindow {
+    /// Start, in seconds since the epoch.
+    pub since: i64,
+    /// Bucket width in seconds.
+    pub bucket_seconds: u32,
+}
+
+impl OverviewWindow {
+    /// The default bucket: an hour.
+    pub const DEFAULT_BUCKET_SECONDS: u32 = 3_600;
+    /// The furthest back a window may start: 92 days.
+    pub const MAX_AGE_SECONDS: i64 = 92 * 86_400;
+    /// The most buckets a window may span.
+    pub const MAX_BUCKETS: i64 = 2_000;
+
+    /// Validates `since` (unset: 24 hours before `now`) and `bucket_seconds` (0: an hour).
+    pub fn parse(
+        since: Option<&prost_types::Timestamp>,
+        bucket_seconds: u32,
+        now: i64,
+    ) -> Result<Self, Violations> {
+        let mut v = Violations::new();
+        let bucket = if bucket_seconds == 0 {
+            Self::DEFAULT_BUCKET_SECONDS
+        } else {
+            bucket_seconds
+        };
+        if !(60..=86_400).contains(&bucket) {
+            v.add("bucket_seconds", "must be 60 to 86400 seconds (0: 3600)");
+        }
+        let since = match since {
+            None => now - 86_400,
+            Some(t) if !(0..1_000_000_000).contains(&t.nanos) => {
+                v.add("since.nanos", "must be 0 to 999,999,999");
+                now
+            }
+            Some(t) => t.seconds,
+        };
+        if since > now {
+            v.add("since", "must not be in the future");
+        } else if now - since > Self::MAX_AGE_SECONDS {
+            v.add("since", "must be at most 92 days ago");
+        } else if (now - since) / i64::from(bucket.max(1)) >= Self::MAX_BUCKETS {
+            v.add(
+                "bucket_seconds",
+                "too narrow for the window: at most 2,000 buckets from since to now",
+            );
+        }
+        if v.is_empty() {
+            Ok(Self {
+                since,
+                bucket_seconds: bucket,
+            })
+        } else {
+            Err(v)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overview_window_defaults_and_limits() {
+        let now = 1_800_000_000;
+        let w = OverviewWindow::parse(None, 0, now).unwrap();
+        assert_eq!((w.since, w.bucket_seconds), (now - 86_400, 3_600));
+        let at = |s: i64| prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        };
+        let w = OverviewWindow::parse(Some(&at(now - 3_600)), 60, now).unwrap();
+        assert_eq!((w.since, w.bucket_seconds), (now - 3_600, 60));
+        let field = |r: Result<OverviewWindow, Violations>| r.unwrap_err().0[0].field.clone();
+        assert_eq!(
+            field(OverviewWindow::parse(None, 59, now)),
+            "bucket_seconds"
+        );
+        assert_eq!(
+            field(OverviewWindow::parse(None, 86_401, now)),
+            "bucket_seconds"
+        );
+        assert_eq!(
+            field(OverviewWindow::parse(Some(&at(now + 1)), 60, now)),
+            "since"
+        );
+        assert_eq!(
+            field(OverviewWindow::parse(
+                Some(&at(now - 93 * 86_400)),
+                86_400,
+                now
+            )),
+            "since"
+        );
+        // 30 days by the minute is 43,200 buckets.
+        assert_eq!(
+            field(OverviewWindow::parse(Some(&at(now - 30 * 86_400)), 60, now)),
+            "bucket_seconds"
+        );
+        let bad_nanos = prost_types::Timestamp {
+            seconds: now,
+            nanos: -1,
+        };
+        assert_eq!(
+            field(OverviewWindow::parse(Some(&bad_nanos), 60, now)),
+            "since.nanos"
+        );
+    }
+
     use super::*;
     use crate::pb::SurveyAnswer;
 

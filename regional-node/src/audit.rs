@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     hash      BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_subject ON audit_log (tenant, subject) WHERE subject IS NOT NULL;
+-- The console's releases over time (`overview::releases`).
+CREATE INDEX IF NOT EXISTS audit_by_kind ON audit_log (tenant, kind, at);
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod node;
+pub mod overview;
 pub mod policy;
 pub mod pseudonym;
 pub mod records;

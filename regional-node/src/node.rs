@@ -235,6 +235,59 @@ impl Node {
             .await
     }
 
+    /// This region's report for the console: keys, policies, a fresh audit checkpoint, and the
+    /// tenant's releases from `since` in buckets of `bucket_seconds`, privacy budget, subject
+    /// requests, incidents and consent counts.
+    pub async fn region_overview(
+        &self,
+        tenant: TenantId,
+        since: i64,
+        bucket_seconds: u32,
+    ) -> Result<domicile_proto::pb::RegionalNodeGetRegionOverviewResponse, NodeError> {
+        let checkpoint = self.audit_checkpoint().await?;
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let tenant = tenant.as_str();
+            let daily_milli = inner
+                .policies
+                .iter()
+                .map(|p| (*p.privacy.daily_epsilon_budget.get_ref() * 1000.0) as u64)
+                .min()
+                .unwrap_or(0);
+            let key_since = std::fs::metadata(inner.config.sealing_key_path())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| domicile_proto::domain::whole_seconds(d.as_secs() as i64));
+            let now = domicile_proto::domain::unix_now();
+            inner.store.read(|conn| {
+                let (subject_requests, open_requests, open_total) =
+                    crate::overview::subject_requests(conn, tenant, now)?;
+                Ok(domicile_proto::pb::RegionalNodeGetRegionOverviewResponse {
+                    region_id: inner.config.region_id.clone(),
+                    countries: inner.config.countries.clone(),
+                    policy_versions: inner.policies.labels(),
+                    sealing_key_id: inner.keys.public().key_id().to_owned(),
+                    sealing_key_since: key_since,
+                    checkpoint: Some(checkpoint),
+                    releases: crate::overview::releases(
+                        conn,
+                        tenant,
+                        since,
+                        i64::from(bucket_seconds.max(1)),
+                    )?,
+                    budget: Some(crate::overview::budget(conn, tenant, daily_milli)?),
+                    subject_requests,
+                    open_requests,
+                    open_requests_total: open_total,
+                    incidents: crate::overview::incidents(conn, tenant)?,
+                    consents: crate::overview::consents(conn, tenant)?,
+                })
+            })
+        })
+        .await
+    }
+
     /// Records this region's part of an incident and audits it.
     pub async fn report_incident(
         &self,

@@ -15,6 +15,7 @@ use domicile_proto::{
         RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetAuditCheckpointResponse,
         RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse,
         RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse,
+        RegionalNodeGetRegionOverviewRequest, RegionalNodeGetRegionOverviewResponse,
         RegionalNodeGetSubjectRequestRequest, RegionalNodeGetSubjectRequestResponse,
         RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodePlaceLegalHoldRequest,
         RegionalNodePlaceLegalHoldResponse, RegionalNodeQueryRecordsRequest,
@@ -185,6 +186,24 @@ impl RegionalNode for RegionalNodeService {
         Ok(Response::new(RegionalNodeGetAuditCheckpointResponse {
             checkpoint: Some(checkpoint),
         }))
+    }
+
+    async fn get_region_overview(
+        &self,
+        request: Request<RegionalNodeGetRegionOverviewRequest>,
+    ) -> Result<Response<RegionalNodeGetRegionOverviewResponse>, Status> {
+        let req = request.into_inner();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let window = domicile_proto::domain::OverviewWindow::parse(
+            req.since.as_ref(),
+            req.bucket_seconds,
+            domicile_proto::domain::unix_now(),
+        )?;
+        let report = self
+            .node
+            .region_overview(tenant, window.since, window.bucket_seconds)
+            .await?;
+        Ok(Response::new(report))
     }
 
     async fn report_incident(

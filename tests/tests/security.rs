@@ -26,7 +26,7 @@ const ISSUER: &str = "https://idp.test";
 const SECRET: &[u8] = b"a development secret of at least 32 bytes";
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
 
-const OPERATIONS: [&str; 8] = [
+const OPERATIONS: [&str; 9] = [
     "regions",
     "ingest",
     "aggregate",
@@ -35,6 +35,7 @@ const OPERATIONS: [&str; 8] = [
     "rights",
     "incident",
     "audit",
+    "admin",
 ];
 const PURPOSES: [&str; 6] = [
     "service",
@@ -153,7 +154,7 @@ fn aggregate(tenant: &str, purpose: Purpose) -> AggregateRequest {
 }
 
 /// One call of each RPC (with the DPO-only kinds apart), as `(operation, name)`.
-const RPCS: [(&str, &str); 13] = [
+const RPCS: [(&str, &str); 14] = [
     ("regions", "ListRegions"),
     ("ingest", "Ingest"),
     ("aggregate", "Aggregate"),
@@ -167,6 +168,7 @@ const RPCS: [(&str, &str); 13] = [
     ("rights", "SubmitSubjectRequest(ERASURE)"),
     ("rights", "SubmitSubjectRequest(ACCESS)"),
     ("rights", "PlaceLegalHold"),
+    ("admin", "GetOverview"),
 ];
 
 /// Calls `rpc` for `tenant` with `purpose`; the status code (OK when it succeeds).
@@ -221,6 +223,13 @@ async fn call(gw: &mut Gateway, rpc: &str, tenant: &str, purpose: Purpose) -> Co
         "GetAuditCheckpoint" => gw
             .get_audit_checkpoint(GetAuditCheckpointRequest {
                 region_id: "eu-de".into(),
+            })
+            .await
+            .map(|_| ()),
+        "GetOverview" => gw
+            .get_overview(domicile_proto::pb::GetOverviewRequest {
+                tenant_id: t.clone(),
+                ..Default::default()
             })
             .await
             .map(|_| ()),

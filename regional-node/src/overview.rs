@@ -1,0 +1,186 @@
+//! The region's report for the console (`RegionalNode.GetRegionOverview`): counts, ids the
+//! system made, and parameters, read from the audit log, the request, incident and consent
+//! tables. Nothing in it identifies a person: no subject id, no free text, no value of a
+//! record.
+
+use domicile_proto::{
+    domain::whole_seconds as ts,
+    pb::{
+        ConsentCount, IncidentSummary, OpenSubjectRequest, PrivacyBudget, Purpose, ReleaseBucket,
+        ReleaseKind, SubjectRequestCount, SubjectRequestStatus,
+    },
+};
+use rusqlite::{Connection, params};
+
+use crate::error::NodeError;
+
+/// Most open requests and incidents listed.
+pub const MAX_LISTED: usize = 100;
+
+/// Releases from `since` on, in buckets of `bucket` seconds (> 0), per bucket, purpose and kind,
+/// from the audit entries that every release writes before it leaves.
+pub fn releases(
+    conn: &Connection,
+    tenant: &str,
+    since: i64,
+    bucket: i64,
+) -> Result<Vec<ReleaseBucket>, NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT (at - ?2) / ?3, json_extract(details, '$.purpose'), json_extract(details, '$.kind'),
+                COUNT(*),
+                SUM(json_extract(details, '$.groups_released')),
+                SUM(json_extract(details, '$.groups_suppressed')),
+                SUM(json_extract(details, '$.rows_released')),
+                SUM(json_extract(details, '$.epsilon'))
+         FROM audit_log
+         WHERE tenant = ?1 AND kind IN ('release_aggregate', 'release_records') AND at >= ?2
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )?;
+    let rows = stmt.query_map(params![tenant, since, bucket], |r| {
+        Ok(ReleaseBucket {
+            start: Some(ts(since + r.get::<_, i64>(0)? * bucket)),
+            purpose: Purpose::from_str_name(&r.get::<_, Option<String>>(1)?.unwrap_or_default())
+                .unwrap_or_default() as i32,
+            kind: ReleaseKind::from_str_name(&r.get::<_, Option<String>>(2)?.unwrap_or_default())
+                .unwrap_or_default() as i32,
+            releases: r.get::<_, i64>(3)?.max(0) as u64,
+            groups_released: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
+            groups_suppressed: r.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
+            rows_released: r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as u64,
+            epsilon: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The tenant's privacy budget today, against a daily budget of `daily_milli` thousandths.
+pub fn budget(
+    conn: &Connection,
+    tenant: &str,
+    daily_milli: u64,
+) -> Result<PrivacyBudget, NodeError> {
+    let spent: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(spent_milli), 0) FROM privacy_budget WHERE tenant = ?1 AND day = date('now')",
+        params![tenant],
+        |r| r.get(0),
+    )?;
+    let spent = spent.max(0) as u64;
+    Ok(PrivacyBudget {
+        daily_epsilon: daily_milli as f64 / 1000.0,
+        spent: spent as f64 / 1000.0,
+        remaining: daily_milli.saturating_sub(spent) as f64 / 1000.0,
+    })
+}
+
+/// Subject requests per kind and status, with how many of each are open past their due date,
+/// and the open ones (not entirely fulfilled), earliest due first, with their total.
+pub fn subject_requests(
+    conn: &Connection,
+    tenant: &str,
+    now: i64,
+) -> Result<(Vec<SubjectRequestCount>, Vec<OpenSubjectRequest>, u64), NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, status, COUNT(*),
+                SUM(CASE WHEN completed_at IS NULL AND due_at < ?2 THEN 1 ELSE 0 END)
+         FROM subject_requests WHERE tenant = ?1 GROUP BY kind, status ORDER BY kind, status",
+    )?;
+    let counts = stmt
+        .query_map(params![tenant, now], |r| {
+            Ok(SubjectRequestCount {
+                kind: r.get(0)?,
+                status: r.get(1)?,
+                count: r.get::<_, i64>(2)?.max(0) as u64,
+                overdue: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT request_id, kind, status, submitted_at, due_at FROM subject_requests
+         WHERE tenant = ?1 AND completed_at IS NULL ORDER BY due_at, request_id LIMIT ?2",
+    )?;
+    let open = stmt
+        .query_map(params![tenant, MAX_LISTED as i64], |r| {
+            Ok(OpenSubjectRequest {
+                request_id: r.get(0)?,
+                kind: r.get(1)?,
+                status: r.get(2)?,
+                submitted_at: Some(ts(r.get(3)?)),
+                due_at: Some(ts(r.get(4)?)),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let total: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM subject_requests WHERE tenant = ?1 AND completed_at IS NULL",
+        params![tenant],
+        |r| r.get(0),
+    )?;
+    debug_assert!(
+        open.iter()
+            .all(|o| o.status != SubjectRequestStatus::Completed as i32)
+    );
+    Ok((counts, open, total.max(0) as u64))
+}
+
+/// The tenant's incidents, most recently detected first, without their descriptions.
+pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>, NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT incident_id, detected_at, deadline, categories, counts FROM incidents
+         WHERE tenant = ?1 ORDER BY detected_at DESC, incident_id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![tenant, MAX_LISTED as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (incident_id, detected, deadline, categories, counts) = row?;
+        let corrupt =
+            |what: &str| NodeError::Internal(format!("an incident's stored {what} is corrupt"));
+        let counts: Vec<(String, i32, u64)> =
+            serde_json::from_str(&counts).map_err(|_| corrupt("counts"))?;
+        out.push(IncidentSummary {
+            incident_id,
+            detected_at: Some(ts(detected)),
+            deadline: Some(ts(deadline)),
+            categories: serde_json::from_str(&categories).map_err(|_| corrupt("categories"))?,
+            affected: counts
+                .into_iter()
+                .map(
+                    |(country, category, subjects)| domicile_proto::pb::AffectedCount {
+                        country,
+                        category,
+                        subjects,
+                    },
+                )
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Subjects per country, purpose, channel and current consent state. The country is that of
+/// the policy the state was recorded under ("DE@2026-11-01"), so consents recorded before any
+/// record of the subject arrived count too.
+pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(policy_version, 1, instr(policy_version, '@') - 1) AS country,
+                purpose, channel, state, COUNT(*)
+         FROM consent_state WHERE tenant = ?1
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    )?;
+    let rows = stmt.query_map(params![tenant], |r| {
+        Ok(ConsentCount {
+            country: r.get(0)?,
+            purpose: r.get(1)?,
+            channel: r.get(2)?,
+            state: r.get(3)?,
+            subjects: r.get::<_, i64>(4)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
