@@ -974,6 +974,32 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
         metrics.push_str(&body);
     }
     cap.add(metrics.as_bytes());
+    // Every byte the console serves: its page, script, styles, chart library, and its data
+    // for every window (the federation runs without authentication: the tenant is named).
+    let console_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let console_addr = console_listener.local_addr()?;
+    tokio::spawn(domicile_gateway::console::serve(
+        fed.gateway.clone(),
+        console_listener,
+        std::future::pending(),
+    ));
+    let mut console = String::new();
+    for path in domicile_gateway::console::PATHS {
+        let paths: Vec<String> = if *path == "/api/overview" {
+            ["1h", "24h", "7d", "30d"]
+                .iter()
+                .map(|w| format!("{path}?tenant={TENANT}&window={w}"))
+                .collect()
+        } else {
+            vec![(*path).to_owned()]
+        };
+        for p in paths {
+            let (status, body) = domicile_ops::metrics::scrape(console_addr, &p).await?;
+            assert_eq!(status, 200, "console {p}");
+            console.push_str(&body);
+        }
+    }
+    cap.add(console.as_bytes());
     // The audit logs stay in-country, but they too hold no direct identifier.
     let audit_logs: Vec<Vec<u8>> = databases
         .iter()
@@ -1032,6 +1058,17 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
         "domicile_node_contact_checks_total{",
     ] {
         assert!(metrics.contains(family), "{family} was scraped");
+    }
+    // The console's data covered every panel of every region.
+    for (needle, what) in [
+        ("\"region_id\":\"eu-de\"", "regions"),
+        ("\"groups_released\"", "releases"),
+        ("\"overdue\":", "subject requests"),
+        ("\"incident_id\":\"inc-", "incidents"),
+        ("\"state\":\"granted\"", "consent"),
+        ("\"signature\":\"", "checkpoints"),
+    ] {
+        assert!(console.contains(needle), "the console served {what}");
     }
     assert!(
         captured.len() > 100_000,

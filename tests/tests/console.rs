@@ -1,0 +1,668 @@
+//! `GetOverview` and the console's HTTP listener, against a real federation: what each region
+//! reports equals what was done through the API (consents, requests, incidents, releases,
+//! budget), checkpoints verify, an overdue request is counted, a stopped region is reported
+//! and the others still answer; the console refuses callers without an admin token and shows
+//! a tenant only its own figures.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use domicile_client::{ConnectOptions, connect_with};
+use domicile_gateway::auth::AuthConfig;
+use domicile_proto::pb::{
+    AggregateQuery, AggregateRequest, Channel, ConsentAction, ConsentSource, ConsentState,
+    DataCategory, Dimension, GetIncidentRequest, GetOverviewRequest, ListRegionsRequest, Metric,
+    PlaceLegalHoldRequest, Purpose, RecordConsentRequest, RegionHealth, RegionStatus,
+    ReportIncidentRequest, SubjectRef, SubjectRequestKind, SubjectRequestStatus,
+    SubmitSubjectRequestRequest, TimeRange, WithdrawConsentRequest,
+};
+use domicile_tests::{Federation, TENANT, gateway_client, load, query_records, synth, ts};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+fn subject(country: &str, i: usize) -> Option<SubjectRef> {
+    Some(SubjectRef {
+        country: country.into(),
+        external_id: synth::subject_id(country, i),
+    })
+}
+
+fn consent(
+    country: &str,
+    i: usize,
+    purpose: Purpose,
+    channel: Channel,
+    action: ConsentAction,
+) -> RecordConsentRequest {
+    RecordConsentRequest {
+        tenant_id: TENANT.into(),
+        subject: subject(country, i),
+        purpose: purpose as i32,
+        channel: channel as i32,
+        action: action as i32,
+        source: ConsentSource::WebForm as i32,
+        wording_sha256: if action == ConsentAction::Grant {
+            vec![1; 32]
+        } else {
+            Vec::new()
+        },
+        actor: "test:console".into(),
+        token_ttl_seconds: 0,
+    }
+}
+
+fn aggregate(epsilon: Option<f64>) -> AggregateRequest {
+    AggregateRequest {
+        tenant_id: TENANT.into(),
+        query: Some(AggregateQuery {
+            purpose: Purpose::CxAnalytics as i32,
+            metrics: vec![Metric::Count as i32],
+            group_by: vec![Dimension::Country as i32, Dimension::Channel as i32],
+            epsilon,
+            ..Default::default()
+        }),
+        regions: Vec::new(),
+        require_all_regions: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
+    let mut fed = domicile_tests::federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+    load(&fed, &["DE", "US"], 40, 400, 7).await?;
+    let mut gw = gateway_client(&fed).await?;
+
+    // DE: phone surveys need an opt-in, e-mail surveys a double opt-in.
+    for i in 0..5 {
+        gw.record_consent(consent(
+            "DE",
+            i,
+            Purpose::CxSurvey,
+            Channel::Phone,
+            ConsentAction::Grant,
+        ))
+        .await?;
+    }
+    for i in 0..3 {
+        gw.record_consent(consent(
+            "DE",
+            i,
+            Purpose::CxSurvey,
+            Channel::Email,
+            ConsentAction::Grant,
+        ))
+        .await?;
+    }
+    gw.withdraw_consent(WithdrawConsentRequest {
+        tenant_id: TENANT.into(),
+        subject: subject("DE", 0),
+        purpose: Purpose::CxSurvey as i32,
+        channel: Channel::Phone as i32,
+        source: ConsentSource::EmailLink as i32,
+        actor: "test:console".into(),
+    })
+    .await?;
+    gw.record_consent(consent(
+        "DE",
+        9,
+        Purpose::Marketing,
+        Channel::Sms,
+        ConsentAction::Refuse,
+    ))
+    .await?;
+
+    // Requests: a restriction (fulfilled) and an erasure held by a legal hold (open).
+    let request = |i: usize, kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        subject: subject("DE", i),
+        kind: kind as i32,
+        actor: "test:console".into(),
+        ..Default::default()
+    };
+    gw.submit_subject_request(request(10, SubjectRequestKind::Restriction))
+        .await?;
+    let now = domicile_proto::domain::unix_now();
+    gw.place_legal_hold(PlaceLegalHoldRequest {
+        tenant_id: TENANT.into(),
+        subject: subject("DE", 11),
+        reason: "case 1".into(),
+        interactions: None,
+        expires_at: ts(now + 86_400),
+    })
+    .await?;
+    let held = gw
+        .submit_subject_request(request(11, SubjectRequestKind::Erasure))
+        .await?
+        .into_inner()
+        .receipts
+        .remove(0);
+    assert_eq!(held.status, SubjectRequestStatus::PartiallyCompleted as i32);
+
+    let incident = gw
+        .report_incident(ReportIncidentRequest {
+            tenant_id: TENANT.into(),
+            regions: Vec::new(),
+            window: Some(TimeRange {
+                start: ts(now - 86_400),
+                end: ts(now),
+            }),
+            categories: vec![DataCategory::Interactions as i32],
+            description: "test".into(),
+            detected_at: None,
+        })
+        .await?
+        .into_inner()
+        .incident
+        .unwrap();
+
+    // Releases: two aggregates (one noisy) and a record stream.
+    let mut released: BTreeMap<String, u64> = BTreeMap::new();
+    let mut suppressed: BTreeMap<String, u64> = BTreeMap::new();
+    for epsilon in [None, Some(0.5)] {
+        let answer = gw.aggregate(aggregate(epsilon)).await?.into_inner();
+        for c in answer.coverage {
+            *released.entry(c.region_id.clone()).or_default() += u64::from(c.groups_released);
+            *suppressed.entry(c.region_id).or_default() += u64::from(c.groups_suppressed);
+        }
+    }
+    let (records, _) = query_records(
+        &mut gw,
+        domicile_proto::pb::QueryRecordsRequest {
+            tenant_id: TENANT.into(),
+            query: Some(domicile_proto::pb::RecordQuery {
+                purpose: Purpose::CxAnalytics as i32,
+                limit: 10_000,
+                ..Default::default()
+            }),
+            regions: Vec::new(),
+        },
+    )
+    .await?;
+    let de_rows = records.iter().filter(|r| r.region_id == "eu-de").count() as u64;
+    assert!(de_rows > 0);
+
+    let listed = gw
+        .list_regions(ListRegionsRequest {})
+        .await?
+        .into_inner()
+        .regions;
+    let overview = gw
+        .get_overview(GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(overview.bucket_seconds, 3_600);
+    let ids: Vec<_> = overview
+        .regions
+        .iter()
+        .map(|r| r.region_id.as_str())
+        .collect();
+    assert_eq!(ids, ["eu-de", "us"]);
+    for (region, info) in overview.regions.iter().zip(&listed) {
+        assert_eq!(
+            region.call_status,
+            RegionStatus::Ok as i32,
+            "{}",
+            region.detail
+        );
+        assert_eq!(region.health, RegionHealth::Serving as i32);
+        let report = region.report.as_ref().unwrap();
+        assert_eq!(
+            report.sealing_key_id,
+            info.sealing_key.as_ref().unwrap().key_id
+        );
+        // The checkpoint verifies with the key the gateway learned from the region.
+        assert_eq!(region.audit_public_key, info.audit_public_key);
+        let cp = report.checkpoint.as_ref().unwrap();
+        let key = VerifyingKey::from_bytes(&region.audit_public_key.clone().try_into().unwrap())?;
+        let message = domicile_node::audit::checkpoint_message(
+            &region.region_id,
+            cp.seq,
+            cp.at.unwrap().seconds,
+            &cp.head_hash,
+        );
+        key.verify(&message, &Signature::from_slice(&cp.signature)?)?;
+        // Releases: what each aggregate's coverage said left the region, summed.
+        let groups: u64 = report.releases.iter().map(|b| b.groups_released).sum();
+        let dropped: u64 = report.releases.iter().map(|b| b.groups_suppressed).sum();
+        assert_eq!(groups, released[&region.region_id], "{}", region.region_id);
+        assert_eq!(
+            dropped, suppressed[&region.region_id],
+            "{}",
+            region.region_id
+        );
+        let epsilon: f64 = report.releases.iter().map(|b| b.epsilon).sum();
+        assert!((epsilon - 0.5).abs() < 1e-9, "{epsilon}");
+        let budget = report.budget.unwrap();
+        assert!((budget.spent - 0.5).abs() < 1e-9);
+        assert!((budget.remaining - (budget.daily_epsilon - 0.5)).abs() < 1e-9);
+        // The incident, with the counts GetIncident gives.
+        assert_eq!(report.incidents.len(), 1);
+        let part = incident
+            .regions
+            .iter()
+            .find(|p| p.region_id == region.region_id)
+            .unwrap();
+        assert_eq!(report.incidents[0].incident_id, incident.incident_id);
+        assert_eq!(report.incidents[0].affected, part.affected);
+        assert_eq!(report.incidents[0].deadline, part.deadline);
+    }
+    let de = overview.regions[0].report.as_ref().unwrap();
+    let us = overview.regions[1].report.as_ref().unwrap();
+    let rows: u64 = de.releases.iter().map(|b| b.rows_released).sum();
+    assert_eq!(rows, de_rows);
+    let mut consents: Vec<_> = de
+        .consents
+        .iter()
+        .map(|c| (c.purpose, c.channel, c.state, c.subjects))
+        .collect();
+    consents.sort();
+    let mut expected = vec![
+        (
+            Purpose::CxSurvey as i32,
+            Channel::Phone as i32,
+            ConsentState::Granted as i32,
+            4,
+        ),
+        (
+            Purpose::CxSurvey as i32,
+            Channel::Phone as i32,
+            ConsentState::Withdrawn as i32,
+            1,
+        ),
+        (
+            Purpose::CxSurvey as i32,
+            Channel::Email as i32,
+            ConsentState::PendingConfirmation as i32,
+            3,
+        ),
+        (
+            Purpose::Marketing as i32,
+            Channel::Sms as i32,
+            ConsentState::Refused as i32,
+            1,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(consents, expected);
+    assert!(de.consents.iter().all(|c| c.country == "DE"));
+    assert!(us.consents.is_empty() && us.subject_requests.is_empty());
+    let counts: Vec<_> = de
+        .subject_requests
+        .iter()
+        .map(|c| (c.kind, c.status, c.count, c.overdue))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            (
+                SubjectRequestKind::Erasure as i32,
+                SubjectRequestStatus::PartiallyCompleted as i32,
+                1,
+                0
+            ),
+            (
+                SubjectRequestKind::Restriction as i32,
+                SubjectRequestStatus::Completed as i32,
+                1,
+                0
+            ),
+        ]
+    );
+    assert_eq!(de.open_requests.len(), 1);
+    assert_eq!(de.open_requests_total, 1);
+    assert_eq!(de.open_requests[0].request_id, held.request_id);
+    assert_eq!(de.open_requests[0].due_at, held.due_at);
+
+    // Time passes: the held erasure's due date is behind us. It is counted overdue.
+    let db = fed.node("eu-de").unwrap().database.clone();
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute(
+        "UPDATE subject_requests SET due_at = ?1 WHERE request_id = ?2",
+        rusqlite::params![now - 60, held.request_id],
+    )?;
+    drop(conn);
+    let overview = gw
+        .get_overview(GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let erasure = overview.regions[0]
+        .report
+        .as_ref()
+        .unwrap()
+        .subject_requests[0];
+    assert_eq!(
+        (erasure.kind, erasure.overdue),
+        (SubjectRequestKind::Erasure as i32, 1)
+    );
+
+    // Bad windows are refused with the field at fault.
+    for (bucket, since, field) in [
+        (10, None, "bucket_seconds"),
+        (60, ts(now - 30 * 86_400), "bucket_seconds"),
+        (3_600, ts(now + 3_600), "since"),
+    ] {
+        let err = gw
+            .get_overview(GetOverviewRequest {
+                tenant_id: TENANT.into(),
+                since,
+                bucket_seconds: bucket,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(field), "{}", err.message());
+    }
+    let err = gw
+        .get_overview(GetOverviewRequest {
+            tenant_id: "Not A Tenant".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("tenant_id"), "{}", err.message());
+
+    // A stopped region is reported as such; the other still answers.
+    fed.stop_node("us").await;
+    let overview = gw
+        .get_overview(GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(overview.regions[0].call_status, RegionStatus::Ok as i32);
+    assert!(overview.regions[0].report.is_some());
+    assert_eq!(
+        overview.regions[1].call_status,
+        RegionStatus::Unavailable as i32
+    );
+    assert!(overview.regions[1].report.is_none());
+    assert!(!overview.regions[1].detail.is_empty());
+    // Nothing in the report above is a subject id.
+    let text = format!("{overview:?}");
+    assert!(!text.contains(&synth::subject_id("DE", 11)));
+    let _ = gw
+        .get_incident(GetIncidentRequest {
+            tenant_id: TENANT.into(),
+            incident_id: incident.incident_id,
+        })
+        .await?;
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// `METHOD path` with `headers` over a fresh connection; the status and the raw answer.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    req += body;
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    sub: String,
+    tenant: String,
+    purposes: Vec<String>,
+    operations: Vec<String>,
+    dpo: bool,
+    exp: u64,
+    aud: String,
+}
+
+const SECRET: &[u8] = b"a console secret of at least 32 bytes.";
+
+fn token(tenant: &str, operations: &[&str]) -> String {
+    let claims = Claims {
+        sub: "dpo-desk".into(),
+        tenant: tenant.into(),
+        purposes: vec!["cx_analytics".into(), "cx_survey".into()],
+        operations: operations.iter().map(|o| (*o).to_owned()).collect(),
+        dpo: false,
+        exp: domicile_proto::domain::unix_now() as u64 + 600,
+        aud: "domicile".into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET)?;
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .auth(AuthConfig {
+            audience: "domicile".into(),
+            issuer: None,
+            hs256_secret_file: Some(secret),
+            jwks_file: None,
+            leeway_seconds: 5,
+            clients: Vec::new(),
+        })
+        .start()
+        .await?;
+    let admin = token(TENANT, &["admin", "consent"]);
+    let mut gw = connect_with(
+        &fed.gateway_addr.to_string(),
+        &ConnectOptions {
+            token: Some(admin.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    gw.record_consent(consent(
+        "DE",
+        1,
+        Purpose::CxSurvey,
+        Channel::Phone,
+        ConsentAction::Grant,
+    ))
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(domicile_gateway::console::serve(
+        fed.gateway.clone(),
+        listener,
+        std::future::pending(),
+    ));
+
+    // No credentials: refused, and the page offers the sign-in form.
+    let (status, page) = http(addr, "GET", "/", &[], "").await;
+    assert_eq!(status, 401);
+    assert!(page.contains("action=\"/login\""));
+    for path in ["/api/overview", "/console.js", "/vendor/chart.umd.min.js"] {
+        assert_eq!(http(addr, "GET", path, &[], "").await.0, 401, "{path}");
+    }
+    // A valid token without the admin operation: forbidden.
+    let other_ops = format!("Bearer {}", token(TENANT, &["consent"]));
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/api/overview",
+        &[("authorization", &other_ops)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("admin"), "{body}");
+    // A forged one: unauthorised.
+    let forged = format!("Bearer {}x", admin);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/api/overview",
+            &[("authorization", &forged)],
+            ""
+        )
+        .await
+        .0,
+        401
+    );
+
+    // The admin token: the page, and its tenant's figures.
+    let bearer = format!("Bearer {admin}");
+    let (status, page) = http(addr, "GET", "/", &[("authorization", &bearer)], "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("content-security-policy: default-src 'none'"),
+        "{page}"
+    );
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/api/overview?window=7d",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap())?;
+    assert_eq!(json["tenant"], TENANT);
+    assert_eq!(json["window"], "7d");
+    assert_eq!(json["bucket_seconds"], 6 * 3_600);
+    let consents = &json["regions"][0]["report"]["consents"];
+    assert_eq!(consents[0]["state"], "granted");
+    assert_eq!(consents[0]["subjects"], 1);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/api/overview?window=2y",
+            &[("authorization", &bearer)],
+            ""
+        )
+        .await
+        .0,
+        400
+    );
+    // Another tenant's admin sees its own (empty) figures, never these.
+    let stranger = format!("Bearer {}", token("globex", &["admin"]));
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/api/overview",
+        &[("authorization", &stranger)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap())?;
+    assert_eq!(json["tenant"], "globex");
+    assert_eq!(
+        json["regions"][0]["report"]["consents"],
+        serde_json::json!([])
+    );
+    // ... and the `tenant` parameter, which only the insecure mode reads, changes nothing.
+    let (_, body) = http(
+        addr,
+        "GET",
+        &format!("/api/overview?tenant={TENANT}"),
+        &[("authorization", &stranger)],
+        "",
+    )
+    .await;
+    assert!(body.contains("\"tenant\":\"globex\""));
+
+    // Signing in: the form's token becomes an HttpOnly, SameSite cookie that opens the page.
+    let form = format!("token={admin}");
+    let form_type = ("content-type", "application/x-www-form-urlencoded");
+    let (status, answer) = http(addr, "POST", "/login", &[form_type], &form).await;
+    assert_eq!(status, 303, "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a cookie is set");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    assert_eq!(http(addr, "GET", "/", &[("cookie", pair)], "").await.0, 200);
+    // A refused token sets nothing; a form from another site is refused.
+    let (status, answer) = http(addr, "POST", "/login", &[form_type], "token=nope").await;
+    assert_eq!(status, 401);
+    assert!(!answer.contains("set-cookie"));
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/login",
+        &[form_type, ("sec-fetch-site", "cross-site")],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Writes are not served; unknown paths are not found.
+    assert_eq!(
+        http(
+            addr,
+            "DELETE",
+            "/api/overview",
+            &[("authorization", &bearer)],
+            ""
+        )
+        .await
+        .0,
+        405
+    );
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/etc/passwd",
+            &[("authorization", &bearer)],
+            ""
+        )
+        .await
+        .0,
+        404
+    );
+
+    // The gRPC call behind it: the admin operation and the caller's own tenant.
+    let err = gw
+        .get_overview(GetOverviewRequest {
+            tenant_id: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    fed.shutdown().await;
+    Ok(())
+}
