@@ -604,6 +604,26 @@ mod tests {
         assert_eq!(percent_decode("%é1"), "%é1");
     }
 
+    proptest::proptest! {
+        /// Query strings, forms and cookies are untrusted bytes: any of them parses without a
+        /// panic, and a percent-encoded value decodes to itself.
+        #[test]
+        fn any_query_parses(query in ".{0,64}", value in ".{0,32}") {
+            let _ = param(&query, "token");
+            let _ = percent_decode(&query);
+            let encoded: String = value
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect();
+            proptest::prop_assert_eq!(param(&format!("a=1&token={encoded}"), "token"), Some(value));
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&query) {
+                h.insert(header::COOKIE, v);
+                let _ = credentials(&h);
+            }
+        }
+    }
+
     #[test]
     fn the_cookie_is_read_when_no_header_is_sent() {
         let mut h = HeaderMap::new();

@@ -125,6 +125,8 @@ test('every panel shows data, and every checkpoint verifies in the browser', asy
   assert.ok(await count('#consent tbody tr') >= 9, 'consent per country, purpose and channel');
   assert.equal(await page.textContent('#tenant'), 'demo');
   await page.screenshot({ path: join(OUTPUT, 'console.png'), fullPage: true });
+  // The first screenful, as the README shows it.
+  await page.screenshot({ path: join(OUTPUT, 'console-top.png') });
   assert.deepEqual(problems, [], 'no script error and no content-security-policy violation');
   await context.close();
 });
