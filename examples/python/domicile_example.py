@@ -26,7 +26,7 @@ from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
-PROTOS = ["common", "records", "aggregate", "query", "consent", "audit", "subject", "gateway"]
+PROTOS = ["common", "records", "aggregate", "query", "consent", "audit", "subject", "overview", "gateway"]
 
 
 def generate_stubs():

@@ -480,22 +480,26 @@ impl Node {
             RecordBody::Subject(_) => (s + 1, i),
             RecordBody::Interaction(_) => (s, i + 1),
         });
+        let audit_node = self.clone();
+        let audit_tenant = tenant.clone();
+        let key_id = envelope.key_id.clone();
+        let sent = envelope.records.len();
         let outcomes = inner
             .store
-            .ingest(tenant.as_str(), &to_store, |tx, outcomes| {
+            .ingest(tenant.as_str(), to_store, move |tx, outcomes| {
                 let stored = outcomes
                     .iter()
                     .filter(|o| **o == StoreOutcome::Stored)
                     .count();
-                inner.audit.append(
+                audit_node.inner.audit.append(
                     tx,
                     Entry {
                         kind: audit::Kind::IngestBatch,
-                        tenant: tenant.as_str(),
+                        tenant: audit_tenant.as_str(),
                         subject: None,
                         details: serde_json::json!({
-                            "key_id": envelope.key_id,
-                            "records": envelope.records.len(),
+                            "key_id": key_id,
+                            "records": sent,
                             "accepted": stored,
                             "duplicate": outcomes.len() - stored,
                             "rejected": rejected,

@@ -1159,7 +1159,7 @@ mod tests {
                 },
             )
             .collect();
-        store.ingest(TENANT, &records, |_, _| Ok(())).unwrap();
+        store.ingest(TENANT, records, |_, _| Ok(())).unwrap();
     }
 
     /// Every cell, with its subjects by id rather than number.

@@ -9,8 +9,10 @@
 //! small pool so that aggregates never wait for ingest (WAL lets readers and the writer overlap).
 
 use std::{
+    any::Any,
     path::{Path, PathBuf},
     sync::Mutex,
+    sync::mpsc,
 };
 
 use domicile_proto::domain::unix_now as now;
@@ -192,11 +194,24 @@ pub enum StoreOutcome {
     Duplicate,
 }
 
+/// A grouped write's answer, of the type its caller expects.
+type Answer = Result<Box<dyn Any + Send>, NodeError>;
+
+/// A write waiting for the next group commit: its work, run in the group's transaction, and
+/// where its answer goes once the group is durable.
+struct Pending {
+    run: Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Answer + Send>,
+    reply: mpsc::SyncSender<Answer>,
+}
+
 /// The SQLite store of one node.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Writes queued for [`SqliteStore::write_grouped`], committed together by whichever
+    /// caller next holds the writer.
+    pending: Mutex<Vec<Pending>>,
     vault: Vault,
 }
 
@@ -253,6 +268,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            pending: Mutex::new(Vec::new()),
             vault,
         })
     }
@@ -287,14 +303,15 @@ impl SqliteStore {
         Ok(Profile::open(&key, tenant, subject, &blob))
     }
 
-    /// Stores a batch in one transaction. Each record's outcome, in order. `audit` runs in the
-    /// same transaction, after the records and before the commit, so the batch and its audit
-    /// entry are durable together or not at all.
+    /// Stores a batch, group-committed with the batches that arrive while the previous commit
+    /// is being written ([`SqliteStore::write_grouped`]). Each record's outcome, in order.
+    /// `audit` runs in the same transaction, after the records, so the batch and its audit entry
+    /// are durable together or not at all; the outcomes are returned once they are durable.
     pub fn ingest(
         &self,
         tenant: &str,
-        records: &[StoredRecord],
-        audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError>,
+        records: Vec<StoredRecord>,
+        audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError> + Send + 'static,
     ) -> Result<Vec<StoreOutcome>, NodeError> {
         // Data keys first (their own vault transaction): a key made for a batch that then fails
         // is harmless, a record stored without its key would not be.
@@ -310,141 +327,58 @@ impl SqliteStore {
             })
             .collect();
         let keys = self.vault.keys(tenant, &needing_keys, true)?;
-        let key_of = |subject: &str| {
-            keys.get(subject)
-                .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
-        };
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        let now = now();
-        let mut outcomes = Vec::with_capacity(records.len());
-        let mut rollups = crate::rollup::Delta::default();
-        {
-            let mut claim = tx.prepare_cached(
-                "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut subject = tx.prepare_cached(
-                "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-                 ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at",
-            )?;
-            let mut pii = tx.prepare_cached(
-                "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            const INTERACTION: &str = "INTO interactions (tenant, interaction_id, subject_id, country,
-                   channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
-                   survey_id, nps, csat, ces)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
-            let mut new_interaction = tx.prepare_cached(&format!(
-                "INSERT {INTERACTION} ON CONFLICT (tenant, interaction_id) DO NOTHING"
-            ))?;
-            let mut replace_interaction =
-                tx.prepare_cached(&format!("INSERT OR REPLACE {INTERACTION}"))?;
-            let mut text = tx.prepare_cached(
-                "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, subject_id, comment)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut drop_text = tx.prepare_cached(
-                "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
-            )?;
-            for record in records {
-                let kind = match record.body {
-                    RecordBody::Subject(_) => 1,
-                    RecordBody::Interaction(_) => 2,
-                };
-                if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
-                    outcomes.push(StoreOutcome::Duplicate);
-                    continue;
+        let tenant = tenant.to_owned();
+        self.write_grouped(move |tx| {
+            let outcomes = store_batch(tx, &tenant, &records, &keys)?;
+            audit(tx, &outcomes)?;
+            Ok(outcomes)
+        })
+    }
+
+    /// Runs `f` in a transaction shared with the other writes queued meanwhile, and returns its
+    /// value once that transaction is committed (group commit: one fsync for the group).
+    ///
+    /// The caller queues its write, then takes the writer: if a previous holder already
+    /// committed the write, the caller only collects the answer; otherwise it commits every
+    /// queued write (its own among them) in one transaction, each in a savepoint of its own, so
+    /// that a write that fails is undone alone and the others still commit. Answers go out
+    /// only after the commit, and each caller passes through the writer before returning.
+    pub fn write_grouped<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pending {
+                run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as Box<dyn Any + Send>)),
+                reply,
+            });
+        let answered = {
+            let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            // Committed by the previous holder: leave the writes queued since to their own
+            // callers rather than make this one wait for another commit.
+            match answer.try_recv() {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    let group = std::mem::take(
+                        &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    commit_group(&mut conn, group);
+                    None
                 }
-                match &record.body {
-                    RecordBody::Subject(s) => {
-                        subject.execute(params![tenant, s.external_id, record.country, now])?;
-                        let profile = Profile {
-                            full_name: s.full_name.clone(),
-                            email: s.email.clone(),
-                            phone: s.phone.clone(),
-                            postal_code: s.postal_code.clone(),
-                            language: s.language.clone(),
-                            birth_year: s.birth_year.map(u32::from),
-                        };
-                        let sealed =
-                            profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
-                        let has_contact = !s.email.is_empty() || !s.phone.is_empty();
-                        pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
-                    }
-                    RecordBody::Interaction(i) => {
-                        let survey = i.survey.as_ref();
-                        let values = params![
-                            tenant,
-                            i.interaction_id,
-                            i.subject_id,
-                            record.country,
-                            i.channel as i32,
-                            i.direction as i32,
-                            i.started_at,
-                            i.ended_at,
-                            i.handle_time_seconds,
-                            i.outcome,
-                            i.agent_team,
-                            i.recorded,
-                            survey.map(|s| s.survey_id.as_str()),
-                            survey.and_then(|s| s.nps),
-                            survey.and_then(|s| s.csat),
-                            survey.and_then(|s| s.ces),
-                        ];
-                        // A new interaction id is one insert; an existing one (sent again under
-                        // a new idempotency key) replaces the stored row, which leaves its cells.
-                        let replaced = new_interaction.execute(values)? == 0;
-                        if replaced {
-                            rollups.remove_where(
-                                &tx,
-                                "i.tenant = ?1 AND i.interaction_id = ?2",
-                                params![tenant, i.interaction_id],
-                            )?;
-                            replace_interaction.execute(values)?;
-                        }
-                        rollups.add(
-                            &tx,
-                            &Facts {
-                                tenant: tenant.to_owned(),
-                                subject: i.subject_id.clone(),
-                                country: record.country.clone(),
-                                channel: i.channel as i32,
-                                started_at: i.started_at,
-                                handle_time: i64::from(i.handle_time_seconds),
-                                nps: survey.and_then(|s| s.nps).map(i64::from),
-                                csat: survey.and_then(|s| s.csat).map(i64::from),
-                                ces: survey.and_then(|s| s.ces).map(i64::from),
-                            },
-                        )?;
-                        match survey.filter(|s| !s.comment.is_empty()) {
-                            Some(s) => {
-                                let sealed = key_of(&i.subject_id)?.seal(
-                                    &comment_aad(tenant, &i.interaction_id),
-                                    s.comment.as_bytes(),
-                                )?;
-                                text.execute(params![
-                                    tenant,
-                                    i.interaction_id,
-                                    i.subject_id,
-                                    sealed
-                                ])?
-                            }
-                            // A replaced interaction loses the comment it no longer has.
-                            None if replaced => {
-                                drop_text.execute(params![tenant, i.interaction_id])?
-                            }
-                            None => 0,
-                        };
-                    }
-                }
-                outcomes.push(StoreOutcome::Stored);
             }
-        }
-        rollups.apply(&tx)?;
-        audit(&tx, &outcomes)?;
-        tx.commit()?;
-        Ok(outcomes)
+        };
+        let value = match answered {
+            Some(value) => value,
+            None => answer
+                .recv()
+                .map_err(|_| NodeError::Internal("a grouped write was dropped".into()))?,
+        }?;
+        Ok(*value
+            .downcast::<T>()
+            .expect("each write's answer has the type it was queued with"))
     }
 
     /// Charges `milli` thousandths of epsilon to `tenant`'s budget for today (UTC), whose total
@@ -523,5 +457,270 @@ impl SqliteStore {
             pool.push(conn);
         }
         result
+    }
+}
+
+/// Commits `group` in one transaction, each write in a savepoint, and answers each: its value
+/// once the commit is durable, or its error (a failed write is rolled back alone).
+fn commit_group(conn: &mut Connection, group: Vec<Pending>) {
+    let fail_all = |group: Vec<mpsc::SyncSender<Answer>>, e: &dyn std::fmt::Display| {
+        for reply in group {
+            let _ = reply.send(Err(NodeError::Internal(format!("commit: {e}"))));
+        }
+    };
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(group.into_iter().map(|p| p.reply).collect(), &e),
+    };
+    let mut done = Vec::with_capacity(group.len());
+    for job in group {
+        if let Err(e) = tx.execute_batch("SAVEPOINT grouped_write") {
+            let _ = job.reply.send(Err(e.into()));
+            continue;
+        }
+        match (job.run)(&tx) {
+            Ok(value) => match tx.execute_batch("RELEASE grouped_write") {
+                Ok(()) => done.push((job.reply, value)),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e.into()));
+                }
+            },
+            Err(e) => {
+                let _ = tx.execute_batch("ROLLBACK TO grouped_write; RELEASE grouped_write");
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (reply, value) in done {
+                let _ = reply.send(Ok(value));
+            }
+        }
+        Err(e) => fail_all(done.into_iter().map(|(r, _)| r).collect(), &e),
+    }
+}
+
+/// Writes one batch's records in `tx`; each record's outcome, in order.
+fn store_batch(
+    tx: &Connection,
+    tenant: &str,
+    records: &[StoredRecord],
+    keys: &std::collections::HashMap<String, DataKey>,
+) -> Result<Vec<StoreOutcome>, NodeError> {
+    let key_of = |subject: &str| {
+        keys.get(subject)
+            .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
+    };
+    let now = now();
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut rollups = crate::rollup::Delta::default();
+    {
+        let mut claim = tx.prepare_cached(
+            "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut subject = tx.prepare_cached(
+            "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at",
+        )?;
+        let mut pii = tx.prepare_cached(
+            "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        const INTERACTION: &str = "INTO interactions (tenant, interaction_id, subject_id, country,
+               channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
+               survey_id, nps, csat, ces)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+        let mut new_interaction = tx.prepare_cached(&format!(
+            "INSERT {INTERACTION} ON CONFLICT (tenant, interaction_id) DO NOTHING"
+        ))?;
+        let mut replace_interaction =
+            tx.prepare_cached(&format!("INSERT OR REPLACE {INTERACTION}"))?;
+        let mut text = tx.prepare_cached(
+            "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, subject_id, comment)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut drop_text = tx.prepare_cached(
+            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
+        )?;
+        for record in records {
+            let kind = match record.body {
+                RecordBody::Subject(_) => 1,
+                RecordBody::Interaction(_) => 2,
+            };
+            if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
+                outcomes.push(StoreOutcome::Duplicate);
+                continue;
+            }
+            match &record.body {
+                RecordBody::Subject(s) => {
+                    subject.execute(params![tenant, s.external_id, record.country, now])?;
+                    let profile = Profile {
+                        full_name: s.full_name.clone(),
+                        email: s.email.clone(),
+                        phone: s.phone.clone(),
+                        postal_code: s.postal_code.clone(),
+                        language: s.language.clone(),
+                        birth_year: s.birth_year.map(u32::from),
+                    };
+                    let sealed = profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
+                    let has_contact = !s.email.is_empty() || !s.phone.is_empty();
+                    pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
+                }
+                RecordBody::Interaction(i) => {
+                    let survey = i.survey.as_ref();
+                    let values = params![
+                        tenant,
+                        i.interaction_id,
+                        i.subject_id,
+                        record.country,
+                        i.channel as i32,
+                        i.direction as i32,
+                        i.started_at,
+                        i.ended_at,
+                        i.handle_time_seconds,
+                        i.outcome,
+                        i.agent_team,
+                        i.recorded,
+                        survey.map(|s| s.survey_id.as_str()),
+                        survey.and_then(|s| s.nps),
+                        survey.and_then(|s| s.csat),
+                        survey.and_then(|s| s.ces),
+                    ];
+                    // A new interaction id is one insert; an existing one (sent again under
+                    // a new idempotency key) replaces the stored row, which leaves its cells.
+                    let replaced = new_interaction.execute(values)? == 0;
+                    if replaced {
+                        rollups.remove_where(
+                            tx,
+                            "i.tenant = ?1 AND i.interaction_id = ?2",
+                            params![tenant, i.interaction_id],
+                        )?;
+                        replace_interaction.execute(values)?;
+                    }
+                    rollups.add(
+                        tx,
+                        &Facts {
+                            tenant: tenant.to_owned(),
+                            subject: i.subject_id.clone(),
+                            country: record.country.clone(),
+                            channel: i.channel as i32,
+                            started_at: i.started_at,
+                            handle_time: i64::from(i.handle_time_seconds),
+                            nps: survey.and_then(|s| s.nps).map(i64::from),
+                            csat: survey.and_then(|s| s.csat).map(i64::from),
+                            ces: survey.and_then(|s| s.ces).map(i64::from),
+                        },
+                    )?;
+                    match survey.filter(|s| !s.comment.is_empty()) {
+                        Some(s) => {
+                            let sealed = key_of(&i.subject_id)?.seal(
+                                &comment_aad(tenant, &i.interaction_id),
+                                s.comment.as_bytes(),
+                            )?;
+                            text.execute(params![tenant, i.interaction_id, i.subject_id, sealed])?
+                        }
+                        // A replaced interaction loses the comment it no longer has.
+                        None if replaced => drop_text.execute(params![tenant, i.interaction_id])?,
+                        None => 0,
+                    };
+                }
+            }
+            outcomes.push(StoreOutcome::Stored);
+        }
+    }
+    rollups.apply(tx)?;
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
+        let store = SqliteStore::open(&dir.path().join("n.db"), &dir.path().join("v.db"), &[7; 32])
+            .unwrap();
+        store
+            .write(|tx| Ok(tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
+            .unwrap();
+        Arc::new(store)
+    }
+
+    fn count(store: &SqliteStore) -> i64 {
+        store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    #[test]
+    fn concurrent_writes_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (threads, each) = (8, 40);
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for i in 0..each {
+                        let v = (t * each + i) as i64;
+                        let got = store
+                            .write_grouped(move |tx| {
+                                tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                                Ok(v)
+                            })
+                            .unwrap();
+                        assert_eq!(got, v, "each write gets its own answer");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(count(&store), (threads * each) as i64);
+    }
+
+    #[test]
+    fn a_failed_write_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        // Hold the writer so that both writes queue up and are committed as one group.
+        let held = store.writer.lock().unwrap();
+        let spawn = |v: i64, fail: bool| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.write_grouped(move |tx| {
+                    tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                    if fail {
+                        return Err(NodeError::Internal("refused".into()));
+                    }
+                    Ok(v)
+                })
+            })
+        };
+        let bad = spawn(1, true);
+        let good = spawn(2, false);
+        while store.pending.lock().unwrap().len() < 2 {
+            std::thread::yield_now();
+        }
+        drop(held);
+        assert!(bad.join().unwrap().is_err());
+        assert_eq!(good.join().unwrap().unwrap(), 2);
+        let values: Vec<i64> = store
+            .read(|c| {
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(
+            values,
+            [2],
+            "the failed write's insert was rolled back, the other kept"
+        );
     }
 }
