@@ -242,6 +242,30 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Copy the node's database to a new file with SQLite's online backup API, while it
+    /// serves. The key vault is not copied: erasure destroys keys there, so subjects erased
+    /// later stay unreadable in this backup.
+    Backup {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup back as the node's database, with the node stopped. Subjects erased since
+    /// the backup (the vault remembers them) are erased again before it goes into place.
+    Restore {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the existing database (and its write-ahead log).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -702,6 +726,44 @@ async fn main() -> anyhow::Result<()> {
             let node = Node::open(config)?;
             let swept = node.sweep()?;
             println!("{}", serde_json::to_string_pretty(&swept)?);
+        }
+        Command::Node {
+            command: Some(NodeCommand::Backup { config, to }),
+            ..
+        } => {
+            init_logging(cli.log_json, "warn");
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            let report = domicile_node::backup::backup(&config, &to)?;
+            println!(
+                "backed up {} to {} ({} bytes); the key vault is not in it",
+                config.database.display(),
+                report.path.display(),
+                report.bytes
+            );
+        }
+        Command::Node {
+            command:
+                Some(NodeCommand::Restore {
+                    config,
+                    from,
+                    replace,
+                }),
+            ..
+        } => {
+            init_logging(cli.log_json, "warn");
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            let report = domicile_node::backup::restore(&config, &from, replace)?;
+            println!(
+                "restored {} from {}: {} subjects, {} erased since the backup and erased again",
+                config.database.display(),
+                from.display(),
+                report.subjects,
+                report.erased_again
+            );
         }
         Command::Redact {
             country,

@@ -77,11 +77,13 @@ pub enum Kind {
     LegalHold,
     /// The retention sweeper deleted what the policies no longer allow to keep.
     RetentionSweep,
+    /// The database was restored from a backup, and erased subjects were erased again.
+    Restore,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::NodeStart,
         Kind::IngestBatch,
         Kind::ReleaseAggregate,
@@ -94,6 +96,7 @@ impl Kind {
         Kind::Erasure,
         Kind::LegalHold,
         Kind::RetentionSweep,
+        Kind::Restore,
     ];
 
     /// Its stored name.
@@ -111,6 +114,7 @@ impl Kind {
             Self::Erasure => "erasure",
             Self::LegalHold => "legal_hold",
             Self::RetentionSweep => "retention_sweep",
+            Self::Restore => "restore",
         }
     }
 
@@ -132,7 +136,11 @@ impl Kind {
             Self::ConsentChange => &["consent_records"],
             Self::IncidentReported => &[],
             Self::IncidentSubjectsListed => &["profile", "contact_details"],
-            Self::SubjectRequest | Self::Erasure | Self::LegalHold | Self::RetentionSweep => &[
+            Self::SubjectRequest
+            | Self::Erasure
+            | Self::LegalHold
+            | Self::RetentionSweep
+            | Self::Restore => &[
                 "profile",
                 "contact_details",
                 "interactions",

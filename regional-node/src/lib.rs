@@ -15,6 +15,7 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod backup;
 pub mod config;
 pub mod consent;
 pub mod dp;

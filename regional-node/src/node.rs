@@ -1043,7 +1043,7 @@ fn wal_of(path: &std::path::Path) -> std::path::PathBuf {
 
 /// The key-encryption key: from the environment variable `kek_env` names when it is set,
 /// otherwise from (or created in) `kek_file`.
-fn load_kek(config: &NodeConfig) -> Result<[u8; 32], NodeError> {
+pub(crate) fn load_kek(config: &NodeConfig) -> Result<[u8; 32], NodeError> {
     if let Some(var) = &config.kek_env
         && let Ok(value) = std::env::var(var)
     {

@@ -11,6 +11,10 @@
 //! file taken before the erasure no longer opens for that subject, because the key it needs is
 //! gone from the vault. Backups of the vault itself must follow the same retention as erasures
 //! (or not be taken): that is the operator's side of the contract.
+//!
+//! The vault also remembers who was erased, as keyed hashes (tombstones): a data file restored
+//! from a backup taken before an erasure is erased again for those subjects
+//! ([`crate::backup::restore`]), so their analytical rows do not come back either.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -22,7 +26,9 @@ use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
 };
+use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
 
@@ -91,6 +97,8 @@ fn wrap_aad(tenant: &str, subject: &str) -> Vec<u8> {
 
 /// The key vault: wrapped data keys, one per subject.
 pub struct Vault {
+    /// Keys the tombstones: derived from the KEK, so a tombstone names no one without it.
+    tombstone_key: [u8; 32],
     conn: Mutex<Connection>,
     kek: XChaCha20Poly1305,
 }
@@ -117,9 +125,18 @@ impl Vault {
                 wrapped    BLOB NOT NULL,
                 created_at INTEGER NOT NULL,
                 PRIMARY KEY (tenant, subject_id)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS erased_subjects (
+                tombstone BLOB PRIMARY KEY,
+                erased_at INTEGER NOT NULL
             ) WITHOUT ROWID;",
         )?;
+        let mut tombstone_key = [0u8; 32];
+        tombstone_key.copy_from_slice(&Sha256::digest(
+            [b"domicile/v1/tombstone\0".as_slice(), kek].concat(),
+        ));
         Ok(Self {
+            tombstone_key,
             conn: Mutex::new(conn),
             kek: XChaCha20Poly1305::new_from_slice(kek).expect("32-byte key"),
         })
@@ -188,14 +205,47 @@ impl Vault {
             .remove(subject))
     }
 
-    /// Destroys a subject's data key. True when there was one.
+    /// Destroys a subject's data key and leaves a tombstone for it, in one vault transaction.
+    /// True when there was a key.
     pub fn destroy(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let n = conn.execute(
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
             params![tenant, subject],
         )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO erased_subjects (tombstone, erased_at) VALUES (?1, ?2)",
+            params![
+                self.tombstone(tenant, subject).as_slice(),
+                domicile_proto::domain::unix_now()
+            ],
+        )?;
+        tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// The tombstone of a subject: HMAC-SHA256 keyed by the KEK-derived key.
+    fn tombstone(&self, tenant: &str, subject: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.tombstone_key)
+            .expect("HMAC takes any key length");
+        mac.update(tenant.as_bytes());
+        mac.update(&[0]);
+        mac.update(subject.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether the subject was erased (its key destroyed) in this vault.
+    pub fn was_erased(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM erased_subjects WHERE tombstone = ?1",
+                params![self.tombstone(tenant, subject).as_slice()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 }
 
@@ -224,8 +274,13 @@ mod tests {
         let again = vault.key("acme", "s1").unwrap().unwrap();
         assert_eq!(again.open(b"aad", &blob).unwrap(), b"secret");
         // …until it is destroyed.
+        assert!(!vault.was_erased("acme", "s1").unwrap());
         assert!(vault.destroy("acme", "s1").unwrap());
         assert!(vault.key("acme", "s1").unwrap().is_none());
+        // …and the vault remembers the erasure, for restores, by a keyed hash only.
+        assert!(vault.was_erased("acme", "s1").unwrap());
+        assert!(!vault.was_erased("acme", "s2").unwrap());
+        assert!(!vault.was_erased("other", "s1").unwrap());
         // A vault opened with another KEK cannot unwrap the keys.
         drop(vault);
         let wrong = Vault::open(&dir.path().join("keys.sqlite"), &[4; 32]).unwrap();
