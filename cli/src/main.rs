@@ -242,6 +242,16 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Bring the node's database to this release's schema (it also happens at start), or with
+    /// `--check` only say which migrations are pending.
+    Migrate {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Change nothing: print the database's version and the pending migrations.
+        #[arg(long)]
+        check: bool,
+    },
     /// Copy the node's database to a new file with SQLite's online backup API, while it
     /// serves. The key vault is not copied: erasure destroys keys there, so subjects erased
     /// later stay unreadable in this backup.
@@ -726,6 +736,41 @@ async fn main() -> anyhow::Result<()> {
             let node = Node::open(config)?;
             let swept = node.sweep()?;
             println!("{}", serde_json::to_string_pretty(&swept)?);
+        }
+        Command::Node {
+            command: Some(NodeCommand::Migrate { config, check }),
+            ..
+        } => {
+            init_logging(cli.log_json, "info");
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            let target = domicile_node::storage::SCHEMA_VERSION;
+            let db = config.database.display();
+            if check {
+                match domicile_node::storage::schema_version(&config.database)? {
+                    None => {
+                        println!("{db}: no database yet; it will be created at schema {target}")
+                    }
+                    Some(v) => {
+                        let pending = domicile_node::storage::pending_migrations(v)?;
+                        if pending.is_empty() {
+                            println!("{db}: schema {v}, up to date");
+                        } else {
+                            println!("{db}: schema {v}; pending:");
+                            for m in pending {
+                                println!("  {} -> {}: {}", m.version - 1, m.version, m.what);
+                            }
+                        }
+                    }
+                }
+            } else {
+                match domicile_node::storage::migrate(&config)? {
+                    None => println!("{db}: created at schema {target}"),
+                    Some(v) if v == target => println!("{db}: schema {v}, up to date"),
+                    Some(v) => println!("{db}: migrated from schema {v} to {target}"),
+                }
+            }
         }
         Command::Node {
             command: Some(NodeCommand::Backup { config, to }),

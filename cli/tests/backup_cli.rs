@@ -201,3 +201,47 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     assert!(out.contains("restore,"), "{out}");
     Ok(())
 }
+
+#[test]
+fn migrate_reports_and_applies_pending_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("eu-de.sqlite");
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let config = config_path.to_str().unwrap();
+    let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no database yet"), "{out}");
+    let (code, out) = domicile(&["node", "migrate", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("created at schema 4"), "{out}");
+    // A version-3 database: the rollups are missing.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TABLE rollup_cells; DROP TABLE subject_numbers; PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("schema 3; pending:\n  3 -> 4: rollup cells"), "{out}");
+    let (code, out) = domicile(&["node", "migrate", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("migrated from schema 3 to 4"), "{out}");
+    let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
+    assert!(code == 0 && out.contains("schema 4, up to date"), "{out}");
+    // A database from a newer release is refused, never downgraded.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.pragma_update(None, "user_version", 9).unwrap();
+    drop(conn);
+    let (code, out) = domicile(&["node", "migrate", "--config", config]);
+    assert_ne!(code, 0);
+    assert!(out.contains("written by a newer Domicile"), "{out}");
+}

@@ -204,6 +204,70 @@ struct Pending {
     reply: mpsc::SyncSender<Answer>,
 }
 
+/// One step of the schema, from `version - 1` to `version`. Tables and indexes a version adds
+/// are created by the schema itself (`IF NOT EXISTS`); a step fills what they must hold.
+pub struct Migration {
+    /// The version it reaches.
+    pub version: i64,
+    /// What it does, for the log and `domicile node migrate --check`.
+    pub what: &'static str,
+    apply: fn(&rusqlite::Transaction<'_>) -> Result<(), NodeError>,
+}
+
+/// Every migration, in order. A database older than the first one's starting version cannot
+/// be migrated.
+pub static MIGRATIONS: &[Migration] = &[Migration {
+    version: 4,
+    what: "rollup cells and per-subject cells, built from the stored interactions",
+    apply: |tx| crate::rollup::rebuild(tx),
+}];
+
+/// The migrations that take a database at `version` to [`SCHEMA_VERSION`], or why it cannot
+/// be.
+pub fn pending_migrations(version: i64) -> Result<Vec<&'static Migration>, NodeError> {
+    let oldest = MIGRATIONS.first().map_or(SCHEMA_VERSION, |m| m.version - 1);
+    if version > SCHEMA_VERSION {
+        return Err(NodeError::Internal(format!(
+            "schema version {version} was written by a newer Domicile; this one knows up to \
+             {SCHEMA_VERSION}"
+        )));
+    }
+    if version < oldest {
+        return Err(NodeError::Internal(format!(
+            "schema version {version} is older than any this Domicile migrates from ({oldest}); \
+             migrate with an earlier release first"
+        )));
+    }
+    Ok(MIGRATIONS.iter().filter(|m| m.version > version).collect())
+}
+
+/// The schema version of the database at `path`, read without changing it (`None` when the
+/// file does not exist or holds no table yet).
+pub fn schema_version(path: &Path) -> Result<Option<i64>, NodeError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if tables == 0 {
+        return Ok(None);
+    }
+    Ok(Some(conn.pragma_query_value(
+        None,
+        "user_version",
+        |r| r.get(0),
+    )?))
+}
+
+/// Brings the node's database to [`SCHEMA_VERSION`] (creating it if missing) without serving;
+/// returns the version it had (`None`: new).
+pub fn migrate(config: &crate::config::NodeConfig) -> Result<Option<i64>, NodeError> {
+    let before = schema_version(&config.database)?;
+    let kek = crate::node::load_kek(config)?;
+    SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
+    Ok(before)
+}
+
 /// The SQLite store of one node.
 pub struct SqliteStore {
     path: PathBuf,
@@ -240,14 +304,9 @@ impl SqliteStore {
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let empty: i64 =
             writer.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        // Version 3 lacks only the rollups, which are built from the rows.
-        if empty > 0 && version != SCHEMA_VERSION && version != 3 {
-            return Err(NodeError::Internal(format!(
-                "{}: schema version {version}, this node needs {SCHEMA_VERSION}; start from a new \
-                 database (versioned migrations come with the storage backends)",
-                path.display()
-            )));
-        }
+        let version = if empty == 0 { SCHEMA_VERSION } else { version };
+        pending_migrations(version)
+            .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))?;
         let tx = writer.transaction()?;
         tx.execute_batch(SCHEMA)?;
         tx.execute_batch(crate::consent::SCHEMA)?;
@@ -255,11 +314,21 @@ impl SqliteStore {
         tx.execute_batch(crate::incident::SCHEMA)?;
         tx.execute_batch(crate::rights::SCHEMA)?;
         tx.execute_batch(&crate::rollup::schema())?;
-        if empty > 0 && version == 3 {
-            tracing::info!(database = %path.display(), "schema 3 to 4: building rollups from the rows");
+        for m in pending_migrations(version)? {
+            tracing::info!(
+                database = %path.display(),
+                from = m.version - 1,
+                to = m.version,
+                what = m.what,
+                "migrating the schema"
+            );
             let started = std::time::Instant::now();
-            crate::rollup::rebuild(&tx)?;
-            tracing::info!(seconds = started.elapsed().as_secs_f64(), "rollups built");
+            (m.apply)(&tx)?;
+            tracing::info!(
+                to = m.version,
+                seconds = started.elapsed().as_secs_f64(),
+                "schema migrated"
+            );
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
