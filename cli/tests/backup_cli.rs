@@ -231,7 +231,10 @@ fn migrate_reports_and_applies_pending_migrations() {
     drop(conn);
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("schema 3; pending:\n  3 -> 4: rollup cells"), "{out}");
+    assert!(
+        out.contains("schema 3; pending:\n  3 -> 4: rollup cells"),
+        "{out}"
+    );
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("migrated from schema 3 to 4"), "{out}");

@@ -145,6 +145,20 @@ pub fn report(
     Ok(part)
 }
 
+/// The affected counts as stored (`[[country, category, subjects], …]`).
+pub(crate) fn stored_counts(json: &str) -> Result<Vec<AffectedCount>, NodeError> {
+    let counts: Vec<(String, i32, u64)> = serde_json::from_str(json)
+        .map_err(|_| NodeError::Internal("an incident's stored counts are corrupt".into()))?;
+    Ok(counts
+        .into_iter()
+        .map(|(country, category, subjects)| AffectedCount {
+            country,
+            category,
+            subjects,
+        })
+        .collect())
+}
+
 /// The stored incident with this region's part, or `None`.
 pub fn get(
     conn: &Connection,
@@ -175,7 +189,6 @@ pub fn get(
     else {
         return Ok(None);
     };
-    let counts: Vec<(String, i32, u64)> = serde_json::from_str(&counts).unwrap_or_default();
     Ok(Some(Incident {
         incident_id: incident_id.to_owned(),
         tenant_id: tenant.to_owned(),
@@ -188,14 +201,7 @@ pub fn get(
         detected_at: Some(ts(detected)),
         regions: vec![RegionIncident {
             region_id: String::new(), // filled by the caller, which knows its region
-            affected: counts
-                .into_iter()
-                .map(|(country, category, subjects)| AffectedCount {
-                    country,
-                    category,
-                    subjects,
-                })
-                .collect(),
+            affected: stored_counts(&counts)?,
             deadline: Some(ts(deadline)),
             policy_versions: serde_json::from_str(&versions).unwrap_or_default(),
         }],

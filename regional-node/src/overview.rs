@@ -139,25 +139,14 @@ pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>
     let mut out = Vec::new();
     for row in rows {
         let (incident_id, detected, deadline, categories, counts) = row?;
-        let corrupt =
-            |what: &str| NodeError::Internal(format!("an incident's stored {what} is corrupt"));
-        let counts: Vec<(String, i32, u64)> =
-            serde_json::from_str(&counts).map_err(|_| corrupt("counts"))?;
         out.push(IncidentSummary {
             incident_id,
             detected_at: Some(ts(detected)),
             deadline: Some(ts(deadline)),
-            categories: serde_json::from_str(&categories).map_err(|_| corrupt("categories"))?,
-            affected: counts
-                .into_iter()
-                .map(
-                    |(country, category, subjects)| domicile_proto::pb::AffectedCount {
-                        country,
-                        category,
-                        subjects,
-                    },
-                )
-                .collect(),
+            categories: serde_json::from_str(&categories).map_err(|_| {
+                NodeError::Internal("an incident's stored categories are corrupt".into())
+            })?,
+            affected: crate::incident::stored_counts(&counts)?,
         });
     }
     Ok(out)
