@@ -9,16 +9,17 @@ use domicile_proto::pb::{
     GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey,
     regional_node_client::RegionalNodeClient,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     config::{GatewayConfig, RegionConfig},
     metrics::{GatewayMetrics, RegionLabels},
+    replicas::Replicas,
 };
 
-/// The channel to a region: balanced over its endpoints, instrumented (metrics per region and
-/// method, `traceparent` on every call).
-pub type RegionChannel = Instrumented<Channel>;
+/// The channel to a region: over its replicas, ejecting one whose connection fails
+/// ([`Replicas`]), instrumented (metrics per region and method, `traceparent` on every call).
+pub type RegionChannel = Instrumented<Replicas>;
 
 /// A region and its federation client.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub struct Region {
     pub endpoints: Vec<String>,
     /// A client balanced over the region's endpoints; cheap to clone.
     pub client: RegionalNodeClient<RegionChannel>,
+    /// The replicas the client calls, for their state (which are ejected).
+    pub replicas: Replicas,
 }
 
 /// The latest known state of a region.
@@ -104,23 +107,19 @@ fn endpoint(url: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, tonic::
         .keep_alive_while_idle(true))
 }
 
-/// A channel balanced over `endpoints`, connected lazily; with `tls`, each endpoint verifies
-/// the region's certificate for `identity` and presents the gateway's.
+/// The replicas at `endpoints`, each connected lazily; with `tls`, each endpoint verifies the
+/// region's certificate for `identity` and presents the gateway's.
 fn channel(
     endpoints: &[String],
     tls: Option<&ClientTlsConfig>,
     identity: &str,
-) -> Result<Channel, tonic::transport::Error> {
+) -> Result<Replicas, tonic::transport::Error> {
     let tls = || tls.map(|t| t.clone().domain_name(identity));
-    Ok(if endpoints.len() == 1 {
-        endpoint(&endpoints[0], tls())?.connect_lazy()
-    } else {
-        let eps = endpoints
-            .iter()
-            .map(|e| endpoint(e, tls()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Channel::balance_list(eps.into_iter())
-    })
+    let channels = endpoints
+        .iter()
+        .map(|e| Ok((e.clone(), endpoint(e, tls())?.connect_lazy())))
+        .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
+    Ok(Replicas::new(channels))
 }
 
 /// Largest response the gateway decodes from a region.
@@ -170,17 +169,21 @@ impl Directory {
                     }
                     region
                 }
-                None => Arc::new(Region {
-                    id: id.clone(),
-                    countries: countries.clone(),
-                    endpoints: endpoints.clone(),
-                    client: RegionalNodeClient::new(Instrumented::new(
-                        channel(endpoints, tls.as_ref(), &rc.identity())?,
-                        id,
-                        metrics.regions.clone(),
-                    ))
-                    .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
-                }),
+                None => {
+                    let replicas = channel(endpoints, tls.as_ref(), &rc.identity())?;
+                    Arc::new(Region {
+                        id: id.clone(),
+                        countries: countries.clone(),
+                        endpoints: endpoints.clone(),
+                        client: RegionalNodeClient::new(Instrumented::new(
+                            replicas.clone(),
+                            id,
+                            metrics.regions.clone(),
+                        ))
+                        .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
+                        replicas,
+                    })
+                }
             };
             for c in countries {
                 by_country.insert(c.clone(), i);

@@ -29,6 +29,7 @@ pub mod limits;
 pub mod metrics;
 pub mod overview;
 pub mod records;
+pub mod replicas;
 pub mod rights;
 pub mod routing;
 pub mod server;

@@ -1,0 +1,222 @@
+//! Stateless replicas: two `domicile node` processes of one region over one database, behind
+//! the gateway, which balances between them. One is killed with SIGKILL under load. The calls
+//! it had in flight fail with a retryable answer (`REGION_UNAVAILABLE`, "retry with the same
+//! idempotency key"); retried, and everything after, the other replica serves. In the end every
+//! record is stored exactly once, and the audit chain both processes wrote verifies.
+//!
+//! The shared database here is one SQLite file, which both processes may open on one machine;
+//! replicas on several machines need the PostgreSQL backend (issue 8, not built yet).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use domicile::synth::{self, SynthSpec};
+use domicile_gateway::{Gateway, GatewayConfig, RegionConfig};
+use domicile_proto::{
+    pb::{IngestRequest, ListRegionsRequest, RecordStatus, RegionHealth, RejectReason},
+    seal::{EnvelopeSealer, PublicSealingKey},
+};
+
+const TENANT: &str = "acme";
+
+/// A `domicile node` process, killed with SIGKILL when dropped.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts a replica listening on `listen`, over the database (and keys) in `dir`.
+fn replica(dir: &Path, name: &str, listen: SocketAddr) -> NodeProcess {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
+            dir.join("eu-de.sqlite").display()
+        ),
+    )
+    .unwrap();
+    NodeProcess(
+        Command::new(env!("CARGO_BIN_EXE_domicile"))
+            .args(["node", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the domicile binary runs"),
+    )
+}
+
+async fn listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (a_addr, b_addr) = (free_port(), free_port());
+    // One after the other: the first creates the keys both then use.
+    let a = replica(dir.path(), "a", a_addr);
+    listening(a_addr).await;
+    let b = replica(dir.path(), "b", b_addr);
+    listening(b_addr).await;
+
+    let mut config = GatewayConfig::new(vec![RegionConfig {
+        id: "eu-de".into(),
+        countries: vec!["DE".into()],
+        endpoints: vec![format!("http://{a_addr}"), format!("http://{b_addr}")],
+        identity: None,
+    }]);
+    config.insecure_no_auth = true;
+    config.insecure_plaintext_federation = true;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gateway_addr = listener.local_addr()?;
+    let gateway = Gateway::new(config)?;
+    let replicas = gateway.region("eu-de").unwrap().replicas.clone();
+    tokio::spawn(domicile_gateway::serve(
+        gateway,
+        listener,
+        std::future::pending(),
+    ));
+    let mut gw = domicile_client::connect(gateway_addr).await?;
+    let regions = gw
+        .list_regions(ListRegionsRequest {})
+        .await?
+        .into_inner()
+        .regions;
+    assert_eq!(regions[0].health, RegionHealth::Serving as i32);
+    let key = PublicSealingKey::from_bytes(&regions[0].sealing_key.as_ref().unwrap().public_key)?;
+
+    let records = synth::generate(&SynthSpec {
+        countries: vec!["DE".into()],
+        subjects: 200,
+        interactions: 3_000,
+        seed: 3,
+    });
+    let mut a = Some(a);
+    let mut outcome: HashMap<&str, RecordStatus> = HashMap::new();
+    let (mut retried, mut failed_calls, mut batches_after_kill) = (0, 0, 0);
+    for (n, chunk) in records.chunks(25).enumerate() {
+        if n == 40 {
+            drop(a.take()); // SIGKILL, with batches in flight from earlier requests' connections
+        }
+        let mut pending: Vec<_> = chunk.iter().collect();
+        for attempt in 0.. {
+            assert!(attempt < 50, "batch {n} never went through");
+            let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+            for r in &pending {
+                sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
+            }
+            let answer = gw
+                .ingest(IngestRequest {
+                    tenant_id: TENANT.into(),
+                    envelopes: vec![sealer.finish()],
+                })
+                .await?
+                .into_inner();
+            let mut again = Vec::new();
+            for (result, r) in answer.results.iter().zip(&pending) {
+                match RecordStatus::try_from(result.status)? {
+                    RecordStatus::Accepted | RecordStatus::Duplicate => {
+                        outcome.insert(&r.idempotency_key, RecordStatus::try_from(result.status)?);
+                    }
+                    _ => {
+                        // The only failure allowed is the retryable one.
+                        assert_eq!(
+                            result.reason,
+                            RejectReason::RegionUnavailable as i32,
+                            "{result:?}"
+                        );
+                        assert!(
+                            result
+                                .detail
+                                .contains("retry with the same idempotency key")
+                        );
+                        again.push(*r);
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            retried += again.len();
+            failed_calls += 1;
+            pending = again;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if a.is_none() {
+            batches_after_kill += 1;
+        }
+    }
+    assert_eq!(outcome.len(), records.len(), "every record acknowledged");
+    assert!(batches_after_kill > 50, "load went on after the kill");
+    // Calls are sent one at a time: the one that found the replica gone failed (and ejected
+    // it), and at most one more that was already on its way to it; every later call went to
+    // the other replica.
+    assert!(
+        (1..=2).contains(&failed_calls),
+        "{failed_calls} calls failed after the kill"
+    );
+    assert_eq!(replicas.ejected(), [format!("http://{a_addr}")]);
+    println!("{failed_calls} call(s) failed after the kill, {retried} records retried");
+
+    // The replica comes back on its address: probed, it is put back in service.
+    let _a = replica(dir.path(), "a", a_addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replicas.ejected().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted replica was not taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(_a);
+
+    drop(b);
+    let conn = rusqlite::Connection::open(dir.path().join("eu-de.sqlite"))?;
+    let stored: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1",
+        [TENANT],
+        |r| r.get(0),
+    )?;
+    assert_eq!(
+        stored as usize,
+        records.len(),
+        "each record stored exactly once"
+    );
+    let interactions: i64 =
+        conn.query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
+    assert_eq!(interactions, 3_000);
+    drop(conn);
+    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(["audit", "verify", "--config"])
+        .arg(dir.path().join("b.toml"))
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the shared audit chain verifies:\n{text}"
+    );
+    Ok(())
+}

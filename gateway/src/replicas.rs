@@ -1,0 +1,156 @@
+//! A region's node replicas: calls go round-robin to the replicas in service; a replica whose
+//! connection fails is ejected at once and probed in the background until it answers again.
+//!
+//! A transport error (refused, reset, closed connection) is the only thing that ejects: a gRPC
+//! status, even `UNAVAILABLE`, is the node's answer and says nothing about the connection. So
+//! when a replica dies, the calls it had in flight fail (the gateway reports them as
+//! retryable), the first call that finds it gone ejects it, and later calls go to the others.
+//! When every replica is ejected, calls still go to the one ejected longest ago, so a region
+//! with one endpoint, or all of them down, keeps trying rather than failing without a call.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use domicile_proto::pb::{GetRegionInfoRequest, regional_node_client::RegionalNodeClient};
+use tonic::{body::Body, transport::Channel};
+use tower_service::Service;
+
+/// How often an ejected replica is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Boxed errors, as a gRPC client accepts them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One endpoint of a region.
+#[derive(Debug)]
+struct Replica {
+    url: String,
+    channel: Channel,
+    /// Set while ejected; the time of the ejection (ms since `epoch`), for picking the one
+    /// ejected longest ago when all are.
+    ejected: AtomicBool,
+    ejected_at: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+/// The replicas of one region, as one gRPC transport: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Replicas {
+    inner: Arc<Inner>,
+}
+
+impl Replicas {
+    /// The replicas at `(url, channel)`, all in service.
+    pub fn new(channels: Vec<(String, Channel)>) -> Self {
+        assert!(!channels.is_empty(), "a region has at least one endpoint");
+        Self {
+            inner: Arc::new(Inner {
+                replicas: channels
+                    .into_iter()
+                    .map(|(url, channel)| Replica {
+                        url,
+                        channel,
+                        ejected: AtomicBool::new(false),
+                        ejected_at: AtomicU64::new(0),
+                    })
+                    .collect(),
+                next: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// The endpoints currently ejected.
+    pub fn ejected(&self) -> Vec<String> {
+        self.inner
+            .replicas
+            .iter()
+            .filter(|r| r.ejected.load(Ordering::Relaxed))
+            .map(|r| r.url.clone())
+            .collect()
+    }
+
+    /// The replica for the next call: the next one in service, round-robin; if none is, the
+    /// one ejected longest ago.
+    fn pick(&self) -> usize {
+        let n = self.inner.replicas.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !self.inner.replicas[i].ejected.load(Ordering::Relaxed))
+            .unwrap_or_else(|| {
+                (0..n)
+                    .min_by_key(|&i| self.inner.replicas[i].ejected_at.load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            })
+    }
+
+    /// Takes replica `i` out of service (if it is the only one, it stays the fallback) and
+    /// probes it until it answers.
+    fn eject(&self, i: usize) {
+        let replica = &self.inner.replicas[i];
+        replica.ejected_at.store(
+            self.inner.epoch.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if self.inner.replicas.len() == 1 || replica.ejected.swap(true, Ordering::AcqRel) {
+            return; // nothing to balance to, or already ejected and probed
+        }
+        tracing::warn!(endpoint = %replica.url, "region endpoint ejected after a connection failure");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let replica = &this.inner.replicas[i];
+            let mut client = RegionalNodeClient::new(replica.channel.clone());
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let probe = client.get_region_info(GetRegionInfoRequest {});
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+                    replica.ejected.store(false, Ordering::Release);
+                    tracing::info!(endpoint = %replica.url, "region endpoint back in service");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl Service<http::Request<Body>> for Replicas {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call waits for its own replica's channel.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let i = self.pick();
+        let this = self.clone();
+        let mut channel = this.inner.replicas[i].channel.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+            match channel.call(request).await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    this.eject(i);
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
