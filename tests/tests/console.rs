@@ -406,9 +406,20 @@ async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    exchange(stream, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request and its answer over `stream`.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
@@ -418,7 +429,8 @@ async fn http(
     req += body;
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    // A TLS peer may close without close_notify after `Connection: close`: keep what came.
+    let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split(' ')
@@ -663,6 +675,75 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_console_is_https_with_the_gateways_certificate() -> anyhow::Result<()> {
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("hs256.secret");
+    std::fs::write(&secret, SECRET)?;
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .auth(AuthConfig {
+            audience: "domicile".into(),
+            issuer: None,
+            hs256_secret_file: Some(secret),
+            jwks_file: None,
+            leeway_seconds: 5,
+            clients: Vec::new(),
+        })
+        .public_tls()
+        .start()
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(domicile_gateway::console::serve(
+        fed.gateway.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(fed.pki.ca())? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    let admin = format!("Bearer {}", token(TENANT, &["admin"]));
+    let (status, _) = exchange(tls().await, "GET", "/", &[("authorization", &admin)], "").await;
+    assert_eq!(status, 200);
+    let (status, _) = exchange(tls().await, "GET", "/api/overview", &[], "").await;
+    assert_eq!(status, 401);
+    // Signed in over TLS, the cookie is marked Secure.
+    let form = format!("token={}", token(TENANT, &["admin"]));
+    let (status, answer) = exchange(
+        tls().await,
+        "POST",
+        "/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &form,
+    )
+    .await;
+    assert_eq!(status, 303, "{answer}");
+    assert!(answer.contains("; Secure"), "{answer}");
+    // Plain HTTP gets no page.
+    let (status, _) = http(addr, "GET", "/", &[("authorization", &admin)], "").await;
+    assert_ne!(status, 200);
     fed.shutdown().await;
     Ok(())
 }
