@@ -145,24 +145,30 @@ function renderReleases(data) {
   const groups = [], rows = [];
   const suppressed = new Array(labels.length).fill(0);
   const summary = [];
-  up.forEach((r, i) => {
-    const released = new Array(labels.length).fill(0);
-    const streamed = new Array(labels.length).fill(0);
+  let series = 0;
+  up.forEach((r) => {
+    // One series per region and purpose, in each chart.
+    const byPurpose = new Map();
     const totals = new Map();
     for (const b of r.report.releases) {
       const at = index(b.start);
-      released[at] += b.groups_released;
+      const s = byPurpose.get(b.purpose) || { released: new Array(labels.length).fill(0), streamed: new Array(labels.length).fill(0) };
+      s.released[at] += b.groups_released;
+      s.streamed[at] += b.rows_released;
+      byPurpose.set(b.purpose, s);
       suppressed[at] += b.groups_suppressed;
-      streamed[at] += b.rows_released;
       const key = `${b.purpose}|${b.kind}`;
       const t = totals.get(key) || { purpose: b.purpose, kind: b.kind, releases: 0, groups: 0, suppressed: 0, rows: 0, epsilon: 0 };
       t.releases += b.releases; t.groups += b.groups_released; t.suppressed += b.groups_suppressed;
       t.rows += b.rows_released; t.epsilon += b.epsilon;
       totals.set(key, t);
     }
-    const color = PALETTE[i % PALETTE.length];
-    groups.push({ label: `${r.region_id} released`, data: released, backgroundColor: color, stack: 'groups' });
-    rows.push({ label: r.region_id, data: streamed, backgroundColor: color, stack: 'rows' });
+    for (const [purpose, s] of byPurpose) {
+      const color = PALETTE[series++ % PALETTE.length];
+      const label = `${r.region_id} · ${words(purpose)}`;
+      if (s.released.some((v) => v > 0)) groups.push({ label, data: s.released, backgroundColor: color, stack: 'groups' });
+      if (s.streamed.some((v) => v > 0)) rows.push({ label, data: s.streamed, backgroundColor: color, stack: 'rows' });
+    }
     for (const t of totals.values()) {
       summary.push(el('tr', { 'data-region': r.region_id },
         el('td', {}, r.region_id), el('td', {}, words(t.purpose)), el('td', {}, words(t.kind)),
@@ -197,11 +203,12 @@ function renderRequests(data) {
   const open = [];
   let total = 0;
   // One row per kind: requests per region, then how many are open and overdue in all.
-  const table = new Map(KINDS.map((k) => [k, { byRegion: new Map(), open: 0, overdue: 0 }]));
+  const table = new Map(KINDS.map((k) => [k, { byRegion: new Map(), openByRegion: new Map(), open: 0, overdue: 0 }]));
   for (const r of up) {
     for (const c of r.report.subject_requests) {
-      const row = table.get(c.kind) || { byRegion: new Map(), open: 0, overdue: 0 };
+      const row = table.get(c.kind) || { byRegion: new Map(), openByRegion: new Map(), open: 0, overdue: 0 };
       row.byRegion.set(r.region_id, (row.byRegion.get(r.region_id) || 0) + c.count);
+      if (c.status !== 'completed') row.openByRegion.set(r.region_id, (row.openByRegion.get(r.region_id) || 0) + c.count);
       if (c.status !== 'completed') row.open += c.count;
       row.overdue += c.overdue;
       table.set(c.kind, row);
@@ -215,7 +222,10 @@ function renderRequests(data) {
   const counts = [...table.entries()].filter(([, row]) => row.byRegion.size > 0).map(([kind, row]) =>
     el('tr', { 'data-kind': kind, class: row.overdue > 0 ? 'overdue' : undefined },
       el('td', {}, words(kind)),
-      up.map((r) => el('td', { class: 'n' }, fmt(row.byRegion.get(r.region_id) || 0))),
+      up.map((r) => {
+        const open = row.openByRegion.get(r.region_id) || 0;
+        return el('td', { class: 'n' }, fmt(row.byRegion.get(r.region_id) || 0) + (open ? ` (${fmt(open)} open)` : ''));
+      }),
       el('td', { class: 'n' }, fmt(row.open)), el('td', { class: 'n' }, fmt(row.overdue))));
   $('#requests table.counts tbody').replaceChildren(...(counts.length ? counts
     : [el('tr', {}, el('td', { class: 'empty', colspan: up.length + 3 }, 'No subject requests yet.'))]));

@@ -161,6 +161,8 @@ test('a stopped region is shown as unavailable and the rest is still drawn', asy
   assert.match(await page.textContent('#notice'), /Unavailable: us \(/);
   const verdicts = await page.$$eval('#regions tbody tr', (rows) => rows.map((r) => r.dataset.verified));
   assert.deepEqual(verdicts, ['yes', 'yes', 'unavailable']);
+  const erasures = await page.$eval('#requests tr[data-kind="erasure"]', (r) => [...r.cells].map((c) => c.textContent));
+  assert.deepEqual(erasures, ['erasure', '2 (1 open)', '2 (1 open)', '2', '0'], 'per region, with the open ones');
   const countries = await page.$$eval('#consent tbody tr', (rows) => [...new Set(rows.map((r) => r.dataset.country))]);
   assert.deepEqual(countries.sort(), ['DE', 'FR'], 'consent from the regions that answered');
   assert.equal(await page.$$eval('#requests table.open tbody tr', (r) => r.length), 2);
