@@ -93,6 +93,7 @@ async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
     let gateway_addr = listener.local_addr()?;
     let gateway = Gateway::new(config)?;
     let replicas = gateway.region("eu-de").unwrap().replicas.clone();
+    let metrics = gateway.metrics().clone();
     tokio::spawn(domicile_gateway::serve(
         gateway,
         listener,
@@ -178,6 +179,12 @@ async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
         "{failed_calls} calls failed after the kill"
     );
     assert_eq!(replicas.ejected(), [format!("http://{a_addr}")]);
+    assert!(
+        metrics
+            .encode()
+            .contains("domicile_gateway_region_endpoints_ejected_total{region=\"eu-de\"} 1"),
+        "the ejection is counted"
+    );
     println!("{failed_calls} call(s) failed after the kill, {retried} records retried");
 
     // The replica comes back on its address: probed, it is put back in service.

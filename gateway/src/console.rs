@@ -337,7 +337,21 @@ async fn respond(gateway: &Gateway, req: Request<Incoming>, secure: bool) -> Ans
             "not found\n",
         ),
     };
-    tracing::debug!(path = %path, status = answer.status().as_u16(), "console request");
+    let known = PATHS.contains(&path.as_str()) || path == "/logout";
+    gateway
+        .metrics()
+        .console_requests
+        .get_or_create(&crate::metrics::ConsoleLabels {
+            // Paths are the caller's: only the console's own become label values.
+            path: if known {
+                path.clone()
+            } else {
+                "other".to_owned()
+            },
+            status: answer.status().as_u16().to_string(),
+        })
+        .inc();
+    tracing::debug!(known, status = answer.status().as_u16(), "console request");
     answer
 }
 

@@ -113,13 +113,14 @@ fn channel(
     endpoints: &[String],
     tls: Option<&ClientTlsConfig>,
     identity: &str,
+    ejections: prometheus_client::metrics::counter::Counter,
 ) -> Result<Replicas, tonic::transport::Error> {
     let tls = || tls.map(|t| t.clone().domain_name(identity));
     let channels = endpoints
         .iter()
         .map(|e| Ok((e.clone(), endpoint(e, tls())?.connect_lazy())))
         .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
-    Ok(Replicas::new(channels))
+    Ok(Replicas::new(channels, ejections))
 }
 
 /// Largest response the gateway decodes from a region.
@@ -170,7 +171,11 @@ impl Directory {
                     region
                 }
                 None => {
-                    let replicas = channel(endpoints, tls.as_ref(), &rc.identity())?;
+                    let ejections = metrics
+                        .endpoints_ejected
+                        .get_or_create(&RegionLabels { region: id.clone() })
+                        .clone();
+                    let replicas = channel(endpoints, tls.as_ref(), &rc.identity(), ejections)?;
                     Arc::new(Region {
                         id: id.clone(),
                         countries: countries.clone(),

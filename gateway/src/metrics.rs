@@ -34,6 +34,15 @@ pub struct RegionLabels {
     pub region: String,
 }
 
+/// Labels of a console request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsoleLabels {
+    /// One of the console's paths, or `other`.
+    pub path: String,
+    /// The HTTP status answered.
+    pub status: String,
+}
+
 /// Every metric the gateway exports. Cheap to clone (the families are shared).
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics {
@@ -59,6 +68,10 @@ pub struct GatewayMetrics {
     pub reloads: Counter,
     /// Refused configuration reloads (the running configuration was kept).
     pub reload_failures: Counter,
+    /// Console requests by path and status.
+    pub console_requests: Family<ConsoleLabels, Counter>,
+    /// Region endpoints taken out of service after a connection failure.
+    pub endpoints_ejected: Family<RegionLabels, Counter>,
     source: Source,
 }
 
@@ -111,6 +124,16 @@ impl GatewayMetrics {
                 &mut r,
                 "config_reload_failures",
                 "Configuration reloads refused; the running configuration was kept",
+            ),
+            console_requests: registered(
+                &mut r,
+                "console_requests",
+                "Console requests by path (or other) and HTTP status",
+            ),
+            endpoints_ejected: registered(
+                &mut r,
+                "region_endpoints_ejected",
+                "Region endpoints taken out of service after a connection failure, by region",
             ),
             source: Source::new(r),
         }

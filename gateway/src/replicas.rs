@@ -43,6 +43,7 @@ struct Replica {
 #[derive(Debug)]
 struct Inner {
     replicas: Vec<Replica>,
+    ejections: prometheus_client::metrics::counter::Counter,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -54,8 +55,11 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// The replicas at `(url, channel)`, all in service.
-    pub fn new(channels: Vec<(String, Channel)>) -> Self {
+    /// The replicas at `(url, channel)`, all in service; `ejections` counts ejections.
+    pub fn new(
+        channels: Vec<(String, Channel)>,
+        ejections: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         assert!(!channels.is_empty(), "a region has at least one endpoint");
         Self {
             inner: Arc::new(Inner {
@@ -68,6 +72,7 @@ impl Replicas {
                         ejected_at: AtomicU64::new(0),
                     })
                     .collect(),
+                ejections,
                 next: AtomicUsize::new(0),
                 epoch: Instant::now(),
             }),
@@ -110,6 +115,7 @@ impl Replicas {
         if self.inner.replicas.len() == 1 || replica.ejected.swap(true, Ordering::AcqRel) {
             return; // nothing to balance to, or already ejected and probed
         }
+        self.inner.ejections.inc();
         tracing::warn!(endpoint = %replica.url, "region endpoint ejected after a connection failure");
         let this = self.clone();
         tokio::spawn(async move {

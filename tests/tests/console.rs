@@ -666,6 +666,16 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
         404
     );
 
+    // Counted by path and status; a path the console does not serve is "other".
+    let metrics = fed.gateway.metrics().encode();
+    for line in [
+        "domicile_gateway_console_requests_total{path=\"/api/overview\",status=\"401\"} 2",
+        "domicile_gateway_console_requests_total{path=\"other\",status=\"404\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(!metrics.contains("passwd"));
+
     // The gRPC call behind it: the admin operation and the caller's own tenant.
     let err = gw
         .get_overview(GetOverviewRequest {
