@@ -1,22 +1,13 @@
 //! `domicile audit verify` and `domicile audit report` against a real node's files.
 
-use std::process::Command;
+mod common;
+use common::domicile;
 
 use domicile_node::{Node, NodeConfig};
 use domicile_proto::{
     consent::ConsentChange,
     pb::{Channel, ConsentAction, ConsentSource, Purpose, RecordConsentRequest, SubjectRef},
 };
-
-fn domicile(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
-        .args(args)
-        .output()
-        .expect("the domicile binary runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow::Result<()> {

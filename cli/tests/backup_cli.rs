@@ -3,7 +3,8 @@
 //! unreadable in the backup (its key is gone) and is erased again by the restore; everyone
 //! else comes back whole, and the audit chain verifies.
 
-use std::process::Command;
+mod common;
+use common::domicile;
 
 use domicile::synth::{self, SynthSpec};
 use domicile_node::{Node, NodeConfig, vault::Vault};
@@ -15,16 +16,6 @@ use domicile_proto::{
 
 const TENANT: &str = "acme";
 
-fn domicile(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
-        .args(args)
-        .output()
-        .expect("the domicile binary runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 fn count(db: &std::path::Path, sql: &str, subject: &str) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.query_row(sql, [TENANT, subject], |r| r.get(0))
@@ -35,15 +26,9 @@ fn count(db: &std::path::Path, sql: &str, subject: &str) -> i64 {
 async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("eu-de.sqlite");
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let listen = common::free_port();
     let config_path = dir.path().join("node.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
-            db.display()
-        ),
-    )?;
+    common::node_config(&config_path, listen, &db, "");
     let config = config_path.to_str().unwrap();
     let backup = dir.path().join("backup.sqlite");
     let records = synth::generate(&SynthSpec {
@@ -207,14 +192,7 @@ fn migrate_reports_and_applies_pending_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("eu-de.sqlite");
     let config_path = dir.path().join("node.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
-            db.display()
-        ),
-    )
-    .unwrap();
+    common::node_config(&config_path, common::free_port(), &db, "");
     let config = config_path.to_str().unwrap();
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert_eq!(code, 0, "{out}");

@@ -5,10 +5,13 @@
 //!
 //! (SQLite backend; the PostgreSQL backend of issue 8 is not built yet.)
 
+mod common;
+use common::{NodeProcess, free_port, node_config};
+
 use std::{
     collections::HashSet,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,41 +29,6 @@ use rand::{Rng, SeedableRng};
 const TENANT: &str = "acme";
 const TRIALS: usize = 20;
 const CLIENTS: usize = 4;
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// A `domicile node` process, killed with SIGKILL (and reaped) by [`NodeProcess::crash`] or
-/// when dropped.
-struct NodeProcess(Child);
-
-impl NodeProcess {
-    fn crash(&mut self) {
-        // SIGKILL: no drain, no shutdown code runs.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.crash();
-    }
-}
-
-fn start(config: &std::path::Path) -> NodeProcess {
-    NodeProcess(
-        Command::new(env!("CARGO_BIN_EXE_domicile"))
-            .args(["node", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the domicile binary runs"),
-    )
-}
 
 /// Connects once the node answers `GetRegionInfo`; its sealing key.
 async fn ready(
@@ -133,13 +101,7 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
     let addr = free_port();
     let db = dir.path().join("eu-de.sqlite");
     let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{addr}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\naudit_checkpoint_every = 50\n",
-            db.display()
-        ),
-    )?;
+    node_config(&config, addr, &db, "audit_checkpoint_every = 50\n");
     let records = Arc::new(synth::generate(&SynthSpec {
         countries: vec!["DE".into()],
         subjects: 300,
@@ -150,7 +112,7 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
     let mut kills_mid_load = 0;
     for trial in 0..TRIALS {
-        let mut child = start(&config);
+        let mut child = NodeProcess::start(&config);
         let (client, key) = ready(addr).await;
         let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let clients: Vec<_> = (0..CLIENTS)
@@ -220,7 +182,7 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
     );
 
     // A node restarts on the files the last crash left.
-    let mut child = start(&config);
+    let mut child = NodeProcess::start(&config);
     let _ = ready(addr).await;
     child.crash();
     let acked = acked.lock().unwrap();

@@ -1,7 +1,8 @@
 //! `domicile export keygen` and `domicile export open`: the requester's side of an access
 //! request, against a real node.
 
-use std::process::Command;
+mod common;
+use common::domicile;
 
 use domicile_node::{Node, NodeConfig};
 use domicile_proto::{
@@ -13,17 +14,6 @@ use domicile_proto::{
     seal::{EnvelopeSealer, PublicSealingKey},
 };
 use prost::Message;
-
-fn domicile(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
-        .args(args)
-        .output()
-        .expect("the domicile binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requester_opens_their_export_with_their_own_key() -> anyhow::Result<()> {

@@ -7,11 +7,14 @@
 //! The shared database here is one SQLite file, which both processes may open on one machine;
 //! replicas on several machines need the PostgreSQL backend (issue 8, not built yet).
 
+mod common;
+use common::{NodeProcess, free_port, node_config};
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -24,43 +27,11 @@ use domicile_proto::{
 
 const TENANT: &str = "acme";
 
-/// A `domicile node` process, killed with SIGKILL when dropped.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Starts a replica listening on `listen`, over the database (and keys) in `dir`.
 fn replica(dir: &Path, name: &str, listen: SocketAddr) -> NodeProcess {
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
-            dir.join("eu-de.sqlite").display()
-        ),
-    )
-    .unwrap();
-    NodeProcess(
-        Command::new(env!("CARGO_BIN_EXE_domicile"))
-            .args(["node", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the domicile binary runs"),
-    )
+    node_config(&config, listen, &dir.join("eu-de.sqlite"), "");
+    NodeProcess::start(&config)
 }
 
 async fn listening(addr: SocketAddr) {

@@ -471,12 +471,13 @@ fn token(tenant: &str, operations: &[&str]) -> String {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow::Result<()> {
+/// A one-region federation whose callers need a token signed with `SECRET`; with `tls`, its
+/// public listener (and so the console) has the development PKI's certificate.
+async fn secured(tls: bool) -> anyhow::Result<(Federation, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let secret = dir.path().join("hs256.secret");
     std::fs::write(&secret, SECRET)?;
-    let fed = Federation::builder()
+    let mut builder = Federation::builder()
         .region("eu-de", &["DE"])
         .auth(AuthConfig {
             audience: "domicile".into(),
@@ -485,9 +486,16 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
             jwks_file: None,
             leeway_seconds: 5,
             clients: Vec::new(),
-        })
-        .start()
-        .await?;
+        });
+    if tls {
+        builder = builder.public_tls();
+    }
+    Ok((builder.start().await?, dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow::Result<()> {
+    let (fed, _dir) = secured(false).await?;
     let admin = token(TENANT, &["admin", "consent"]);
     let mut gw = connect_with(
         &fed.gateway_addr.to_string(),
@@ -692,22 +700,7 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_the_console_is_https_with_the_gateways_certificate() -> anyhow::Result<()> {
     use tokio_rustls::rustls::{self, pki_types::ServerName};
-    let dir = tempfile::tempdir()?;
-    let secret = dir.path().join("hs256.secret");
-    std::fs::write(&secret, SECRET)?;
-    let fed = Federation::builder()
-        .region("eu-de", &["DE"])
-        .auth(AuthConfig {
-            audience: "domicile".into(),
-            issuer: None,
-            hs256_secret_file: Some(secret),
-            jwks_file: None,
-            leeway_seconds: 5,
-            clients: Vec::new(),
-        })
-        .public_tls()
-        .start()
-        .await?;
+    let (fed, _dir) = secured(true).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(domicile_gateway::console::serve(

@@ -1,0 +1,72 @@
+//! Helpers shared by the tests that run the `domicile` binary.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+/// Runs `domicile args…`; its exit code and standard output followed by standard error.
+pub fn domicile(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(args)
+        .output()
+        .expect("the domicile binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A loopback address nothing listens on (at the time of asking).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A `domicile node` process, killed with SIGKILL (and reaped) by [`NodeProcess::crash`] or
+/// when dropped.
+pub struct NodeProcess(Child);
+
+impl NodeProcess {
+    /// Starts `domicile node --config config`, its output discarded.
+    pub fn start(config: &Path) -> Self {
+        Self(
+            Command::new(env!("CARGO_BIN_EXE_domicile"))
+                .args(["node", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("the domicile binary runs"),
+        )
+    }
+
+    /// SIGKILL: no drain, no shutdown code runs.
+    pub fn crash(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// A node configuration for region eu-de (DE), plaintext, on `listen`, with its database at
+/// `database` (keys beside it), written to `path`; `extra` lines are appended.
+pub fn node_config(path: &Path, listen: SocketAddr, database: &Path, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n{extra}",
+            database.display()
+        ),
+    )
+    .unwrap();
+}
