@@ -117,12 +117,14 @@ impl Replicas {
         }
         self.inner.ejections.inc();
         tracing::warn!(endpoint = %replica.url, "region endpoint ejected after a connection failure");
-        let this = self.clone();
+        // The probe holds the replicas weakly: a reload that drops the region ends it.
+        let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let replica = &this.inner.replicas[i];
-            let mut client = RegionalNodeClient::new(replica.channel.clone());
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let replica = &inner.replicas[i];
+                let mut client = RegionalNodeClient::new(replica.channel.clone());
                 let probe = client.get_region_info(GetRegionInfoRequest {});
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
                     replica.ejected.store(false, Ordering::Release);
@@ -158,5 +160,55 @@ impl Service<http::Request<Body>> for Replicas {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicas(n: usize) -> Replicas {
+        let channels = (0..n)
+            .map(|i| {
+                let url = format!("http://127.0.0.1:{}", 1 + i);
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .connect_lazy();
+                (url, channel)
+            })
+            .collect();
+        Replicas::new(channels, Default::default())
+    }
+
+    fn mark(r: &Replicas, i: usize, at: u64) {
+        r.inner.replicas[i].ejected.store(true, Ordering::Relaxed);
+        r.inner.replicas[i].ejected_at.store(at, Ordering::Relaxed);
+    }
+
+    #[tokio::test]
+    async fn calls_go_round_robin_to_replicas_in_service() {
+        let r = replicas(3);
+        let picks: Vec<usize> = (0..6).map(|_| r.pick()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        mark(&r, 1, 5);
+        let picks: Vec<usize> = (0..6).map(|_| r.pick()).collect();
+        assert!(
+            !picks.contains(&1),
+            "an ejected replica gets no call: {picks:?}"
+        );
+        assert!(picks.contains(&0) && picks.contains(&2));
+        assert_eq!(r.ejected(), ["http://127.0.0.1:2"]);
+        // All ejected: the one ejected longest ago is still tried.
+        mark(&r, 0, 9);
+        mark(&r, 2, 7);
+        assert!((0..4).all(|_| r.pick() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_single_endpoint_is_never_taken_out_of_service() {
+        let r = replicas(1);
+        r.eject(0);
+        assert!(r.ejected().is_empty());
+        assert_eq!(r.pick(), 0);
     }
 }
