@@ -18,6 +18,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+pub mod postgres;
+
 pub use domicile::{
     client,
     federation::{Federation, FederationBuilder},

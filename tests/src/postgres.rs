@@ -1,0 +1,201 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` into a temporary directory and `pg_ctl`
+//! on a free loopback port, from Debian's `postgresql` server binaries, stopped and removed on
+//! drop. For the PostgreSQL storage backend (issue 8; not built yet) and its tests.
+//!
+//! PostgreSQL refuses to run as root, so when the tests do (CI does), the cluster runs as the
+//! `postgres` user the package creates, through `runuser`.
+//!
+//! Without the binaries, [`PgCluster::start`] fails and says how to install them: tests that
+//! need PostgreSQL never skip silently.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use anyhow::{Context, bail};
+
+/// A running cluster, stopped (immediately) and deleted on drop.
+#[derive(Debug)]
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    run_as: Option<String>,
+}
+
+/// The database superuser the cluster is made with.
+pub const SUPERUSER: &str = "domicile";
+
+/// The newest installed server's `bin` directory (`/usr/lib/postgresql/<version>/bin`).
+fn server_bin() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "PostgreSQL's server binaries are not installed (no /usr/lib/postgresql/<version>/bin/initdb): \
+             apt-get install postgresql. CI's .ci/run installs it."
+        ),
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl PgCluster {
+    /// Makes and starts a cluster; a database named `domicile` is ready to connect to.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = server_bin()?;
+        let dir = tempfile::tempdir().context("a temporary directory for the cluster")?;
+        let run_as = is_root().then(|| "postgres".to_owned());
+        if let Some(user) = &run_as {
+            // The cluster's files belong to the user it runs as.
+            let status = Command::new("chown")
+                .args([&format!("{user}:"), dir.path().to_str().unwrap()])
+                .status()?;
+            anyhow::ensure!(status.success(), "chown of the cluster directory failed");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cluster = Self {
+            dir,
+            bin,
+            port,
+            run_as,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )?;
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {}",
+            cluster.dir.path().display()
+        );
+        let log = cluster.dir.path().join("server.log");
+        cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        )?;
+        cluster.psql("postgres", "CREATE DATABASE domicile")?;
+        Ok(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs, as the cluster's user; fails with its output.
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let path = self.bin.join(program);
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        let out = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs `sql` in `database` with `psql`; its output (unaligned, tuples only).
+    pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .context("running psql (apt-get install postgresql-client)")?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// The connection URL of `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The cluster's directory (data, socket, server log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
