@@ -371,6 +371,36 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     })
 }
 
+/// A consent change for synthetic subject `i` of `country`, as from a web form (a grant carries
+/// the hash of a wording).
+pub fn synthetic_consent(
+    tenant: &str,
+    country: &str,
+    i: usize,
+    purpose: Purpose,
+    channel: Channel,
+    action: ConsentAction,
+) -> RecordConsentRequest {
+    RecordConsentRequest {
+        tenant_id: tenant.to_owned(),
+        subject: Some(SubjectRef {
+            country: country.to_owned(),
+            external_id: synth::subject_id(country, i),
+        }),
+        purpose: purpose as i32,
+        channel: channel as i32,
+        action: action as i32,
+        source: ConsentSource::WebForm as i32,
+        wording_sha256: if action == ConsentAction::Grant {
+            vec![0x5a; 32]
+        } else {
+            Vec::new()
+        },
+        actor: "synthetic:web-form".into(),
+        token_ttl_seconds: 0,
+    }
+}
+
 /// What a federation in use has on file besides interactions, so that the console has
 /// something to show: consents (granted, pending double opt-in, withdrawn, refused), a noisy
 /// aggregate (privacy budget spent), subject requests of every kind (an erasure waiting on a
@@ -387,21 +417,7 @@ pub async fn activity(
         })
     };
     let consent = |country: &str, i: usize, purpose: Purpose, channel: Channel, action| {
-        RecordConsentRequest {
-            tenant_id: tenant.to_owned(),
-            subject: subject(country, i),
-            purpose: purpose as i32,
-            channel: channel as i32,
-            action: action as i32,
-            source: ConsentSource::WebForm as i32,
-            wording_sha256: if action == ConsentAction::Grant {
-                vec![0x5a; 32]
-            } else {
-                Vec::new()
-            },
-            actor: "dev:activity".into(),
-            token_ttl_seconds: 0,
-        }
+        synthetic_consent(tenant, country, i, purpose, channel, action)
     };
     let now = domicile_proto::domain::unix_now();
     for (_, countries) in DEV_REGIONS {

@@ -15,7 +15,7 @@
 //! With `[tls]` the console is served over TLS with the gateway's certificate; otherwise it is
 //! plain HTTP: bind it to loopback or put it behind a TLS-terminating proxy.
 
-use std::{collections::BTreeMap, convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use domicile_proto::{
@@ -446,7 +446,12 @@ async fn overview(gateway: &Gateway, access: Access, query: &str) -> Answer {
         ),
         Err(e) => {
             let status = tonic::Status::from(e);
-            json_error(StatusCode::BAD_GATEWAY, status.message())
+            let http = match status.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            json_error(http, status.message())
         }
     }
 }
@@ -587,14 +592,14 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
             })
         })
         .collect();
-    let mut out = BTreeMap::new();
-    out.insert("tenant", json!(tenant));
-    out.insert("window", json!(window));
-    out.insert("at", seconds(resp.at.as_ref()));
-    out.insert("since", seconds(resp.since.as_ref()));
-    out.insert("bucket_seconds", json!(resp.bucket_seconds));
-    out.insert("regions", Value::Array(regions));
-    json!(out)
+    json!({
+        "tenant": tenant,
+        "window": window,
+        "at": seconds(resp.at.as_ref()),
+        "since": seconds(resp.since.as_ref()),
+        "bucket_seconds": resp.bucket_seconds,
+        "regions": regions,
+    })
 }
 
 #[cfg(test)]

@@ -37,8 +37,13 @@ impl Gateway {
             since: Some(whole_seconds(window.since)),
             bucket_seconds: window.bucket_seconds,
         };
+        // One snapshot for the calls and the states, even if a reload lands meanwhile.
         let directory = self.directory();
-        let targets = self.regions().into_iter().map(|r| (r, ())).collect();
+        let targets = directory
+            .regions()
+            .iter()
+            .map(|r| (r.clone(), ()))
+            .collect();
         let outcomes = fan_out(targets, deadline, |region, (), deadline| {
             let mut client = region.client.clone();
             let message = message.clone();

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: NodeMetrics,
     /// The federation listener's mutual TLS; `None` in the explicit insecure mode.
     pub(crate) tls: Option<FederationTls>,
+    /// When the sealing key file was written (seconds since the epoch), for its age.
+    pub(crate) sealing_key_since: Option<i64>,
 }
 
 /// What the federation listener needs for mutual TLS, read at start.
@@ -128,6 +130,11 @@ impl Node {
             .map_err(|e| NodeError::Internal(format!("policy: {e}")))?;
         let keys = keys::load_or_create(&config.sealing_key_path())
             .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
+        let sealing_key_since = std::fs::metadata(config.sealing_key_path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
         let secret = keys::load_or_create_secret(&config.pseudonym_secret_path())
             .map_err(|e| NodeError::Internal(format!("pseudonym secret: {e}")))?;
         let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
@@ -195,6 +202,7 @@ impl Node {
             inner: Arc::new(Inner {
                 metrics,
                 tls,
+                sealing_key_since,
                 previous,
                 config,
                 keys,
@@ -248,17 +256,7 @@ impl Node {
         self.blocking(move |node| {
             let inner = &node.inner;
             let tenant = tenant.as_str();
-            let daily_milli = inner
-                .policies
-                .iter()
-                .map(|p| (*p.privacy.daily_epsilon_budget.get_ref() * 1000.0) as u64)
-                .min()
-                .unwrap_or(0);
-            let key_since = std::fs::metadata(inner.config.sealing_key_path())
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| domicile_proto::domain::whole_seconds(d.as_secs() as i64));
+            let daily_milli = inner.policies.daily_epsilon_budget_milli();
             let now = domicile_proto::domain::unix_now();
             inner.store.read(|conn| {
                 let (subject_requests, open_requests, open_total) =
@@ -268,7 +266,9 @@ impl Node {
                     countries: inner.config.countries.clone(),
                     policy_versions: inner.policies.labels(),
                     sealing_key_id: inner.keys.public().key_id().to_owned(),
-                    sealing_key_since: key_since,
+                    sealing_key_since: inner
+                        .sealing_key_since
+                        .map(domicile_proto::domain::whole_seconds),
                     checkpoint: Some(checkpoint),
                     releases: crate::overview::releases(
                         conn,
@@ -602,7 +602,7 @@ impl Node {
                 &spec.metrics,
             )
         });
-        let budget_milli = (strictest(|p| *p.daily_epsilon_budget.get_ref()) * 1000.0) as u64;
+        let budget_milli = policies.daily_epsilon_budget_milli();
         let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
 
         let node = self.clone();

@@ -523,6 +523,15 @@ impl PolicySet {
             .unwrap_or(2)
     }
 
+    /// A tenant's daily differential-privacy budget in the region, in thousandths of epsilon:
+    /// the strictest of its countries' budgets.
+    pub fn daily_epsilon_budget_milli(&self) -> u64 {
+        self.iter()
+            .map(|p| (*p.privacy.daily_epsilon_budget.get_ref() * 1000.0) as u64)
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Version labels of all policies, e.g. `["DE@2026-11-01"]`.
     pub fn labels(&self) -> Vec<String> {
         self.iter().map(CountryPolicy::label).collect()

@@ -22,20 +22,20 @@ use domicile_proto::{
     pb::{
         AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
         ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetAuditCheckpointRequest,
-        GetConsentRequest, GetIncidentRequest, GetRegionInfoRequest, GetSubjectRequestRequest,
-        IngestRequest, InteractionRecord, ListRegionsRequest, PlaceLegalHoldRequest, Purpose,
-        QueryRecordsRequest, RecordConsentRequest, RecordPayload, RecordQuery,
-        RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
+        GetConsentRequest, GetIncidentRequest, GetOverviewRequest, GetRegionInfoRequest,
+        GetSubjectRequestRequest, IngestRequest, InteractionRecord, ListRegionsRequest,
+        PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordConsentRequest, RecordPayload,
+        RecordQuery, RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
         RegionalNodeConfirmConsentRequest, RegionalNodeGetAuditCheckpointRequest,
         RegionalNodeGetConsentRequest, RegionalNodeGetIncidentRequest,
-        RegionalNodeGetSubjectRequestRequest, RegionalNodeIngestRequest,
-        RegionalNodePlaceLegalHoldRequest, RegionalNodeQueryRecordsRequest,
-        RegionalNodeRecordConsentRequest, RegionalNodeReleaseLegalHoldRequest,
-        RegionalNodeReportIncidentRequest, RegionalNodeSubmitSubjectRequestRequest,
-        RegionalNodeWithdrawConsentRequest, ReleaseLegalHoldRequest, ReportIncidentRequest,
-        SealedEnvelope, SubjectRecord, SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
-        SurveyAnswer, TimeRange, WithdrawConsentRequest, record_payload::Record,
-        regional_node_client::RegionalNodeClient,
+        RegionalNodeGetRegionOverviewRequest, RegionalNodeGetSubjectRequestRequest,
+        RegionalNodeIngestRequest, RegionalNodePlaceLegalHoldRequest,
+        RegionalNodeQueryRecordsRequest, RegionalNodeRecordConsentRequest,
+        RegionalNodeReleaseLegalHoldRequest, RegionalNodeReportIncidentRequest,
+        RegionalNodeSubmitSubjectRequestRequest, RegionalNodeWithdrawConsentRequest,
+        ReleaseLegalHoldRequest, ReportIncidentRequest, SealedEnvelope, SubjectRecord, SubjectRef,
+        SubjectRequestKind, SubmitSubjectRequestRequest, SurveyAnswer, TimeRange,
+        WithdrawConsentRequest, record_payload::Record, regional_node_client::RegionalNodeClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -763,10 +763,51 @@ async fn drive_every_rpc(
         rights_calls(cap, &mut gw, country, &canaries[r]).await;
     }
 
+    // The overview, valid and invalid (a canary as the tenant, a bad window).
+    let overview = cap.result(
+        gw.get_overview(GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert!(
+        overview.is_some_and(|o| o.regions.iter().all(|r| r.report.is_some())),
+        "every region reported"
+    );
+    cap.result(
+        gw.get_overview(GetOverviewRequest {
+            tenant_id: c.email.clone(),
+            since: None,
+            bucket_seconds: 1,
+        })
+        .await,
+    );
+
     // The nodes' federation API, directly.
     for (r, (region, country)) in REGIONS.iter().enumerate() {
         let mut node = node_client(fed, region).await?;
         cap.result(node.get_region_info(GetRegionInfoRequest {}).await);
+        let report = cap.result(
+            node.get_region_overview(RegionalNodeGetRegionOverviewRequest {
+                tenant_id: TENANT.into(),
+                since: domicile_tests::ts(domicile_proto::domain::unix_now() - 3_600),
+                bucket_seconds: 60,
+            })
+            .await,
+        );
+        assert!(
+            report.is_some_and(|r| !r.consents.is_empty()),
+            "{region} reported"
+        );
+        cap.result(
+            node.get_region_overview(RegionalNodeGetRegionOverviewRequest {
+                tenant_id: canaries[r].full_name(),
+                since: None,
+                bucket_seconds: 0,
+            })
+            .await,
+        );
         let envelope = sealed(
             &mut gw,
             region,
@@ -923,6 +964,13 @@ async fn drive_every_rpc(
     );
     streamed += drain_gateway_stream(cap, &mut gw, records(Purpose::CxAnalytics)).await;
     consent_calls(cap, &mut gw, "FR", &canaries[1]).await;
+    cap.result(
+        gw.get_overview(GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await,
+    );
     cap.result(gw.report_incident(incident_request()).await);
     cap.result(
         gw.get_audit_checkpoint(GetAuditCheckpointRequest {
