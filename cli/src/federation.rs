@@ -1,5 +1,5 @@
 //! A whole federation in one process: a gateway and N regional nodes on loopback, each node
-//! with its own SQLite file. Used by `domicile dev` and by the integration-test harness.
+//! with its own SQLite file, or its own database in a throwaway PostgreSQL cluster. Used by `domicile dev` and by the integration-test harness.
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -10,10 +10,11 @@ use domicile_gateway::{
     config::{FederationTlsConfig, PublicTlsConfig},
     limits::LimitsConfig,
 };
-use domicile_node::{Node, NodeConfig, config::NodeTls};
+use domicile_node::{Node, NodeConfig, config::NodeTls, storage::Backend};
 use domicile_ops::metrics::Source;
 
 use crate::certs::{self, Pki};
+use domicile_pg_cluster::PgCluster;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// A region to start.
@@ -39,6 +40,20 @@ pub struct FederationBuilder {
     auth: Option<AuthConfig>,
     limits: Option<LimitsConfig>,
     public_tls: bool,
+    postgres: bool,
+}
+
+/// The variable that puts a federation's node data in PostgreSQL (`postgres`) rather than in
+/// SQLite files (`sqlite`, the default): how CI runs the whole test suite on each backend.
+pub const STORAGE_VAR: &str = "DOMICILE_FEDERATION_STORAGE";
+
+/// Whether [`STORAGE_VAR`] asks for PostgreSQL; an unknown value is an error, not a default.
+pub fn postgres_from_env() -> anyhow::Result<bool> {
+    match std::env::var(STORAGE_VAR).as_deref() {
+        Err(_) | Ok("" | "sqlite") => Ok(false),
+        Ok("postgres") => Ok(true),
+        Ok(other) => anyhow::bail!("{STORAGE_VAR}={other:?}: expected sqlite or postgres"),
+    }
 }
 
 impl Default for FederationBuilder {
@@ -53,6 +68,7 @@ impl Default for FederationBuilder {
             auth: None,
             limits: None,
             public_tls: false,
+            postgres: false,
         }
     }
 }
@@ -75,6 +91,14 @@ impl FederationBuilder {
             countries: countries.iter().map(|c| (*c).to_owned()).collect(),
             unresponsive: true,
         });
+        self
+    }
+
+    /// Keeps the nodes' data in PostgreSQL: a throwaway cluster (from the machine's
+    /// `postgresql` binaries) started with the federation, one database per region. Also set by
+    /// `DOMICILE_FEDERATION_STORAGE=postgres` ([`STORAGE_VAR`]).
+    pub fn postgres(mut self, on: bool) -> Self {
+        self.postgres = on;
         self
     }
 
@@ -146,12 +170,27 @@ impl FederationBuilder {
         let region_ids: Vec<String> = self.regions.iter().map(|r| r.id.clone()).collect();
         let pki = certs::reuse_or_generate(&data_dir.join("pki"), &region_ids)
             .context("generating the federation's certificates")?;
+        let postgres = if self.postgres || postgres_from_env()? {
+            Some(
+                tokio::task::spawn_blocking(PgCluster::start)
+                    .await?
+                    .context("starting a PostgreSQL cluster for the nodes' data")?,
+            )
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         let mut region_configs = Vec::new();
         for spec in &self.regions {
             let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
             let addr = listener.local_addr()?;
             let database = data_dir.join(format!("{}.sqlite", spec.id));
+            let backend = match &postgres {
+                Some(cluster) => Backend::Postgres(
+                    cluster.create_database(&format!("node_{}", spec.id.replace('-', "_")))?,
+                ),
+                None => Backend::Sqlite(database.clone()),
+            };
             let (tx, rx) = oneshot::channel::<()>();
             let mut handle = None;
             let mut local_addr = None;
@@ -167,6 +206,9 @@ impl FederationBuilder {
                 let mut config = NodeConfig::new(&spec.id, &countries, database.clone());
                 config.listen = addr;
                 config.min_group_size = self.min_group_size;
+                if let Backend::Postgres(url) = &backend {
+                    config.storage = Some(url.clone());
+                }
                 let (cert_file, key_file) = pki.pair(&format!("node-{}", spec.id));
                 config.tls = Some(NodeTls {
                     cert_file,
@@ -174,8 +216,9 @@ impl FederationBuilder {
                     client_ca_file: pki.ca(),
                     gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
                 });
-                let node =
-                    Node::open(config).with_context(|| format!("opening node {}", spec.id))?;
+                let node = tokio::task::spawn_blocking(move || Node::open(config))
+                    .await?
+                    .with_context(|| format!("opening node {}", spec.id))?;
                 handle = Some(node.clone());
                 // The in-country listener, for tests that act as in-country staff.
                 let local = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -205,6 +248,7 @@ impl FederationBuilder {
                 region_id: spec.id.clone(),
                 addr,
                 database,
+                backend,
                 node: handle,
                 local_addr,
                 shutdown: Some(tx),
@@ -261,6 +305,7 @@ impl FederationBuilder {
             nodes,
             gateway_shutdown: Some(tx),
             gateway_task: Some(gateway_task),
+            postgres,
             _tempdir: tempdir,
         })
     }
@@ -273,8 +318,10 @@ pub struct RunningNode {
     pub region_id: String,
     /// Its federation address.
     pub addr: SocketAddr,
-    /// Its SQLite file.
+    /// Its SQLite file (the base of its key files' paths when its data is in PostgreSQL).
     pub database: PathBuf,
+    /// Where its data is.
+    pub backend: Backend,
     /// The node itself, for in-process inspection (`None` for an unresponsive region).
     pub node: Option<Node>,
     /// Its in-country `LocalNode` listener (`None` for an unresponsive region).
@@ -316,6 +363,9 @@ pub struct Federation {
     pub nodes: Vec<RunningNode>,
     gateway_shutdown: Option<oneshot::Sender<()>>,
     gateway_task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The PostgreSQL cluster holding the nodes' data, when they use one; stopped and
+    /// deleted with the federation.
+    pub postgres: Option<PgCluster>,
     _tempdir: Option<tempfile::TempDir>,
 }
 

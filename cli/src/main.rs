@@ -748,7 +748,7 @@ async fn main() -> anyhow::Result<()> {
             let target = domicile_node::storage::SCHEMA_VERSION;
             let db = config.database.display();
             if check {
-                match domicile_node::storage::schema_version(&config.database)? {
+                match domicile_node::storage::schema_version(&config.backend())? {
                     None => {
                         println!("{db}: no database yet; it will be created at schema {target}")
                     }
@@ -994,7 +994,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     audit::public_key_of(&seed)
                 }
             };
-            let conn = audit::open_read_only(&config.database)?;
+            let conn = audit::open_read_only(&config.backend())?;
             match audit::verify(&conn, &config.region_id, &key)? {
                 Ok(v) => {
                     println!(
@@ -1026,7 +1026,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 Some(day) => day_start(day)? + 86_400,
                 None => i64::MAX,
             };
-            let conn = audit::open_read_only(&config.database)?;
+            let conn = audit::open_read_only(&config.backend())?;
             let activities = audit::activities(&conn, from_ts, to_ts)?;
             let policies = domicile_node::policy::PolicySet::load(
                 config.policy_dir.as_deref(),

@@ -13,13 +13,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::db::{Connection, ToValue};
 use domicile_proto::{
     domain::AggregateSpec,
     merge::NPS_BUCKETS,
     pb::{AggregateStats, Channel, Dimension, GroupKey, PartialGroup},
 };
 use rand::RngCore;
-use rusqlite::{Connection, ToSql};
 
 use crate::{
     consent::Gate,
@@ -109,7 +109,7 @@ pub fn run_over_rows(
     // constant that maps to the region's largest k.
     let country_col = dims.iter().position(|(d, _)| *d == Dimension::Country);
     let mut filter = String::from(" WHERE tenant = ?");
-    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(tenant.to_owned())];
+    let mut args: Vec<Box<dyn ToValue>> = vec![Box::new(tenant.to_owned())];
     if let Some(start) = spec.start {
         filter.push_str(" AND started_at >= ?");
         args.push(Box::new(start));
@@ -148,13 +148,13 @@ pub fn run_over_rows(
 
     let grouped_by_region = spec.group_by.contains(&Dimension::Region);
     let mut stmt = conn.prepare(&select)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
+    let mut rows = stmt.query(crate::db::params_from_iter(args.iter().map(|a| a.as_ref())))?;
     let mut partial = Partial {
         min_group_size: rules.k_mixed,
         ..Default::default()
     };
     while let Some(row) = rows.next()? {
-        let get = |i: usize| -> rusqlite::Result<u64> {
+        let get = |i: usize| -> Result<u64, NodeError> {
             Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
         };
         let interactions = get(0)?;

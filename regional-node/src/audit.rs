@@ -12,11 +12,11 @@
 
 use std::{collections::HashMap, fmt};
 
+use crate::db::{Connection, OptionalExtension, params};
 use domicile_proto::domain::unix_now as now;
 use domicile_proto::pb::{AuditCheckpoint, RegionRelease};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
@@ -543,12 +543,9 @@ pub fn verify(
     }))
 }
 
-/// Opens a node's database file read-only, for the operator commands.
-pub fn open_read_only(path: &std::path::Path) -> Result<Connection, NodeError> {
-    Ok(Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?)
+/// Opens a node's database read-only, for the operator commands.
+pub fn open_read_only(backend: &crate::storage::Backend) -> Result<Connection, NodeError> {
+    backend.connect_read_only()
 }
 
 /// The public key of an audit key seed.
@@ -667,7 +664,7 @@ mod tests {
     use super::*;
 
     fn log_with(n: usize, every: u64) -> (Connection, AuditLog) {
-        let conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         conn.execute_batch(SCHEMA).unwrap();
         let log = AuditLog::new("eu-de", &[5; 32], every);
         for i in 0..n {

@@ -139,7 +139,7 @@ pub fn restore(
     let _ = std::fs::remove_file(&staged);
     copy(from, &staged)?;
     let report = (|| {
-        let mut conn = Connection::open(&staged)?;
+        let conn = Connection::open(&staged)?;
         let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(internal("the backup is damaged", check));
@@ -160,7 +160,8 @@ pub fn restore(
             config.audit_checkpoint_every,
         );
         let known = subjects(&conn)?;
-        let tx = conn.transaction()?;
+        let tx = crate::db::Connection::sqlite(conn);
+        tx.execute_batch("BEGIN")?;
         let mut erased_again = 0;
         for (tenant, subject) in &known {
             if vault.was_erased(tenant, subject)? {
@@ -181,7 +182,7 @@ pub fn restore(
                 }),
             },
         )?;
-        tx.commit()?;
+        tx.execute_batch("COMMIT")?;
         Ok(RestoreReport {
             erased_again,
             subjects: known.len(),

@@ -41,6 +41,12 @@ pub struct NodeConfig {
     /// Path of the SQLite database file; created if missing. Default `domicile-node.sqlite`.
     #[serde(default = "default_database")]
     pub database: PathBuf,
+    /// Where the data is, as a URL: `sqlite:///path/node.sqlite` (the same as `database`) or
+    /// `postgres://user@host:port/db` for PostgreSQL, which several replicas of the region's
+    /// node can share. Unset: the SQLite file `database`. With PostgreSQL, `database` only
+    /// places the key files that default to "beside the database".
+    #[serde(default)]
+    pub storage: Option<String>,
     /// Path of the region's sealing private key (32 raw bytes). Created with a fresh key, mode
     /// 0600, if missing. Default `sealing.key` beside the database.
     #[serde(default)]
@@ -171,6 +177,7 @@ pub const OPTIONS: &[&str] = &[
     "countries",
     "listen",
     "database",
+    "storage",
     "sealing_key_file",
     "previous_sealing_key_file",
     "previous_sealing_key_until",
@@ -237,6 +244,7 @@ impl NodeConfig {
             countries: countries.iter().map(|c| (*c).to_owned()).collect(),
             listen: default_listen(),
             database,
+            storage: None,
             sealing_key_file: None,
             previous_sealing_key_file: None,
             previous_sealing_key_until: None,
@@ -311,6 +319,15 @@ impl NodeConfig {
         }
     }
 
+    /// Where the data is: `storage` when set, else the SQLite file `database`. An invalid
+    /// `storage` is refused by [`NodeConfig::validate`]; here it falls back to `database`.
+    pub fn backend(&self) -> crate::storage::Backend {
+        self.storage
+            .as_deref()
+            .and_then(|s| crate::storage::Backend::parse(s).ok())
+            .unwrap_or_else(|| crate::storage::Backend::Sqlite(self.database.clone()))
+    }
+
     /// The sealing key file: the configured one, or `sealing.key` beside the database.
     pub fn sealing_key_path(&self) -> PathBuf {
         self.sealing_key_file.clone().unwrap_or_else(|| {
@@ -378,6 +395,9 @@ impl NodeConfig {
                 "region_id",
                 "must be 1 to 63 characters of a-z, 0-9 and '-'",
             );
+        }
+        if let Some(Err(e)) = self.storage.as_deref().map(crate::storage::Backend::parse) {
+            err("storage", &e);
         }
         if self.countries.is_empty() {
             err("countries", "at least one country is required");

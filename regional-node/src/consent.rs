@@ -10,6 +10,7 @@
 //! [`gate`] turns the same rule into SQL, so that aggregates and records under a purpose only
 //! include the subjects whose policy and consent permit it.
 
+use crate::db::{Connection, OptionalExtension, ToValue, params};
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{unix_now as now, whole_seconds as ts},
@@ -19,7 +20,6 @@ use domicile_proto::{
         PermissionReason, PermissionReasonCode, Purpose,
     },
 };
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -566,8 +566,8 @@ impl Gate {
 
     /// The condition as a SQL expression, with its parameters. `col` prefixes the `country` and
     /// `subject_id` columns (e.g. `"i."`).
-    pub fn condition(&self, col: &str) -> (String, Vec<Box<dyn ToSql>>) {
-        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    pub fn condition(&self, col: &str) -> (String, Vec<Box<dyn ToValue>>) {
+        let mut args: Vec<Box<dyn ToValue>> = Vec::new();
         let mut arms = Vec::with_capacity(self.arms.len());
         for (country, keep, list) in &self.arms {
             // Country codes are validated upper-case letters; enum values are integers.
@@ -592,7 +592,7 @@ impl Gate {
     }
 
     /// The condition as a clause to append to a `WHERE` (` AND …`), with its parameters.
-    pub fn filter(&self, col: &str) -> (String, Vec<Box<dyn ToSql>>) {
+    pub fn filter(&self, col: &str) -> (String, Vec<Box<dyn ToValue>>) {
         let (condition, args) = self.condition(col);
         (format!(" AND {condition}"), args)
     }
@@ -601,11 +601,11 @@ impl Gate {
     /// every country's rule drops listed subjects (opt-out or no consent needed), with its
     /// parameters. `None` when a country keeps listed subjects only (opt-in): then most rows may
     /// be dropped, and the rows have to be read.
-    pub fn dropped_subjects(&self) -> Option<(String, Vec<Box<dyn ToSql>>)> {
+    pub fn dropped_subjects(&self) -> Option<(String, Vec<Box<dyn ToValue>>)> {
         if self.arms.iter().any(|(_, keep, _)| *keep) {
             return None;
         }
-        let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+        let mut args: Vec<Box<dyn ToValue>> = Vec::new();
         let mut parts = Vec::with_capacity(self.arms.len() + 1);
         for (_, _, list) in &self.arms {
             parts.push(format!(
@@ -632,7 +632,7 @@ pub fn gate(
     purpose: Purpose,
     tenant: &str,
     col: &str,
-) -> (String, Vec<Box<dyn ToSql>>) {
+) -> (String, Vec<Box<dyn ToValue>>) {
     Gate::new(policies, purpose, tenant).filter(col)
 }
 

@@ -21,7 +21,7 @@ pub enum NodeError {
     Invalid(#[from] Violations),
     /// The storage failed. The message is for operators' logs; clients get a generic text.
     #[error("storage: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(#[from] crate::db::DbError),
     /// The country policies refuse the call; the text names the countries and rule, never data.
     #[error("denied by policy: {0}")]
     DeniedByPolicy(String),
@@ -46,6 +46,18 @@ pub enum NodeError {
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<rusqlite::Error> for NodeError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+impl From<postgres::Error> for NodeError {
+    fn from(e: postgres::Error) -> Self {
+        Self::Storage(e.into())
+    }
 }
 
 impl From<NodeError> for Status {

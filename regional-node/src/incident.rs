@@ -7,14 +7,14 @@
 //! The list of who, with contact details for notifying them, is only served in-country
 //! ([`subjects`], on the `LocalNode` listener).
 
+use crate::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     domain::IncidentSpec,
     domain::{unix_now as now, whole_seconds as ts},
     pb::{AffectedCount, DataCategory, Incident, IncidentSubject, RegionIncident, TimeRange},
 };
-use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{error::NodeError, policy::PolicySet, storage::SqliteStore};
+use crate::{error::NodeError, policy::PolicySet, storage::Store};
 
 /// The incident table; created with the rest of the schema.
 pub const SCHEMA: &str = r#"
@@ -135,12 +135,10 @@ pub fn report(
         ],
     )
     .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
+        NodeError::Storage(db) if db.is_unique_violation() => {
             NodeError::FailedPrecondition("incident_id: already reported".into())
         }
-        e => e.into(),
+        e => e,
     })?;
     Ok(part)
 }
@@ -215,7 +213,7 @@ pub fn get(
 /// Who is affected, with contact details (decrypted), for notifying them. In-country only.
 pub fn subjects(
     conn: &Connection,
-    store: &SqliteStore,
+    store: &Store,
     tenant: &str,
     incident_id: &str,
 ) -> Result<Option<Vec<IncidentSubject>>, NodeError> {

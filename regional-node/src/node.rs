@@ -37,7 +37,7 @@ use crate::{
     policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
-    storage::{Charge, RecordBody, SqliteStore, StoreOutcome},
+    storage::{Charge, RecordBody, Store, StoreOutcome},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     pub(crate) keys: SealingKeyPair,
     /// The previous sealing key and the end of its grace period (Unix seconds).
     pub(crate) previous: Option<(SealingKeyPair, i64)>,
-    pub(crate) store: SqliteStore,
+    pub(crate) store: Store,
     pub(crate) policies: PolicySet,
     pub(crate) pseudonyms: Pseudonymiser,
     /// Randomness for differential-privacy noise, seeded from the operating system.
@@ -163,7 +163,7 @@ impl Node {
             _ => None,
         };
         let kek = load_kek(&config)?;
-        let store = SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
+        let store = Store::open(&config.backend(), &config.key_vault_path(), &kek)?;
         store.write(|tx| {
             audit.append(
                 tx,
@@ -393,7 +393,7 @@ impl Node {
     }
 
     /// The storage (for tests and operational commands).
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -885,7 +885,7 @@ impl Node {
     /// transaction (the one that appended the entry).
     pub(crate) fn audit_consent(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::db::Connection,
         tenant: &str,
         subject_id: &str,
         entry: &domicile_proto::pb::ConsentEntry,

@@ -3,6 +3,7 @@
 //! tables. Nothing in it identifies a person: no subject id, no free text, no value of a
 //! record.
 
+use crate::db::{Connection, params};
 use domicile_proto::{
     domain::whole_seconds as ts,
     pb::{
@@ -10,7 +11,6 @@ use domicile_proto::{
         ReleaseKind, SubjectRequestCount,
     },
 };
-use rusqlite::{Connection, params};
 
 use crate::error::NodeError;
 
@@ -50,7 +50,7 @@ pub fn releases(
             epsilon: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// The tenant's privacy budget today, against a daily budget of `daily_milli` thousandths.
@@ -167,5 +167,5 @@ pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, No
             subjects: r.get::<_, i64>(4)?.max(0) as u64,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }

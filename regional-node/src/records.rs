@@ -7,8 +7,8 @@
 //! prefix, language to its primary subtag), and the comment is redacted ([`crate::redact`])
 //! with the subject's own name. The message type has no field for a name, e-mail, phone or id.
 
+use crate::db::{Connection, ToValue};
 use domicile_proto::{domain::RecordSpec, pb::PseudonymisedInteraction};
-use rusqlite::{Connection, ToSql};
 
 use crate::{
     error::NodeError,
@@ -39,7 +39,7 @@ pub struct Release<'a> {
     /// The key vault, to decrypt profiles and comments.
     pub vault: &'a Vault,
     /// The consent condition of the purpose ([`crate::consent::gate`]) on columns `i.*`.
-    pub consent: (String, Vec<Box<dyn ToSql>>),
+    pub consent: (String, Vec<Box<dyn ToValue>>),
 }
 
 /// Streams `spec`'s records in time order to `emit`, `BATCH` at a time; stops early (without
@@ -60,7 +60,7 @@ pub fn run(
          LEFT JOIN subject_pii p ON p.tenant = i.tenant AND p.external_id = i.subject_id
          WHERE i.tenant = ? AND i.country IN ({marks})"
     );
-    let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(release.tenant.to_owned())];
+    let mut args: Vec<Box<dyn ToValue>> = vec![Box::new(release.tenant.to_owned())];
     for c in release.countries {
         args.push(Box::new(c.clone()));
     }
@@ -80,14 +80,16 @@ pub fn run(
         }
     }
     sql.push_str(&release.consent.0);
-    for a in &release.consent.1 {
-        args.push(Box::new(a.to_sql()?.to_owned()));
-    }
     sql.push_str(" ORDER BY i.started_at, i.interaction_id LIMIT ?");
-    args.push(Box::new(i64::from(spec.limit)));
+    let limit = i64::from(spec.limit);
 
     let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())))?;
+    let mut rows = stmt.query(crate::db::params_from_iter(
+        args.iter()
+            .chain(&release.consent.1)
+            .map(|a| a.as_ref())
+            .chain([&limit as &dyn ToValue]),
+    ))?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut emitted = 0u64;
     let mut keys: std::collections::HashMap<String, Option<DataKey>> =

@@ -3,7 +3,7 @@
 //! delayed). Runs daily while a node serves, and on demand (`domicile node sweep`). What it deleted
 //! is counted and audited, never listed.
 
-use rusqlite::params;
+use crate::db::params;
 use serde_json::json;
 
 use crate::{

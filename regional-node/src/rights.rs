@@ -6,6 +6,7 @@
 //! the subject's audit pseudonym. A region that holds nothing about the subject answers
 //! `NOT_FOUND`, so a gateway asking every region hears only from the home region.
 
+use crate::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
     domain::{unix_now as now, whole_seconds as ts},
@@ -16,7 +17,6 @@ use domicile_proto::{
     rights::{HoldSpec, RightsRequest},
     seal::seal_export,
 };
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use crate::{
@@ -101,18 +101,18 @@ fn active_holds(conn: &Connection, tenant: &str, subject: &str) -> Result<Vec<Ho
             expires_at: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// Whether the region holds anything about the subject.
 fn knows(conn: &Connection, tenant: &str, subject: &str) -> Result<bool, NodeError> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM subjects WHERE tenant = ?1 AND external_id = ?2)
              OR EXISTS (SELECT 1 FROM interactions WHERE tenant = ?1 AND subject_id = ?2)
              OR EXISTS (SELECT 1 FROM consent_state WHERE tenant = ?1 AND subject_id = ?2)",
         params![tenant, subject],
         |r| r.get(0),
-    )?)
+    )
 }
 
 fn stored_country(
@@ -120,15 +120,14 @@ fn stored_country(
     tenant: &str,
     subject: &str,
 ) -> Result<Option<String>, NodeError> {
-    Ok(conn
-        .query_row(
-            "SELECT country FROM subjects WHERE tenant = ?1 AND external_id = ?2
+    conn.query_row(
+        "SELECT country FROM subjects WHERE tenant = ?1 AND external_id = ?2
              UNION ALL SELECT country FROM interactions WHERE tenant = ?1 AND subject_id = ?2
              LIMIT 1",
-            params![tenant, subject],
-            |r| r.get(0),
-        )
-        .optional()?)
+        params![tenant, subject],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 fn set_flag(conn: &Connection, tenant: &str, subject: &str, column: &str) -> Result<(), NodeError> {
@@ -857,7 +856,7 @@ impl Node {
                 "SELECT tenant, hold_id FROM legal_holds WHERE released_at IS NULL AND expires_at <= ?1",
             )?;
             let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            rows.collect::<Result<_, _>>()
         })?;
         let mut completed = 0;
         for (tenant, hold) in &expired {

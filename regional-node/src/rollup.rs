@@ -16,13 +16,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::db::{Connection, Dialect, OptionalExtension, ToValue, params, params_from_iter};
 use domicile_proto::{
     domain::{MAX_TIMESTAMP, MIN_TIMESTAMP},
     merge::NPS_BUCKETS,
     pb::{AggregateStats, Channel, Dimension, GroupKey},
 };
 use roaring::RoaringBitmap;
-use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
 use crate::{
     aggregate::{Partial, Rules, release},
@@ -107,9 +107,10 @@ fn qualifying() -> String {
     )
 }
 
-/// The rollup schema: tables, and the triggers that track a subject when it first qualifies.
-pub fn schema() -> String {
-    let sums = [
+/// The aggregate columns of `subject_cells` over a subject's interactions, in `SUMS_COLUMNS`
+/// order.
+fn subject_sums_sql() -> String {
+    [
         "COUNT(*)".to_owned(),
         (0..NPS_BUCKETS)
             .map(|b| format!("SUM(CASE WHEN nps = {b} THEN 1 ELSE 0 END)"))
@@ -119,44 +120,86 @@ pub fn schema() -> String {
          SUM(handle_time), SUM(CASE WHEN handle_time > 0 THEN 1 ELSE 0 END)"
             .to_owned(),
     ]
-    .join(", ");
-    let month = "(CAST(strftime('%Y', started_at, 'unixepoch') AS INTEGER) - 1970) * 12 \
-                 + CAST(strftime('%m', started_at, 'unixepoch') AS INTEGER) - 1";
+    .join(", ")
+}
+
+/// The month number of `started_at`, in SQL of `dialect`.
+fn month_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "(CAST(strftime('%Y', started_at, 'unixepoch') AS INTEGER) - 1970) * 12 \
+             + CAST(strftime('%m', started_at, 'unixepoch') AS INTEGER) - 1"
+        }
+        Dialect::Postgres => {
+            "(CAST(EXTRACT(YEAR FROM to_timestamp(started_at) AT TIME ZONE 'UTC') AS BIGINT) - 1970) * 12 \
+             + CAST(EXTRACT(MONTH FROM to_timestamp(started_at) AT TIME ZONE 'UTC') AS BIGINT) - 1"
+        }
+    }
+}
+
+/// The tables whose rows make a subject tracked, and the condition on the new row.
+fn tracking_conditions() -> [(&'static str, String); 2] {
+    [
+        (
+            "consent_state",
+            format!("NEW.state IN ({})", dropping_states()),
+        ),
+        (
+            "subject_flags",
+            "NEW.restricted = 1 OR NEW.erasure_pending = 1".to_owned(),
+        ),
+    ]
+}
+
+/// The rollup schema (SQLite): tables, and the triggers that track a subject when it first
+/// qualifies.
+pub fn schema() -> String {
+    let sums = subject_sums_sql();
+    let month = month_sql(Dialect::Sqlite);
     let mut sql = TABLES.to_owned();
-    let states = dropping_states();
-    for (table, event, when) in [
-        (
-            "consent_state",
-            "INSERT",
-            format!("NEW.state IN ({states})"),
-        ),
-        (
-            "consent_state",
-            "UPDATE",
-            format!("NEW.state IN ({states})"),
-        ),
-        (
-            "subject_flags",
-            "INSERT",
-            "NEW.restricted = 1 OR NEW.erasure_pending = 1".to_owned(),
-        ),
-        (
-            "subject_flags",
-            "UPDATE",
-            "NEW.restricted = 1 OR NEW.erasure_pending = 1".to_owned(),
-        ),
-    ] {
+    for (table, when) in tracking_conditions() {
+        for event in ["INSERT", "UPDATE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER IF NOT EXISTS track_{table}_{event} AFTER {event} ON {table}
+                 WHEN ({when}) AND NOT EXISTS (SELECT 1 FROM tracked_subjects
+                     WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id)
+                 BEGIN
+                   INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
+                     SELECT tenant, subject_id, {month}, country, channel, {sums}
+                     FROM interactions WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id
+                     GROUP BY 3, 4, 5;
+                   INSERT INTO tracked_subjects (tenant, subject_id) VALUES (NEW.tenant, NEW.subject_id);
+                 END;\n"
+            ));
+        }
+    }
+    sql
+}
+
+/// The same tracking triggers for PostgreSQL (PL/pgSQL). The claim on `tracked_subjects`
+/// comes first, so that two replicas tracking one subject at once build its cells once.
+pub fn pg_triggers() -> String {
+    let sums = subject_sums_sql();
+    let month = month_sql(Dialect::Postgres);
+    let mut sql = String::new();
+    for (table, when) in tracking_conditions() {
         sql.push_str(&format!(
-            "CREATE TRIGGER IF NOT EXISTS track_{table}_{event} AFTER {event} ON {table}
-             WHEN ({when}) AND NOT EXISTS (SELECT 1 FROM tracked_subjects
-                 WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id)
+            "CREATE OR REPLACE FUNCTION domicile_track_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN
-               INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
-                 SELECT tenant, subject_id, {month}, country, channel, {sums}
-                 FROM interactions WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id
-                 GROUP BY 3, 4, 5;
-               INSERT INTO tracked_subjects (tenant, subject_id) VALUES (NEW.tenant, NEW.subject_id);
-             END;\n"
+               IF {when} THEN
+                 INSERT INTO tracked_subjects (tenant, subject_id) VALUES (NEW.tenant, NEW.subject_id)
+                   ON CONFLICT DO NOTHING;
+                 IF FOUND THEN
+                   INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
+                     SELECT tenant, subject_id, {month}, country, channel, {sums}
+                     FROM interactions WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id
+                     GROUP BY 3, 4, 5;
+                 END IF;
+               END IF;
+               RETURN NULL;
+             END $$;
+             CREATE OR REPLACE TRIGGER track_{table} AFTER INSERT OR UPDATE ON {table}
+               FOR EACH ROW EXECUTE FUNCTION domicile_track_{table}();\n"
         ));
     }
     sql
@@ -245,7 +288,7 @@ fn month_label(month: i64) -> String {
 }
 
 /// `YYYY-MM-DD`, as SQLite's `strftime('%Y-%m-%d')` writes it.
-fn day_label(day: i64) -> String {
+pub(crate) fn day_label(day: i64) -> String {
     let (y, m, d) = civil_from_days(day);
     format!("{y:04}-{m:02}-{d:02}")
 }
@@ -307,7 +350,7 @@ impl Sums {
     }
 
     /// Reads `SUMS_COLUMNS` starting at column `first`.
-    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
+    fn from_row(row: &crate::db::Row<'_>, first: usize) -> Result<Self, NodeError> {
         let mut f = [0; SUMS_FIELDS];
         for (i, v) in f.iter_mut().enumerate() {
             *v = row.get(first + i)?;
@@ -373,7 +416,7 @@ pub struct Facts {
 const FACT_COLUMNS: &str = "i.tenant, i.subject_id, i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces";
 
 impl Facts {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    fn from_row(row: &crate::db::Row<'_>) -> Result<Self, NodeError> {
         Ok(Self {
             tenant: row.get(0)?,
             subject: row.get(1)?,
@@ -537,13 +580,11 @@ impl TenantDelta {
             .optional()?;
         let n = match found {
             Some(n) => n,
-            None => {
-                tx.prepare_cached(
-                    "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2)",
-                )?
-                .execute(params![tenant, subject])?;
-                tx.last_insert_rowid()
-            }
+            None => tx.query_row(
+                "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2) RETURNING n",
+                params![tenant, subject],
+                |r| r.get(0),
+            )?,
         };
         let n = u32::try_from(n)
             .map_err(|_| NodeError::Internal("more than 2^32 subjects in one database".into()))?;
@@ -600,7 +641,7 @@ impl Delta {
         &mut self,
         tx: &Connection,
         condition: &str,
-        args: &[&dyn ToSql],
+        args: &[&dyn ToValue],
     ) -> Result<usize, NodeError> {
         let sql = format!("SELECT {FACT_COLUMNS} FROM interactions AS i WHERE {condition}");
         let facts: Vec<Facts> = tx
@@ -712,11 +753,11 @@ impl TenantDelta {
                 continue;
             }
             let country = std::str::from_utf8(country).unwrap_or("??");
-            let head: [&dyn ToSql; 5] = [&tenant, subject, bucket, &country, channel];
+            let head: [&dyn ToValue; 5] = [&tenant, subject, bucket, &country, channel];
             let fields = sums.fields();
-            let values: Vec<&dyn ToSql> = head
+            let values: Vec<&dyn ToValue> = head
                 .into_iter()
-                .chain(fields.iter().map(|v| v as &dyn ToSql))
+                .chain(fields.iter().map(|v| v as &dyn ToValue))
                 .collect();
             add_subject_cell.execute(params_from_iter(values))?;
             if sums.interactions < 0 {
@@ -750,7 +791,7 @@ fn decode_bitmap(blob: &[u8]) -> Result<RoaringBitmap, NodeError> {
 pub fn delete_interactions(
     tx: &Connection,
     condition: &str,
-    args: &[&dyn ToSql],
+    args: &[&dyn ToValue],
 ) -> Result<usize, NodeError> {
     let mut delta = Delta::default();
     delta.remove_where(tx, condition, args)?;
@@ -772,14 +813,15 @@ pub fn rebuild(tx: &Connection) -> Result<(), NodeError> {
         qualifying()
     ))?;
     let mut delta = Delta::default();
-    // Streamed: the rows are never all in memory, only the cells.
-    let mut all = tx.prepare(&format!("SELECT {FACT_COLUMNS} FROM interactions AS i"))?;
-    let mut rows = all.query([])?;
-    while let Some(row) = rows.next()? {
-        delta.add(tx, &Facts::from_row(row)?)?;
-    }
-    drop(rows);
-    drop(all);
+    // Streamed on SQLite: the rows are never all in memory, only the cells.
+    tx.query_each(
+        &format!("SELECT {FACT_COLUMNS} FROM interactions AS i"),
+        [],
+        |row| {
+            delta.add(tx, &Facts::from_row(row)?)?;
+            Ok(true)
+        },
+    )?;
     delta.apply(tx)
 }
 
@@ -940,14 +982,14 @@ pub fn run(
     let mut read_rows = |extra: &str,
                          from: i64,
                          to: i64,
-                         extra_args: &[Box<dyn ToSql>],
+                         extra_args: &[Box<dyn ToValue>],
                          edge: bool|
      -> Result<(), NodeError> {
         if from >= to {
             return Ok(());
         }
-        let mut args: Vec<&dyn ToSql> = condition_args.iter().map(|a| a.as_ref()).collect();
-        args.extend([&tenant as &dyn ToSql, &from, &to]);
+        let mut args: Vec<&dyn ToValue> = condition_args.iter().map(|a| a.as_ref()).collect();
+        args.extend([&tenant as &dyn ToValue, &from, &to]);
         args.extend(extra_args.iter().map(|a| a.as_ref()));
         let index = if edge {
             "interactions_by_time"
@@ -1010,10 +1052,10 @@ pub fn run(
                 .collect::<Vec<_>>()
                 .join(", ")
         ))?;
-        let mut args: Vec<&dyn ToSql> = condition_args.iter().map(|a| a.as_ref()).collect();
+        let mut args: Vec<&dyn ToValue> = condition_args.iter().map(|a| a.as_ref()).collect();
         args.push(&tenant);
         args.extend(dropped_args.iter().map(|a| a.as_ref()));
-        args.extend([&m0 as &dyn ToSql, &m1]);
+        args.extend([&m0 as &dyn ToValue, &m1]);
         let mut rows = stmt.query(params_from_iter(args))?;
         while let Some(row) = rows.next()? {
             let country: String = row.get(1)?;
@@ -1025,7 +1067,7 @@ pub fn run(
             if kept {
                 acc.dropped_kept.insert(n);
             } else {
-                acc.sums.add(&Sums::from_row(row, 5)?, -1);
+                acc.sums.add(&Sums::from_row(&row, 5)?, -1);
             }
         }
     }
@@ -1084,7 +1126,7 @@ mod tests {
         aggregate::run_over_rows,
         consent::Gate,
         policy::PolicySet,
-        storage::{RecordBody, SqliteStore, StoredRecord},
+        storage::{Backend, RecordBody, Store, StoredRecord},
     };
 
     const TENANT: &str = "acme";
@@ -1129,7 +1171,7 @@ mod tests {
         )
     }
 
-    fn ingest(store: &SqliteStore, rows: &[Row]) {
+    fn ingest(store: &Store, rows: &[Row]) {
         let records: Vec<StoredRecord> = rows
             .iter()
             .enumerate()
@@ -1242,7 +1284,7 @@ mod tests {
             ), 1..6),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let store = SqliteStore::open(&dir.path().join("n.db"), &dir.path().join("v.db"), &[7; 32]).unwrap();
+            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &dir.path().join("v.db"), &[7; 32]).unwrap();
             for batch in &batches {
                 ingest(&store, batch);
             }
@@ -1333,7 +1375,7 @@ mod tests {
             })
             .collect();
         let expected = {
-            let store = SqliteStore::open(&db, &vault, &[7; 32]).unwrap();
+            let store = Store::open(&Backend::Sqlite(db.clone()), &vault, &[7; 32]).unwrap();
             ingest(&store, &rows);
             let cells = store.read(|c| Ok(cells(c))).unwrap();
             // What a version-3 database looks like: no rollups.
@@ -1348,10 +1390,10 @@ mod tests {
             cells
         };
         assert!(!expected.is_empty());
-        let store = SqliteStore::open(&db, &vault, &[7; 32]).unwrap();
+        let store = Store::open(&Backend::Sqlite(db.clone()), &vault, &[7; 32]).unwrap();
         assert_eq!(store.read(|c| Ok(cells(c))).unwrap(), expected);
         let version: i64 = store
-            .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(version, crate::storage::SCHEMA_VERSION);
     }
@@ -1359,8 +1401,12 @@ mod tests {
     #[test]
     fn opt_in_purposes_and_noise_read_the_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("n.db"), &dir.path().join("v.db"), &[7; 32])
-            .unwrap();
+        let store = Store::open(
+            &Backend::Sqlite(dir.path().join("n.db")),
+            &dir.path().join("v.db"),
+            &[7; 32],
+        )
+        .unwrap();
         let policies = PolicySet::load(None, &COUNTRIES.map(String::from)).unwrap();
         let spec = AggregateSpec {
             purpose: Purpose::CxSurvey,

@@ -17,9 +17,10 @@ use std::{
 
 use domicile_proto::domain::unix_now as now;
 use domicile_proto::domain::{Interaction, Subject};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::OpenFlags;
 
 use crate::{
+    db::{Connection, Dialect, params},
     error::NodeError,
     rollup::Facts,
     vault::{DataKey, Vault, comment_aad, profile_aad},
@@ -124,7 +125,7 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 const READER_CACHE_KIB: i64 = 8 * 1024;
 
 /// Cache and memory-map settings of one connection.
-fn tune(conn: &Connection, cache_kib: i64) -> Result<(), NodeError> {
+fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     // A longer WAL between checkpoints: a page changed by many batches is copied back once.
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
@@ -200,7 +201,7 @@ type Answer = Result<Box<dyn Any + Send>, NodeError>;
 /// A write waiting for the next group commit: its work, run in the group's transaction, and
 /// where its answer goes once the group is durable.
 struct Pending {
-    run: Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Answer + Send>,
+    run: Box<dyn FnOnce(&Connection) -> Answer + Send>,
     reply: mpsc::SyncSender<Answer>,
 }
 
@@ -211,7 +212,7 @@ pub struct Migration {
     pub version: i64,
     /// What it does, for the log and `domicile node migrate --check`.
     pub what: &'static str,
-    apply: fn(&rusqlite::Transaction<'_>) -> Result<(), NodeError>,
+    apply: fn(&Connection) -> Result<(), NodeError>,
 }
 
 /// Every migration, in order. A database older than the first one's starting version cannot
@@ -241,100 +242,184 @@ pub fn pending_migrations(version: i64) -> Result<Vec<&'static Migration>, NodeE
     Ok(MIGRATIONS.iter().filter(|m| m.version > version).collect())
 }
 
-/// The schema version of the database at `path`, read without changing it (`None` when the
-/// file does not exist or holds no table yet).
-pub fn schema_version(path: &Path) -> Result<Option<i64>, NodeError> {
-    if !path.exists() {
-        return Ok(None);
+/// Where a node keeps its data: the `storage` setting of its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (`sqlite:///var/lib/domicile/eu-de.sqlite`, or the `database` path).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user@host:port/db`), which several node replicas
+    /// may share.
+    Postgres(String),
+}
+
+impl Backend {
+    /// Parses a storage URL: `sqlite://<path>` or `postgres://…` / `postgresql://…`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "sqlite:// needs a path, e.g. sqlite:///var/lib/domicile/node.sqlite".into(),
+                );
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        Err("expected sqlite://<path> or postgres://<user>@<host>:<port>/<database>".into())
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-    if tables == 0 {
-        return Ok(None);
+
+    /// A description for logs: the SQLite path, or PostgreSQL's host, port and database
+    /// (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(p) => p.display().to_string(),
+            Self::Postgres(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                format!("postgres://{}", rest.split('?').next().unwrap_or(rest))
+            }
+        }
     }
-    Ok(Some(conn.pragma_query_value(
-        None,
-        "user_version",
+
+    /// A new read-only connection (for operator commands).
+    pub fn connect_read_only(&self) -> Result<Connection, NodeError> {
+        self.connect(true)
+    }
+
+    /// A new connection.
+    fn connect(&self, read_only: bool) -> Result<Connection, NodeError> {
+        match self {
+            Self::Sqlite(path) => {
+                let conn = if read_only {
+                    rusqlite::Connection::open_with_flags(
+                        path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?
+                } else {
+                    let c = rusqlite::Connection::open(path)?;
+                    c.pragma_update(None, "journal_mode", "WAL")?;
+                    // FULL: a commit is on disk before the node acknowledges the batch.
+                    c.pragma_update(None, "synchronous", "FULL")?;
+                    c
+                };
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                tune(
+                    &conn,
+                    if read_only {
+                        READER_CACHE_KIB
+                    } else {
+                        WRITER_CACHE_KIB
+                    },
+                )?;
+                Ok(Connection::sqlite(conn))
+            }
+            Self::Postgres(url) => {
+                let conn = Connection::postgres(url)?;
+                if read_only {
+                    conn.execute_batch("SET default_transaction_read_only = on")?;
+                }
+                Ok(conn)
+            }
+        }
+    }
+}
+
+/// The schema version of the node's database, read without changing it (`None` when it does
+/// not exist or holds no table yet).
+pub fn schema_version(backend: &Backend) -> Result<Option<i64>, NodeError> {
+    match backend {
+        Backend::Sqlite(path) => {
+            if !path.exists() {
+                return Ok(None);
+            }
+            let conn =
+                rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let tables: i64 =
+                conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables == 0 {
+                return Ok(None);
+            }
+            Ok(Some(conn.pragma_query_value(
+                None,
+                "user_version",
+                |r| r.get(0),
+            )?))
+        }
+        Backend::Postgres(_) => pg_schema_version(&backend.connect(true)?),
+    }
+}
+
+/// The version PostgreSQL's `domicile_schema` table records, if it exists.
+fn pg_schema_version(conn: &Connection) -> Result<Option<i64>, NodeError> {
+    let exists: bool = conn.query_row(
+        "SELECT to_regclass('domicile_schema') IS NOT NULL",
+        params![],
         |r| r.get(0),
-    )?))
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    conn.query_opt("SELECT version FROM domicile_schema", params![], |r| {
+        r.get(0)
+    })
 }
 
 /// Brings the node's database to [`SCHEMA_VERSION`] (creating it if missing) without serving;
 /// returns the version it had (`None`: new).
 pub fn migrate(config: &crate::config::NodeConfig) -> Result<Option<i64>, NodeError> {
-    let before = schema_version(&config.database)?;
+    let backend = config.backend();
+    let before = schema_version(&backend)?;
     let kek = crate::node::load_kek(config)?;
-    SqliteStore::open(&config.database, &config.key_vault_path(), &kek)?;
+    Store::open(&backend, &config.key_vault_path(), &kek)?;
     Ok(before)
 }
 
-/// The SQLite store of one node.
-pub struct SqliteStore {
-    path: PathBuf,
+/// The node's store: one writer connection (group-committed) and a pool of readers, over
+/// SQLite or PostgreSQL.
+pub struct Store {
+    backend: Backend,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    /// Writes queued for [`SqliteStore::write_grouped`], committed together by whichever
+    /// Writes queued for [`Store::write_grouped`], committed together by whichever
     /// caller next holds the writer.
     pending: Mutex<Vec<Pending>>,
     vault: Vault,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+        f.debug_struct("Store")
+            .field("backend", &self.backend.describe())
             .finish()
     }
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and its key vault at `vault` (with the
-    /// region's key-encryption key), and applies the schema.
-    pub fn open(path: &Path, vault: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// The advisory-lock key that serialises schema changes between replicas starting together.
+const SCHEMA_LOCK: i64 = 0x646f_6d69_0001;
+
+impl Store {
+    /// Opens (creating if needed) the database and its key vault at `vault` (with the region's
+    /// key-encryption key), and applies the schema and any pending migration.
+    pub fn open(backend: &Backend, vault: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
+        if let Backend::Sqlite(path) = backend
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir)
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
-        let mut writer = Connection::open(path)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk before the node acknowledges the batch.
-        writer.pragma_update(None, "synchronous", "FULL")?;
-        writer.busy_timeout(std::time::Duration::from_secs(5))?;
-        tune(&writer, WRITER_CACHE_KIB)?;
-        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let empty: i64 =
-            writer.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
-        let version = if empty == 0 { SCHEMA_VERSION } else { version };
-        pending_migrations(version)
-            .map_err(|e| NodeError::Internal(format!("{}: {e}", path.display())))?;
-        let tx = writer.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(crate::consent::SCHEMA)?;
-        tx.execute_batch(crate::audit::SCHEMA)?;
-        tx.execute_batch(crate::incident::SCHEMA)?;
-        tx.execute_batch(crate::rights::SCHEMA)?;
-        tx.execute_batch(&crate::rollup::schema())?;
-        for m in pending_migrations(version)? {
-            tracing::info!(
-                database = %path.display(),
-                from = m.version - 1,
-                to = m.version,
-                what = m.what,
-                "migrating the schema"
-            );
-            let started = std::time::Instant::now();
-            (m.apply)(&tx)?;
-            tracing::info!(
-                to = m.version,
-                seconds = started.elapsed().as_secs_f64(),
-                "schema migrated"
-            );
+        let writer = backend.connect(false)?;
+        writer.execute_batch("BEGIN")?;
+        match apply_schema(&writer, backend) {
+            Ok(()) => writer.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = writer.execute_batch("ROLLBACK");
+                return Err(e);
+            }
         }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
         let vault = Vault::open(vault, kek)?;
         Ok(Self {
-            path: path.to_owned(),
+            backend: backend.clone(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
@@ -342,9 +427,9 @@ impl SqliteStore {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the data is.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The key vault.
@@ -359,13 +444,11 @@ impl SqliteStore {
         tenant: &str,
         subject: &str,
     ) -> Result<Option<Profile>, NodeError> {
-        let blob: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
-                params![tenant, subject],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let blob: Option<Vec<u8>> = conn.query_opt(
+            "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+            params![tenant, subject],
+            |r| r.get(0),
+        )?;
         let (Some(blob), Some(key)) = (blob, self.vault.key(tenant, subject)?) else {
             return Ok(None);
         };
@@ -373,7 +456,7 @@ impl SqliteStore {
     }
 
     /// Stores a batch, group-committed with the batches that arrive while the previous commit
-    /// is being written ([`SqliteStore::write_grouped`]). Each record's outcome, in order.
+    /// is being written ([`Store::write_grouped`]). Each record's outcome, in order.
     /// `audit` runs in the same transaction, after the records, so the batch and its audit entry
     /// are durable together or not at all; the outcomes are returned once they are durable.
     pub fn ingest(
@@ -404,6 +487,16 @@ impl SqliteStore {
         })
     }
 
+    /// The writer, reconnected first if its PostgreSQL connection was lost (a restarted or
+    /// failed-over server): the next write then succeeds instead of failing forever.
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Connection>, NodeError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.is_closed() {
+            *conn = self.backend.connect(false)?;
+        }
+        Ok(conn)
+    }
+
     /// Runs `f` in a transaction shared with the other writes queued meanwhile, and returns its
     /// value once that transaction is committed (group commit: one fsync for the group).
     ///
@@ -414,7 +507,7 @@ impl SqliteStore {
     /// only after the commit, and each caller passes through the writer before returning.
     pub fn write_grouped<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, NodeError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.pending
@@ -425,7 +518,7 @@ impl SqliteStore {
                 reply,
             });
         let answered = {
-            let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = self.writer();
             // Committed by the previous holder: leave the writes queued since to their own
             // callers rather than make this one wait for another commit.
             match answer.try_recv() {
@@ -434,7 +527,16 @@ impl SqliteStore {
                     let group = std::mem::take(
                         &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
                     );
-                    commit_group(&mut conn, group);
+                    match conn {
+                        Ok(conn) => commit_group(&conn, group),
+                        Err(e) => {
+                            for job in group {
+                                let _ = job.reply.send(Err(NodeError::Internal(format!(
+                                    "database connection: {e}"
+                                ))));
+                            }
+                        }
+                    }
                     None
                 }
             }
@@ -452,54 +554,70 @@ impl SqliteStore {
 
     /// Charges `milli` thousandths of epsilon to `tenant`'s budget for today (UTC), whose total
     /// is `budget_milli`, atomically: either the whole charge fits and is durable, or nothing
-    /// changes.
+    /// changes. One conditional upsert, so replicas charging at once never overspend.
     pub fn charge_epsilon(
         &self,
         tenant: &str,
         milli: u32,
         budget_milli: u64,
     ) -> Result<Charge, NodeError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        let day: String = tx.query_row("SELECT date('now')", [], |r| r.get(0))?;
-        let spent: u64 = tx
-            .query_row(
-                "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
-                params![tenant, day],
-                |r| r.get::<_, i64>(0),
+        let day = today();
+        let spent_after: Option<i64> = self.write(|tx| {
+            if u64::from(milli) > budget_milli {
+                return Ok(None);
+            }
+            tx.query_opt(
+                "INSERT INTO privacy_budget (tenant, day, spent_milli) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, day) DO UPDATE
+                 SET spent_milli = privacy_budget.spent_milli + excluded.spent_milli
+                 WHERE privacy_budget.spent_milli + excluded.spent_milli <= ?4
+                 RETURNING spent_milli",
+                params![tenant, day, milli, budget_milli],
+                |r| r.get(0),
             )
-            .map(|v| v.max(0) as u64)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(0),
-                e => Err(e),
-            })?;
-        let remaining = budget_milli.saturating_sub(spent);
-        if u64::from(milli) > remaining {
-            return Ok(Charge::Exhausted {
-                remaining_milli: remaining,
-            });
+        })?;
+        match spent_after {
+            Some(spent) => Ok(Charge::Charged {
+                remaining_milli: budget_milli.saturating_sub(spent.max(0) as u64),
+            }),
+            None => {
+                let spent = self.spent_today(tenant)?;
+                Ok(Charge::Exhausted {
+                    remaining_milli: budget_milli.saturating_sub(spent),
+                })
+            }
         }
-        tx.execute(
-            "INSERT INTO privacy_budget (tenant, day, spent_milli) VALUES (?1, ?2, ?3)
-             ON CONFLICT (tenant, day) DO UPDATE SET spent_milli = spent_milli + excluded.spent_milli",
-            params![tenant, day, milli],
-        )?;
-        tx.commit()?;
-        Ok(Charge::Charged {
-            remaining_milli: remaining - u64::from(milli),
-        })
+    }
+
+    /// Epsilon `tenant` spent today (UTC), in thousandths.
+    pub fn spent_today(&self, tenant: &str) -> Result<u64, NodeError> {
+        let spent: Option<i64> = self.read(|c| {
+            c.query_opt(
+                "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
+                params![tenant, today()],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(spent.unwrap_or(0).max(0) as u64)
     }
 
     /// Runs `f` in one write transaction: committed when `f` succeeds, rolled back otherwise.
     pub fn write<T>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, NodeError>,
+        f: impl FnOnce(&Connection) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        let conn = self.writer()?;
+        conn.execute_batch("BEGIN")?;
+        match f(&conn) {
+            Ok(value) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// Runs `f` with a read-only connection from the pool.
@@ -509,16 +627,8 @@ impl SqliteStore {
     ) -> Result<T, NodeError> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
-            Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(std::time::Duration::from_secs(5))?;
-                tune(&c, READER_CACHE_KIB)?;
-                c
-            }
+            Some(c) if !c.is_closed() => c,
+            _ => self.backend.connect(true)?,
         };
         let result = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -529,44 +639,117 @@ impl SqliteStore {
     }
 }
 
+/// Today's UTC date, `YYYY-MM-DD`: the day of the privacy budget.
+pub fn today() -> String {
+    crate::rollup::day_label(now().div_euclid(86_400))
+}
+
+/// Creates or migrates the schema in the open transaction of `tx`.
+fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
+    let version = match tx.dialect() {
+        Dialect::Sqlite => {
+            let c = tx.as_sqlite().expect("a SQLite connection");
+            let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            let empty: i64 = c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+            (empty > 0).then_some(version)
+        }
+        Dialect::Postgres => {
+            // Replicas starting together take turns; the second finds the schema made.
+            tx.lock(SCHEMA_LOCK)?;
+            pg_schema_version(tx)?
+        }
+    };
+    let version = version.unwrap_or(SCHEMA_VERSION);
+    pending_migrations(version)
+        .map_err(|e| NodeError::Internal(format!("{}: {e}", backend.describe())))?;
+    let sqlite_schema = [
+        SCHEMA,
+        crate::consent::SCHEMA,
+        crate::audit::SCHEMA,
+        crate::incident::SCHEMA,
+        crate::rights::SCHEMA,
+        &crate::rollup::schema(),
+    ]
+    .concat();
+    match tx.dialect() {
+        Dialect::Sqlite => tx.execute_batch(&sqlite_schema)?,
+        Dialect::Postgres => {
+            tx.execute_batch(&crate::pg_schema::translate(&sqlite_schema))?;
+            tx.execute_batch(&crate::pg_schema::triggers())?;
+        }
+    }
+    for m in pending_migrations(version)? {
+        tracing::info!(
+            database = %backend.describe(),
+            from = m.version - 1,
+            to = m.version,
+            what = m.what,
+            "migrating the schema"
+        );
+        let started = std::time::Instant::now();
+        (m.apply)(tx)?;
+        tracing::info!(
+            to = m.version,
+            seconds = started.elapsed().as_secs_f64(),
+            "schema migrated"
+        );
+    }
+    match tx.dialect() {
+        Dialect::Sqlite => tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?,
+        Dialect::Postgres => {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS domicile_schema (version BIGINT NOT NULL);
+                 DELETE FROM domicile_schema;",
+            )?;
+            tx.execute(
+                "INSERT INTO domicile_schema (version) VALUES (?1)",
+                params![SCHEMA_VERSION],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Commits `group` in one transaction, each write in a savepoint, and answers each: its value
 /// once the commit is durable, or its error (a failed write is rolled back alone).
-fn commit_group(conn: &mut Connection, group: Vec<Pending>) {
+fn commit_group(conn: &Connection, group: Vec<Pending>) {
     let fail_all = |group: Vec<mpsc::SyncSender<Answer>>, e: &dyn std::fmt::Display| {
         for reply in group {
             let _ = reply.send(Err(NodeError::Internal(format!("commit: {e}"))));
         }
     };
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(group.into_iter().map(|p| p.reply).collect(), &e),
-    };
+    if let Err(e) = conn.execute_batch("BEGIN") {
+        return fail_all(group.into_iter().map(|p| p.reply).collect(), &e);
+    }
     let mut done = Vec::with_capacity(group.len());
     for job in group {
-        if let Err(e) = tx.execute_batch("SAVEPOINT grouped_write") {
-            let _ = job.reply.send(Err(e.into()));
+        if let Err(e) = conn.execute_batch("SAVEPOINT grouped_write") {
+            let _ = job.reply.send(Err(e));
             continue;
         }
-        match (job.run)(&tx) {
-            Ok(value) => match tx.execute_batch("RELEASE grouped_write") {
+        match (job.run)(conn) {
+            Ok(value) => match conn.execute_batch("RELEASE grouped_write") {
                 Ok(()) => done.push((job.reply, value)),
                 Err(e) => {
-                    let _ = job.reply.send(Err(e.into()));
+                    let _ = job.reply.send(Err(e));
                 }
             },
             Err(e) => {
-                let _ = tx.execute_batch("ROLLBACK TO grouped_write; RELEASE grouped_write");
+                let _ = conn.execute_batch("ROLLBACK TO grouped_write; RELEASE grouped_write");
                 let _ = job.reply.send(Err(e));
             }
         }
     }
-    match tx.commit() {
+    match conn.execute_batch("COMMIT") {
         Ok(()) => {
             for (reply, value) in done {
                 let _ = reply.send(Ok(value));
             }
         }
-        Err(e) => fail_all(done.into_iter().map(|(r, _)| r).collect(), &e),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            fail_all(done.into_iter().map(|(r, _)| r).collect(), &e)
+        }
     }
 }
 
@@ -585,45 +768,40 @@ fn store_batch(
     let mut outcomes = Vec::with_capacity(records.len());
     let mut rollups = crate::rollup::Delta::default();
     {
-        let mut claim = tx.prepare_cached(
-            "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut subject = tx.prepare_cached(
-            "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at",
-        )?;
-        let mut pii = tx.prepare_cached(
-            "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
-             VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        const INTERACTION: &str = "INTO interactions (tenant, interaction_id, subject_id, country,
+        const CLAIM: &str = "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)";
+        const SUBJECT: &str = "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at";
+        const PII: &str = "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant, external_id) DO UPDATE SET profile = excluded.profile, has_contact = excluded.has_contact";
+        const NEW_INTERACTION: &str =
+            "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
                channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
                survey_id, nps, csat, ces)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
-        let mut new_interaction = tx.prepare_cached(&format!(
-            "INSERT {INTERACTION} ON CONFLICT (tenant, interaction_id) DO NOTHING"
-        ))?;
-        let mut replace_interaction =
-            tx.prepare_cached(&format!("INSERT OR REPLACE {INTERACTION}"))?;
-        let mut text = tx.prepare_cached(
-            "INSERT OR REPLACE INTO interaction_text (tenant, interaction_id, subject_id, comment)
-             VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut drop_text = tx.prepare_cached(
-            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
-        )?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT (tenant, interaction_id) DO NOTHING";
+        const REPLACE_INTERACTION: &str = "UPDATE interactions SET subject_id = ?3, country = ?4,
+               channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
+               outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
+               csat = ?15, ces = ?16
+             WHERE tenant = ?1 AND interaction_id = ?2";
+        const TEXT: &str = "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant, interaction_id) DO UPDATE SET subject_id = excluded.subject_id, comment = excluded.comment";
+        const DROP_TEXT: &str =
+            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2";
         for record in records {
             let kind = match record.body {
                 RecordBody::Subject(_) => 1,
                 RecordBody::Interaction(_) => 2,
             };
-            if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
+            if tx.execute(CLAIM, params![tenant, record.idempotency_key, kind, now])? == 0 {
                 outcomes.push(StoreOutcome::Duplicate);
                 continue;
             }
             match &record.body {
                 RecordBody::Subject(s) => {
-                    subject.execute(params![tenant, s.external_id, record.country, now])?;
+                    tx.execute(SUBJECT, params![tenant, s.external_id, record.country, now])?;
                     let profile = Profile {
                         full_name: s.full_name.clone(),
                         email: s.email.clone(),
@@ -634,7 +812,7 @@ fn store_batch(
                     };
                     let sealed = profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
                     let has_contact = !s.email.is_empty() || !s.phone.is_empty();
-                    pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
+                    tx.execute(PII, params![tenant, s.external_id, sealed, has_contact])?;
                 }
                 RecordBody::Interaction(i) => {
                     let survey = i.survey.as_ref();
@@ -658,14 +836,14 @@ fn store_batch(
                     ];
                     // A new interaction id is one insert; an existing one (sent again under
                     // a new idempotency key) replaces the stored row, which leaves its cells.
-                    let replaced = new_interaction.execute(values)? == 0;
+                    let replaced = tx.execute(NEW_INTERACTION, values)? == 0;
                     if replaced {
                         rollups.remove_where(
                             tx,
                             "i.tenant = ?1 AND i.interaction_id = ?2",
                             params![tenant, i.interaction_id],
                         )?;
-                        replace_interaction.execute(values)?;
+                        tx.execute(REPLACE_INTERACTION, values)?;
                     }
                     rollups.add(
                         tx,
@@ -687,10 +865,15 @@ fn store_batch(
                                 &comment_aad(tenant, &i.interaction_id),
                                 s.comment.as_bytes(),
                             )?;
-                            text.execute(params![tenant, i.interaction_id, i.subject_id, sealed])?
+                            tx.execute(
+                                TEXT,
+                                params![tenant, i.interaction_id, i.subject_id, sealed],
+                            )?
                         }
                         // A replaced interaction loses the comment it no longer has.
-                        None if replaced => drop_text.execute(params![tenant, i.interaction_id])?,
+                        None if replaced => {
+                            tx.execute(DROP_TEXT, params![tenant, i.interaction_id])?
+                        }
                         None => 0,
                     };
                 }
@@ -708,18 +891,22 @@ mod tests {
 
     use super::*;
 
-    fn store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
-        let store = SqliteStore::open(&dir.path().join("n.db"), &dir.path().join("v.db"), &[7; 32])
-            .unwrap();
+    fn store(dir: &tempfile::TempDir) -> Arc<Store> {
+        let store = Store::open(
+            &Backend::Sqlite(dir.path().join("n.db")),
+            &dir.path().join("v.db"),
+            &[7; 32],
+        )
+        .unwrap();
         store
-            .write(|tx| Ok(tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?))
+            .write(|tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
             .unwrap();
         Arc::new(store)
     }
 
-    fn count(store: &SqliteStore) -> i64 {
+    fn count(store: &Store) -> i64 {
         store
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)))
             .unwrap()
     }
 
@@ -783,7 +970,7 @@ mod tests {
             .read(|c| {
                 let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
                 let rows = s.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                rows.collect::<Result<_, _>>()
             })
             .unwrap();
         assert_eq!(

@@ -18,7 +18,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub mod postgres;
+pub use domicile_pg_cluster as postgres;
 
 pub use domicile::{
     client,

@@ -102,7 +102,7 @@ async fn every_release_is_audited_signed_and_under_a_verifiable_checkpoint() -> 
             audit::checkpoint_message(&region, cp.seq, cp.at.unwrap().seconds, &cp.head_hash);
         key.verify(&message, &Signature::from_slice(&cp.signature)?)?;
         // The node's own walk agrees with the signed head.
-        let conn = audit::open_read_only(&fed.node(&region).unwrap().database)?;
+        let conn = audit::open_read_only(&fed.node(&region).unwrap().backend)?;
         let verified = audit::verify(&conn, &region, &key.to_bytes())?.unwrap();
         assert!(verified.entries >= cp.seq && verified.checkpoints >= 1);
     }
@@ -160,10 +160,15 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
         conn.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
             .unwrap();
         conn.execute_batch(sql).unwrap();
+        let conn = domicile_node::db::Connection::sqlite(conn);
         audit::verify(&conn, "eu-de", &key).unwrap().unwrap_err()
     };
 
-    let intact = rusqlite::Connection::open(copy_of(&db, dir.path(), "intact"))?;
+    let intact = domicile_node::db::Connection::sqlite(rusqlite::Connection::open(copy_of(
+        &db,
+        dir.path(),
+        "intact",
+    ))?);
     assert!(audit::verify(&intact, "eu-de", &key)?.is_ok());
 
     let t = tamper(

@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL cluster for tests: `initdb` into a temporary directory and `pg_ctl`
 //! on a free loopback port, from Debian's `postgresql` server binaries, stopped and removed on
-//! drop. For the PostgreSQL storage backend (issue 8; not built yet) and its tests.
+//! drop. `domicile dev --storage postgres` and the tests run the nodes' PostgreSQL backend on
+//! one.
 //!
 //! PostgreSQL refuses to run as root, so when the tests do (CI does), the cluster runs as the
 //! `postgres` user the package creates, through `runuser`.
@@ -170,6 +171,16 @@ impl PgCluster {
             bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// Creates an empty database `name` (letters, digits and `_`) and returns its URL.
+    pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "database names here are letters, digits and '_': {name:?}"
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(self.url(name))
     }
 
     /// The connection URL of `database`.
