@@ -155,7 +155,20 @@ impl FederationBuilder {
     }
 
     /// Starts every node, then the gateway, and waits until all listeners are bound.
+    ///
+    /// With `DOMICILE_TEST_LOG` set (a `tracing` filter, e.g. `error`), the process logs to
+    /// the test output: how to see why a node answered `UNAVAILABLE` in a test.
     pub async fn start(self) -> anyhow::Result<Federation> {
+        if let Ok(filter) = std::env::var("DOMICILE_TEST_LOG") {
+            let mut filter = tracing_subscriber::EnvFilter::new(filter);
+            for cap in domicile_node::db::LOG_CAPS {
+                filter = filter.add_directive(cap.parse()?);
+            }
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let (tempdir, data_dir) = match &self.data_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -186,9 +199,7 @@ impl FederationBuilder {
             let addr = listener.local_addr()?;
             let database = data_dir.join(format!("{}.sqlite", spec.id));
             let backend = match &postgres {
-                Some(cluster) => Backend::Postgres(
-                    cluster.create_database(&format!("node_{}", spec.id.replace('-', "_")))?,
-                ),
+                Some(cluster) => Backend::Postgres(cluster.create_database(&database_name(&spec.id))?),
                 None => Backend::Sqlite(database.clone()),
             };
             let (tx, rx) = oneshot::channel::<()>();
@@ -311,6 +322,11 @@ impl FederationBuilder {
     }
 }
 
+/// The PostgreSQL database of a region's node.
+fn database_name(region: &str) -> String {
+    format!("node_{}", region.replace('-', "_"))
+}
+
 /// A node started by a [`Federation`].
 #[derive(Debug)]
 pub struct RunningNode {
@@ -331,6 +347,12 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// A connection of its own to the node's database, whichever the backend: for tests that
+    /// look at (or tamper with) what the node stored.
+    pub fn connect(&self) -> anyhow::Result<domicile_node::db::Connection> {
+        Ok(self.backend.connect_read_write()?)
+    }
+
     async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -373,6 +395,52 @@ impl Federation {
     /// A builder with no regions yet.
     pub fn builder() -> FederationBuilder {
         FederationBuilder::default()
+    }
+
+    /// Every byte the node of `region` keeps on disk for its data: its SQLite file and WAL, or
+    /// its PostgreSQL database's files and the cluster's WAL. For scans of what is at rest.
+    pub fn database_bytes(&self, region: &str) -> anyhow::Result<Vec<u8>> {
+        let node = self.node(region).context("no such region")?;
+        match (&node.backend, &self.postgres) {
+            (Backend::Postgres(_), Some(cluster)) => cluster.database_bytes(&database_name(region)),
+            _ => {
+                let mut bytes = std::fs::read(&node.database)?;
+                if let Ok(wal) = std::fs::read(node.database.with_extension("sqlite-wal")) {
+                    bytes.extend(wal);
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// A copy of the node of `region`'s database, as a backup would hold it, that the node
+    /// does not use: the SQLite file and WAL copied into `dir`, or a `pg_dump` restored into a
+    /// new database of the cluster. `name` (letters, digits, `_`) tells copies apart.
+    pub fn copy_database(
+        &self,
+        region: &str,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> anyhow::Result<Backend> {
+        let node = self.node(region).context("no such region")?;
+        match (&node.backend, &self.postgres) {
+            (Backend::Postgres(_), Some(cluster)) => {
+                let dump = dir.join(format!("{region}-{name}.pgdump"));
+                cluster.dump(&database_name(region), &dump)?;
+                let copy = format!("{}_{name}", database_name(region));
+                cluster.restore(&dump, &copy)?;
+                Ok(Backend::Postgres(cluster.url(&copy)))
+            }
+            _ => {
+                let copy = dir.join(format!("{region}-{name}.sqlite"));
+                std::fs::copy(&node.database, &copy)?;
+                let wal = node.database.with_extension("sqlite-wal");
+                if wal.exists() {
+                    std::fs::copy(wal, copy.with_extension("sqlite-wal"))?;
+                }
+                Ok(Backend::Sqlite(copy))
+            }
+        }
     }
 
     /// The node of `region_id`.

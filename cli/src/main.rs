@@ -333,7 +333,10 @@ enum AuditCommand {
 }
 
 fn init_logging(json: bool, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    for cap in domicile_node::db::LOG_CAPS {
+        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::db::{Connection, ToValue};
+use crate::db::{Connection, Dialect, ToValue};
 use domicile_proto::{
     domain::AggregateSpec,
     merge::NPS_BUCKETS,
@@ -51,13 +51,19 @@ pub struct Partial {
 }
 
 /// The SQL expression of a dimension, or `None` for the region (a constant at a node).
-fn dimension_sql(d: Dimension) -> Option<&'static str> {
-    match d {
-        Dimension::Country => Some("country"),
-        Dimension::Channel => Some("channel"),
-        Dimension::Month => Some("strftime('%Y-%m', started_at, 'unixepoch')"),
-        Dimension::Day => Some("strftime('%Y-%m-%d', started_at, 'unixepoch')"),
-        Dimension::Region | Dimension::Unspecified => None,
+fn dimension_sql(d: Dimension, dialect: Dialect) -> Option<&'static str> {
+    match (d, dialect) {
+        (Dimension::Country, _) => Some("country"),
+        (Dimension::Channel, _) => Some("channel"),
+        (Dimension::Month, Dialect::Sqlite) => Some("strftime('%Y-%m', started_at, 'unixepoch')"),
+        (Dimension::Day, Dialect::Sqlite) => Some("strftime('%Y-%m-%d', started_at, 'unixepoch')"),
+        (Dimension::Month, Dialect::Postgres) => {
+            Some("to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM')")
+        }
+        (Dimension::Day, Dialect::Postgres) => {
+            Some("to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')")
+        }
+        (Dimension::Region | Dimension::Unspecified, _) => None,
     }
 }
 
@@ -87,10 +93,13 @@ pub fn run_over_rows(
     let dims: Vec<(Dimension, &str)> = spec
         .group_by
         .iter()
-        .filter_map(|d| dimension_sql(*d).map(|sql| (*d, sql)))
+        .filter_map(|d| dimension_sql(*d, conn.dialect()).map(|sql| (*d, sql)))
         .collect();
     let handle_time = match &rules.noise {
-        Some((plan, _)) => format!("MIN(handle_time, {})", plan.handle_time_bound),
+        Some((plan, _)) => match conn.dialect() {
+            Dialect::Sqlite => format!("MIN(handle_time, {})", plan.handle_time_bound),
+            Dialect::Postgres => format!("LEAST(handle_time, {})", plan.handle_time_bound),
+        },
         None => "handle_time".to_owned(),
     };
     let mut select = String::from("SELECT COUNT(*), COUNT(DISTINCT subject_id)");
@@ -132,7 +141,7 @@ pub fn run_over_rows(
         // Contribution bound: each subject's first L interactions (in time order) only.
         Some((plan, _)) => select.push_str(&format!(
             " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY started_at, \
-             interaction_id) AS contribution FROM interactions{filter}) WHERE contribution <= {}",
+             interaction_id) AS contribution FROM interactions{filter}) AS bounded WHERE contribution <= {}",
             plan.max_contributions
         )),
         None => {

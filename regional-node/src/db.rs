@@ -18,6 +18,11 @@ use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
 use crate::error::NodeError;
 
+/// Log filter directives every Domicile binary adds after the operator's own: the PostgreSQL
+/// client logs each statement's parameters (personal data) at debug level, so it is capped at
+/// info whatever `RUST_LOG` says.
+pub const LOG_CAPS: &[&str] = &["tokio_postgres=info", "postgres=info"];
+
 /// Which SQL dialect a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -34,7 +39,7 @@ pub enum DbError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// A PostgreSQL connection's thread could not start or has ended.
     #[error("postgres connection: {0}")]
@@ -50,6 +55,15 @@ pub enum DbError {
         /// What did not fit.
         message: String,
     },
+}
+
+/// PostgreSQL's message and SQLSTATE for a server error (its `DETAIL`, which can quote
+/// values, is left out), or the client's own text.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

@@ -73,10 +73,35 @@ pub struct NodeMetrics {
     source: Source,
 }
 
+/// What a `storage_bytes` gauge measures.
+#[derive(Debug, Clone)]
+pub enum StorageSize {
+    /// A file; one not created yet (the WAL between checkpoints) counts as empty.
+    File(PathBuf),
+    /// A PostgreSQL database (`pg_database_size`), read at each scrape; 0 when unreachable.
+    Database(crate::storage::Backend),
+}
+
+impl StorageSize {
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::File(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
+            Self::Database(backend) => backend
+                .connect_read_only()
+                .and_then(|c| {
+                    c.query_row("SELECT pg_database_size(current_database())", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .map_or(0, |n| n.max(0) as u64),
+        }
+    }
+}
+
 impl NodeMetrics {
     /// Registers every family in a new registry labelled with `region`; each scrape first
     /// reads the sizes of `files` (label, path).
-    pub fn new(region: &str, files: Vec<(&'static str, PathBuf)>) -> Self {
+    pub fn new(region: &str, files: Vec<(&'static str, StorageSize)>) -> Self {
         let mut root = Registry::with_prefix_and_labels(
             "domicile_node",
             [("region".into(), region.to_owned().into())].into_iter(),
@@ -120,9 +145,8 @@ impl NodeMetrics {
         );
         let sizes = storage_bytes.clone();
         let source = Source::new(root).with_refresh(move || {
-            for (label, path) in &files {
-                // A file not created yet (the WAL between checkpoints) counts as empty.
-                let size = std::fs::metadata(path).map_or(0, |m| m.len());
+            for (label, source) in &files {
+                let size = source.bytes();
                 sizes
                     .get_or_create(&FileLabels {
                         file: (*label).to_owned(),

@@ -37,7 +37,8 @@ use crate::{
     policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
-    storage::{Charge, RecordBody, Store, StoreOutcome},
+    metrics::StorageSize,
+    storage::{Backend, Charge, RecordBody, Store, StoreOutcome},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -186,17 +187,25 @@ impl Node {
             countries = ?config.countries,
             policies = ?policies.labels(),
             key_id = %keys.public().key_id(),
-            database = %config.database.display(),
+            storage = %config.backend().describe(),
             "node opened"
         );
         let metrics = NodeMetrics::new(
             &config.region_id,
-            vec![
-                ("database", config.database.clone()),
-                ("database_wal", wal_of(&config.database)),
-                ("key_vault", config.key_vault_path()),
-                ("key_vault_wal", wal_of(&config.key_vault_path())),
-            ],
+            match config.backend() {
+                Backend::Sqlite(path) => vec![
+                    ("database", StorageSize::File(path.clone())),
+                    ("database_wal", StorageSize::File(wal_of(&path))),
+                    ("key_vault", StorageSize::File(config.key_vault_path())),
+                    ("key_vault_wal", StorageSize::File(wal_of(&config.key_vault_path()))),
+                ],
+                // The write-ahead log is the cluster's, not the database's.
+                backend @ Backend::Postgres(_) => vec![
+                    ("database", StorageSize::Database(backend)),
+                    ("key_vault", StorageSize::File(config.key_vault_path())),
+                    ("key_vault_wal", StorageSize::File(wal_of(&config.key_vault_path()))),
+                ],
+            },
         );
         Ok(Self {
             inner: Arc::new(Inner {

@@ -3,7 +3,7 @@
 //! tables. Nothing in it identifies a person: no subject id, no free text, no value of a
 //! record.
 
-use crate::db::{Connection, params};
+use crate::db::{Connection, Dialect, params};
 use domicile_proto::{
     domain::whole_seconds as ts,
     pb::{
@@ -25,17 +25,23 @@ pub fn releases(
     since: i64,
     bucket: i64,
 ) -> Result<Vec<ReleaseBucket>, NodeError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT (at - ?2) / ?3, json_extract(details, '$.purpose'), json_extract(details, '$.kind'),
-                COUNT(*),
-                SUM(json_extract(details, '$.groups_released')),
-                SUM(json_extract(details, '$.groups_suppressed')),
-                SUM(json_extract(details, '$.rows_released')),
-                SUM(json_extract(details, '$.epsilon'))
+    // A field of the entry's JSON details, as `ty`.
+    let field = |name: &str, ty: &str| match conn.dialect() {
+        Dialect::Sqlite => format!("json_extract(details, '$.{name}')"),
+        Dialect::Postgres => format!("CAST(CAST(details AS jsonb) ->> '{name}' AS {ty})"),
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT (at - ?2) / ?3, {}, {}, COUNT(*), SUM({}), SUM({}), SUM({}), SUM({})
          FROM audit_log
          WHERE tenant = ?1 AND kind IN ('release_aggregate', 'release_records') AND at >= ?2
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    )?;
+        field("purpose", "TEXT"),
+        field("kind", "TEXT"),
+        field("groups_released", "BIGINT"),
+        field("groups_suppressed", "BIGINT"),
+        field("rows_released", "BIGINT"),
+        field("epsilon", "DOUBLE PRECISION"),
+    ))?;
     let rows = stmt.query_map(params![tenant, since, bucket], |r| {
         Ok(ReleaseBucket {
             start: Some(ts(since + r.get::<_, i64>(0)? * bucket)),
@@ -60,8 +66,8 @@ pub fn budget(
     daily_milli: u64,
 ) -> Result<PrivacyBudget, NodeError> {
     let spent: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(spent_milli), 0) FROM privacy_budget WHERE tenant = ?1 AND day = date('now')",
-        params![tenant],
+        "SELECT COALESCE(SUM(spent_milli), 0) FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
+        params![tenant, crate::storage::today()],
         |r| r.get(0),
     )?;
     let spent = spent.max(0) as u64;
@@ -152,12 +158,15 @@ pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>
 /// the policy the state was recorded under ("DE@2026-11-01"), so consents recorded before any
 /// record of the subject arrived count too.
 pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, NodeError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT substr(policy_version, 1, instr(policy_version, '@') - 1) AS country,
-                purpose, channel, state, COUNT(*)
+    let country = match conn.dialect() {
+        Dialect::Sqlite => "substr(policy_version, 1, instr(policy_version, '@') - 1)",
+        Dialect::Postgres => "split_part(policy_version, '@', 1)",
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {country} AS country, purpose, channel, state, COUNT(*)
          FROM consent_state WHERE tenant = ?1
-         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
-    )?;
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+    ))?;
     let rows = stmt.query_map(params![tenant], |r| {
         Ok(ConsentCount {
             country: r.get(0)?,

@@ -566,8 +566,10 @@ impl Node {
                     let sealed = profile.seal(&key, tenant, subject)?;
                     let has_contact = !profile.email.is_empty() || !profile.phone.is_empty();
                     tx.execute(
-                        "INSERT OR REPLACE INTO subject_pii (tenant, external_id, profile, has_contact)
-                         VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (tenant, external_id)
+                         DO UPDATE SET profile = excluded.profile, has_contact = excluded.has_contact",
                         params![tenant, subject, sealed, has_contact],
                     )?;
                     tx.execute(

@@ -193,7 +193,7 @@ pub fn pg_triggers() -> String {
                    INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
                      SELECT tenant, subject_id, {month}, country, channel, {sums}
                      FROM interactions WHERE tenant = NEW.tenant AND subject_id = NEW.subject_id
-                     GROUP BY 3, 4, 5;
+                     GROUP BY 1, 2, 3, 4, 5;
                  END IF;
                END IF;
                RETURN NULL;
@@ -210,7 +210,7 @@ pub fn pg_triggers() -> String {
 static ADD_SUBJECT_CELL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let updates: Vec<String> = SUMS_COLUMNS
         .split(", ")
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .map(|c| format!("{c} = subject_cells.{c} + excluded.{c}"))
         .collect();
     let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("?{i}")).collect();
     format!(
@@ -972,9 +972,14 @@ pub fn run(
     // The index is named: by time for the ends of the range, by subject for the subjects the
     // gate may drop (the planner, left alone, may scan the whole range for the latter).
     let select = |index: &str| {
+        // PostgreSQL's planner takes no index hints.
+        let index = match conn.dialect() {
+            Dialect::Sqlite => format!("INDEXED BY {index}"),
+            Dialect::Postgres => String::new(),
+        };
         format!(
             "SELECT i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces, n.n, \
-             ({condition}) FROM interactions i INDEXED BY {index} JOIN subject_numbers n \
+             ({condition}) FROM interactions i {index} JOIN subject_numbers n \
              ON n.tenant = i.tenant AND n.subject_id = i.subject_id \
              WHERE i.tenant = ? AND i.started_at >= ? AND i.started_at < ?{channels_sql}"
         )

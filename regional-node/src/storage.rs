@@ -282,6 +282,12 @@ impl Backend {
         }
     }
 
+    /// A new read-write connection, outside the node's store (for tests and tools that
+    /// inspect or alter a database directly).
+    pub fn connect_read_write(&self) -> Result<Connection, NodeError> {
+        self.connect(false)
+    }
+
     /// A new read-only connection (for operator commands).
     pub fn connect_read_only(&self) -> Result<Connection, NodeError> {
         self.connect(true)

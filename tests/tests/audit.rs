@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use domicile_node::audit::{self, Tampering};
+use domicile_node::db::Dialect;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, DataCategory, Dimension, GetAuditCheckpointRequest,
     GetIncidentRequest, IncidentStatus, ListIncidentSubjectsRequest, ListRegionsRequest, Metric,
@@ -116,17 +117,6 @@ async fn every_release_is_audited_signed_and_under_a_verifiable_checkpoint() -> 
     Ok(())
 }
 
-/// A copy of a node's live database (file and WAL), to tamper with.
-fn copy_of(db: &std::path::Path, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let target = dir.join(format!("{name}.sqlite"));
-    std::fs::copy(db, &target).unwrap();
-    let wal = db.with_extension("sqlite-wal");
-    if wal.exists() {
-        std::fs::copy(&wal, target.with_extension("sqlite-wal")).unwrap();
-    }
-    target
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result<()> {
     let fed = federation(&[("eu-de", &["DE"])]).await?;
@@ -150,26 +140,32 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
         .unwrap();
     assert!(cp.seq >= 10, "{}", cp.seq);
     let key: [u8; 32] = cp.public_key.clone().try_into().unwrap();
-    let db = fed.node("eu-de").unwrap().database.clone();
     let dir = tempfile::tempdir()?;
-
+    // Copies of the database (files, or `pg_dump` restored), tampered with as their owner can:
+    // the append-only triggers dropped (SQLite) or disabled (PostgreSQL) first.
     let tamper = |name: &str, sql: &str| -> audit::Tamper {
-        let path = copy_of(&db, dir.path(), name);
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        // An attacker with the file drops the append-only triggers first.
-        conn.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
+        let conn = fed
+            .copy_database("eu-de", dir.path(), name)
+            .unwrap()
+            .connect_read_write()
             .unwrap();
+        let unlock = match conn.dialect() {
+            Dialect::Sqlite => "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;",
+            Dialect::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER USER;",
+        };
+        conn.execute_batch(unlock).unwrap();
         conn.execute_batch(sql).unwrap();
-        let conn = domicile_node::db::Connection::sqlite(conn);
         audit::verify(&conn, "eu-de", &key).unwrap().unwrap_err()
     };
 
-    let intact = domicile_node::db::Connection::sqlite(rusqlite::Connection::open(copy_of(
-        &db,
-        dir.path(),
-        "intact",
-    ))?);
+    let intact = fed
+        .copy_database("eu-de", dir.path(), "intact")?
+        .connect_read_write()?;
     assert!(audit::verify(&intact, "eu-de", &key)?.is_ok());
+    let zeros = match intact.dialect() {
+        Dialect::Sqlite => "zeroblob(64)",
+        Dialect::Postgres => "decode(repeat('00', 64), 'hex')",
+    };
 
     let t = tamper(
         "modified",
@@ -198,7 +194,7 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
     let t = tamper(
         "forged",
         &format!(
-            "UPDATE audit_checkpoints SET signature = zeroblob(64) WHERE seq = {}",
+            "UPDATE audit_checkpoints SET signature = {zeros} WHERE seq = {}",
             cp.seq
         ),
     );

@@ -45,7 +45,7 @@ fn seal(
 }
 
 fn subjects_in(fed: &Federation, region: &str) -> i64 {
-    let conn = rusqlite::Connection::open(&fed.node(region).unwrap().database).unwrap();
+    let conn = fed.node(region).unwrap().connect().unwrap();
     conn.query_row("SELECT COUNT(*) FROM subjects", [], |r| r.get(0))
         .unwrap()
 }

@@ -985,12 +985,18 @@ async fn drive_every_rpc(
 async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let cap = Capture::default();
     let writer = cap.clone();
+    // Every level of Domicile's own logs; the libraries' at debug (their trace level only
+    // adds HTTP/2 frame bookkeeping, and makes the search ten times slower), but for the caps
+    // every Domicile binary adds (`db::LOG_CAPS`: the PostgreSQL client logs statement
+    // parameters at debug).
+    let mut filter = tracing_subscriber::EnvFilter::new(
+        "debug,domicile=trace,domicile_gateway=trace,domicile_node=trace,domicile_ops=trace,domicile_proto=trace,domicile_client=trace",
+    );
+    for cap in domicile_node::db::LOG_CAPS {
+        filter = filter.add_directive(cap.parse()?);
+    }
     tracing_subscriber::fmt()
-        // Every level of Domicile's own logs; the libraries' at debug (their trace level only
-        // adds HTTP/2 frame bookkeeping, and makes the search ten times slower).
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "debug,domicile=trace,domicile_gateway=trace,domicile_node=trace,domicile_ops=trace,domicile_proto=trace,domicile_client=trace",
-        ))
+        .with_env_filter(filter)
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .init();
@@ -1002,7 +1008,6 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
         .start()
         .await?;
     let canaries: Vec<Canaries> = (0..3).map(Canaries::new).collect();
-    let databases: Vec<_> = fed.nodes.iter().map(|n| n.database.clone()).collect();
 
     let streamed = drive_every_rpc(&mut fed, &cap, &canaries).await?;
     // The metrics of the gateway and of every node, as Prometheus scrapes them.
@@ -1049,28 +1054,25 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     }
     cap.add(console.as_bytes());
     // The audit logs stay in-country, but they too hold no direct identifier.
-    let audit_logs: Vec<Vec<u8>> = databases
+    let audit_logs: Vec<Vec<u8>> = fed
+        .nodes
         .iter()
-        .map(|db| {
-            let conn = rusqlite::Connection::open(db).unwrap();
-            let text: String = conn
-                .query_row(
-                    "SELECT group_concat(kind || tenant || coalesce(subject, '') || details, '|') FROM audit_log",
-                    [],
-                    |r| r.get(0),
-                )
+        .map(|n| {
+            let conn = n.connect().unwrap();
+            let entries: Vec<String> = conn
+                .prepare("SELECT kind || tenant || coalesce(subject, '') || details FROM audit_log")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
                 .unwrap();
-            text.into_bytes()
+            entries.join("|").into_bytes()
         })
         .collect();
-    // The regions' own files, read before the federation and its directory go away.
-    let stored: Vec<Vec<u8>> = databases
+    // The regions' own files (or PostgreSQL databases), read before the federation goes away.
+    let stored: Vec<Vec<u8>> = REGIONS
         .iter()
-        .map(|db| {
-            let mut bytes = std::fs::read(db).unwrap_or_default();
-            bytes.extend(std::fs::read(db.with_extension("sqlite-wal")).unwrap_or_default());
-            bytes
-        })
+        .map(|(region, _)| fed.database_bytes(region).unwrap())
         .collect();
     // The region itself can read its canaries back (they were stored)…
     let mut profiles = Vec::new();

@@ -312,7 +312,7 @@ async fn double_opt_in_tokens_confirm_once_and_expire() -> anyhow::Result<()> {
     assert_eq!(field_violations(&malformed)[0].field, "token");
 
     // The ledger is append-only, even to someone with the database file.
-    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     let err = conn
         .execute("UPDATE consent_ledger SET state = 2", [])
         .unwrap_err();

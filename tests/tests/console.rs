@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use domicile_client::{ConnectOptions, connect_with};
 use domicile_gateway::auth::AuthConfig;
+use domicile_node::db::Value;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, Channel, ConsentAction, ConsentSource, ConsentState,
     DataCategory, Dimension, GetOverviewRequest, ListRegionsRequest, Metric, PlaceLegalHoldRequest,
@@ -303,12 +304,10 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
     assert_eq!(de.open_requests[0].due_at, held.due_at);
 
     // Time passes: the held erasure's due date is behind us. It is counted overdue.
-    let db = fed.node("eu-de").unwrap().database.clone();
-    let conn = rusqlite::Connection::open(&db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     conn.execute(
         "UPDATE subject_requests SET due_at = ?1 WHERE request_id = ?2",
-        rusqlite::params![now - 60, held.request_id],
+        [Value::Int(now - 60), Value::Text(&held.request_id)],
     )?;
     drop(conn);
     let overview = gw

@@ -142,7 +142,7 @@ async fn an_exhausted_budget_is_resource_exhausted_with_what_is_left() -> anyhow
 
     // Exact aggregates cost no budget. The spend is durable in the node's database.
     gw.aggregate(request(None, &["eu-de"])).await?;
-    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     let spent: i64 = conn.query_row(
         "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1",
         [TENANT],

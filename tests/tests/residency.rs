@@ -1,24 +1,16 @@
 //! Ingest lands only in the region that serves the record's country, and only there.
 
 use domicile_proto::pb::record_payload::Record;
+use domicile::federation::RunningNode;
 use domicile_tests::{TENANT, federation, load};
 
-fn strings_in(db: &std::path::Path, sql: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
+fn strings_in(node: &RunningNode, sql: &str) -> Vec<String> {
+    let conn = node.connect().unwrap();
     let mut stmt = conn.prepare(sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(Result::unwrap)
         .collect()
-}
-
-fn file_bytes_with_wal(db: &std::path::Path) -> Vec<u8> {
-    let mut bytes = std::fs::read(db).unwrap();
-    let wal = db.with_extension("sqlite-wal");
-    if let Ok(w) = std::fs::read(wal) {
-        bytes.extend(w);
-    }
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +19,7 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
     let records = load(&fed, &["DE", "FR", "US"], 50, 400, 1).await?;
 
     for (region, country) in [("eu-de", "DE"), ("eu-fr", "FR"), ("us", "US")] {
-        let db = &fed.node(region).unwrap().database;
+        let db = fed.node(region).unwrap();
         let countries = strings_in(db, "SELECT DISTINCT country FROM interactions");
         assert_eq!(
             countries,
@@ -57,7 +49,7 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
         // …and not a byte of them is in clear in any region's files (database, WAL, vault):
         // at rest they are encrypted, and other regions never had them at all.
         for any in &fed.nodes {
-            let mut bytes = file_bytes_with_wal(&any.database);
+            let mut bytes = fed.database_bytes(&any.region_id)?;
             bytes.extend(
                 std::fs::read(any.database.with_extension("keys.sqlite")).unwrap_or_default(),
             );
@@ -70,7 +62,7 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
             }
         }
         let other_regions_hold_none = fed.nodes.iter().filter(|n| n.region_id != region).all(|n| {
-            let conn = rusqlite::Connection::open(&n.database).unwrap();
+            let conn = n.connect().unwrap();
             subjects.iter().all(|(id, _)| {
                 conn.query_row(
                     "SELECT COUNT(*) FROM subject_pii WHERE external_id = ?1",
@@ -87,7 +79,7 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
         .nodes
         .iter()
         .map(|n| {
-            let conn = rusqlite::Connection::open(&n.database).unwrap();
+            let conn = n.connect().unwrap();
             conn.query_row(
                 "SELECT COUNT(*) FROM interactions WHERE tenant = ?1",
                 [TENANT],
@@ -110,7 +102,7 @@ async fn ingest_is_idempotent_per_tenant_and_key() -> anyhow::Result<()> {
     let again = domicile_tests::client::ingest(&gw, TENANT, &regions, &records, 25).await?;
     assert_eq!(again.accepted, 0);
     assert_eq!(again.duplicate, 50);
-    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
     assert_eq!(n, 40);
     // The same keys under another tenant are that tenant's own records.

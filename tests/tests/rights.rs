@@ -313,17 +313,9 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     let (fed, mut gw) = setup().await?;
     let running = fed.node("eu-de").unwrap();
     let node = running.node.clone().unwrap();
-    let db = running.database.clone();
-    // A backup taken before the erasure: the data file and its WAL.
+    // A backup taken before the erasure: the data file and its WAL, or a `pg_dump`.
     let dir = tempfile::tempdir()?;
-    let copy = dir.path().join("backup.sqlite");
-    std::fs::copy(&db, &copy)?;
-    if db.with_extension("sqlite-wal").exists() {
-        std::fs::copy(
-            db.with_extension("sqlite-wal"),
-            copy.with_extension("sqlite-wal"),
-        )?;
-    }
+    let copy = fed.copy_database("eu-de", dir.path(), "backup")?;
 
     let resp = gw
         .submit_subject_request(request("DE", "d0", SubjectRequestKind::Erasure))
@@ -364,7 +356,7 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
 
     // The proof: the backup still holds d0's encrypted profile and comment, but with the
     // region's keys as they are now, they do not open. Another subject's still do.
-    let backup = rusqlite::Connection::open(&copy)?;
+    let backup = copy.connect_read_write()?;
     let blob_of = |id: &str| -> Vec<u8> {
         backup
             .query_row(
@@ -491,7 +483,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         .await?
         .into_inner();
     assert_eq!(resp.receipts[0].held[0].interactions_kept, 1);
-    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     let left: i64 = conn.query_row(
         "SELECT COUNT(*) FROM interactions WHERE subject_id = 'd3'",
         [],
@@ -583,7 +575,7 @@ async fn retention_deletes_old_data_except_what_a_hold_keeps() -> anyhow::Result
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
     let swept = node.sweep()?;
     assert_eq!(swept.interactions_deleted, 1, "{swept:?}");
-    let conn = rusqlite::Connection::open(&fed.node("eu-de").unwrap().database)?;
+    let conn = fed.node("eu-de").unwrap().connect()?;
     let ids: Vec<String> = conn
         .prepare("SELECT interaction_id FROM interactions ORDER BY interaction_id")?
         .query_map([], |r| r.get(0))?

@@ -183,6 +183,56 @@ impl PgCluster {
         Ok(self.url(name))
     }
 
+    /// Writes `database` with `pg_dump` (custom format) to `to`: the documented backup of a
+    /// node on PostgreSQL.
+    pub fn dump(&self, database: &str, to: &Path) -> anyhow::Result<()> {
+        self.client("pg_dump", &["-Fc", "-f", to.to_str().unwrap(), database])
+    }
+
+    /// Restores a `pg_dump` file into a new database `database` with `pg_restore`.
+    pub fn restore(&self, from: &Path, database: &str) -> anyhow::Result<()> {
+        self.create_database(database)?;
+        self.client(
+            "pg_restore",
+            &["--exit-on-error", "-d", database, from.to_str().unwrap()],
+        )
+    }
+
+    /// Every byte of `database`'s files and of the cluster's write-ahead log, after a
+    /// checkpoint (so that what is in shared buffers is in the files): what a disk holds.
+    pub fn database_bytes(&self, database: &str) -> anyhow::Result<Vec<u8>> {
+        self.psql("postgres", "CHECKPOINT")?;
+        let oid = self.psql(
+            "postgres",
+            &format!("SELECT oid FROM pg_database WHERE datname = '{database}'"),
+        )?;
+        anyhow::ensure!(!oid.is_empty(), "no database {database}");
+        let mut bytes = Vec::new();
+        for dir in [self.data().join("base").join(oid), self.data().join("pg_wal")] {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.is_file() {
+                    bytes.extend(std::fs::read(&path)?);
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Runs a client program (`pg_dump`, `pg_restore`) against the cluster.
+    fn client(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let out = Command::new(self.bin.join(program))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!("{program}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// The connection URL of `database`.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
