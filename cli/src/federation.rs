@@ -199,7 +199,9 @@ impl FederationBuilder {
             let addr = listener.local_addr()?;
             let database = data_dir.join(format!("{}.sqlite", spec.id));
             let backend = match &postgres {
-                Some(cluster) => Backend::Postgres(cluster.create_database(&database_name(&spec.id))?),
+                Some(cluster) => {
+                    Backend::Postgres(cluster.create_database(&database_name(&spec.id))?)
+                }
                 None => Backend::Sqlite(database.clone()),
             };
             let (tx, rx) = oneshot::channel::<()>();

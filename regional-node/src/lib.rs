@@ -39,6 +39,8 @@ pub mod rollup;
 pub mod server;
 pub mod service;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod vault;
 
 pub use config::NodeConfig;

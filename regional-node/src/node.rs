@@ -33,11 +33,11 @@ use crate::{
     incident,
     ingest::{Verdict, open_envelope, result},
     keys,
+    metrics::StorageSize,
     metrics::{DecisionLabels, NodeMetrics, OutcomeLabels, TenantLabels},
     policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
-    metrics::StorageSize,
     storage::{Backend, Charge, RecordBody, Store, StoreOutcome},
 };
 
@@ -197,13 +197,19 @@ impl Node {
                     ("database", StorageSize::File(path.clone())),
                     ("database_wal", StorageSize::File(wal_of(&path))),
                     ("key_vault", StorageSize::File(config.key_vault_path())),
-                    ("key_vault_wal", StorageSize::File(wal_of(&config.key_vault_path()))),
+                    (
+                        "key_vault_wal",
+                        StorageSize::File(wal_of(&config.key_vault_path())),
+                    ),
                 ],
                 // The write-ahead log is the cluster's, not the database's.
                 backend @ Backend::Postgres(_) => vec![
                     ("database", StorageSize::Database(backend)),
                     ("key_vault", StorageSize::File(config.key_vault_path())),
-                    ("key_vault_wal", StorageSize::File(wal_of(&config.key_vault_path()))),
+                    (
+                        "key_vault_wal",
+                        StorageSize::File(wal_of(&config.key_vault_path())),
+                    ),
                 ],
             },
         );

@@ -1266,99 +1266,174 @@ mod tests {
         p
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    /// A case of [`cells_answer_exactly_as_the_rows`]: ingested batches, late rows, consent
+    /// states, restrictions, erasures, a retention cut, and queries.
+    type Case = (
+        Vec<Vec<Row>>,
+        Vec<Row>,
+        Vec<(u8, usize)>,
+        BTreeSet<u8>,
+        BTreeSet<u8>,
+        Option<i64>,
+        Vec<(Vec<Dimension>, Option<i64>, Option<i64>, Vec<Channel>, u32)>,
+    );
 
-        /// Cells maintained through ingest, replacement, erasure and retention equal cells built
-        /// from the rows, and every aggregate from the cells equals the same aggregate over the
-        /// rows, under consent changes and restrictions.
-        #[test]
-        fn cells_answer_exactly_as_the_rows(
-            batches in proptest::collection::vec(proptest::collection::vec(row(), 1..40), 1..4),
-            late in proptest::collection::vec(row(), 0..20),
-            states in proptest::collection::vec((0u8..25, 0usize..5), 0..10),
-            restricted in proptest::collection::btree_set(0u8..25, 0..3),
-            erased in proptest::collection::btree_set(0u8..25, 0..3),
-            retention_cut in proptest::option::of(0i64..(75 * DAY)),
-            queries in proptest::collection::vec((
-                proptest::sample::subsequence(vec![Dimension::Country, Dimension::Channel, Dimension::Month, Dimension::Day, Dimension::Region], 0..=3),
-                proptest::option::of(prop_oneof![(0i64..80).prop_map(|d| d * DAY), -DAY..(80 * DAY)]),
-                proptest::option::of(prop_oneof![(0i64..80).prop_map(|d| d * DAY), -DAY..(80 * DAY)]),
-                proptest::sample::subsequence(vec![Channel::Phone, Channel::Email, Channel::Chat], 0..=2),
-                1u32..4,
-            ), 1..6),
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &dir.path().join("v.db"), &[7; 32]).unwrap();
-            for batch in &batches {
-                ingest(&store, batch);
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            proptest::collection::vec(proptest::collection::vec(row(), 1..40), 1..4),
+            proptest::collection::vec(row(), 0..20),
+            proptest::collection::vec((0u8..25, 0usize..5), 0..10),
+            proptest::collection::btree_set(0u8..25, 0..3),
+            proptest::collection::btree_set(0u8..25, 0..3),
+            proptest::option::of(0i64..(75 * DAY)),
+            proptest::collection::vec(
+                (
+                    proptest::sample::subsequence(
+                        vec![
+                            Dimension::Country,
+                            Dimension::Channel,
+                            Dimension::Month,
+                            Dimension::Day,
+                            Dimension::Region,
+                        ],
+                        0..=3,
+                    ),
+                    proptest::option::of(prop_oneof![
+                        (0i64..80).prop_map(|d| d * DAY),
+                        -DAY..(80 * DAY)
+                    ]),
+                    proptest::option::of(prop_oneof![
+                        (0i64..80).prop_map(|d| d * DAY),
+                        -DAY..(80 * DAY)
+                    ]),
+                    proptest::sample::subsequence(
+                        vec![Channel::Phone, Channel::Email, Channel::Chat],
+                        0..=2,
+                    ),
+                    1u32..4,
+                ),
+                1..6,
+            ),
+        )
+    }
+
+    /// Cells maintained through ingest, replacement, erasure and retention equal cells built
+    /// from the rows, and every aggregate from the cells equals the same aggregate over the
+    /// rows, under consent changes and restrictions.
+    fn cells_answer_exactly_as_the_rows(store: &Store, case: Case) -> Result<(), TestCaseError> {
+        let (batches, late, states, restricted, erased, retention_cut, queries) = case;
+        for batch in &batches {
+            ingest(&store, batch);
+        }
+        let state_of = [
+            ConsentState::Objected,
+            ConsentState::Withdrawn,
+            ConsentState::Refused,
+            ConsentState::Granted,
+            ConsentState::None,
+        ];
+        store.write(|tx| {
+            for (subject, state) in &states {
+                tx.execute(
+                    "INSERT INTO consent_state (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
+                     VALUES (?1, ?2, ?3, 0, ?4, 1, 0, 'v')
+                     ON CONFLICT (tenant, subject_id, purpose, channel) DO UPDATE SET state = excluded.state",
+                    params![TENANT, format!("s-{subject}"), Purpose::CxAnalytics as i32, state_of[*state] as i32],
+                )?;
             }
-            let state_of = [ConsentState::Objected, ConsentState::Withdrawn, ConsentState::Refused, ConsentState::Granted, ConsentState::None];
-            store.write(|tx| {
-                for (subject, state) in &states {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO consent_state (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
-                         VALUES (?1, ?2, ?3, 0, ?4, 1, 0, 'v')",
-                        params![TENANT, format!("s-{subject}"), Purpose::CxAnalytics as i32, state_of[*state] as i32],
-                    )?;
-                }
-                for subject in &restricted {
-                    tx.execute(
-                        "INSERT INTO subject_flags (tenant, subject_id, restricted) VALUES (?1, ?2, 1)",
-                        params![TENANT, format!("s-{subject}")],
-                    )?;
-                }
-                for subject in &erased {
-                    crate::rights::erase(tx, TENANT, &format!("s-{subject}"))?;
-                }
-                if let Some(cut) = retention_cut {
-                    delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;
-                }
-                Ok(())
-            }).unwrap();
-            // Interactions arriving after the consent changes (some for tracked subjects).
-            if !late.is_empty() {
-                ingest(&store, &late);
+            for subject in &restricted {
+                tx.execute(
+                    "INSERT INTO subject_flags (tenant, subject_id, restricted) VALUES (?1, ?2, 1)",
+                    params![TENANT, format!("s-{subject}")],
+                )?;
             }
-            // Maintained cells equal rebuilt ones.
-            store.write(|tx| {
+            for subject in &erased {
+                crate::rights::erase(tx, TENANT, &format!("s-{subject}"))?;
+            }
+            if let Some(cut) = retention_cut {
+                delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;
+            }
+            Ok(())
+        }).unwrap();
+        // Interactions arriving after the consent changes (some for tracked subjects).
+        if !late.is_empty() {
+            ingest(&store, &late);
+        }
+        // Maintained cells equal rebuilt ones.
+        store
+            .write(|tx| {
                 let tracked = |tx: &Connection| -> Vec<String> {
-                    tx.prepare("SELECT subject_id FROM tracked_subjects ORDER BY 1").unwrap()
-                        .query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+                    tx.prepare("SELECT subject_id FROM tracked_subjects ORDER BY 1")
+                        .unwrap()
+                        .query_map([], |r| r.get(0))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect()
                 };
                 let maintained = (cells(tx), subject_cells(tx), tracked(tx));
                 rebuild(tx)?;
                 assert_eq!(maintained, (cells(tx), subject_cells(tx), tracked(tx)));
                 Err::<(), _>(NodeError::Internal("roll back the rebuild".into()))
-            }).unwrap_err();
+            })
+            .unwrap_err();
 
-            let policies = PolicySet::load(None, &COUNTRIES.map(String::from)).unwrap();
-            for (group_by, start, end, channels, k) in queries {
-                let spec = AggregateSpec {
-                    purpose: Purpose::CxAnalytics,
-                    metrics: Vec::new(),
-                    group_by,
-                    start: start.map(|s| BASE + s),
-                    end: end.map(|e| BASE + e),
-                    channels,
-                    min_group_size: k,
-                    epsilon: None,
-                };
-                let rules = || Rules {
-                    k_by_country: [("DE".to_owned(), k), ("FR".to_owned(), k + 1)].into(),
-                    k_mixed: k + 1,
-                    noise: None,
-                    gate: Gate::new(&policies, Purpose::CxAnalytics, TENANT),
-                };
-                let (from_cells, from_rows) = store.read(|conn| {
-                    let cells = run(conn, "eu", TENANT, &spec, &mut rules())?.expect("eligible for cells");
+        let policies = PolicySet::load(None, &COUNTRIES.map(String::from)).unwrap();
+        for (group_by, start, end, channels, k) in queries {
+            let spec = AggregateSpec {
+                purpose: Purpose::CxAnalytics,
+                metrics: Vec::new(),
+                group_by,
+                start: start.map(|s| BASE + s),
+                end: end.map(|e| BASE + e),
+                channels,
+                min_group_size: k,
+                epsilon: None,
+            };
+            let rules = || Rules {
+                k_by_country: [("DE".to_owned(), k), ("FR".to_owned(), k + 1)].into(),
+                k_mixed: k + 1,
+                noise: None,
+                gate: Gate::new(&policies, Purpose::CxAnalytics, TENANT),
+            };
+            let (from_cells, from_rows) = store
+                .read(|conn| {
+                    let cells =
+                        run(conn, "eu", TENANT, &spec, &mut rules())?.expect("eligible for cells");
                     Ok((cells, run_over_rows(conn, "eu", TENANT, &spec, rules())?))
-                }).unwrap();
-                let (from_cells, from_rows) = (sorted(from_cells), sorted(from_rows));
-                prop_assert_eq!(&from_cells.groups, &from_rows.groups, "spec {:?}", spec);
-                prop_assert_eq!(from_cells.suppressed, from_rows.suppressed);
-            }
+                })
+                .unwrap();
+            let (from_cells, from_rows) = (sorted(from_cells), sorted(from_rows));
+            prop_assert_eq!(&from_cells.groups, &from_rows.groups, "spec {:?}", spec);
+            prop_assert_eq!(from_cells.suppressed, from_rows.suppressed);
         }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn cells_answer_exactly_as_the_rows_on_sqlite(case in case()) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &dir.path().join("v.db"), &[7; 32]).unwrap();
+            cells_answer_exactly_as_the_rows(&store, case)?;
+        }
+    }
+
+    /// The same property on PostgreSQL (its triggers track subjects, its SQL reads the rows):
+    /// fewer cases, one cluster, a database per case.
+    #[test]
+    fn cells_answer_exactly_as_the_rows_on_postgres() {
+        let dbs = crate::testing::Databases::new();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 24,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&case(), |case| {
+                cells_answer_exactly_as_the_rows(&dbs.store(&dbs.postgres()), case)
+            })
+            .unwrap();
     }
 
     #[test]

@@ -896,93 +896,182 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
+    use crate::testing::Databases;
 
-    fn store(dir: &tempfile::TempDir) -> Arc<Store> {
-        let store = Store::open(
-            &Backend::Sqlite(dir.path().join("n.db")),
-            &dir.path().join("v.db"),
-            &[7; 32],
-        )
-        .unwrap();
-        store
-            .write(|tx| tx.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)"))
-            .unwrap();
-        Arc::new(store)
+    /// A store on each backend, with a table `t`.
+    fn stores(dbs: &Databases) -> Vec<Arc<Store>> {
+        dbs.both()
+            .iter()
+            .map(|backend| {
+                let store = dbs.store(backend);
+                store
+                    .write(|tx| tx.execute_batch("CREATE TABLE t (v BIGINT PRIMARY KEY)"))
+                    .unwrap();
+                Arc::new(store)
+            })
+            .collect()
     }
 
-    fn count(store: &Store) -> i64 {
+    fn values(store: &Store) -> Vec<i64> {
         store
-            .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)))
+            .read(|c| {
+                c.prepare("SELECT v FROM t ORDER BY v")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
             .unwrap()
     }
 
     #[test]
     fn concurrent_writes_share_commits_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir);
-        let (threads, each) = (8, 40);
-        let barrier = Arc::new(Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (store, barrier) = (store.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    for i in 0..each {
-                        let v = (t * each + i) as i64;
-                        let got = store
-                            .write_grouped(move |tx| {
-                                tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
-                                Ok(v)
-                            })
-                            .unwrap();
-                        assert_eq!(got, v, "each write gets its own answer");
-                    }
+        let dbs = Databases::new();
+        for store in stores(&dbs) {
+            let (threads, each) = (8, 40);
+            let barrier = Arc::new(Barrier::new(threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        for i in 0..each {
+                            let v = (t * each + i) as i64;
+                            let got = store
+                                .write_grouped(move |tx| {
+                                    tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                                    Ok(v)
+                                })
+                                .unwrap();
+                            assert_eq!(got, v, "each write gets its own answer");
+                        }
+                    })
                 })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let expected: Vec<i64> = (0..(threads * each) as i64).collect();
+            assert_eq!(values(&store), expected, "{:?}", store.backend());
         }
-        assert_eq!(count(&store), (threads * each) as i64);
     }
 
     #[test]
     fn a_failed_write_is_undone_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir);
-        // Hold the writer so that both writes queue up and are committed as one group.
-        let held = store.writer.lock().unwrap();
-        let spawn = |v: i64, fail: bool| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                store.write_grouped(move |tx| {
-                    tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
-                    if fail {
-                        return Err(NodeError::Internal("refused".into()));
-                    }
-                    Ok(v)
+        let dbs = Databases::new();
+        for store in stores(&dbs) {
+            // Hold the writer so that both writes queue up and are committed as one group.
+            let held = store.writer.lock().unwrap();
+            let spawn = |v: i64, fail: bool| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store.write_grouped(move |tx| {
+                        tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        if fail {
+                            return Err(NodeError::Internal("refused".into()));
+                        }
+                        Ok(v)
+                    })
                 })
-            })
-        };
-        let bad = spawn(1, true);
-        let good = spawn(2, false);
-        while store.pending.lock().unwrap().len() < 2 {
-            std::thread::yield_now();
+            };
+            let bad = spawn(1, true);
+            let good = spawn(2, false);
+            while store.pending.lock().unwrap().len() < 2 {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert!(bad.join().unwrap().is_err());
+            assert_eq!(good.join().unwrap().unwrap(), 2);
+            assert_eq!(
+                values(&store),
+                [2],
+                "the failed write's insert was rolled back, the other kept ({:?})",
+                store.backend()
+            );
         }
-        drop(held);
-        assert!(bad.join().unwrap().is_err());
-        assert_eq!(good.join().unwrap().unwrap(), 2);
-        let values: Vec<i64> = store
-            .read(|c| {
-                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
-                let rows = s.query_map([], |r| r.get(0))?;
-                rows.collect::<Result<_, _>>()
-            })
-            .unwrap();
-        assert_eq!(
-            values,
-            [2],
-            "the failed write's insert was rolled back, the other kept"
-        );
+    }
+
+    #[test]
+    fn a_write_that_breaks_a_constraint_is_undone_alone_and_the_group_commits() {
+        // On PostgreSQL an error aborts the transaction: the savepoint must bring it back.
+        let dbs = Databases::new();
+        for store in stores(&dbs) {
+            store
+                .write(|tx| tx.execute("INSERT INTO t (v) VALUES (7)", []))
+                .unwrap();
+            let held = store.writer.lock().unwrap();
+            let spawn = |v: i64| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    store.write_grouped(move |tx| {
+                        tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        Ok(v)
+                    })
+                })
+            };
+            let duplicate = spawn(7);
+            let fresh = spawn(8);
+            while store.pending.lock().unwrap().len() < 2 {
+                std::thread::yield_now();
+            }
+            drop(held);
+            let err = duplicate.join().unwrap().unwrap_err();
+            assert!(
+                matches!(&err, NodeError::Storage(db) if db.is_unique_violation()),
+                "{err}"
+            );
+            assert_eq!(fresh.join().unwrap().unwrap(), 8);
+            assert_eq!(values(&store), [7, 8], "{:?}", store.backend());
+        }
+    }
+
+    #[test]
+    fn the_budget_charge_never_overspends_under_concurrency() {
+        let dbs = Databases::new();
+        for store in stores(&dbs) {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        (0..10)
+                            .filter(|_| {
+                                matches!(
+                                    store.charge_epsilon("acme", 300, 10_000).unwrap(),
+                                    Charge::Charged { .. }
+                                )
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            let charged: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            // 10,000 / 300: 33 charges fit, 1,000 thousandths never do.
+            assert_eq!(charged, 33, "{:?}", store.backend());
+            assert_eq!(store.spent_today("acme").unwrap(), 9_900);
+            assert_eq!(
+                store.charge_epsilon("acme", 100, 10_000).unwrap(),
+                Charge::Charged { remaining_milli: 0 }
+            );
+            assert_eq!(
+                store.charge_epsilon("acme", 1, 10_000).unwrap(),
+                Charge::Exhausted { remaining_milli: 0 }
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_on_either_backend() {
+        let dbs = Databases::new();
+        for backend in dbs.both() {
+            drop(dbs.store(&backend));
+            let conn = backend.connect_read_write().unwrap();
+            match conn.dialect() {
+                Dialect::Sqlite => conn.execute_batch("PRAGMA user_version = 99").unwrap(),
+                Dialect::Postgres => conn
+                    .execute_batch("UPDATE domicile_schema SET version = 99")
+                    .unwrap(),
+            }
+            assert_eq!(schema_version(&backend).unwrap(), Some(99));
+            let err = Store::open(&backend, &dbs.vault(), &[7; 32]).unwrap_err();
+            assert!(err.to_string().contains("newer Domicile"), "{err}");
+        }
     }
 }

@@ -150,7 +150,9 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
             .connect_read_write()
             .unwrap();
         let unlock = match conn.dialect() {
-            Dialect::Sqlite => "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;",
+            Dialect::Sqlite => {
+                "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;"
+            }
             Dialect::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER USER;",
         };
         conn.execute_batch(unlock).unwrap();

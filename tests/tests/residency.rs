@@ -1,7 +1,7 @@
 //! Ingest lands only in the region that serves the record's country, and only there.
 
-use domicile_proto::pb::record_payload::Record;
 use domicile::federation::RunningNode;
+use domicile_proto::pb::record_payload::Record;
 use domicile_tests::{TENANT, federation, load};
 
 fn strings_in(node: &RunningNode, sql: &str) -> Vec<String> {

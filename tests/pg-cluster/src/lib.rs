@@ -208,7 +208,10 @@ impl PgCluster {
         )?;
         anyhow::ensure!(!oid.is_empty(), "no database {database}");
         let mut bytes = Vec::new();
-        for dir in [self.data().join("base").join(oid), self.data().join("pg_wal")] {
+        for dir in [
+            self.data().join("base").join(oid),
+            self.data().join("pg_wal"),
+        ] {
             for entry in std::fs::read_dir(&dir)? {
                 let path = entry?.path();
                 if path.is_file() {

@@ -1,0 +1,59 @@
+//! Databases for the unit tests, on both backends: SQLite files in a temporary directory and
+//! databases in a throwaway PostgreSQL cluster (which fails, saying how to install
+//! PostgreSQL, when its binaries are missing: the tests never skip a backend).
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use domicile_pg_cluster::PgCluster;
+
+use crate::storage::{Backend, Store};
+
+/// Fresh databases of either backend, each with its own key vault.
+pub(crate) struct Databases {
+    dir: tempfile::TempDir,
+    pg: PgCluster,
+    next: AtomicUsize,
+}
+
+impl Databases {
+    /// A temporary directory and a started cluster.
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            pg: PgCluster::start().expect("a PostgreSQL cluster for the tests"),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new, empty database of each backend.
+    pub(crate) fn both(&self) -> [Backend; 2] {
+        let n = self.n();
+        [
+            Backend::Sqlite(self.dir.path().join(format!("t{n}.sqlite"))),
+            Backend::Postgres(self.pg.create_database(&format!("t{n}")).unwrap()),
+        ]
+    }
+
+    /// A new, empty PostgreSQL database.
+    pub(crate) fn postgres(&self) -> Backend {
+        let n = self.n();
+        Backend::Postgres(self.pg.create_database(&format!("t{n}")).unwrap())
+    }
+
+    /// A new key vault path.
+    pub(crate) fn vault(&self) -> PathBuf {
+        self.dir.path().join(format!("v{}.sqlite", self.n()))
+    }
+
+    /// A store on `backend` with a vault of its own.
+    pub(crate) fn store(&self, backend: &Backend) -> Store {
+        Store::open(backend, &self.vault(), &[7; 32]).unwrap()
+    }
+}
