@@ -263,6 +263,14 @@ enum NodeCommand {
         #[arg(long)]
         to: PathBuf,
     },
+    /// After restoring a PostgreSQL node's database with pg_restore (node stopped): erase
+    /// again every subject erased since the backup was taken (the vault remembers them), and
+    /// record the restore in the audit log.
+    EraseAgain {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Put a backup back as the node's database, with the node stopped. Subjects erased since
     /// the backup (the vault remembers them) are erased again before it goes into place.
     Restore {
@@ -809,6 +817,22 @@ async fn main() -> anyhow::Result<()> {
                 "restored {} from {}: {} subjects, {} erased since the backup and erased again",
                 config.database.display(),
                 from.display(),
+                report.subjects,
+                report.erased_again
+            );
+        }
+        Command::Node {
+            command: Some(NodeCommand::EraseAgain { config }),
+            ..
+        } => {
+            init_logging(cli.log_json, "warn");
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            let report = domicile_node::backup::erase_again(&config)?;
+            println!(
+                "{}: {} subjects, {} erased since the backup and erased again",
+                config.backend().describe(),
                 report.subjects,
                 report.erased_again
             );

@@ -7,7 +7,7 @@ mod common;
 use common::domicile;
 
 use domicile::synth::{self, SynthSpec};
-use domicile_node::{Node, NodeConfig, vault::Vault};
+use domicile_node::{Node, NodeConfig, storage::Backend, vault::Vault};
 use domicile_proto::{
     pb::{SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest},
     rights::RightsRequest,
@@ -16,10 +16,129 @@ use domicile_proto::{
 
 const TENANT: &str = "acme";
 
-fn count(db: &std::path::Path, sql: &str, subject: &str) -> i64 {
-    let conn = rusqlite::Connection::open(db).unwrap();
+fn count(db: &Backend, sql: &str, subject: &str) -> i64 {
+    let conn = db.connect_read_write().unwrap();
     conn.query_row(sql, [TENANT, subject], |r| r.get(0))
         .unwrap()
+}
+
+/// Ingests the records through an in-process node, then erases `erased` (a backup of the
+/// database is taken in between by `backup`, while the node is open).
+async fn ingest_backup_erase(
+    config_path: &std::path::Path,
+    records: &[synth::SynthRecord],
+    erased: &str,
+    backup: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
+        config_path,
+    )?)?)?;
+    let key = PublicSealingKey::from_bytes(&node.sealing_key().public_key)?;
+    let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+    for r in records {
+        sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
+    }
+    node.ingest(TENANT, sealer.finish()).await?;
+    backup();
+    let receipt = node
+        .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            subject: Some(SubjectRef {
+                country: "DE".into(),
+                external_id: erased.to_owned(),
+            }),
+            kind: SubjectRequestKind::Erasure as i32,
+            actor: "test".into(),
+            ..Default::default()
+        })?)
+        .await?;
+    assert!(receipt.completed_at.is_some());
+    assert!(
+        node.store()
+            .read(|c| node.store().profile(c, TENANT, erased))?
+            .is_none()
+    );
+    Ok(())
+}
+
+/// PostgreSQL: the documented path. `pg_dump` while the node serves, an erasure, then (node
+/// stopped) `pg_restore` into a fresh database and `domicile node erase-again`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Result<()> {
+    let cluster = domicile_pg_cluster::PgCluster::start()?;
+    let dir = tempfile::tempdir()?;
+    let listen = common::free_port();
+    let (live, line) = common::storage(Some(&cluster), &dir.path().join("eu-de.sqlite"), "live");
+    let config_path = dir.path().join("node.toml");
+    common::node_config(
+        &config_path,
+        listen,
+        &dir.path().join("eu-de.sqlite"),
+        &line,
+    );
+    let config = config_path.to_str().unwrap();
+    let records = synth::generate(&SynthSpec {
+        countries: vec!["DE".into()],
+        subjects: 20,
+        interactions: 400,
+        seed: 5,
+    });
+    let (erased, kept) = (synth::subject_id("DE", 3), synth::subject_id("DE", 4));
+    let interactions_of = "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
+    let dump = dir.path().join("node.pgdump");
+    ingest_backup_erase(&config_path, &records, &erased, || {
+        cluster.dump("live", &dump).unwrap();
+    })
+    .await?;
+    let kept_before = count(&live, interactions_of, &kept);
+    assert!(kept_before > 0);
+    assert_eq!(count(&live, interactions_of, &erased), 0);
+
+    // The SQLite commands say what to do instead.
+    let (code, out) = domicile(&["node", "backup", "--config", config, "--to", "x"]);
+    assert!(code != 0 && out.contains("pg_dump"), "{out}");
+
+    // Restore into a new database and point the node at it.
+    cluster.restore(&dump, "restored")?;
+    let restored = Backend::Postgres(cluster.url("restored"));
+    assert!(
+        count(&restored, interactions_of, &erased) > 0,
+        "the dump predates the erasure"
+    );
+    let Backend::Postgres(url) = &restored else {
+        unreachable!()
+    };
+    common::node_config(
+        &config_path,
+        listen,
+        &dir.path().join("eu-de.sqlite"),
+        &format!("storage = \"{url}\"\n"),
+    );
+    // Not while the node serves.
+    let busy = std::net::TcpListener::bind(listen)?;
+    let (code, out) = domicile(&["node", "erase-again", "--config", config]);
+    assert!(code != 0 && out.contains("stop the node"), "{out}");
+    drop(busy);
+    let (code, out) = domicile(&["node", "erase-again", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 subjects, 1 erased since the backup and erased again"),
+        "{out}"
+    );
+    assert_eq!(count(&restored, interactions_of, &erased), 0);
+    assert_eq!(count(&restored, interactions_of, &kept), kept_before);
+    let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
+        &config_path,
+    )?)?)?;
+    let store = node.store();
+    assert!(store.read(|c| store.profile(c, TENANT, &kept))?.is_some());
+    assert!(store.read(|c| store.profile(c, TENANT, &erased))?.is_none());
+    drop(node);
+    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = domicile(&["audit", "report", "--config", config, "--format", "csv"]);
+    assert!(code == 0 && out.contains("restore,"), "{out}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,21 +158,13 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     });
     let (erased, kept) = (synth::subject_id("DE", 3), synth::subject_id("DE", 4));
     let interactions_of = "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
-    let kept_before;
-    {
-        let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
-            &config_path,
-        )?)?)?;
-        let key = PublicSealingKey::from_bytes(&node.sealing_key().public_key)?;
-        let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
-        for r in &records {
-            sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
-        }
-        node.ingest(TENANT, sealer.finish()).await?;
-        kept_before = count(&db, interactions_of, &kept);
-        assert!(count(&db, interactions_of, &erased) > 0 && kept_before > 0);
-
-        // Online: the node is open (and could be serving) while the backup is taken.
+    let mut kept_before = 0;
+    // Online: the node is open (and could be serving) while the backup is taken.
+    ingest_backup_erase(&config_path, &records, &erased, || {
+        kept_before = count(&Backend::Sqlite(db.clone()), interactions_of, &kept);
+        assert!(
+            count(&Backend::Sqlite(db.clone()), interactions_of, &erased) > 0 && kept_before > 0
+        );
         let (code, out) = domicile(&[
             "node",
             "backup",
@@ -72,35 +183,16 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
             backup.to_str().unwrap(),
         ]);
         assert_ne!(code, 0, "an existing backup is never overwritten: {out}");
-
-        // Then the subject exercises the right to erasure.
-        let receipt = node
-            .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
-                tenant_id: TENANT.into(),
-                subject: Some(SubjectRef {
-                    country: "DE".into(),
-                    external_id: erased.clone(),
-                }),
-                kind: SubjectRequestKind::Erasure as i32,
-                actor: "test".into(),
-                ..Default::default()
-            })?)
-            .await?;
-        assert!(receipt.completed_at.is_some());
-        assert!(
-            node.store()
-                .read(|c| node.store().profile(c, TENANT, &erased))?
-                .is_none()
-        );
-    }
+    })
+    .await?;
 
     // The backup still holds the erased subject's rows, but its profile no longer opens: the
     // key is gone from the vault (crypto-shredding). The kept subject's does.
     let kek: [u8; 32] = std::fs::read(db.with_extension("kek"))?.try_into().unwrap();
-    let vault = Vault::open(&db.with_extension("keys.sqlite"), &kek)?;
+    let vault = Vault::open(&Backend::Sqlite(db.with_extension("keys.sqlite")), &kek)?;
     assert_eq!(
         count(
-            &backup,
+            &Backend::Sqlite(backup.clone()),
             "SELECT COUNT(*) FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
             &erased
         ),
@@ -155,16 +247,22 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     );
 
     // The erased subject did not come back; the others did, whole and readable.
-    assert_eq!(count(&db, interactions_of, &erased), 0);
+    assert_eq!(
+        count(&Backend::Sqlite(db.clone()), interactions_of, &erased),
+        0
+    );
     assert_eq!(
         count(
-            &db,
+            &Backend::Sqlite(db.clone()),
             "SELECT COUNT(*) FROM subjects WHERE tenant = ?1 AND external_id = ?2",
             &erased
         ),
         0
     );
-    assert_eq!(count(&db, interactions_of, &kept), kept_before);
+    assert_eq!(
+        count(&Backend::Sqlite(db.clone()), interactions_of, &kept),
+        kept_before
+    );
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
     )?)?)?;

@@ -1,12 +1,12 @@
 //! Durability under crashes: a `domicile node` process ingests under load from concurrent
 //! clients and is killed with SIGKILL at random moments, 20 times, restarting on the same files
 //! each time. Every record the node acknowledged must be stored exactly once afterwards, and
-//! the audit chain must verify.
-//!
-//! (SQLite backend; the PostgreSQL backend of issue 8 is not built yet.)
+//! the audit chain must verify. On each backend: SQLite, and PostgreSQL (a throwaway cluster;
+//! the node is killed, the database server is not).
 
 mod common;
-use common::{NodeProcess, free_port, node_config};
+use common::{NodeProcess, free_port, node_config, storage};
+use domicile_node::storage::Backend;
 
 use std::{
     collections::HashSet,
@@ -53,14 +53,14 @@ async fn ready(
     }
 }
 
-/// Every record in `acked` is stored exactly once in the database at `db`, as the last crash
-/// left it (opening it recovers the write-ahead log as a restarting node would).
+/// Every record in `acked` is stored exactly once in the database, as the last crash left it
+/// (opening a SQLite file recovers its write-ahead log as a restarting node would).
 fn check(
-    db: &std::path::Path,
+    backend: &Backend,
     records: &[synth::SynthRecord],
     acked: &HashSet<String>,
 ) -> anyhow::Result<()> {
-    let conn = rusqlite::Connection::open(db)?;
+    let conn = backend.connect_read_write()?;
     let mut claimed = conn
         .prepare("SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1 AND idempotency_key = ?2")?;
     let mut interactions = conn
@@ -71,8 +71,7 @@ fn check(
         .iter()
         .filter(|r| acked.contains(&r.idempotency_key))
     {
-        let n: i64 =
-            claimed.query_row(rusqlite::params![TENANT, r.idempotency_key], |x| x.get(0))?;
+        let n: i64 = claimed.query_row([TENANT, r.idempotency_key.as_str()], |x| x.get(0))?;
         assert_eq!(
             n, 1,
             "acknowledged record {} is stored once",
@@ -83,7 +82,7 @@ fn check(
             Some(Record::Subject(s)) => (&mut subjects, s.external_id.clone()),
             None => unreachable!("the generator makes records"),
         };
-        let n: i64 = table.query_row(rusqlite::params![TENANT, id], |x| x.get(0))?;
+        let n: i64 = table.query_row([TENANT, id.as_str()], |x| x.get(0))?;
         assert_eq!(
             n, 1,
             "acknowledged record {} has its row",
@@ -96,12 +95,27 @@ fn check(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
+async fn acknowledged_records_survive_sigkill_on_sqlite() -> anyhow::Result<()> {
+    sigkill_trials(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_sigkill_on_postgres() -> anyhow::Result<()> {
+    let cluster = domicile_pg_cluster::PgCluster::start()?;
+    sigkill_trials(Some(&cluster)).await
+}
+
+async fn sigkill_trials(cluster: Option<&domicile_pg_cluster::PgCluster>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let addr = free_port();
-    let db = dir.path().join("eu-de.sqlite");
+    let (db, line) = storage(cluster, &dir.path().join("eu-de.sqlite"), "crash");
     let config = dir.path().join("node.toml");
-    node_config(&config, addr, &db, "audit_checkpoint_every = 50\n");
+    node_config(
+        &config,
+        addr,
+        &dir.path().join("eu-de.sqlite"),
+        &format!("audit_checkpoint_every = 50\n{line}"),
+    );
     let records = Arc::new(synth::generate(&SynthSpec {
         countries: vec!["DE".into()],
         subjects: 300,
@@ -200,7 +214,8 @@ async fn acknowledged_records_survive_sigkill() -> anyhow::Result<()> {
         "audit verify after the crashes:\n{text}"
     );
     println!(
-        "{} records acknowledged over {TRIALS} SIGKILLs, all stored once; {text}",
+        "{:?}: {} records acknowledged over {TRIALS} SIGKILLs, all stored once; {text}",
+        db,
         acked.len()
     );
     Ok(())

@@ -9,6 +9,9 @@
 //! every subject the vault has a tombstone for (erased after the backup was taken), so that
 //! their analytical rows, consents and requests do not come back either, and records the
 //! restore in the audit log. The copy goes into place only once all that is committed.
+//!
+//! On PostgreSQL, backups are `pg_dump`'s and restores `pg_restore`'s; [`erase_again`] then
+//! does to the restored database what [`restore`] does to a SQLite copy.
 
 use std::{
     collections::BTreeSet,
@@ -23,7 +26,7 @@ use crate::{
     config::NodeConfig,
     error::NodeError,
     keys,
-    storage::SCHEMA_VERSION,
+    storage::{Backend, SCHEMA_VERSION},
     vault::Vault,
 };
 
@@ -66,6 +69,9 @@ fn copy(from: &Path, to: &Path) -> Result<(), NodeError> {
 /// Writes a consistent copy of the node's database to `to` (through a temporary file beside
 /// it, renamed into place when complete). The node may be serving.
 pub fn backup(config: &NodeConfig, to: &Path) -> Result<BackupReport, NodeError> {
+    if let Backend::Postgres(_) = config.backend() {
+        return Err(internal("backup", POSTGRES_BACKUP));
+    }
     if !config.database.exists() {
         return Err(internal(
             "database",
@@ -96,7 +102,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Every subject the database knows of, by tenant.
-fn subjects(conn: &Connection) -> Result<BTreeSet<(String, String)>, NodeError> {
+fn subjects(conn: &crate::db::Connection) -> Result<BTreeSet<(String, String)>, NodeError> {
     let mut stmt = conn.prepare(
         "SELECT tenant, external_id FROM subjects
          UNION SELECT tenant, subject_id FROM interactions
@@ -109,6 +115,95 @@ fn subjects(conn: &Connection) -> Result<BTreeSet<(String, String)>, NodeError> 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The documented backup of a node on PostgreSQL, for the refusal of the SQLite commands.
+const POSTGRES_BACKUP: &str = "this node's data is in PostgreSQL: back it up with pg_dump and \
+     restore it with pg_restore, then run `domicile node erase-again` (docs/operations.md, \
+     \"Backup and restore\")";
+
+/// The node must be stopped: its listen address must be free.
+fn stopped(config: &NodeConfig, what: &str) -> Result<(), NodeError> {
+    if std::net::TcpListener::bind(config.listen).is_err() {
+        return Err(internal(
+            what,
+            format!(
+                "{} is in use: stop the node before restoring its database",
+                config.listen
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// In the open transaction of `tx` (a restored database): erases again every subject the
+/// vault holds a tombstone for, and records the restore in the audit log.
+fn erase_again_in(
+    tx: &crate::db::Connection,
+    config: &NodeConfig,
+) -> Result<RestoreReport, NodeError> {
+    let vault = Vault::open(&config.key_vault_backend(), &crate::node::load_kek(config)?)?;
+    let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
+        .map_err(|e| internal("audit key", e))?;
+    let audit = AuditLog::new(
+        &config.region_id,
+        &audit_seed,
+        config.audit_checkpoint_every,
+    );
+    let known = subjects(tx)?;
+    let mut erased_again = 0;
+    for (tenant, subject) in &known {
+        if vault.was_erased(tenant, subject)? {
+            // Holds recorded in the backup still apply; what they keep stays, flagged.
+            crate::rights::erase(tx, tenant, subject)?;
+            erased_again += 1;
+        }
+    }
+    audit.append(
+        tx,
+        Entry {
+            kind: Kind::Restore,
+            tenant: "",
+            subject: None,
+            details: serde_json::json!({
+                "subjects": known.len(),
+                "erased_again": erased_again,
+            }),
+        },
+    )?;
+    Ok(RestoreReport {
+        erased_again,
+        subjects: known.len(),
+    })
+}
+
+/// After a database was restored in place (PostgreSQL: `pg_restore`), with the node stopped:
+/// erases again every subject erased since the backup was taken, and records the restore in
+/// the audit log, in one transaction.
+pub fn erase_again(config: &NodeConfig) -> Result<RestoreReport, NodeError> {
+    stopped(config, "erase-again")?;
+    let backend = config.backend();
+    if crate::storage::schema_version(&backend)? != Some(SCHEMA_VERSION) {
+        return Err(internal(
+            "erase-again",
+            format!(
+                "{} does not hold a database of schema version {SCHEMA_VERSION}",
+                backend.describe()
+            ),
+        ));
+    }
+    let tx = backend.connect_read_write()?;
+    tx.execute_batch("BEGIN")?;
+    match erase_again_in(&tx, config) {
+        Ok(report) => {
+            tx.execute_batch("COMMIT")?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = tx.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// Restores the backup at `from` as the node's database. The node must be stopped; with
 /// `replace`, an existing database (and its write-ahead log) is replaced, otherwise its
 /// presence is an error. Subjects erased since the backup are erased again.
@@ -117,15 +212,10 @@ pub fn restore(
     from: &Path,
     replace: bool,
 ) -> Result<RestoreReport, NodeError> {
-    if std::net::TcpListener::bind(config.listen).is_err() {
-        return Err(internal(
-            "restore",
-            format!(
-                "{} is in use: stop the node before restoring its database",
-                config.listen
-            ),
-        ));
+    if let Backend::Postgres(_) = config.backend() {
+        return Err(internal("restore", POSTGRES_BACKUP));
     }
+    stopped(config, "restore")?;
     if config.database.exists() && !replace {
         return Err(internal(
             "restore",
@@ -151,42 +241,11 @@ pub fn restore(
                 format!("schema version {version}, this node needs {SCHEMA_VERSION}"),
             ));
         }
-        let vault = Vault::open(&config.key_vault_path(), &crate::node::load_kek(config)?)?;
-        let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
-            .map_err(|e| internal("audit key", e))?;
-        let audit = AuditLog::new(
-            &config.region_id,
-            &audit_seed,
-            config.audit_checkpoint_every,
-        );
-        let known = subjects(&conn)?;
         let tx = crate::db::Connection::sqlite(conn);
         tx.execute_batch("BEGIN")?;
-        let mut erased_again = 0;
-        for (tenant, subject) in &known {
-            if vault.was_erased(tenant, subject)? {
-                // Holds recorded in the backup still apply; what they keep stays, flagged.
-                crate::rights::erase(&tx, tenant, subject)?;
-                erased_again += 1;
-            }
-        }
-        audit.append(
-            &tx,
-            Entry {
-                kind: Kind::Restore,
-                tenant: "",
-                subject: None,
-                details: serde_json::json!({
-                    "subjects": known.len(),
-                    "erased_again": erased_again,
-                }),
-            },
-        )?;
+        let report = erase_again_in(&tx, config)?;
         tx.execute_batch("COMMIT")?;
-        Ok(RestoreReport {
-            erased_again,
-            subjects: known.len(),
-        })
+        Ok(report)
     })();
     let report = match report {
         Ok(r) => r,

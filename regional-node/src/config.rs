@@ -79,8 +79,10 @@ pub struct NodeConfig {
     /// takes precedence over `kek_file` when set. Default unset.
     #[serde(default)]
     pub kek_env: Option<String>,
-    /// Path of the key vault, the SQLite file of wrapped per-subject data keys. Keep it apart
-    /// from data backups: erasure destroys keys here. Default `keys.sqlite` beside the database.
+    /// The key vault, the database of wrapped per-subject data keys: a SQLite file's path, or a
+    /// `postgres://` URL of a database apart from the data's (what replicas on several
+    /// machines share). Keep it apart from data backups: erasure destroys keys here. Default
+    /// `keys.sqlite` beside the database.
     #[serde(default)]
     pub key_vault: Option<PathBuf>,
     /// Path of the region's Ed25519 audit signing key (a 32-byte seed). Created, mode 0600, if
@@ -355,7 +357,17 @@ impl NodeConfig {
         })
     }
 
-    /// The key vault: the configured one, or `keys.sqlite` beside the database.
+    /// Where the key vault is: a PostgreSQL database when `key_vault` is a `postgres://` URL,
+    /// else the SQLite file [`NodeConfig::key_vault_path`].
+    pub fn key_vault_backend(&self) -> crate::storage::Backend {
+        let path = self.key_vault_path();
+        match path.to_str().map(crate::storage::Backend::parse) {
+            Some(Ok(backend @ crate::storage::Backend::Postgres(_))) => backend,
+            _ => crate::storage::Backend::Sqlite(path),
+        }
+    }
+
+    /// The key vault as configured (a path, or a URL), or `keys.sqlite` beside the database.
     pub fn key_vault_path(&self) -> PathBuf {
         self.key_vault.clone().unwrap_or_else(|| {
             let mut p = self.database.clone();

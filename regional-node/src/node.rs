@@ -164,7 +164,7 @@ impl Node {
             _ => None,
         };
         let kek = load_kek(&config)?;
-        let store = Store::open(&config.backend(), &config.key_vault_path(), &kek)?;
+        let store = Store::open(&config.backend(), &config.key_vault_backend(), &kek)?;
         store.write(|tx| {
             audit.append(
                 tx,

@@ -1415,7 +1415,7 @@ mod tests {
         #[test]
         fn cells_answer_exactly_as_the_rows_on_sqlite(case in case()) {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &dir.path().join("v.db"), &[7; 32]).unwrap();
+            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &Backend::Sqlite(dir.path().join("v.db")), &[7; 32]).unwrap();
             cells_answer_exactly_as_the_rows(&store, case)?;
         }
     }
@@ -1455,7 +1455,12 @@ mod tests {
             })
             .collect();
         let expected = {
-            let store = Store::open(&Backend::Sqlite(db.clone()), &vault, &[7; 32]).unwrap();
+            let store = Store::open(
+                &Backend::Sqlite(db.clone()),
+                &Backend::Sqlite(vault.clone()),
+                &[7; 32],
+            )
+            .unwrap();
             ingest(&store, &rows);
             let cells = store.read(|c| Ok(cells(c))).unwrap();
             // What a version-3 database looks like: no rollups.
@@ -1470,7 +1475,12 @@ mod tests {
             cells
         };
         assert!(!expected.is_empty());
-        let store = Store::open(&Backend::Sqlite(db.clone()), &vault, &[7; 32]).unwrap();
+        let store = Store::open(
+            &Backend::Sqlite(db.clone()),
+            &Backend::Sqlite(vault.clone()),
+            &[7; 32],
+        )
+        .unwrap();
         assert_eq!(store.read(|c| Ok(cells(c))).unwrap(), expected);
         let version: i64 = store
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
@@ -1483,7 +1493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             &Backend::Sqlite(dir.path().join("n.db")),
-            &dir.path().join("v.db"),
+            &Backend::Sqlite(dir.path().join("v.db")),
             &[7; 32],
         )
         .unwrap();

@@ -8,12 +8,7 @@
 //! single transaction — one commit, one fsync per batch. Readers use their own connections from a
 //! small pool so that aggregates never wait for ingest (WAL lets readers and the writer overlap).
 
-use std::{
-    any::Any,
-    path::{Path, PathBuf},
-    sync::Mutex,
-    sync::mpsc,
-};
+use std::{any::Any, path::PathBuf, sync::Mutex, sync::mpsc};
 
 use domicile_proto::domain::unix_now as now;
 use domicile_proto::domain::{Interaction, Subject};
@@ -377,7 +372,7 @@ pub fn migrate(config: &crate::config::NodeConfig) -> Result<Option<i64>, NodeEr
     let backend = config.backend();
     let before = schema_version(&backend)?;
     let kek = crate::node::load_kek(config)?;
-    Store::open(&backend, &config.key_vault_path(), &kek)?;
+    Store::open(&backend, &config.key_vault_backend(), &kek)?;
     Ok(before)
 }
 
@@ -407,7 +402,7 @@ const SCHEMA_LOCK: i64 = 0x646f_6d69_0001;
 impl Store {
     /// Opens (creating if needed) the database and its key vault at `vault` (with the region's
     /// key-encryption key), and applies the schema and any pending migration.
-    pub fn open(backend: &Backend, vault: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
+    pub fn open(backend: &Backend, vault: &Backend, kek: &[u8; 32]) -> Result<Self, NodeError> {
         if let Backend::Sqlite(path) = backend
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         {
@@ -1070,7 +1065,7 @@ mod tests {
                     .unwrap(),
             }
             assert_eq!(schema_version(&backend).unwrap(), Some(99));
-            let err = Store::open(&backend, &dbs.vault(), &[7; 32]).unwrap_err();
+            let err = Store::open(&backend, &dbs.vault(&backend), &[7; 32]).unwrap_err();
             assert!(err.to_string().contains("newer Domicile"), "{err}");
         }
     }

@@ -2,10 +2,7 @@
 //! databases in a throwaway PostgreSQL cluster (which fails, saying how to install
 //! PostgreSQL, when its binaries are missing: the tests never skip a backend).
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use domicile_pg_cluster::PgCluster;
 
@@ -47,13 +44,20 @@ impl Databases {
         Backend::Postgres(self.pg.create_database(&format!("t{n}")).unwrap())
     }
 
-    /// A new key vault path.
-    pub(crate) fn vault(&self) -> PathBuf {
-        self.dir.path().join(format!("v{}.sqlite", self.n()))
+    /// A new key vault on the same backend as `data` (PostgreSQL data, PostgreSQL vault: what
+    /// replicas on several machines run).
+    pub(crate) fn vault(&self, data: &Backend) -> Backend {
+        let n = self.n();
+        match data {
+            Backend::Sqlite(_) => Backend::Sqlite(self.dir.path().join(format!("v{n}.sqlite"))),
+            Backend::Postgres(_) => {
+                Backend::Postgres(self.pg.create_database(&format!("v{n}")).unwrap())
+            }
+        }
     }
 
     /// A store on `backend` with a vault of its own.
     pub(crate) fn store(&self, backend: &Backend) -> Store {
-        Store::open(backend, &self.vault(), &[7; 32]).unwrap()
+        Store::open(backend, &self.vault(backend), &[7; 32]).unwrap()
     }
 }

@@ -4,8 +4,9 @@
 //! Every personal field (the profile) and every free-text comment is stored as
 //! `nonce(24) ‖ XChaCha20-Poly1305(data key, aad, plaintext)`, with an AAD naming what the
 //! ciphertext is and whose, so a ciphertext moved to another row does not open. Data keys live
-//! in their own SQLite file (the vault; `secure_delete` on, rollback journal), wrapped by the
-//! KEK, which comes from a file or an environment variable and is never written elsewhere.
+//! in their own database (the vault: a SQLite file with `secure_delete` on and a rollback
+//! journal, or a PostgreSQL database of its own for replicas on several machines), wrapped by
+//! the KEK, which comes from a file or an environment variable and is never written elsewhere.
 //!
 //! Erasure destroys the subject's data key (crypto-shredding): a copy or backup of the *data*
 //! file taken before the erasure no longer opens for that subject, because the key it needs is
@@ -18,16 +19,18 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    path::Path,
     sync::Mutex,
 };
 
+use crate::{
+    db::{Connection, Dialect, OptionalExtension, params},
+    storage::Backend,
+};
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
     aead::{Aead, Payload},
 };
 use hmac::{Hmac, Mac};
-use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::error::NodeError;
@@ -110,16 +113,22 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Opens (creating if needed) the vault at `path` with the region's KEK.
-    pub fn open(path: &Path, kek: &[u8; 32]) -> Result<Self, NodeError> {
-        let conn = Connection::open(path)?;
-        // Deleted keys are overwritten in the file, and no WAL keeps old pages around.
-        conn.pragma_update(None, "secure_delete", "ON")?;
-        conn.pragma_update(None, "journal_mode", "DELETE")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS data_keys (
+    /// Opens (creating if needed) the vault at `at` (a SQLite file, or a PostgreSQL database
+    /// apart from the data's) with the region's KEK.
+    pub fn open(at: &Backend, kek: &[u8; 32]) -> Result<Self, NodeError> {
+        let conn = match at {
+            Backend::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path)?;
+                // Deleted keys are overwritten in the file, and no WAL keeps old pages around.
+                conn.pragma_update(None, "secure_delete", "ON")?;
+                conn.pragma_update(None, "journal_mode", "DELETE")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                Connection::sqlite(conn)
+            }
+            Backend::Postgres(_) => at.connect_read_write()?,
+        };
+        let tables = "CREATE TABLE IF NOT EXISTS data_keys (
                 tenant     TEXT NOT NULL,
                 subject_id TEXT NOT NULL,
                 wrapped    BLOB NOT NULL,
@@ -129,8 +138,17 @@ impl Vault {
             CREATE TABLE IF NOT EXISTS erased_subjects (
                 tombstone BLOB PRIMARY KEY,
                 erased_at INTEGER NOT NULL
-            ) WITHOUT ROWID;",
-        )?;
+            ) WITHOUT ROWID;";
+        match conn.dialect() {
+            Dialect::Sqlite => conn.execute_batch(tables)?,
+            Dialect::Postgres => {
+                // Replicas opening one vault together take turns.
+                conn.execute_batch("BEGIN")?;
+                conn.lock(0x646f_6d69_0002)?;
+                conn.execute_batch(&crate::pg_schema::translate(tables))?;
+                conn.execute_batch("COMMIT")?;
+            }
+        }
         let mut tombstone_key = [0u8; 32];
         tombstone_key.copy_from_slice(&Sha256::digest(
             [b"domicile/v1/tombstone\0".as_slice(), kek].concat(),
@@ -166,35 +184,62 @@ impl Vault {
         subjects: &BTreeSet<&str>,
         create: bool,
     ) -> Result<HashMap<String, DataKey>, NodeError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        let mut out = HashMap::with_capacity(subjects.len());
-        {
-            let mut get = tx.prepare_cached(
-                "SELECT wrapped FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
-            )?;
-            let mut put = tx.prepare_cached(
-                "INSERT INTO data_keys (tenant, subject_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let now = domicile_proto::domain::unix_now();
-            for subject in subjects {
-                let wrapped: Option<Vec<u8>> = get
-                    .query_row(params![tenant, subject], |r| r.get(0))
-                    .optional()?;
-                let key = match wrapped {
-                    Some(w) => self.unwrap_key(tenant, subject, &w)?,
-                    None if create => {
-                        let raw = random::<32>()?;
-                        let wrapped = seal(&self.kek, &wrap_aad(tenant, subject), &raw)?;
-                        put.execute(params![tenant, subject, wrapped, now])?;
-                        DataKey(XChaCha20Poly1305::new_from_slice(&raw).expect("32-byte key"))
-                    }
-                    None => continue,
-                };
-                out.insert((*subject).to_owned(), key);
+        let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.is_closed() {
+            return Err(NodeError::Internal(
+                "the key vault's connection is closed".into(),
+            ));
+        }
+        tx.execute_batch("BEGIN")?;
+        let result = self.keys_in(&tx, tenant, subjects, create);
+        match result {
+            Ok(out) => {
+                tx.execute_batch("COMMIT")?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = tx.execute_batch("ROLLBACK");
+                Err(e)
             }
         }
-        tx.commit()?;
+    }
+
+    fn keys_in(
+        &self,
+        tx: &Connection,
+        tenant: &str,
+        subjects: &BTreeSet<&str>,
+        create: bool,
+    ) -> Result<HashMap<String, DataKey>, NodeError> {
+        const GET: &str = "SELECT wrapped FROM data_keys WHERE tenant = ?1 AND subject_id = ?2";
+        let mut out = HashMap::with_capacity(subjects.len());
+        let now = domicile_proto::domain::unix_now();
+        for subject in subjects {
+            let wrapped: Option<Vec<u8>> = tx
+                .query_row(GET, params![tenant, subject], |r| r.get(0))
+                .optional()?;
+            let key = match wrapped {
+                Some(w) => self.unwrap_key(tenant, subject, &w)?,
+                None if create => {
+                    let raw = random::<32>()?;
+                    let wrapped = seal(&self.kek, &wrap_aad(tenant, subject), &raw)?;
+                    let made = tx.execute(
+                        "INSERT OR IGNORE INTO data_keys (tenant, subject_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![tenant, subject, wrapped, now],
+                    )?;
+                    if made == 1 {
+                        DataKey(XChaCha20Poly1305::new_from_slice(&raw).expect("32-byte key"))
+                    } else {
+                        // Another replica made this subject's key first: use theirs.
+                        let w: Vec<u8> =
+                            tx.query_row(GET, params![tenant, subject], |r| r.get(0))?;
+                        self.unwrap_key(tenant, subject, &w)?
+                    }
+                }
+                None => continue,
+            };
+            out.insert((*subject).to_owned(), key);
+        }
         Ok(out)
     }
 
@@ -208,20 +253,37 @@ impl Vault {
     /// Destroys a subject's data key and leaves a tombstone for it, in one vault transaction.
     /// True when there was a key.
     pub fn destroy(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
-            params![tenant, subject],
-        )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO erased_subjects (tombstone, erased_at) VALUES (?1, ?2)",
-            params![
-                self.tombstone(tenant, subject).as_slice(),
-                domicile_proto::domain::unix_now()
-            ],
-        )?;
-        tx.commit()?;
+        let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        tx.execute_batch("BEGIN")?;
+        let done = (|| {
+            let n = tx.execute(
+                "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
+                params![tenant, subject],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO erased_subjects (tombstone, erased_at) VALUES (?1, ?2)",
+                params![
+                    self.tombstone(tenant, subject).as_slice(),
+                    domicile_proto::domain::unix_now()
+                ],
+            )?;
+            Ok::<_, NodeError>(n)
+        })();
+        let n = match done {
+            Ok(n) => {
+                tx.execute_batch("COMMIT")?;
+                n
+            }
+            Err(e) => {
+                let _ = tx.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        if tx.dialect() == Dialect::Postgres {
+            // The deleted row's bytes leave the table's pages at the next vacuum: now, rather
+            // than whenever autovacuum comes (see docs/operations.md on the vault's WAL).
+            tx.execute_batch("VACUUM data_keys")?;
+        }
         Ok(n > 0)
     }
 
@@ -256,7 +318,8 @@ mod tests {
     #[test]
     fn data_keys_seal_and_are_shredded() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = Vault::open(&dir.path().join("keys.sqlite"), &[3; 32]).unwrap();
+        let at = Backend::Sqlite(dir.path().join("keys.sqlite"));
+        let vault = Vault::open(&at, &[3; 32]).unwrap();
         let keys = vault
             .keys("acme", &BTreeSet::from(["s1", "s2"]), true)
             .unwrap();
@@ -283,7 +346,7 @@ mod tests {
         assert!(!vault.was_erased("other", "s1").unwrap());
         // A vault opened with another KEK cannot unwrap the keys.
         drop(vault);
-        let wrong = Vault::open(&dir.path().join("keys.sqlite"), &[4; 32]).unwrap();
+        let wrong = Vault::open(&at, &[4; 32]).unwrap();
         assert!(wrong.key("acme", "s2").is_err());
     }
 }

@@ -58,6 +58,24 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Where a test's node keeps its data: the SQLite file `database`, or (with a cluster) a new
+/// database `name` in it. The backend, and the configuration line that selects it.
+pub fn storage(
+    cluster: Option<&domicile_pg_cluster::PgCluster>,
+    database: &Path,
+    name: &str,
+) -> (domicile_node::storage::Backend, String) {
+    use domicile_node::storage::Backend;
+    match cluster {
+        Some(c) => {
+            let url = c.create_database(name).unwrap();
+            let line = format!("storage = \"{url}\"\n");
+            (Backend::Postgres(url), line)
+        }
+        None => (Backend::Sqlite(database.to_owned()), String::new()),
+    }
+}
+
 /// A node configuration for region eu-de (DE), plaintext, on `listen`, with its database at
 /// `database` (keys beside it), written to `path`; `extra` lines are appended.
 pub fn node_config(path: &Path, listen: SocketAddr, database: &Path, extra: &str) {
