@@ -4,11 +4,14 @@
 //! idempotency key"); retried, and everything after, the other replica serves. In the end every
 //! record is stored exactly once, and the audit chain both processes wrote verifies.
 //!
-//! The shared database here is one SQLite file, which both processes may open on one machine;
-//! replicas on several machines need the PostgreSQL backend (issue 8, not built yet).
+//! On SQLite the shared database is one file, which both processes open on one machine. On
+//! PostgreSQL each replica has a directory of its own, as it would on its own machine, holding
+//! only copies of the region's key files; the data and the key vault are two databases of a
+//! throwaway cluster that both replicas use.
 
 mod common;
 use common::{NodeProcess, free_port, node_config};
+use domicile_node::storage::Backend;
 
 use std::{
     collections::HashMap,
@@ -27,10 +30,11 @@ use domicile_proto::{
 
 const TENANT: &str = "acme";
 
-/// Starts a replica listening on `listen`, over the database (and keys) in `dir`.
-fn replica(dir: &Path, name: &str, listen: SocketAddr) -> NodeProcess {
+/// Starts a replica listening on `listen`, with its files (keys, and the SQLite database
+/// unless `extra` names other storage) in `dir`.
+fn replica(dir: &Path, name: &str, listen: SocketAddr, extra: &str) -> NodeProcess {
     let config = dir.join(format!("{name}.toml"));
-    node_config(&config, listen, &dir.join("eu-de.sqlite"), "");
+    node_config(&config, listen, &dir.join("eu-de.sqlite"), extra);
     NodeProcess::start(&config)
 }
 
@@ -43,13 +47,52 @@ async fn listening(addr: SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
+async fn a_killed_replica_loses_nothing_on_sqlite() -> anyhow::Result<()> {
+    a_killed_replica_loses_nothing(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_loses_nothing_on_postgres() -> anyhow::Result<()> {
+    let cluster = domicile_pg_cluster::PgCluster::start()?;
+    a_killed_replica_loses_nothing(Some(&cluster)).await
+}
+
+async fn a_killed_replica_loses_nothing(
+    cluster: Option<&domicile_pg_cluster::PgCluster>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (a_addr, b_addr) = (free_port(), free_port());
+    // Where each replica keeps its files, and what the data is on.
+    let (a_dir, b_dir, data, extra) = match cluster {
+        None => (
+            dir.path().to_owned(),
+            dir.path().to_owned(),
+            Backend::Sqlite(dir.path().join("eu-de.sqlite")),
+            String::new(),
+        ),
+        Some(c) => {
+            let (a_dir, b_dir) = (dir.path().join("machine-a"), dir.path().join("machine-b"));
+            std::fs::create_dir_all(&a_dir)?;
+            std::fs::create_dir_all(&b_dir)?;
+            let data = c.create_database("data")?;
+            let vault = c.create_database("vault")?;
+            let extra = format!("storage = \"{data}\"\nkey_vault = \"{vault}\"\n");
+            (a_dir, b_dir, Backend::Postgres(data), extra)
+        }
+    };
     // One after the other: the first creates the keys both then use.
-    let a = replica(dir.path(), "a", a_addr);
+    let a = replica(&a_dir, "a", a_addr, &extra);
     listening(a_addr).await;
-    let b = replica(dir.path(), "b", b_addr);
+    if a_dir != b_dir {
+        // The operator installs the region's keys on the second machine.
+        for entry in std::fs::read_dir(&a_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "key" || e == "kek") {
+                std::fs::copy(&path, b_dir.join(path.file_name().unwrap()))?;
+            }
+        }
+    }
+    let b = replica(&b_dir, "b", b_addr, &extra);
     listening(b_addr).await;
 
     let mut config = GatewayConfig::new(vec![RegionConfig {
@@ -156,10 +199,13 @@ async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
             .contains("domicile_gateway_region_endpoints_ejected_total{region=\"eu-de\"} 1"),
         "the ejection is counted"
     );
-    println!("{failed_calls} call(s) failed after the kill, {retried} records retried");
+    println!(
+        "{}: {failed_calls} call(s) failed after the kill, {retried} records retried",
+        data.describe()
+    );
 
     // The replica comes back on its address: probed, it is put back in service.
-    let _a = replica(dir.path(), "a", a_addr);
+    let _a = replica(&a_dir, "a", a_addr, &extra);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !replicas.ejected().is_empty() {
         assert!(
@@ -171,7 +217,7 @@ async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
     drop(_a);
 
     drop(b);
-    let conn = rusqlite::Connection::open(dir.path().join("eu-de.sqlite"))?;
+    let conn = data.connect_read_write()?;
     let stored: i64 = conn.query_row(
         "SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1",
         [TENANT],
@@ -188,7 +234,7 @@ async fn a_killed_replica_loses_nothing() -> anyhow::Result<()> {
     drop(conn);
     let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args(["audit", "verify", "--config"])
-        .arg(dir.path().join("b.toml"))
+        .arg(b_dir.join("b.toml"))
         .output()?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);

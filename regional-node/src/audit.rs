@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 "#;
 
+/// The advisory-lock key that serialises appends between replicas sharing one database.
+const APPEND_LOCK: i64 = 0x646f_6d69_0003;
+
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -241,6 +244,8 @@ impl AuditLog {
     /// Appends `entry` in the caller's transaction and returns its number; makes a checkpoint
     /// every `checkpoint_every` entries.
     pub fn append(&self, tx: &Connection, entry: Entry<'_>) -> Result<u64, NodeError> {
+        // Replicas over one PostgreSQL database take turns at the head, until their commits.
+        tx.lock(APPEND_LOCK)?;
         let last: Option<(i64, Vec<u8>)> = tx
             .query_row(
                 "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",

@@ -191,7 +191,7 @@ pub fn erase_again(config: &NodeConfig) -> Result<RestoreReport, NodeError> {
         ));
     }
     let tx = backend.connect_read_write()?;
-    tx.execute_batch("BEGIN")?;
+    tx.begin()?;
     match erase_again_in(&tx, config) {
         Ok(report) => {
             tx.execute_batch("COMMIT")?;
@@ -242,7 +242,7 @@ pub fn restore(
             ));
         }
         let tx = crate::db::Connection::sqlite(conn);
-        tx.execute_batch("BEGIN")?;
+        tx.begin()?;
         let report = erase_again_in(&tx, config)?;
         tx.execute_batch("COMMIT")?;
         Ok(report)

@@ -832,6 +832,16 @@ impl Connection {
         }
     }
 
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`IMMEDIATE`,
+    /// waiting up to the busy timeout): a deferred transaction that read first could not
+    /// upgrade while another process (a replica on the same file) writes, and would fail.
+    pub fn begin(&self) -> Result<(), NodeError> {
+        self.execute_batch(match self.dialect() {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        })
+    }
+
     /// Runs statements without parameters (schema, `BEGIN`, savepoints).
     pub fn execute_batch(&self, sql: &str) -> Result<(), NodeError> {
         match &self.inner {

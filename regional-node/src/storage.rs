@@ -410,7 +410,7 @@ impl Store {
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let writer = backend.connect(false)?;
-        writer.execute_batch("BEGIN")?;
+        writer.begin()?;
         match apply_schema(&writer, backend) {
             Ok(()) => writer.execute_batch("COMMIT")?,
             Err(e) => {
@@ -608,7 +608,7 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
         let conn = self.writer()?;
-        conn.execute_batch("BEGIN")?;
+        conn.begin()?;
         match f(&conn) {
             Ok(value) => {
                 conn.execute_batch("COMMIT")?;
@@ -719,7 +719,7 @@ fn commit_group(conn: &Connection, group: Vec<Pending>) {
             let _ = reply.send(Err(NodeError::Internal(format!("commit: {e}"))));
         }
     };
-    if let Err(e) = conn.execute_batch("BEGIN") {
+    if let Err(e) = conn.begin() {
         return fail_all(group.into_iter().map(|p| p.reply).collect(), &e);
     }
     let mut done = Vec::with_capacity(group.len());
@@ -1049,6 +1049,52 @@ mod tests {
                 store.charge_epsilon("acme", 1, 10_000).unwrap(),
                 Charge::Exhausted { remaining_milli: 0 }
             );
+        }
+    }
+
+    #[test]
+    fn two_replicas_append_to_one_audit_chain() {
+        // Two stores over one database (one SQLite file, or one PostgreSQL database with one
+        // vault), four writers each, appending at once: one chain, no gap, no fork.
+        let dbs = Databases::new();
+        for backend in dbs.both() {
+            let vault = dbs.vault(&backend);
+            let replicas: Vec<Arc<Store>> = (0..2)
+                .map(|_| Arc::new(Store::open(&backend, &vault, &[7; 32]).unwrap()))
+                .collect();
+            let log = Arc::new(crate::audit::AuditLog::new("eu-de", &[9; 32], 25));
+            let handles: Vec<_> = (0..8)
+                .map(|w| {
+                    let (store, log) = (replicas[w % 2].clone(), log.clone());
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            let log = log.clone();
+                            store
+                                .write_grouped(move |tx| {
+                                    log.append(
+                                        tx,
+                                        crate::audit::Entry {
+                                            kind: crate::audit::Kind::IngestBatch,
+                                            tenant: "acme",
+                                            subject: None,
+                                            details: serde_json::json!({ "writer": w, "i": i }),
+                                        },
+                                    )
+                                })
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let verified = replicas[0]
+                .read(|c| crate::audit::verify(c, "eu-de", &log.public_key()))
+                .unwrap()
+                .unwrap();
+            assert_eq!(verified.entries, 200, "{:?}", backend);
+            assert_eq!(verified.checkpoints, 8);
         }
     }
 

@@ -143,7 +143,7 @@ impl Vault {
             Dialect::Sqlite => conn.execute_batch(tables)?,
             Dialect::Postgres => {
                 // Replicas opening one vault together take turns.
-                conn.execute_batch("BEGIN")?;
+                conn.begin()?;
                 conn.lock(0x646f_6d69_0002)?;
                 conn.execute_batch(&crate::pg_schema::translate(tables))?;
                 conn.execute_batch("COMMIT")?;
@@ -190,7 +190,7 @@ impl Vault {
                 "the key vault's connection is closed".into(),
             ));
         }
-        tx.execute_batch("BEGIN")?;
+        tx.begin()?;
         let result = self.keys_in(&tx, tenant, subjects, create);
         match result {
             Ok(out) => {
@@ -254,7 +254,7 @@ impl Vault {
     /// True when there was a key.
     pub fn destroy(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
         let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        tx.execute_batch("BEGIN")?;
+        tx.begin()?;
         let done = (|| {
             let n = tx.execute(
                 "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
