@@ -38,6 +38,8 @@ pub struct DevOptions {
     /// Serve the gateway without authentication (logs a warning). Mutual TLS between gateway
     /// and nodes stays on.
     pub insecure: bool,
+    /// Keep the nodes' data in a throwaway PostgreSQL cluster rather than SQLite files.
+    pub postgres: bool,
 }
 
 /// A running `domicile dev`: the federation, and the token that calls it.
@@ -243,7 +245,9 @@ pub fn render_aggregate(resp: &AggregateResponse) -> String {
 /// Starts the federation (mutual TLS between gateway and nodes; callers authenticated by a
 /// development token unless `insecure`), loads it, prints the example, and returns it running.
 pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
-    let mut builder = Federation::builder().gateway_addr(opts.listen);
+    let mut builder = Federation::builder()
+        .gateway_addr(opts.listen)
+        .postgres(opts.postgres);
     for (id, countries) in DEV_REGIONS {
         builder = builder.region(id, countries);
     }
@@ -285,7 +289,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
             "  node     {}  region {:<6} {}",
             n.addr,
             n.region_id,
-            n.database.display()
+            n.backend.describe()
         );
     }
 

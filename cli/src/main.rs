@@ -58,6 +58,11 @@ enum Command {
         /// still talk mutual TLS.
         #[arg(long)]
         insecure: bool,
+        /// Where the nodes keep their data: `sqlite` (a file per region) or `postgres` (a
+        /// throwaway cluster from the machine's PostgreSQL binaries, a database per region).
+        /// Default: `DOMICILE_FEDERATION_STORAGE`, else sqlite.
+        #[arg(long)]
+        storage: Option<String>,
     },
     /// Mint a development token (HS256) for a gateway whose `[auth]` has `hs256_secret_file`:
     /// `domicile dev` prints the secret file's path.
@@ -428,8 +433,15 @@ async fn main() -> anyhow::Result<()> {
             metrics_listen,
             console_listen,
             insecure,
+            storage,
         } => {
             init_logging(cli.log_json, "warn");
+            let postgres = match storage.as_deref() {
+                None => domicile::federation::postgres_from_env()?,
+                Some("sqlite") => false,
+                Some("postgres") => true,
+                Some(other) => anyhow::bail!("--storage {other:?}: expected sqlite or postgres"),
+            };
             let opts = DevOptions {
                 listen,
                 data_dir,
@@ -438,6 +450,7 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 tenant,
                 insecure,
+                postgres,
             };
             let mut dev = dev::start(&opts).await?;
             if !once {

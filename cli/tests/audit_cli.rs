@@ -1,26 +1,38 @@
-//! `domicile audit verify` and `domicile audit report` against a real node's files.
+//! `domicile audit verify` and `domicile audit report` against a real node's data, on each
+//! backend.
 
 mod common;
 use common::domicile;
 
-use domicile_node::{Node, NodeConfig};
+use domicile_node::{Node, NodeConfig, db::Dialect};
 use domicile_proto::{
     consent::ConsentChange,
     pb::{Channel, ConsentAction, ConsentSource, Purpose, RecordConsentRequest, SubjectRef},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow::Result<()> {
+async fn verify_names_the_tampered_entry_and_report_lists_activities_on_sqlite()
+-> anyhow::Result<()> {
+    verify_and_report(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_tampered_entry_and_report_lists_activities_on_postgres()
+-> anyhow::Result<()> {
+    let cluster = domicile_pg_cluster::PgCluster::start()?;
+    verify_and_report(Some(&cluster)).await
+}
+
+async fn verify_and_report(cluster: Option<&domicile_pg_cluster::PgCluster>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("eu-de.sqlite");
+    let (db, line) = common::storage(cluster, &dir.path().join("eu-de.sqlite"), "audit");
     let config_path = dir.path().join("node.toml");
-    std::fs::write(
+    common::node_config(
         &config_path,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\ndatabase = \"{}\"\n",
-            db.display()
-        ),
-    )?;
+        common::free_port(),
+        &dir.path().join("eu-de.sqlite"),
+        &line,
+    );
     {
         let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
             &config_path,
@@ -77,11 +89,14 @@ async fn verify_names_the_tampered_entry_and_report_lists_activities() -> anyhow
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact: 8 entries"), "{out}");
 
-    // Behind the node's back: drop the guard and edit entry 3.
-    let conn = rusqlite::Connection::open(&db)?;
+    // Behind the node's back: lift the guard and edit entry 3.
+    let conn = db.connect_read_write()?;
+    conn.execute_batch(match conn.dialect() {
+        Dialect::Sqlite => "DROP TRIGGER audit_log_no_update;",
+        Dialect::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER USER;",
+    })?;
     conn.execute_batch(
-        "DROP TRIGGER audit_log_no_update;
-         UPDATE audit_log SET details = replace(details, 'CX_SURVEY', 'MARKETING') WHERE seq = 3;",
+        "UPDATE audit_log SET details = replace(details, 'CX_SURVEY', 'MARKETING') WHERE seq = 3;",
     )?;
     drop(conn);
     let (code, out) = domicile(&["audit", "verify", "--config", config]);
