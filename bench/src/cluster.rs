@@ -105,8 +105,40 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A PostgreSQL server's base URL (`postgres://user@host:port`): when set, each node of a
+/// [`Cluster`] keeps its data in a new database there.
+pub static PG_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The variable that hands a node process its storage URL.
+const NODE_STORAGE_VAR: &str = "DOMICILE_BENCH_NODE_STORAGE";
+
+/// A new database on the server of [`PG_VAR`] for `region`, if that is set.
+fn postgres_database(region: &str) -> anyhow::Result<Option<String>> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(base) = PG_BASE.get() else {
+        return Ok(None);
+    };
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("bench_{}_{n}", region.replace('-', "_"));
+    let admin = domicile_node::db::Connection::postgres(&format!("{base}/postgres"))?;
+    admin.execute_batch(&format!("CREATE DATABASE {name}"))?;
+    Ok(Some(format!("{base}/{name}")))
+}
+
 fn spawn(args: &[String], addr: SocketAddr, log: &Path) -> anyhow::Result<Proc> {
-    let child = Command::new(std::env::current_exe()?)
+    spawn_with(args, addr, log, None)
+}
+
+fn spawn_with(
+    args: &[String],
+    addr: SocketAddr,
+    log: &Path,
+    storage: Option<&str>,
+) -> anyhow::Result<Proc> {
+    let mut command = Command::new(std::env::current_exe()?);
+    if let Some(url) = storage {
+        command.env(NODE_STORAGE_VAR, url);
+    }
+    let child = command
         .arg("__serve")
         .args(args)
         .stdin(Stdio::null())
@@ -173,7 +205,13 @@ impl Cluster {
             if let Some(p) = policies {
                 args.push(p.display().to_string());
             }
-            nodes.push(spawn(&args, addr, &dir.join(format!("{}.log", r.id)))?);
+            let storage = postgres_database(&r.id)?;
+            nodes.push(spawn_with(
+                &args,
+                addr,
+                &dir.join(format!("{}.log", r.id)),
+                storage.as_deref(),
+            )?);
             route.push(format!("{}={}@{addr}", r.id, r.countries.join(",")));
         }
         let addr = free_port()?;
@@ -256,6 +294,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             let policies = rest.first().map(PathBuf::from);
             let mut config = node_config(&dir, &pki, &region, policies.as_deref());
             config.listen = listen.parse()?;
+            config.storage = std::env::var(NODE_STORAGE_VAR).ok();
             let listener = TcpListener::bind(config.listen).await?;
             let node = Node::open(config)?;
             domicile_node::serve(node, listener, terminated()).await?;

@@ -55,6 +55,11 @@ pub struct Args {
     /// Also write the table into BENCHMARKS.md (replacing this scenario's section).
     #[arg(long)]
     write: bool,
+    /// Where Domicile's nodes keep their data: `sqlite` (default) or `postgres` (a throwaway
+    /// cluster from the machine's PostgreSQL binaries; `dashboard` and `ingest` only, each
+    /// written to a section of its own).
+    #[arg(long, default_value = "sqlite")]
+    storage: String,
 }
 
 /// One run's latencies and throughput.
@@ -476,6 +481,24 @@ fn main() -> anyhow::Result<()> {
 
 async fn suite() -> anyhow::Result<()> {
     let args = Args::parse();
+    let postgres = match args.storage.as_str() {
+        "sqlite" => None,
+        "postgres" => {
+            anyhow::ensure!(
+                matches!(args.scenario.as_str(), "dashboard" | "ingest"),
+                "--storage postgres runs the dashboard and ingest scenarios"
+            );
+            let cluster = domicile_pg_cluster::PgCluster::start()?;
+            let url = cluster.url("postgres");
+            let base = url.trim_end_matches("/postgres").to_owned();
+            // Read by `Cluster::start` (each node process gets its database's URL).
+            cluster::PG_BASE
+                .set(base)
+                .map_err(|_| anyhow::anyhow!("the PostgreSQL server is set once"))?;
+            Some(cluster)
+        }
+        other => anyhow::bail!("--storage {other:?}: expected sqlite or postgres"),
+    };
     let chosen: Vec<(&str, &str)> = match args.scenario.as_str() {
         "all" => SCENARIOS.to_vec(),
         name => vec![
@@ -487,7 +510,13 @@ async fn suite() -> anyhow::Result<()> {
     };
     for (name, heading) in chosen {
         let table = run(&args, name).await?;
-        let mode = if args.quick { " --quick" } else { "" };
+        let mut mode = if args.quick { " --quick" } else { "" }.to_owned();
+        let heading = if postgres.is_some() {
+            mode.push_str(" --storage postgres");
+            format!("{heading} (PostgreSQL)")
+        } else {
+            heading.to_owned()
+        };
         let body = format!(
             "`cargo run --release -p domicile-bench -- {name}{mode}` — {} — {}\n\n{table}",
             today(),
@@ -496,7 +525,7 @@ async fn suite() -> anyhow::Result<()> {
         println!("{heading}\n\n{body}\n");
         if args.write {
             let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"));
-            write_section(&path, heading, &body)?;
+            write_section(&path, &heading, &body)?;
         }
     }
     Ok(())

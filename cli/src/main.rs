@@ -770,7 +770,7 @@ async fn main() -> anyhow::Result<()> {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
             let target = domicile_node::storage::SCHEMA_VERSION;
-            let db = config.database.display();
+            let db = config.backend().describe();
             if check {
                 match domicile_node::storage::schema_version(&config.backend())? {
                     None => {

@@ -324,3 +324,34 @@ fn migrate_reports_and_applies_pending_migrations() {
     assert_ne!(code, 0);
     assert!(out.contains("written by a newer Domicile"), "{out}");
 }
+
+#[test]
+fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Result<()> {
+    let cluster = domicile_pg_cluster::PgCluster::start()?;
+    let dir = tempfile::tempdir()?;
+    let (db, line) = common::storage(Some(&cluster), &dir.path().join("eu-de.sqlite"), "migrated");
+    let config_path = dir.path().join("node.toml");
+    common::node_config(
+        &config_path,
+        common::free_port(),
+        &dir.path().join("eu-de.sqlite"),
+        &line,
+    );
+    let config = config_path.to_str().unwrap();
+    let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
+    assert!(code == 0 && out.contains("no database yet"), "{out}");
+    let (code, out) = domicile(&["node", "migrate", "--config", config]);
+    assert!(code == 0 && out.contains("created at schema 4"), "{out}");
+    assert!(
+        out.contains("postgres://127.0.0.1:") && !out.contains("domicile@"),
+        "{out}"
+    );
+    let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
+    assert!(code == 0 && out.contains("schema 4, up to date"), "{out}");
+    db.connect_read_write()?
+        .execute_batch("UPDATE domicile_schema SET version = 9")?;
+    let (code, out) = domicile(&["node", "migrate", "--config", config]);
+    assert_ne!(code, 0);
+    assert!(out.contains("written by a newer Domicile"), "{out}");
+    Ok(())
+}

@@ -112,7 +112,7 @@ fn subjects(conn: &crate::db::Connection) -> Result<BTreeSet<(String, String)>, 
          UNION SELECT tenant, subject_id FROM subject_flags",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect::<Result<_, _>>()
 }
 
 /// The documented backup of a node on PostgreSQL, for the refusal of the SQLite commands.

@@ -1323,7 +1323,7 @@ mod tests {
     fn cells_answer_exactly_as_the_rows(store: &Store, case: Case) -> Result<(), TestCaseError> {
         let (batches, late, states, restricted, erased, retention_cut, queries) = case;
         for batch in &batches {
-            ingest(&store, batch);
+            ingest(store, batch);
         }
         let state_of = [
             ConsentState::Objected,
@@ -1357,7 +1357,7 @@ mod tests {
         }).unwrap();
         // Interactions arriving after the consent changes (some for tracked subjects).
         if !late.is_empty() {
-            ingest(&store, &late);
+            ingest(store, &late);
         }
         // Maintained cells equal rebuilt ones.
         store
