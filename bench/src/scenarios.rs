@@ -515,7 +515,7 @@ pub async fn dashboard(args: &Args) -> anyhow::Result<String> {
         if growth < 2.0 { "met" } else { "**missed**" }
     ));
     Ok(format!(
-        "| rows | where | p50 | p99 | answer | peak RSS gateway / node |\n|---:|---|---:|---:|---|---:|\n{}\n\n{}\n\nMedians of {runs} run(s) of {} calls. The query: volume, distinct subjects, NPS and CSAT by country × channel × month over twelve months for purpose `cx_analytics`; one subject in a hundred has objected, and is left out everywhere (Domicile by its consent gate, the baselines by a `NOT IN`). Data: {subjects} subjects per region, 30% with a survey answer, generated in time order and loaded through the gateway at 1,000 records per request. Every released group equals the centralised SQLite answer (volume and distinct subjects), checked in the run. DuckDB {} reads the same rows from a CSV into an in-memory table first (not timed). Peak RSS is the high-water mark of each process during the queries (reset after loading).",
+        "| rows | where | p50 | p99 | answer | peak RSS gateway / node |\n|---:|---|---:|---:|---|---:|\n{}\n\n{}\n\nMedians of {runs} run(s) of {} calls. The query: volume, distinct subjects, NPS and CSAT by country × channel × month over twelve months for purpose `cx_analytics`; one subject in a hundred has objected, and is left out everywhere (Domicile by its consent gate, the baselines by a `NOT IN`). Data: {subjects} subjects per region, 30% with a survey answer, generated in time order and loaded through the gateway at 1,000 records per request. Every released group equals the centralised SQLite answer (volume and distinct subjects), checked in the run. DuckDB {} reads the same rows from a CSV into an in-memory table first (not timed). Peak RSS is the high-water mark of each process during the queries (reset after loading). Each Domicile node keeps its data in {}.",
         rows.join("\n"),
         notes
             .iter()
@@ -524,6 +524,7 @@ pub async fn dashboard(args: &Args) -> anyhow::Result<String> {
             .join("\n"),
         if args.quick { 5 } else { 50 },
         "1.4.2",
+        crate::cluster::storage_note(),
     ))
 }
 
@@ -680,13 +681,14 @@ pub async fn ingest(args: &Args) -> anyhow::Result<String> {
         ));
     }
     Ok(format!(
-        "| records per request | requests in flight | records per run | records/s | CPU ms per 1,000 records: client / gateway / nodes | peak RSS gateway / node |\n|---:|---:|---:|---:|---:|---:|\n{}\n\nTarget: ≥ 50,000 interactions/s at 1,000 per request: {best_1000:.0}/s, {}.\n\nThree regions (DE, FR, US), each a node process on its own SQLite file (WAL, `synchronous = FULL`: a batch is on disk before it is acknowledged; batches that arrive while a commit is being written share the next one, group commit); the gateway a process in front. The client seals every record (HPKE envelope per request, AEAD per record) on the same 2-core machine, sends each region's batches with the given number of requests in flight, and counts a record only when its region acknowledged it as stored. 30% of interactions carry a survey answer, one in ten of those a comment (sealed at rest with the subject's data key). Medians of {runs} run(s), each on fresh databases.",
+        "| records per request | requests in flight | records per run | records/s | CPU ms per 1,000 records: client / gateway / nodes | peak RSS gateway / node |\n|---:|---:|---:|---:|---:|---:|\n{}\n\nTarget: ≥ 50,000 interactions/s at 1,000 per request: {best_1000:.0}/s, {}.\n\nThree regions (DE, FR, US), each a node process on {} (batches that arrive while a commit is being written share the next one, group commit); the gateway a process in front. The client seals every record (HPKE envelope per request, AEAD per record) on the same 2-core machine, sends each region's batches with the given number of requests in flight, and counts a record only when its region acknowledged it as stored. 30% of interactions carry a survey answer, one in ten of those a comment (sealed at rest with the subject's data key). Medians of {runs} run(s), each on fresh databases.",
         rows.join("\n"),
         if best_1000 >= 50_000.0 {
             "met"
         } else {
             "**missed**"
         },
+        crate::cluster::storage_note(),
     ))
 }
 

@@ -7,7 +7,11 @@ mod common;
 use common::domicile;
 
 use domicile::synth::{self, SynthSpec};
-use domicile_node::{Node, NodeConfig, storage::Backend, vault::Vault};
+use domicile_node::{
+    Node, NodeConfig,
+    storage::{Backend, Profile},
+    vault::Vault,
+};
 use domicile_proto::{
     pb::{SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest},
     rights::RightsRequest,
@@ -105,6 +109,29 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
         count(&restored, interactions_of, &erased) > 0,
         "the dump predates the erasure"
     );
+    // Before anything else runs: in the restored dump the erased subject's profile is there,
+    // but does not open (its key is gone from the vault); the kept subject's does.
+    let sqlite = dir.path().join("eu-de.sqlite");
+    let kek: [u8; 32] = std::fs::read(sqlite.with_extension("kek"))?
+        .try_into()
+        .unwrap();
+    let vault = Vault::open(&Backend::Sqlite(sqlite.with_extension("keys.sqlite")), &kek)?;
+    let conn = restored.connect_read_write()?;
+    let blob = |id: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(conn.query_row(
+            "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+            [TENANT, id],
+            |r| r.get(0),
+        )?)
+    };
+    assert!(
+        vault.key(TENANT, &erased)?.is_none(),
+        "the erased subject's key is destroyed"
+    );
+    let kept_key = vault.key(TENANT, &kept)?.expect("the kept subject's key");
+    assert!(Profile::open(&kept_key, TENANT, &kept, &blob(&kept)?).is_some());
+    assert!(Profile::open(&kept_key, TENANT, &erased, &blob(&erased)?).is_none());
+    drop((conn, vault));
     let Backend::Postgres(url) = &restored else {
         unreachable!()
     };

@@ -21,7 +21,12 @@ use crate::error::NodeError;
 /// Log filter directives every Domicile binary adds after the operator's own: the PostgreSQL
 /// client logs each statement's parameters (personal data) at debug level, so it is capped at
 /// info whatever `RUST_LOG` says.
-pub const LOG_CAPS: &[&str] = &["tokio_postgres=info", "postgres=info"];
+pub const LOG_CAPS: &[&str] = &[
+    "tokio_postgres=info",
+    // The module that logs the parameters, in case a filter names it.
+    "tokio_postgres::query=info",
+    "postgres=info",
+];
 
 /// Which SQL dialect a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,17 +273,40 @@ impl Rows {
 }
 
 /// A statement to run on a connection (rusqlite's `prepare` / `prepare_cached`, over both
-/// backends; each backend caches the prepared form itself).
-#[derive(Debug)]
+/// backends). On SQLite it holds the prepared statement, so a loop that runs it pays the
+/// preparation (or the cache lookup) once; PostgreSQL's connection caches its own.
 pub struct Statement<'c> {
-    conn: &'c Connection,
-    sql: String,
+    inner: StmtInner<'c>,
 }
 
-impl Statement<'_> {
+enum StmtInner<'c> {
+    Sqlite(rusqlite::Statement<'c>),
+    SqliteCached(rusqlite::CachedStatement<'c>),
+    Postgres { conn: &'c Connection, sql: String },
+}
+
+impl fmt::Debug for Statement<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Statement")
+    }
+}
+
+impl<'c> Statement<'c> {
+    /// The SQLite statement, or PostgreSQL's connection and SQL.
+    fn target(&mut self) -> Result<&mut rusqlite::Statement<'c>, (&Connection, &str)> {
+        match &mut self.inner {
+            StmtInner::Sqlite(s) => Ok(s),
+            StmtInner::SqliteCached(s) => Ok(&mut **s),
+            StmtInner::Postgres { conn, sql } => Err((conn, sql)),
+        }
+    }
+
     /// Runs it; the number of rows changed.
     pub fn execute(&mut self, params: impl Params) -> Result<usize, NodeError> {
-        self.conn.execute(&self.sql, params)
+        match self.target() {
+            Ok(stmt) => lite_execute(stmt, params),
+            Err((conn, sql)) => conn.execute(sql, params),
+        }
     }
 
     /// Its first row, converted by `f`; an error when there is none.
@@ -287,7 +315,15 @@ impl Statement<'_> {
         params: impl Params,
         f: impl FnOnce(&Row<'_>) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
-        self.conn.query_row(&self.sql, params, f)
+        let mut f = Some(f);
+        let mut out = None;
+        self.query_each(params, |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r)?);
+            }
+            Ok(false)
+        })?;
+        out.ok_or_else(|| DbError::NoRow.into())
     }
 
     /// Every row, each converted by `f`, as an iterator of results (as rusqlite's).
@@ -297,7 +333,7 @@ impl Statement<'_> {
         mut f: impl FnMut(&Row<'_>) -> Result<T, NodeError>,
     ) -> Result<std::vec::IntoIter<Result<T, NodeError>>, NodeError> {
         let mut out = Vec::new();
-        self.conn.query_each(&self.sql, params, |r| {
+        self.query_each(params, |r| {
             out.push(f(r));
             Ok(true)
         })?;
@@ -306,7 +342,10 @@ impl Statement<'_> {
 
     /// Every row, read in full (see [`Rows`]).
     pub fn query(&mut self, params: impl Params) -> Result<Rows, NodeError> {
-        self.conn.query(&self.sql, params)
+        match self.target() {
+            Ok(stmt) => lite_rows(stmt, params),
+            Err((conn, sql)) => conn.query(sql, params),
+        }
     }
 
     /// Calls `f` with each row until it returns `false`.
@@ -315,8 +354,81 @@ impl Statement<'_> {
         params: impl Params,
         f: impl FnMut(&Row<'_>) -> Result<bool, NodeError>,
     ) -> Result<(), NodeError> {
-        self.conn.query_each(&self.sql, params, f)
+        match self.target() {
+            Ok(stmt) => lite_each(stmt, params, f),
+            Err((conn, sql)) => conn.query_each(sql, params, f),
+        }
     }
+}
+
+/// Binds every parameter of `stmt` (all of them: a reused statement keeps old bindings).
+fn lite_bind(stmt: &mut rusqlite::Statement<'_>, params: impl Params) -> Result<(), NodeError> {
+    let values = params.values();
+    if values.len() != stmt.parameter_count() {
+        return Err(DbError::from(rusqlite::Error::InvalidParameterCount(
+            values.len(),
+            stmt.parameter_count(),
+        ))
+        .into());
+    }
+    for (i, v) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, LiteParam(v))
+            .map_err(DbError::from)?;
+    }
+    Ok(())
+}
+
+fn lite_execute(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl Params,
+) -> Result<usize, NodeError> {
+    lite_bind(stmt, params)?;
+    Ok(stmt.raw_execute().map_err(DbError::from)?)
+}
+
+fn lite_each(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl Params,
+    mut f: impl FnMut(&Row<'_>) -> Result<bool, NodeError>,
+) -> Result<(), NodeError> {
+    lite_bind(stmt, params)?;
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next().map_err(DbError::from)? {
+        if !f(&Row {
+            inner: RowInner::Sqlite(row),
+        })? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn lite_rows(stmt: &mut rusqlite::Statement<'_>, params: impl Params) -> Result<Rows, NodeError> {
+    use rusqlite::types::ValueRef as V;
+    let columns = stmt.column_count();
+    let mut out = Vec::new();
+    lite_each(stmt, params, |row| {
+        let RowInner::Sqlite(row) = row.inner else {
+            unreachable!("a SQLite row")
+        };
+        let cells = (0..columns)
+            .map(|i| {
+                Ok(match row.get_ref(i).map_err(DbError::from)? {
+                    V::Null => Cell::Null,
+                    V::Integer(i) => Cell::Int(i),
+                    V::Real(f) => Cell::Real(f),
+                    V::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                    V::Blob(b) => Cell::Blob(b.to_vec()),
+                })
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        out.push(cells);
+        Ok(true)
+    })?;
+    Ok(Rows {
+        inner: RowsInner::Cells(out),
+        next: 0,
+    })
 }
 
 /// Parameters for a statement, like `rusqlite::params!`: `params![tenant, subject]`.
@@ -788,10 +900,6 @@ impl rusqlite::ToSql for LiteParam<'_> {
     }
 }
 
-fn lite_params(values: Vec<Value<'_>>) -> Vec<LiteParam<'_>> {
-    values.into_iter().map(LiteParam).collect()
-}
-
 impl Connection {
     /// Wraps a SQLite connection.
     pub fn sqlite(conn: rusqlite::Connection) -> Self {
@@ -855,12 +963,7 @@ impl Connection {
     pub fn execute(&self, sql: &str, params: impl Params) -> Result<usize, NodeError> {
         match &self.inner {
             Inner::Sqlite(c) => {
-                let mut stmt = c.prepare_cached(sql).map_err(DbError::from)?;
-                let values = params.values();
-                let params = lite_params(values);
-                Ok(stmt
-                    .execute(rusqlite::params_from_iter(params.iter()))
-                    .map_err(DbError::from)?)
+                lite_execute(&mut *c.prepare_cached(sql).map_err(DbError::from)?, params)
             }
             Inner::Postgres(c) => {
                 let n = c.execute(sql, owned(params.values()))?;
@@ -877,22 +980,11 @@ impl Connection {
         mut f: impl FnMut(&Row<'_>) -> Result<bool, NodeError>,
     ) -> Result<(), NodeError> {
         match &self.inner {
-            Inner::Sqlite(c) => {
-                let mut stmt = c.prepare_cached(sql).map_err(DbError::from)?;
-                let values = params.values();
-                let params = lite_params(values);
-                let mut rows = stmt
-                    .query(rusqlite::params_from_iter(params.iter()))
-                    .map_err(DbError::from)?;
-                while let Some(row) = rows.next().map_err(DbError::from)? {
-                    if !f(&Row {
-                        inner: RowInner::Sqlite(row),
-                    })? {
-                        break;
-                    }
-                }
-                Ok(())
-            }
+            Inner::Sqlite(c) => lite_each(
+                &mut *c.prepare_cached(sql).map_err(DbError::from)?,
+                params,
+                f,
+            ),
             Inner::Postgres(c) => {
                 // Read in full first: `f` may use the connection.
                 let rows = c.query(sql, owned(params.values()))?;
@@ -910,36 +1002,15 @@ impl Connection {
 
     /// Every row of a query, read in full (see [`Rows`]).
     pub fn query(&self, sql: &str, params: impl Params) -> Result<Rows, NodeError> {
-        let inner = match &self.inner {
+        match &self.inner {
             Inner::Sqlite(c) => {
-                let mut stmt = c.prepare_cached(sql).map_err(DbError::from)?;
-                let columns = stmt.column_count();
-                let values = params.values();
-                let params = lite_params(values);
-                let mut rows = stmt
-                    .query(rusqlite::params_from_iter(params.iter()))
-                    .map_err(DbError::from)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(DbError::from)? {
-                    use rusqlite::types::ValueRef as V;
-                    let cells = (0..columns)
-                        .map(|i| {
-                            Ok(match row.get_ref(i).map_err(DbError::from)? {
-                                V::Null => Cell::Null,
-                                V::Integer(i) => Cell::Int(i),
-                                V::Real(f) => Cell::Real(f),
-                                V::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-                                V::Blob(b) => Cell::Blob(b.to_vec()),
-                            })
-                        })
-                        .collect::<Result<Vec<_>, NodeError>>()?;
-                    out.push(cells);
-                }
-                RowsInner::Cells(out)
+                lite_rows(&mut *c.prepare_cached(sql).map_err(DbError::from)?, params)
             }
-            Inner::Postgres(c) => RowsInner::Postgres(c.query(sql, owned(params.values()))?),
-        };
-        Ok(Rows { inner, next: 0 })
+            Inner::Postgres(c) => Ok(Rows {
+                inner: RowsInner::Postgres(c.query(sql, owned(params.values()))?),
+                next: 0,
+            }),
+        }
     }
 
     /// Every row of a query, each converted by `f`.
@@ -986,17 +1057,33 @@ impl Connection {
             .ok_or_else(|| DbError::NoRow.into())
     }
 
-    /// A statement (rusqlite's `prepare`).
+    /// A statement (rusqlite's `prepare`: on SQLite, prepared afresh and not cached, for SQL
+    /// built per call).
     pub fn prepare(&self, sql: &str) -> Result<Statement<'_>, NodeError> {
         Ok(Statement {
-            conn: self,
-            sql: sql.to_owned(),
+            inner: match &self.inner {
+                Inner::Sqlite(c) => StmtInner::Sqlite(c.prepare(sql).map_err(DbError::from)?),
+                Inner::Postgres(_) => StmtInner::Postgres {
+                    conn: self,
+                    sql: sql.to_owned(),
+                },
+            },
         })
     }
 
-    /// A statement (rusqlite's `prepare_cached`; both backends cache prepared statements).
+    /// A statement from the connection's cache (rusqlite's `prepare_cached`).
     pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>, NodeError> {
-        self.prepare(sql)
+        Ok(Statement {
+            inner: match &self.inner {
+                Inner::Sqlite(c) => {
+                    StmtInner::SqliteCached(c.prepare_cached(sql).map_err(DbError::from)?)
+                }
+                Inner::Postgres(_) => StmtInner::Postgres {
+                    conn: self,
+                    sql: sql.to_owned(),
+                },
+            },
+        })
     }
 
     /// Serialises this transaction with every other transaction that calls it with the same

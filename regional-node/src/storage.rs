@@ -791,18 +791,26 @@ fn store_batch(
              ON CONFLICT (tenant, interaction_id) DO UPDATE SET subject_id = excluded.subject_id, comment = excluded.comment";
         const DROP_TEXT: &str =
             "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2";
+        // Prepared once per batch (on SQLite; PostgreSQL's connection caches its own).
+        let mut claim = tx.prepare_cached(CLAIM)?;
+        let mut subject = tx.prepare_cached(SUBJECT)?;
+        let mut pii = tx.prepare_cached(PII)?;
+        let mut new_interaction = tx.prepare_cached(NEW_INTERACTION)?;
+        let mut replace_interaction = tx.prepare_cached(REPLACE_INTERACTION)?;
+        let mut text = tx.prepare_cached(TEXT)?;
+        let mut drop_text = tx.prepare_cached(DROP_TEXT)?;
         for record in records {
             let kind = match record.body {
                 RecordBody::Subject(_) => 1,
                 RecordBody::Interaction(_) => 2,
             };
-            if tx.execute(CLAIM, params![tenant, record.idempotency_key, kind, now])? == 0 {
+            if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
                 outcomes.push(StoreOutcome::Duplicate);
                 continue;
             }
             match &record.body {
                 RecordBody::Subject(s) => {
-                    tx.execute(SUBJECT, params![tenant, s.external_id, record.country, now])?;
+                    subject.execute(params![tenant, s.external_id, record.country, now])?;
                     let profile = Profile {
                         full_name: s.full_name.clone(),
                         email: s.email.clone(),
@@ -813,7 +821,7 @@ fn store_batch(
                     };
                     let sealed = profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
                     let has_contact = !s.email.is_empty() || !s.phone.is_empty();
-                    tx.execute(PII, params![tenant, s.external_id, sealed, has_contact])?;
+                    pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
                 }
                 RecordBody::Interaction(i) => {
                     let survey = i.survey.as_ref();
@@ -837,14 +845,14 @@ fn store_batch(
                     ];
                     // A new interaction id is one insert; an existing one (sent again under
                     // a new idempotency key) replaces the stored row, which leaves its cells.
-                    let replaced = tx.execute(NEW_INTERACTION, values)? == 0;
+                    let replaced = new_interaction.execute(values)? == 0;
                     if replaced {
                         rollups.remove_where(
                             tx,
                             "i.tenant = ?1 AND i.interaction_id = ?2",
                             params![tenant, i.interaction_id],
                         )?;
-                        tx.execute(REPLACE_INTERACTION, values)?;
+                        replace_interaction.execute(values)?;
                     }
                     rollups.add(
                         tx,
@@ -866,15 +874,10 @@ fn store_batch(
                                 &comment_aad(tenant, &i.interaction_id),
                                 s.comment.as_bytes(),
                             )?;
-                            tx.execute(
-                                TEXT,
-                                params![tenant, i.interaction_id, i.subject_id, sealed],
-                            )?
+                            text.execute(params![tenant, i.interaction_id, i.subject_id, sealed])?
                         }
                         // A replaced interaction loses the comment it no longer has.
-                        None if replaced => {
-                            tx.execute(DROP_TEXT, params![tenant, i.interaction_id])?
-                        }
+                        None if replaced => drop_text.execute(params![tenant, i.interaction_id])?,
                         None => 0,
                     };
                 }
