@@ -111,12 +111,13 @@ pub static PG_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// The variable that hands a node process its storage URL.
 const NODE_STORAGE_VAR: &str = "DOMICILE_BENCH_NODE_STORAGE";
 
-/// How the nodes of a [`Cluster`] store their data, for the tables' notes.
+/// How the nodes of a [`Cluster`] store their data, for the tables' notes (an open
+/// parenthesis: the note goes on).
 pub fn storage_note() -> &'static str {
     if PG_BASE.get().is_some() {
-        "its own database of one PostgreSQL 15 server on the same machine (`synchronous_commit = on`, `fsync = on`: a batch is on disk before it is acknowledged)"
+        "its own database of one PostgreSQL 15 server on the same machine (`synchronous_commit = on`, `fsync = on`: a batch is on disk before it is acknowledged"
     } else {
-        "its own SQLite file (WAL, `synchronous = FULL`: a batch is on disk before it is acknowledged)"
+        "its own SQLite file (WAL, `synchronous = FULL`: a batch is on disk before it is acknowledged"
     }
 }
 
