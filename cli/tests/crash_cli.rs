@@ -179,6 +179,13 @@ async fn sigkill_trials(cluster: Option<&domicile_pg_cluster::PgCluster>) -> any
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        // A slow start (a loaded machine, PostgreSQL in a debug build) may not have answered a
+        // batch yet: the kill waits for the first answer, so that it lands mid-load.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         child.crash();
         for c in clients {
             let _ = c.await;
