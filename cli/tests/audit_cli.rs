@@ -25,14 +25,7 @@ async fn verify_names_the_tampered_entry_and_report_lists_activities_on_postgres
 
 async fn verify_and_report(cluster: Option<&domicile_pg_cluster::PgCluster>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (db, line) = common::storage(cluster, &dir.path().join("eu-de.sqlite"), "audit");
-    let config_path = dir.path().join("node.toml");
-    common::node_config(
-        &config_path,
-        common::free_port(),
-        &dir.path().join("eu-de.sqlite"),
-        &line,
-    );
+    let (db, config_path) = common::node_on(cluster, dir.path(), "audit", common::free_port(), "");
     {
         let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
             &config_path,

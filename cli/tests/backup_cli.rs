@@ -20,6 +20,25 @@ use domicile_proto::{
 
 const TENANT: &str = "acme";
 
+/// Interactions of the subject `?2` of tenant `?1`.
+const INTERACTIONS_OF: &str =
+    "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
+
+/// Twenty DE subjects' records, the one the tests erase and one they keep.
+fn sample() -> (Vec<synth::SynthRecord>, String, String) {
+    let records = synth::generate(&SynthSpec {
+        countries: vec!["DE".into()],
+        subjects: 20,
+        interactions: 400,
+        seed: 5,
+    });
+    (
+        records,
+        synth::subject_id("DE", 3),
+        synth::subject_id("DE", 4),
+    )
+}
+
 fn count(db: &Backend, sql: &str, subject: &str) -> i64 {
     let conn = db.connect_read_write().unwrap();
     conn.query_row(sql, [TENANT, subject], |r| r.get(0))
@@ -72,31 +91,17 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     let cluster = domicile_pg_cluster::PgCluster::start()?;
     let dir = tempfile::tempdir()?;
     let listen = common::free_port();
-    let (live, line) = common::storage(Some(&cluster), &dir.path().join("eu-de.sqlite"), "live");
-    let config_path = dir.path().join("node.toml");
-    common::node_config(
-        &config_path,
-        listen,
-        &dir.path().join("eu-de.sqlite"),
-        &line,
-    );
+    let (live, config_path) = common::node_on(Some(&cluster), dir.path(), "live", listen, "");
     let config = config_path.to_str().unwrap();
-    let records = synth::generate(&SynthSpec {
-        countries: vec!["DE".into()],
-        subjects: 20,
-        interactions: 400,
-        seed: 5,
-    });
-    let (erased, kept) = (synth::subject_id("DE", 3), synth::subject_id("DE", 4));
-    let interactions_of = "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
+    let (records, erased, kept) = sample();
     let dump = dir.path().join("node.pgdump");
     ingest_backup_erase(&config_path, &records, &erased, || {
         cluster.dump("live", &dump).unwrap();
     })
     .await?;
-    let kept_before = count(&live, interactions_of, &kept);
+    let kept_before = count(&live, INTERACTIONS_OF, &kept);
     assert!(kept_before > 0);
-    assert_eq!(count(&live, interactions_of, &erased), 0);
+    assert_eq!(count(&live, INTERACTIONS_OF, &erased), 0);
 
     // The SQLite commands say what to do instead.
     let (code, out) = domicile(&["node", "backup", "--config", config, "--to", "x"]);
@@ -106,7 +111,7 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     cluster.restore(&dump, "restored")?;
     let restored = Backend::Postgres(cluster.url("restored"));
     assert!(
-        count(&restored, interactions_of, &erased) > 0,
+        count(&restored, INTERACTIONS_OF, &erased) > 0,
         "the dump predates the erasure"
     );
     // Before anything else runs: in the restored dump the erased subject's profile is there,
@@ -152,8 +157,8 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
         out.contains("20 subjects, 1 erased since the backup and erased again"),
         "{out}"
     );
-    assert_eq!(count(&restored, interactions_of, &erased), 0);
-    assert_eq!(count(&restored, interactions_of, &kept), kept_before);
+    assert_eq!(count(&restored, INTERACTIONS_OF, &erased), 0);
+    assert_eq!(count(&restored, INTERACTIONS_OF, &kept), kept_before);
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
     )?)?)?;
@@ -177,20 +182,13 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     common::node_config(&config_path, listen, &db, "");
     let config = config_path.to_str().unwrap();
     let backup = dir.path().join("backup.sqlite");
-    let records = synth::generate(&SynthSpec {
-        countries: vec!["DE".into()],
-        subjects: 20,
-        interactions: 400,
-        seed: 5,
-    });
-    let (erased, kept) = (synth::subject_id("DE", 3), synth::subject_id("DE", 4));
-    let interactions_of = "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
+    let (records, erased, kept) = sample();
     let mut kept_before = 0;
     // Online: the node is open (and could be serving) while the backup is taken.
     ingest_backup_erase(&config_path, &records, &erased, || {
-        kept_before = count(&Backend::Sqlite(db.clone()), interactions_of, &kept);
+        kept_before = count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &kept);
         assert!(
-            count(&Backend::Sqlite(db.clone()), interactions_of, &erased) > 0 && kept_before > 0
+            count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &erased) > 0 && kept_before > 0
         );
         let (code, out) = domicile(&[
             "node",
@@ -275,7 +273,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
 
     // The erased subject did not come back; the others did, whole and readable.
     assert_eq!(
-        count(&Backend::Sqlite(db.clone()), interactions_of, &erased),
+        count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &erased),
         0
     );
     assert_eq!(
@@ -287,7 +285,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         0
     );
     assert_eq!(
-        count(&Backend::Sqlite(db.clone()), interactions_of, &kept),
+        count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &kept),
         kept_before
     );
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
@@ -356,13 +354,12 @@ fn migrate_reports_and_applies_pending_migrations() {
 fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Result<()> {
     let cluster = domicile_pg_cluster::PgCluster::start()?;
     let dir = tempfile::tempdir()?;
-    let (db, line) = common::storage(Some(&cluster), &dir.path().join("eu-de.sqlite"), "migrated");
-    let config_path = dir.path().join("node.toml");
-    common::node_config(
-        &config_path,
+    let (db, config_path) = common::node_on(
+        Some(&cluster),
+        dir.path(),
+        "migrated",
         common::free_port(),
-        &dir.path().join("eu-de.sqlite"),
-        &line,
+        "",
     );
     let config = config_path.to_str().unwrap();
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);

@@ -5,7 +5,7 @@
 //! the node is killed, the database server is not).
 
 mod common;
-use common::{NodeProcess, free_port, node_config, storage};
+use common::{NodeProcess, free_port, node_on};
 use domicile_node::storage::Backend;
 
 use std::{
@@ -108,13 +108,12 @@ async fn acknowledged_records_survive_sigkill_on_postgres() -> anyhow::Result<()
 async fn sigkill_trials(cluster: Option<&domicile_pg_cluster::PgCluster>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let addr = free_port();
-    let (db, line) = storage(cluster, &dir.path().join("eu-de.sqlite"), "crash");
-    let config = dir.path().join("node.toml");
-    node_config(
-        &config,
+    let (db, config) = node_on(
+        cluster,
+        dir.path(),
+        "crash",
         addr,
-        &dir.path().join("eu-de.sqlite"),
-        &format!("audit_checkpoint_every = 50\n{line}"),
+        "audit_checkpoint_every = 50\n",
     );
     let records = Arc::new(synth::generate(&SynthSpec {
         countries: vec!["DE".into()],

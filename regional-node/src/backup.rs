@@ -190,18 +190,9 @@ pub fn erase_again(config: &NodeConfig) -> Result<RestoreReport, NodeError> {
             ),
         ));
     }
-    let tx = backend.connect_read_write()?;
-    tx.begin()?;
-    match erase_again_in(&tx, config) {
-        Ok(report) => {
-            tx.execute_batch("COMMIT")?;
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = tx.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    backend
+        .connect_read_write()?
+        .transaction(|tx| erase_again_in(tx, config))
 }
 
 /// Restores the backup at `from` as the node's database. The node must be stopped; with
@@ -241,11 +232,7 @@ pub fn restore(
                 format!("schema version {version}, this node needs {SCHEMA_VERSION}"),
             ));
         }
-        let tx = crate::db::Connection::sqlite(conn);
-        tx.begin()?;
-        let report = erase_again_in(&tx, config)?;
-        tx.execute_batch("COMMIT")?;
-        Ok(report)
+        crate::db::Connection::sqlite(conn).transaction(|tx| erase_again_in(tx, config))
     })();
     let report = match report {
         Ok(r) => r,

@@ -950,6 +950,25 @@ impl Connection {
         })
     }
 
+    /// Runs `f` in a write transaction ([`Connection::begin`]): committed when it succeeds,
+    /// rolled back otherwise.
+    pub fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        self.begin()?;
+        match f(self) {
+            Ok(value) => {
+                self.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// Runs statements without parameters (schema, `BEGIN`, savepoints).
     pub fn execute_batch(&self, sql: &str) -> Result<(), NodeError> {
         match &self.inner {

@@ -410,14 +410,7 @@ impl Store {
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let writer = backend.connect(false)?;
-        writer.begin()?;
-        match apply_schema(&writer, backend) {
-            Ok(()) => writer.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = writer.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
+        writer.transaction(|tx| apply_schema(tx, backend))?;
         let vault = Vault::open(vault, kek)?;
         Ok(Self {
             backend: backend.clone(),
@@ -607,18 +600,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
-        let conn = self.writer()?;
-        conn.begin()?;
-        match f(&conn) {
-            Ok(value) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(value)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        self.writer()?.transaction(f)
     }
 
     /// Runs `f` with a read-only connection from the pool.

@@ -143,10 +143,10 @@ impl Vault {
             Dialect::Sqlite => conn.execute_batch(tables)?,
             Dialect::Postgres => {
                 // Replicas opening one vault together take turns.
-                conn.begin()?;
-                conn.lock(0x646f_6d69_0002)?;
-                conn.execute_batch(&crate::pg_schema::translate(tables))?;
-                conn.execute_batch("COMMIT")?;
+                conn.transaction(|tx| {
+                    tx.lock(0x646f_6d69_0002)?;
+                    tx.execute_batch(&crate::pg_schema::translate(tables))
+                })?;
             }
         }
         let mut tombstone_key = [0u8; 32];
@@ -190,18 +190,7 @@ impl Vault {
                 "the key vault's connection is closed".into(),
             ));
         }
-        tx.begin()?;
-        let result = self.keys_in(&tx, tenant, subjects, create);
-        match result {
-            Ok(out) => {
-                tx.execute_batch("COMMIT")?;
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = tx.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        tx.transaction(|tx| self.keys_in(tx, tenant, subjects, create))
     }
 
     fn keys_in(
@@ -253,9 +242,8 @@ impl Vault {
     /// Destroys a subject's data key and leaves a tombstone for it, in one vault transaction.
     /// True when there was a key.
     pub fn destroy(&self, tenant: &str, subject: &str) -> Result<bool, NodeError> {
-        let tx = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        tx.begin()?;
-        let done = (|| {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conn.transaction(|tx| {
             let n = tx.execute(
                 "DELETE FROM data_keys WHERE tenant = ?1 AND subject_id = ?2",
                 params![tenant, subject],
@@ -267,22 +255,12 @@ impl Vault {
                     domicile_proto::domain::unix_now()
                 ],
             )?;
-            Ok::<_, NodeError>(n)
-        })();
-        let n = match done {
-            Ok(n) => {
-                tx.execute_batch("COMMIT")?;
-                n
-            }
-            Err(e) => {
-                let _ = tx.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        };
-        if tx.dialect() == Dialect::Postgres {
+            Ok(n)
+        })?;
+        if conn.dialect() == Dialect::Postgres {
             // The deleted row's bytes leave the table's pages at the next vacuum: now, rather
             // than whenever autovacuum comes (see docs/operations.md on the vault's WAL).
-            tx.execute_batch("VACUUM data_keys")?;
+            conn.execute_batch("VACUUM data_keys")?;
         }
         Ok(n > 0)
     }

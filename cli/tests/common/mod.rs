@@ -58,22 +58,29 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Where a test's node keeps its data: the SQLite file `database`, or (with a cluster) a new
-/// database `name` in it. The backend, and the configuration line that selects it.
-pub fn storage(
+/// A node configuration in `dir/node.toml` (see [`node_config`]) whose data is the SQLite file
+/// `dir/eu-de.sqlite`, or (with a cluster) a new database `name` in it; its key files are in
+/// `dir` either way. The backend, and the configuration's path.
+pub fn node_on(
     cluster: Option<&domicile_pg_cluster::PgCluster>,
-    database: &Path,
+    dir: &Path,
     name: &str,
-) -> (domicile_node::storage::Backend, String) {
+    listen: SocketAddr,
+    extra: &str,
+) -> (domicile_node::storage::Backend, std::path::PathBuf) {
     use domicile_node::storage::Backend;
-    match cluster {
+    let database = dir.join("eu-de.sqlite");
+    let (backend, line) = match cluster {
         Some(c) => {
             let url = c.create_database(name).unwrap();
             let line = format!("storage = \"{url}\"\n");
             (Backend::Postgres(url), line)
         }
-        None => (Backend::Sqlite(database.to_owned()), String::new()),
-    }
+        None => (Backend::Sqlite(database.clone()), String::new()),
+    };
+    let config = dir.join("node.toml");
+    node_config(&config, listen, &database, &format!("{extra}{line}"));
+    (backend, config)
 }
 
 /// A node configuration for region eu-de (DE), plaintext, on `listen`, with its database at
