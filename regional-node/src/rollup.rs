@@ -580,11 +580,21 @@ impl TenantDelta {
             .optional()?;
         let n = match found {
             Some(n) => n,
-            None => tx.query_row(
-                "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2) RETURNING n",
-                params![tenant, subject],
-                |r| r.get(0),
-            )?,
+            // SQLite's RETURNING runs through a temporary table; its rowid is at hand.
+            None => match tx.as_sqlite() {
+                Some(c) => {
+                    tx.prepare_cached(
+                        "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![tenant, subject])?;
+                    c.last_insert_rowid()
+                }
+                None => tx.query_row(
+                    "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2) RETURNING n",
+                    params![tenant, subject],
+                    |r| r.get(0),
+                )?,
+            },
         };
         let n = u32::try_from(n)
             .map_err(|_| NodeError::Internal("more than 2^32 subjects in one database".into()))?;
