@@ -190,23 +190,19 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         assert!(
             count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &erased) > 0 && kept_before > 0
         );
-        let (code, out) = domicile(&[
-            "node",
-            "backup",
-            "--config",
-            config,
-            "--to",
-            backup.to_str().unwrap(),
-        ]);
+        let backup_to = || {
+            domicile(&[
+                "node",
+                "backup",
+                "--config",
+                config,
+                "--to",
+                backup.to_str().unwrap(),
+            ])
+        };
+        let (code, out) = backup_to();
         assert_eq!(code, 0, "{out}");
-        let (code, out) = domicile(&[
-            "node",
-            "backup",
-            "--config",
-            config,
-            "--to",
-            backup.to_str().unwrap(),
-        ]);
+        let (code, out) = backup_to();
         assert_ne!(code, 0, "an existing backup is never overwritten: {out}");
     })
     .await?;

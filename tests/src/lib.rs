@@ -45,6 +45,18 @@ pub async fn federation(regions: &[(&str, &[&str])]) -> anyhow::Result<Federatio
     b.start().await
 }
 
+/// Serves the gateway's console on a loopback port until the test ends; its address.
+pub async fn console(fed: &Federation) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(domicile_gateway::console::serve(
+        fed.gateway.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    Ok(addr)
+}
+
 /// A client of the federation's gateway.
 pub async fn gateway_client(fed: &Federation) -> anyhow::Result<domicile_client::Gateway> {
     client::connect(fed.gateway_addr).await

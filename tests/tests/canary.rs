@@ -1029,13 +1029,7 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     cap.add(metrics.as_bytes());
     // Every byte the console serves: its page, script, styles, chart library, and its data
     // for every window (the federation runs without authentication: the tenant is named).
-    let console_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let console_addr = console_listener.local_addr()?;
-    tokio::spawn(domicile_gateway::console::serve(
-        fed.gateway.clone(),
-        console_listener,
-        std::future::pending(),
-    ));
+    let console_addr = domicile_tests::console(&fed).await?;
     let mut console = String::new();
     for path in domicile_gateway::console::PATHS {
         let paths: Vec<String> = if *path == "/api/overview" {

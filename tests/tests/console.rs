@@ -499,13 +499,7 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     ))
     .await?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(domicile_gateway::console::serve(
-        fed.gateway.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let addr = domicile_tests::console(&fed).await?;
 
     // No credentials: refused, and the page offers the sign-in form.
     let (status, page) = http(addr, "GET", "/", &[], "").await;
@@ -686,13 +680,7 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
 async fn with_tls_the_console_is_https_with_the_gateways_certificate() -> anyhow::Result<()> {
     use tokio_rustls::rustls::{self, pki_types::ServerName};
     let (fed, _dir) = secured(true).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(domicile_gateway::console::serve(
-        fed.gateway.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let addr = domicile_tests::console(&fed).await?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(fed.pki.ca())? {
