@@ -96,6 +96,8 @@ pub struct Cluster {
     pub nodes: Vec<Proc>,
     /// The gateway.
     pub gateway: Proc,
+    /// The gateway's console (plain HTTP on loopback).
+    pub console: SocketAddr,
     /// A token for the tenant `bench` with every operation and purpose.
     pub token: String,
 }
@@ -225,12 +227,14 @@ impl Cluster {
             route.push(format!("{}={}@{addr}", r.id, r.countries.join(",")));
         }
         let addr = free_port()?;
+        let console = free_port()?;
         let gateway = spawn(
             &[
                 "gateway".to_owned(),
                 dir.display().to_string(),
                 addr.to_string(),
                 route.join(";"),
+                console.to_string(),
             ],
             addr,
             &dir.join("gateway.log"),
@@ -242,6 +246,7 @@ impl Cluster {
         Ok(Self {
             nodes,
             gateway,
+            console,
             token,
         })
     }
@@ -309,7 +314,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             let node = Node::open(config)?;
             domicile_node::serve(node, listener, terminated()).await?;
         }
-        [kind, dir, listen, route] if kind == "gateway" => {
+        [kind, dir, listen, route, console] if kind == "gateway" => {
             let dir = PathBuf::from(dir);
             let mut regions = Vec::new();
             for part in route.split(';') {
@@ -355,11 +360,17 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("gateway configuration: {e}"))?;
             let listener = TcpListener::bind(config.listen).await?;
+            let console = TcpListener::bind(console.parse::<SocketAddr>()?).await?;
             let gateway = Gateway::new(config)?;
+            tokio::spawn(domicile_gateway::console::serve(
+                gateway.clone(),
+                console,
+                terminated(),
+            ));
             domicile_gateway::serve(gateway, listener, terminated()).await?;
         }
         _ => anyhow::bail!(
-            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route>"
+            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route> <console>"
         ),
     }
     Ok(())

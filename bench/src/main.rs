@@ -19,6 +19,8 @@
 //!   against the same rows in one SQLite file and in DuckDB; peak memory of gateway and nodes.
 //! - `ingest`: sealed interactions per second through the gateway, batches of 1, 100 and 1,000.
 //! - `erasure`: erasing subjects with 1, 100 and 10,000 interactions.
+//! - `console`: `GetOverview` and the console's `/api/overview` on three regions with a
+//!   history (consents, subject requests, releases, incidents).
 
 use std::{
     net::SocketAddr,
@@ -44,7 +46,7 @@ mod scenarios;
 #[derive(Debug, Parser)]
 #[command(name = "domicile-bench", about = "Domicile's benchmark suite")]
 pub struct Args {
-    /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, or `all`.
+    /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, `console`, or `all`.
     scenario: String,
     /// Seconds, small data: checks that the suite runs (CI), not the numbers.
     #[arg(long)]
@@ -421,7 +423,7 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-const SCENARIOS: [(&str, &str); 5] = [
+const SCENARIOS: [(&str, &str); 6] = [
     (
         "proxy",
         "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
@@ -439,6 +441,10 @@ const SCENARIOS: [(&str, &str); 5] = [
         "erasure",
         "## Erasure: latency by the subject's number of interactions",
     ),
+    (
+        "console",
+        "## Console: GetOverview and the console's JSON, three regions with a history",
+    ),
 ];
 
 async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
@@ -448,8 +454,9 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
         "dashboard" => scenarios::dashboard(args).await,
         "ingest" => scenarios::ingest(args).await,
         "erasure" => scenarios::erasure(args).await,
+        "console" => scenarios::console(args).await,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, all"
+            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, console, all"
         ),
     }
 }
@@ -505,7 +512,7 @@ async fn suite() -> anyhow::Result<()> {
             *SCENARIOS
                 .iter()
                 .find(|(n, _)| *n == name)
-                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, all"))?,
+                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, console, all"))?,
         ],
     };
     for (name, heading) in chosen {

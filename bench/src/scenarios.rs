@@ -793,3 +793,302 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
         rows.join("\n")
     ))
 }
+
+/// One `GET path` to the console with the cluster's token, over a fresh connection; the
+/// status and the body's length.
+async fn console_get(cluster: &Cluster, path: &str) -> anyhow::Result<(u16, usize)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(cluster.console).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        cluster.token
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("an HTTP answer without a head")?;
+    let status = std::str::from_utf8(&raw[..head_end])?
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("an HTTP answer without a status")?;
+    Ok((status, raw.len() - head_end - 4))
+}
+
+/// Runs `calls`, `in_flight` at once; the first error, if any.
+async fn all_of<F>(calls: impl Iterator<Item = F>, in_flight: usize) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let results: Vec<anyhow::Result<()>> = stream::iter(calls)
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// The p50 and p99 of `calls` sequential runs of `call`.
+async fn p50_p99<F, Fut>(calls: usize, mut call: F) -> anyhow::Result<(Duration, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        call().await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+/// What the console asks for, at the size of a federation with a history: `GetOverview`
+/// through the gateway (every region reports on itself) and the console's JSON view of it.
+pub async fn console(args: &Args) -> anyhow::Result<String> {
+    use domicile_proto::pb::{
+        DataCategory, GetOverviewRequest, QueryRecordsRequest, RecordQuery, ReportIncidentRequest,
+    };
+    use prost::Message;
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 });
+    // Per region: subjects with consent on file, subject requests, aggregate releases (each
+    // `Aggregate` is a release in every region), incidents.
+    let (consents, requests, releases, incidents, calls) = if args.quick {
+        (300, 30, 40, 2, 5)
+    } else {
+        (50_000, 2_000, 5_000, 20, 50)
+    };
+    // Subjects with interactions (ten each, on average): those under a legal hold need data.
+    const SUBJECTS: usize = 1_000;
+    let dir = tempfile::tempdir()?;
+    let regions = three_regions();
+    let cluster = Cluster::start(dir.path(), &regions, None)?;
+    let infos = regions_of(&cluster).await?;
+    let sources = infos
+        .iter()
+        .zip(&regions)
+        .map(|(info, r)| {
+            let rows: Box<dyn Iterator<Item = Row> + Send> =
+                Box::new(Generator::new(&r.countries, SUBJECTS, 10_000, 0, 11));
+            (info.clone(), rows)
+        })
+        .collect();
+    load(&cluster, sources, 1_000, 2).await?;
+    let client = cluster.client().await?;
+    let started = Instant::now();
+    // Consents: grants, refusals and double opt-ins waiting, over purposes and channels.
+    let work = regions.iter().flat_map(|r| {
+        let country = r.countries[0].clone();
+        (0..consents).map(move |i| (country.clone(), i))
+    });
+    let consenting = work.map(|(country, i)| {
+        let mut client = client.clone();
+        async move {
+            let (purpose, channel, action) = match i % 5 {
+                0 | 1 => (Purpose::CxSurvey, Channel::Email, ConsentAction::Grant),
+                2 => (Purpose::Marketing, Channel::Email, ConsentAction::Grant),
+                3 => (Purpose::Marketing, Channel::Sms, ConsentAction::Refuse),
+                _ => (
+                    Purpose::CxAnalytics,
+                    Channel::Unspecified,
+                    ConsentAction::Object,
+                ),
+            };
+            let request =
+                domicile::dev::synthetic_consent(TENANT, &country, i, purpose, channel, action);
+            client.record_consent(request).await?;
+            anyhow::Ok(())
+        }
+    });
+    all_of(consenting, 32).await?;
+    let consent_time = started.elapsed();
+    // Subject requests: restrictions and objections (completed at once), and erasures of
+    // subjects under a legal hold (open, waiting on the hold).
+    let work = regions.iter().flat_map(|r| {
+        let country = r.countries[0].clone();
+        (0..requests).map(move |i| (country.clone(), i))
+    });
+    let requesting = work.map(|(country, i)| {
+        let mut client = client.clone();
+        async move {
+            // Erasures (held) of subjects 0, 1, 2, …; the other requests from the second
+            // half of the subjects, several each.
+            let s = if i % 10 == 0 {
+                i / 10
+            } else {
+                SUBJECTS / 2 + i % (SUBJECTS / 2)
+            };
+            let subject = Some(SubjectRef {
+                external_id: domicile::synth::subject_id(&country, s),
+                country,
+            });
+            let kind = match i % 10 {
+                0 => SubjectRequestKind::Erasure,
+                1..=5 => SubjectRequestKind::Restriction,
+                _ => SubjectRequestKind::Objection,
+            };
+            if kind == SubjectRequestKind::Erasure {
+                client
+                    .place_legal_hold(domicile_proto::pb::PlaceLegalHoldRequest {
+                        tenant_id: TENANT.into(),
+                        subject: subject.clone(),
+                        reason: "bench: a dispute".into(),
+                        interactions: None,
+                        expires_at: Some(domicile_proto::domain::whole_seconds(
+                            domicile_proto::domain::unix_now() + 60 * 86_400,
+                        )),
+                    })
+                    .await?;
+            }
+            client
+                .submit_subject_request(SubmitSubjectRequestRequest {
+                    tenant_id: TENANT.into(),
+                    subject,
+                    kind: kind as i32,
+                    purposes: if kind == SubjectRequestKind::Objection {
+                        vec![Purpose::Marketing as i32]
+                    } else {
+                        Vec::new()
+                    },
+                    actor: "bench".into(),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok(())
+        }
+    });
+    all_of(requesting, 16).await?;
+    // Releases: aggregates, one record query in ten.
+    let releasing = (0..releases).map(|i| {
+        let mut client = client.clone();
+        async move {
+            if i % 10 == 9 {
+                let mut answer = client
+                    .query_records(QueryRecordsRequest {
+                        tenant_id: TENANT.into(),
+                        query: Some(RecordQuery {
+                            purpose: Purpose::CxAnalytics as i32,
+                            limit: 20,
+                            ..Default::default()
+                        }),
+                        regions: Vec::new(),
+                    })
+                    .await?
+                    .into_inner();
+                while answer.message().await?.is_some() {}
+            } else {
+                client.aggregate(dashboard_query()).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    all_of(releasing, 8).await?;
+    let mut gw = client.clone();
+    let now = domicile_proto::domain::unix_now();
+    for i in 0..incidents {
+        gw.report_incident(ReportIncidentRequest {
+            tenant_id: TENANT.into(),
+            regions: Vec::new(),
+            window: Some(TimeRange {
+                start: Some(domicile_proto::domain::whole_seconds(PERIOD_START)),
+                end: Some(domicile_proto::domain::whole_seconds(PERIOD_END)),
+            }),
+            categories: vec![DataCategory::Interactions as i32],
+            description: format!("bench incident {i}"),
+            detected_at: Some(domicile_proto::domain::whole_seconds(now - 3_600)),
+        })
+        .await?;
+    }
+    let history = started.elapsed();
+    cluster.reset_peak_rss();
+    let mut rows = Vec::new();
+    for (window, seconds, bucket) in [("24h", 86_400, 3_600u32), ("30d", 30 * 86_400, 86_400)] {
+        let request = GetOverviewRequest {
+            tenant_id: TENANT.into(),
+            since: Some(domicile_proto::domain::whole_seconds(now - seconds)),
+            bucket_seconds: bucket,
+        };
+        // The answer is checked once: every region reports, with what was done.
+        let answer = gw.get_overview(request.clone()).await?.into_inner();
+        for region in &answer.regions {
+            let report = region.report.as_ref().with_context(|| {
+                format!("{} did not report: {}", region.region_id, region.detail)
+            })?;
+            let released: u64 = report.releases.iter().map(|b| b.releases).sum();
+            anyhow::ensure!(
+                released >= releases as u64,
+                "{}: {released} releases reported, {releases} made",
+                region.region_id
+            );
+            let consented: u64 = report.consents.iter().map(|c| c.subjects).sum();
+            anyhow::ensure!(
+                consented >= consents as u64,
+                "{}: {consented} consents reported, {consents} recorded",
+                region.region_id
+            );
+            anyhow::ensure!(
+                report.open_requests_total == (requests as u64).div_ceil(10),
+                "{}: {} open requests reported",
+                region.region_id,
+                report.open_requests_total
+            );
+        }
+        let mut grpc = Vec::new();
+        let mut http = Vec::new();
+        let path = format!("/api/overview?window={window}");
+        let (status, json_bytes) = console_get(&cluster, &path).await?;
+        anyhow::ensure!(status == 200, "/api/overview answered {status}");
+        for _ in 0..runs {
+            grpc.push(
+                p50_p99(calls, || {
+                    let mut gw = gw.clone();
+                    let request = request.clone();
+                    async move {
+                        gw.get_overview(request).await?;
+                        anyhow::Ok(())
+                    }
+                })
+                .await?,
+            );
+            http.push(
+                p50_p99(calls, || async {
+                    let (status, _) = console_get(&cluster, &path).await?;
+                    anyhow::ensure!(status == 200, "/api/overview answered {status}");
+                    Ok(())
+                })
+                .await?,
+            );
+        }
+        let pick = |v: Vec<(Duration, Duration)>| {
+            (
+                median(v.iter().map(|p| p.0).collect()),
+                median(v.iter().map(|p| p.1).collect()),
+            )
+        };
+        let grpc = (pick(grpc), answer.encoded_len());
+        let http = (pick(http), json_bytes);
+        rows.push(format!(
+            "| {window} | `GetOverview` (gRPC) | {} | {} | {} |",
+            ms(grpc.0.0),
+            ms(grpc.0.1),
+            grpc.1
+        ));
+        rows.push(format!(
+            "| {window} | console `/api/overview` (JSON over HTTP) | {} | {} | {} |",
+            ms(http.0.0),
+            ms(http.0.1),
+            http.1
+        ));
+    }
+    let (gateway_mib, node_mib) = cluster.peak_rss();
+    Ok(format!(
+        "| window | call | p50 | p99 | answer bytes |\n|---|---|---:|---:|---:|\n{}\n\nPeak RSS while answering: gateway {gateway_mib:.0} MiB, largest node {node_mib:.0} MiB.\n\nMedians of {runs} run(s) of {calls} sequential calls each. Three regions, each keeping its data in {}), and each holding: 10,000 interactions of 1,000 subjects; {consents} subjects with a consent on file (grants, refusals, objections); {requests} subject requests, one in ten an erasure held open by a legal hold; {releases} releases in its audit log (aggregates, one record query in ten); {incidents} incidents. That history was written through the gateway in {:.1} s (consents at {:.0}/s, 32 in flight). Every call asks all three regions, which each answer from their audit log, request, incident and consent tables (counts only). The JSON view adds the gateway's rendering and a fresh HTTP connection per call, as the console's page makes every 30 s. The first answer of each window is checked against what was done.",
+        rows.join("\n"),
+        crate::cluster::storage_note(),
+        history.as_secs_f64(),
+        (3 * consents) as f64 / consent_time.as_secs_f64()
+    ))
+}

@@ -416,6 +416,23 @@ async fn overview(gateway: &Gateway, access: Access, query: &str) -> Answer {
             "window: must be 1h, 24h, 7d or 30d",
         );
     };
+    // The API's limits, keyed as the API keys them: the authenticated tenant, else one budget
+    // for every caller. A page left open in many tabs, or a script with an admin token, fans
+    // out to the regions no more often than the tenant's own calls may.
+    let key = match &access {
+        Access::Tenant(t) => t.as_str(),
+        Access::Open => "",
+    };
+    let _admission = match gateway.limiter().admit(key) {
+        Ok(admission) => admission,
+        Err(status) => {
+            let http = match status.code() {
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return json_error(http, status.message());
+        }
+    };
     let tenant = match access {
         Access::Tenant(t) => t,
         Access::Open => match param(query, "tenant").map(|t| TenantId::parse(&t, "tenant")) {

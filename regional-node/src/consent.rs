@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS consent_state (
     policy_version TEXT NOT NULL,
     PRIMARY KEY (tenant, subject_id, purpose, channel)
 ) WITHOUT ROWID;
+-- The console's counts per policy, purpose, channel and state (`overview::consents`), read
+-- from this index alone and in its order: no sort, no table access.
+CREATE INDEX IF NOT EXISTS consent_state_counts
+    ON consent_state (tenant, policy_version, purpose, channel, state);
 
 -- Double opt-in tokens: only their SHA-256 is kept.
 CREATE TABLE IF NOT EXISTS consent_tokens (

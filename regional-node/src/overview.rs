@@ -154,27 +154,117 @@ pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>
     Ok(out)
 }
 
+/// Grouped by the whole policy version, which follows the `consent_state_counts` index: one
+/// scan of it, in order. `consents` adds up the few versions of a country.
+const CONSENT_COUNTS: &str = "SELECT policy_version, purpose, channel, state, COUNT(*)
+     FROM consent_state WHERE tenant = ?1
+     GROUP BY policy_version, purpose, channel, state";
+
 /// Subjects per country, purpose, channel and current consent state. The country is that of
 /// the policy the state was recorded under ("DE@2026-11-01"), so consents recorded before any
 /// record of the subject arrived count too.
 pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, NodeError> {
-    let country = match conn.dialect() {
-        Dialect::Sqlite => "substr(policy_version, 1, instr(policy_version, '@') - 1)",
-        Dialect::Postgres => "split_part(policy_version, '@', 1)",
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {country} AS country, purpose, channel, state, COUNT(*)
-         FROM consent_state WHERE tenant = ?1
-         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
-    ))?;
+    let mut stmt = conn.prepare_cached(CONSENT_COUNTS)?;
+    let mut counts = std::collections::BTreeMap::<(String, i32, i32, i32), u64>::new();
     let rows = stmt.query_map(params![tenant], |r| {
-        Ok(ConsentCount {
-            country: r.get(0)?,
-            purpose: r.get(1)?,
-            channel: r.get(2)?,
-            state: r.get(3)?,
-            subjects: r.get::<_, i64>(4)?.max(0) as u64,
-        })
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i32>(1)?,
+            r.get::<_, i32>(2)?,
+            r.get::<_, i32>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
     })?;
-    rows.collect::<Result<_, _>>()
+    for row in rows {
+        let (version, purpose, channel, state, subjects) = row?;
+        let country = version.split_once('@').map_or(version.as_str(), |(c, _)| c);
+        *counts
+            .entry((country.to_owned(), purpose, channel, state))
+            .or_default() += subjects.max(0) as u64;
+    }
+    Ok(counts
+        .into_iter()
+        .map(
+            |((country, purpose, channel, state), subjects)| ConsentCount {
+                country,
+                purpose,
+                channel,
+                state,
+                subjects,
+            },
+        )
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Databases;
+
+    fn state(conn: &Connection, tenant: &str, subject: usize, version: &str, state: i32) {
+        conn.execute(
+            "INSERT INTO consent_state
+                 (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
+             VALUES (?1, ?2, 2, 1, ?3, 1, 0, ?4)",
+            params![tenant, format!("s{subject}"), state, version],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn consent_counts_add_up_a_countrys_policy_versions_per_tenant() {
+        let dbs = Databases::new();
+        for backend in dbs.both() {
+            let store = dbs.store(&backend);
+            store
+                .write(|tx| {
+                    for i in 0..5 {
+                        state(tx, "t", i, "DE@2026-01-01", 1);
+                    }
+                    for i in 5..8 {
+                        state(tx, "t", i, "DE@2026-11-01", 1);
+                    }
+                    state(tx, "t", 8, "DE@2026-11-01", 3);
+                    state(tx, "t", 9, "FR@2026-11-01", 1);
+                    state(tx, "other", 10, "DE@2026-11-01", 1);
+                    Ok(())
+                })
+                .unwrap();
+            let counts = store.read(|c| consents(c, "t")).unwrap();
+            let seen: Vec<(&str, i32, u64)> = counts
+                .iter()
+                .map(|c| (c.country.as_str(), c.state, c.subjects))
+                .collect();
+            assert_eq!(
+                seen,
+                [("DE", 1, 8), ("DE", 3, 1), ("FR", 1, 1)],
+                "{backend:?}"
+            );
+            assert!(counts.iter().all(|c| c.purpose == 2 && c.channel == 1));
+        }
+    }
+
+    #[test]
+    fn consent_counts_read_the_index_alone_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::Store::open(
+            &crate::storage::Backend::Sqlite(dir.path().join("data.sqlite")),
+            &crate::storage::Backend::Sqlite(dir.path().join("vault.sqlite")),
+            &[7; 32],
+        )
+        .unwrap();
+        let plan: Vec<String> = store
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {CONSENT_COUNTS}"))?;
+                let rows = stmt.query_map(params!["t"], |r| r.get::<_, String>(3))?;
+                rows.collect::<Result<_, _>>()
+            })
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING COVERING INDEX consent_state_counts (tenant=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 }

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use domicile_client::{ConnectOptions, connect_with};
-use domicile_gateway::auth::AuthConfig;
+use domicile_gateway::{auth::AuthConfig, limits::LimitsConfig};
 use domicile_node::db::Value;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, Channel, ConsentAction, ConsentSource, ConsentState,
@@ -459,6 +459,14 @@ fn token(tenant: &str, operations: &[&str]) -> String {
 /// A one-region federation whose callers need a token signed with `SECRET`; with `tls`, its
 /// public listener (and so the console) has the development PKI's certificate.
 async fn secured(tls: bool) -> anyhow::Result<(Federation, tempfile::TempDir)> {
+    secured_with(tls, None).await
+}
+
+/// [`secured`], with `limits` instead of the default ones.
+async fn secured_with(
+    tls: bool,
+    limits: Option<LimitsConfig>,
+) -> anyhow::Result<(Federation, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let secret = dir.path().join("hs256.secret");
     std::fs::write(&secret, SECRET)?;
@@ -475,7 +483,69 @@ async fn secured(tls: bool) -> anyhow::Result<(Federation, tempfile::TempDir)> {
     if tls {
         builder = builder.public_tls();
     }
+    if let Some(limits) = limits {
+        builder = builder.limits(limits);
+    }
     Ok((builder.start().await?, dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consoles_overview_is_held_to_the_tenants_limits() -> anyhow::Result<()> {
+    // Three calls at once, then one every ten seconds: the console and the API share them.
+    let (fed, _dir) = secured_with(
+        false,
+        Some(LimitsConfig {
+            requests_per_second: 0.1,
+            burst: 3,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let admin = token(TENANT, &["admin"]);
+    let bearer = format!("Bearer {admin}");
+    let addr = domicile_tests::console(&fed).await?;
+    let get = |path: &'static str| {
+        let bearer = bearer.clone();
+        async move { http(addr, "GET", path, &[("authorization", &bearer)], "").await }
+    };
+    // A refused window costs nothing: it is checked before the limits.
+    assert_eq!(get("/api/overview?window=1y").await.0, 400);
+    for _ in 0..2 {
+        let (status, body) = get("/api/overview").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The third call of the burst is the API's.
+    let mut gw = connect_with(
+        &fed.gateway_addr.to_string(),
+        &ConnectOptions {
+            token: Some(admin.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    gw.get_overview(GetOverviewRequest {
+        tenant_id: TENANT.into(),
+        ..Default::default()
+    })
+    .await?;
+    let (status, body) = get("/api/overview").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate limit"), "{body}");
+    // The page and its script are not calls to the regions: still served.
+    assert_eq!(get("/").await.0, 200);
+    // Another tenant's budget is its own.
+    let other = format!("Bearer {}", token("other-tenant", &["admin"]));
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/api/overview",
+        &[("authorization", &other)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    fed.shutdown().await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
