@@ -389,6 +389,11 @@ async fn http(
     exchange(stream, method, path, headers, body).await
 }
 
+/// `GET path` with `authorization: <bearer>`, over a fresh connection.
+async fn get(addr: SocketAddr, bearer: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path, &[("authorization", bearer)], "").await
+}
+
 /// One HTTP/1.1 request and its answer over `stream`.
 async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
@@ -504,14 +509,10 @@ async fn the_consoles_overview_is_held_to_the_tenants_limits() -> anyhow::Result
     let admin = token(TENANT, &["admin"]);
     let bearer = format!("Bearer {admin}");
     let addr = domicile_tests::console(&fed).await?;
-    let get = |path: &'static str| {
-        let bearer = bearer.clone();
-        async move { http(addr, "GET", path, &[("authorization", &bearer)], "").await }
-    };
     // A refused window costs nothing: it is checked before the limits.
-    assert_eq!(get("/api/overview?window=1y").await.0, 400);
+    assert_eq!(get(addr, &bearer, "/api/overview?window=1y").await.0, 400);
     for _ in 0..2 {
-        let (status, body) = get("/api/overview").await;
+        let (status, body) = get(addr, &bearer, "/api/overview").await;
         assert_eq!(status, 200, "{body}");
     }
     // The third call of the burst is the API's.
@@ -528,21 +529,14 @@ async fn the_consoles_overview_is_held_to_the_tenants_limits() -> anyhow::Result
         ..Default::default()
     })
     .await?;
-    let (status, body) = get("/api/overview").await;
+    let (status, body) = get(addr, &bearer, "/api/overview").await;
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("rate limit"), "{body}");
     // The page and its script are not calls to the regions: still served.
-    assert_eq!(get("/").await.0, 200);
+    assert_eq!(get(addr, &bearer, "/").await.0, 200);
     // Another tenant's budget is its own.
     let other = format!("Bearer {}", token("other-tenant", &["admin"]));
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/api/overview",
-        &[("authorization", &other)],
-        "",
-    )
-    .await;
+    let (status, body) = get(addr, &other, "/api/overview").await;
     assert_eq!(status, 200, "{body}");
     fed.shutdown().await;
     Ok(())
@@ -580,47 +574,22 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     }
     // A valid token without the admin operation: forbidden.
     let other_ops = format!("Bearer {}", token(TENANT, &["consent"]));
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/api/overview",
-        &[("authorization", &other_ops)],
-        "",
-    )
-    .await;
+    let (status, body) = get(addr, &other_ops, "/api/overview").await;
     assert_eq!(status, 403);
     assert!(body.contains("admin"), "{body}");
     // A forged one: unauthorised.
     let forged = format!("Bearer {}x", admin);
-    assert_eq!(
-        http(
-            addr,
-            "GET",
-            "/api/overview",
-            &[("authorization", &forged)],
-            ""
-        )
-        .await
-        .0,
-        401
-    );
+    assert_eq!(get(addr, &forged, "/api/overview").await.0, 401);
 
     // The admin token: the page, and its tenant's figures.
     let bearer = format!("Bearer {admin}");
-    let (status, page) = http(addr, "GET", "/", &[("authorization", &bearer)], "").await;
+    let (status, page) = get(addr, &bearer, "/").await;
     assert_eq!(status, 200);
     assert!(
         page.contains("content-security-policy: default-src 'none'"),
         "{page}"
     );
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/api/overview?window=7d",
-        &[("authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, body) = get(addr, &bearer, "/api/overview?window=7d").await;
     assert_eq!(status, 200, "{body}");
     let json = json_body(&body);
     assert_eq!(json["tenant"], TENANT);
@@ -629,28 +598,10 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     let consents = &json["regions"][0]["report"]["consents"];
     assert_eq!(consents[0]["state"], "granted");
     assert_eq!(consents[0]["subjects"], 1);
-    assert_eq!(
-        http(
-            addr,
-            "GET",
-            "/api/overview?window=2y",
-            &[("authorization", &bearer)],
-            ""
-        )
-        .await
-        .0,
-        400
-    );
+    assert_eq!(get(addr, &bearer, "/api/overview?window=2y").await.0, 400);
     // Another tenant's admin sees its own (empty) figures, never these.
     let stranger = format!("Bearer {}", token("globex", &["admin"]));
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/api/overview",
-        &[("authorization", &stranger)],
-        "",
-    )
-    .await;
+    let (status, body) = get(addr, &stranger, "/api/overview").await;
     assert_eq!(status, 200);
     let json = json_body(&body);
     assert_eq!(json["tenant"], "globex");
@@ -710,18 +661,7 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
         .0,
         405
     );
-    assert_eq!(
-        http(
-            addr,
-            "GET",
-            "/etc/passwd",
-            &[("authorization", &bearer)],
-            ""
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(get(addr, &bearer, "/etc/passwd").await.0, 404);
 
     // Counted by path and status; a path the console does not serve is "other".
     let metrics = fed.gateway.metrics().encode();
@@ -788,7 +728,7 @@ async fn with_tls_the_console_is_https_with_the_gateways_certificate() -> anyhow
     assert_eq!(status, 303, "{answer}");
     assert!(answer.contains("; Secure"), "{answer}");
     // Plain HTTP gets no page.
-    let (status, _) = http(addr, "GET", "/", &[("authorization", &admin)], "").await;
+    let (status, _) = get(addr, &admin, "/").await;
     assert_ne!(status, 200);
     fed.shutdown().await;
     Ok(())
