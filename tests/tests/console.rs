@@ -389,6 +389,18 @@ async fn http(
     exchange(stream, method, path, headers, body).await
 }
 
+/// A client of the federation's gateway that sends `token`.
+async fn client_as(fed: &Federation, token: &str) -> anyhow::Result<domicile_client::Gateway> {
+    connect_with(
+        &fed.gateway_addr.to_string(),
+        &ConnectOptions {
+            token: Some(token.to_owned()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// `GET path` with `authorization: <bearer>`, over a fresh connection.
 async fn get(addr: SocketAddr, bearer: &str, path: &str) -> (u16, String) {
     http(addr, "GET", path, &[("authorization", bearer)], "").await
@@ -516,14 +528,7 @@ async fn the_consoles_overview_is_held_to_the_tenants_limits() -> anyhow::Result
         assert_eq!(status, 200, "{body}");
     }
     // The third call of the burst is the API's.
-    let mut gw = connect_with(
-        &fed.gateway_addr.to_string(),
-        &ConnectOptions {
-            token: Some(admin.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let mut gw = client_as(&fed, &admin).await?;
     gw.get_overview(GetOverviewRequest {
         tenant_id: TENANT.into(),
         ..Default::default()
@@ -546,14 +551,7 @@ async fn the_consoles_overview_is_held_to_the_tenants_limits() -> anyhow::Result
 async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow::Result<()> {
     let (fed, _dir) = secured(false).await?;
     let admin = token(TENANT, &["admin", "consent"]);
-    let mut gw = connect_with(
-        &fed.gateway_addr.to_string(),
-        &ConnectOptions {
-            token: Some(admin.clone()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let mut gw = client_as(&fed, &admin).await?;
     gw.record_consent(consent(
         "DE",
         1,
