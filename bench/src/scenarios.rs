@@ -24,7 +24,7 @@ use crate::{
     Args,
     cluster::{Cluster, Region},
     data::{Generator, PERIOD_END, PERIOD_START, Row, TENANT, seal},
-    median, ms, percentile,
+    measure, median, ms, percentile,
 };
 
 /// Sends `rows` of each region through the gateway, `batch` records per request and
@@ -794,30 +794,6 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
     ))
 }
 
-/// One `GET path` to the console with the cluster's token, over a fresh connection; the
-/// status and the body's length.
-async fn console_get(cluster: &Cluster, path: &str) -> anyhow::Result<(u16, usize)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(cluster.console).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-        cluster.token
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("an HTTP answer without a head")?;
-    let status = std::str::from_utf8(&raw[..head_end])?
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("an HTTP answer without a status")?;
-    Ok((status, raw.len() - head_end - 4))
-}
-
 /// Runs `calls`, `in_flight` at once; the first error, if any.
 async fn all_of<F>(calls: impl Iterator<Item = F>, in_flight: usize) -> anyhow::Result<()>
 where
@@ -828,22 +804,6 @@ where
         .collect()
         .await;
     results.into_iter().collect()
-}
-
-/// The p50 and p99 of `calls` sequential runs of `call`.
-async fn p50_p99<F, Fut>(calls: usize, mut call: F) -> anyhow::Result<(Duration, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut times = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        call().await?;
-        times.push(t.elapsed());
-    }
-    times.sort();
-    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
 }
 
 /// What the console asks for, at the size of a federation with a history: `GetOverview`
@@ -1036,52 +996,59 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
                 report.open_requests_total
             );
         }
+        // The console's data, as the page asks for it: a new connection per call.
+        let console = cluster.console;
+        let path = format!("/api/overview?window={window}");
+        let bearer = format!("Bearer {}", cluster.token);
+        let json = move || {
+            let (path, bearer) = (path.clone(), bearer.clone());
+            async move {
+                let (status, body) = domicile_ops::metrics::scrape_with(
+                    console,
+                    &path,
+                    &[("authorization", &bearer)],
+                )
+                .await?;
+                anyhow::ensure!(status == 200, "/api/overview answered {status}: {body}");
+                anyhow::Ok(body.len())
+            }
+        };
+        let json_bytes = json().await?;
         let mut grpc = Vec::new();
         let mut http = Vec::new();
-        let path = format!("/api/overview?window={window}");
-        let (status, json_bytes) = console_get(&cluster, &path).await?;
-        anyhow::ensure!(status == 200, "/api/overview answered {status}");
         for _ in 0..runs {
+            let (gw, request) = (gw.clone(), request.clone());
             grpc.push(
-                p50_p99(calls, || {
-                    let mut gw = gw.clone();
-                    let request = request.clone();
+                measure(calls, 1, move |_| {
+                    let (mut gw, request) = (gw.clone(), request.clone());
                     async move {
                         gw.get_overview(request).await?;
-                        anyhow::Ok(())
+                        Ok(())
                     }
                 })
                 .await?,
             );
+            let json = json.clone();
             http.push(
-                p50_p99(calls, || async {
-                    let (status, _) = console_get(&cluster, &path).await?;
-                    anyhow::ensure!(status == 200, "/api/overview answered {status}");
-                    Ok(())
+                measure(calls, 1, move |_| {
+                    let call = json();
+                    async move { call.await.map(drop) }
                 })
                 .await?,
             );
         }
-        let pick = |v: Vec<(Duration, Duration)>| {
-            (
-                median(v.iter().map(|p| p.0).collect()),
-                median(v.iter().map(|p| p.1).collect()),
-            )
-        };
-        let grpc = (pick(grpc), answer.encoded_len());
-        let http = (pick(http), json_bytes);
-        rows.push(format!(
-            "| {window} | `GetOverview` (gRPC) | {} | {} | {} |",
-            ms(grpc.0.0),
-            ms(grpc.0.1),
-            grpc.1
-        ));
-        rows.push(format!(
-            "| {window} | console `/api/overview` (JSON over HTTP) | {} | {} | {} |",
-            ms(http.0.0),
-            ms(http.0.1),
-            http.1
-        ));
+        for (call, results, bytes) in [
+            ("`GetOverview` (gRPC)", grpc, answer.encoded_len()),
+            ("console `/api/overview` (JSON over HTTP)", http, json_bytes),
+        ] {
+            let p50 = median(results.iter().map(|r| r.p50).collect());
+            let p99 = median(results.iter().map(|r| r.p99).collect());
+            rows.push(format!(
+                "| {window} | {call} | {} | {} | {bytes} |",
+                ms(p50),
+                ms(p99)
+            ));
+        }
     }
     let (gateway_mib, node_mib) = cluster.peak_rss();
     Ok(format!(

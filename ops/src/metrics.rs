@@ -248,13 +248,23 @@ fn respond(sources: &BTreeMap<String, Source>, req: &Request<Incoming>) -> Respo
 
 /// Fetches `http://addr/path` with a minimal HTTP/1.1 client (for tests and `domicile dev`).
 pub async fn scrape(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    scrape_with(addr, path, &[]).await
+}
+
+/// [`scrape`], sending `headers` too (e.g. `("authorization", "Bearer …")`).
+pub async fn scrape_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "\r\n";
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);

@@ -365,7 +365,7 @@ pub fn confirm(
         params![confirmation.tenant.as_str(), subject, request_seq],
         |r| r.get(0),
     )?;
-    let country = requested_under.split('@').next().unwrap_or_default();
+    let country = CountryPolicy::country_of_label(&requested_under);
     let policy_version = policies
         .get(country)
         .map_or(requested_under.clone(), CountryPolicy::label);

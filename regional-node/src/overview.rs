@@ -188,7 +188,7 @@ pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, No
     })?;
     for row in rows {
         let (version, purpose, channel, state, subjects) = row?;
-        let country = version.split_once('@').map_or(version.as_str(), |(c, _)| c);
+        let country = crate::policy::CountryPolicy::country_of_label(&version);
         *counts
             .entry((country.to_owned(), purpose, channel, state))
             .or_default() += subjects.max(0) as u64;

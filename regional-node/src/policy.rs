@@ -289,6 +289,11 @@ impl CountryPolicy {
         format!("{}@{}", self.country(), self.version())
     }
 
+    /// The country of a version [`label`](Self::label): `DE` for `DE@2026-11-01`.
+    pub fn country_of_label(label: &str) -> &str {
+        label.split_once('@').map_or(label, |(country, _)| country)
+    }
+
     /// Parses and checks `text`, read from `file`, which must be `expected_country`'s policy.
     pub fn parse(text: &str, file: &Path, expected_country: &str) -> Result<Self, PolicyError> {
         let policy: Self = toml::from_str(text).map_err(|e| {
