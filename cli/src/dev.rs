@@ -504,7 +504,11 @@ pub async fn activity(
         regions: Vec::new(),
         window: Some(TimeRange {
             start: Some(domicile_proto::domain::whole_seconds(now - 30 * 86_400)),
-            end: Some(domicile_proto::domain::whole_seconds(now)),
+            // The end is exclusive and in whole seconds: records stored in this very second
+            // (a small federation loads in well under one) must still count as exposed.
+            end: Some(domicile_proto::domain::whole_seconds(
+                domicile_proto::domain::unix_now() + 1,
+            )),
         }),
         categories: vec![
             DataCategory::ContactDetails as i32,
