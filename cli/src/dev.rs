@@ -319,10 +319,17 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         )
         .expect("a valid template"),
     );
-    let summary =
-        client::ingest_with_progress(&gw, &opts.tenant, &regions, &records, 1000, &|n| bar.inc(n))
-            .await
-            .context("loading the synthetic data set")?;
+    let summary = client::ingest_with_progress(
+        &gw,
+        &opts.tenant,
+        &regions,
+        &federation.trust_bundle,
+        &records,
+        1000,
+        &|n| bar.inc(n),
+    )
+    .await
+    .context("loading the synthetic data set")?;
     bar.finish_and_clear();
     println!(
         "\nLoaded tenant {:?}: {} records sealed and ingested through the gateway in {:.1} s ({} accepted, {} already present, {} rejected)",
@@ -346,13 +353,20 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     println!("\nExample: Aggregate NPS, CSAT and volume by country and channel, all regions:\n");
     print!("{}", render_aggregate(&response));
     let sample = sample_records(&mut gw, &opts.tenant).await?;
-    activity(&mut gw, &opts.tenant, opts.subjects)
+    activity(&mut gw, &opts.tenant, opts.subjects, &federation.dpo.key)
         .await
         .context("recording the consents, requests and incident of the dev data set")?;
     println!(
         "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
     );
     print!("{}", render_records(&sample));
+    println!(
+        "\nTrust outside the gateway:\n  trust bundle  {}  (clients verify each region's sealing key with it before sealing)\n  DPO key       {}  (signs access, portability, erasure, holds and incidents; registered for tenant {:?} in {})",
+        federation.trust_bundle_file.display(),
+        federation.dpo.key_file.display(),
+        opts.tenant,
+        federation.dpo.keys_file.display(),
+    );
     match &token {
         Some(t) => println!(
             "\nGateway and nodes talk mutual TLS; callers need a token. For tenant {:?}, every purpose and operation, 12 hours:\n\ntoken: {t}\n\nTry it with grpcurl (reflection is on):\n  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {} domicile.v1.Gateway/ListRegions\nMore tokens: domicile token --secret-file {} --tenant <tenant>",
@@ -413,7 +427,12 @@ pub async fn activity(
     gw: &mut domicile_client::Gateway,
     tenant: &str,
     subjects: usize,
+    dpo: &ed25519_dalek::SigningKey,
 ) -> anyhow::Result<()> {
+    let sign = |mut r| {
+        domicile_proto::trust::sign_request(&mut r, dpo, domicile_proto::domain::unix_now());
+        r
+    };
     let subject = |country: &str, i: usize| {
         Some(SubjectRef {
             country: country.to_owned(),
@@ -478,19 +497,21 @@ pub async fn activity(
                 (subjects.saturating_sub(4), SubjectRequestKind::Objection),
                 (subjects.saturating_sub(5), SubjectRequestKind::Erasure),
             ] {
-                gw.submit_subject_request(request(i, kind)).await?;
+                gw.submit_subject_request(sign(request(i, kind))).await?;
             }
             // Evidence in a dispute: the erasure waits for the hold (an open request).
             let held = subjects.saturating_sub(6);
-            gw.place_legal_hold(PlaceLegalHoldRequest {
+            let mut hold = PlaceLegalHoldRequest {
                 tenant_id: tenant.to_owned(),
                 subject: subject(country, held),
                 reason: "dev: case 2026-0042".into(),
                 interactions: None,
                 expires_at: Some(domicile_proto::domain::whole_seconds(now + 60 * 86_400)),
-            })
-            .await?;
-            gw.submit_subject_request(request(held, SubjectRequestKind::Erasure))
+                dpo_signature: None,
+            };
+            domicile_proto::trust::sign_request(&mut hold, dpo, domicile_proto::domain::unix_now());
+            gw.place_legal_hold(hold).await?;
+            gw.submit_subject_request(sign(request(held, SubjectRequestKind::Erasure)))
                 .await?;
         }
     }
@@ -499,7 +520,7 @@ pub async fn activity(
         q.epsilon = Some(0.5);
     }
     gw.aggregate(noisy).await?;
-    gw.report_incident(ReportIncidentRequest {
+    let mut incident = ReportIncidentRequest {
         tenant_id: tenant.to_owned(),
         regions: Vec::new(),
         window: Some(TimeRange {
@@ -516,8 +537,10 @@ pub async fn activity(
         ],
         description: "dev: an export bucket was world-readable (synthetic)".into(),
         detected_at: Some(domicile_proto::domain::whole_seconds(now - 5 * 3_600)),
-    })
-    .await?;
+        dpo_signature: None,
+    };
+    domicile_proto::trust::sign_request(&mut incident, dpo, domicile_proto::domain::unix_now());
+    gw.report_incident(incident).await?;
     Ok(())
 }
 

@@ -41,7 +41,12 @@ pub struct FederationBuilder {
     limits: Option<LimitsConfig>,
     public_tls: bool,
     postgres: bool,
+    dpo_tenants: Vec<String>,
 }
+
+/// Tenants whose DPO key a federation registers by default (the tests', `dev`'s, the Python
+/// example's and the benchmark's).
+pub const DPO_TENANTS: &[&str] = &["acme", "globex", "demo", "pyexample", "bench"];
 
 /// The variable that puts a federation's node data in PostgreSQL (`postgres`) rather than in
 /// SQLite files (`sqlite`, the default): how CI runs the whole test suite on each backend.
@@ -69,6 +74,7 @@ impl Default for FederationBuilder {
             limits: None,
             public_tls: false,
             postgres: false,
+            dpo_tenants: DPO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
         }
     }
 }
@@ -99,6 +105,12 @@ impl FederationBuilder {
     /// `DOMICILE_FEDERATION_STORAGE=postgres` ([`STORAGE_VAR`]).
     pub fn postgres(mut self, on: bool) -> Self {
         self.postgres = on;
+        self
+    }
+
+    /// Registers the federation's DPO key for `tenant` too (besides [`DPO_TENANTS`]).
+    pub fn dpo_tenant(mut self, tenant: &str) -> Self {
+        self.dpo_tenants.push(tenant.to_owned());
         self
     }
 
@@ -183,6 +195,10 @@ impl FederationBuilder {
         let region_ids: Vec<String> = self.regions.iter().map(|r| r.id.clone()).collect();
         let pki = certs::reuse_or_generate(&data_dir.join("pki"), &region_ids)
             .context("generating the federation's certificates")?;
+        // The tenants' DPO key (one for all, made once per data directory), registered with
+        // every node: access, portability, erasure, holds and incidents must carry its signature.
+        let dpo = crate::trust::DevDpo::reuse_or_generate(&data_dir.join("dpo"), &self.dpo_tenants)
+            .context("setting up the development DPO key")?;
         let postgres = if self.postgres || postgres_from_env()? {
             Some(
                 tokio::task::spawn_blocking(PgCluster::start)
@@ -219,6 +235,7 @@ impl FederationBuilder {
                 let mut config = NodeConfig::new(&spec.id, &countries, database.clone());
                 config.listen = addr;
                 config.min_group_size = self.min_group_size;
+                config.dpo_keys_file = Some(dpo.keys_file.clone());
                 if let Backend::Postgres(url) = &backend {
                     config.storage = Some(url.clone());
                 }
@@ -268,7 +285,19 @@ impl FederationBuilder {
                 task: Some(task),
             });
         }
+        // The federation trust bundle, from each region's identity key, as the regions'
+        // operators would export it (`domicile trust export`) and hand it out of band.
+        let mut trust_bundle = domicile_proto::trust::TrustBundle::new();
+        for n in &nodes {
+            if let Some(node) = &n.node {
+                trust_bundle.insert(&n.region_id, &node.audit().public_key(), None);
+            }
+        }
+        let trust_bundle_file = data_dir.join("trust-bundle.json");
+        std::fs::write(&trust_bundle_file, trust_bundle.to_json())
+            .with_context(|| format!("writing {}", trust_bundle_file.display()))?;
         let mut config = GatewayConfig::new(region_configs);
+        config.audit_witness_file = Some(data_dir.join("audit-witness.json"));
         let (cert_file, key_file) = pki.pair("gateway");
         if self.public_tls {
             config.tls = Some(PublicTlsConfig {
@@ -314,6 +343,9 @@ impl FederationBuilder {
             gateway_addr,
             gateway,
             pki,
+            trust_bundle,
+            trust_bundle_file,
+            dpo,
             data_dir,
             nodes,
             gateway_shutdown: Some(tx),
@@ -381,6 +413,13 @@ pub struct Federation {
     pub gateway: Gateway,
     /// The development PKI of its mutual TLS (CA, gateway, nodes, a client).
     pub pki: Pki,
+    /// The federation trust bundle: each region's identity key. Clients verify sealing keys
+    /// with it.
+    pub trust_bundle: domicile_proto::trust::TrustBundle,
+    /// Where it is written (`trust-bundle.json` in the data directory).
+    pub trust_bundle_file: PathBuf,
+    /// The tenants' development DPO key, registered with every node.
+    pub dpo: crate::trust::DevDpo,
     /// Where the nodes keep their files.
     pub data_dir: PathBuf,
     /// The nodes, in the order their regions were added.
@@ -443,6 +482,16 @@ impl Federation {
                 Ok(Backend::Sqlite(copy))
             }
         }
+    }
+
+    /// `request` signed now by the federation's DPO key.
+    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, mut request: R) -> R {
+        domicile_proto::trust::sign_request(
+            &mut request,
+            &self.dpo.key,
+            domicile_proto::domain::unix_now(),
+        );
+        request
     }
 
     /// The node of `region_id`.

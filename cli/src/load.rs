@@ -278,6 +278,8 @@ pub async fn load(
     country: &str,
     progress: bool,
 ) -> anyhow::Result<LoadReport> {
+    // Before anything is read or sealed: without a bundle no key can be trusted.
+    let bundle = client.trust_bundle()?;
     let rows = read_rows(file)?;
     let mut report = LoadReport {
         rows: rows.len(),
@@ -334,7 +336,8 @@ pub async fn load(
     }
     for chunk in records.chunks(BATCH * 4) {
         let summary =
-            domicile_client::ingest(&client.gateway(), tenant, &regions, chunk, BATCH).await?;
+            domicile_client::ingest(&client.gateway(), tenant, &regions, bundle, chunk, BATCH)
+                .await?;
         report.accepted += summary.accepted;
         report.duplicate += summary.duplicate;
         for r in summary.rejections {

@@ -140,6 +140,22 @@ enum Command {
         /// Country of rows without a `country` column (ISO 3166-1 alpha-2).
         #[arg(long, alias = "region")]
         country: String,
+        /// The federation trust bundle (`domicile trust bundle`; `domicile dev` prints its
+        /// own): each region's sealing key is verified with it before a byte is sealed.
+        #[arg(long, env = "DOMICILE_TRUST_BUNDLE")]
+        trust_bundle: PathBuf,
+    },
+    /// The federation trust bundle: region id → identity key, distributed out of band so that
+    /// clients can verify the sealing keys the gateway relays.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// The tenant DPO's tools: a signing key, and the requests that need the DPO's signature
+    /// (access, portability, erasure, legal holds, incident reports), signed on this machine.
+    Dpo {
+        #[command(subcommand)]
+        command: DpoCommand,
     },
     /// Generate a region's secrets into a new directory: the sealing key pair, the
     /// key-encryption key, the pseudonym secret and the audit signing key (each 32 bytes, mode
@@ -225,6 +241,108 @@ impl Target {
         };
         domicile::client::Client::connect_with(&self.gateway.to_string(), &options).await
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// On a node: print this region's bundle entry (its identity key, from the audit key file)
+    /// as a one-region bundle, for the federation's bundle.
+    Export {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Days until clients stop trusting the entry (default: no expiry).
+        #[arg(long)]
+        valid_days: Option<u32>,
+    },
+    /// Combine regions' exports into one bundle (printed); a region with two keys is an error.
+    Bundle {
+        /// The exported files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DpoCommand {
+    /// Make a DPO signing key: writes the private key (64 hex characters, mode 0600) and prints
+    /// the public key and its id, for each region operator's `dpo_keys_file`.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the `dpo_keys_file` entry for this tenant too.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Submit a data-subject request signed with the DPO key; prints the receipts as JSON.
+    Request {
+        #[command(flatten)]
+        target: Target,
+        /// The DPO's private key file (`domicile dpo keygen`).
+        #[arg(long)]
+        dpo_key: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// access, portability, erasure, restriction or objection.
+        #[arg(long)]
+        kind: String,
+        /// The subject's external id.
+        #[arg(long)]
+        subject: String,
+        /// The subject's country (empty: every region is asked).
+        #[arg(long, default_value = "")]
+        country: String,
+        /// Access and portability: the recipient's X25519 public key, 64 hex characters
+        /// (`domicile export keygen`). It is inside what the DPO signs.
+        #[arg(long)]
+        recipient_key: Option<String>,
+        /// Objection: the purposes, comma-separated (e.g. marketing,profiling).
+        #[arg(long, value_delimiter = ',')]
+        purposes: Vec<String>,
+        /// Where to write each receipt (protobuf) with its sealed export, for `domicile export
+        /// open`: `<dir>/<request id>.receipt`.
+        #[arg(long)]
+        receipts_dir: Option<PathBuf>,
+    },
+    /// Place a legal hold on a subject, signed with the DPO key; prints the hold id.
+    Hold {
+        #[command(flatten)]
+        target: Target,
+        /// The DPO's private key file.
+        #[arg(long)]
+        dpo_key: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The subject's external id.
+        #[arg(long)]
+        subject: String,
+        /// The subject's country.
+        #[arg(long)]
+        country: String,
+        /// Why (a case reference; no personal data).
+        #[arg(long)]
+        reason: String,
+        /// Days until the hold ends by itself.
+        #[arg(long)]
+        days: u32,
+    },
+    /// Release a legal hold, signed with the DPO key.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        /// The DPO's private key file.
+        #[arg(long)]
+        dpo_key: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The hold id.
+        #[arg(long)]
+        hold_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +444,11 @@ enum AuditCommand {
         /// from the node's key file, e.g. the key the region published.
         #[arg(long)]
         public_key: Option<String>,
+        /// A checkpoint obtained earlier, which the log must extend: a JSON checkpoint
+        /// (`region_id`, `seq`, `at`, `head_hash`, `signature`, `public_key`, hex for bytes),
+        /// or the gateway's `audit_witness_file` (this region's entry is used).
+        #[arg(long)]
+        trusted_head: Option<PathBuf>,
     },
     /// Records of processing: activities by tenant and purpose, data categories, recipients
     /// (what crossed the border, in aggregate) and the retention the policies apply.
@@ -697,12 +820,14 @@ async fn main() -> anyhow::Result<()> {
             tenant,
             file,
             country,
+            trust_bundle,
         } => {
             anyhow::ensure!(
                 domicile_proto::domain::is_country_code(&country),
                 "--country must be an ISO 3166-1 alpha-2 code in upper case, e.g. DE"
             );
-            let client = target.connect().await?;
+            let bundle = domicile_proto::trust::TrustBundle::load(&trust_bundle)?;
+            let client = target.connect().await?.with_trust_bundle(bundle);
             let report =
                 domicile::load::load(&client, &tenant, &file, &country, target.output == "table")
                     .await?;
@@ -713,6 +838,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Export { command } => return export(command),
+        Command::Trust { command } => return trust(command),
+        Command::Dpo { command } => return dpo(command).await,
         Command::Keygen { out, region } => return keygen(&out, &region),
         Command::Token {
             secret_file,
@@ -937,6 +1064,175 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// `domicile export …`.
+fn trust(command: TrustCommand) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::Export { config, valid_days } => {
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            let expires = valid_days.map(|d| {
+                domicile_proto::domain::unix_now() + i64::from(d) * 86_400
+            });
+            let bundle =
+                domicile::trust::export(&config.region_id, &config.audit_key_path(), expires)?;
+            println!("{}", bundle.to_json());
+        }
+        TrustCommand::Bundle { files } => {
+            let parts = files
+                .iter()
+                .map(|f| domicile_proto::trust::TrustBundle::load(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            println!("{}", domicile::trust::combine(&parts)?.to_json());
+        }
+    }
+    Ok(())
+}
+
+async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
+    use domicile_proto::{
+        domain::{unix_now, whole_seconds},
+        pb::{PlaceLegalHoldRequest, ReleaseLegalHoldRequest, SubjectRef, SubjectRequestKind},
+        trust::{read_signing_key, sign_request},
+    };
+    let key_of = |path: &std::path::Path| read_signing_key(path).map_err(|e| anyhow::anyhow!(e));
+    match command {
+        DpoCommand::Keygen { out, tenant } => {
+            let (key, public, id) = domicile::trust::dpo_keygen(&out)?;
+            println!("DPO key {} written; public key {public} (key id {id})", out.display());
+            if let Some(t) = tenant {
+                println!(
+                    "\nFor each region's dpo_keys_file:\n{}",
+                    domicile::trust::dpo_keys_toml(&key, &[t], "DPO")
+                );
+            }
+        }
+        DpoCommand::Request {
+            target,
+            dpo_key,
+            tenant,
+            kind,
+            subject,
+            country,
+            recipient_key,
+            purposes,
+            receipts_dir,
+        } => {
+            let key = key_of(&dpo_key)?;
+            let kind = SubjectRequestKind::from_str_name(&format!(
+                "SUBJECT_REQUEST_KIND_{}",
+                kind.to_ascii_uppercase()
+            ))
+            .filter(|k| *k != SubjectRequestKind::Rectification && *k != SubjectRequestKind::Unspecified)
+            .context("--kind: access, portability, erasure, restriction or objection")?;
+            let recipient_public_key = match recipient_key {
+                Some(h) => hex::decode(h.trim()).context("--recipient-key: expected hex")?,
+                None => Vec::new(),
+            };
+            let purposes = purposes
+                .iter()
+                .map(|p| {
+                    domicile_gateway::auth::parse_purpose(p)
+                        .map(|p| p as i32)
+                        .with_context(|| format!("--purposes: unknown purpose {p:?}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut request = domicile_proto::pb::SubmitSubjectRequestRequest {
+                tenant_id: tenant,
+                subject: Some(SubjectRef {
+                    external_id: subject,
+                    country,
+                }),
+                kind: kind as i32,
+                recipient_public_key,
+                purposes,
+                actor: "cli:dpo".into(),
+                ..Default::default()
+            };
+            sign_request(&mut request, &key, unix_now());
+            let answer = target
+                .connect()
+                .await?
+                .gateway()
+                .submit_subject_request(request)
+                .await?
+                .into_inner();
+            for r in &answer.receipts {
+                if let Some(dir) = &receipts_dir {
+                    std::fs::create_dir_all(dir)?;
+                    let path = dir.join(format!("{}.receipt", r.request_id));
+                    std::fs::write(&path, prost::Message::encode_to_vec(r))?;
+                }
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "request_id": r.request_id,
+                        "region_id": r.region_id,
+                        "status": domicile_proto::pb::SubjectRequestStatus::try_from(r.status)
+                            .map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+                        "due_at": r.due_at.as_ref().map(|t| t.seconds),
+                        "sealed_export": r.export.is_some(),
+                    })
+                );
+            }
+        }
+        DpoCommand::Hold {
+            target,
+            dpo_key,
+            tenant,
+            subject,
+            country,
+            reason,
+            days,
+        } => {
+            let key = key_of(&dpo_key)?;
+            let now = unix_now();
+            let mut request = PlaceLegalHoldRequest {
+                tenant_id: tenant,
+                subject: Some(SubjectRef {
+                    external_id: subject,
+                    country,
+                }),
+                reason,
+                interactions: None,
+                expires_at: Some(whole_seconds(now + i64::from(days) * 86_400)),
+                dpo_signature: None,
+            };
+            sign_request(&mut request, &key, now);
+            let answer = target
+                .connect()
+                .await?
+                .gateway()
+                .place_legal_hold(request)
+                .await?
+                .into_inner();
+            println!("{}", answer.hold_id);
+        }
+        DpoCommand::Release {
+            target,
+            dpo_key,
+            tenant,
+            hold_id,
+        } => {
+            let key = key_of(&dpo_key)?;
+            let mut request = ReleaseLegalHoldRequest {
+                tenant_id: tenant,
+                hold_id,
+                dpo_signature: None,
+            };
+            sign_request(&mut request, &key, unix_now());
+            let answer = target
+                .connect()
+                .await?
+                .gateway()
+                .release_legal_hold(request)
+                .await?
+                .into_inner();
+            println!("erasure completed: {}", answer.erasure_completed);
+        }
+    }
+    Ok(())
+}
+
 fn export(command: ExportCommand) -> anyhow::Result<()> {
     use domicile_proto::seal::{SealingKeyPair, open_export};
     match command {
@@ -981,6 +1277,47 @@ fn export(command: ExportCommand) -> anyhow::Result<()> {
 
 /// Writes a private key file readable by its owner only.
 /// `domicile keygen`: a region's four secrets, created fresh (never overwriting).
+/// A trusted head from a checkpoint JSON file or a gateway's witness file.
+fn trusted_head_of(
+    path: &std::path::Path,
+    region: &str,
+) -> anyhow::Result<domicile_proto::pb::AuditCheckpoint> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not JSON", path.display()))?;
+    let entry = match json.get("regions") {
+        Some(regions) => regions
+            .get(region)
+            .with_context(|| format!("{}: no witnessed head for region {region}", path.display()))?
+            .clone(),
+        None => json,
+    };
+    let field = |name: &str| {
+        entry
+            .get(name)
+            .with_context(|| format!("--trusted-head: {name} is missing"))
+    };
+    let bytes = |name: &str| -> anyhow::Result<Vec<u8>> {
+        hex::decode(field(name)?.as_str().unwrap_or_default())
+            .with_context(|| format!("--trusted-head: {name}: expected hex"))
+    };
+    Ok(domicile_proto::pb::AuditCheckpoint {
+        region_id: entry
+            .get("region_id")
+            .and_then(|r| r.as_str())
+            .unwrap_or(region)
+            .to_owned(),
+        seq: field("seq")?.as_u64().context("--trusted-head: seq")?,
+        at: Some(domicile_proto::domain::whole_seconds(
+            field("at")?.as_i64().context("--trusted-head: at")?,
+        )),
+        head_hash: bytes("head_hash")?,
+        signature: bytes("signature")?,
+        public_key: bytes("public_key")?,
+    })
+}
+
 fn keygen(out: &std::path::Path, region: &str) -> anyhow::Result<()> {
     let files = ["sealing.key", "pseudonym.key", "audit.key", "kek"];
     for f in files {
@@ -1015,7 +1352,11 @@ fn keygen(out: &std::path::Path, region: &str) -> anyhow::Result<()> {
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     use domicile_node::audit;
     match command {
-        AuditCommand::Verify { config, public_key } => {
+        AuditCommand::Verify {
+            config,
+            public_key,
+            trusted_head,
+        } => {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
@@ -1034,9 +1375,26 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     audit::public_key_of(&seed)
                 }
             };
+            let trusted = match &trusted_head {
+                Some(path) => Some(trusted_head_of(path, &config.region_id)?),
+                None => None,
+            };
             let conn = audit::open_read_only(&config.backend())?;
-            match audit::verify(&conn, &config.region_id, &key)? {
+            let verdict = audit::verify(&conn, &config.region_id, &key)?.and_then(|v| {
+                match &trusted {
+                    Some(t) => audit::extends(&v, t, &config.region_id, &key).map(|()| v),
+                    None => Ok(v),
+                }
+            });
+            match verdict {
                 Ok(v) => {
+                    if let Some(t) = &trusted {
+                        println!(
+                            "extends the trusted head: entry {} signed at {}",
+                            t.seq,
+                            t.at.as_ref().map_or(0, |a| a.seconds)
+                        );
+                    }
                     println!(
                         "audit log of {} intact: {} entries, {} signed checkpoints, head {}",
                         config.region_id,

@@ -1,7 +1,9 @@
 //! A Rust client of the Domicile gateway.
 //!
 //! It seals each record to its region's public key (the format in `records.proto`; the gateway
-//! never sees a payload), routes records by country, sends them in batches with the regions
+//! never sees a payload) — but only after verifying the key the gateway relays against the
+//! federation trust bundle ([`TrustBundle`]): a key not signed by the region's identity is
+//! refused before a byte is sealed. It routes records by country, sends them in batches with the regions
 //! concurrently, and retries what a region could not take (`REGION_UNAVAILABLE`) with backoff,
 //! and once with fresh keys when a region rotated its sealing key (`UNKNOWN_KEY`). Used by the
 //! `domicile` CLI, `domicile dev` and the integration tests.
@@ -11,7 +13,8 @@
 //! use domicile_client::{Client, Record};
 //! use domicile_proto::pb::{RecordPayload, SubjectRecord, record_payload::Record as Payload};
 //!
-//! let client = Client::connect("127.0.0.1:50051".parse()?).await?;
+//! let bundle = domicile_proto::trust::TrustBundle::load("trust-bundle.json".as_ref())?;
+//! let client = Client::connect("127.0.0.1:50051".parse()?).await?.with_trust_bundle(bundle);
 //! let record = Record {
 //!     country: "DE".into(),
 //!     idempotency_key: "subject/c-42".into(),
@@ -40,8 +43,9 @@ use domicile_proto::{
     pb::{
         IngestRequest, ListRegionsRequest, RecordPayload, RecordStatus, RegionInfo, RejectReason,
     },
-    seal::{EnvelopeSealer, PublicSealingKey},
+    seal::EnvelopeSealer,
 };
+pub use domicile_proto::trust::{TrustBundle, TrustError, TrustedSealingKey};
 
 mod channel;
 
@@ -128,6 +132,7 @@ async fn ingest_region<'a>(
     mut client: Gateway,
     tenant: &str,
     region: &RegionInfo,
+    bundle: &TrustBundle,
     records: Vec<&'a Record>,
     batch: usize,
     progress: &Progress<'_>,
@@ -137,13 +142,27 @@ async fn ingest_region<'a>(
     if records.is_empty() {
         return Ok((summary, stale_key));
     }
-    let key = region.sealing_key.as_ref().with_context(|| {
-        format!(
+    if region.signed_sealing_key.is_none() && region.sealing_key.is_none() {
+        bail!(
             "region {} has no sealing key yet: {}",
-            region.region_id, region.detail
-        )
-    })?;
-    let key = PublicSealingKey::from_bytes(&key.public_key)?;
+            region.region_id,
+            region.detail
+        );
+    }
+    // Nothing is sealed to a key the region's identity did not sign, nor for a country the
+    // region's own statement does not name (the gateway's routing table is not evidence).
+    let trusted = verified_key(bundle, region)?;
+    if let Some(r) = records
+        .iter()
+        .find(|r| !trusted.countries.contains(&r.country))
+    {
+        bail!(
+            "refusing to seal for region {}: its signed statement does not name country {} (the gateway routed it there)",
+            region.region_id,
+            r.country
+        );
+    }
+    let key = trusted.key;
     let mut pending = records;
     for attempt in 1..=MAX_ATTEMPTS {
         let mut again = Vec::new();
@@ -198,19 +217,33 @@ async fn ingest_region<'a>(
     Ok((summary, stale_key))
 }
 
+/// The region's sealing key, verified against `bundle` now; an error names the region and why.
+pub fn verified_key(bundle: &TrustBundle, region: &RegionInfo) -> anyhow::Result<TrustedSealingKey> {
+    bundle
+        .verify_region(region, domicile_proto::domain::unix_now())
+        .with_context(|| {
+            format!(
+                "refusing to seal for region {}: its sealing key is not trusted",
+                region.region_id
+            )
+        })
+}
+
 /// A callback told how many records each batch carried, once, as batches are answered.
 pub type Progress<'a> = dyn Fn(u64) + Sync + 'a;
 
 /// Seals `records` to their regions and ingests them, `batch` records per request, the regions
-/// concurrently, retrying what a region could not take.
+/// concurrently, retrying what a region could not take. Each region's key is verified against
+/// `bundle` before anything is sealed to it.
 pub async fn ingest(
     client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
+    bundle: &TrustBundle,
     records: &[Record],
     batch: usize,
 ) -> anyhow::Result<IngestSummary> {
-    ingest_with_progress(client, tenant, regions, records, batch, &|_| {}).await
+    ingest_with_progress(client, tenant, regions, bundle, records, batch, &|_| {}).await
 }
 
 /// [`ingest`], calling `progress` as batches are answered (for a progress bar).
@@ -218,6 +251,7 @@ pub async fn ingest_with_progress(
     client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
+    bundle: &TrustBundle,
     records: &[Record],
     batch: usize,
     progress: &Progress<'_>,
@@ -226,6 +260,7 @@ pub async fn ingest_with_progress(
         client,
         tenant,
         regions,
+        bundle,
         records.iter().collect(),
         batch,
         progress,
@@ -237,7 +272,8 @@ pub async fn ingest_with_progress(
     // A region rotated its key since `regions` was read: fetch the keys again, once.
     let mut fresh_client = client.clone();
     let fresh = self::regions(&mut fresh_client).await?;
-    let (mut retry, still) = ingest_once(client, tenant, &fresh, stale, batch, &|_| {}).await?;
+    let (mut retry, still) =
+        ingest_once(client, tenant, &fresh, bundle, stale, batch, &|_| {}).await?;
     for record in still {
         let name = RejectReason::UnknownKey.as_str_name().to_owned();
         *retry.rejected.entry(name.clone()).or_default() += 1;
@@ -256,6 +292,7 @@ async fn ingest_once<'a>(
     client: &Gateway,
     tenant: &str,
     regions: &[RegionInfo],
+    bundle: &TrustBundle,
     records: Vec<&'a Record>,
     batch: usize,
     progress: &Progress<'_>,
@@ -276,7 +313,17 @@ async fn ingest_once<'a>(
     let loads = per_region
         .into_iter()
         .enumerate()
-        .map(|(i, recs)| ingest_region(client.clone(), tenant, &regions[i], recs, batch, progress));
+        .map(|(i, recs)| {
+            ingest_region(
+                client.clone(),
+                tenant,
+                &regions[i],
+                bundle,
+                recs,
+                batch,
+                progress,
+            )
+        });
     let mut total = IngestSummary::default();
     let mut stale = Vec::new();
     for result in futures::future::join_all(loads).await {
@@ -291,6 +338,7 @@ async fn ingest_once<'a>(
 #[derive(Debug, Clone)]
 pub struct Client {
     gateway: Gateway,
+    bundle: Option<TrustBundle>,
 }
 
 impl Client {
@@ -298,6 +346,7 @@ impl Client {
     pub async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
             gateway: connect(addr).await?,
+            bundle: None,
         })
     }
 
@@ -306,7 +355,22 @@ impl Client {
     pub async fn connect_with(addr: &str, options: &ConnectOptions) -> anyhow::Result<Self> {
         Ok(Self {
             gateway: connect_with(addr, options).await?,
+            bundle: None,
         })
+    }
+
+    /// The federation trust bundle to verify regions' sealing keys with: required to ingest.
+    pub fn with_trust_bundle(mut self, bundle: TrustBundle) -> Self {
+        self.bundle = Some(bundle);
+        self
+    }
+
+    /// The trust bundle, or an error saying how to get one.
+    pub fn trust_bundle(&self) -> anyhow::Result<&TrustBundle> {
+        self.bundle.as_ref().context(
+            "no federation trust bundle: sealing needs one to verify the regions' keys \
+             (`domicile trust bundle`; `domicile dev` prints where its bundle is)",
+        )
     }
 
     /// The generated gRPC client, for every other call.
@@ -322,7 +386,8 @@ impl Client {
     /// Seals, routes and ingests `records` in batches of 500, retrying what a region could not
     /// take.
     pub async fn ingest(&self, tenant: &str, records: &[Record]) -> anyhow::Result<IngestSummary> {
+        let bundle = self.trust_bundle()?;
         let regions = self.regions().await?;
-        ingest(&self.gateway, tenant, &regions, records, 500).await
+        ingest(&self.gateway, tenant, &regions, bundle, records, 500).await
     }
 }

@@ -88,6 +88,16 @@ pub struct GatewayConfig {
     /// and tests only; the gateway logs a warning at start. Default false.
     #[serde(default)]
     pub insecure_plaintext_federation: bool,
+    /// Where the gateway keeps, per region, the latest audit checkpoint it verified (JSON,
+    /// written atomically): the audit witness. Every later head must extend it, or the gateway
+    /// reports a fork. Default: none, and the witness forgets at restart (a warning is
+    /// logged); set it in production.
+    #[serde(default)]
+    pub audit_witness_file: Option<PathBuf>,
+    /// How often the witness asks every region for its audit head, in seconds. Default 60; 0
+    /// turns the background rounds off (heads are still witnessed on `GetAuditCheckpoint`).
+    #[serde(default = "default_audit_witness_seconds")]
+    pub audit_witness_seconds: u64,
 }
 
 /// `[tls]`: the public listener's certificate.
@@ -164,6 +174,9 @@ fn default_probe_interval_ms() -> u64 {
 fn default_drain_timeout_ms() -> u64 {
     30_000
 }
+fn default_audit_witness_seconds() -> u64 {
+    60
+}
 
 /// The top-level options that `DOMICILE_GATEWAY_*` variables override.
 pub const OPTIONS: &[&str] = &[
@@ -179,6 +192,8 @@ pub const OPTIONS: &[&str] = &[
     "drain_timeout_ms",
     "insecure_no_auth",
     "insecure_plaintext_federation",
+    "audit_witness_file",
+    "audit_witness_seconds",
 ];
 
 /// A configuration error, with the path of the offending option.
@@ -212,6 +227,8 @@ impl GatewayConfig {
             tls: None,
             federation_tls: None,
             insecure_plaintext_federation: false,
+            audit_witness_file: None,
+            audit_witness_seconds: default_audit_witness_seconds(),
         }
     }
 

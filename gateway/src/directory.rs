@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use dashmap::DashMap;
 use domicile_ops::rpc::Instrumented;
 use domicile_proto::pb::{
-    GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey,
+    GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey, SignedSealingKey,
     regional_node_client::RegionalNodeClient,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -45,6 +45,8 @@ pub struct RegionState {
     pub sealing_key: Option<SealingKey>,
     /// The region's audit public key, from its latest good answer.
     pub audit_public_key: Vec<u8>,
+    /// The sealing key as the region signed it (relayed to clients, who verify it).
+    pub signed_sealing_key: Option<SignedSealingKey>,
     /// Why it is not serving.
     pub detail: String,
 }
@@ -265,6 +267,7 @@ impl Directory {
                         health: RegionHealth::Serving,
                         sealing_key: info.sealing_key,
                         audit_public_key: info.audit_public_key,
+                        signed_sealing_key: info.signed_sealing_key,
                         detail: String::new(),
                     }
                 }
@@ -298,6 +301,7 @@ impl Directory {
                 sealing_key: state.sealing_key,
                 detail: state.detail,
                 audit_public_key: state.audit_public_key,
+                signed_sealing_key: state.signed_sealing_key,
             }
         });
         futures::future::join_all(probes).await

@@ -26,12 +26,25 @@ pub enum GatewayError {
     /// remaining epsilon as `(region, remaining)`.
     #[error("privacy budget exhausted in every region")]
     BudgetExhausted(Vec<(String, String)>),
+    /// A region's audit head does not extend the head the gateway witnessed before: (region,
+    /// what differs).
+    #[error("region {0}: audit log fork: {1}")]
+    AuditFork(String, String),
 }
 
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         match e {
             GatewayError::Invalid(v) => v.into(),
+            GatewayError::AuditFork(region, detail) => Status::with_error_details(
+                Code::DataLoss,
+                format!("region {region}: AUDIT LOG FORK: {detail}"),
+                ErrorDetails::with_error_info(
+                    "AUDIT_FORK",
+                    "domicile.v1",
+                    HashMap::from([("region".to_owned(), region)]),
+                ),
+            ),
             GatewayError::RegionsUnavailable(which) => Status::unavailable(format!(
                 "require_all_regions: not all regions answered: {which}"
             )),

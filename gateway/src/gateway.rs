@@ -37,6 +37,8 @@ use crate::{
 pub struct Gateway {
     current: Arc<RwLock<Current>>,
     metrics: GatewayMetrics,
+    /// The audit witness: kept across reloads (its file is the one named at start).
+    witness: Arc<crate::witness::Witness>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +94,8 @@ impl Gateway {
                 "insecure_no_auth: the gateway serves without authentication; every caller may do everything"
             );
         }
+        let witness = crate::witness::Witness::open(config.audit_witness_file.as_deref())
+            .map_err(BuildError::Files)?;
         Ok(Self {
             current: Arc::new(RwLock::new(Current {
                 config: Arc::new(config),
@@ -100,7 +104,13 @@ impl Gateway {
                 limiter,
             })),
             metrics,
+            witness: Arc::new(witness),
         })
+    }
+
+    /// The audit witness ([`crate::witness`]).
+    pub fn witness(&self) -> &crate::witness::Witness {
+        &self.witness
     }
 
     /// The authenticator in force; `None` in the explicit insecure mode.

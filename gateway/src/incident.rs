@@ -13,7 +13,7 @@ use domicile_proto::{
     pb::{
         AffectedCount, GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetIncidentRequest,
         GetIncidentResponse, Incident, IncidentStatus, RegionIncident, RegionStatus,
-        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetIncidentRequest,
+        RegionalNodeGetIncidentRequest,
         RegionalNodeReportIncidentRequest, ReportIncidentRequest, ReportIncidentResponse,
     },
 };
@@ -71,7 +71,8 @@ fn combine(incident: &mut Incident) {
 }
 
 impl Gateway {
-    /// A region's signed audit head.
+    /// A region's signed audit head, checked by the audit witness ([`crate::witness`]): a head
+    /// that does not extend the witnessed one is `DATA_LOSS`.
     pub async fn get_audit_checkpoint(
         &self,
         req: GetAuditCheckpointRequest,
@@ -80,22 +81,10 @@ impl Gateway {
         let region = self
             .region(&req.region_id)
             .ok_or_else(|| Violations::one("region_id", "unknown region; see ListRegions"))?;
-        let mut client = region.client.clone();
-        let call = client
-            .get_audit_checkpoint(request(RegionalNodeGetAuditCheckpointRequest {}, deadline));
-        let answer = match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(GatewayError::Region(region.id.clone(), status)),
-            Err(_) => {
-                return Err(GatewayError::RegionsDeadline(format!(
-                    "{} (no answer within {} ms)",
-                    region.id,
-                    deadline.as_millis()
-                )));
-            }
-        };
+        let (checkpoint, witness) = self.witness_region(&region, deadline).await?;
         Ok(GetAuditCheckpointResponse {
-            checkpoint: answer.checkpoint,
+            checkpoint: Some(checkpoint),
+            witness: Some(witness),
         })
     }
 

@@ -10,7 +10,8 @@
 //! interleaved, backpressured `QueryRecords` stream), [`routing`] (ingest),
 //! [`gateway`] (the business logic), [`consent`] (subject-scoped consent calls, routed to one
 //! region), [`incident`] (audit checkpoints and breach incidents), [`rights`] (data-subject
-//! requests and legal holds), [`service`] (the tonic adapter), [`server`] (listener,
+//! requests and legal holds), [`witness`] (the regions' audit heads, remembered and checked),
+//! [`service`] (the tonic adapter), [`server`] (listener,
 //! health, reflection, shutdown).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -34,6 +35,7 @@ pub mod rights;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod witness;
 
 pub use config::{GatewayConfig, RegionConfig};
 pub use gateway::Gateway;

@@ -72,6 +72,10 @@ pub struct GatewayMetrics {
     pub console_requests: Family<ConsoleLabels, Counter>,
     /// Region endpoints taken out of service after a connection failure.
     pub endpoints_ejected: Family<RegionLabels, Counter>,
+    /// Audit heads a region presented that do not extend the one the gateway witnessed.
+    pub audit_forks: Family<RegionLabels, Counter>,
+    /// 1 while a region's latest audit head forks from the witnessed one, else 0.
+    pub audit_forked: Family<RegionLabels, Gauge>,
     source: Source,
 }
 
@@ -134,6 +138,16 @@ impl GatewayMetrics {
                 &mut r,
                 "region_endpoints_ejected",
                 "Region endpoints taken out of service after a connection failure, by region",
+            ),
+            audit_forks: registered(
+                &mut r,
+                "audit_forks",
+                "Audit heads a region presented that do not extend the head the gateway witnessed",
+            ),
+            audit_forked: registered(
+                &mut r,
+                "audit_forked",
+                "1 while the region's latest audit head forks from the witnessed one, else 0",
             ),
             source: Source::new(r),
         }

@@ -64,6 +64,7 @@ impl Gateway {
                 };
                 let state = directory.state(&outcome.region.id).unwrap_or_default();
                 RegionOverview {
+                    audit_witness: self.witness().last(&outcome.region.id),
                     health: state.health as i32,
                     audit_public_key: state.audit_public_key,
                     region_id: outcome.region.id.clone(),

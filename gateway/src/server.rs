@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     gateway::Gateway,
-    service::{Authenticate, GatewayService},
+    service::{AsPrincipal, Authenticate, GatewayService},
 };
 
 /// Why the gateway could not serve.
@@ -81,10 +81,13 @@ pub async fn serve(
     }
     let layer = RpcLayer::new(gateway.metrics().rpc.clone(), SERVICES);
     let probes = tokio::spawn(probe_loop(gateway.clone()));
+    let witness = tokio::spawn(crate::witness::witness_loop(gateway.clone()));
     let service = tonic::service::interceptor::InterceptedService::new(
-        GatewayServer::new(GatewayService::new(gateway.clone()))
-            .max_decoding_message_size(gateway.config().limits.max_message_bytes),
-        Authenticate(gateway),
+        AsPrincipal(
+            GatewayServer::new(GatewayService::new(gateway.clone()))
+                .max_decoding_message_size(gateway.config().limits.max_message_bytes),
+        ),
+        Authenticate(gateway.clone()),
     );
     let served = serve_and_drain(
         |stop| {
@@ -102,5 +105,6 @@ pub async fn serve(
     )
     .await;
     probes.abort();
+    witness.abort();
     Ok(served?)
 }

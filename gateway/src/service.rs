@@ -49,6 +49,47 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// Runs each call as its caller's principal ([`domicile_ops::principal`]): the regions it calls
+/// receive it for their audit logs, and the call's span records it. Sits inside
+/// [`Authenticate`], which put the [`Caller`] in the request's extensions; without
+/// authentication (the explicit insecure mode) the principal is `anonymous`.
+#[derive(Debug, Clone)]
+pub struct AsPrincipal<S>(pub S);
+
+impl<S, B> tower_service::Service<http::Request<B>> for AsPrincipal<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let principal: std::sync::Arc<str> = match req.extensions().get::<Caller>() {
+            Some(c) => domicile_ops::principal::sanitize(&c.id).into(),
+            None => "anonymous".into(),
+        };
+        tracing::Span::current().record("principal", &*principal);
+        Box::pin(domicile_ops::principal::scope(
+            Some(principal),
+            self.0.call(req),
+        ))
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for AsPrincipal<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 /// Serves `domicile.v1.Gateway`.
 #[derive(Debug, Clone)]
 pub struct GatewayService {

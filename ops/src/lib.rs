@@ -5,6 +5,7 @@
 //! - [`metrics`]: the Prometheus families every listener records, and the `/metrics` endpoint.
 //! - [`rpc`]: tower middleware that gives each served call a span, a trace context and
 //!   metrics, and that propagates the trace to regions on the gateway's client channels.
+//! - [`principal`]: who a call acts for, carried from the gateway to the nodes' audit logs.
 //! - [`lifecycle`]: graceful drain on shutdown, and the signals that ask for it.
 //! - [`tls`]: pinned peer identities on mutual-TLS listeners.
 //!
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+pub mod principal;
 pub mod rpc;
 pub mod tls;
 pub mod trace;

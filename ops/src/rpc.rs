@@ -27,6 +27,7 @@ use crate::{
         CallLabels, LatencyFamily, MethodLabels, RegionCallLabels, RegionCallMetrics,
         RegionMethodLabels, RpcMetrics,
     },
+    principal,
     trace::{self, TRACEPARENT, TraceContext},
 };
 
@@ -232,6 +233,7 @@ where
 pub struct RpcLayer {
     metrics: RpcMetrics,
     services: Arc<[&'static str]>,
+    trust_principal: bool,
 }
 
 impl RpcLayer {
@@ -241,7 +243,16 @@ impl RpcLayer {
         Self {
             metrics,
             services: services.into(),
+            trust_principal: false,
         }
+    }
+
+    /// Runs each call as the principal its [`crate::principal::HEADER`] names (and records it
+    /// in the span): only for a listener whose callers are pinned to the gateway's identity,
+    /// which is the one that sets the header.
+    pub fn trusting_principal(mut self) -> Self {
+        self.trust_principal = true;
+        self
     }
 }
 
@@ -285,12 +296,23 @@ where
             .get(TRACEPARENT)
             .and_then(|v| TraceContext::parse(v.as_bytes()));
         let context = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        let principal = if self.layer.trust_principal {
+            req.headers()
+                .get(principal::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|p| Arc::<str>::from(principal::sanitize(p)))
+        } else {
+            None
+        };
+        // `principal` is filled here from the gateway's header, or later by the gateway's
+        // authentication (never a personal value: a service or staff identity).
         let span = tracing::info_span!(
             "rpc",
             method,
             trace_id = %context.trace_id_hex(),
             span_id = %context.span_id_hex(),
             parent_span_id = parent.map(|p| p.span_id_hex()),
+            principal = principal.as_deref(),
         );
         let metrics = self.layer.metrics.clone();
         metrics.in_flight.inc();
@@ -306,7 +328,13 @@ where
             let _entered = span.enter();
             self.inner.call(req)
         };
-        call_metered(fut, finish, "UNKNOWN", Some(context), span)
+        call_metered(
+            principal::scope(principal, fut),
+            finish,
+            "UNKNOWN",
+            Some(context),
+            span,
+        )
     }
 }
 
@@ -374,6 +402,15 @@ where
             TRACEPARENT,
             HeaderValue::try_from(context.to_string()).expect("a traceparent is ASCII"),
         );
+        // Who the call acts for, for the node's audit log; sanitised to a header value.
+        match principal::current().and_then(|p| HeaderValue::try_from(&*p).ok()) {
+            Some(p) => {
+                req.headers_mut().insert(principal::HEADER, p);
+            }
+            None => {
+                req.headers_mut().remove(principal::HEADER);
+            }
+        }
         let span = tracing::debug_span!(
             "region_call",
             region = %self.region,

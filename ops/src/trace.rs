@@ -133,11 +133,12 @@ pub async fn scope<F: Future>(context: Option<TraceContext>, fut: F) -> F::Outpu
     }
 }
 
-/// `fut` carrying the current trace context and `tracing` span, for `tokio::spawn` and
+/// `fut` carrying the current trace context, principal and `tracing` span, for `tokio::spawn` and
 /// `JoinSet::spawn`: a spawned task starts with neither.
 pub fn carried<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     use tracing::Instrument;
-    scope(current(), fut).instrument(tracing::Span::current())
+    crate::principal::scope(crate::principal::current(), scope(current(), fut))
+        .instrument(tracing::Span::current())
 }
 
 #[cfg(test)]

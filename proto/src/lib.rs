@@ -6,6 +6,8 @@
 //! - [`merge`]: the algebra of partial aggregates (a commutative monoid) and metric finalisation.
 //! - [`consent`]: validated consent requests (routing and recording).
 //! - [`rights`]: validated data-subject requests and legal holds.
+//! - [`trust`]: region identities and signed sealing keys, the federation trust bundle, and
+//!   the tenant DPO's signatures on requests (what the gateway cannot forge).
 //! - [`domain`]: validated domain types converted from wire messages, with the field path of
 //!   every violation.
 //! - [`error`]: `google.rpc.BadRequest` field violations as a gRPC status.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod merge;
 pub mod rights;
 pub mod seal;
+pub mod trust;
 
 /// Generated code for the `domicile.v1` package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     head_hash BLOB NOT NULL,
     signature BLOB NOT NULL
 );
+-- Checkpoints are evidence: removing the newest would let a rewritten tail pass `verify`.
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
 "#;
 
 /// The advisory-lock key that serialises appends between replicas sharing one database.
@@ -82,11 +87,14 @@ pub enum Kind {
     RetentionSweep,
     /// The database was restored from a backup, and erased subjects were erased again.
     Restore,
+    /// A request that needs the tenant DPO's signature was refused (missing, wrong, stale or
+    /// replayed).
+    DpoRefused,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::NodeStart,
         Kind::IngestBatch,
         Kind::ReleaseAggregate,
@@ -100,6 +108,7 @@ impl Kind {
         Kind::LegalHold,
         Kind::RetentionSweep,
         Kind::Restore,
+        Kind::DpoRefused,
     ];
 
     /// Its stored name.
@@ -118,13 +127,14 @@ impl Kind {
             Self::LegalHold => "legal_hold",
             Self::RetentionSweep => "retention_sweep",
             Self::Restore => "restore",
+            Self::DpoRefused => "dpo_refused",
         }
     }
 
     /// The data categories an activity of this kind touches, for records of processing.
     pub fn categories(self) -> &'static [&'static str] {
         match self {
-            Self::NodeStart => &[],
+            Self::NodeStart | Self::DpoRefused => &[],
             Self::IngestBatch => &[
                 "profile",
                 "contact_details",
@@ -164,8 +174,16 @@ pub struct Entry<'a> {
     pub tenant: &'a str,
     /// The subject's audit pseudonym, when the event concerns one subject.
     pub subject: Option<&'a str>,
-    /// Counts and parameters as JSON; never a personal value.
+    /// Counts and parameters as JSON; never a personal value. [`AuditLog::append`] adds
+    /// `principal`: who caused the event (see [`principal_of_call`]).
     pub details: serde_json::Value,
+}
+
+/// The principal an entry is attributed to: the call's (the gateway's authenticated caller,
+/// with `;dpo-key=<id>` for a DPO-signed request), or `node` for what the node does by itself
+/// (start, sweeps, checkpoints).
+pub fn principal_of_call() -> String {
+    domicile_ops::principal::current().map_or_else(|| "node".to_owned(), |p| p.to_string())
 }
 
 /// hash(n) as documented in `audit.proto`.
@@ -190,16 +208,7 @@ pub fn entry_hash(
     h.finalize().into()
 }
 
-/// The bytes a checkpoint signature covers.
-pub fn checkpoint_message(region_id: &str, seq: u64, at: i64, head_hash: &[u8]) -> Vec<u8> {
-    let mut m = b"domicile/v1/audit-checkpoint\0".to_vec();
-    m.extend_from_slice(region_id.as_bytes());
-    m.push(0);
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(&at.to_be_bytes());
-    m.extend_from_slice(head_hash);
-    m
-}
+pub use domicile_proto::trust::checkpoint_message;
 
 /// The bytes a release signature covers.
 pub fn release_message(release: &RegionRelease) -> Vec<u8> {
@@ -256,7 +265,11 @@ impl AuditLog {
         let (prev_seq, prev_hash) = last.unwrap_or((0, vec![0; 32]));
         let seq = prev_seq as u64 + 1;
         let at = now();
-        let details = entry.details.to_string();
+        let mut details = entry.details;
+        if let serde_json::Value::Object(map) = &mut details {
+            map.insert("principal".into(), principal_of_call().into());
+        }
+        let details = details.to_string();
         let hash = entry_hash(
             &prev_hash,
             seq,
@@ -341,10 +354,63 @@ impl AuditLog {
         }
     }
 
+    /// Signs a statement of the region's sealing key with the identity (audit) key.
+    pub fn sign_statement(
+        &self,
+        statement: &domicile_proto::pb::SealingKeyStatement,
+    ) -> domicile_proto::pb::SignedSealingKey {
+        domicile_proto::trust::sign_statement(statement, &self.key)
+    }
+
     /// Signs `release` (after its `audit_seq` is set).
     pub fn sign_release(&self, release: &mut RegionRelease) {
         release.signature = self.key.sign(&release_message(release)).to_bytes().to_vec();
     }
+}
+
+/// For a witness that saw entry `known` last: checks that the log from `known` to `head` still
+/// chains (each entry's stored hash recomputes from its predecessor's), and returns entry
+/// `known`'s hash (empty for 0 or past the head). A break is `Internal`: the node's own log is
+/// damaged, and a witness must not be told otherwise.
+pub fn chain_from(tx: &Connection, known: u64, head: u64) -> Result<Vec<u8>, NodeError> {
+    if known == 0 || known > head {
+        return Ok(Vec::new());
+    }
+    let mut stmt = tx.prepare(
+        "SELECT seq, at, kind, tenant, subject, details, prev_hash, hash FROM audit_log
+         WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![known as i64, head as i64])?;
+    let mut known_hash = Vec::new();
+    let mut prev: Option<Vec<u8>> = None;
+    let mut expected = known;
+    while let Some(r) = rows.next()? {
+        let seq = r.get::<_, i64>(0)? as u64;
+        let (at, kind, tenant): (i64, String, String) = (r.get(1)?, r.get(2)?, r.get(3)?);
+        let (subject, details): (Option<String>, String) = (r.get(4)?, r.get(5)?);
+        let (prev_hash, hash): (Vec<u8>, Vec<u8>) = (r.get(6)?, r.get(7)?);
+        let broken = seq != expected
+            || prev.as_ref().is_some_and(|p| *p != prev_hash)
+            || entry_hash(&prev_hash, seq, at, &kind, &tenant, subject.as_deref(), &details)
+                .as_slice()
+                != hash.as_slice();
+        if broken {
+            return Err(NodeError::Internal(format!(
+                "the audit log does not chain at entry {expected}: run `domicile audit verify`"
+            )));
+        }
+        if seq == known {
+            known_hash = hash.clone();
+        }
+        prev = Some(hash);
+        expected += 1;
+    }
+    if expected != head + 1 {
+        return Err(NodeError::Internal(format!(
+            "the audit log is missing entry {expected}: run `domicile audit verify`"
+        )));
+    }
+    Ok(known_hash)
 }
 
 /// Verifies a release signature with a region's audit public key.
@@ -375,6 +441,11 @@ pub enum Tampering {
     Rewritten,
     /// A checkpoint's signature does not verify with the region's key.
     ForgedCheckpoint,
+    /// Entries exist but no signed checkpoint covers any of them: nothing proves they are the
+    /// node's (checkpoints were removed, or the log was written without the node).
+    Unwitnessed,
+    /// The log does not extend a head obtained earlier (`--trusted-head`).
+    Forked,
 }
 
 /// The first problem found.
@@ -403,6 +474,8 @@ pub struct Verified {
     pub checkpoints: u64,
     /// The head hash.
     pub head: [u8; 32],
+    /// Every entry's hash, by number.
+    pub hashes: HashMap<u64, [u8; 32]>,
 }
 
 /// Walks the whole log and every checkpoint. `Ok` when intact; otherwise the first problem.
@@ -541,11 +614,68 @@ pub fn verify(
         }
         good_before = *seq;
     }
+    if last > 0 && checkpoints.iter().all(|c| c.0 == 0) {
+        return Ok(Err(Tamper {
+            seq: 1,
+            kind: Tampering::Unwitnessed,
+            detail: format!(
+                "{last} entries and no signed checkpoint over any of them: checkpoints were removed, or the log was not written by the node"
+            ),
+        }));
+    }
     Ok(Ok(Verified {
         entries: last,
         checkpoints: checkpoints.len() as u64,
         head: prev,
+        hashes,
     }))
+}
+
+/// Checks that a verified log extends `trusted`, a checkpoint obtained earlier (from the
+/// gateway's witness, or kept by the operator): signed by `public_key`, for `region_id`,
+/// covering an entry the log still has, with the same hash.
+pub fn extends(
+    verified: &Verified,
+    trusted: &AuditCheckpoint,
+    region_id: &str,
+    public_key: &[u8; 32],
+) -> Result<(), Tamper> {
+    let fail = |seq: u64, kind: Tampering, detail: String| Err(Tamper { seq, kind, detail });
+    if trusted.region_id != region_id
+        || !domicile_proto::trust::verify_checkpoint(trusted, public_key)
+    {
+        return fail(
+            trusted.seq,
+            Tampering::ForgedCheckpoint,
+            "the trusted head is not a checkpoint of this region signed with its audit key".into(),
+        );
+    }
+    if trusted.seq > verified.entries {
+        return fail(
+            verified.entries + 1,
+            Tampering::Forked,
+            format!(
+                "the log ends at entry {} but the trusted head covers entry {}: truncated, or restored from an older copy",
+                verified.entries, trusted.seq
+            ),
+        );
+    }
+    let actual = if trusted.seq == 0 {
+        [0; 32]
+    } else {
+        verified.hashes[&trusted.seq]
+    };
+    if actual.as_slice() != trusted.head_hash.as_slice() {
+        return fail(
+            trusted.seq,
+            Tampering::Forked,
+            format!(
+                "entry {} no longer has the trusted head's hash: the log up to it was rewritten (and its checkpoints with it)",
+                trusted.seq
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Opens a node's database read-only, for the operator commands.

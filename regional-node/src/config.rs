@@ -89,6 +89,15 @@ pub struct NodeConfig {
     /// missing. Default `audit.key` beside the database.
     #[serde(default)]
     pub audit_key_file: Option<PathBuf>,
+    /// The DPO keys registered per tenant (TOML, see `authority`): access, portability and
+    /// erasure requests, legal holds and incident reports must carry a signature by one of
+    /// them. Re-read when it changes. Default: none, and every such request is refused.
+    #[serde(default)]
+    pub dpo_keys_file: Option<PathBuf>,
+    /// How long each signed statement of the sealing key holds (`ListRegions`), in hours: a
+    /// client trusts the key no longer without a fresh statement. Default 24, 1 to 720.
+    #[serde(default = "default_statement_hours")]
+    pub sealing_key_statement_hours: u64,
     /// A signed audit checkpoint every this many entries. Default 1000, at least 1.
     #[serde(default = "default_checkpoint_every")]
     pub audit_checkpoint_every: u64,
@@ -154,6 +163,9 @@ fn default_listen() -> SocketAddr {
 fn default_database() -> PathBuf {
     PathBuf::from("domicile-node.sqlite")
 }
+fn default_statement_hours() -> u64 {
+    24
+}
 fn default_checkpoint_every() -> u64 {
     1000
 }
@@ -189,6 +201,8 @@ pub const OPTIONS: &[&str] = &[
     "kek_env",
     "key_vault",
     "audit_key_file",
+    "dpo_keys_file",
+    "sealing_key_statement_hours",
     "audit_checkpoint_every",
     "audit_checkpoint_seconds",
     "retention_sweep_seconds",
@@ -256,6 +270,8 @@ impl NodeConfig {
             kek_env: None,
             key_vault: None,
             audit_key_file: None,
+            dpo_keys_file: None,
+            sealing_key_statement_hours: default_statement_hours(),
             audit_checkpoint_every: default_checkpoint_every(),
             audit_checkpoint_seconds: default_checkpoint_seconds(),
             retention_sweep_seconds: default_sweep_seconds(),
@@ -413,6 +429,9 @@ impl NodeConfig {
         }
         if self.countries.is_empty() {
             err("countries", "at least one country is required");
+        }
+        if !(1..=720).contains(&self.sealing_key_statement_hours) {
+            err("sealing_key_statement_hours", "must be 1 to 720");
         }
         for (i, c) in self.countries.iter().enumerate() {
             if !is_country_code(c) {

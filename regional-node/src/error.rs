@@ -10,6 +10,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const ERROR_DOMAIN: &str = "domicile.v1";
 /// `ErrorInfo.reason` when a country policy refuses the call.
 pub const DENIED_BY_POLICY: &str = "DENIED_BY_POLICY";
+/// `ErrorInfo.reason` when the DPO's signature is refused.
+pub const DPO_SIGNATURE_REFUSED: &str = "DPO_SIGNATURE_REFUSED";
 /// `ErrorInfo.reason` when the differential-privacy budget is spent.
 pub const BUDGET_EXHAUSTED: &str = "PRIVACY_BUDGET_EXHAUSTED";
 
@@ -43,6 +45,10 @@ pub enum NodeError {
     /// The request is valid but cannot apply in the current state (e.g. a used token).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The request needs the tenant DPO's signature and it is missing, wrong, stale or
+    /// replayed.
+    #[error("{0}")]
+    DpoRefused(domicile_proto::trust::DpoRefusal),
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
@@ -111,6 +117,15 @@ impl From<NodeError> for Status {
                     details,
                 )
             }
+            NodeError::DpoRefused(refusal) => Status::with_error_details(
+                Code::PermissionDenied,
+                refusal.to_string(),
+                ErrorDetails::with_error_info(
+                    DPO_SIGNATURE_REFUSED,
+                    ERROR_DOMAIN,
+                    HashMap::from([("reason".to_owned(), refusal.reason().to_owned())]),
+                ),
+            ),
             NodeError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal failure");
                 Status::internal("internal error")

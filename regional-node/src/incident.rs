@@ -69,8 +69,74 @@ fn affected_sql(category: DataCategory) -> &'static str {
     }
 }
 
+/// What the region's policies allow an incident report to release: the coarsest rounding,
+/// the widest period and the fewest reports per day of its countries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    /// Counts are rounded up to a multiple of this.
+    pub granularity: u64,
+    /// Windows are widened to whole periods of this many seconds.
+    pub period: i64,
+    /// Reports per tenant per UTC day.
+    pub per_day: u64,
+}
+
+impl Release {
+    /// The strictest rules of `policies`.
+    pub fn of(policies: &PolicySet) -> Self {
+        let rules = || policies.iter().map(|p| &p.incidents);
+        Self {
+            granularity: rules()
+                .map(|r| u64::from(*r.count_granularity.get_ref()))
+                .max()
+                .unwrap_or(10),
+            period: rules()
+                .map(|r| i64::from(*r.window_seconds.get_ref()))
+                .max()
+                .unwrap_or(3600),
+            per_day: rules()
+                .map(|r| u64::from(*r.max_reports_per_day.get_ref()))
+                .min()
+                .unwrap_or(20),
+        }
+    }
+
+    /// `[start, end)` widened to whole periods.
+    pub fn align(&self, start: i64, end: i64) -> (i64, i64) {
+        let p = self.period;
+        (
+            start.div_euclid(p) * p,
+            end.div_euclid(p) * p + if end.rem_euclid(p) == 0 { 0 } else { p },
+        )
+    }
+
+    /// `counts` rounded up to the granularity, as they may cross the border.
+    pub fn round(&self, counts: Vec<AffectedCount>) -> Vec<AffectedCount> {
+        let g = self.granularity.max(1);
+        counts
+            .into_iter()
+            .map(|c| AffectedCount {
+                subjects: c.subjects.div_ceil(g) * g,
+                ..c
+            })
+            .collect()
+    }
+}
+
+/// Reports the tenant filed in this region since the start of the UTC day of `now`.
+pub fn reports_today(tx: &Connection, tenant: &str, now: i64) -> Result<u64, NodeError> {
+    let day = now.div_euclid(86_400) * 86_400;
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM incidents WHERE tenant = ?1 AND reported_at >= ?2",
+        params![tenant, day],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
 /// Counts this region's affected subjects and records its part of the incident, in the
-/// caller's transaction.
+/// caller's transaction. The window is widened to whole policy periods first; the counts are
+/// stored exactly (for the in-country listener) and returned rounded ([`Release`]).
 pub fn report(
     tx: &Connection,
     policies: &PolicySet,
@@ -78,6 +144,13 @@ pub fn report(
     incident_id: &str,
     spec: &IncidentSpec,
 ) -> Result<RegionIncident, NodeError> {
+    let release = Release::of(policies);
+    let (start, end) = release.align(spec.start, spec.end);
+    let spec = &IncidentSpec {
+        start,
+        end,
+        ..spec.clone()
+    };
     let mut affected = Vec::new();
     for category in &spec.categories {
         let mut stmt = tx.prepare(&format!(
@@ -104,7 +177,7 @@ pub fn report(
         .min()
         .unwrap_or(72);
     let deadline = detected + i64::from(hours) * 3_600;
-    let part = RegionIncident {
+    let mut part = RegionIncident {
         region_id: region_id.to_owned(),
         affected,
         deadline: Some(ts(deadline)),
@@ -140,6 +213,7 @@ pub fn report(
         }
         e => e,
     })?;
+    part.affected = release.round(part.affected);
     Ok(part)
 }
 
@@ -157,7 +231,8 @@ pub(crate) fn stored_counts(json: &str) -> Result<Vec<AffectedCount>, NodeError>
         .collect())
 }
 
-/// The stored incident with this region's part, or `None`.
+/// The stored incident with this region's part (its exact counts: round them with
+/// [`Release::round`] before they leave the region), or `None`.
 pub fn get(
     conn: &Connection,
     tenant: &str,

@@ -15,6 +15,7 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod authority;
 pub mod backup;
 pub mod config;
 pub mod consent;

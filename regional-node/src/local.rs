@@ -36,7 +36,7 @@ impl LocalNode for LocalNodeService {
                 Violations::one("incident_id", "must be \"inc-\" and 32 hex characters").into(),
             );
         }
-        let subjects = self.node.incident_subjects(tenant, req.incident_id).await?;
-        Ok(Response::new(ListIncidentSubjectsResponse { subjects }))
+        let (subjects, affected) = self.node.incident_subjects(tenant, req.incident_id).await?;
+        Ok(Response::new(ListIncidentSubjectsResponse { subjects, affected }))
     }
 }

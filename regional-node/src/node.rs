@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) tls: Option<FederationTls>,
     /// When the sealing key file was written (seconds since the epoch), for its age.
     pub(crate) sealing_key_since: Option<i64>,
+    /// The DPO keys registered per tenant.
+    pub(crate) dpo_keys: crate::authority::DpoKeys,
 }
 
 /// What the federation listener needs for mutual TLS, read at start.
@@ -146,6 +148,8 @@ impl Node {
             config.audit_checkpoint_every,
         );
         let tls = load_tls(&config)?;
+        let dpo_keys = crate::authority::DpoKeys::open(config.dpo_keys_file.as_deref())
+            .map_err(NodeError::Internal)?;
         let previous = match (
             &config.previous_sealing_key_file,
             config.previous_key_until(),
@@ -178,9 +182,13 @@ impl Node {
                         "policies": policies.labels(),
                         "sealing_key_id": keys.public().key_id(),
                         "audit_public_key": hex::encode(audit.public_key()),
+                        "dpo_keys": dpo_keys.len(),
                     }),
                 },
-            )
+            )?;
+            // Every log has a signed checkpoint from its start on: `audit verify` refuses a
+            // chain that no checkpoint covers.
+            audit.checkpoint(tx)
         })?;
         tracing::info!(
             region = %config.region_id,
@@ -227,6 +235,7 @@ impl Node {
                 noise_rng: Mutex::new(ChaCha20Rng::from_os_rng()),
                 records_released: AtomicU64::new(0),
                 audit,
+                dpo_keys,
             }),
         })
     }
@@ -256,6 +265,101 @@ impl Node {
     pub async fn audit_checkpoint(&self) -> Result<domicile_proto::pb::AuditCheckpoint, NodeError> {
         self.blocking(|node| node.inner.store.write(|tx| node.inner.audit.checkpoint(tx)))
             .await
+    }
+
+    /// A checkpoint of the current head for a witness that saw entry `known_seq` last: the
+    /// log from there to the head is checked to chain, and that entry's hash today comes back
+    /// beside the checkpoint (empty for 0 or past the head).
+    pub async fn witnessed_checkpoint(
+        &self,
+        known_seq: u64,
+    ) -> Result<(domicile_proto::pb::AuditCheckpoint, Vec<u8>), NodeError> {
+        self.blocking(move |node| {
+            node.inner.store.write(|tx| {
+                let checkpoint = node.inner.audit.checkpoint(tx)?;
+                let known = audit::chain_from(tx, known_seq, checkpoint.seq)?;
+                Ok((checkpoint, known))
+            })
+        })
+        .await
+    }
+
+    /// The current sealing key as this region states it, signed with its identity (audit)
+    /// key, valid from now for `sealing_key_statement_hours`.
+    pub fn signed_sealing_key(&self) -> domicile_proto::pb::SignedSealingKey {
+        let inner = &self.inner;
+        let public = inner.keys.public();
+        let now = domicile_proto::domain::unix_now();
+        let statement = domicile_proto::pb::SealingKeyStatement {
+            region_id: inner.config.region_id.clone(),
+            countries: inner.config.countries.clone(),
+            key_id: public.key_id().to_owned(),
+            public_key: public.as_bytes().to_vec(),
+            suite: SUITE.to_owned(),
+            not_before: inner.sealing_key_since.unwrap_or(now).min(now),
+            not_after: now + 3_600 * inner.config.sealing_key_statement_hours as i64,
+            policy_versions: inner.policies.labels(),
+        };
+        inner.audit.sign_statement(&statement)
+    }
+
+    /// Checks `request`'s DPO signature for `tenant` and spends its nonce. A refusal is
+    /// audited (which request, why, which key) and returned as `PERMISSION_DENIED`. On success,
+    /// the principal to run the request as: the caller's, with the DPO key's id.
+    pub async fn authorize_dpo<R>(
+        &self,
+        tenant: &str,
+        request: &R,
+    ) -> Result<std::sync::Arc<str>, NodeError>
+    where
+        R: domicile_proto::trust::DpoSigned,
+    {
+        let now = domicile_proto::domain::unix_now();
+        let verdict = domicile_proto::trust::verify_request(request, now, |id| {
+            self.inner.dpo_keys.lookup(tenant, id)
+        });
+        let key_id = request
+            .dpo_signature()
+            .map(|s| s.key_id.chars().take(16).collect::<String>())
+            .unwrap_or_default();
+        let tenant = tenant.to_owned();
+        let name = R::FULL_NAME;
+        let outcome = self
+            .blocking(move |node| {
+                let inner = &node.inner;
+                inner.store.write(|tx| {
+                    let verdict = match verdict {
+                        Ok(v) if crate::authority::use_nonce(tx, &v, now)? => Ok(v),
+                        Ok(_) => Err(domicile_proto::trust::DpoRefusal::Replayed),
+                        Err(r) => Err(r),
+                    };
+                    if let Err(refusal) = &verdict {
+                        inner.audit.append(
+                            tx,
+                            Entry {
+                                kind: audit::Kind::DpoRefused,
+                                tenant: &tenant,
+                                subject: None,
+                                details: serde_json::json!({
+                                    "request": name,
+                                    "reason": refusal.reason(),
+                                    "dpo_key_id": key_id,
+                                }),
+                            },
+                        )?;
+                    }
+                    Ok(verdict)
+                })
+            })
+            .await?;
+        let verified = outcome.map_err(NodeError::DpoRefused)?;
+        let caller = domicile_ops::principal::current();
+        Ok(format!(
+            "{};dpo-key={}",
+            caller.as_deref().unwrap_or("unattributed"),
+            verified.key_id
+        )
+        .into())
     }
 
     /// This region's report for the console: keys, policies, a fresh audit checkpoint, and the
@@ -295,7 +399,11 @@ impl Node {
                     subject_requests,
                     open_requests,
                     open_requests_total: open_total,
-                    incidents: crate::overview::incidents(conn, tenant)?,
+                    incidents: crate::overview::incidents(
+                        conn,
+                        tenant,
+                        incident::Release::of(&inner.policies),
+                    )?,
                     consents: crate::overview::consents(conn, tenant)?,
                 })
             })
@@ -303,7 +411,9 @@ impl Node {
         .await
     }
 
-    /// Records this region's part of an incident and audits it.
+    /// Records this region's part of an incident and audits it. Its counts come back rounded;
+    /// past the tenant's daily number of reports the report is refused (and the refusal
+    /// audited).
     pub async fn report_incident(
         &self,
         incident_id: String,
@@ -314,35 +424,56 @@ impl Node {
                 Violations::one("incident_id", "must be \"inc-\" and 32 hex characters").into(),
             );
         }
-        self.blocking(move |node| {
-            let inner = &node.inner;
-            let region = &inner.config.region_id;
-            inner.store.write(|tx| {
-                let part = incident::report(tx, &inner.policies, region, &incident_id, &spec)?;
-                let counts: Vec<_> = part
-                    .affected
-                    .iter()
-                    .map(|a| serde_json::json!([a.country, a.category, a.subjects]))
-                    .collect();
-                inner.audit.append(
-                    tx,
-                    Entry {
-                        kind: audit::Kind::IncidentReported,
-                        tenant: spec.tenant.as_str(),
-                        subject: None,
-                        details: serde_json::json!({
-                            "incident_id": incident_id,
-                            "window": [spec.start, spec.end],
-                            "affected": counts,
-                            "deadline": part.deadline.as_ref().map(|t| t.seconds),
-                            "policy_versions": part.policy_versions,
-                        }),
-                    },
-                )?;
-                Ok(part)
+        let outcome = self
+            .blocking(move |node| {
+                let inner = &node.inner;
+                let region = &inner.config.region_id;
+                let release = incident::Release::of(&inner.policies);
+                inner.store.write(|tx| {
+                    let today = incident::reports_today(tx, spec.tenant.as_str(), domicile_proto::domain::unix_now())?;
+                    if today >= release.per_day {
+                        inner.audit.append(
+                            tx,
+                            Entry {
+                                kind: audit::Kind::IncidentReported,
+                                tenant: spec.tenant.as_str(),
+                                subject: None,
+                                details: serde_json::json!({
+                                    "incident_id": incident_id,
+                                    "refused": "daily limit of incident reports",
+                                    "reports_today": today,
+                                }),
+                            },
+                        )?;
+                        return Ok(Err(release.per_day));
+                    }
+                    let part = incident::report(tx, &inner.policies, region, &incident_id, &spec)?;
+                    let (start, end) = release.align(spec.start, spec.end);
+                    inner.audit.append(
+                        tx,
+                        Entry {
+                            kind: audit::Kind::IncidentReported,
+                            tenant: spec.tenant.as_str(),
+                            subject: None,
+                            details: serde_json::json!({
+                                "incident_id": incident_id,
+                                "window": [start, end],
+                                "count_granularity": release.granularity,
+                                "deadline": part.deadline.as_ref().map(|t| t.seconds),
+                                "policy_versions": part.policy_versions,
+                            }),
+                        },
+                    )?;
+                    Ok(Ok(part))
+                })
             })
+            .await?;
+        outcome.map_err(|limit| {
+            NodeError::FailedPrecondition(format!(
+                "incident reports: at most {limit} per tenant per UTC day in this region; the \
+                 exact counts are on the in-country listener"
+            ))
         })
-        .await
     }
 
     /// This region's part of an incident, or `NotFound`.
@@ -358,26 +489,42 @@ impl Node {
                 .read(|conn| incident::get(conn, tenant.as_str(), &incident_id))?;
             let mut incident = found
                 .ok_or_else(|| NodeError::NotFound("no such incident in this region".into()))?;
+            let release = incident::Release::of(&node.inner.policies);
             for part in &mut incident.regions {
                 part.region_id = node.inner.config.region_id.clone();
+                part.affected = release.round(std::mem::take(&mut part.affected));
             }
             Ok(incident)
         })
         .await
     }
 
-    /// Who an incident affects, with contact details: for the in-country listener only.
+    /// Who an incident affects, with contact details, and the exact affected counts: for the
+    /// in-country listener only.
     pub async fn incident_subjects(
         &self,
         tenant: TenantId,
         incident_id: String,
-    ) -> Result<Vec<domicile_proto::pb::IncidentSubject>, NodeError> {
+    ) -> Result<
+        (
+            Vec<domicile_proto::pb::IncidentSubject>,
+            Vec<domicile_proto::pb::AffectedCount>,
+        ),
+        NodeError,
+    > {
         self.blocking(move |node| {
             let inner = &node.inner;
-            let subjects = inner
-                .store
-                .read(|conn| incident::subjects(conn, &inner.store, tenant.as_str(), &incident_id))?
-                .ok_or_else(|| NodeError::NotFound("no such incident in this region".into()))?;
+            let (subjects, exact) = inner.store.read(|conn| {
+                let subjects =
+                    incident::subjects(conn, &inner.store, tenant.as_str(), &incident_id)?
+                        .ok_or_else(|| {
+                            NodeError::NotFound("no such incident in this region".into())
+                        })?;
+                let exact = incident::get(conn, tenant.as_str(), &incident_id)?
+                    .map(|i| i.regions.into_iter().flat_map(|r| r.affected).collect())
+                    .unwrap_or_default();
+                Ok((subjects, exact))
+            })?;
             inner.store.write(|tx| {
                 inner.audit.append(
                     tx,
@@ -392,7 +539,7 @@ impl Node {
                     },
                 )
             })?;
-            Ok(subjects)
+            Ok((subjects, exact))
         })
         .await
     }
@@ -1039,14 +1186,17 @@ impl Node {
 }
 
 /// `spawn_blocking` that keeps the caller's span (the RPC's, with its trace id) for the logs
-/// of the blocking part.
+/// of the blocking part, and its principal for the audit entries it writes.
 fn spawn_blocking_in_span<F, R>(f: F) -> tokio::task::JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
+    let principal = domicile_ops::principal::current();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| domicile_ops::principal::sync_scope(principal, f))
+    })
 }
 
 /// The write-ahead log beside an SQLite file.

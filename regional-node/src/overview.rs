@@ -135,7 +135,11 @@ pub fn subject_requests(
 }
 
 /// The tenant's incidents, most recently detected first, without their descriptions.
-pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>, NodeError> {
+pub fn incidents(
+    conn: &Connection,
+    tenant: &str,
+    release: crate::incident::Release,
+) -> Result<Vec<IncidentSummary>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT incident_id, detected_at, deadline, categories, counts FROM incidents
          WHERE tenant = ?1 ORDER BY detected_at DESC, incident_id LIMIT ?2",
@@ -159,7 +163,8 @@ pub fn incidents(conn: &Connection, tenant: &str) -> Result<Vec<IncidentSummary>
             categories: serde_json::from_str(&categories).map_err(|_| {
                 NodeError::Internal("an incident's stored categories are corrupt".into())
             })?,
-            affected: crate::incident::stored_counts(&counts)?,
+            // Rounded as in `GetIncident`: the overview crosses the border too.
+            affected: release.round(crate::incident::stored_counts(&counts)?),
         });
     }
     Ok(out)

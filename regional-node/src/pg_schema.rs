@@ -76,7 +76,7 @@ fn statements(sql: &str) -> Vec<String> {
     out
 }
 
-/// PostgreSQL's triggers: the append-only audit log and consent ledger (a consent delete is
+/// PostgreSQL's triggers: the append-only audit log, its checkpoints and the consent ledger (a consent delete is
 /// allowed only inside an erasure, which raises `erasure_guard` for its own transaction), and
 /// the rollups' subject tracking.
 pub fn triggers() -> String {
@@ -103,6 +103,12 @@ pub fn triggers() -> String {
          -- The table-level form: TRUNCATE would skip the row triggers.
          CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
            FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit log');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+           FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit checkpoints');
          ",
     );
     sql.push_str(&crate::rollup::pg_triggers());

@@ -235,6 +235,43 @@ pub struct Deadlines {
     pub breach_notification_hours: Spanned<u32>,
 }
 
+/// What an incident report releases across the border (GDPR Art. 33(3)(a) allows approximate
+/// numbers): counts rounded up, windows widened to whole periods, reports per day bounded, so
+/// that two reports cannot be subtracted to learn about one subject.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentRules {
+    /// Affected counts are rounded up to a multiple of this (0 stays 0). Default 10.
+    #[serde(default = "default_count_granularity")]
+    pub count_granularity: Spanned<u32>,
+    /// Exposure windows are widened to whole periods of this many seconds. Default 3600.
+    #[serde(default = "default_window_seconds")]
+    pub window_seconds: Spanned<u32>,
+    /// Incident reports a tenant may file per UTC day in the region. Default 20.
+    #[serde(default = "default_reports_per_day")]
+    pub max_reports_per_day: Spanned<u32>,
+}
+
+fn default_count_granularity() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
+}
+fn default_window_seconds() -> Spanned<u32> {
+    Spanned::new(0..0, 3600)
+}
+fn default_reports_per_day() -> Spanned<u32> {
+    Spanned::new(0..0, 20)
+}
+
+impl Default for IncidentRules {
+    fn default() -> Self {
+        Self {
+            count_granularity: default_count_granularity(),
+            window_seconds: default_window_seconds(),
+            max_reports_per_day: default_reports_per_day(),
+        }
+    }
+}
+
 /// Call-recording consent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +303,9 @@ pub struct CountryPolicy {
     pub retention: Retention,
     /// Deadlines.
     pub deadlines: Deadlines,
+    /// What incident reports release (defaults when the section is absent).
+    #[serde(default)]
+    pub incidents: IncidentRules,
 }
 
 impl CountryPolicy {
@@ -397,6 +437,30 @@ impl CountryPolicy {
                 d.breach_notification_hours.span(),
                 "deadlines.breach_notification_hours",
                 "must be 1 to 720".into(),
+            );
+        }
+        let i = &self.incidents;
+        if !(1..=10_000).contains(i.count_granularity.get_ref()) {
+            return fail(
+                i.count_granularity.span(),
+                "incidents.count_granularity",
+                "must be 1 to 10000".into(),
+            );
+        }
+        if !(60..=86_400).contains(i.window_seconds.get_ref())
+            || 86_400 % i.window_seconds.get_ref() != 0
+        {
+            return fail(
+                i.window_seconds.span(),
+                "incidents.window_seconds",
+                "must divide a day, 60 to 86400".into(),
+            );
+        }
+        if !(1..=1_000).contains(i.max_reports_per_day.get_ref()) {
+            return fail(
+                i.max_reports_per_day.span(),
+                "incidents.max_reports_per_day",
+                "must be 1 to 1000".into(),
             );
         }
         Ok(())

@@ -104,7 +104,9 @@ pub async fn serve(
     let checkpoints = tokio::spawn(checkpoint_loop(node.clone()));
     let sweeps = tokio::spawn(sweep_loop(node.clone()));
     let drain = node.config().drain();
-    let layer = RpcLayer::new(node.metrics().rpc.clone(), SERVICES);
+    // The principal header is the gateway's: trusted because mutual TLS pins the gateway's
+    // identity (`pin` below refuses anyone else before a call reaches a service).
+    let layer = RpcLayer::new(node.metrics().rpc.clone(), SERVICES).trusting_principal();
     let mut builder = tonic::transport::Server::builder();
     let pin = match node.federation_tls() {
         Some(tls) => {

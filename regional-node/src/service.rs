@@ -29,11 +29,21 @@ use domicile_proto::{
     },
     rights::{HoldSpec, RightsRequest, region_of_id},
 };
+use domicile_ops::principal;
+use domicile_proto::pb::SubjectRequestKind;
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{consent::Recorded, node::Node};
+
+/// Access, portability and erasure act on a person's whole record: the tenant DPO must sign.
+fn needs_dpo(kind: SubjectRequestKind) -> bool {
+    matches!(
+        kind,
+        SubjectRequestKind::Access | SubjectRequestKind::Portability | SubjectRequestKind::Erasure
+    )
+}
 
 /// The client's request inside a federation wrapper, or `INVALID_ARGUMENT` naming `request`.
 fn inner<T>(request: Option<T>) -> Result<T, Status> {
@@ -65,6 +75,7 @@ impl RegionalNode for RegionalNodeService {
             countries: config.countries.clone(),
             sealing_key: Some(self.node.sealing_key()),
             audit_public_key: self.node.audit().public_key().to_vec(),
+            signed_sealing_key: Some(self.node.signed_sealing_key()),
         }))
     }
 
@@ -180,11 +191,13 @@ impl RegionalNode for RegionalNodeService {
 
     async fn get_audit_checkpoint(
         &self,
-        _request: Request<RegionalNodeGetAuditCheckpointRequest>,
+        request: Request<RegionalNodeGetAuditCheckpointRequest>,
     ) -> Result<Response<RegionalNodeGetAuditCheckpointResponse>, Status> {
-        let checkpoint = self.node.audit_checkpoint().await?;
+        let known_seq = request.into_inner().known_seq;
+        let (checkpoint, known_hash) = self.node.witnessed_checkpoint(known_seq).await?;
         Ok(Response::new(RegionalNodeGetAuditCheckpointResponse {
             checkpoint: Some(checkpoint),
+            known_hash,
         }))
     }
 
@@ -211,8 +224,17 @@ impl RegionalNode for RegionalNodeService {
         request: Request<RegionalNodeReportIncidentRequest>,
     ) -> Result<Response<RegionalNodeReportIncidentResponse>, Status> {
         let req = request.into_inner();
-        let spec = IncidentSpec::parse(&inner(req.request)?)?;
-        let region = self.node.report_incident(req.incident_id, spec).await?;
+        let client = inner(req.request)?;
+        let spec = IncidentSpec::parse(&client)?;
+        let principal = self
+            .node
+            .authorize_dpo(spec.tenant.as_str(), &client)
+            .await?;
+        let region = principal::scope(
+            Some(principal),
+            self.node.report_incident(req.incident_id, spec),
+        )
+        .await?;
         Ok(Response::new(RegionalNodeReportIncidentResponse {
             region: Some(region),
         }))
@@ -239,8 +261,20 @@ impl RegionalNode for RegionalNodeService {
         &self,
         request: Request<RegionalNodeSubmitSubjectRequestRequest>,
     ) -> Result<Response<RegionalNodeSubmitSubjectRequestResponse>, Status> {
-        let req = RightsRequest::parse(&inner(request.into_inner().request)?)?;
-        let receipt = self.node.submit_subject_request(req).await?;
+        let client = inner(request.into_inner().request)?;
+        let req = RightsRequest::parse(&client)?;
+        // Access, portability and erasure act on the whole record: the DPO's signature, checked
+        // here, not the gateway's word. Other kinds are checked when signed.
+        let principal = if needs_dpo(req.kind) || client.dpo_signature.is_some() {
+            Some(
+                self.node
+                    .authorize_dpo(&client.tenant_id, &client)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let receipt = principal::scope(principal, self.node.submit_subject_request(req)).await?;
         Ok(Response::new(RegionalNodeSubmitSubjectRequestResponse {
             response: Some(SubmitSubjectRequestResponse {
                 receipts: vec![receipt],
@@ -272,8 +306,10 @@ impl RegionalNode for RegionalNodeService {
         request: Request<RegionalNodePlaceLegalHoldRequest>,
     ) -> Result<Response<RegionalNodePlaceLegalHoldResponse>, Status> {
         let now = domicile_proto::domain::unix_now();
-        let spec = HoldSpec::parse(&inner(request.into_inner().request)?, now)?;
-        let hold_id = self.node.place_legal_hold(spec).await?;
+        let client = inner(request.into_inner().request)?;
+        let spec = HoldSpec::parse(&client, now)?;
+        let principal = self.node.authorize_dpo(&client.tenant_id, &client).await?;
+        let hold_id = principal::scope(Some(principal), self.node.place_legal_hold(spec)).await?;
         Ok(Response::new(RegionalNodePlaceLegalHoldResponse {
             response: Some(PlaceLegalHoldResponse { hold_id }),
         }))
@@ -286,7 +322,12 @@ impl RegionalNode for RegionalNodeService {
         let req = inner(request.into_inner().request)?;
         let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
         region_of_id(&req.hold_id, "hold", "hold_id")?;
-        let erasure_completed = self.node.release_legal_hold(tenant, req.hold_id).await?;
+        let principal = self.node.authorize_dpo(tenant.as_str(), &req).await?;
+        let erasure_completed = principal::scope(
+            Some(principal),
+            self.node.release_legal_hold(tenant, req.hold_id),
+        )
+        .await?;
         Ok(Response::new(RegionalNodeReleaseLegalHoldResponse {
             response: Some(ReleaseLegalHoldResponse { erasure_completed }),
         }))

@@ -128,7 +128,7 @@ fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -212,11 +212,18 @@ pub struct Migration {
 
 /// Every migration, in order. A database older than the first one's starting version cannot
 /// be migrated.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 4,
-    what: "rollup cells and per-subject cells, built from the stored interactions",
-    apply: |tx| crate::rollup::rebuild(tx),
-}];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 4,
+        what: "rollup cells and per-subject cells, built from the stored interactions",
+        apply: |tx| crate::rollup::rebuild(tx),
+    },
+    Migration {
+        version: 5,
+        what: "DPO signature nonces; audit checkpoints append-only (both made by the schema)",
+        apply: |_| Ok(()),
+    },
+];
 
 /// The migrations that take a database at `version` to [`SCHEMA_VERSION`], or why it cannot
 /// be.
@@ -649,6 +656,7 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
         SCHEMA,
         crate::consent::SCHEMA,
         crate::audit::SCHEMA,
+        crate::authority::SCHEMA,
         crate::incident::SCHEMA,
         crate::rights::SCHEMA,
         &crate::rollup::schema(),
