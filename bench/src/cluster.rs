@@ -100,6 +100,8 @@ pub struct Cluster {
     pub console: SocketAddr,
     /// A token for the tenant `bench` with every operation and purpose.
     pub token: String,
+    /// The DPO key every node has registered for the tenant `bench`.
+    pub dpo: domicile::trust::DevDpo,
 }
 
 /// A free loopback port (bound, then released for the child to take).
@@ -190,6 +192,11 @@ pub fn node_config(dir: &Path, pki: &Pki, region: &Region, policies: Option<&Pat
     config
 }
 
+/// Where a cluster in `dir` keeps its DPO key and the nodes' `dpo_keys_file`.
+fn dpo_dir(dir: &Path) -> PathBuf {
+    dir.join("dpo")
+}
+
 /// The development PKI of a cluster in `dir`.
 pub fn pki(dir: &Path, regions: &[Region]) -> anyhow::Result<Pki> {
     let ids: Vec<String> = regions.iter().map(|r| r.id.clone()).collect();
@@ -201,6 +208,7 @@ impl Cluster {
     /// ones) and a gateway process in front of them.
     pub fn start(dir: &Path, regions: &[Region], policies: Option<&Path>) -> anyhow::Result<Self> {
         pki(dir, regions)?;
+        let dpo = domicile::trust::DevDpo::reuse_or_generate(&dpo_dir(dir), &["bench".to_owned()])?;
         let secret = dir.join("hs256.secret");
         std::fs::write(&secret, b"benchmark secret of at least thirty-two bytes")?;
         let mut nodes = Vec::new();
@@ -248,7 +256,18 @@ impl Cluster {
             gateway,
             console,
             token,
+            dpo,
         })
+    }
+
+    /// `request` signed now by the cluster's DPO key.
+    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, mut request: R) -> R {
+        domicile_proto::trust::sign_request(
+            &mut request,
+            &self.dpo.key,
+            domicile_proto::domain::unix_now(),
+        );
+        request
     }
 
     /// A client of the gateway with the cluster's token.

@@ -745,7 +745,7 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
         for s in 0..*count {
             let t = Instant::now();
             let receipt = client
-                .submit_subject_request(SubmitSubjectRequestRequest {
+                .submit_subject_request(cluster.signed(SubmitSubjectRequestRequest {
                     tenant_id: TENANT.into(),
                     subject: Some(SubjectRef {
                         country: "DE".into(),
@@ -754,7 +754,7 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
                     kind: SubjectRequestKind::Erasure as i32,
                     actor: "bench".into(),
                     ..Default::default()
-                })
+                }))
                 .await?
                 .into_inner();
             times.push(t.elapsed());
@@ -871,6 +871,7 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
         let country = r.countries[0].clone();
         (0..requests).map(move |i| (country.clone(), i))
     });
+    let signer = &cluster;
     let requesting = work.map(|(country, i)| {
         let mut client = client.clone();
         async move {
@@ -892,7 +893,8 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
             };
             if kind == SubjectRequestKind::Erasure {
                 client
-                    .place_legal_hold(domicile_proto::pb::PlaceLegalHoldRequest {
+                    .place_legal_hold(signer.signed(domicile_proto::pb::PlaceLegalHoldRequest {
+                        dpo_signature: None,
                         tenant_id: TENANT.into(),
                         subject: subject.clone(),
                         reason: "bench: a dispute".into(),
@@ -900,11 +902,11 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
                         expires_at: Some(domicile_proto::domain::whole_seconds(
                             domicile_proto::domain::unix_now() + 60 * 86_400,
                         )),
-                    })
+                    }))
                     .await?;
             }
             client
-                .submit_subject_request(SubmitSubjectRequestRequest {
+                .submit_subject_request(signer.signed(SubmitSubjectRequestRequest {
                     tenant_id: TENANT.into(),
                     subject,
                     kind: kind as i32,
@@ -915,7 +917,7 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
                     },
                     actor: "bench".into(),
                     ..Default::default()
-                })
+                }))
                 .await?;
             anyhow::Ok(())
         }
@@ -949,7 +951,8 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
     let mut gw = client.clone();
     let now = domicile_proto::domain::unix_now();
     for i in 0..incidents {
-        gw.report_incident(ReportIncidentRequest {
+        gw.report_incident(cluster.signed(ReportIncidentRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             regions: Vec::new(),
             window: Some(TimeRange {
@@ -959,7 +962,7 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
             categories: vec![DataCategory::Interactions as i32],
             description: format!("bench incident {i}"),
             detected_at: Some(domicile_proto::domain::whole_seconds(now - 3_600)),
-        })
+        }))
         .await?;
     }
     let history = started.elapsed();

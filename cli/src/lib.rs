@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attacker;
 pub mod certs;
 pub mod client;
 pub mod dev;

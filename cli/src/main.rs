@@ -449,6 +449,10 @@ enum AuditCommand {
         /// or the gateway's `audit_witness_file` (this region's entry is used).
         #[arg(long)]
         trusted_head: Option<PathBuf>,
+        /// When the log verifies, write its latest signed checkpoint here (JSON), to keep
+        /// apart from the node and pass as `--trusted-head` next time.
+        #[arg(long)]
+        save_head: Option<PathBuf>,
     },
     /// Records of processing: activities by tenant and purpose, data categories, recipients
     /// (what crossed the border, in aggregate) and the retention the policies apply.
@@ -1070,9 +1074,8 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let expires = valid_days.map(|d| {
-                domicile_proto::domain::unix_now() + i64::from(d) * 86_400
-            });
+            let expires =
+                valid_days.map(|d| domicile_proto::domain::unix_now() + i64::from(d) * 86_400);
             let bundle =
                 domicile::trust::export(&config.region_id, &config.audit_key_path(), expires)?;
             println!("{}", bundle.to_json());
@@ -1098,7 +1101,10 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
     match command {
         DpoCommand::Keygen { out, tenant } => {
             let (key, public, id) = domicile::trust::dpo_keygen(&out)?;
-            println!("DPO key {} written; public key {public} (key id {id})", out.display());
+            println!(
+                "DPO key {} written; public key {public} (key id {id})",
+                out.display()
+            );
             if let Some(t) = tenant {
                 println!(
                     "\nFor each region's dpo_keys_file:\n{}",
@@ -1122,7 +1128,9 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
                 "SUBJECT_REQUEST_KIND_{}",
                 kind.to_ascii_uppercase()
             ))
-            .filter(|k| *k != SubjectRequestKind::Rectification && *k != SubjectRequestKind::Unspecified)
+            .filter(|k| {
+                *k != SubjectRequestKind::Rectification && *k != SubjectRequestKind::Unspecified
+            })
             .context("--kind: access, portability, erasure, restriction or objection")?;
             let recipient_public_key = match recipient_key {
                 Some(h) => hex::decode(h.trim()).context("--recipient-key: expected hex")?,
@@ -1275,17 +1283,16 @@ fn export(command: ExportCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Writes a private key file readable by its owner only.
-/// `domicile keygen`: a region's four secrets, created fresh (never overwriting).
-/// A trusted head from a checkpoint JSON file or a gateway's witness file.
+/// A trusted head from a checkpoint JSON file (`audit verify --save-head`) or a gateway's
+/// witness file.
 fn trusted_head_of(
     path: &std::path::Path,
     region: &str,
 ) -> anyhow::Result<domicile_proto::pb::AuditCheckpoint> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not JSON", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let entry = match json.get("regions") {
         Some(regions) => regions
             .get(region)
@@ -1318,6 +1325,19 @@ fn trusted_head_of(
     })
 }
 
+/// A checkpoint as the JSON that [`trusted_head_of`] reads.
+fn head_json(c: &domicile_proto::pb::AuditCheckpoint) -> serde_json::Value {
+    serde_json::json!({
+        "region_id": c.region_id,
+        "seq": c.seq,
+        "at": c.at.as_ref().map_or(0, |a| a.seconds),
+        "head_hash": hex::encode(&c.head_hash),
+        "signature": hex::encode(&c.signature),
+        "public_key": hex::encode(&c.public_key),
+    })
+}
+
+/// `domicile keygen`: a region's four secrets, created fresh (never overwriting).
 fn keygen(out: &std::path::Path, region: &str) -> anyhow::Result<()> {
     let files = ["sealing.key", "pseudonym.key", "audit.key", "kek"];
     for f in files {
@@ -1356,6 +1376,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             config,
             public_key,
             trusted_head,
+            save_head,
         } => {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
@@ -1380,12 +1401,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 None => None,
             };
             let conn = audit::open_read_only(&config.backend())?;
-            let verdict = audit::verify(&conn, &config.region_id, &key)?.and_then(|v| {
-                match &trusted {
+            let verdict =
+                audit::verify(&conn, &config.region_id, &key)?.and_then(|v| match &trusted {
                     Some(t) => audit::extends(&v, t, &config.region_id, &key).map(|()| v),
                     None => Ok(v),
-                }
-            });
+                });
             match verdict {
                 Ok(v) => {
                     if let Some(t) = &trusted {
@@ -1402,6 +1422,18 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                         v.checkpoints,
                         hex::encode(v.head)
                     );
+                    if let (Some(path), Some(latest)) = (&save_head, &v.latest) {
+                        std::fs::write(
+                            path,
+                            serde_json::to_string_pretty(&head_json(latest))? + "\n",
+                        )
+                        .with_context(|| format!("writing {}", path.display()))?;
+                        println!(
+                            "trusted head saved: entry {} in {}",
+                            latest.seq,
+                            path.display()
+                        );
+                    }
                     Ok(())
                 }
                 Err(t) => {

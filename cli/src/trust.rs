@@ -74,7 +74,11 @@ impl DevDpo {
 
 /// One region's bundle entry from its audit (identity) key file, as `domicile trust export`
 /// prints it: a bundle holding that region alone.
-pub fn export(region: &str, audit_key_file: &Path, expires_at: Option<i64>) -> anyhow::Result<TrustBundle> {
+pub fn export(
+    region: &str,
+    audit_key_file: &Path,
+    expires_at: Option<i64>,
+) -> anyhow::Result<TrustBundle> {
     let seed = std::fs::read(audit_key_file)
         .with_context(|| format!("reading the audit key {}", audit_key_file.display()))?;
     let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| {
@@ -124,7 +128,12 @@ mod tests {
         let both = combine(&[a.clone(), b]).unwrap();
         assert_eq!(both.regions.len(), 2);
         let forged = export("eu-de", &fr, None).unwrap();
-        assert!(combine(&[a, forged]).unwrap_err().to_string().contains("eu-de"));
+        assert!(
+            combine(&[a, forged])
+                .unwrap_err()
+                .to_string()
+                .contains("eu-de")
+        );
     }
 
     #[test]

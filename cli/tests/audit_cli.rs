@@ -54,7 +54,7 @@ async fn verify_and_report(cluster: Option<&domicile_pg_cluster::PgCluster>) -> 
     let (code, out) = domicile(&["audit", "verify", "--config", config]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("intact: 6 entries, 1 signed checkpoints"),
+        out.contains("intact: 6 entries, 2 signed checkpoints"),
         "{out}"
     );
 
@@ -78,9 +78,81 @@ async fn verify_and_report(cluster: Option<&domicile_pg_cluster::PgCluster>) -> 
     let end = start + out[start..].find("\n}").expect("its end") + 2;
     let swept: serde_json::Value = serde_json::from_str(&out[start..end])?;
     assert_eq!(swept["interactions_deleted"], 0);
-    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    let head = dir.path().join("head.json");
+    let head_arg = head.to_str().unwrap();
+    let (code, out) = domicile(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--save-head",
+        head_arg,
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact: 8 entries"), "{out}");
+    assert!(out.contains("trusted head saved: entry 7"), "{out}");
+    let (code, out) = domicile(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--trusted-head",
+        head_arg,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("extends the trusted head: entry 7"), "{out}");
+
+    // An operator "restores" the log as it was at entry 5: the later entries and their
+    // checkpoints removed (triggers lifted). On its own the shorter log verifies; against the
+    // head kept apart from the node, it is caught.
+    let conn = db.connect_read_write()?;
+    conn.execute_batch(match conn.dialect() {
+        Dialect::Sqlite => {
+            "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_checkpoints_no_delete;"
+        }
+        Dialect::Postgres => {
+            "ALTER TABLE audit_log DISABLE TRIGGER USER; ALTER TABLE audit_checkpoints DISABLE TRIGGER USER;"
+        }
+    })?;
+    conn.execute_batch(
+        "CREATE TABLE log_copy AS SELECT * FROM audit_log WHERE seq > 5; \
+         CREATE TABLE cp_copy AS SELECT * FROM audit_checkpoints WHERE seq > 5; \
+         DELETE FROM audit_log WHERE seq > 5; DELETE FROM audit_checkpoints WHERE seq > 5;",
+    )?;
+    drop(conn);
+    let (code, out) = domicile(&["audit", "verify", "--config", config]);
+    assert_eq!(code, 0, "a consistent older log verifies alone: {out}");
+    assert!(out.contains("intact: 5 entries"), "{out}");
+    let (code, out) = domicile(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--trusted-head",
+        head_arg,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("TAMPERED: entry 6: Forked") && out.contains("restored from an older copy"),
+        "{out}"
+    );
+    // Put the entries back for the next attack.
+    let conn = db.connect_read_write()?;
+    conn.execute_batch(
+        "INSERT INTO audit_log SELECT * FROM log_copy; \
+         INSERT INTO audit_checkpoints SELECT * FROM cp_copy; \
+         DROP TABLE log_copy; DROP TABLE cp_copy;",
+    )?;
+    drop(conn);
+    let (code, out) = domicile(&[
+        "audit",
+        "verify",
+        "--config",
+        config,
+        "--trusted-head",
+        head_arg,
+    ]);
+    assert_eq!(code, 0, "{out}");
 
     // Behind the node's back: lift the guard and edit entry 3.
     let conn = db.connect_read_write()?;

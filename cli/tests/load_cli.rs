@@ -51,6 +51,8 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
         csv.to_str().unwrap(),
         "--country",
         "DE",
+        "--trust-bundle",
+        fed.trust_bundle_file.to_str().unwrap(),
         "--output",
         "json",
     ]);
@@ -94,6 +96,8 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
         csv.to_str().unwrap(),
         "--country",
         "DE",
+        "--trust-bundle",
+        fed.trust_bundle_file.to_str().unwrap(),
         "--output",
         "json",
     ]);
@@ -135,5 +139,75 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     ]);
     assert_eq!(code, 0);
     assert!(table.lines().any(|l| l.starts_with("DE ")), "{table}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_refuses_a_key_the_trust_bundle_does_not_vouch_for() -> anyhow::Result<()> {
+    use domicile::attacker::{Attacks, KeyAttack, MaliciousGateway};
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .start()
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("export.csv");
+    std::fs::write(
+        &csv,
+        "interaction_id,customer_id,country,channel,started_at,full_name,email\n\
+         i-1,c-1,DE,phone,2026-03-14T15:09:26Z,Erika M,e1@example.de\n",
+    )?;
+    let bundle = fed.trust_bundle_file.to_str().unwrap().to_owned();
+    let load = |gateway: String, bundle: &str| {
+        domicile(&[
+            "load",
+            "--gateway",
+            &gateway,
+            "--tenant",
+            "acme",
+            "--file",
+            csv.to_str().unwrap(),
+            "--country",
+            "DE",
+            "--trust-bundle",
+            bundle,
+            "--output",
+            "json",
+        ])
+    };
+    // A gateway that relays its own key, re-signed with its own identity key.
+    let mal = MaliciousGateway::start(
+        fed.gateway_addr,
+        Attacks {
+            target: "eu-de".into(),
+            key: KeyAttack::Substitute,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (code, out, err) = load(mal.addr.to_string(), &bundle);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("refusing to seal for region eu-de")
+            && err.contains("does not verify with the region's identity key"),
+        "{err}"
+    );
+    assert_eq!(
+        mal.loot
+            .envelopes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // A bundle file that is not one: refused before connecting, naming the file.
+    let bad = dir.path().join("bundle.json");
+    std::fs::write(&bad, "{\"version\": 1, \"regions\": {\"eu-de\": {}}}")?;
+    let (code, _, err) = load(fed.gateway_addr.to_string(), bad.to_str().unwrap());
+    assert_ne!(code, 0);
+    assert!(err.contains("bundle.json"), "{err}");
+    // Through the real gateway, the same file loads.
+    let (code, out, err) = load(fed.gateway_addr.to_string(), &bundle);
+    assert_eq!(code, 0, "{out}{err}");
+    let conn = fed.node("eu-de").unwrap().connect()?;
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
+    assert_eq!(n, 1);
     Ok(())
 }

@@ -39,13 +39,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+pub use domicile_proto::trust::{TrustBundle, TrustError, TrustedSealingKey};
 use domicile_proto::{
     pb::{
         IngestRequest, ListRegionsRequest, RecordPayload, RecordStatus, RegionInfo, RejectReason,
     },
     seal::EnvelopeSealer,
 };
-pub use domicile_proto::trust::{TrustBundle, TrustError, TrustedSealingKey};
 
 mod channel;
 
@@ -218,7 +218,10 @@ async fn ingest_region<'a>(
 }
 
 /// The region's sealing key, verified against `bundle` now; an error names the region and why.
-pub fn verified_key(bundle: &TrustBundle, region: &RegionInfo) -> anyhow::Result<TrustedSealingKey> {
+pub fn verified_key(
+    bundle: &TrustBundle,
+    region: &RegionInfo,
+) -> anyhow::Result<TrustedSealingKey> {
     bundle
         .verify_region(region, domicile_proto::domain::unix_now())
         .with_context(|| {
@@ -310,20 +313,17 @@ async fn ingest_once<'a>(
         };
         per_region[*i].push(r);
     }
-    let loads = per_region
-        .into_iter()
-        .enumerate()
-        .map(|(i, recs)| {
-            ingest_region(
-                client.clone(),
-                tenant,
-                &regions[i],
-                bundle,
-                recs,
-                batch,
-                progress,
-            )
-        });
+    let loads = per_region.into_iter().enumerate().map(|(i, recs)| {
+        ingest_region(
+            client.clone(),
+            tenant,
+            &regions[i],
+            bundle,
+            recs,
+            batch,
+            progress,
+        )
+    });
     let mut total = IngestSummary::default();
     let mut stale = Vec::new();
     for result in futures::future::join_all(loads).await {
@@ -389,5 +389,28 @@ impl Client {
         let bundle = self.trust_bundle()?;
         let regions = self.regions().await?;
         ingest(&self.gateway, tenant, &regions, bundle, records, 500).await
+    }
+}
+
+/// The latest audit head a client has verified per region (a client-side witness): a head
+/// from the gateway is accepted only when the bundle's identity key signed it and it does not
+/// go back ([`TrustBundle::verify_checkpoint`]).
+#[derive(Debug, Default)]
+pub struct HeadWitness {
+    heads: std::sync::Mutex<HashMap<String, domicile_proto::pb::AuditCheckpoint>>,
+}
+
+impl HeadWitness {
+    /// Checks `checkpoint` for `region_id` and remembers it when it verifies.
+    pub fn observe(
+        &self,
+        bundle: &TrustBundle,
+        region_id: &str,
+        checkpoint: &domicile_proto::pb::AuditCheckpoint,
+    ) -> Result<(), TrustError> {
+        let mut heads = self.heads.lock().expect("witness lock");
+        bundle.verify_checkpoint(region_id, checkpoint, heads.get(region_id))?;
+        heads.insert(region_id.to_owned(), checkpoint.clone());
+        Ok(())
     }
 }

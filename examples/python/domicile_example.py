@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
-"""A Domicile client in Python: list regions, ingest sealed records, check contact permission,
-run an aggregate — against `domicile dev` (or any gateway).
+"""A Domicile client in Python: list regions, verify each region's sealing key against the
+federation trust bundle, ingest sealed records, check contact permission, run an aggregate, and
+(with the DPO's key) make a signed access request and open the sealed export — against
+`domicile dev` (or any gateway).
 
     python3 -m venv .venv && .venv/bin/pip install -r examples/python/requirements.txt
-    .venv/bin/python examples/python/domicile_example.py --gateway 127.0.0.1:50051
+    .venv/bin/python examples/python/domicile_example.py --gateway 127.0.0.1:50051 \
+        --token "$TOKEN" --trust-bundle DATA/trust-bundle.json --dpo-key DATA/dpo/dpo.key
+
+The gateway is not trusted: the sealing key it relays is used only once the region's signed
+statement verifies with the region's identity key from the trust bundle (a file distributed out
+of band), and requests for a person's whole record carry the DPO's Ed25519 signature, which the
+region's node checks (the layouts are in `gateway.proto` and `common.proto`).
 
 The gRPC stubs are generated at start from `proto/` with grpcio-tools. Sealing follows the
 format documented in `proto/domicile/v1/records.proto`, implemented here with pyhpke (the HPKE
@@ -12,7 +20,9 @@ script is the proof that the format is reproducible outside Rust.
 """
 
 import argparse
+import hashlib
 import importlib
+import json
 import os
 import struct
 import sys
@@ -21,7 +31,10 @@ import time
 
 import grpc
 import pyhpke
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,15 +66,74 @@ SUITE = pyhpke.CipherSuite.new(
 )
 
 
-class EnvelopeSealer:
-    """Seals records for one region, exactly as records.proto specifies."""
+SUITE_NAME = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305"
+CLOCK_SKEW_SECONDS = 60
 
-    def __init__(self, pb, tenant, region):
-        self.pb, self.tenant, self.region_id = pb, tenant, region.region_id
-        public_key = SUITE.kem.deserialize_public_key(region.sealing_key.public_key)
+
+def key_id(public_key):
+    """A key's id: hex of the first 8 bytes of its SHA-256."""
+    return hashlib.sha256(public_key).digest()[:8].hex()
+
+
+class UntrustedKey(Exception):
+    """The sealing key the gateway relayed for a region does not check out."""
+
+
+def verified_sealing_key(pb, bundle, region, now):
+    """The region's sealing key, once its signed statement verifies with the region's identity
+    key from the trust bundle (gateway.proto, `SignedSealingKey`); raises UntrustedKey naming
+    the region otherwise. Nothing is sealed before this returns."""
+    rid = region.region_id
+    entry = bundle.get("regions", {}).get(rid)
+    if entry is None:
+        raise UntrustedKey(f"region {rid}: not in the trust bundle")
+    if entry.get("expires_at") is not None and now >= entry["expires_at"]:
+        raise UntrustedKey(f"region {rid}: its trust bundle entry has expired")
+    if not region.HasField("signed_sealing_key"):
+        raise UntrustedKey(f"region {rid}: the gateway relayed no signed sealing key")
+    signed = region.signed_sealing_key
+    identity = Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["identity_public_key"]))
+    try:
+        identity.verify(signed.signature, b"domicile/v1/sealing-key\x00" + signed.statement)
+    except InvalidSignature:
+        raise UntrustedKey(f"region {rid}: the sealing-key statement's signature does not verify") from None
+    statement = pb["gateway"].SealingKeyStatement.FromString(signed.statement)
+    if statement.region_id != rid:
+        raise UntrustedKey(f"region {rid}: the statement is for another region")
+    if statement.suite != SUITE_NAME or statement.key_id != key_id(statement.public_key):
+        raise UntrustedKey(f"region {rid}: the statement's suite or key id does not check out")
+    if not (statement.not_before - CLOCK_SKEW_SECONDS <= now < statement.not_after):
+        raise UntrustedKey(f"region {rid}: the statement is not valid now")
+    relayed = region.sealing_key
+    if relayed.public_key and (relayed.public_key != statement.public_key or relayed.key_id != statement.key_id):
+        raise UntrustedKey(f"region {rid}: the relayed sealing key is not the signed key")
+    return statement
+
+
+def dpo_sign(pb, request, full_name, dpo_key, now):
+    """Signs `request` in place as the DPO (common.proto, `DpoSignature`): domain, message
+    name, key id, nonce and time, then the request's protobuf encoding without the signature."""
+    public = dpo_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kid, nonce = key_id(public), os.urandom(16)
+    request.ClearField("dpo_signature")
+    message = (b"domicile/v1/dpo-request\x00" + full_name.encode() + b"\x00" + kid.encode() + b"\x00"
+               + struct.pack(">I", len(nonce)) + nonce + struct.pack(">q", now)
+               + request.SerializeToString(deterministic=True))
+    signature = pb["common"].DpoSignature(key_id=kid, nonce=nonce, signature=dpo_key.sign(message))
+    signature.signed_at.seconds = now
+    request.dpo_signature.CopyFrom(signature)
+
+
+class EnvelopeSealer:
+    """Seals records for one region, exactly as records.proto specifies, to a key that
+    `verified_sealing_key` returned."""
+
+    def __init__(self, pb, tenant, statement):
+        self.pb, self.tenant, self.region_id = pb, tenant, statement.region_id
+        public_key = SUITE.kem.deserialize_public_key(statement.public_key)
         info = b"domicile/v1/ingest\x00" + tenant.encode() + b"\x00" + self.region_id.encode()
         self.enc, context = SUITE.create_sender_context(public_key, info=info)
-        self.key_id = region.sealing_key.key_id
+        self.key_id = statement.key_id
         self.cipher = ChaCha20Poly1305(context.export(b"domicile/v1/record-key", 32))
         self.records = []
 
@@ -91,7 +163,13 @@ def main():
     parser.add_argument("--gateway", default="127.0.0.1:50051")
     parser.add_argument("--tenant", default="pyexample")
     parser.add_argument("--token", help="bearer JWT for the tenant (`domicile token`); omit for an --insecure gateway")
+    parser.add_argument("--trust-bundle", required=True,
+                        help="the federation trust bundle (`trust-bundle.json` in `domicile dev`'s data directory)")
+    parser.add_argument("--dpo-key", help="the tenant DPO's Ed25519 key file (64 hex characters): "
+                        "makes a signed access request and opens its export")
     args = parser.parse_args()
+    with open(args.trust_bundle) as f:
+        bundle = json.load(f)
     pb, grpc_mod = generate_stubs()
     records, common, consent, gateway = pb["records"], pb["common"], pb["consent"], pb["gateway"]
     aggregate = pb["aggregate"]
@@ -108,10 +186,17 @@ def main():
     regions = stub.ListRegions(gateway.ListRegionsRequest()).regions
     print("regions:", ", ".join(f"{r.region_id}({'/'.join(r.countries)})" for r in regions))
     de = next(r for r in regions if "DE" in r.countries)
+    now = int(time.time())
+    try:
+        statement = verified_sealing_key(pb, bundle, de, now)
+    except UntrustedKey as e:
+        sys.exit(f"refusing to seal: {e}")
+    if "DE" not in statement.countries:
+        sys.exit(f"refusing to seal: region {de.region_id}: its signed statement does not list DE")
+    print(f"sealing key: region {statement.region_id} key {statement.key_id} verified with the trust bundle")
 
     # Twelve German customers, two calls each, sealed in one envelope.
-    sealer = EnvelopeSealer(pb, args.tenant, de)
-    now = int(time.time())
+    sealer = EnvelopeSealer(pb, args.tenant, statement)
     for i in range(12):
         sealer.seal("DE", f"py-s-{i}", records.RecordPayload(subject=records.SubjectRecord(
             external_id=f"py-{i}", full_name="Erika Mustermann", email=f"erika{i}@example.de",
@@ -155,6 +240,30 @@ def main():
     for group in result.groups:
         values = {aggregate.Metric.Name(v.metric): round(v.value, 1) for v in group.values}
         print(f"aggregate: country={group.key.country} {values}")
+
+    if args.dpo_key:
+        # Access for py-0: signed by the DPO (the recipient key is inside what is signed), the
+        # export sealed to a key only this script holds.
+        subject_pb = pb["subject"]
+        with open(args.dpo_key) as f:
+            dpo_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(f.read().strip()))
+        recipient = SUITE.kem.derive_key_pair(os.urandom(32))
+        request = subject_pb.SubmitSubjectRequestRequest(
+            tenant_id=args.tenant, subject=subject, kind=subject_pb.SUBJECT_REQUEST_KIND_ACCESS,
+            recipient_public_key=recipient.public_key.to_public_bytes(), actor="python-example")
+        dpo_sign(pb, request, "domicile.v1.SubmitSubjectRequestRequest", dpo_key, int(time.time()))
+        receipt = stub.SubmitSubjectRequest(request).receipts[0]
+        info = b"domicile/v1/export\x00" + args.tenant.encode() + b"\x00" + receipt.region_id.encode()
+        context = SUITE.create_recipient_context(receipt.export.encapsulated_key, recipient.private_key, info=info)
+        export = json.loads(context.open(receipt.export.ciphertext, aad=receipt.request_id.encode()))
+        print(f"access: export for {export['subject']['external_id']} opened, "
+              f"{len(export['interactions'])} interactions")
+        # The same signed request again: the node refuses the replayed nonce.
+        try:
+            stub.SubmitSubjectRequest(request)
+            sys.exit("a replayed DPO request was accepted")
+        except grpc.RpcError as e:
+            print(f"replay: {e.code().name} {e.details()}")
 
 
 if __name__ == "__main__":

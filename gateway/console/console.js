@@ -87,6 +87,20 @@ function setRows(section, rows, empty, columns) {
   body.replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { class: 'empty', colspan: columns }, empty))]));
 }
 
+/**
+ * The gateway's witness of the region's audit head: a fork (the log was rewritten, truncated
+ * or restored from an older copy since the gateway last saw it) is shown loudly.
+ */
+function witnessBadge(w) {
+  if (!w || w.status === 'unspecified') return '';
+  const [kind, text] = {
+    fork: ['bad', `AUDIT LOG FORK: witnessed #${w.witnessed_seq}`],
+    extends: ['ok', 'extends the witnessed head'],
+    first: ['warn', 'first witnessed'],
+  }[w.status] || ['warn', w.status];
+  return [' ', el('span', { class: `badge ${kind} witness`, title: w.detail || '', 'data-witness': w.status }, text)];
+}
+
 function renderRegions(data) {
   const now = data.at;
   const checks = [];
@@ -110,7 +124,8 @@ function renderRegions(data) {
       el('td', {}, rep.policy_versions.join(', ')),
       el('td', {}, el('code', {}, rep.sealing_key_id)),
       el('td', {}, rep.sealing_key_since ? span(now - rep.sealing_key_since) : '–'),
-      el('td', {}, c ? [`#${c.seq} at ${utc(c.at)} `, el('code', {}, c.head_hash.slice(0, 16) + '…')] : '–'),
+      el('td', {}, c ? [`#${c.seq} at ${utc(c.at)} `, el('code', {}, c.head_hash.slice(0, 16) + '…')] : '–',
+        witnessBadge(r.audit_witness)),
       sig,
       el('td', {}, el('code', {}, (r.audit_public_key || '').slice(0, 16) + '…'),
         keyMatches ? '' : [' ', el('span', { class: 'badge bad' }, 'differs from the checkpoint')]));

@@ -605,6 +605,12 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
                 "detail": r.detail,
                 "health": enum_name::<domicile_proto::pb::RegionHealth>(r.health, "REGION_HEALTH_", |e| e.as_str_name()),
                 "audit_public_key": hex::encode(&r.audit_public_key),
+                "audit_witness": r.audit_witness.as_ref().map(|w| json!({
+                    "status": enum_name::<domicile_proto::pb::AuditWitnessStatus>(w.status, "AUDIT_WITNESS_STATUS_", |e| e.as_str_name()),
+                    "witnessed_seq": w.witnessed_seq,
+                    "witnessed_hash": hex::encode(&w.witnessed_hash),
+                    "detail": w.detail,
+                })),
                 "report": report,
             })
         })

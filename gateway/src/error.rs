@@ -30,6 +30,10 @@ pub enum GatewayError {
     /// what differs).
     #[error("region {0}: audit log fork: {1}")]
     AuditFork(String, String),
+    /// No asked region recorded an incident: the code they agree on (or `UNAVAILABLE`) and
+    /// each region's reason.
+    #[error("no region recorded the incident: {1}")]
+    NotRecorded(Code, String),
 }
 
 impl From<GatewayError> for Status {
@@ -45,6 +49,9 @@ impl From<GatewayError> for Status {
                     HashMap::from([("region".to_owned(), region)]),
                 ),
             ),
+            GatewayError::NotRecorded(code, reasons) => {
+                Status::new(code, format!("no region recorded the incident: {reasons}"))
+            }
             GatewayError::RegionsUnavailable(which) => Status::unavailable(format!(
                 "require_all_regions: not all regions answered: {which}"
             )),

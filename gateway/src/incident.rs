@@ -12,9 +12,9 @@ use domicile_proto::{
     error::Violations,
     pb::{
         AffectedCount, GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetIncidentRequest,
-        GetIncidentResponse, Incident, IncidentStatus, RegionIncident, RegionStatus,
-        RegionalNodeGetIncidentRequest,
-        RegionalNodeReportIncidentRequest, ReportIncidentRequest, ReportIncidentResponse,
+        GetIncidentResponse, Incident, IncidentStatus, RegionCoverage, RegionIncident,
+        RegionStatus, RegionalNodeGetIncidentRequest, RegionalNodeReportIncidentRequest,
+        ReportIncidentRequest, ReportIncidentResponse,
     },
 };
 use tonic::Code;
@@ -106,8 +106,9 @@ impl Gateway {
             }
         };
         let incident_id = new_incident_id()?;
-        let mut forwarded = req.clone();
-        forwarded.detected_at = Some(domicile_proto::domain::whole_seconds(
+        // Forwarded exactly as signed: the DPO's signature covers every field.
+        let forwarded = req.clone();
+        let detected_at = Some(domicile_proto::domain::whole_seconds(
             spec.detected_at.unwrap_or_else(now),
         ));
         let message = RegionalNodeReportIncidentRequest {
@@ -132,7 +133,7 @@ impl Gateway {
             window: forwarded.window,
             categories: forwarded.categories,
             description: forwarded.description,
-            detected_at: forwarded.detected_at,
+            detected_at,
             ..Default::default()
         };
         let mut coverage = Vec::new();
@@ -141,6 +142,31 @@ impl Gateway {
             if let Ok(answer) = outcome.result {
                 incident.regions.extend(answer.region);
             }
+        }
+        if incident.regions.is_empty() {
+            // An incident no region recorded does not exist: say why rather than answer with
+            // an empty one (the DPO's signature refused, the daily limit reached, …).
+            let code_of = |c: &RegionCoverage| {
+                [
+                    ("PermissionDenied", Code::PermissionDenied),
+                    ("FailedPrecondition", Code::FailedPrecondition),
+                ]
+                .into_iter()
+                .find(|(name, _)| c.detail.starts_with(name))
+                .map_or(Code::Unavailable, |(_, code)| code)
+            };
+            let code = coverage.first().map_or(Code::Unavailable, code_of);
+            let code = if coverage.iter().all(|c| code_of(c) == code) {
+                code
+            } else {
+                Code::Unavailable
+            };
+            let reasons = coverage
+                .iter()
+                .map(|c| format!("{}: {}", c.region_id, c.detail))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(GatewayError::NotRecorded(code, reasons));
         }
         combine(&mut incident);
         tracing::info!(

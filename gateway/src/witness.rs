@@ -334,7 +334,11 @@ mod tests {
         // Rewritten: entry 20's hash changed.
         let rewritten = w.judge("eu-de", &checkpoint(&key, 30, [3; 32]), &[9; 32]);
         assert_eq!(status(&rewritten), AuditWitnessStatus::Fork);
-        assert!(rewritten.detail.contains("rewritten"), "{}", rewritten.detail);
+        assert!(
+            rewritten.detail.contains("rewritten"),
+            "{}",
+            rewritten.detail
+        );
         // Rolled back: a shorter log.
         let rolled = w.judge("eu-de", &checkpoint(&key, 15, [4; 32]), &[]);
         assert_eq!(status(&rolled), AuditWitnessStatus::Fork);
@@ -360,6 +364,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("witness.json");
         std::fs::write(&path, "{not json").unwrap();
-        assert!(Witness::open(Some(&path)).unwrap_err().contains("audit_witness_file"));
+        assert!(
+            Witness::open(Some(&path))
+                .unwrap_err()
+                .contains("audit_witness_file")
+        );
     }
 }

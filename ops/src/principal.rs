@@ -51,13 +51,15 @@ pub fn sync_scope<R>(principal: Option<Arc<str>>, f: impl FnOnce() -> R) -> R {
 /// spaces, at most 128 characters; anything else becomes `sha256:` and the hex of its hash (so
 /// it stays stable and attributable without carrying arbitrary bytes).
 pub fn sanitize(raw: &str) -> String {
-    let clean = !raw.is_empty()
-        && raw.len() <= MAX_LEN
-        && raw.bytes().all(|b| b.is_ascii_graphic());
+    let clean =
+        !raw.is_empty() && raw.len() <= MAX_LEN && raw.bytes().all(|b| b.is_ascii_graphic());
     if clean {
         raw.to_owned()
     } else {
-        format!("sha256:{}", hex::encode(&Sha256::digest(raw.as_bytes())[..16]))
+        format!(
+            "sha256:{}",
+            hex::encode(&Sha256::digest(raw.as_bytes())[..16])
+        )
     }
 }
 

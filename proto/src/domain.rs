@@ -830,7 +830,13 @@ impl IncidentSpec {
             end,
             categories,
             description: r.description.clone(),
-            detected_at: r.detected_at.as_ref().map(|t| t.seconds),
+            // Unset: when the DPO signed the report, the same for every region (the gateway
+            // cannot fill it in without breaking the signature).
+            detected_at: r
+                .detected_at
+                .as_ref()
+                .or_else(|| r.dpo_signature.as_ref()?.signed_at.as_ref())
+                .map(|t| t.seconds),
         };
         v.into_result(spec)
     }

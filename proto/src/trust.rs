@@ -51,7 +51,10 @@ fn statement_message(statement: &[u8]) -> Vec<u8> {
 /// Signs `statement` with a region's identity key.
 pub fn sign_statement(statement: &SealingKeyStatement, identity: &SigningKey) -> SignedSealingKey {
     let bytes = statement.encode_to_vec();
-    let signature = identity.sign(&statement_message(&bytes)).to_bytes().to_vec();
+    let signature = identity
+        .sign(&statement_message(&bytes))
+        .to_bytes()
+        .to_vec();
     SignedSealingKey {
         statement: bytes,
         signature,
@@ -71,7 +74,9 @@ pub enum TrustError {
     #[error("region {0}: no signed sealing key (the gateway relayed none)")]
     Unsigned(String),
     /// The signature does not verify with the region's identity key.
-    #[error("region {0}: the sealing key's signature does not verify with the region's identity key")]
+    #[error(
+        "region {0}: the sealing key's signature does not verify with the region's identity key"
+    )]
     BadSignature(String),
     /// The statement is malformed or for something else.
     #[error("region {0}: {1}")]
@@ -79,6 +84,9 @@ pub enum TrustError {
     /// The statement is outside its validity window.
     #[error("region {0}: the sealing key statement is not valid now ({1})")]
     Expired(String, String),
+    /// An audit head older than, or different from, one seen before.
+    #[error("region {0}: audit head rolled back or forked: {1}")]
+    Rollback(String, String),
 }
 
 /// A sealing key whose statement verified: seal to it, and only for `countries`.
@@ -219,6 +227,48 @@ impl TrustBundle {
     }
 }
 
+impl TrustBundle {
+    /// Checks an audit checkpoint relayed for `region_id`: signed by the region's identity
+    /// (audit) key from the bundle, for that region, and not behind `known` (a checkpoint of
+    /// the region verified earlier): a later entry, or the same entry with the same hash.
+    pub fn verify_checkpoint(
+        &self,
+        region_id: &str,
+        checkpoint: &AuditCheckpoint,
+        known: Option<&AuditCheckpoint>,
+    ) -> Result<(), TrustError> {
+        let id = || region_id.to_owned();
+        let entry = self
+            .regions
+            .get(region_id)
+            .ok_or_else(|| TrustError::UnknownRegion(id()))?;
+        let identity =
+            identity_key(&entry.identity_public_key).map_err(|m| TrustError::Mismatch(id(), m))?;
+        if checkpoint.region_id != region_id || !verify_checkpoint(checkpoint, identity.as_bytes())
+        {
+            return Err(TrustError::BadSignature(id()));
+        }
+        if let Some(k) = known {
+            if checkpoint.seq < k.seq {
+                return Err(TrustError::Rollback(
+                    id(),
+                    format!(
+                        "entry {} is behind entry {} seen before",
+                        checkpoint.seq, k.seq
+                    ),
+                ));
+            }
+            if checkpoint.seq == k.seq && checkpoint.head_hash != k.head_hash {
+                return Err(TrustError::Rollback(
+                    id(),
+                    format!("entry {} has another hash than seen before", k.seq),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn identity_key(hex_key: &str) -> Result<VerifyingKey, String> {
     let bytes: [u8; 32] = hex::decode(hex_key)
         .ok()
@@ -311,7 +361,12 @@ pub fn verify_checkpoint(checkpoint: &AuditCheckpoint, public_key: &[u8]) -> boo
     checkpoint.head_hash.len() == 32
         && key
             .verify(
-                &checkpoint_message(&checkpoint.region_id, checkpoint.seq, at, &checkpoint.head_hash),
+                &checkpoint_message(
+                    &checkpoint.region_id,
+                    checkpoint.seq,
+                    at,
+                    &checkpoint.head_hash,
+                ),
                 &signature,
             )
             .is_ok()
@@ -402,7 +457,9 @@ pub enum DpoRefusal {
     #[error("dpo_signature: required: this request needs the tenant DPO's signature")]
     Missing,
     /// The key id is not registered for the tenant in this region.
-    #[error("dpo_signature.key_id: no DPO key with this id is registered for the tenant in this region")]
+    #[error(
+        "dpo_signature.key_id: no DPO key with this id is registered for the tenant in this region"
+    )]
     UnknownKey,
     /// Malformed fields.
     #[error("dpo_signature: {0}")]
@@ -411,7 +468,9 @@ pub enum DpoRefusal {
     #[error("dpo_signature.signature: does not verify for this request with the registered key")]
     BadSignature,
     /// Signed too long ago, or in the future.
-    #[error("dpo_signature.signed_at: stale or from the future (accepted: the last {DPO_SIGNATURE_MAX_AGE_SECONDS} s)")]
+    #[error(
+        "dpo_signature.signed_at: stale or from the future (accepted: the last {DPO_SIGNATURE_MAX_AGE_SECONDS} s)"
+    )]
     Stale,
     /// The nonce was used before.
     #[error("dpo_signature.nonce: already used: a replayed request")]
@@ -630,7 +689,9 @@ mod tests {
         let b = bundle(&identity(1));
         assert_eq!(TrustBundle::from_json(&b.to_json(), "b").unwrap(), b);
         let bad = r#"{"version":1,"regions":{"eu-de":{"identity_public_key":"abcd"}}}"#;
-        let e = TrustBundle::from_json(bad, "b.json").unwrap_err().to_string();
+        let e = TrustBundle::from_json(bad, "b.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("regions.eu-de.identity_public_key"), "{e}");
     }
 
@@ -650,7 +711,8 @@ mod tests {
     #[test]
     fn dpo_signatures_cover_the_whole_request() {
         let dpo = identity(7);
-        let lookup = |id: &str| (id == dpo_key_id(&dpo.verifying_key())).then(|| dpo.verifying_key());
+        let lookup =
+            |id: &str| (id == dpo_key_id(&dpo.verifying_key())).then(|| dpo.verifying_key());
         let mut req = access(9);
         sign_request(&mut req, &dpo, 1_000);
         let ok = verify_request(&req, 1_010, lookup).unwrap();

@@ -391,8 +391,16 @@ pub fn chain_from(tx: &Connection, known: u64, head: u64) -> Result<Vec<u8>, Nod
         let (prev_hash, hash): (Vec<u8>, Vec<u8>) = (r.get(6)?, r.get(7)?);
         let broken = seq != expected
             || prev.as_ref().is_some_and(|p| *p != prev_hash)
-            || entry_hash(&prev_hash, seq, at, &kind, &tenant, subject.as_deref(), &details)
-                .as_slice()
+            || entry_hash(
+                &prev_hash,
+                seq,
+                at,
+                &kind,
+                &tenant,
+                subject.as_deref(),
+                &details,
+            )
+            .as_slice()
                 != hash.as_slice();
         if broken {
             return Err(NodeError::Internal(format!(
@@ -476,6 +484,8 @@ pub struct Verified {
     pub head: [u8; 32],
     /// Every entry's hash, by number.
     pub hashes: HashMap<u64, [u8; 32]>,
+    /// The latest signed checkpoint (the head to keep, and pass as a trusted head next time).
+    pub latest: Option<AuditCheckpoint>,
 }
 
 /// Walks the whole log and every checkpoint. `Ok` when intact; otherwise the first problem.
@@ -623,11 +633,22 @@ pub fn verify(
             ),
         }));
     }
+    let latest = checkpoints
+        .last()
+        .map(|(seq, at, head, signature)| AuditCheckpoint {
+            region_id: region_id.to_owned(),
+            seq: *seq,
+            at: Some(domicile_proto::domain::whole_seconds(*at)),
+            head_hash: head.clone(),
+            signature: signature.clone(),
+            public_key: public_key.to_vec(),
+        });
     Ok(Ok(Verified {
         entries: last,
         checkpoints: checkpoints.len() as u64,
         head: prev,
         hashes,
+        latest,
     }))
 }
 
@@ -818,8 +839,11 @@ mod tests {
     }
 
     fn unlock(conn: &Connection) {
-        conn.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;
+             DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;",
+        )
+        .unwrap();
     }
 
     fn check(conn: &Connection, log: &AuditLog) -> Result<Verified, Tamper> {

@@ -88,8 +88,8 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Parses a keys file, naming the entry at fault.
 fn parse(path: &Path) -> Result<KeyMap, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("dpo_keys_file: {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("dpo_keys_file: {}: {e}", path.display()))?;
     let file: KeysFile =
         toml::from_str(&text).map_err(|e| format!("dpo_keys_file: {}: {e}", path.display()))?;
     let mut keys = HashMap::new();

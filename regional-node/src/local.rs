@@ -37,6 +37,9 @@ impl LocalNode for LocalNodeService {
             );
         }
         let (subjects, affected) = self.node.incident_subjects(tenant, req.incident_id).await?;
-        Ok(Response::new(ListIncidentSubjectsResponse { subjects, affected }))
+        Ok(Response::new(ListIncidentSubjectsResponse {
+            subjects,
+            affected,
+        }))
     }
 }

@@ -430,7 +430,11 @@ impl Node {
                 let region = &inner.config.region_id;
                 let release = incident::Release::of(&inner.policies);
                 inner.store.write(|tx| {
-                    let today = incident::reports_today(tx, spec.tenant.as_str(), domicile_proto::domain::unix_now())?;
+                    let today = incident::reports_today(
+                        tx,
+                        spec.tenant.as_str(),
+                        domicile_proto::domain::unix_now(),
+                    )?;
                     if today >= release.per_day {
                         inner.audit.append(
                             tx,

@@ -2,6 +2,8 @@
 
 use std::pin::Pin;
 
+use domicile_ops::principal;
+use domicile_proto::pb::SubjectRequestKind;
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
@@ -29,8 +31,6 @@ use domicile_proto::{
     },
     rights::{HoldSpec, RightsRequest, region_of_id},
 };
-use domicile_ops::principal;
-use domicile_proto::pb::SubjectRequestKind;
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -266,11 +266,7 @@ impl RegionalNode for RegionalNodeService {
         // Access, portability and erasure act on the whole record: the DPO's signature, checked
         // here, not the gateway's word. Other kinds are checked when signed.
         let principal = if needs_dpo(req.kind) || client.dpo_signature.is_some() {
-            Some(
-                self.node
-                    .authorize_dpo(&client.tenant_id, &client)
-                    .await?,
-            )
+            Some(self.node.authorize_dpo(&client.tenant_id, &client).await?)
         } else {
             None
         };

@@ -511,11 +511,17 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
         let (reply, answer) = mpsc::sync_channel(1);
+        // Another caller's thread may commit the group: the job keeps its own principal, so
+        // its audit entries name who caused them.
+        let principal = domicile_ops::principal::current();
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Pending {
-                run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as Box<dyn Any + Send>)),
+                run: Box::new(move |tx| {
+                    domicile_ops::principal::sync_scope(principal, || f(tx))
+                        .map(|v| Box::new(v) as Box<dyn Any + Send>)
+                }),
                 reply,
             });
         let answered = {

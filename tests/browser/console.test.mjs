@@ -138,14 +138,24 @@ test('a tampered checkpoint fails the check in the browser', async () => {
   await page.route('**/api/overview*', async (route) => {
     const response = await route.fetch();
     const data = await response.json();
-    const fr = data.regions.find((r) => r.region_id === 'eu-fr').report.checkpoint;
-    fr.head_hash = (parseInt(fr.head_hash[0], 16) ^ 1).toString(16) + fr.head_hash.slice(1);
+    const fr = data.regions.find((r) => r.region_id === 'eu-fr');
+    const c = fr.report.checkpoint;
+    c.head_hash = (parseInt(c.head_hash[0], 16) ^ 1).toString(16) + c.head_hash.slice(1);
+    // And the gateway's witness reporting a fork for it (tests/attacks.rs makes a real one).
+    fr.audit_witness = {
+      status: 'fork', witnessed_seq: 42, witnessed_hash: '00'.repeat(32),
+      detail: 'the log ends at entry 7 but entry 42 was witnessed: truncated, or restored from an older copy',
+    };
     await route.fulfill({ response, json: data });
   });
   await signIn(page);
   const verdicts = await page.$$eval('#regions tbody tr', (rows) => rows.map((r) => r.dataset.verified));
   assert.deepEqual(verdicts, ['yes', 'no', 'yes']);
   assert.equal(await page.textContent('tr[data-region="eu-fr"] .signature'), 'invalid');
+  const fork = page.locator('tr[data-region="eu-fr"] [data-witness="fork"]');
+  assert.equal(await fork.textContent(), 'AUDIT LOG FORK: witnessed #42');
+  assert.match(await fork.getAttribute('title'), /restored from an older copy/);
+  assert.equal(await page.locator('tr[data-region="eu-de"] [data-witness="fork"]').count(), 0);
   await context.close();
 });
 

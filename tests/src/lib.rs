@@ -130,7 +130,7 @@ pub async fn load(
             seed,
         }));
     }
-    let summary = client::ingest(&gw, TENANT, &regions, &all, 500).await?;
+    let summary = client::ingest(&gw, TENANT, &regions, &fed.trust_bundle, &all, 500).await?;
     anyhow::ensure!(
         summary.rejected_total() == 0,
         "rejected: {:?}",
@@ -143,7 +143,7 @@ pub async fn load(
 pub async fn ingest_records(fed: &Federation, records: &[SynthRecord]) -> anyhow::Result<()> {
     let mut gw = gateway_client(fed).await?;
     let regions = client::regions(&mut gw).await?;
-    let summary = client::ingest(&gw, TENANT, &regions, records, 500).await?;
+    let summary = client::ingest(&gw, TENANT, &regions, &fed.trust_bundle, records, 500).await?;
     anyhow::ensure!(
         summary.rejected_total() == 0,
         "rejected: {:?}",

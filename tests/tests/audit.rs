@@ -129,7 +129,7 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
     });
     let mut gw = gateway_client(&fed).await?;
     let regions = client::regions(&mut gw).await?;
-    client::ingest(&gw, TENANT, &regions, &records, 100).await?;
+    client::ingest(&gw, TENANT, &regions, &fed.trust_bundle, &records, 100).await?;
     let cp = gw
         .get_audit_checkpoint(GetAuditCheckpointRequest {
             region_id: "eu-de".into(),
@@ -151,9 +151,13 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
             .unwrap();
         let unlock = match conn.dialect() {
             Dialect::Sqlite => {
-                "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;"
+                "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;
+                 DROP TRIGGER audit_checkpoints_no_update; DROP TRIGGER audit_checkpoints_no_delete;"
             }
-            Dialect::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER USER;",
+            Dialect::Postgres => {
+                "ALTER TABLE audit_log DISABLE TRIGGER USER;
+                 ALTER TABLE audit_checkpoints DISABLE TRIGGER USER;"
+            }
         };
         conn.execute_batch(unlock).unwrap();
         conn.execute_batch(sql).unwrap();
@@ -164,6 +168,14 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
         .copy_database("eu-de", dir.path(), "intact")?
         .connect_read_write()?;
     assert!(audit::verify(&intact, "eu-de", &key)?.is_ok());
+    // Without lifting the guards, checkpoints can be neither removed nor changed.
+    for sql in [
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_checkpoints SET seq = seq + 1",
+    ] {
+        let err = intact.execute_batch(sql).unwrap_err().to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
     let zeros = match intact.dialect() {
         Dialect::Sqlite => "zeroblob(64)",
         Dialect::Postgres => "decode(repeat('00', 64), 'hex')",
@@ -205,6 +217,10 @@ async fn tampering_with_the_database_file_is_found_and_named() -> anyhow::Result
         (cp.seq, Tampering::ForgedCheckpoint),
         "{t}"
     );
+
+    // Every checkpoint over an entry removed: a chain anyone can recompute, so refused.
+    let t = tamper("unwitnessed", "DELETE FROM audit_checkpoints WHERE seq > 0");
+    assert_eq!((t.seq, t.kind), (1, Tampering::Unwitnessed), "{t}");
     Ok(())
 }
 
@@ -260,12 +276,13 @@ const CATEGORIES: [DataCategory; 6] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incidents_count_affected_subjects_exactly_and_list_them_only_in_country()
--> anyhow::Result<()> {
+async fn incidents_release_rounded_counts_and_list_exact_ones_only_in_country() -> anyhow::Result<()>
+{
     let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"]), ("us", &["US"])]).await?;
     let records = load(&fed, &["DE", "FR", "US"], 60, 800, 23).await?;
     let mut gw = gateway_client(&fed).await?;
     let report = |end: i64, detected: i64| ReportIncidentRequest {
+        dpo_signature: None,
         tenant_id: TENANT.into(),
         regions: Vec::new(),
         window: Some(TimeRange {
@@ -282,20 +299,45 @@ async fn incidents_count_affected_subjects_exactly_and_list_them_only_in_country
         (now() + 3_600, true),
         (domicile_tests::synth::PERIOD_START + 180 * 86_400, false),
     ] {
-        let resp = gw.report_incident(report(end, now())).await?.into_inner();
+        let resp = gw
+            .report_incident(fed.signed(report(end, now())))
+            .await?
+            .into_inner();
         let incident = resp.incident.unwrap();
-        let expected = affected(&records, end, profiles_stored);
+        // The shipped policies: windows widened to whole hours, counts rounded up to tens.
+        let aligned_end = (end + 3_599).div_euclid(3_600) * 3_600;
+        let exact: BTreeMap<(String, i32), u64> = affected(&records, aligned_end, profiles_stored)
+            .into_iter()
+            .map(|(k, v)| (k, v.len() as u64))
+            .collect();
         let mut got: BTreeMap<(String, i32), u64> = BTreeMap::new();
         for part in &incident.regions {
             for a in &part.affected {
                 got.insert((a.country.clone(), a.category), a.subjects);
             }
         }
-        let expected: BTreeMap<(String, i32), u64> = expected
-            .into_iter()
-            .map(|(k, v)| (k, v.len() as u64))
+        let rounded: BTreeMap<(String, i32), u64> = exact
+            .iter()
+            .map(|(k, v)| (k.clone(), v.div_ceil(10) * 10))
             .collect();
-        assert_eq!(got, expected, "window ending {end}");
+        assert_eq!(got, rounded, "window ending {end}");
+        assert!(
+            exact.values().any(|v| v % 10 != 0),
+            "the data has counts that rounding changes"
+        );
+
+        // A second report whose window ends one second later says exactly the same: the
+        // difference of the two would otherwise reveal the events of that second.
+        let shifted = gw
+            .report_incident(fed.signed(report(end + 1, now())))
+            .await?
+            .into_inner()
+            .incident
+            .unwrap();
+        assert_eq!(shifted.totals, incident.totals);
+        for (a, b) in shifted.regions.iter().zip(&incident.regions) {
+            assert_eq!(a.affected, b.affected, "{}", a.region_id);
+        }
         assert_eq!(incident.regions.len(), 3);
         // 72 hours in every shipped policy of these countries.
         let detected = incident.detected_at.unwrap().seconds;
@@ -319,15 +361,27 @@ async fn incidents_count_affected_subjects_exactly_and_list_them_only_in_country
         if profiles_stored {
             let local = fed.node("eu-de").unwrap().local_addr.unwrap();
             let mut local = LocalNodeClient::connect(format!("http://{local}")).await?;
-            let subjects = local
+            let listed = local
                 .list_incident_subjects(ListIncidentSubjectsRequest {
                     tenant_id: TENANT.into(),
                     incident_id: incident.incident_id.clone(),
                 })
                 .await?
-                .into_inner()
-                .subjects;
-            let de_subjects: BTreeSet<String> = affected(&records, end, true)
+                .into_inner();
+            // In country, the counts are exact.
+            let local_counts: BTreeMap<(String, i32), u64> = listed
+                .affected
+                .iter()
+                .map(|a| ((a.country.clone(), a.category), a.subjects))
+                .collect();
+            let exact_de: BTreeMap<(String, i32), u64> = exact
+                .iter()
+                .filter(|((c, _), _)| c == "DE")
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            assert_eq!(local_counts, exact_de);
+            let subjects = listed.subjects;
+            let de_subjects: BTreeSet<String> = affected(&records, aligned_end, true)
                 .into_iter()
                 .filter(|((c, _), _)| c == "DE")
                 .flat_map(|(_, v)| v)
@@ -363,13 +417,41 @@ async fn incidents_count_affected_subjects_exactly_and_list_them_only_in_country
 
     // A breach detected four days ago is past its 72-hour deadline.
     let late = gw
-        .report_incident(report(now(), now() - 4 * 86_400))
+        .report_incident(fed.signed(report(now(), now() - 4 * 86_400)))
         .await?
         .into_inner()
         .incident
         .unwrap();
     assert_eq!(late.status, IncidentStatus::DeadlinePassed as i32);
     assert!(late.seconds_left < 0);
+
+    // Repeated reports are bounded: the shipped policies allow 20 per tenant per day; this
+    // test has made 5. The 21st is refused by every region, and each refusal is audited.
+    let mut accepted = 5;
+    let refusal = loop {
+        let coverage = match gw.report_incident(fed.signed(report(now(), now()))).await {
+            Ok(answer) => answer.into_inner().coverage,
+            Err(e) => break e.to_string(),
+        };
+        if coverage
+            .iter()
+            .all(|c| c.status == domicile_proto::pb::RegionStatus::Ok as i32)
+        {
+            accepted += 1;
+        } else {
+            break format!("{coverage:?}");
+        }
+        assert!(accepted <= 20, "more than 20 reports accepted");
+    };
+    assert_eq!(accepted, 20);
+    assert!(refusal.contains("at most 20"), "{refusal}");
+    let conn = fed.node("eu-de").unwrap().connect()?;
+    let refused: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM audit_log WHERE kind = 'incident_reported' AND details LIKE '%daily limit%'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(refused, 1);
 
     let missing = gw
         .get_incident(GetIncidentRequest {

@@ -318,6 +318,7 @@ fn incident_request() -> ReportIncidentRequest {
         categories: (1..=6).collect(),
         description: "Laptop with an export lost".into(),
         detected_at: None,
+        dpo_signature: None,
     }
 }
 
@@ -427,6 +428,7 @@ async fn consent_calls(
 /// canaries. (Erasure is left out so that the other calls still find the subject; its
 /// crypto-shredding is proven in `tests/rights.rs`.)
 async fn rights_calls(
+    fed: &Federation,
     cap: &Capture,
     gw: &mut domicile_client::Gateway,
     country: &str,
@@ -446,7 +448,7 @@ async fn rights_calls(
         ..Default::default()
     };
     let access = cap.result(
-        gw.submit_subject_request(submit(SubjectRequestKind::Access, ""))
+        gw.submit_subject_request(fed.signed(submit(SubjectRequestKind::Access, "")))
             .await,
     );
     if let Some(receipt) = access.and_then(|a| a.receipts.into_iter().next()) {
@@ -459,7 +461,8 @@ async fn rights_calls(
         );
     }
     let hold = cap.result(
-        gw.place_legal_hold(PlaceLegalHoldRequest {
+        gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             subject: subject_ref(country, c),
             reason: "case 7".into(),
@@ -468,20 +471,21 @@ async fn rights_calls(
                 seconds: 4_000_000_000,
                 nanos: 0,
             }),
-        })
+        }))
         .await,
     );
     if let Some(hold) = hold {
         cap.result(
-            gw.release_legal_hold(ReleaseLegalHoldRequest {
+            gw.release_legal_hold(fed.signed(ReleaseLegalHoldRequest {
+                dpo_signature: None,
                 tenant_id: TENANT.into(),
                 hold_id: hold.hold_id,
-            })
+            }))
             .await,
         );
     }
     cap.result(
-        gw.submit_subject_request(submit(SubjectRequestKind::Restriction, country))
+        gw.submit_subject_request(fed.signed(submit(SubjectRequestKind::Restriction, country)))
             .await,
     );
     // Invalid: canaries in the actor, the subject, the ids and the reason.
@@ -491,7 +495,7 @@ async fn rights_calls(
         country: c.postal_code.clone(),
         external_id: format!("{}\u{1}", c.external_id),
     });
-    cap.result(gw.submit_subject_request(bad).await);
+    cap.result(gw.submit_subject_request(fed.signed(bad)).await);
     cap.result(
         gw.get_subject_request(GetSubjectRequestRequest {
             tenant_id: TENANT.into(),
@@ -500,20 +504,22 @@ async fn rights_calls(
         .await,
     );
     cap.result(
-        gw.place_legal_hold(PlaceLegalHoldRequest {
+        gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             subject: subject_ref(country, c),
             reason: format!("{}\u{7}", c.full_name()),
             interactions: None,
             expires_at: None,
-        })
+        }))
         .await,
     );
     cap.result(
-        gw.release_legal_hold(ReleaseLegalHoldRequest {
+        gw.release_legal_hold(fed.signed(ReleaseLegalHoldRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             hold_id: c.external_id.clone(),
-        })
+        }))
         .await,
     );
 }
@@ -735,7 +741,7 @@ async fn drive_every_rpc(
         })
         .await,
     );
-    let reported = cap.result(gw.report_incident(incident_request()).await);
+    let reported = cap.result(gw.report_incident(fed.signed(incident_request())).await);
     if let Some(incident) = reported.and_then(|r| r.incident) {
         cap.result(
             gw.get_incident(GetIncidentRequest {
@@ -748,7 +754,7 @@ async fn drive_every_rpc(
     let mut bad_incident = incident_request();
     bad_incident.tenant_id = c.full_name();
     bad_incident.window = None;
-    cap.result(gw.report_incident(bad_incident).await);
+    cap.result(gw.report_incident(fed.signed(bad_incident)).await);
     cap.result(
         gw.get_incident(GetIncidentRequest {
             tenant_id: TENANT.into(),
@@ -760,7 +766,7 @@ async fn drive_every_rpc(
     // Consent: every call, for every region's canary subject, valid and invalid.
     for (r, (_, country)) in REGIONS.iter().enumerate() {
         consent_calls(cap, &mut gw, country, &canaries[r]).await;
-        rights_calls(cap, &mut gw, country, &canaries[r]).await;
+        rights_calls(fed, cap, &mut gw, country, &canaries[r]).await;
     }
 
     // The overview, valid and invalid (a canary as the tenant, a bad window).
@@ -859,14 +865,14 @@ async fn drive_every_rpc(
         let requester = domicile_proto::seal::SealingKeyPair::generate();
         cap.result(
             node.submit_subject_request(RegionalNodeSubmitSubjectRequestRequest {
-                request: Some(SubmitSubjectRequestRequest {
+                request: Some(fed.signed(SubmitSubjectRequestRequest {
                     tenant_id: TENANT.into(),
                     subject: subject_ref(country, &canaries[r]),
                     kind: SubjectRequestKind::Portability as i32,
                     recipient_public_key: requester.public().as_bytes().to_vec(),
                     actor: "dpo".into(),
                     ..Default::default()
-                }),
+                })),
             })
             .await,
         );
@@ -885,21 +891,22 @@ async fn drive_every_rpc(
         );
         cap.result(
             node.release_legal_hold(RegionalNodeReleaseLegalHoldRequest {
-                request: Some(ReleaseLegalHoldRequest {
+                request: Some(fed.signed(ReleaseLegalHoldRequest {
+                    dpo_signature: None,
                     tenant_id: TENANT.into(),
                     hold_id: format!("{}.hold-{}", REGIONS[r].0, "0".repeat(32)),
-                }),
+                })),
             })
             .await,
         );
         cap.result(
-            node.get_audit_checkpoint(RegionalNodeGetAuditCheckpointRequest {})
+            node.get_audit_checkpoint(RegionalNodeGetAuditCheckpointRequest { known_seq: 0 })
                 .await,
         );
         let part = cap.result(
             node.report_incident(RegionalNodeReportIncidentRequest {
                 incident_id: format!("inc-{}", "ab".repeat(16)),
-                request: Some(incident_request()),
+                request: Some(fed.signed(incident_request())),
             })
             .await,
         );
@@ -917,7 +924,7 @@ async fn drive_every_rpc(
         cap.result(
             node.report_incident(RegionalNodeReportIncidentRequest {
                 incident_id: canaries[r].external_id.clone(),
-                request: Some(incident_request()),
+                request: Some(fed.signed(incident_request())),
             })
             .await,
         );
@@ -971,7 +978,7 @@ async fn drive_every_rpc(
         })
         .await,
     );
-    cap.result(gw.report_incident(incident_request()).await);
+    cap.result(gw.report_incident(fed.signed(incident_request())).await);
     cap.result(
         gw.get_audit_checkpoint(GetAuditCheckpointRequest {
             region_id: "eu-fr".into(),

@@ -8,7 +8,9 @@ use domicile_tests::{TENANT, federation, synth};
 async fn the_client_routes_retries_and_reports_what_a_dead_region_could_not_take()
 -> anyhow::Result<()> {
     let mut fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"])]).await?;
-    let client = Client::connect(fed.gateway_addr).await?;
+    let client = Client::connect(fed.gateway_addr)
+        .await?
+        .with_trust_bundle(fed.trust_bundle.clone());
     let records = |country: &str, seed| {
         synth::generate(&synth::SynthSpec {
             countries: vec![country.into()],
@@ -18,6 +20,13 @@ async fn the_client_routes_retries_and_reports_what_a_dead_region_could_not_take
         })
     };
     let both = [records("DE", 1), records("FR", 1)].concat();
+    // Without a trust bundle the client seals nothing.
+    let bare = Client::connect(fed.gateway_addr).await?;
+    let err = bare.ingest(TENANT, &both).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no federation trust bundle"),
+        "{err:#}"
+    );
     let summary = client.ingest(TENANT, &both).await?;
     assert_eq!(
         (summary.accepted, summary.retried, summary.rejected_total()),

@@ -500,6 +500,7 @@ async fn recorded_calls_need_consent_where_every_party_must_agree() -> anyhow::R
         &gw,
         TENANT,
         &regions,
+        &fed.trust_bundle,
         &[
             recorded("DE", "call-1", "de-a"),
             recorded("US", "call-2", "us-a"),
@@ -530,6 +531,7 @@ async fn recorded_calls_need_consent_where_every_party_must_agree() -> anyhow::R
         &gw,
         TENANT,
         &regions,
+        &fed.trust_bundle,
         &[recorded("DE", "call-3", "de-a")],
         10,
     )

@@ -106,19 +106,20 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
         actor: "test:console".into(),
         ..Default::default()
     };
-    gw.submit_subject_request(request(10, SubjectRequestKind::Restriction))
+    gw.submit_subject_request(fed.signed(request(10, SubjectRequestKind::Restriction)))
         .await?;
     let now = domicile_proto::domain::unix_now();
-    gw.place_legal_hold(PlaceLegalHoldRequest {
+    gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+        dpo_signature: None,
         tenant_id: TENANT.into(),
         subject: subject("DE", 11),
         reason: "case 1".into(),
         interactions: None,
         expires_at: ts(now + 86_400),
-    })
+    }))
     .await?;
     let held = gw
-        .submit_subject_request(request(11, SubjectRequestKind::Erasure))
+        .submit_subject_request(fed.signed(request(11, SubjectRequestKind::Erasure)))
         .await?
         .into_inner()
         .receipts
@@ -126,7 +127,8 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
     assert_eq!(held.status, SubjectRequestStatus::PartiallyCompleted as i32);
 
     let incident = gw
-        .report_incident(ReportIncidentRequest {
+        .report_incident(fed.signed(ReportIncidentRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             regions: Vec::new(),
             window: Some(TimeRange {
@@ -136,7 +138,7 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
             categories: vec![DataCategory::Interactions as i32],
             description: "test".into(),
             detected_at: None,
-        })
+        }))
         .await?
         .into_inner()
         .incident

@@ -99,14 +99,18 @@ async fn ingest_is_idempotent_per_tenant_and_key() -> anyhow::Result<()> {
     let gw = domicile_tests::gateway_client(&fed).await?;
     let mut gw2 = gw.clone();
     let regions = domicile_tests::client::regions(&mut gw2).await?;
-    let again = domicile_tests::client::ingest(&gw, TENANT, &regions, &records, 25).await?;
+    let again =
+        domicile_tests::client::ingest(&gw, TENANT, &regions, &fed.trust_bundle, &records, 25)
+            .await?;
     assert_eq!(again.accepted, 0);
     assert_eq!(again.duplicate, 50);
     let conn = fed.node("eu-de").unwrap().connect()?;
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM interactions", [], |r| r.get(0))?;
     assert_eq!(n, 40);
     // The same keys under another tenant are that tenant's own records.
-    let other = domicile_tests::client::ingest(&gw, "globex", &regions, &records, 25).await?;
+    let other =
+        domicile_tests::client::ingest(&gw, "globex", &regions, &fed.trust_bundle, &records, 25)
+            .await?;
     assert_eq!(other.accepted, 50);
     Ok(())
 }

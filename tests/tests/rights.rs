@@ -119,6 +119,7 @@ fn open(receipt: &SubjectRequestReceipt, keys: &SealingKeyPair) -> serde_json::V
 }
 
 async fn access(
+    fed: &Federation,
     gw: &mut domicile_client::Gateway,
     country: &str,
     id: &str,
@@ -126,18 +127,24 @@ async fn access(
 ) -> anyhow::Result<serde_json::Value> {
     let mut req = request(country, id, SubjectRequestKind::Access);
     req.recipient_public_key = keys.public().as_bytes().to_vec();
-    let resp = gw.submit_subject_request(req).await?.into_inner();
+    let resp = gw
+        .submit_subject_request(fed.signed(req))
+        .await?
+        .into_inner();
     Ok(open(&resp.receipts[0], keys))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow::Result<()> {
-    let (_fed, mut gw) = setup().await?;
+    let (fed, mut gw) = setup().await?;
     let keys = SealingKeyPair::generate();
     // The country is unknown: every region is asked, only the home region answers.
     let mut req = request("", "d0", SubjectRequestKind::Access);
     req.recipient_public_key = keys.public().as_bytes().to_vec();
-    let resp = gw.submit_subject_request(req).await?.into_inner();
+    let resp = gw
+        .submit_subject_request(fed.signed(req))
+        .await?
+        .into_inner();
     assert_eq!(resp.receipts.len(), 1);
     let receipt = &resp.receipts[0];
     assert_eq!(receipt.region_id, "eu-de");
@@ -187,7 +194,10 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
     // Portability: what the subject provided, without the region's own records about them.
     let mut req = request("DE", "d0", SubjectRequestKind::Portability);
     req.recipient_public_key = keys.public().as_bytes().to_vec();
-    let resp = gw.submit_subject_request(req).await?.into_inner();
+    let resp = gw
+        .submit_subject_request(fed.signed(req))
+        .await?
+        .into_inner();
     let doc = open(&resp.receipts[0], &keys);
     assert_eq!(doc["kind"], "portability");
     assert_eq!(doc["profile"]["full_name"], "Jürgen Müller");
@@ -210,11 +220,14 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
     let mut unknown = request("", "nobody", SubjectRequestKind::Access);
     unknown.recipient_public_key = keys.public().as_bytes().to_vec();
     assert_eq!(
-        gw.submit_subject_request(unknown).await.unwrap_err().code(),
+        gw.submit_subject_request(fed.signed(unknown))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
     let err = gw
-        .submit_subject_request(request("DE", "d0", SubjectRequestKind::Access))
+        .submit_subject_request(fed.signed(request("DE", "d0", SubjectRequestKind::Access)))
         .await
         .unwrap_err();
     assert_eq!(field_violations(&err)[0].field, "recipient_public_key");
@@ -223,7 +236,7 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rectification_patches_the_profile_and_keeps_its_history() -> anyhow::Result<()> {
-    let (_fed, mut gw) = setup().await?;
+    let (fed, mut gw) = setup().await?;
     let regions = client::regions(&mut gw).await?;
     let key = PublicSealingKey::from_bytes(
         &regions
@@ -252,14 +265,17 @@ async fn rectification_patches_the_profile_and_keeps_its_history() -> anyhow::Re
     };
     let mut req = request("DE", "d1", SubjectRequestKind::Rectification);
     req.rectification = Some(patch("d1")?);
-    let resp = gw.submit_subject_request(req).await?.into_inner();
+    let resp = gw
+        .submit_subject_request(fed.signed(req))
+        .await?
+        .into_inner();
     assert_eq!(
         resp.receipts[0].status,
         SubjectRequestStatus::Completed as i32
     );
 
     let keys = SealingKeyPair::generate();
-    let doc = access(&mut gw, "DE", "d1", &keys).await?;
+    let doc = access(&fed, &mut gw, "DE", "d1", &keys).await?;
     assert_eq!(doc["profile"]["email"], "new@example.de");
     assert_eq!(
         doc["profile"]["full_name"], "Jürgen Müller",
@@ -273,7 +289,10 @@ async fn rectification_patches_the_profile_and_keeps_its_history() -> anyhow::Re
     // A patch for another subject is refused, naming the record.
     let mut wrong = request("DE", "d1", SubjectRequestKind::Rectification);
     wrong.rectification = Some(patch("d2")?);
-    let err = gw.submit_subject_request(wrong).await.unwrap_err();
+    let err = gw
+        .submit_subject_request(fed.signed(wrong))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     Ok(())
 }
@@ -318,7 +337,7 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     let copy = fed.copy_database("eu-de", dir.path(), "backup")?;
 
     let resp = gw
-        .submit_subject_request(request("DE", "d0", SubjectRequestKind::Erasure))
+        .submit_subject_request(fed.signed(request("DE", "d0", SubjectRequestKind::Erasure)))
         .await?
         .into_inner();
     assert_eq!(
@@ -331,7 +350,10 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     let mut req = request("", "d0", SubjectRequestKind::Access);
     req.recipient_public_key = keys.public().as_bytes().to_vec();
     assert_eq!(
-        gw.submit_subject_request(req).await.unwrap_err().code(),
+        gw.submit_subject_request(fed.signed(req))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NotFound
     );
     let consent = gw
@@ -398,18 +420,19 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     let (fed, mut gw) = setup().await?;
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
     let hold = gw
-        .place_legal_hold(PlaceLegalHoldRequest {
+        .place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             subject: subject("DE", "d2"),
             reason: "case 2026-114".into(),
             interactions: None,
             expires_at: ts(now() + 3_600),
-        })
+        }))
         .await?
         .into_inner()
         .hold_id;
     let resp = gw
-        .submit_subject_request(request("DE", "d2", SubjectRequestKind::Erasure))
+        .submit_subject_request(fed.signed(request("DE", "d2", SubjectRequestKind::Erasure)))
         .await?
         .into_inner();
     let receipt = &resp.receipts[0];
@@ -445,10 +468,11 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     );
 
     let released = gw
-        .release_legal_hold(ReleaseLegalHoldRequest {
+        .release_legal_hold(fed.signed(ReleaseLegalHoldRequest {
+            dpo_signature: None,
             tenant_id: TENANT.into(),
             hold_id: hold.clone(),
-        })
+        }))
         .await?
         .into_inner();
     assert!(released.erasure_completed);
@@ -467,7 +491,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert!(final_receipt.completed_at.is_some());
 
     // A hold on some interactions keeps only those; one that expires ends by itself.
-    gw.place_legal_hold(PlaceLegalHoldRequest {
+    gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+        dpo_signature: None,
         tenant_id: TENANT.into(),
         subject: subject("DE", "d3"),
         reason: "chargeback dispute".into(),
@@ -476,10 +501,10 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
             end: ts(T + 3_600),
         }),
         expires_at: ts(now() + 2),
-    })
+    }))
     .await?;
     let resp = gw
-        .submit_subject_request(request("DE", "d3", SubjectRequestKind::Erasure))
+        .submit_subject_request(fed.signed(request("DE", "d3", SubjectRequestKind::Erasure)))
         .await?
         .into_inner();
     assert_eq!(resp.receipts[0].held[0].interactions_kept, 1);
@@ -509,8 +534,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restriction_and_objection_stop_processing() -> anyhow::Result<()> {
-    let (_fed, mut gw) = setup().await?;
-    gw.submit_subject_request(request("DE", "d4", SubjectRequestKind::Restriction))
+    let (fed, mut gw) = setup().await?;
+    gw.submit_subject_request(fed.signed(request("DE", "d4", SubjectRequestKind::Restriction)))
         .await?;
     assert_eq!(
         subjects_in(&gw.aggregate(de_aggregate()).await?.into_inner()),
@@ -534,7 +559,7 @@ async fn restriction_and_objection_stop_processing() -> anyhow::Result<()> {
     );
     let mut objection = request("US", "u0", SubjectRequestKind::Objection);
     objection.purposes = vec![Purpose::Marketing as i32, Purpose::Profiling as i32];
-    gw.submit_subject_request(objection).await?;
+    gw.submit_subject_request(fed.signed(objection)).await?;
     let after = gw
         .check_contact_permission(marketing("u0"))
         .await?
@@ -564,13 +589,14 @@ async fn retention_deletes_old_data_except_what_a_hold_keeps() -> anyhow::Result
     )
     .await?;
     let mut gw = gateway_client(&fed).await?;
-    gw.place_legal_hold(PlaceLegalHoldRequest {
+    gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+        dpo_signature: None,
         tenant_id: TENANT.into(),
         subject: subject("DE", "o2"),
         reason: "audit 2020".into(),
         interactions: None,
         expires_at: ts(now() + 3_600),
-    })
+    }))
     .await?;
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
     let swept = node.sweep()?;

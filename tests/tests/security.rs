@@ -172,7 +172,13 @@ const RPCS: [(&str, &str); 14] = [
 ];
 
 /// Calls `rpc` for `tenant` with `purpose`; the status code (OK when it succeeds).
-async fn call(gw: &mut Gateway, rpc: &str, tenant: &str, purpose: Purpose) -> Code {
+async fn call(
+    fed: &Federation,
+    gw: &mut Gateway,
+    rpc: &str,
+    tenant: &str,
+    purpose: Purpose,
+) -> Code {
     let t = tenant.to_owned();
     let subject_request = |kind: SubjectRequestKind| SubmitSubjectRequestRequest {
         tenant_id: t.clone(),
@@ -241,15 +247,15 @@ async fn call(gw: &mut Gateway, rpc: &str, tenant: &str, purpose: Purpose) -> Co
             .await
             .map(|_| ()),
         "SubmitSubjectRequest(RESTRICTION)" => gw
-            .submit_subject_request(subject_request(SubjectRequestKind::Restriction))
+            .submit_subject_request(fed.signed(subject_request(SubjectRequestKind::Restriction)))
             .await
             .map(|_| ()),
         "SubmitSubjectRequest(ERASURE)" => gw
-            .submit_subject_request(subject_request(SubjectRequestKind::Erasure))
+            .submit_subject_request(fed.signed(subject_request(SubjectRequestKind::Erasure)))
             .await
             .map(|_| ()),
         "SubmitSubjectRequest(ACCESS)" => gw
-            .submit_subject_request(subject_request(SubjectRequestKind::Access))
+            .submit_subject_request(fed.signed(subject_request(SubjectRequestKind::Access)))
             .await
             .map(|_| ()),
         "GetSubjectRequest" => gw
@@ -260,12 +266,12 @@ async fn call(gw: &mut Gateway, rpc: &str, tenant: &str, purpose: Purpose) -> Co
             .await
             .map(|_| ()),
         "PlaceLegalHold" => gw
-            .place_legal_hold(PlaceLegalHoldRequest {
+            .place_legal_hold(fed.signed(PlaceLegalHoldRequest {
                 tenant_id: t.clone(),
                 subject: subject(),
                 reason: "litigation".into(),
                 ..Default::default()
-            })
+            }))
             .await
             .map(|_| ()),
         other => panic!("no RPC {other}"),
@@ -367,7 +373,7 @@ async fn tokens_are_checked_before_anything_runs() -> anyhow::Result<()> {
                 "ListRegions" => gw.list_regions(ListRegionsRequest {}).await.unwrap_err(),
                 _ => {
                     assert_eq!(
-                        call(&mut gw, rpc, TENANT, Purpose::CxAnalytics).await,
+                        call(&fed, &mut gw, rpc, TENANT, Purpose::CxAnalytics).await,
                         Code::Unauthenticated,
                         "{what}: {rpc}"
                     );
@@ -403,7 +409,7 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
     // With every operation, purpose and the DPO's authority, nothing is refused.
     let mut full = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, true)))).await;
     for (_, rpc) in RPCS {
-        let code = call(&mut full, rpc, TENANT, Purpose::CxAnalytics).await;
+        let code = call(&fed, &mut full, rpc, TENANT, Purpose::CxAnalytics).await;
         assert!(!refused(code), "{rpc} refused with every right: {code:?}");
     }
 
@@ -416,7 +422,7 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
             .collect();
         let mut gw = client(&fed, Some(hs256(&claims(&ops, &PURPOSES, true)))).await;
         for (op, rpc) in RPCS {
-            let code = call(&mut gw, rpc, TENANT, Purpose::CxAnalytics).await;
+            let code = call(&fed, &mut gw, rpc, TENANT, Purpose::CxAnalytics).await;
             if op == missing {
                 assert_eq!(code, Code::PermissionDenied, "{rpc} without {missing}");
             } else {
@@ -427,7 +433,7 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
 
     // Another tenant's data: refused on every tenant-scoped RPC.
     for (_, rpc) in RPCS {
-        let code = call(&mut full, rpc, "globex", Purpose::CxAnalytics).await;
+        let code = call(&fed, &mut full, rpc, "globex", Purpose::CxAnalytics).await;
         let scoped = !matches!(rpc, "ListRegions" | "GetAuditCheckpoint");
         assert_eq!(
             code == Code::PermissionDenied,
@@ -449,12 +455,12 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
         "GetConsent",
     ] {
         assert_eq!(
-            call(&mut survey_only, rpc, TENANT, Purpose::CxAnalytics).await,
+            call(&fed, &mut survey_only, rpc, TENANT, Purpose::CxAnalytics).await,
             Code::PermissionDenied,
             "{rpc} for cx_analytics"
         );
         assert!(!refused(
-            call(&mut survey_only, rpc, TENANT, Purpose::CxSurvey).await
+            call(&fed, &mut survey_only, rpc, TENANT, Purpose::CxSurvey).await
         ));
     }
 
@@ -462,7 +468,7 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
     // and status checks do not.
     let mut no_dpo = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, false)))).await;
     for (_, rpc) in RPCS.iter().filter(|(op, _)| *op == "rights") {
-        let code = call(&mut no_dpo, rpc, TENANT, Purpose::CxAnalytics).await;
+        let code = call(&fed, &mut no_dpo, rpc, TENANT, Purpose::CxAnalytics).await;
         let dpo_only = matches!(
             *rpc,
             "SubmitSubjectRequest(ERASURE)" | "SubmitSubjectRequest(ACCESS)" | "PlaceLegalHold"
@@ -473,6 +479,104 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
             "{rpc} without dpo: {code:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_audit_entry_names_who_caused_it() -> anyhow::Result<()> {
+    let (fed, _dir) = secured(None).await?;
+    let mut full = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, true)))).await;
+    // The subject the calls name exists, so that the rights calls act.
+    let regions = domicile_tests::client::regions(&mut full).await?;
+    let records = [
+        domicile_tests::person("DE", "cust-1", "Erika M", "e@example.de", "", "10115", 1980),
+        domicile_tests::touch(
+            "DE",
+            "t-1",
+            "cust-1",
+            domicile_proto::domain::unix_now() - 3_600,
+            "",
+        ),
+    ];
+    domicile_tests::client::ingest(&full, TENANT, &regions, &fed.trust_bundle, &records, 10)
+        .await?;
+    full.aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+    let recipient = domicile_proto::seal::SealingKeyPair::generate();
+    full.submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        subject: subject(),
+        kind: SubjectRequestKind::Access as i32,
+        recipient_public_key: recipient.public().as_bytes().to_vec(),
+        actor: "dpo-desk".into(),
+        ..Default::default()
+    }))
+    .await?;
+    full.place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+        tenant_id: TENANT.into(),
+        subject: subject(),
+        reason: "litigation".into(),
+        expires_at: domicile_tests::ts(domicile_proto::domain::unix_now() + 86_400),
+        ..Default::default()
+    }))
+    .await?;
+    let dpo_key = domicile_proto::trust::dpo_key_id(&fed.dpo.key.verifying_key());
+    let conn = fed.node("eu-de").unwrap().connect()?;
+    let mut stmt = conn.prepare("SELECT kind, details FROM audit_log ORDER BY seq")?;
+    let entries: Vec<(String, serde_json::Value)> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .map(|row| {
+            let (kind, details) = row?;
+            Ok((kind, serde_json::from_str(&details).unwrap()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let principal = |d: &serde_json::Value| d["principal"].as_str().unwrap_or("").to_owned();
+    assert!(entries.len() >= 5, "{entries:?}");
+    for (kind, details) in &entries {
+        let p = principal(details);
+        assert!(!p.is_empty(), "{kind} names no principal: {details}");
+    }
+    // What the calls caused names the token's subject, forwarded by the gateway; what the
+    // DPO signed names the DPO's key too; what the node did on its own names the node.
+    let by = |kind: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, d)| principal(d))
+            .collect()
+    };
+    assert!(
+        by("release_aggregate").iter().all(|p| p == "svc-crm")
+            && !by("release_aggregate").is_empty(),
+        "{:?}",
+        by("release_aggregate")
+    );
+    let signed: Vec<String> = entries
+        .iter()
+        .map(|(_, d)| principal(d))
+        .filter(|p| p.contains(";dpo-key="))
+        .collect();
+    assert!(
+        !signed.is_empty()
+            && signed
+                .iter()
+                .all(|p| *p == format!("svc-crm;dpo-key={dpo_key}")),
+        "{signed:?}"
+    );
+    assert_eq!(principal(&entries[0].1), "node", "{:?}", entries[0]);
+
+    // A caller cannot choose its principal: a header naming another is replaced by the
+    // gateway with the authenticated one.
+    let mut req = tonic::Request::new(aggregate(TENANT, Purpose::CxAnalytics));
+    req.metadata_mut()
+        .insert("x-domicile-principal", "dpo-of-someone-else".parse()?);
+    full.aggregate(req).await?;
+    let last: String = conn.query_row(
+        "SELECT details FROM audit_log WHERE kind = 'release_aggregate' ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(last.contains("\"principal\":\"svc-crm\""), "{last}");
     Ok(())
 }
 
@@ -718,14 +822,28 @@ async fn callers_may_authenticate_with_a_client_certificate() -> anyhow::Result<
     by_cert
         .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
         .await?;
-    let code = call(&mut by_cert, "QueryRecords", TENANT, Purpose::CxAnalytics).await;
+    let code = call(
+        &fed,
+        &mut by_cert,
+        "QueryRecords",
+        TENANT,
+        Purpose::CxAnalytics,
+    )
+    .await;
     assert_eq!(code, Code::PermissionDenied);
-    let code = call(&mut by_cert, "Aggregate", TENANT, Purpose::Marketing).await;
+    let code = call(&fed, &mut by_cert, "Aggregate", TENANT, Purpose::Marketing).await;
     assert_eq!(code, Code::PermissionDenied);
 
     // A certificate of the same CA that is not listed (the gateway's own): unauthenticated.
     let mut unlisted = connect_with(&addr, &tls(Some(fed.pki.pair("gateway")), None)).await?;
-    let code = call(&mut unlisted, "Aggregate", TENANT, Purpose::CxAnalytics).await;
+    let code = call(
+        &fed,
+        &mut unlisted,
+        "Aggregate",
+        TENANT,
+        Purpose::CxAnalytics,
+    )
+    .await;
     assert_eq!(code, Code::Unauthenticated);
 
     // Over TLS without a certificate: a token works, nothing does not.
@@ -735,7 +853,14 @@ async fn callers_may_authenticate_with_a_client_certificate() -> anyhow::Result<
         .aggregate(aggregate(TENANT, Purpose::CxAnalytics))
         .await?;
     let mut anonymous = connect_with(&addr, &tls(None, None)).await?;
-    let code = call(&mut anonymous, "Aggregate", TENANT, Purpose::CxAnalytics).await;
+    let code = call(
+        &fed,
+        &mut anonymous,
+        "Aggregate",
+        TENANT,
+        Purpose::CxAnalytics,
+    )
+    .await;
     assert_eq!(code, Code::Unauthenticated);
 
     // A certificate from another CA: the handshake fails.
@@ -744,7 +869,7 @@ async fn callers_may_authenticate_with_a_client_certificate() -> anyhow::Result<
     let refused = match connect_with(&addr, &tls(Some(foreign.pair("client")), None)).await {
         Err(_) => true,
         Ok(mut c) => !matches!(
-            call(&mut c, "Aggregate", TENANT, Purpose::CxAnalytics).await,
+            call(&fed, &mut c, "Aggregate", TENANT, Purpose::CxAnalytics).await,
             Code::Ok
         ),
     };
@@ -801,7 +926,7 @@ async fn another_tenants_subject_is_indistinguishable_from_a_missing_one() -> an
         interactions: 10,
         seed: 9,
     });
-    c::ingest(&gw, "globex", &regions, &records, 100).await?;
+    c::ingest(&gw, "globex", &regions, &fed.trust_bundle, &records, 100).await?;
     let theirs = records
         .iter()
         .find_map(|r| match &r.payload.record {
@@ -823,11 +948,11 @@ async fn another_tenants_subject_is_indistinguishable_from_a_missing_one() -> an
         ..Default::default()
     };
     let of_globex = gw
-        .submit_subject_request(ask(theirs.clone()))
+        .submit_subject_request(fed.signed(ask(theirs.clone())))
         .await
         .unwrap_err();
     let nobody = gw
-        .submit_subject_request(ask("cust-de-nobody".into()))
+        .submit_subject_request(fed.signed(ask("cust-de-nobody".into())))
         .await
         .unwrap_err();
     assert_eq!(of_globex.code(), Code::NotFound);
