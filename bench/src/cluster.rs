@@ -261,13 +261,8 @@ impl Cluster {
     }
 
     /// `request` signed now by the cluster's DPO key.
-    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, mut request: R) -> R {
-        domicile_proto::trust::sign_request(
-            &mut request,
-            &self.dpo.key,
-            domicile_proto::domain::unix_now(),
-        );
-        request
+    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, request: R) -> R {
+        domicile_proto::trust::signed(request, &self.dpo.key)
     }
 
     /// A client of the gateway with the cluster's token.

@@ -485,13 +485,8 @@ impl Federation {
     }
 
     /// `request` signed now by the federation's DPO key.
-    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, mut request: R) -> R {
-        domicile_proto::trust::sign_request(
-            &mut request,
-            &self.dpo.key,
-            domicile_proto::domain::unix_now(),
-        );
-        request
+    pub fn signed<R: domicile_proto::trust::DpoSigned>(&self, request: R) -> R {
+        domicile_proto::trust::signed(request, &self.dpo.key)
     }
 
     /// The node of `region_id`.

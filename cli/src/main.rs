@@ -263,6 +263,19 @@ enum TrustCommand {
     },
 }
 
+/// Who signs and where to: the gateway, the DPO's key, the tenant.
+#[derive(Debug, clap::Args)]
+struct DpoSigner {
+    #[command(flatten)]
+    target: Target,
+    /// The DPO's private key file (`domicile dpo keygen`).
+    #[arg(long)]
+    dpo_key: PathBuf,
+    /// The tenant.
+    #[arg(long)]
+    tenant: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum DpoCommand {
     /// Make a DPO signing key: writes the private key (64 hex characters, mode 0600) and prints
@@ -278,13 +291,7 @@ enum DpoCommand {
     /// Submit a data-subject request signed with the DPO key; prints the receipts as JSON.
     Request {
         #[command(flatten)]
-        target: Target,
-        /// The DPO's private key file (`domicile dpo keygen`).
-        #[arg(long)]
-        dpo_key: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        signer: DpoSigner,
         /// access, portability, erasure, restriction or objection.
         #[arg(long)]
         kind: String,
@@ -309,13 +316,7 @@ enum DpoCommand {
     /// Place a legal hold on a subject, signed with the DPO key; prints the hold id.
     Hold {
         #[command(flatten)]
-        target: Target,
-        /// The DPO's private key file.
-        #[arg(long)]
-        dpo_key: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        signer: DpoSigner,
         /// The subject's external id.
         #[arg(long)]
         subject: String,
@@ -332,13 +333,7 @@ enum DpoCommand {
     /// Release a legal hold, signed with the DPO key.
     Release {
         #[command(flatten)]
-        target: Target,
-        /// The DPO's private key file.
-        #[arg(long)]
-        dpo_key: PathBuf,
-        /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        signer: DpoSigner,
         /// The hold id.
         #[arg(long)]
         hold_id: String,
@@ -1113,9 +1108,12 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
             }
         }
         DpoCommand::Request {
-            target,
-            dpo_key,
-            tenant,
+            signer:
+                DpoSigner {
+                    target,
+                    dpo_key,
+                    tenant,
+                },
             kind,
             subject,
             country,
@@ -1184,9 +1182,12 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
             }
         }
         DpoCommand::Hold {
-            target,
-            dpo_key,
-            tenant,
+            signer:
+                DpoSigner {
+                    target,
+                    dpo_key,
+                    tenant,
+                },
             subject,
             country,
             reason,
@@ -1216,9 +1217,12 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
             println!("{}", answer.hold_id);
         }
         DpoCommand::Release {
-            target,
-            dpo_key,
-            tenant,
+            signer:
+                DpoSigner {
+                    target,
+                    dpo_key,
+                    tenant,
+                },
             hold_id,
         } => {
             let key = key_of(&dpo_key)?;

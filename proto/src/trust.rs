@@ -438,6 +438,12 @@ pub fn sign_request<R: DpoSigned>(request: &mut R, key: &SigningKey, now: i64) {
     sign_request_with(request, key, now, &nonce);
 }
 
+/// `request` signed now by `key` ([`sign_request`]), by value.
+pub fn signed<R: DpoSigned>(mut request: R, key: &SigningKey) -> R {
+    sign_request(&mut request, key, crate::domain::unix_now());
+    request
+}
+
 /// [`sign_request`] with a given nonce (tests).
 pub fn sign_request_with<R: DpoSigned>(request: &mut R, key: &SigningKey, now: i64, nonce: &[u8]) {
     let key_id = dpo_key_id(&key.verifying_key());
