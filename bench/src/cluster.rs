@@ -182,6 +182,7 @@ pub fn node_config(dir: &Path, pki: &Pki, region: &Region, policies: Option<&Pat
         dir.join(format!("{}.sqlite", region.id)),
     );
     config.policy_dir = policies.map(Path::to_owned);
+    config.dpo_keys_file = Some(dpo_dir(dir).join("dpo-keys.toml"));
     let (cert_file, key_file) = pki.pair(&format!("node-{}", region.id));
     config.tls = Some(NodeTls {
         cert_file,
