@@ -42,6 +42,7 @@ pub struct FederationBuilder {
     public_tls: bool,
     postgres: bool,
     dpo_tenants: Vec<String>,
+    policy_dir: Option<PathBuf>,
 }
 
 /// Tenants whose DPO key a federation registers by default (the tests', `dev`'s, the Python
@@ -75,6 +76,7 @@ impl Default for FederationBuilder {
             public_tls: false,
             postgres: false,
             dpo_tenants: DPO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
+            policy_dir: None,
         }
     }
 }
@@ -111,6 +113,12 @@ impl FederationBuilder {
     /// Registers the federation's DPO key for `tenant` too (besides [`DPO_TENANTS`]).
     pub fn dpo_tenant(mut self, tenant: &str) -> Self {
         self.dpo_tenants.push(tenant.to_owned());
+        self
+    }
+
+    /// Reads the country policies from `dir` (default: the shipped ones).
+    pub fn policy_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.policy_dir = Some(dir.into());
         self
     }
 
@@ -236,6 +244,7 @@ impl FederationBuilder {
                 config.listen = addr;
                 config.min_group_size = self.min_group_size;
                 config.dpo_keys_file = Some(dpo.keys_file.clone());
+                config.policy_dir = self.policy_dir.clone();
                 if let Backend::Postgres(url) = &backend {
                     config.storage = Some(url.clone());
                 }

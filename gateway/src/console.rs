@@ -579,7 +579,7 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
                         })
                     })
                     .collect();
-                let budget = rep.budget.unwrap_or_default();
+                let budget = rep.budget.clone().unwrap_or_default();
                 json!({
                     "policy_versions": rep.policy_versions,
                     "sealing_key_id": rep.sealing_key_id,
@@ -587,7 +587,8 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
                     "checkpoint": checkpoint,
                     "releases": releases,
                     "budget": {
-                        "daily_epsilon": budget.daily_epsilon,
+                        "month": budget.month,
+                        "epsilon_per_month": budget.epsilon_per_month,
                         "spent": budget.spent,
                         "remaining": budget.remaining,
                     },

@@ -22,10 +22,10 @@ pub enum GatewayError {
     /// The one region a subject-scoped call went to answered with an error: relayed as is.
     #[error("region {0}: {1}")]
     Region(String, Status),
-    /// Every asked region refused: the tenant's privacy budget is spent. Carries each region's
-    /// remaining epsilon as `(region, remaining)`.
+    /// Every asked region refused: the tenant's privacy budget for a month of data is spent.
+    /// Carries each region's `(region, month, remaining epsilon)`.
     #[error("privacy budget exhausted in every region")]
-    BudgetExhausted(Vec<(String, String)>),
+    BudgetExhausted(Vec<(String, String, String)>),
     /// A region's audit head does not extend the head the gateway witnessed before: (region,
     /// what differs).
     #[error("region {0}: audit log fork: {1}")]
@@ -68,16 +68,24 @@ impl From<GatewayError> for Status {
             GatewayError::BudgetExhausted(remaining) => {
                 let text = remaining
                     .iter()
-                    .map(|(region, left)| format!("{region}: {left} left"))
+                    .map(|(region, month, left)| format!("{region}: {left} left for {month}"))
                     .collect::<Vec<_>>()
                     .join(", ");
                 let metadata: HashMap<String, String> = remaining
                     .into_iter()
-                    .map(|(region, left)| (format!("{region}.remaining_epsilon"), left))
+                    .flat_map(|(region, month, left)| {
+                        [
+                            (format!("{region}.remaining_epsilon"), left),
+                            (format!("{region}.month"), month),
+                        ]
+                    })
                     .collect();
                 Status::with_error_details(
                     Code::ResourceExhausted,
-                    format!("privacy budget exhausted for today in every asked region ({text})"),
+                    format!(
+                        "privacy budget exhausted in every asked region ({text}): no new release \
+                         for that month of data; figures already released stay available"
+                    ),
                     ErrorDetails::with_error_info(
                         "PRIVACY_BUDGET_EXHAUSTED",
                         "domicile.v1",

@@ -344,12 +344,18 @@ impl Gateway {
                 }
                 Err(failure) => {
                     if failure.status == RegionStatus::BudgetExhausted {
-                        let left = failure
-                            .metadata
-                            .iter()
-                            .find(|(k, _)| k == "remaining_epsilon")
-                            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.clone());
-                        exhausted.push((outcome.region.id.clone(), left));
+                        let meta = |key: &str| {
+                            failure
+                                .metadata
+                                .iter()
+                                .find(|(k, _)| k == key)
+                                .map_or_else(|| "unknown".to_owned(), |(_, v)| v.clone())
+                        };
+                        exhausted.push((
+                            outcome.region.id.clone(),
+                            meta("month"),
+                            meta("remaining_epsilon"),
+                        ));
                     }
                     attestation
                         .regions

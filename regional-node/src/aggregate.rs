@@ -35,6 +35,9 @@ pub struct Rules<'a> {
     pub k_mixed: u32,
     /// Noise to add, with the randomness to draw it from; `None` releases exact values.
     pub noise: Option<(NoisePlan, &'a mut dyn RngCore)>,
+    /// Contribution bounds without noise, `(L, H)`: each subject's first `L` interactions,
+    /// handle times clamped to `H` (the exact, bounded values a release then noises).
+    pub bounds: Option<(u32, u32)>,
     /// The consent condition of the purpose.
     pub gate: Gate,
 }
@@ -95,10 +98,15 @@ pub fn run_over_rows(
         .iter()
         .filter_map(|d| dimension_sql(*d, conn.dialect()).map(|sql| (*d, sql)))
         .collect();
-    let handle_time = match &rules.noise {
-        Some((plan, _)) => match conn.dialect() {
-            Dialect::Sqlite => format!("MIN(handle_time, {})", plan.handle_time_bound),
-            Dialect::Postgres => format!("LEAST(handle_time, {})", plan.handle_time_bound),
+    let bounds = rules
+        .noise
+        .as_ref()
+        .map(|(plan, _)| (plan.max_contributions, plan.handle_time_bound))
+        .or(rules.bounds);
+    let handle_time = match bounds {
+        Some((_, h)) => match conn.dialect() {
+            Dialect::Sqlite => format!("MIN(handle_time, {h})"),
+            Dialect::Postgres => format!("LEAST(handle_time, {h})"),
         },
         None => "handle_time".to_owned(),
     };
@@ -137,12 +145,11 @@ pub fn run_over_rows(
     let (gate, gate_args) = rules.gate.filter("");
     filter.push_str(&gate);
     args.extend(gate_args);
-    match &rules.noise {
+    match bounds {
         // Contribution bound: each subject's first L interactions (in time order) only.
-        Some((plan, _)) => select.push_str(&format!(
+        Some((l, _)) => select.push_str(&format!(
             " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY started_at, \
-             interaction_id) AS contribution FROM interactions{filter}) AS bounded WHERE contribution <= {}",
-            plan.max_contributions
+             interaction_id) AS contribution FROM interactions{filter}) AS bounded WHERE contribution <= {l}"
         )),
         None => {
             select.push_str(" FROM interactions");

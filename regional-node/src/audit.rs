@@ -90,11 +90,15 @@ pub enum Kind {
     /// A request that needs the tenant DPO's signature was refused (missing, wrong, stale or
     /// replayed).
     DpoRefused,
+    /// A differentially private release was made (its noisy cells stored) and charged.
+    DpRelease,
+    /// An exact aggregate was answered on the in-country listener.
+    LocalAggregate,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::NodeStart,
         Kind::IngestBatch,
         Kind::ReleaseAggregate,
@@ -109,6 +113,8 @@ impl Kind {
         Kind::RetentionSweep,
         Kind::Restore,
         Kind::DpoRefused,
+        Kind::DpRelease,
+        Kind::LocalAggregate,
     ];
 
     /// Its stored name.
@@ -128,6 +134,8 @@ impl Kind {
             Self::RetentionSweep => "retention_sweep",
             Self::Restore => "restore",
             Self::DpoRefused => "dpo_refused",
+            Self::DpRelease => "dp_release",
+            Self::LocalAggregate => "local_aggregate",
         }
     }
 
@@ -142,7 +150,9 @@ impl Kind {
                 "survey_answers",
                 "comments",
             ],
-            Self::ReleaseAggregate => &["interactions", "survey_answers"],
+            Self::ReleaseAggregate | Self::DpRelease | Self::LocalAggregate => {
+                &["interactions", "survey_answers"]
+            }
             Self::ReleaseRecordsStart | Self::ReleaseRecords => {
                 &["interactions", "survey_answers", "comments", "profile"]
             }
@@ -774,7 +784,13 @@ pub fn activities(conn: &Connection, from: i64, to: i64) -> Result<Vec<Activity>
                     Kind::ReleaseRecords => format!(
                         "tenant {tenant} through the gateway, outside the region: pseudonymised records"
                     ),
-                    Kind::IncidentSubjectsListed => "in-country staff (LocalNode)".to_owned(),
+                    Kind::IncidentSubjectsListed | Kind::LocalAggregate => {
+                        "in-country staff (LocalNode)".to_owned()
+                    }
+                    Kind::DpRelease => {
+                        "none: noisy cells stored in the region; they leave only summed, as aggregates"
+                            .to_owned()
+                    }
                     _ => "none (stored in the region)".to_owned(),
                 },
                 ..Default::default()

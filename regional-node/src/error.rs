@@ -32,9 +32,11 @@ pub enum NodeError {
         "privacy budget exhausted: {remaining_milli} of {budget_milli} thousandths left, {requested_milli} requested"
     )]
     BudgetExhausted {
-        /// Epsilon left today, in thousandths.
+        /// The month of data whose budget is spent, `YYYY-MM`.
+        month: String,
+        /// Epsilon left of that month's budget, in thousandths.
         remaining_milli: u64,
-        /// The daily budget, in thousandths.
+        /// The budget per month of data, in thousandths.
         budget_milli: u64,
         /// What the query needed, in thousandths.
         requested_milli: u32,
@@ -83,25 +85,32 @@ impl From<NodeError> for Status {
                 ErrorDetails::with_error_info(DENIED_BY_POLICY, ERROR_DOMAIN, HashMap::new()),
             ),
             NodeError::BudgetExhausted {
+                month,
                 remaining_milli,
                 budget_milli,
                 requested_milli,
             } => {
                 let eps = |m: u64| format!("{:.3}", m as f64 / 1000.0);
                 let metadata = HashMap::from([
+                    ("month".to_owned(), month.clone()),
                     ("remaining_epsilon".to_owned(), eps(remaining_milli)),
-                    ("daily_epsilon_budget".to_owned(), eps(budget_milli)),
+                    ("epsilon_per_month".to_owned(), eps(budget_milli)),
                     (
                         "requested_epsilon".to_owned(),
                         eps(u64::from(requested_milli)),
+                    ),
+                    (
+                        "renews".to_owned(),
+                        "never: the budget is per month of data; released figures stay available"
+                            .to_owned(),
                     ),
                 ]);
                 let mut details =
                     ErrorDetails::with_error_info(BUDGET_EXHAUSTED, ERROR_DOMAIN, metadata);
                 details.add_quota_failure_violation(
-                    "differential-privacy epsilon per tenant per UTC day",
+                    "differential-privacy epsilon per tenant per month of data",
                     format!(
-                        "{} of {} left today; the query needs {}",
+                        "{month}: {} of {} left; a new release needs {}",
                         eps(remaining_milli),
                         eps(budget_milli),
                         eps(u64::from(requested_milli))
@@ -110,7 +119,8 @@ impl From<NodeError> for Status {
                 Status::with_error_details(
                     Code::ResourceExhausted,
                     format!(
-                        "privacy budget exhausted: remaining epsilon {} of {} today",
+                        "privacy budget exhausted for the data of {month}: remaining epsilon {} of {}; \
+                         figures already released stay available",
                         eps(remaining_milli),
                         eps(budget_milli)
                     ),

@@ -34,6 +34,7 @@ pub mod policy;
 pub mod pseudonym;
 pub mod records;
 pub mod redact;
+pub mod release;
 pub mod retention;
 pub mod rights;
 pub mod rollup;

@@ -2,9 +2,12 @@
 //! Served on its own listener (`local_listen`), never through the gateway.
 
 use domicile_proto::{
-    domain::{TenantId, is_incident_id},
+    domain::{AggregateSpec, TenantId, is_incident_id},
     error::Violations,
-    pb::{ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, local_node_server::LocalNode},
+    pb::{
+        ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, LocalAggregateRequest,
+        LocalAggregateResponse, local_node_server::LocalNode,
+    },
 };
 use tonic::{Request, Response, Status};
 
@@ -41,5 +44,16 @@ impl LocalNode for LocalNodeService {
             subjects,
             affected,
         }))
+    }
+
+    async fn aggregate(
+        &self,
+        request: Request<LocalAggregateRequest>,
+    ) -> Result<Response<LocalAggregateResponse>, Status> {
+        let req = request.into_inner();
+        TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let spec = AggregateSpec::from_query(req.query.as_ref(), "query")?;
+        let groups = self.node.exact_aggregate(&req.tenant_id, spec).await?;
+        Ok(Response::new(LocalAggregateResponse { groups }))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{
 
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
-    domain::{AggregateSpec, Epsilon, IncidentSpec, RecordSpec, TenantId, is_incident_id},
+    domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
         CheckContactPermissionResponse, ConsentAction, ConsentState, GetConsentResponse,
@@ -28,7 +28,6 @@ use crate::{
     audit::{self, AuditLog, Entry},
     config::NodeConfig,
     consent::{self, Recorded},
-    dp::NoisePlan,
     error::NodeError,
     incident,
     ingest::{Verdict, open_envelope, result},
@@ -38,7 +37,7 @@ use crate::{
     policy::{CountryPolicy, PolicySet, Release},
     pseudonym::Pseudonymiser,
     records,
-    storage::{Backend, Charge, RecordBody, Store, StoreOutcome},
+    storage::{Backend, RecordBody, Store, StoreOutcome},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -375,7 +374,7 @@ impl Node {
         self.blocking(move |node| {
             let inner = &node.inner;
             let tenant = tenant.as_str();
-            let daily_milli = inner.policies.daily_epsilon_budget_milli();
+            let budget_milli = inner.policies.release_rules().budget_milli;
             let now = domicile_proto::domain::unix_now();
             inner.store.read(|conn| {
                 let (subject_requests, open_requests, open_total) =
@@ -395,7 +394,7 @@ impl Node {
                         since,
                         i64::from(bucket_seconds.max(1)),
                     )?,
-                    budget: Some(crate::overview::budget(conn, tenant, daily_milli)?),
+                    budget: Some(crate::overview::budget(conn, tenant, budget_milli, now)?),
                     subject_requests,
                     open_requests,
                     open_requests_total: open_total,
@@ -723,12 +722,12 @@ impl Node {
         Ok(results)
     }
 
-    /// This region's partial aggregate for `tenant`, with the release it amounts to.
-    ///
-    /// *k* is the largest of the country policy's, the node's floor and the request's. Noise is
-    /// added when the request asks for it or a policy demands it; its epsilon (capped at the
-    /// smallest `epsilon_per_query` of the region's policies) is charged to the tenant's daily
-    /// budget before the query runs, and an exhausted budget refuses the query.
+    /// This region's partial aggregate for `tenant`, with the release it amounts to: summed
+    /// from differentially private releases of closed days or months (docs/privacy-model.md),
+    /// making the ones it needs that do not exist yet — each charged once to the accountant,
+    /// which refuses a release past its month of data's budget with
+    /// [`NodeError::BudgetExhausted`]. *k* (the largest of the country policy's, the node's floor
+    /// and the request's) applies to the noisy distinct-subject counts.
     pub async fn aggregate(
         &self,
         tenant_id: &str,
@@ -742,72 +741,95 @@ impl Node {
             .map(|p| (p.country().to_owned(), p.min_group_size().max(floor)))
             .collect();
         let k_mixed = k_by_country.values().copied().max().unwrap_or(floor);
-
-        let strictest = |f: fn(&crate::policy::PrivacyRules) -> f64| {
-            policies
-                .iter()
-                .map(|p| f(&p.privacy))
-                .fold(f64::INFINITY, f64::min)
-        };
-        let cap =
-            Epsilon::from_milli((strictest(|p| *p.epsilon_per_query.get_ref()) * 1000.0) as u32);
-        let required = policies.iter().any(|p| p.privacy.dp_required);
-        let epsilon = match (spec.epsilon, required) {
-            (Some(e), _) => Some(e.min(cap)),
-            (None, true) => Some(cap),
-            (None, false) => None,
-        };
-        let plan = epsilon.map(|e| {
-            let min_u32 = |f: fn(&crate::policy::PrivacyRules) -> u32| {
-                policies.iter().map(|p| f(&p.privacy)).min().unwrap_or(1)
-            };
-            NoisePlan::new(
-                e,
-                min_u32(|p| *p.max_contributions_per_subject.get_ref()),
-                min_u32(|p| *p.handle_time_bound_seconds.get_ref()),
-                &spec.metrics,
-            )
-        });
-        let budget_milli = policies.daily_epsilon_budget_milli();
+        let rules = policies.release_rules();
+        let now = domicile_proto::domain::unix_now();
+        // Before the longest interaction retention, every interaction is gone: no releases.
+        let retention_days = policies
+            .iter()
+            .map(|p| i64::from(p.retention.interactions))
+            .max()
+            .unwrap_or(0);
+        let plan = crate::release::Plan::new(&spec, now, now - (retention_days + 1) * 86_400)?;
         let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
 
         let node = self.clone();
         spawn_blocking_in_span(move || {
             let inner = &node.inner;
-            if let Some(plan) = &plan {
-                let requested_milli = plan.epsilon.milli();
-                let charge =
-                    inner
-                        .store
-                        .charge_epsilon(tenant.as_str(), requested_milli, budget_milli)?;
-                let (Charge::Charged { remaining_milli } | Charge::Exhausted { remaining_milli }) =
-                    charge;
+            let region = &inner.config.region_id;
+            // Make what is missing, all in one transaction: a refusal leaves nothing made and
+            // nothing charged.
+            let made = inner.store.write(|tx| {
+                let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
+                let mut made = Vec::new();
+                for bucket in plan.from..plan.to {
+                    let outcome = crate::release::ensure(
+                        tx,
+                        region,
+                        &inner.config.countries,
+                        tenant.as_str(),
+                        spec.purpose,
+                        consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
+                        rules,
+                        plan.grain,
+                        bucket,
+                        now,
+                        &mut *rng,
+                    )?;
+                    match outcome {
+                        Ok(Some(m)) => {
+                            inner.audit.append(
+                                tx,
+                                Entry {
+                                    kind: audit::Kind::DpRelease,
+                                    tenant: tenant.as_str(),
+                                    subject: None,
+                                    details: serde_json::json!({
+                                        "purpose": spec.purpose.as_str_name(),
+                                        "release": m.id,
+                                        "cost": m.epsilon_milli as f64 / 1000.0,
+                                        "data_month": crate::rollup::month_label(m.data_month),
+                                        "remaining": m.remaining_milli as f64 / 1000.0,
+                                        "max_contributions": rules.max_contributions,
+                                        "policy_versions": inner.policies.labels(),
+                                    }),
+                                },
+                            )?;
+                            made.push(m);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(NodeError::BudgetExhausted {
+                                month: e.month,
+                                remaining_milli: e.remaining_milli,
+                                budget_milli: e.budget_milli,
+                                requested_milli: e.requested_milli,
+                            });
+                        }
+                    }
+                }
+                Ok(made)
+            })?;
+            if let Some(last) = made.last() {
                 inner
                     .metrics
                     .dp_budget_remaining
                     .get_or_create(&TenantLabels {
                         tenant: tenant.as_str().to_owned(),
                     })
-                    .set(remaining_milli as f64 / 1000.0);
-                if let Charge::Exhausted { remaining_milli } = charge {
-                    return Err(NodeError::BudgetExhausted {
-                        remaining_milli,
-                        budget_milli,
-                        requested_milli,
-                    });
-                }
+                    .set(last.remaining_milli as f64 / 1000.0);
             }
-            let region = &inner.config.region_id;
-            let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
-            let rules = Rules {
-                k_by_country,
-                k_mixed,
-                gate: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
-                noise: plan.map(|p| (p, &mut *rng as &mut dyn rand::RngCore)),
-            };
-            let partial = inner
-                .store
-                .read(|conn| aggregate::run(conn, region, tenant.as_str(), &spec, rules))?;
+            let (partial, sources) = inner.store.read(|conn| {
+                crate::release::answer(
+                    conn,
+                    region,
+                    tenant.as_str(),
+                    &spec,
+                    &plan,
+                    &k_by_country,
+                    k_mixed,
+                )
+            })?;
+            let spent_now: u32 = made.iter().map(|m| m.epsilon_milli).sum();
             let released = u32::try_from(partial.groups.len()).unwrap_or(u32::MAX);
             let mut release = RegionRelease {
                 region_id: region.clone(),
@@ -820,27 +842,36 @@ impl Node {
                 groups_suppressed: u32::try_from(partial.suppressed).unwrap_or(u32::MAX),
                 rows_released: 0,
                 min_group_size: partial.min_group_size,
-                mechanism: if plan.is_some() {
-                    NoiseMechanism::DiscreteLaplace
-                } else {
-                    NoiseMechanism::None
-                } as i32,
-                epsilon: plan.map_or(0.0, |p| p.epsilon.as_f64()),
+                mechanism: NoiseMechanism::DiscreteLaplace as i32,
+                epsilon: f64::from(spent_now) / 1000.0,
                 policy_versions: inner.policies.labels(),
                 countries_denied: Vec::new(),
                 query_fingerprint: fingerprint,
                 audit_seq: 0,
                 signature: Vec::new(),
+                derived_from: sources
+                    .iter()
+                    .map(|s| domicile_proto::pb::DpReleaseRef {
+                        id: s.id.clone(),
+                        epsilon: s.epsilon,
+                    })
+                    .collect(),
+                released_through: Some(domicile_proto::domain::whole_seconds(
+                    plan.released_through(),
+                )),
             };
             // Nothing leaves without its audit entry.
             release.audit_seq = inner.store.write(|tx| {
+                let mut details = release_details(&spec.purpose, &release);
+                details["derived_from"] =
+                    serde_json::json!(sources.iter().map(|s| s.id.as_str()).collect::<Vec<_>>());
                 inner.audit.append(
                     tx,
                     Entry {
                         kind: audit::Kind::ReleaseAggregate,
                         tenant: tenant.as_str(),
                         subject: None,
-                        details: release_details(&spec.purpose, &release),
+                        details,
                     },
                 )
             })?;
@@ -858,6 +889,7 @@ impl Node {
                 purpose,
                 groups = released,
                 suppressed = partial.suppressed,
+                releases_made = made.len(),
                 epsilon = release.epsilon,
                 "aggregate released"
             );
@@ -868,6 +900,47 @@ impl Node {
                 min_group_size: partial.min_group_size,
                 release: Some(release),
             })
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// The exact aggregate, for in-country use only (the `LocalNode` listener): no noise, no
+    /// *k*, every row of the purpose's consent gate. Never served across the border.
+    pub async fn exact_aggregate(
+        &self,
+        tenant_id: &str,
+        spec: AggregateSpec,
+    ) -> Result<Vec<domicile_proto::pb::PartialGroup>, NodeError> {
+        let tenant = TenantId::parse(tenant_id, "tenant_id")?;
+        let node = self.clone();
+        spawn_blocking_in_span(move || {
+            let inner = &node.inner;
+            let rules = Rules {
+                bounds: None,
+                k_by_country: Default::default(),
+                k_mixed: 0,
+                gate: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
+                noise: None,
+            };
+            let partial = inner.store.read(|conn| {
+                aggregate::run(conn, &inner.config.region_id, tenant.as_str(), &spec, rules)
+            })?;
+            inner.store.write(|tx| {
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::LocalAggregate,
+                        tenant: tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "purpose": spec.purpose.as_str_name(),
+                            "groups": partial.groups.len(),
+                        }),
+                    },
+                )
+            })?;
+            Ok(partial.groups)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?

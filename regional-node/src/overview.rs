@@ -70,22 +70,22 @@ pub fn releases(
     rows.collect::<Result<_, _>>()
 }
 
-/// The tenant's privacy budget today, against a daily budget of `daily_milli` thousandths.
+/// The tenant's privacy budget for the current month of data, against `budget_milli`
+/// thousandths per month of data (docs/privacy-model.md).
 pub fn budget(
     conn: &Connection,
     tenant: &str,
-    daily_milli: u64,
+    budget_milli: u64,
+    now: i64,
 ) -> Result<PrivacyBudget, NodeError> {
-    let spent: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(spent_milli), 0) FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
-        params![tenant, crate::storage::today()],
-        |r| r.get(0),
-    )?;
-    let spent = spent.max(0) as u64;
+    let month = crate::rollup::month_of_day(now.div_euclid(86_400));
+    let spent = crate::release::spent(conn, tenant, month)?;
     Ok(PrivacyBudget {
-        daily_epsilon: daily_milli as f64 / 1000.0,
+        daily_epsilon: 0.0,
         spent: spent as f64 / 1000.0,
-        remaining: daily_milli.saturating_sub(spent) as f64 / 1000.0,
+        remaining: budget_milli.saturating_sub(spent) as f64 / 1000.0,
+        epsilon_per_month: budget_milli as f64 / 1000.0,
+        month: crate::rollup::month_label(month),
     })
 }
 

@@ -197,16 +197,32 @@ pub struct BorderRules {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyRules {
-    /// When true, every aggregate from this country is noised, even if the request asks for none.
-    pub dp_required: bool,
-    /// Epsilon spent per aggregate when the request names none, and the most one may spend.
-    pub epsilon_per_query: Spanned<f64>,
-    /// Total epsilon per tenant per UTC day.
-    pub daily_epsilon_budget: Spanned<f64>,
-    /// Most interactions one subject contributes to a noised aggregate (contribution bound).
+    /// Epsilon of one release of a closed calendar month's cells (docs/privacy-model.md).
+    pub epsilon_per_release_month: Spanned<f64>,
+    /// Epsilon of one release of a closed UTC day's cells.
+    pub epsilon_per_release_day: Spanned<f64>,
+    /// The most epsilon all releases containing one calendar month of a person's data may
+    /// spend together (the accountant's budget per tenant and month of data).
+    pub epsilon_per_month: Spanned<f64>,
+    /// Most interactions one subject contributes to one release (its first, in time order).
     pub max_contributions_per_subject: Spanned<u32>,
     /// Handle times are clamped to this many seconds in noised sums.
     pub handle_time_bound_seconds: Spanned<u32>,
+}
+
+/// The differential-privacy rules of a region's releases: the strictest of its countries'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseRules {
+    /// Epsilon of a month release, in thousandths.
+    pub month_milli: u32,
+    /// Epsilon of a day release, in thousandths.
+    pub day_milli: u32,
+    /// The accountant's budget per tenant and month of data, in thousandths.
+    pub budget_milli: u64,
+    /// Contribution bound L: interactions per subject per release.
+    pub max_contributions: u32,
+    /// Handle-time clamp H, in seconds.
+    pub handle_time_bound: u32,
 }
 
 /// Retention per data category, in days.
@@ -394,20 +410,31 @@ impl CountryPolicy {
             );
         }
         let p = &self.privacy;
-        let eps = *p.epsilon_per_query.get_ref();
-        if !(eps.is_finite() && (0.001..=10.0).contains(&eps)) {
-            return fail(
-                p.epsilon_per_query.span(),
-                "privacy.epsilon_per_query",
-                "must be 0.001 to 10".into(),
-            );
+        for (value, field) in [
+            (
+                &p.epsilon_per_release_month,
+                "privacy.epsilon_per_release_month",
+            ),
+            (
+                &p.epsilon_per_release_day,
+                "privacy.epsilon_per_release_day",
+            ),
+        ] {
+            let eps = *value.get_ref();
+            if !(eps.is_finite() && (0.001..=10.0).contains(&eps)) {
+                return fail(value.span(), field, "must be 0.001 to 10".into());
+            }
         }
-        let budget = *p.daily_epsilon_budget.get_ref();
-        if !(budget.is_finite() && budget >= eps && budget <= 1_000.0) {
+        let budget = *p.epsilon_per_month.get_ref();
+        let largest = p
+            .epsilon_per_release_month
+            .get_ref()
+            .max(*p.epsilon_per_release_day.get_ref());
+        if !(budget.is_finite() && budget >= largest && budget <= 1_000.0) {
             return fail(
-                p.daily_epsilon_budget.span(),
-                "privacy.daily_epsilon_budget",
-                "must be at least epsilon_per_query and at most 1000".into(),
+                p.epsilon_per_month.span(),
+                "privacy.epsilon_per_month",
+                "must be at least each release's epsilon and at most 1000".into(),
             );
         }
         if !(1..=10_000).contains(p.max_contributions_per_subject.get_ref()) {
@@ -592,13 +619,29 @@ impl PolicySet {
             .unwrap_or(2)
     }
 
-    /// A tenant's daily differential-privacy budget in the region, in thousandths of epsilon:
-    /// the strictest of its countries' budgets.
-    pub fn daily_epsilon_budget_milli(&self) -> u64 {
-        self.iter()
-            .map(|p| (*p.privacy.daily_epsilon_budget.get_ref() * 1000.0) as u64)
-            .min()
-            .unwrap_or(0)
+    /// The region's release rules: the strictest of its countries' privacy sections.
+    pub fn release_rules(&self) -> ReleaseRules {
+        let strictest = |f: fn(&PrivacyRules) -> f64| {
+            let v = self
+                .iter()
+                .map(|p| f(&p.privacy))
+                .fold(f64::INFINITY, f64::min);
+            // Thousandths, rounded down: only ever less epsilon than the policy says.
+            if v.is_finite() {
+                (v * 1000.0) as u32
+            } else {
+                0
+            }
+        };
+        let min_u32 =
+            |f: fn(&PrivacyRules) -> u32| self.iter().map(|p| f(&p.privacy)).min().unwrap_or(1);
+        ReleaseRules {
+            month_milli: strictest(|p| *p.epsilon_per_release_month.get_ref()),
+            day_milli: strictest(|p| *p.epsilon_per_release_day.get_ref()),
+            budget_milli: u64::from(strictest(|p| *p.epsilon_per_month.get_ref())),
+            max_contributions: min_u32(|p| *p.max_contributions_per_subject.get_ref()),
+            handle_time_bound: min_u32(|p| *p.handle_time_bound_seconds.get_ref()),
+        }
     }
 
     /// Version labels of all policies, e.g. `["DE@2026-11-01"]`.

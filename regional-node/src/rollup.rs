@@ -227,7 +227,7 @@ const SUMS_COLUMNS: &str = "interactions, nps0, nps1, nps2, nps3, nps4, nps5, np
     nps9, nps10, csat_sum, csat_responses, ces_sum, ces_responses, handle_time_sum, \
     handle_time_count";
 
-const DAY: i64 = 86_400;
+pub(crate) const DAY: i64 = 86_400;
 
 /// The span of time one cell covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -268,18 +268,18 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// The month number (months since 1970-01) of a day number.
-fn month_of_day(day: i64) -> i64 {
+pub(crate) fn month_of_day(day: i64) -> i64 {
     let (y, m, _) = civil_from_days(day);
     (y - 1970) * 12 + m - 1
 }
 
 /// The first day of a month number.
-fn first_day(month: i64) -> i64 {
+pub(crate) fn first_day(month: i64) -> i64 {
     days_from_civil(1970 + month.div_euclid(12), month.rem_euclid(12) + 1, 1)
 }
 
 /// `YYYY-MM`, as SQLite's `strftime('%Y-%m')` writes it.
-fn month_label(month: i64) -> String {
+pub(crate) fn month_label(month: i64) -> String {
     format!(
         "{:04}-{:02}",
         1970 + month.div_euclid(12),
@@ -892,7 +892,7 @@ pub fn run(
     spec: &domicile_proto::domain::AggregateSpec,
     rules: &mut Rules<'_>,
 ) -> Result<Option<Partial>, NodeError> {
-    if rules.noise.is_some() {
+    if rules.noise.is_some() || rules.bounds.is_some() {
         return Ok(None);
     }
     let Some((dropped_sql, dropped_args)) = rules.gate.dropped_subjects() else {
@@ -1400,6 +1400,7 @@ mod tests {
                 epsilon: None,
             };
             let rules = || Rules {
+                bounds: None,
                 k_by_country: [("DE".to_owned(), k), ("FR".to_owned(), k + 1)].into(),
                 k_mixed: k + 1,
                 noise: None,
@@ -1519,6 +1520,7 @@ mod tests {
             epsilon: None,
         };
         let mut rules = Rules {
+            bounds: None,
             k_by_country: BTreeMap::new(),
             k_mixed: 2,
             noise: None,

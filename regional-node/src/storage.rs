@@ -89,30 +89,7 @@ CREATE TABLE IF NOT EXISTS ingest_keys (
     ingested_at     INTEGER NOT NULL,
     PRIMARY KEY (tenant, idempotency_key)
 ) WITHOUT ROWID;
-
--- Differential-privacy budget spent per tenant and UTC day, in thousandths of epsilon.
-CREATE TABLE IF NOT EXISTS privacy_budget (
-    tenant      TEXT NOT NULL,
-    day         TEXT NOT NULL,
-    spent_milli INTEGER NOT NULL,
-    PRIMARY KEY (tenant, day)
-) WITHOUT ROWID;
 "#;
-
-/// The outcome of charging epsilon to a tenant's daily budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charge {
-    /// Charged; this much is left today (thousandths).
-    Charged {
-        /// Left after the charge.
-        remaining_milli: u64,
-    },
-    /// Refused: not enough left; nothing changed.
-    Exhausted {
-        /// Left today.
-        remaining_milli: u64,
-    },
-}
 
 /// Page cache of the writer connection, KiB: the indexes ingest touches stay in memory.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
@@ -128,7 +105,7 @@ fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -221,6 +198,11 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         what: "DPO signature nonces; audit checkpoints append-only (both made by the schema)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        version: 6,
+        what: "differentially private releases and their accountant (made by the schema)",
         apply: |_| Ok(()),
     },
 ];
@@ -559,55 +541,6 @@ impl Store {
             .expect("each write's answer has the type it was queued with"))
     }
 
-    /// Charges `milli` thousandths of epsilon to `tenant`'s budget for today (UTC), whose total
-    /// is `budget_milli`, atomically: either the whole charge fits and is durable, or nothing
-    /// changes. One conditional upsert, so replicas charging at once never overspend.
-    pub fn charge_epsilon(
-        &self,
-        tenant: &str,
-        milli: u32,
-        budget_milli: u64,
-    ) -> Result<Charge, NodeError> {
-        let day = today();
-        let spent_after: Option<i64> = self.write(|tx| {
-            if u64::from(milli) > budget_milli {
-                return Ok(None);
-            }
-            tx.query_opt(
-                "INSERT INTO privacy_budget (tenant, day, spent_milli) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (tenant, day) DO UPDATE
-                 SET spent_milli = privacy_budget.spent_milli + excluded.spent_milli
-                 WHERE privacy_budget.spent_milli + excluded.spent_milli <= ?4
-                 RETURNING spent_milli",
-                params![tenant, day, milli, budget_milli],
-                |r| r.get(0),
-            )
-        })?;
-        match spent_after {
-            Some(spent) => Ok(Charge::Charged {
-                remaining_milli: budget_milli.saturating_sub(spent.max(0) as u64),
-            }),
-            None => {
-                let spent = self.spent_today(tenant)?;
-                Ok(Charge::Exhausted {
-                    remaining_milli: budget_milli.saturating_sub(spent),
-                })
-            }
-        }
-    }
-
-    /// Epsilon `tenant` spent today (UTC), in thousandths.
-    pub fn spent_today(&self, tenant: &str) -> Result<u64, NodeError> {
-        let spent: Option<i64> = self.read(|c| {
-            c.query_opt(
-                "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1 AND day = ?2",
-                params![tenant, today()],
-                |r| r.get(0),
-            )
-        })?;
-        Ok(spent.unwrap_or(0).max(0) as u64)
-    }
-
     /// Runs `f` in one write transaction: committed when `f` succeeds, rolled back otherwise.
     pub fn write<T>(
         &self,
@@ -635,11 +568,6 @@ impl Store {
     }
 }
 
-/// Today's UTC date, `YYYY-MM-DD`: the day of the privacy budget.
-pub fn today() -> String {
-    crate::rollup::day_label(now().div_euclid(86_400))
-}
-
 /// Creates or migrates the schema in the open transaction of `tx`.
 fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
     let version = match tx.dialect() {
@@ -665,6 +593,7 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
         crate::authority::SCHEMA,
         crate::incident::SCHEMA,
         crate::rights::SCHEMA,
+        crate::release::SCHEMA,
         &crate::rollup::schema(),
     ]
     .concat();
@@ -1018,35 +947,39 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_charge_never_overspends_under_concurrency() {
+    fn the_accountant_never_overspends_under_concurrency() {
+        // Eight threads charging one month of data at once, on both backends (each charge in
+        // its own write transaction, as a release makes it).
         let dbs = Databases::new();
         for store in stores(&dbs) {
+            let charge = |store: &Store, milli: u32| {
+                store
+                    .write(|tx| crate::release::charge(tx, "acme", 682, milli, 10_000))
+                    .unwrap()
+            };
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let store = store.clone();
                     std::thread::spawn(move || {
-                        (0..10)
-                            .filter(|_| {
-                                matches!(
-                                    store.charge_epsilon("acme", 300, 10_000).unwrap(),
-                                    Charge::Charged { .. }
-                                )
-                            })
-                            .count()
+                        (0..10).filter(|_| charge(&store, 300).is_some()).count()
                     })
                 })
                 .collect();
             let charged: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
             // 10,000 / 300: 33 charges fit, 1,000 thousandths never do.
             assert_eq!(charged, 33, "{:?}", store.backend());
-            assert_eq!(store.spent_today("acme").unwrap(), 9_900);
+            let spent = store
+                .read(|c| crate::release::spent(c, "acme", 682))
+                .unwrap();
+            assert_eq!(spent, 9_900);
+            assert_eq!(charge(&store, 100), Some(10_000));
+            assert_eq!(charge(&store, 1), None);
+            // Another month of data has its own budget.
             assert_eq!(
-                store.charge_epsilon("acme", 100, 10_000).unwrap(),
-                Charge::Charged { remaining_milli: 0 }
-            );
-            assert_eq!(
-                store.charge_epsilon("acme", 1, 10_000).unwrap(),
-                Charge::Exhausted { remaining_milli: 0 }
+                store
+                    .write(|tx| crate::release::charge(tx, "acme", 683, 1, 10_000))
+                    .unwrap(),
+                Some(1)
             );
         }
     }

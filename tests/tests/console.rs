@@ -224,7 +224,7 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
         );
         let epsilon: f64 = report.releases.iter().map(|b| b.epsilon).sum();
         assert!((epsilon - 0.5).abs() < 1e-9, "{epsilon}");
-        let budget = report.budget.unwrap();
+        let budget = report.budget.clone().unwrap();
         assert!((budget.spent - 0.5).abs() < 1e-9);
         assert!((budget.remaining - (budget.daily_epsilon - 0.5)).abs() < 1e-9);
         // The incident, with the counts GetIncident gives.

@@ -1,0 +1,536 @@
+//! Differentially private releases: noisy cells made once, answers by summing them
+//! (docs/privacy-model.md).
+//!
+//! A *cell* is one tenant's interactions of one country and one channel over one closed UTC
+//! day or calendar month, for one purpose. A *release* is every cell of one (tenant, purpose,
+//! grain, bucket) — every country of the region and every channel, empty ones too — made the
+//! first time an answer needs it, with each subject's contribution bounded and discrete
+//! Laplace noise on every statistic, then stored and never made again. Answers sum stored
+//! cells: the same cell always has the same value, totals are the sums of their parts, and a
+//! repeated query costs nothing. The accountant ([`charge`]) charges each release once, to the
+//! month of data it covers, and refuses a release past that month's budget.
+
+use std::collections::BTreeMap;
+
+use domicile_proto::{
+    domain::{AggregateSpec, Epsilon},
+    merge::NPS_BUCKETS,
+    pb::{AggregateStats, Channel, Dimension, GroupKey, PartialGroup, Purpose},
+};
+use prost::Message;
+use rand::RngCore;
+
+use crate::{
+    aggregate::{Partial, Rules},
+    consent::Gate,
+    db::{Connection, OptionalExtension, params},
+    error::NodeError,
+    policy::ReleaseRules,
+    rollup::{DAY, day_label, first_day, month_label, month_of_day},
+};
+
+/// Tables of the releases and the accountant (schema version 6).
+pub const SCHEMA: &str = r#"
+-- One row per release made: which cells, what it cost, charged to which month of data.
+CREATE TABLE IF NOT EXISTS dp_releases (
+    tenant        TEXT NOT NULL,
+    purpose       INTEGER NOT NULL,
+    grain         INTEGER NOT NULL,
+    bucket        INTEGER NOT NULL,
+    epsilon_milli INTEGER NOT NULL,
+    data_month    INTEGER NOT NULL,
+    made_at       INTEGER NOT NULL,
+    PRIMARY KEY (tenant, purpose, grain, bucket)
+);
+
+-- The noisy cells of each release: `stats` is an `AggregateStats` (protobuf), already noised
+-- and clamped at zero. Never updated.
+CREATE TABLE IF NOT EXISTS dp_release_cells (
+    tenant  TEXT NOT NULL,
+    purpose INTEGER NOT NULL,
+    grain   INTEGER NOT NULL,
+    bucket  INTEGER NOT NULL,
+    country TEXT NOT NULL,
+    channel INTEGER NOT NULL,
+    stats   BLOB NOT NULL,
+    PRIMARY KEY (tenant, purpose, grain, bucket, country, channel)
+);
+
+-- The accountant: epsilon spent per tenant and month of data (months since 1970-01).
+CREATE TABLE IF NOT EXISTS dp_budget (
+    tenant      TEXT NOT NULL,
+    data_month  INTEGER NOT NULL,
+    spent_milli INTEGER NOT NULL,
+    PRIMARY KEY (tenant, data_month)
+);
+"#;
+
+/// The most buckets one answer may cover (two years of days).
+pub const MAX_BUCKETS: i64 = 731;
+
+/// The span of time a cell covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grain {
+    /// A UTC day (`bucket`: days since 1970-01-01).
+    Day = 1,
+    /// A calendar month (`bucket`: months since 1970-01).
+    Month = 2,
+}
+
+impl Grain {
+    /// The release's name in attestations and audit entries: `day:2026-11-05`, `month:2026-11`.
+    pub fn id(self, bucket: i64) -> String {
+        match self {
+            Self::Day => format!("day:{}", day_label(bucket)),
+            Self::Month => format!("month:{}", month_label(bucket)),
+        }
+    }
+
+    /// The month of data a bucket belongs to.
+    pub fn data_month(self, bucket: i64) -> i64 {
+        match self {
+            Self::Day => month_of_day(bucket),
+            Self::Month => bucket,
+        }
+    }
+
+    /// Unix seconds `[start, end)` of a bucket.
+    pub fn span(self, bucket: i64) -> (i64, i64) {
+        match self {
+            Self::Day => (bucket * DAY, (bucket + 1) * DAY),
+            Self::Month => (first_day(bucket) * DAY, first_day(bucket + 1) * DAY),
+        }
+    }
+}
+
+/// Which releases an answer reads: buckets `[from, to)` of one grain, all closed at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Days when the answer is grouped by day, months otherwise.
+    pub grain: Grain,
+    /// First bucket.
+    pub from: i64,
+    /// End bucket (exclusive).
+    pub to: i64,
+}
+
+impl Plan {
+    /// The plan for `spec` at `now`: its time range widened to whole buckets, cut at the last
+    /// closed one, and starting no earlier than `oldest` (before it, retention has removed
+    /// every interaction). `Err` names the field when the range covers too many buckets.
+    pub fn new(spec: &AggregateSpec, now: i64, oldest: i64) -> Result<Self, NodeError> {
+        let start = spec.start.unwrap_or(oldest).max(oldest);
+        let end = spec.end.unwrap_or(now).min(now);
+        let (grain, from, to) = if spec.group_by.contains(&Dimension::Day) {
+            let today = now.div_euclid(DAY);
+            let from = start.div_euclid(DAY);
+            let to = (end.div_euclid(DAY) + i64::from(end.rem_euclid(DAY) != 0)).min(today);
+            (Grain::Day, from, to)
+        } else {
+            let this_month = month_of_day(now.div_euclid(DAY));
+            let from = month_of_day(start.div_euclid(DAY));
+            let last = end - 1;
+            let to = (month_of_day(last.div_euclid(DAY)) + 1).min(this_month);
+            (Grain::Month, from, to)
+        };
+        let to = to.max(from);
+        if to - from > MAX_BUCKETS {
+            return Err(crate::error::NodeError::from(
+                domicile_proto::error::Violations::one(
+                    "query.time_range",
+                    &format!(
+                        "across the border an answer covers at most {MAX_BUCKETS} days or months"
+                    ),
+                ),
+            ));
+        }
+        Ok(Self { grain, from, to })
+    }
+
+    /// Unix seconds up to which the answer's data goes (the end of its last closed bucket).
+    pub fn released_through(&self) -> i64 {
+        self.grain
+            .span(self.to - 1)
+            .1
+            .max(self.grain.span(self.from).0)
+    }
+}
+
+/// What a new release cost, for the audit log and the attestation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// The release's name ([`Grain::id`]).
+    pub id: String,
+    /// Its epsilon, in thousandths.
+    pub epsilon_milli: u32,
+    /// The month of data charged.
+    pub data_month: i64,
+    /// What is left of that month's budget, in thousandths.
+    pub remaining_milli: u64,
+}
+
+/// The refusal of a release past its month's budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    /// The month of data, `YYYY-MM`.
+    pub month: String,
+    /// Left of its budget, in thousandths.
+    pub remaining_milli: u64,
+    /// The budget, in thousandths.
+    pub budget_milli: u64,
+    /// What the release needed, in thousandths.
+    pub requested_milli: u32,
+}
+
+/// Charges `milli` to `tenant`'s budget for `data_month`: the spent total after, or `None`
+/// when it would pass `budget_milli` (nothing charged then).
+pub fn charge(
+    tx: &Connection,
+    tenant: &str,
+    data_month: i64,
+    milli: u32,
+    budget_milli: u64,
+) -> Result<Option<u64>, NodeError> {
+    if u64::from(milli) > budget_milli {
+        return Ok(None);
+    }
+    let spent: Option<i64> = tx.query_opt(
+        "INSERT INTO dp_budget (tenant, data_month, spent_milli) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant, data_month) DO UPDATE
+         SET spent_milli = dp_budget.spent_milli + excluded.spent_milli
+         WHERE dp_budget.spent_milli + excluded.spent_milli <= ?4
+         RETURNING spent_milli",
+        params![tenant, data_month, milli, budget_milli as i64],
+        |r| r.get(0),
+    )?;
+    Ok(spent.map(|s| s.max(0) as u64))
+}
+
+/// Epsilon spent on `tenant`'s data of `data_month`, in thousandths.
+pub fn spent(conn: &Connection, tenant: &str, data_month: i64) -> Result<u64, NodeError> {
+    let spent: Option<i64> = conn
+        .query_row(
+            "SELECT spent_milli FROM dp_budget WHERE tenant = ?1 AND data_month = ?2",
+            params![tenant, data_month],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(spent.unwrap_or(0).max(0) as u64)
+}
+
+/// The channels every release has a cell for.
+fn channels() -> impl Iterator<Item = Channel> {
+    (1..=8).filter_map(|c| Channel::try_from(c).ok())
+}
+
+/// Weights of the statistic families in a release's epsilon (out of [`WEIGHT_TOTAL`]): volume
+/// and distinct subjects, which decide what is shown and where *k* applies, get the most.
+const WEIGHTS: Weights = Weights {
+    interactions: 3,
+    subjects: 3,
+    nps: 2,
+    csat_sum: 1,
+    csat_count: 1,
+    ces_sum: 1,
+    ces_count: 1,
+    handle_sum: 1,
+    handle_count: 1,
+};
+const WEIGHT_TOTAL: u32 = 14;
+
+struct Weights {
+    interactions: u32,
+    subjects: u32,
+    nps: u32,
+    csat_sum: u32,
+    csat_count: u32,
+    ces_sum: u32,
+    ces_count: u32,
+    handle_sum: u32,
+    handle_count: u32,
+}
+
+/// Noise for a family of weight `w` (of [`WEIGHT_TOTAL`]) and L1 sensitivity `sensitivity`
+/// under a release of `epsilon`: `(epsilon · w / total)`-DP.
+fn noised(rng: &mut dyn RngCore, epsilon: Epsilon, w: u32, sensitivity: u64, value: u64) -> u64 {
+    // P(y) ∝ exp(-|y| ε_w / Δ) with ε_w = (milli / 1000) · (w / total): exact rationals.
+    let y = crate::dp::discrete_laplace(
+        rng,
+        u64::from(epsilon.milli()) * u64::from(w),
+        u64::from(Epsilon::SCALE) * u64::from(WEIGHT_TOTAL) * sensitivity.max(1),
+    );
+    (i128::from(value) + i128::from(y)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// `stats` (exact, contributions bounded by `l`, handle times by `h`) with noise on every
+/// family, clamped at zero.
+fn noise_cell(
+    rng: &mut dyn RngCore,
+    epsilon: Epsilon,
+    l: u64,
+    h: u64,
+    stats: &AggregateStats,
+) -> AggregateStats {
+    let w = &WEIGHTS;
+    let mut histogram = stats.nps_histogram.clone();
+    histogram.resize(NPS_BUCKETS, 0);
+    AggregateStats {
+        interactions: noised(rng, epsilon, w.interactions, l, stats.interactions),
+        // A subject is in at most min(L, 8) cells of a release.
+        distinct_subjects: noised(rng, epsilon, w.subjects, l.min(8), stats.distinct_subjects),
+        // One answer moves one bucket: the histogram as a whole has sensitivity L.
+        nps_histogram: histogram
+            .iter()
+            .map(|b| noised(rng, epsilon, w.nps, l, *b))
+            .collect(),
+        csat_sum: noised(rng, epsilon, w.csat_sum, 5 * l, stats.csat_sum),
+        csat_responses: noised(rng, epsilon, w.csat_count, l, stats.csat_responses),
+        ces_sum: noised(rng, epsilon, w.ces_sum, 7 * l, stats.ces_sum),
+        ces_responses: noised(rng, epsilon, w.ces_count, l, stats.ces_responses),
+        handle_time_sum_seconds: noised(
+            rng,
+            epsilon,
+            w.handle_sum,
+            h * l,
+            stats.handle_time_sum_seconds,
+        ),
+        handle_time_count: noised(rng, epsilon, w.handle_count, l, stats.handle_time_count),
+    }
+}
+
+/// Makes the release of (`tenant`, `purpose`, `grain`, `bucket`) unless it exists: claims it,
+/// charges the accountant, computes every cell of `countries` × every channel with bounded
+/// contributions and noise, and stores them, all in `tx`. `Ok(None)` when it existed already;
+/// `Err(Exhausted)` inside `Ok` when the month's budget does not allow it (the caller then
+/// rolls `tx` back).
+#[allow(clippy::too_many_arguments)]
+pub fn ensure(
+    tx: &Connection,
+    region_id: &str,
+    countries: &[String],
+    tenant: &str,
+    purpose: Purpose,
+    gate: Gate,
+    rules: ReleaseRules,
+    grain: Grain,
+    bucket: i64,
+    now: i64,
+    rng: &mut dyn RngCore,
+) -> Result<Result<Option<Made>, Exhausted>, NodeError> {
+    let milli = match grain {
+        Grain::Day => rules.day_milli,
+        Grain::Month => rules.month_milli,
+    };
+    let data_month = grain.data_month(bucket);
+    // The claim: concurrent callers wait here for the first to commit, then find it made.
+    let claimed = tx.execute(
+        "INSERT INTO dp_releases (tenant, purpose, grain, bucket, epsilon_milli, data_month, made_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        params![
+            tenant,
+            purpose as i32,
+            grain as i32,
+            bucket,
+            milli,
+            data_month,
+            now
+        ],
+    )?;
+    if claimed == 0 {
+        return Ok(Ok(None));
+    }
+    let Some(spent) = charge(tx, tenant, data_month, milli, rules.budget_milli)? else {
+        return Ok(Err(Exhausted {
+            month: month_label(data_month),
+            remaining_milli: rules
+                .budget_milli
+                .saturating_sub(spent(tx, tenant, data_month)?),
+            budget_milli: rules.budget_milli,
+            requested_milli: milli,
+        }));
+    };
+    let (start, end) = grain.span(bucket);
+    let spec = AggregateSpec {
+        purpose,
+        metrics: Vec::new(),
+        group_by: vec![Dimension::Country, Dimension::Channel],
+        start: Some(start),
+        end: Some(end),
+        channels: Vec::new(),
+        min_group_size: 0,
+        epsilon: None,
+    };
+    let exact = crate::aggregate::run_over_rows(
+        tx,
+        region_id,
+        tenant,
+        &spec,
+        Rules {
+            k_by_country: BTreeMap::new(),
+            k_mixed: 0,
+            noise: None,
+            bounds: Some((rules.max_contributions, rules.handle_time_bound)),
+            gate,
+        },
+    )?;
+    let mut by_cell: BTreeMap<(String, i32), AggregateStats> = BTreeMap::new();
+    for g in exact.groups {
+        let key = g.key.unwrap_or_default();
+        by_cell.insert((key.country, key.channel), g.stats.unwrap_or_default());
+    }
+    let epsilon = Epsilon::from_milli(milli);
+    let (l, h) = (
+        u64::from(rules.max_contributions),
+        u64::from(rules.handle_time_bound),
+    );
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO dp_release_cells (tenant, purpose, grain, bucket, country, channel, stats)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let empty = AggregateStats::default();
+    for country in countries {
+        for channel in channels() {
+            let exact = by_cell
+                .get(&(country.clone(), channel as i32))
+                .unwrap_or(&empty);
+            let cell = noise_cell(rng, epsilon, l, h, exact);
+            insert.execute(params![
+                tenant,
+                purpose as i32,
+                grain as i32,
+                bucket,
+                country,
+                channel as i32,
+                cell.encode_to_vec()
+            ])?;
+        }
+    }
+    Ok(Ok(Some(Made {
+        id: grain.id(bucket),
+        epsilon_milli: milli,
+        data_month,
+        remaining_milli: rules.budget_milli.saturating_sub(spent),
+    })))
+}
+
+/// One release an answer was derived from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// Its name ([`Grain::id`]).
+    pub id: String,
+    /// Its epsilon.
+    pub epsilon: f64,
+}
+
+/// Answers `spec` from the stored releases of `plan` (which must all exist): the cells summed
+/// per group, groups whose largest cell has fewer than *k* noisy distinct subjects withheld.
+pub fn answer(
+    conn: &Connection,
+    region_id: &str,
+    tenant: &str,
+    spec: &AggregateSpec,
+    plan: &Plan,
+    k_by_country: &BTreeMap<String, u32>,
+    k_mixed: u32,
+) -> Result<(Partial, Vec<Source>), NodeError> {
+    let has = |d| spec.group_by.contains(&d);
+    let mut groups: BTreeMap<(String, i32, String), (AggregateStats, u64, Option<String>)> =
+        BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT bucket, country, channel, stats FROM dp_release_cells
+         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",
+    )?;
+    let mut rows = stmt.query(params![
+        tenant,
+        spec.purpose as i32,
+        plan.grain as i32,
+        plan.from,
+        plan.to
+    ])?;
+    while let Some(row) = rows.next()? {
+        let bucket: i64 = row.get(0)?;
+        let country: String = row.get(1)?;
+        let channel: i32 = row.get(2)?;
+        if !spec.channels.is_empty() && !spec.channels.iter().any(|c| *c as i32 == channel) {
+            continue;
+        }
+        let stats = AggregateStats::decode(row.get::<_, Vec<u8>>(3)?.as_slice())
+            .map_err(|_| NodeError::Internal("a stored release cell is corrupt".into()))?;
+        let period = match (plan.grain, has(Dimension::Day), has(Dimension::Month)) {
+            (Grain::Day, true, _) => day_label(bucket),
+            (Grain::Day, false, true) => month_label(month_of_day(bucket)),
+            (Grain::Month, _, true) => month_label(bucket),
+            _ => String::new(),
+        };
+        let group = (
+            if has(Dimension::Country) {
+                country.clone()
+            } else {
+                String::new()
+            },
+            if has(Dimension::Channel) { channel } else { 0 },
+            period,
+        );
+        let entry = groups
+            .entry(group)
+            .or_insert_with(|| (AggregateStats::default(), 0, Some(country.clone())));
+        entry.0.merge(&stats);
+        entry.1 = entry.1.max(stats.distinct_subjects);
+        if entry.2.as_deref() != Some(country.as_str()) {
+            entry.2 = None; // the group mixes countries
+        }
+    }
+    let mut partial = Partial {
+        min_group_size: k_mixed,
+        ..Default::default()
+    };
+    for ((country, channel, period), (mut stats, largest_cell, group_country)) in groups {
+        let k = group_country
+            .as_deref()
+            .and_then(|c| k_by_country.get(c).copied())
+            .unwrap_or(k_mixed);
+        if largest_cell < u64::from(k) || stats.interactions == 0 {
+            partial.suppressed += 1;
+            continue;
+        }
+        if stats.nps_histogram.iter().all(|n| *n == 0) {
+            stats.nps_histogram.clear();
+        }
+        let key = GroupKey {
+            region_id: if has(Dimension::Region) {
+                region_id.to_owned()
+            } else {
+                String::new()
+            },
+            country,
+            channel,
+            period,
+        };
+        partial.groups.push(PartialGroup {
+            key: Some(key),
+            stats: Some(stats),
+        });
+    }
+    let mut sources = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT bucket, epsilon_milli FROM dp_releases
+         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5
+         ORDER BY bucket",
+    )?;
+    let mut rows = stmt.query(params![
+        tenant,
+        spec.purpose as i32,
+        plan.grain as i32,
+        plan.from,
+        plan.to
+    ])?;
+    while let Some(row) = rows.next()? {
+        let bucket: i64 = row.get(0)?;
+        let milli: i64 = row.get(1)?;
+        sources.push(Source {
+            id: plan.grain.id(bucket),
+            epsilon: milli as f64 / 1000.0,
+        });
+    }
+    Ok((partial, sources))
+}
