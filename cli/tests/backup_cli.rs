@@ -318,7 +318,7 @@ fn migrate_reports_and_applies_pending_migrations() {
     assert!(out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("created at schema 5"), "{out}");
+    assert!(out.contains("created at schema 6"), "{out}");
     // A version-3 database: the rollups are missing.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
@@ -335,9 +335,9 @@ fn migrate_reports_and_applies_pending_migrations() {
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("migrated from schema 3 to 5"), "{out}");
+    assert!(out.contains("migrated from schema 3 to 6"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 5, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 6, up to date"), "{out}");
     // A database from a newer release is refused, never downgraded.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.pragma_update(None, "user_version", 9).unwrap();
@@ -362,13 +362,13 @@ fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Re
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert!(code == 0 && out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
-    assert!(code == 0 && out.contains("created at schema 5"), "{out}");
+    assert!(code == 0 && out.contains("created at schema 6"), "{out}");
     assert!(
         out.contains("postgres://127.0.0.1:") && !out.contains("domicile@"),
         "{out}"
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 5, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 6, up to date"), "{out}");
     db.connect_read_write()?
         .execute_batch("UPDATE domicile_schema SET version = 9")?;
     let (code, out) = domicile(&["node", "migrate", "--config", config]);

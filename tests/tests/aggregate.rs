@@ -1,10 +1,17 @@
-//! Merged aggregates are exact, small groups never leave a region, and dead or hung regions
-//! are named in the coverage without delaying the answer past the deadline.
+//! Across the border, merged aggregates are the sums of each region's stored differentially
+//! private cells (docs/privacy-model.md) and groups below k are withheld; in country, the
+//! `LocalNode` aggregate is exact. Dead or hung regions are named in the coverage without
+//! delaying the answer past the deadline.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
+use domicile_node::release::Cell;
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, Channel, Dimension, Metric, Purpose, RegionStatus,
+    AggregateQuery, AggregateRequest, AggregateStats, Channel, Dimension, LocalAggregateRequest,
+    Metric, NoiseMechanism, Purpose, RegionStatus, local_node_client::LocalNodeClient,
 };
 use domicile_tests::{
     Federation, TENANT, brute_force, federation, gateway_client, load, month_of, policy_k,
@@ -69,24 +76,78 @@ async fn three_regions() -> anyhow::Result<(Federation, Vec<(String, domicile_te
     Ok((fed, tagged))
 }
 
-async fn check_against_brute_force(
+/// Each region's stored month cells for cx_analytics: (country, channel, month) → stats.
+fn stored_cells(fed: &Federation) -> anyhow::Result<Vec<(String, (String, i32, String), Cell)>> {
+    let mut out = Vec::new();
+    for region in ["eu-de", "eu-fr", "us"] {
+        let conn = fed.node(region).unwrap().connect()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT bucket, country, channel, stats FROM dp_release_cells
+             WHERE tenant = ?1 AND purpose = {} AND grain = 2",
+            Purpose::CxAnalytics as i32
+        ))?;
+        let mut rows = stmt.query([TENANT])?;
+        while let Some(row) = rows.next()? {
+            let month: i64 = row.get(0)?;
+            let label = format!("{:04}-{:02}", 1970 + month / 12, month % 12 + 1);
+            let stats = Cell::decode(&row.get::<_, Vec<u8>>(3)?)?;
+            out.push((
+                region.to_owned(),
+                (
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)? as i32,
+                    label,
+                ),
+                stats,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The gateway's answer for `group_by` must be, group by group, the sum of the regions'
+/// stored noisy cells under `key_of`, withheld where the group's largest cell has fewer than
+/// the region's k noisy distinct subjects (an independent re-computation from the database).
+async fn check_against_stored_cells(
+    fed: &Federation,
     gw: &mut domicile_client::Gateway,
-    records: &[(String, domicile_tests::SynthRecord)],
     group_by: &[Dimension],
     k: u32,
-    key_of: impl Fn(&str, &str, i32, i64) -> domicile_tests::Key,
+    key_of: impl Fn(&str, &str, i32, &str) -> domicile_tests::Key,
 ) -> anyhow::Result<()> {
     let resp = gw.aggregate(request(group_by, k)).await?.into_inner();
-    let k_of = |region: &str| u64::from(k.max(policy_k(country_of(region))));
-    let (expected, expected_suppressed) = brute_force(records, k_of, key_of);
+    let cells = stored_cells(fed)?;
+    assert!(!cells.is_empty(), "the answer made releases");
+    let mut per_region: BTreeMap<(String, domicile_tests::Key), (Cell, i64)> = BTreeMap::new();
+    for (region, (country, channel, month), cell) in &cells {
+        let key = key_of(region, country, *channel, month);
+        let (sum, largest) = per_region
+            .entry((region.clone(), key))
+            .or_insert((Cell::default(), i64::MIN));
+        sum.add(cell);
+        *largest = (*largest).max(cell.subjects());
+    }
+    // Each region clamps its own sums (signed noisy cells, then zero at the least); the
+    // gateway adds the regions' answers.
+    let mut expected: BTreeMap<domicile_tests::Key, AggregateStats> = BTreeMap::new();
+    let mut suppressed = 0;
+    for ((region, key), (cell, largest)) in per_region {
+        let k = i64::from(k.max(policy_k(country_of(&region))));
+        let stats = cell.into_stats();
+        if largest < k || stats.interactions == 0 {
+            suppressed += 1;
+            continue;
+        }
+        expected.entry(key).or_default().merge(&stats);
+    }
     assert_eq!(
-        resp.suppressed_groups, expected_suppressed,
-        "suppressed groups for {group_by:?}"
+        resp.suppressed_groups, suppressed,
+        "suppressed for {group_by:?}"
     );
     assert_eq!(
         resp.groups.len(),
         expected.len(),
-        "released groups for {group_by:?}"
+        "released for {group_by:?}"
     );
     for (group, (key, stats)) in resp.groups.iter().zip(&expected) {
         let k = group.key.clone().unwrap();
@@ -106,51 +167,99 @@ async fn check_against_brute_force(
             .iter()
             .all(|c| c.status == RegionStatus::Ok as i32)
     );
+    // Every region's attestation names the releases: a month each, from the oldest the
+    // retention allows (730 days) to the last closed one, the data's twelve among them.
+    for release in &resp.attestation.unwrap().regions {
+        assert_eq!(release.mechanism, NoiseMechanism::DiscreteLaplace as i32);
+        let ids: Vec<&str> = release.derived_from.iter().map(|r| r.id.as_str()).collect();
+        assert!(ids.len() >= 24, "{ids:?}");
+        for month in ["month:2025-11", "month:2026-10"] {
+            assert!(ids.contains(&month), "{ids:?}");
+        }
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn merged_aggregate_equals_brute_force_computation() -> anyhow::Result<()> {
-    let (fed, records) = three_regions().await?;
+async fn merged_aggregates_are_sums_of_the_stored_noisy_cells() -> anyhow::Result<()> {
+    let (fed, _) = three_regions().await?;
     let mut gw = gateway_client(&fed).await?;
-    // By country × channel × month: each group lives in one region.
-    check_against_brute_force(
+    // By country × channel × month: each group is one cell of one region.
+    check_against_stored_cells(
+        &fed,
         &mut gw,
-        &records,
         &[Dimension::Country, Dimension::Channel, Dimension::Month],
         0,
-        |_, country, channel, t| (String::new(), country.into(), channel, month_of(t)),
+        |_, country, channel, month| (String::new(), country.into(), channel, month.into()),
     )
     .await?;
-    // By channel alone: every group merges three regions' partials.
-    check_against_brute_force(
+    // By channel alone: every group sums twelve months of three regions' cells.
+    check_against_stored_cells(
+        &fed,
         &mut gw,
-        &records,
         &[Dimension::Channel],
         0,
         |_, _, channel, _| (String::new(), String::new(), channel, String::new()),
     )
     .await?;
     // By region, and the grand total.
-    check_against_brute_force(
-        &mut gw,
-        &records,
-        &[Dimension::Region],
-        0,
-        |region, _, _, _| (region.into(), String::new(), 0, String::new()),
-    )
+    check_against_stored_cells(&fed, &mut gw, &[Dimension::Region], 0, |region, _, _, _| {
+        (region.into(), String::new(), 0, String::new())
+    })
     .await?;
-    check_against_brute_force(&mut gw, &records, &[], 0, |_, _, _, _| Default::default()).await?;
+    check_against_stored_cells(&fed, &mut gw, &[], 0, |_, _, _, _| Default::default()).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() -> anyhow::Result<()>
-{
+async fn in_country_the_local_aggregate_is_exact() -> anyhow::Result<()> {
     let (fed, records) = three_regions().await?;
+    for region in ["eu-de", "eu-fr", "us"] {
+        let local = fed.node(region).unwrap().local_addr.unwrap();
+        let mut local = LocalNodeClient::connect(format!("http://{local}")).await?;
+        let groups = local
+            .aggregate(LocalAggregateRequest {
+                tenant_id: TENANT.into(),
+                query: request(
+                    &[Dimension::Country, Dimension::Channel, Dimension::Month],
+                    0,
+                )
+                .query,
+            })
+            .await?
+            .into_inner()
+            .groups;
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|(r, _)| r == region)
+            .cloned()
+            .collect();
+        let (expected, suppressed) = brute_force(
+            &mine,
+            |_| 0,
+            |_, country, channel, t| (String::new(), country.into(), channel, month_of(t)),
+        );
+        assert_eq!(suppressed, 0);
+        assert_eq!(groups.len(), expected.len(), "{region}");
+        for (group, (key, stats)) in groups.iter().zip(&expected) {
+            let k = group.key.clone().unwrap();
+            assert_eq!((k.region_id, k.country, k.channel, k.period), key.clone());
+            assert_eq!(
+                group.stats.clone().unwrap().normalized(),
+                stats.clone().normalized(),
+                "{region} {key:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_below_k_are_withheld_at_the_node_and_k_can_only_be_raised() -> anyhow::Result<()> {
+    let (fed, _) = three_regions().await?;
     let mut gw = gateway_client(&fed).await?;
     // Per country × channel × day, most groups have fewer than k subjects. k is per country:
-    // 10 for DE and FR, 5 for the US in the shipped policies.
+    // 10 for DE and FR, 5 for the US in the shipped policies, applied to noisy counts.
     let resp = gw
         .aggregate(request(
             &[Dimension::Country, Dimension::Channel, Dimension::Day],
@@ -159,7 +268,6 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
         .await?
         .into_inner();
     assert!(resp.suppressed_groups > 0, "day-level groups are small");
-    let mut smallest_us_group = u64::MAX;
     for g in &resp.groups {
         let country = &g.key.as_ref().unwrap().country;
         let subjects = g.stats.as_ref().unwrap().distinct_subjects;
@@ -167,23 +275,16 @@ async fn groups_below_k_are_suppressed_at_the_node_and_k_can_only_be_raised() ->
             subjects >= u64::from(policy_k(country)),
             "{country}: {subjects}"
         );
-        if country == "US" {
-            smallest_us_group = smallest_us_group.min(subjects);
-        }
     }
-    assert!(
-        smallest_us_group < 10,
-        "US groups use the US k of 5, not the largest k"
-    );
     assert_eq!(resp.privacy.unwrap().min_group_size, 10);
 
     // A request may raise k…
-    check_against_brute_force(
+    check_against_stored_cells(
+        &fed,
         &mut gw,
-        &records,
         &[Dimension::Country, Dimension::Channel, Dimension::Month],
         40,
-        |_, country, channel, t| (String::new(), country.into(), channel, month_of(t)),
+        |_, country, channel, month| (String::new(), country.into(), channel, month.into()),
     )
     .await?;
     let raised = gw
