@@ -126,8 +126,16 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     ]);
     assert_eq!(code, 0, "{out}");
     let agg: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(agg["groups"][0]["country"], "DE");
-    assert_eq!(agg["groups"][0]["values"]["METRIC_COUNT"], 12.0);
+    // Twelve subjects: across the border a noisy count (docs/privacy-model.md), shown when
+    // the group's noisy distinct subjects reach DE's k of 10, withheld (and counted) otherwise.
+    let shown = agg["groups"].as_array().unwrap();
+    match shown.first() {
+        Some(de) => {
+            assert_eq!(de["country"], "DE", "{agg}");
+            assert!(de["values"]["METRIC_COUNT"].as_f64().unwrap() >= 0.0, "{agg}");
+        }
+        None => assert_eq!(agg["suppressed_groups"], 1, "{agg}"),
+    }
     let (code, table, _) = domicile(&[
         "aggregate",
         "--gateway",
@@ -138,7 +146,11 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
         "country",
     ]);
     assert_eq!(code, 0);
-    assert!(table.lines().any(|l| l.starts_with("DE ")), "{table}");
+    assert_eq!(
+        table.lines().any(|l| l.starts_with("DE ")),
+        !shown.is_empty(),
+        "the same releases, the same answer: {table}"
+    );
     Ok(())
 }
 

@@ -64,7 +64,8 @@ pub struct NodeMetrics {
     pub groups_suppressed: Family<PurposeLabels, Counter>,
     /// Pseudonymised records released across the border, by purpose.
     pub records_released: Family<PurposeLabels, Counter>,
-    /// Epsilon left today in the tenant's differential-privacy budget, as of its latest charge.
+    /// Epsilon left of the budget of the month of data the tenant's latest release was
+    /// charged to.
     pub dp_budget_remaining: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     /// Contact-permission decisions.
     pub contact_checks: Family<DecisionLabels, Counter>,
@@ -131,7 +132,7 @@ impl NodeMetrics {
         let dp_budget_remaining = registered(
             r,
             "dp_budget_remaining_epsilon",
-            "Epsilon left today in the tenant's differential-privacy budget, as of its latest charge",
+            "Epsilon left of the budget of the month of data the tenant's latest release was charged to",
         );
         let contact_checks = registered(
             r,

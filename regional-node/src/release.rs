@@ -674,28 +674,36 @@ mod tests {
         };
         let eps = Epsilon::from_milli(3_000);
         let n = 20_000;
-        let draws: Vec<AggregateStats> = (0..n)
+        let draws: Vec<Cell> = (0..n)
             .map(|_| noise_cell(&mut rng, eps, 5, 3_600, &exact))
             .collect();
-        let b = 5.0 * 14.0 / (3.0 * 3.0);
-        // Before clamping at zero, the values are symmetric around 3; after, the mass below
-        // zero sits at zero. Compare the upper tail, which clamping leaves alone: P(Y ≥ 3 + t).
-        for t in [5u64, 10, 20] {
+        let b: f64 = 5.0 * 14.0 / (3.0 * 3.0);
+        let p = (-1.0 / b).exp();
+        // Symmetric around the exact 3, with P(|Y - 3| ≥ t) = 2 p^t / (1 + p).
+        for t in [5i64, 10, 20] {
             let observed =
-                draws.iter().filter(|d| d.interactions >= 3 + t).count() as f64 / n as f64;
-            let p = (-1.0 / b).exp();
-            let expected = p.powi(t as i32) / (1.0 + p);
+                draws.iter().filter(|d| (d.0[0] - 3).abs() >= t).count() as f64 / n as f64;
+            let expected = 2.0 * p.powi(t as i32) / (1.0 + p);
             assert!(
                 (observed - expected).abs() < 0.01 + 0.1 * expected,
                 "t={t}: {observed} vs {expected}"
             );
         }
-        // Every family is noised, and every value is a valid (non-negative) count.
-        assert!(
-            draws
-                .iter()
-                .any(|d| d.csat_sum > 0 && d.handle_time_count > 0)
-        );
-        assert!(draws.iter().all(|d| d.nps_histogram.len() == NPS_BUCKETS));
+        let mean = draws.iter().map(|d| d.0[0] as f64).sum::<f64>() / n as f64;
+        assert!((mean - 3.0).abs() < 0.3, "unbiased: {mean}");
+        // Answers clamp at zero, once: a sum of cells stays unbiased until then.
+        let mut sum = Cell::default();
+        for d in &draws[..100] {
+            sum.add(d);
+        }
+        assert!(sum.into_stats().interactions <= 100 * 3 + 400);
+        let negative = draws
+            .iter()
+            .find(|d| d.0[0] < 0)
+            .expect("some draws below zero");
+        assert_eq!(negative.into_stats().interactions, 0);
+        assert_eq!(Cell::decode(&negative.encode()).unwrap(), *negative);
+        // Every family is noised.
+        assert!(draws.iter().any(|d| d.0[13] != 0 && d.0[18] != 0));
     }
 }

@@ -35,9 +35,10 @@ fn a_bad_policy_file_stops_the_node_naming_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let shipped =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies/DE.toml");
-    let text = std::fs::read_to_string(shipped)
-        .unwrap()
-        .replace("epsilon_per_query = 1.0", "epsilon_per_query = \"lots\"");
+    let text = std::fs::read_to_string(shipped).unwrap().replace(
+        "epsilon_per_release_month = 3.0",
+        "epsilon_per_release_month = \"lots\"",
+    );
     let line = text.lines().position(|l| l.contains("\"lots\"")).unwrap() + 1;
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
@@ -48,7 +49,7 @@ fn a_bad_policy_file_stops_the_node_naming_file_line_and_field() {
     config.policy_dir = Some(policies.clone());
     let err = domicile_node::Node::open(config).unwrap_err().to_string();
     let expected = format!(
-        "{}:{line}: privacy.epsilon_per_query:",
+        "{}:{line}: privacy.epsilon_per_release_month:",
         policies.join("DE.toml").display()
     );
     assert!(err.contains(&expected), "{err}");

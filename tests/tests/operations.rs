@@ -177,10 +177,10 @@ async fn metrics_count_calls_regions_releases_and_budget() -> anyhow::Result<()>
         at(r#"domicile_node_groups_released_total{region="eu-de",purpose="PURPOSE_CX_ANALYTICS"}"#)
             >= f64::from(de_groups.groups_released)
     );
-    // DE's daily budget is 10; one query spent 1.
+    // DE's budget is 20 per month of data; the latest release (a month, ε = 3) left 17.
     assert_eq!(
         at(r#"domicile_node_dp_budget_remaining_epsilon{region="eu-de",tenant="acme"}"#),
-        9.0
+        17.0
     );
     assert_eq!(
         at(

@@ -1,20 +1,30 @@
-//! Differential privacy end to end: noise where asked or mandatory, the mechanism and epsilon
-//! stated in the response, and a per-tenant daily budget that runs out with
-//! `RESOURCE_EXHAUSTED` and the remaining budget in the error details.
+//! Differential privacy end to end (docs/privacy-model.md): every aggregate that crosses a
+//! border is summed from noisy releases, the mechanism, the releases and the epsilon newly
+//! spent are stated in the response, and a budget per month of data runs out with
+//! `RESOURCE_EXHAUSTED` naming the month and what is left.
 
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, Dimension, Metric, NoiseMechanism, Purpose, RegionStatus,
+    AggregateQuery, AggregateRequest, Dimension, LocalAggregateRequest, Metric, NoiseMechanism,
+    Purpose, RegionStatus, TimeRange, local_node_client::LocalNodeClient,
 };
-use domicile_tests::{TENANT, federation, gateway_client, load};
+use domicile_tests::{Federation, TENANT, federation, gateway_client, load, ts};
 use tonic_types::StatusExt;
 
-fn request(epsilon: Option<f64>, regions: &[&str]) -> AggregateRequest {
+/// 2025-11-01 and 2026-11-01: the twelve months of the generated data.
+const FROM: i64 = 1_761_955_200;
+const TO: i64 = 1_793_491_200;
+
+fn request(group_by: &[Dimension], epsilon: Option<f64>, regions: &[&str]) -> AggregateRequest {
     AggregateRequest {
         tenant_id: TENANT.into(),
         query: Some(AggregateQuery {
             purpose: Purpose::CxAnalytics as i32,
             metrics: vec![Metric::Count as i32, Metric::Nps as i32],
-            group_by: vec![Dimension::Channel as i32],
+            group_by: group_by.iter().map(|d| *d as i32).collect(),
+            time_range: Some(TimeRange {
+                start: ts(FROM),
+                end: ts(TO),
+            }),
             epsilon,
             ..Default::default()
         }),
@@ -24,104 +34,113 @@ fn request(epsilon: Option<f64>, regions: &[&str]) -> AggregateRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requested_noise_is_applied_and_stated() -> anyhow::Result<()> {
+async fn every_cross_border_aggregate_is_noised_and_says_from_what() -> anyhow::Result<()> {
     let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
     load(&fed, &["DE", "US"], 200, 3_000, 11).await?;
     let mut gw = gateway_client(&fed).await?;
-    let exact = gw.aggregate(request(None, &[])).await?.into_inner();
-    let noisy = gw.aggregate(request(Some(1.0), &[])).await?.into_inner();
-
-    let privacy = noisy.privacy.unwrap();
+    // No epsilon asked for, or one: the same releases, the same answer.
+    let first = gw
+        .aggregate(request(&[Dimension::Channel], None, &[]))
+        .await?
+        .into_inner();
+    let privacy = first.privacy.unwrap();
     assert_eq!(privacy.mechanism, NoiseMechanism::DiscreteLaplace as i32);
-    assert_eq!(privacy.epsilon, 1.0);
-    for release in &noisy.attestation.as_ref().unwrap().regions {
+    // Twelve month releases of ε = 3 made by this call in each region.
+    assert_eq!(privacy.epsilon, 36.0);
+    for release in &first.attestation.as_ref().unwrap().regions {
         assert_eq!(release.mechanism, NoiseMechanism::DiscreteLaplace as i32);
-        assert_eq!(release.epsilon, 1.0);
+        assert_eq!(release.epsilon, 36.0);
+        assert_eq!(release.derived_from.len(), 12);
+        assert!(release.derived_from.iter().all(|r| r.epsilon == 3.0));
+        assert_eq!(release.released_through.unwrap().seconds, TO);
     }
+    let second = gw
+        .aggregate(request(&[Dimension::Channel], Some(0.5), &[]))
+        .await?
+        .into_inner();
     assert_eq!(
-        exact.privacy.unwrap().mechanism,
-        NoiseMechanism::None as i32
+        second.privacy.unwrap().epsilon,
+        0.0,
+        "nothing new to release"
     );
+    assert_eq!(second.groups, first.groups);
 
-    // Count has sensitivity L = 20 under a third of epsilon 1 (count, distinct subjects, NPS
-    // histogram): scale 60 per region. Every group moves, none by more than 25 scales.
-    // The noisy distinct-subject count decides k, so a group near k may come or go: compare
-    // the groups both answers have.
+    // Against the exact figures in country: every group moved, by at most what twelve cells
+    // of noise make. Volume in a month cell has scale b = 5·14/(3·3) ≈ 7.8 (the shipped
+    // policies); twelve cells give a standard deviation of √12·√2·b ≈ 38; ten of them bound it.
     let mut moved = 0;
-    let mut compared = 0;
-    for n in &noisy.groups {
-        let Some(e) = exact.groups.iter().find(|e| e.key == n.key) else {
-            continue;
-        };
-        compared += 1;
-        let (n, e) = (n.stats.as_ref().unwrap(), e.stats.as_ref().unwrap());
-        let diff = n.interactions.abs_diff(e.interactions);
-        assert!(diff < 2 * 25 * 60, "{diff}");
-        if diff > 0 {
-            moved += 1;
+    for region in ["eu-de", "us"] {
+        let addr = fed.node(region).unwrap().local_addr.unwrap();
+        let mut local = LocalNodeClient::connect(format!("http://{addr}")).await?;
+        let exact = local
+            .aggregate(LocalAggregateRequest {
+                tenant_id: TENANT.into(),
+                query: request(&[Dimension::Channel], None, &[]).query,
+            })
+            .await?
+            .into_inner()
+            .groups;
+        let mine = gw
+            .aggregate(request(&[Dimension::Channel], None, &[region]))
+            .await?
+            .into_inner();
+        for g in &mine.groups {
+            let e = exact
+                .iter()
+                .find(|e| e.key == g.key)
+                .expect("the group exists");
+            let (n, e) = (
+                g.stats.as_ref().unwrap().interactions,
+                e.stats.as_ref().unwrap().interactions,
+            );
+            assert!(n.abs_diff(e) < 380, "{region}: {n} vs {e}");
+            moved += usize::from(n != e);
         }
     }
-    assert!(
-        compared * 2 >= exact.groups.len(),
-        "{compared} of {}",
-        exact.groups.len()
-    );
     assert!(moved > 0, "noise changed the counts");
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noise_is_mandatory_where_the_policy_says_so() -> anyhow::Result<()> {
-    let fed = federation(&[("eu-de", &["DE"]), ("ru", &["RU"])]).await?;
-    load(&fed, &["DE", "RU"], 100, 1_000, 12).await?;
-    let mut gw = gateway_client(&fed).await?;
-    let resp = gw.aggregate(request(None, &[])).await?.into_inner();
-    let regions = resp.attestation.unwrap().regions;
-    let ru = regions.iter().find(|r| r.region_id == "ru").unwrap();
-    let de = regions.iter().find(|r| r.region_id == "eu-de").unwrap();
-    assert_eq!(ru.mechanism, NoiseMechanism::DiscreteLaplace as i32);
-    assert_eq!(ru.epsilon, 1.0, "RU's policy epsilon");
-    assert_eq!(ru.policy_versions, ["RU@2026-11-01"]);
-    assert_eq!(de.mechanism, NoiseMechanism::None as i32);
-    assert_eq!(de.epsilon, 0.0);
-    assert_eq!(
-        resp.privacy.unwrap().mechanism,
-        NoiseMechanism::DiscreteLaplace as i32
-    );
-    // A request may spend less than the policy's epsilon, never more.
-    let capped = gw
-        .aggregate(request(Some(5.0), &["ru"]))
-        .await?
-        .into_inner();
-    assert_eq!(capped.attestation.unwrap().regions[0].epsilon, 1.0);
-    let lower = gw
-        .aggregate(request(Some(0.25), &["ru"]))
-        .await?
-        .into_inner();
-    assert_eq!(lower.attestation.unwrap().regions[0].epsilon, 0.25);
-    Ok(())
+/// A federation whose DE policy allows 3.0 per month of data: the month releases, no more.
+async fn tight_budget() -> anyhow::Result<(Federation, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let shipped = format!("{}/../deploy/policies", env!("CARGO_MANIFEST_DIR"));
+    let de = std::fs::read_to_string(format!("{shipped}/DE.toml"))?
+        .replace("epsilon_per_month = 20.0", "epsilon_per_month = 3.0");
+    std::fs::write(dir.path().join("DE.toml"), de)?;
+    std::fs::copy(format!("{shipped}/US.toml"), dir.path().join("US.toml"))?;
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .region("us", &["US"])
+        .policy_dir(dir.path())
+        .start()
+        .await?;
+    Ok((fed, dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exhausted_budget_is_resource_exhausted_with_what_is_left() -> anyhow::Result<()> {
-    let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+async fn a_spent_month_is_resource_exhausted_with_what_is_left() -> anyhow::Result<()> {
+    let (fed, _dir) = tight_budget().await?;
     load(&fed, &["DE", "US"], 50, 500, 13).await?;
     let mut gw = gateway_client(&fed).await?;
-    // DE's daily budget is 10 and its per-query epsilon 1: ten queries of 1 spend it all.
-    for _ in 0..10 {
-        gw.aggregate(request(Some(1.0), &["eu-de"])).await?;
-    }
+    // The month releases take DE's whole budget for each month; day releases no longer fit.
+    gw.aggregate(request(&[Dimension::Channel], None, &["eu-de"]))
+        .await?;
     let err = gw
-        .aggregate(request(Some(0.5), &["eu-de"]))
+        .aggregate(request(&[Dimension::Day], None, &["eu-de"]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     let info = err.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, "PRIVACY_BUDGET_EXHAUSTED");
     assert_eq!(info.metadata["eu-de.remaining_epsilon"], "0.000");
+    assert_eq!(info.metadata["eu-de.month"], "2025-11");
 
     // Other regions still answer; the spent one is named in the coverage.
-    let partial = gw.aggregate(request(Some(0.5), &[])).await?.into_inner();
+    let partial = gw
+        .aggregate(request(&[Dimension::Day], None, &[]))
+        .await?
+        .into_inner();
     let de = partial
         .coverage
         .iter()
@@ -129,7 +148,7 @@ async fn an_exhausted_budget_is_resource_exhausted_with_what_is_left() -> anyhow
         .unwrap();
     assert_eq!(de.status, RegionStatus::BudgetExhausted as i32);
     assert!(
-        de.detail.contains("remaining epsilon 0.000 of 10.000"),
+        de.detail.contains("remaining epsilon 0.000 of 3.000"),
         "{}",
         de.detail
     );
@@ -140,14 +159,15 @@ async fn an_exhausted_budget_is_resource_exhausted_with_what_is_left() -> anyhow
         .unwrap();
     assert_eq!(us.status, RegionStatus::Ok as i32);
 
-    // Exact aggregates cost no budget. The spend is durable in the node's database.
-    gw.aggregate(request(None, &["eu-de"])).await?;
+    // The month figures stay available, for free; the spend is durable in the database.
+    gw.aggregate(request(&[Dimension::Channel], None, &["eu-de"]))
+        .await?;
     let conn = fed.node("eu-de").unwrap().connect()?;
     let spent: i64 = conn.query_row(
-        "SELECT spent_milli FROM privacy_budget WHERE tenant = ?1",
+        "SELECT SUM(spent_milli) FROM dp_budget WHERE tenant = ?1",
         [TENANT],
         |r| r.get(0),
     )?;
-    assert_eq!(spent, 10_000);
+    assert_eq!(spent, 12 * 3_000);
     Ok(())
 }
