@@ -43,6 +43,7 @@ pub struct FederationBuilder {
     postgres: bool,
     dpo_tenants: Vec<String>,
     policy_dir: Option<PathBuf>,
+    clock: Option<domicile_ops::clock::SharedClock>,
 }
 
 /// Tenants whose DPO key a federation registers by default (the tests', `dev`'s, the Python
@@ -77,6 +78,7 @@ impl Default for FederationBuilder {
             postgres: false,
             dpo_tenants: DPO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
             policy_dir: None,
+            clock: None,
         }
     }
 }
@@ -113,6 +115,12 @@ impl FederationBuilder {
     /// Registers the federation's DPO key for `tenant` too (besides [`DPO_TENANTS`]).
     pub fn dpo_tenant(mut self, tenant: &str) -> Self {
         self.dpo_tenants.push(tenant.to_owned());
+        self
+    }
+
+    /// The nodes' clock, for what depends on which days have closed (default: the system's).
+    pub fn clock(mut self, clock: domicile_ops::clock::SharedClock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -255,9 +263,14 @@ impl FederationBuilder {
                     client_ca_file: pki.ca(),
                     gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
                 });
-                let node = tokio::task::spawn_blocking(move || Node::open(config))
-                    .await?
-                    .with_context(|| format!("opening node {}", spec.id))?;
+                let clock = self
+                    .clock
+                    .clone()
+                    .unwrap_or_else(domicile_ops::clock::system);
+                let node =
+                    tokio::task::spawn_blocking(move || Node::open_with_clock(config, clock))
+                        .await?
+                        .with_context(|| format!("opening node {}", spec.id))?;
                 handle = Some(node.clone());
                 // The in-country listener, for tests that act as in-country staff.
                 let local = TcpListener::bind(("127.0.0.1", 0)).await?;

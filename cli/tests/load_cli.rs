@@ -128,14 +128,20 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     let agg: serde_json::Value = serde_json::from_str(&out)?;
     // Twelve subjects: across the border a noisy count (docs/privacy-model.md), shown when
     // the group's noisy distinct subjects reach DE's k of 10, withheld (and counted) otherwise.
-    let shown = agg["groups"].as_array().unwrap();
-    match shown.first() {
-        Some(de) => {
-            assert_eq!(de["country"], "DE", "{agg}");
-            assert!(de["values"]["METRIC_COUNT"].as_f64().unwrap() >= 0.0, "{agg}");
-        }
-        None => assert_eq!(agg["suppressed_groups"], 1, "{agg}"),
+    let groups = agg["groups"].as_array().unwrap();
+    let de = groups.iter().find(|g| g["country"] == "DE");
+    if let Some(de) = de {
+        assert!(
+            de["values"]["METRIC_COUNT"].as_f64().unwrap() >= 0.0,
+            "{agg}"
+        );
     }
+    let shown = groups.len() as u64;
+    assert_eq!(
+        shown + agg["suppressed_groups"].as_u64().unwrap(),
+        2,
+        "{agg}"
+    );
     let (code, table, _) = domicile(&[
         "aggregate",
         "--gateway",
@@ -148,7 +154,7 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     assert_eq!(code, 0);
     assert_eq!(
         table.lines().any(|l| l.starts_with("DE ")),
-        !shown.is_empty(),
+        de.is_some(),
         "the same releases, the same answer: {table}"
     );
     Ok(())

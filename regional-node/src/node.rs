@@ -55,6 +55,8 @@ pub struct Node {
 
 pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
+    /// The time differential-privacy releases are made by (which buckets have closed).
+    pub(crate) clock: domicile_ops::clock::SharedClock,
     pub(crate) keys: SealingKeyPair,
     /// The previous sealing key and the end of its grace period (Unix seconds).
     pub(crate) previous: Option<(SealingKeyPair, i64)>,
@@ -124,6 +126,15 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Opens the node's storage and sealing key as configured (creating them if missing).
     pub fn open(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::open_with_clock(config, domicile_ops::clock::system())
+    }
+
+    /// [`Node::open`] with the clock that decides which days and months have closed (tests
+    /// move a manual one; production uses the system clock).
+    pub fn open_with_clock(
+        config: NodeConfig,
+        clock: domicile_ops::clock::SharedClock,
+    ) -> Result<Self, NodeError> {
         config
             .validate()
             .map_err(|e| NodeError::Internal(format!("configuration: {e}")))?;
@@ -227,6 +238,7 @@ impl Node {
                 sealing_key_since,
                 previous,
                 config,
+                clock,
                 keys,
                 store,
                 policies,
@@ -375,7 +387,7 @@ impl Node {
             let inner = &node.inner;
             let tenant = tenant.as_str();
             let budget_milli = inner.policies.release_rules().budget_milli;
-            let now = domicile_proto::domain::unix_now();
+            let now = inner.clock.now();
             inner.store.read(|conn| {
                 let (subject_requests, open_requests, open_total) =
                     crate::overview::subject_requests(conn, tenant, now)?;
@@ -742,7 +754,7 @@ impl Node {
             .collect();
         let k_mixed = k_by_country.values().copied().max().unwrap_or(floor);
         let rules = policies.release_rules();
-        let now = domicile_proto::domain::unix_now();
+        let now = self.inner.clock.now();
         // Before the longest interaction retention, every interaction is gone: no releases.
         let retention_days = policies
             .iter()

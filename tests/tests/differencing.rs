@@ -345,3 +345,88 @@ async fn a_spent_budget_refuses_every_new_release_and_keeps_the_old_ones() -> an
     assert_eq!(spent(&fed)?, 4_000);
     Ok(())
 }
+
+/// The dashboard's queries as the console makes them at `now`: NPS, volume and subjects by
+/// country × channel × month over the last twelve months, and the last 30 days by day.
+fn dashboard(now: i64) -> [AggregateRequest; 3] {
+    [
+        query(
+            &[Dimension::Country, Dimension::Channel, Dimension::Month],
+            &[],
+            (now - 365 * 86_400, now),
+        ),
+        query(&[Dimension::Day], &[], (now - 30 * 86_400, now)),
+        // An analyst's: by channel, last month.
+        query(&[Dimension::Channel], &[], (now - 31 * 86_400, now)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_month_of_console_refreshes_stays_within_budget() -> anyhow::Result<()> {
+    // September 2026, simulated: the nodes' clock moves a day at a time (no sleeping).
+    const SEP: i64 = 1_788_220_800;
+    let clock = domicile_ops::clock::ManualClock::at(SEP);
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .region("us", &["US"])
+        .clock(std::sync::Arc::new(clock.clone()))
+        .start()
+        .await?;
+    domicile_tests::load(&fed, &["DE", "US"], 300, 3_000, 5).await?;
+    let mut gw = domicile_tests::gateway_client(&fed).await?;
+    let mut calls = 0;
+    let mut spent_on_refreshes = 0.0;
+    for day in 0..30 {
+        // Each day, the console's first refresh, then (as every 30 s all day) the same again.
+        for refresh in 0..4 {
+            clock.set(SEP + day * 86_400 + 9 * 3_600 + refresh * 30);
+            for request in dashboard(SEP + day * 86_400 + 9 * 3_600) {
+                let answer = gw.aggregate(request).await?.into_inner();
+                calls += 1;
+                let spent: f64 = answer
+                    .attestation
+                    .unwrap()
+                    .regions
+                    .iter()
+                    .map(|r| r.epsilon)
+                    .sum();
+                if refresh > 0 {
+                    spent_on_refreshes += spent;
+                }
+            }
+        }
+    }
+    assert_eq!(calls, 30 * 4 * 3);
+    assert_eq!(
+        spent_on_refreshes, 0.0,
+        "a refresh within a day releases nothing new"
+    );
+    // No month of data went past its budget (20 in the shipped policies), in either region.
+    for region in ["eu-de", "us"] {
+        let conn = fed.node(region).unwrap().connect()?;
+        let mut stmt = conn.prepare("SELECT data_month, spent_milli FROM dp_budget")?;
+        let mut rows = stmt.query([])?;
+        let mut months = 0;
+        while let Some(row) = rows.next()? {
+            let (month, spent): (i64, i64) = (row.get(0)?, row.get(1)?);
+            assert!(spent <= 20_000, "{region}: month {month} spent {spent}");
+            months += 1;
+        }
+        assert!(months >= 12, "{region}: {months} months charged");
+        // The releases follow the simulated clock: the last day released is September 29th
+        // (the day before the last simulated one), though October's data is stored.
+        let last_day: i64 = conn.query_row(
+            "SELECT MAX(bucket) FROM dp_releases WHERE grain = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(last_day, SEP / 86_400 + 28, "{region}");
+        let last_month: i64 = conn.query_row(
+            "SELECT MAX(bucket) FROM dp_releases WHERE grain = 2",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(last_month, (2026 - 1970) * 12 + 7, "{region}: August 2026");
+    }
+    Ok(())
+}
