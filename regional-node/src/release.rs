@@ -155,6 +155,29 @@ impl Plan {
     }
 }
 
+/// Whether every release of `plan` exists already: then an answer needs no write at all (the
+/// dashboard's steady state).
+pub fn all_made(
+    conn: &Connection,
+    tenant: &str,
+    purpose: Purpose,
+    plan: &Plan,
+) -> Result<bool, NodeError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM dp_releases
+         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",
+        params![
+            tenant,
+            purpose as i32,
+            plan.grain as i32,
+            plan.from,
+            plan.to
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(n == plan.to - plan.from)
+}
+
 /// What a new release cost, for the audit log and the attestation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made {
@@ -263,9 +286,20 @@ fn noised(rng: &mut dyn RngCore, epsilon: Epsilon, w: u32, sensitivity: u64, val
     i64::try_from(value).unwrap_or(i64::MAX).saturating_add(y)
 }
 
+/// [`noised`] for a signed exact value.
+fn noised_signed(
+    rng: &mut dyn RngCore,
+    epsilon: Epsilon,
+    w: u32,
+    sensitivity: u64,
+    value: i64,
+) -> i64 {
+    noised(rng, epsilon, w, sensitivity, 0).saturating_add(value)
+}
+
 /// The statistics of a cell (or a sum of cells) as signed noisy values, in the order
-/// interactions, distinct subjects, the 11 NPS buckets, CSAT sum and count, CES sum and count,
-/// handle-time sum and count. Stored as 19 little-endian `i64`s.
+/// interactions, distinct subjects, the 11 NPS buckets, CSAT sum (centred: score − 3) and
+/// count, CES sum (centred: score − 4) and count, handle-time sum and count. Stored as 19 little-endian `i64`s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cell(pub [i64; CELL_VALUES]);
 
@@ -305,9 +339,18 @@ impl Cell {
     }
 
     /// As statistics for the wire: every value below zero set to zero (post-processing: a
-    /// count or a sum cannot be negative), and a histogram of zeros left empty.
+    /// count or a sum cannot be negative), a histogram of zeros left empty, and the centred
+    /// CSAT and CES sums moved back to their scales and kept within them (a mean between 1
+    /// and 5, or 1 and 7).
     pub fn into_stats(self) -> AggregateStats {
         let v = |i: usize| self.0[i].max(0) as u64;
+        // Stored centred (score − 3 for CSAT, score − 4 for CES): half the sensitivity.
+        let uncentre = |sum: i64, count: u64, centre: i64, low: i64, high: i64| -> u64 {
+            let count = count as i64;
+            (sum.saturating_add(centre.saturating_mul(count)))
+                .clamp(low.saturating_mul(count), high.saturating_mul(count))
+                .max(0) as u64
+        };
         let mut nps_histogram: Vec<u64> = (2..2 + NPS_BUCKETS).map(v).collect();
         if nps_histogram.iter().all(|n| *n == 0) {
             nps_histogram.clear();
@@ -317,9 +360,9 @@ impl Cell {
             interactions: v(0),
             distinct_subjects: v(1),
             nps_histogram,
-            csat_sum: v(base),
+            csat_sum: uncentre(self.0[base], v(base + 1), 3, 1, 5),
             csat_responses: v(base + 1),
-            ces_sum: v(base + 2),
+            ces_sum: uncentre(self.0[base + 2], v(base + 3), 4, 1, 7),
             ces_responses: v(base + 3),
             handle_time_sum_seconds: v(base + 4),
             handle_time_count: v(base + 5),
@@ -347,9 +390,24 @@ fn noise_cell(
         out[2 + b] = noised(rng, epsilon, w.nps, l, exact);
     }
     let base = 2 + NPS_BUCKETS;
-    out[base] = noised(rng, epsilon, w.csat_sum, 5 * l, stats.csat_sum);
+    // Scores centred on the middle of their scale before noise: CSAT 1–5 as −2..2, CES 1–7
+    // as −3..3, so one subject moves a sum by at most 2L or 3L rather than 5L or 7L.
+    let centred = |sum: u64, count: u64, centre: i64| sum as i64 - centre * count as i64;
+    out[base] = noised_signed(
+        rng,
+        epsilon,
+        w.csat_sum,
+        2 * l,
+        centred(stats.csat_sum, stats.csat_responses, 3),
+    );
     out[base + 1] = noised(rng, epsilon, w.csat_count, l, stats.csat_responses);
-    out[base + 2] = noised(rng, epsilon, w.ces_sum, 7 * l, stats.ces_sum);
+    out[base + 2] = noised_signed(
+        rng,
+        epsilon,
+        w.ces_sum,
+        3 * l,
+        centred(stats.ces_sum, stats.ces_responses, 4),
+    );
     out[base + 3] = noised(rng, epsilon, w.ces_count, l, stats.ces_responses);
     out[base + 4] = noised(
         rng,
