@@ -215,6 +215,28 @@ pub fn render_aggregate(resp: &AggregateResponse) -> String {
         resp.suppressed_groups,
         resp.privacy.as_ref().map_or(0, |p| p.min_group_size)
     ));
+    // Every cross-border figure is noised: say so, and what this answer spent.
+    let regions = resp
+        .attestation
+        .as_ref()
+        .map(|a| a.regions.as_slice())
+        .unwrap_or_default();
+    let releases: usize = regions.iter().map(|r| r.derived_from.len()).sum();
+    let spent = regions.iter().map(|r| r.epsilon).fold(0.0, f64::max);
+    let through = regions
+        .iter()
+        .filter_map(|r| r.released_through.as_ref())
+        .map(|t| t.seconds)
+        .max();
+    out.push_str(&format!(
+        "Figures carry calibrated noise (differential privacy): summed from {releases} noisy \
+         releases of closed months, each charged once to its month of data; epsilon newly \
+         spent by this call: at most {spent:.1} in one region{}\n",
+        through.map_or(String::new(), |t| format!(
+            "; data up to {}",
+            domicile_node::rollup::day_label(t.div_euclid(86_400))
+        ))
+    ));
     let coverage: Vec<Vec<String>> = resp
         .coverage
         .iter()
@@ -515,11 +537,16 @@ pub async fn activity(
                 .await?;
         }
     }
-    let mut noisy = example_request(tenant);
-    if let Some(q) = noisy.query.as_mut() {
-        q.epsilon = Some(0.5);
+    // Grouped by day: the day releases, for the console's charts.
+    let mut by_day = example_request(tenant);
+    if let Some(q) = by_day.query.as_mut() {
+        q.group_by = vec![domicile_proto::pb::Dimension::Day as i32];
+        q.time_range = Some(TimeRange {
+            start: Some(domicile_proto::domain::whole_seconds(now - 14 * 86_400)),
+            end: Some(domicile_proto::domain::whole_seconds(now)),
+        });
     }
-    gw.aggregate(noisy).await?;
+    gw.aggregate(by_day).await?;
     let mut incident = ReportIncidentRequest {
         tenant_id: tenant.to_owned(),
         regions: Vec::new(),

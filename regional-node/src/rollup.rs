@@ -288,7 +288,7 @@ pub(crate) fn month_label(month: i64) -> String {
 }
 
 /// `YYYY-MM-DD`, as SQLite's `strftime('%Y-%m-%d')` writes it.
-pub(crate) fn day_label(day: i64) -> String {
+pub fn day_label(day: i64) -> String {
     let (y, m, d) = civil_from_days(day);
     format!("{y:04}-{m:02}-{d:02}")
 }

@@ -124,6 +124,7 @@ test('every panel shows data, and every checkpoint verifies in the browser', asy
   assert.ok(await count('#incidents .card tbody tr') >= 6, 'affected counts per region and category');
   assert.ok(await count('#consent tbody tr') >= 9, 'consent per country, purpose and channel');
   assert.equal(await page.textContent('#tenant'), 'demo');
+  assert.equal(await page.textContent('#dp-note'), 'Cross-border figures carry calibrated noise');
   await page.screenshot({ path: join(OUTPUT, 'console.png'), fullPage: true });
   // The first screenful, as the README shows it.
   await page.screenshot({ path: join(OUTPUT, 'console-top.png') });
