@@ -137,7 +137,7 @@ impl Plan {
             return Err(crate::error::NodeError::from(
                 domicile_proto::error::Violations::one(
                     "query.time_range",
-                    &format!(
+                    format!(
                         "across the border an answer covers at most {MAX_BUCKETS} days or months"
                     ),
                 ),
@@ -556,7 +556,10 @@ pub fn answer(
     k_mixed: u32,
 ) -> Result<(Partial, Vec<Source>), NodeError> {
     let has = |d| spec.group_by.contains(&d);
-    let mut groups: BTreeMap<(String, i32, String), (Cell, i64, Option<String>)> = BTreeMap::new();
+    // (country, channel, period) → the cells' sum, the largest cell's noisy subjects, and the
+    // group's one country (`None` when it mixes countries).
+    type Groups = BTreeMap<(String, i32, String), (Cell, i64, Option<String>)>;
+    let mut groups = Groups::new();
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, country, channel, stats FROM dp_release_cells
          WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",

@@ -76,8 +76,11 @@ async fn three_regions() -> anyhow::Result<(Federation, Vec<(String, domicile_te
     Ok((fed, tagged))
 }
 
-/// Each region's stored month cells for cx_analytics: (country, channel, month) → stats.
-fn stored_cells(fed: &Federation) -> anyhow::Result<Vec<(String, (String, i32, String), Cell)>> {
+/// A stored cell: its region, (country, channel, month) and its signed noisy values.
+type StoredCell = (String, (String, i32, String), Cell);
+
+/// Each region's stored month cells for cx_analytics.
+fn stored_cells(fed: &Federation) -> anyhow::Result<Vec<StoredCell>> {
     let mut out = Vec::new();
     for region in ["eu-de", "eu-fr", "us"] {
         let conn = fed.node(region).unwrap().connect()?;
