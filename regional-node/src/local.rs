@@ -5,8 +5,8 @@ use domicile_proto::{
     domain::{AggregateSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
-        ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, LocalAggregateRequest,
-        LocalAggregateResponse, local_node_server::LocalNode,
+        ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, LocalNodeAggregateRequest,
+        LocalNodeAggregateResponse, local_node_server::LocalNode,
     },
 };
 use tonic::{Request, Response, Status};
@@ -48,12 +48,12 @@ impl LocalNode for LocalNodeService {
 
     async fn aggregate(
         &self,
-        request: Request<LocalAggregateRequest>,
-    ) -> Result<Response<LocalAggregateResponse>, Status> {
+        request: Request<LocalNodeAggregateRequest>,
+    ) -> Result<Response<LocalNodeAggregateResponse>, Status> {
         let req = request.into_inner();
         TenantId::parse(&req.tenant_id, "tenant_id")?;
         let spec = AggregateSpec::from_query(req.query.as_ref(), "query")?;
         let groups = self.node.exact_aggregate(&req.tenant_id, spec).await?;
-        Ok(Response::new(LocalAggregateResponse { groups }))
+        Ok(Response::new(LocalNodeAggregateResponse { groups }))
     }
 }

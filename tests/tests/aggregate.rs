@@ -10,8 +10,9 @@ use std::{
 
 use domicile_node::release::Cell;
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, AggregateStats, Channel, Dimension, LocalAggregateRequest,
-    Metric, NoiseMechanism, Purpose, RegionStatus, local_node_client::LocalNodeClient,
+    AggregateQuery, AggregateRequest, AggregateStats, Channel, Dimension,
+    LocalNodeAggregateRequest, Metric, NoiseMechanism, Purpose, RegionStatus,
+    local_node_client::LocalNodeClient,
 };
 use domicile_tests::{
     Federation, TENANT, brute_force, federation, gateway_client, load, month_of, policy_k,
@@ -221,7 +222,7 @@ async fn in_country_the_local_aggregate_is_exact() -> anyhow::Result<()> {
         let local = fed.node(region).unwrap().local_addr.unwrap();
         let mut local = LocalNodeClient::connect(format!("http://{local}")).await?;
         let groups = local
-            .aggregate(LocalAggregateRequest {
+            .aggregate(LocalNodeAggregateRequest {
                 tenant_id: TENANT.into(),
                 query: request(
                     &[Dimension::Country, Dimension::Channel, Dimension::Month],

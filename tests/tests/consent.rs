@@ -9,7 +9,7 @@ use domicile_proto::{
     pb::{
         AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
         ConfirmConsentRequest, ConsentAction, ConsentRule, ConsentSource, ConsentState,
-        GetConsentRequest, LocalAggregateRequest, Metric, PermissionReasonCode, Purpose,
+        GetConsentRequest, LocalNodeAggregateRequest, Metric, PermissionReasonCode, Purpose,
         QueryRecordsRequest, RecordConsentRequest, RecordQuery, RejectReason, SubjectRef,
         WithdrawConsentRequest, local_node_client::LocalNodeClient, record_payload::Record,
     },
@@ -421,7 +421,7 @@ async fn consent_gates_aggregates_and_records_by_country_rule() -> anyhow::Resul
         async move {
             let mut local = LocalNodeClient::connect(format!("http://{addr}")).await?;
             let groups = local
-                .aggregate(LocalAggregateRequest {
+                .aggregate(LocalNodeAggregateRequest {
                     tenant_id: TENANT.into(),
                     query: aggregate(Purpose::CxAnalytics).query,
                 })

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use domicile_node::release::Cell;
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension, LocalAggregateRequest,
-    Metric, Purpose, TimeRange, local_node_client::LocalNodeClient, record_payload::Record,
+    AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension,
+    LocalNodeAggregateRequest, Metric, Purpose, TimeRange, local_node_client::LocalNodeClient,
+    record_payload::Record,
 };
 use domicile_tests::{Federation, SynthRecord, TENANT, person, touch, ts};
 use tonic::Code;
@@ -231,7 +232,7 @@ async fn repeating_shifting_or_filtering_a_query_learns_nothing_new() -> anyhow:
     let local = fed.node("eu-de").unwrap().local_addr.unwrap();
     let mut local = LocalNodeClient::connect(format!("http://{local}")).await?;
     let exact = local
-        .aggregate(LocalAggregateRequest {
+        .aggregate(LocalNodeAggregateRequest {
             tenant_id: TENANT.into(),
             query: query(&[Dimension::Channel], &[], (OCT, NOV)).query,
         })

@@ -4,7 +4,7 @@
 //! `RESOURCE_EXHAUSTED` naming the month and what is left.
 
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, Dimension, LocalAggregateRequest, Metric, NoiseMechanism,
+    AggregateQuery, AggregateRequest, Dimension, LocalNodeAggregateRequest, Metric, NoiseMechanism,
     Purpose, RegionStatus, TimeRange, local_node_client::LocalNodeClient,
 };
 use domicile_tests::{Federation, TENANT, federation, gateway_client, load, ts};
@@ -73,7 +73,7 @@ async fn every_cross_border_aggregate_is_noised_and_says_from_what() -> anyhow::
         let addr = fed.node(region).unwrap().local_addr.unwrap();
         let mut local = LocalNodeClient::connect(format!("http://{addr}")).await?;
         let exact = local
-            .aggregate(LocalAggregateRequest {
+            .aggregate(LocalNodeAggregateRequest {
                 tenant_id: TENANT.into(),
                 query: request(&[Dimension::Channel], None, &[]).query,
             })

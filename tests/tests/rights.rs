@@ -306,7 +306,7 @@ async fn de_subjects(fed: &Federation) -> anyhow::Result<u64> {
         domicile_proto::pb::local_node_client::LocalNodeClient::connect(format!("http://{addr}"))
             .await?;
     let groups = local
-        .aggregate(domicile_proto::pb::LocalAggregateRequest {
+        .aggregate(domicile_proto::pb::LocalNodeAggregateRequest {
             tenant_id: TENANT.into(),
             query: de_aggregate().query,
         })
