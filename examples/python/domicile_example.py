@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A Domicile client in Python: list regions, verify each region's sealing key against the
-federation trust bundle, ingest sealed records, check contact permission, run an aggregate, and
+federation trust bundle, ingest sealed records, check contact permission, run an aggregate
+(differentially private: summed from noisy releases of closed months), and
 (with the DPO's key) make a signed access request and open the sealed export — against
 `domicile dev` (or any gateway).
 
@@ -237,9 +238,16 @@ def main():
             group_by=[aggregate.DIMENSION_COUNTRY],
         ),
     ))
+    # Across the border every figure is summed from noisy releases of closed days and months
+    # (docs/privacy-model.md): the calls above are from today, so they are not in it yet.
     for group in result.groups:
         values = {aggregate.Metric.Name(v.metric): round(v.value, 1) for v in group.values}
         print(f"aggregate: country={group.key.country} {values}")
+    releases = sum(len(r.derived_from) for r in result.attestation.regions)
+    through = max((r.released_through.seconds for r in result.attestation.regions), default=0)
+    print(f"aggregate: {len(result.groups)} groups from {releases} noisy releases, "
+          f"mechanism {common.NoiseMechanism.Name(result.privacy.mechanism)}, data up to "
+          f"{time.strftime('%Y-%m-%d', time.gmtime(through))}")
 
     if args.dpo_key:
         # Access for py-0: signed by the DPO (the recipient key is inside what is signed), the
