@@ -545,7 +545,8 @@ pub struct Source {
 }
 
 /// Answers `spec` from the stored releases of `plan` (which must all exist): the cells summed
-/// per group, groups whose largest cell has fewer than *k* noisy distinct subjects withheld.
+/// per group, groups whose noisy distinct-subject figure (summed over their cells) is below *k*
+/// withheld.
 pub fn answer(
     conn: &Connection,
     region_id: &str,
@@ -556,9 +557,9 @@ pub fn answer(
     k_mixed: u32,
 ) -> Result<(Partial, Vec<Source>), NodeError> {
     let has = |d| spec.group_by.contains(&d);
-    // (country, channel, period) → the cells' sum, the largest cell's noisy subjects, and the
-    // group's one country (`None` when it mixes countries).
-    type Groups = BTreeMap<(String, i32, String), (Cell, i64, Option<String>)>;
+    // (country, channel, period) → the cells' sum and the group's one country (`None` when it
+    // mixes countries).
+    type Groups = BTreeMap<(String, i32, String), (Cell, Option<String>)>;
     let mut groups = Groups::new();
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, country, channel, stats FROM dp_release_cells
@@ -596,24 +597,23 @@ pub fn answer(
         );
         let entry = groups
             .entry(group)
-            .or_insert_with(|| (Cell::default(), i64::MIN, Some(country.clone())));
+            .or_insert_with(|| (Cell::default(), Some(country.clone())));
         entry.0.add(&cell);
-        entry.1 = entry.1.max(cell.subjects());
-        if entry.2.as_deref() != Some(country.as_str()) {
-            entry.2 = None; // the group mixes countries
+        if entry.1.as_deref() != Some(country.as_str()) {
+            entry.1 = None; // the group mixes countries
         }
     }
     let mut partial = Partial {
         min_group_size: k_mixed,
         ..Default::default()
     };
-    for ((country, channel, period), (cell, largest_cell, group_country)) in groups {
+    for ((country, channel, period), (cell, group_country)) in groups {
         let k = group_country
             .as_deref()
             .and_then(|c| k_by_country.get(c).copied())
             .unwrap_or(k_mixed);
         let stats = cell.into_stats();
-        if largest_cell < i64::from(k) || stats.interactions == 0 {
+        if stats.distinct_subjects < u64::from(k) || stats.interactions == 0 {
             partial.suppressed += 1;
             continue;
         }

@@ -110,8 +110,8 @@ fn stored_cells(fed: &Federation) -> anyhow::Result<Vec<StoredCell>> {
 }
 
 /// The gateway's answer for `group_by` must be, group by group, the sum of the regions'
-/// stored noisy cells under `key_of`, withheld where the group's largest cell has fewer than
-/// the region's k noisy distinct subjects (an independent re-computation from the database).
+/// stored noisy cells under `key_of`, withheld where the group's noisy distinct subjects (the
+/// cells' summed) are below the region's k (an independent re-computation from the database).
 async fn check_against_stored_cells(
     fed: &Federation,
     gw: &mut domicile_client::Gateway,
@@ -122,23 +122,19 @@ async fn check_against_stored_cells(
     let resp = gw.aggregate(request(group_by, k)).await?.into_inner();
     let cells = stored_cells(fed)?;
     assert!(!cells.is_empty(), "the answer made releases");
-    let mut per_region: BTreeMap<(String, domicile_tests::Key), (Cell, i64)> = BTreeMap::new();
+    let mut per_region: BTreeMap<(String, domicile_tests::Key), Cell> = BTreeMap::new();
     for (region, (country, channel, month), cell) in &cells {
         let key = key_of(region, country, *channel, month);
-        let (sum, largest) = per_region
-            .entry((region.clone(), key))
-            .or_insert((Cell::default(), i64::MIN));
-        sum.add(cell);
-        *largest = (*largest).max(cell.subjects());
+        per_region.entry((region.clone(), key)).or_default().add(cell);
     }
     // Each region clamps its own sums (signed noisy cells, then zero at the least); the
     // gateway adds the regions' answers.
     let mut expected: BTreeMap<domicile_tests::Key, AggregateStats> = BTreeMap::new();
     let mut suppressed = 0;
-    for ((region, key), (cell, largest)) in per_region {
-        let k = i64::from(k.max(policy_k(country_of(&region))));
+    for ((region, key), cell) in per_region {
+        let k = u64::from(k.max(policy_k(country_of(&region))));
         let stats = cell.into_stats();
-        if largest < k || stats.interactions == 0 {
+        if stats.distinct_subjects < k || stats.interactions == 0 {
             suppressed += 1;
             continue;
         }
