@@ -125,7 +125,10 @@ async fn check_against_stored_cells(
     let mut per_region: BTreeMap<(String, domicile_tests::Key), Cell> = BTreeMap::new();
     for (region, (country, channel, month), cell) in &cells {
         let key = key_of(region, country, *channel, month);
-        per_region.entry((region.clone(), key)).or_default().add(cell);
+        per_region
+            .entry((region.clone(), key))
+            .or_default()
+            .add(cell);
     }
     // Each region clamps its own sums (signed noisy cells, then zero at the least); the
     // gateway adds the regions' answers.
