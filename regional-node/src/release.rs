@@ -333,11 +333,6 @@ impl Cell {
         Ok(Self(out))
     }
 
-    /// Noisy distinct subjects.
-    pub fn subjects(&self) -> i64 {
-        self.0[1]
-    }
-
     /// As statistics for the wire: every value below zero set to zero (post-processing: a
     /// count or a sum cannot be negative), a histogram of zeros left empty, and the centred
     /// CSAT and CES sums moved back to their scales and kept within them (a mean between 1
