@@ -146,11 +146,22 @@ pub fn run_over_rows(
     filter.push_str(&gate);
     args.extend(gate_args);
     match bounds {
-        // Contribution bound: each subject's first L interactions (in time order) only.
-        Some((l, _)) => select.push_str(&format!(
-            " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY started_at, \
-             interaction_id) AS contribution FROM interactions{filter}) AS bounded WHERE contribution <= {l}"
-        )),
+        // Contribution bound: each subject's first L interactions (in time order) only — per
+        // day or month when grouped by one, so that one query bounds many releases as each
+        // release alone would.
+        Some((l, _)) => {
+            let period = dims
+                .iter()
+                .find(|(d, _)| *d == Dimension::Day)
+                .or_else(|| dims.iter().find(|(d, _)| *d == Dimension::Month))
+                .map(|(_, sql)| format!(", {sql}"))
+                .unwrap_or_default();
+            select.push_str(&format!(
+                " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id{period} ORDER BY \
+                 started_at, interaction_id) AS contribution FROM interactions{filter}) AS bounded \
+                 WHERE contribution <= {l}"
+            ))
+        }
         None => {
             select.push_str(" FROM interactions");
             select.push_str(&filter);

@@ -778,52 +778,46 @@ impl Node {
             } else {
                 inner.store.write(|tx| {
                     let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut made = Vec::new();
-                    for bucket in plan.from..plan.to {
-                        let outcome = crate::release::ensure(
-                            tx,
-                            region,
-                            &inner.config.countries,
-                            tenant.as_str(),
-                            spec.purpose,
-                            consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
-                            rules,
-                            plan.grain,
-                            bucket,
-                            now,
-                            &mut *rng,
-                        )?;
-                        match outcome {
-                            Ok(Some(m)) => {
-                                inner.audit.append(
-                                    tx,
-                                    Entry {
-                                        kind: audit::Kind::DpRelease,
-                                        tenant: tenant.as_str(),
-                                        subject: None,
-                                        details: serde_json::json!({
-                                            "purpose": spec.purpose.as_str_name(),
-                                            "release": m.id,
-                                            "cost": m.epsilon_milli as f64 / 1000.0,
-                                            "data_month": crate::rollup::month_label(m.data_month),
-                                            "remaining": m.remaining_milli as f64 / 1000.0,
-                                            "max_contributions": rules.max_contributions,
-                                            "policy_versions": inner.policies.labels(),
-                                        }),
-                                    },
-                                )?;
-                                made.push(m);
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                return Err(NodeError::BudgetExhausted {
-                                    month: e.month,
-                                    remaining_milli: e.remaining_milli,
-                                    budget_milli: e.budget_milli,
-                                    requested_milli: e.requested_milli,
-                                });
-                            }
+                    let made = match crate::release::ensure_all(
+                        tx,
+                        region,
+                        &inner.config.countries,
+                        tenant.as_str(),
+                        spec.purpose,
+                        consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
+                        rules,
+                        &plan,
+                        now,
+                        &mut *rng,
+                    )? {
+                        Ok(made) => made,
+                        Err(e) => {
+                            return Err(NodeError::BudgetExhausted {
+                                month: e.month,
+                                remaining_milli: e.remaining_milli,
+                                budget_milli: e.budget_milli,
+                                requested_milli: e.requested_milli,
+                            });
                         }
+                    };
+                    for m in &made {
+                        inner.audit.append(
+                            tx,
+                            Entry {
+                                kind: audit::Kind::DpRelease,
+                                tenant: tenant.as_str(),
+                                subject: None,
+                                details: serde_json::json!({
+                                    "purpose": spec.purpose.as_str_name(),
+                                    "release": m.id,
+                                    "cost": m.epsilon_milli as f64 / 1000.0,
+                                    "data_month": crate::rollup::month_label(m.data_month),
+                                    "remaining": m.remaining_milli as f64 / 1000.0,
+                                    "max_contributions": rules.max_contributions,
+                                    "policy_versions": inner.policies.labels(),
+                                }),
+                            },
+                        )?;
                     }
                     Ok(made)
                 })?

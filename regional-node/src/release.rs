@@ -116,7 +116,7 @@ pub struct Plan {
 impl Plan {
     /// The plan for `spec` at `now`: its time range widened to whole buckets, cut at the last
     /// closed one, and starting no earlier than `oldest` (before it, retention has removed
-    /// every interaction). `Err` names the field when the range covers too many buckets.
+    /// every interaction) — nor, by day without a start, more than [`MAX_BUCKETS`] days back. `Err` names the field when the range covers too many buckets.
     pub fn new(spec: &AggregateSpec, now: i64, oldest: i64) -> Result<Self, NodeError> {
         let start = spec.start.unwrap_or(oldest).max(oldest);
         let end = spec.end.unwrap_or(now).min(now);
@@ -124,6 +124,13 @@ impl Plan {
             let today = now.div_euclid(DAY);
             let from = start.div_euclid(DAY);
             let to = (end.div_euclid(DAY) + i64::from(end.rem_euclid(DAY) != 0)).min(today);
+            // Without a start, the last MAX_BUCKETS days (a retention may be longer): only
+            // a range the caller chose is refused for its length.
+            let from = if spec.start.is_none() {
+                from.max(to - MAX_BUCKETS)
+            } else {
+                from
+            };
             (Grain::Day, from, to)
         } else {
             let this_month = month_of_day(now.div_euclid(DAY));
@@ -415,13 +422,15 @@ fn noise_cell(
     Cell(out)
 }
 
-/// Makes the release of (`tenant`, `purpose`, `grain`, `bucket`) unless it exists: claims it,
-/// charges the accountant, computes every cell of `countries` × every channel with bounded
-/// contributions and noise, and stores them, all in `tx`. `Ok(None)` when it existed already;
-/// `Err(Exhausted)` inside `Ok` when the month's budget does not allow it (the caller then
-/// rolls `tx` back).
+/// Makes every release of `plan` for (`tenant`, `purpose`) that does not exist yet: claims
+/// each, charges the accountant, computes every cell of `countries` × every channel with
+/// bounded contributions (per subject and bucket, as each release alone would) and noise, and
+/// stores them, all in `tx`. The exact values of all the missing buckets come from one grouped
+/// query, so that a first answer over two years of days costs one scan, not 731. Returns what
+/// was made (nothing when everything existed); `Err(Exhausted)` inside `Ok` when a month's
+/// budget does not allow a release (the caller then rolls `tx` back).
 #[allow(clippy::too_many_arguments)]
-pub fn ensure(
+pub fn ensure_all(
     tx: &Connection,
     region_id: &str,
     countries: &[String],
@@ -429,48 +438,67 @@ pub fn ensure(
     purpose: Purpose,
     gate: Gate,
     rules: ReleaseRules,
-    grain: Grain,
-    bucket: i64,
+    plan: &Plan,
     now: i64,
     rng: &mut dyn RngCore,
-) -> Result<Result<Option<Made>, Exhausted>, NodeError> {
+) -> Result<Result<Vec<Made>, Exhausted>, NodeError> {
+    let grain = plan.grain;
     let milli = match grain {
         Grain::Day => rules.day_milli,
         Grain::Month => rules.month_milli,
     };
-    let data_month = grain.data_month(bucket);
-    // The claim: concurrent callers wait here for the first to commit, then find it made.
-    let claimed = tx.execute(
-        "INSERT INTO dp_releases (tenant, purpose, grain, bucket, epsilon_milli, data_month, made_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-        params![
-            tenant,
-            purpose as i32,
-            grain as i32,
+    let mut made = Vec::new();
+    for bucket in plan.from..plan.to {
+        let data_month = grain.data_month(bucket);
+        // The claim: concurrent callers wait here for the first to commit, then find it made.
+        let claimed = tx.execute(
+            "INSERT INTO dp_releases (tenant, purpose, grain, bucket, epsilon_milli, data_month, made_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![
+                tenant,
+                purpose as i32,
+                grain as i32,
+                bucket,
+                milli,
+                data_month,
+                now
+            ],
+        )?;
+        if claimed == 0 {
+            continue;
+        }
+        let Some(spent) = charge(tx, tenant, data_month, milli, rules.budget_milli)? else {
+            return Ok(Err(Exhausted {
+                month: month_label(data_month),
+                remaining_milli: rules
+                    .budget_milli
+                    .saturating_sub(spent(tx, tenant, data_month)?),
+                budget_milli: rules.budget_milli,
+                requested_milli: milli,
+            }));
+        };
+        made.push((
             bucket,
-            milli,
-            data_month,
-            now
-        ],
-    )?;
-    if claimed == 0 {
-        return Ok(Ok(None));
+            Made {
+                id: grain.id(bucket),
+                epsilon_milli: milli,
+                data_month,
+                remaining_milli: rules.budget_milli.saturating_sub(spent),
+            },
+        ));
     }
-    let Some(spent) = charge(tx, tenant, data_month, milli, rules.budget_milli)? else {
-        return Ok(Err(Exhausted {
-            month: month_label(data_month),
-            remaining_milli: rules
-                .budget_milli
-                .saturating_sub(spent(tx, tenant, data_month)?),
-            budget_milli: rules.budget_milli,
-            requested_milli: milli,
-        }));
+    let (Some((first, _)), Some((last, _))) = (made.first(), made.last()) else {
+        return Ok(Ok(Vec::new()));
     };
-    let (start, end) = grain.span(bucket);
+    let (start, end) = (grain.span(*first).0, grain.span(*last).1);
+    let period = match grain {
+        Grain::Day => Dimension::Day,
+        Grain::Month => Dimension::Month,
+    };
     let spec = AggregateSpec {
         purpose,
         metrics: Vec::new(),
-        group_by: vec![Dimension::Country, Dimension::Channel],
+        group_by: vec![Dimension::Country, Dimension::Channel, period],
         start: Some(start),
         end: Some(end),
         channels: Vec::new(),
@@ -490,10 +518,13 @@ pub fn ensure(
             gate,
         },
     )?;
-    let mut by_cell: BTreeMap<(String, i32), AggregateStats> = BTreeMap::new();
+    let mut by_cell: BTreeMap<(String, String, i32), AggregateStats> = BTreeMap::new();
     for g in exact.groups {
         let key = g.key.unwrap_or_default();
-        by_cell.insert((key.country, key.channel), g.stats.unwrap_or_default());
+        by_cell.insert(
+            (key.period, key.country, key.channel),
+            g.stats.unwrap_or_default(),
+        );
     }
     let epsilon = Epsilon::from_milli(milli);
     let (l, h) = (
@@ -505,29 +536,30 @@ pub fn ensure(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let empty = AggregateStats::default();
-    for country in countries {
-        for channel in channels() {
-            let exact = by_cell
-                .get(&(country.clone(), channel as i32))
-                .unwrap_or(&empty);
-            let cell = noise_cell(rng, epsilon, l, h, exact);
-            insert.execute(params![
-                tenant,
-                purpose as i32,
-                grain as i32,
-                bucket,
-                country,
-                channel as i32,
-                cell.encode()
-            ])?;
+    for (bucket, _) in &made {
+        let label = match grain {
+            Grain::Day => day_label(*bucket),
+            Grain::Month => month_label(*bucket),
+        };
+        for country in countries {
+            for channel in channels() {
+                let exact = by_cell
+                    .get(&(label.clone(), country.clone(), channel as i32))
+                    .unwrap_or(&empty);
+                let cell = noise_cell(rng, epsilon, l, h, exact);
+                insert.execute(params![
+                    tenant,
+                    purpose as i32,
+                    grain as i32,
+                    bucket,
+                    country,
+                    channel as i32,
+                    cell.encode()
+                ])?;
+            }
         }
     }
-    Ok(Ok(Some(Made {
-        id: grain.id(bucket),
-        epsilon_milli: milli,
-        data_month,
-        remaining_milli: rules.budget_milli.saturating_sub(spent),
-    })))
+    Ok(Ok(made.into_iter().map(|(_, m)| m).collect()))
 }
 
 /// One release an answer was derived from.
@@ -703,7 +735,11 @@ mod tests {
         // A range entirely in the open month: no bucket at all.
         let p = Plan::new(&spec(&[], Some(NOW - DAY), Some(NOW)), NOW, 0).unwrap();
         assert_eq!(p.from, p.to);
-        // Too many days.
+        // By day without a start, under a retention longer than two years: the last
+        // MAX_BUCKETS days, not a refusal.
+        let p = Plan::new(&spec(&[Dimension::Day], None, None), NOW, NOW - 1096 * DAY).unwrap();
+        assert_eq!((p.from, p.to), (NOW / DAY - MAX_BUCKETS, NOW / DAY));
+        // Too many days, asked for.
         let err = Plan::new(&spec(&[Dimension::Day], Some(0), Some(NOW)), NOW, 0).unwrap_err();
         assert!(err.to_string().contains("query.time_range"), "{err}");
     }

@@ -1447,6 +1447,133 @@ mod tests {
             .unwrap();
     }
 
+    /// Releases are made many buckets at a time (`release::ensure_all`): one bounded query
+    /// grouped by day must give each day exactly what that day's bounded query alone gives —
+    /// each subject's first `L` interactions *of that day*, not of the whole range.
+    fn bounded_by_day_equals_each_day_alone(store: &Store) {
+        // Subject s-1 has 8 interactions on each of days 0 and 1; L = 5.
+        let rows: Vec<Row> = (0..16u8)
+            .map(|i| {
+                let day = i64::from(i / 8);
+                (
+                    i,
+                    1,
+                    0,
+                    1,
+                    day * DAY + i64::from(i) * 60,
+                    4_000,
+                    Some(i % 11),
+                    None,
+                )
+            })
+            .chain((16..40u8).map(|i| {
+                let at = i64::from(i) * 7_919;
+                (
+                    i,
+                    i % 6,
+                    usize::from(i % 3),
+                    1 + i32::from(i % 4),
+                    at,
+                    30,
+                    None,
+                    Some(i % 5 + 1),
+                )
+            }))
+            .collect();
+        ingest(store, &rows);
+        let policies = PolicySet::load(None, &COUNTRIES.map(String::from)).unwrap();
+        let rules = || Rules {
+            bounds: Some((5, 3_600)),
+            k_by_country: BTreeMap::new(),
+            k_mixed: 0,
+            noise: None,
+            gate: Gate::new(&policies, Purpose::CxAnalytics, TENANT),
+        };
+        let spec = |group_by: Vec<Dimension>, start: i64, end: i64| AggregateSpec {
+            purpose: Purpose::CxAnalytics,
+            metrics: Vec::new(),
+            group_by,
+            start: Some(start),
+            end: Some(end),
+            channels: Vec::new(),
+            min_group_size: 0,
+            epsilon: None,
+        };
+        let days = 4;
+        let together = store
+            .read(|c| {
+                run_over_rows(
+                    c,
+                    "eu",
+                    TENANT,
+                    &spec(
+                        vec![Dimension::Country, Dimension::Channel, Dimension::Day],
+                        BASE,
+                        BASE + days * DAY,
+                    ),
+                    rules(),
+                )
+            })
+            .unwrap();
+        let mut alone = Vec::new();
+        for day in 0..days {
+            let (start, end) = (BASE + day * DAY, BASE + (day + 1) * DAY);
+            let partial = store
+                .read(|c| {
+                    run_over_rows(
+                        c,
+                        "eu",
+                        TENANT,
+                        &spec(vec![Dimension::Country, Dimension::Channel], start, end),
+                        rules(),
+                    )
+                })
+                .unwrap();
+            for mut g in partial.groups {
+                g.key.as_mut().unwrap().period = day_label(start / DAY);
+                alone.push(g);
+            }
+        }
+        let key = |g: &domicile_proto::pb::PartialGroup| format!("{:?}", g.key);
+        let (mut together, mut alone) = (together.groups, alone);
+        together.sort_by_key(key);
+        alone.sort_by_key(key);
+        assert_eq!(together, alone);
+        // The bound applied per day: 5 of s-1's 8 (each clamped to 3,600 s) on each of days 0
+        // and 1 in (DE, channel 1); the other rows add at most 24 × 30 s.
+        let s1_days: Vec<u64> = together
+            .iter()
+            .filter(|g| {
+                let k = g.key.as_ref().unwrap();
+                k.country == "DE" && k.channel == 1 && k.period <= day_label(BASE / DAY + 1)
+            })
+            .map(|g| g.stats.as_ref().unwrap().handle_time_sum_seconds)
+            .collect();
+        assert_eq!(s1_days.len(), 2);
+        assert!(
+            s1_days.iter().all(|s| (5 * 3_600..6 * 3_600).contains(s)),
+            "{s1_days:?}"
+        );
+    }
+
+    #[test]
+    fn bounded_by_day_equals_each_day_alone_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &Backend::Sqlite(dir.path().join("n.db")),
+            &Backend::Sqlite(dir.path().join("v.db")),
+            &[7; 32],
+        )
+        .unwrap();
+        bounded_by_day_equals_each_day_alone(&store);
+    }
+
+    #[test]
+    fn bounded_by_day_equals_each_day_alone_on_postgres() {
+        let dbs = crate::testing::Databases::new();
+        bounded_by_day_equals_each_day_alone(&dbs.store(&dbs.postgres()));
+    }
+
     #[test]
     fn a_version_3_database_gets_its_cells_built_when_opened() {
         let dir = tempfile::tempdir().unwrap();

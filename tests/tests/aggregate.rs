@@ -66,6 +66,17 @@ fn status_of(resp: &domicile_proto::pb::AggregateResponse, region: &str) -> i32 
         .map_or(0, |c| c.status)
 }
 
+fn assert_all_regions_answered(resp: &domicile_proto::pb::AggregateResponse) {
+    for region in ["eu-de", "eu-fr", "us"] {
+        assert_eq!(
+            status_of(resp, region),
+            RegionStatus::Ok as i32,
+            "{region}: {:?}",
+            resp.coverage
+        );
+    }
+}
+
 async fn three_regions() -> anyhow::Result<(Federation, Vec<(String, domicile_tests::SynthRecord)>)>
 {
     let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"]), ("us", &["US"])]).await?;
@@ -270,6 +281,9 @@ async fn groups_below_k_are_withheld_at_the_node_and_k_can_only_be_raised() -> a
         ))
         .await?
         .into_inner();
+    // The first day-grain answer makes two years of day releases per region: every region
+    // must have answered (a timed-out one would be missing from the groups, not an error).
+    assert_all_regions_answered(&resp);
     assert!(resp.suppressed_groups > 0, "day-level groups are small");
     for g in &resp.groups {
         let country = &g.key.as_ref().unwrap().country;
@@ -307,6 +321,7 @@ async fn groups_below_k_are_withheld_at_the_node_and_k_can_only_be_raised() -> a
         ))
         .await?
         .into_inner();
+    assert_all_regions_answered(&lowered);
     assert_eq!(lowered.privacy.unwrap().min_group_size, 10);
     assert_eq!(lowered.groups.len(), resp.groups.len());
     Ok(())
