@@ -274,15 +274,17 @@ async fn groups_below_k_are_withheld_at_the_node_and_k_can_only_be_raised() -> a
     let mut gw = gateway_client(&fed).await?;
     // Per country × channel × day, most groups have fewer than k subjects. k is per country:
     // 10 for DE and FR, 5 for the US in the shipped policies, applied to noisy counts.
-    let resp = gw
-        .aggregate(request(
-            &[Dimension::Country, Dimension::Channel, Dimension::Day],
-            0,
-        ))
-        .await?
-        .into_inner();
-    // The first day-grain answer makes two years of day releases per region: every region
-    // must have answered (a timed-out one would be missing from the groups, not an error).
+    // The first day-grain answer makes two years of day releases per region (731 each, one
+    // scan; noise and an audit entry per release): in a debug build beside the other tests
+    // that can pass the default 5 s deadline, so this call allows the longest one.
+    let mut first = tonic::Request::new(request(
+        &[Dimension::Country, Dimension::Channel, Dimension::Day],
+        0,
+    ));
+    first.set_timeout(Duration::from_secs(30));
+    let resp = gw.aggregate(first).await?.into_inner();
+    // Every region must have answered (a timed-out one would be missing from the groups, not
+    // an error).
     assert_all_regions_answered(&resp);
     assert!(resp.suppressed_groups > 0, "day-level groups are small");
     for g in &resp.groups {
