@@ -19,8 +19,12 @@
 //! | `full_name`, `email`, `phone`, `postal_code`, `language`, `birth_year` | no | the profile |
 //!
 //! A row with any profile column also yields the customer's profile (the first such row per
-//! customer). Rows that cannot be read are reported with their number and reason and not sent;
-//! rows the region refuses are reported with their number and the region's reason.
+//! customer). Records are keyed by their content (`content_key`), not their row: loading the
+//! same file again sends only duplicates; a second file's new customers, changed profiles and
+//! changed interactions are stored (a changed one replaces the stored one). A score or comment
+//! without `survey_id` refuses its row. Rows that cannot be read are reported with their number
+//! and reason and not sent; rows the region refuses are reported with their number and the
+//! region's reason.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -176,7 +180,6 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<Result<Row, String>>> {
 /// Turns one row into its records, or says which column is wrong.
 fn records_of(
     row: &Row,
-    n: usize,
     default_country: &str,
     profiles: &mut HashSet<String>,
 ) -> Result<Vec<Record>, String> {
@@ -212,7 +215,16 @@ fn records_of(
         Some(_) => return Err("recorded: true or false".into()),
     };
     let survey = match get("survey_id") {
-        None => None,
+        None => {
+            // An answer without its survey is refused, not dropped.
+            if let Some(k) = ["nps", "csat", "ces", "comment"]
+                .into_iter()
+                .find(|k| row.contains_key(*k))
+            {
+                return Err(format!("survey_id: required when {k} is given"));
+            }
+            None
+        }
         Some(id) => Some(SurveyAnswer {
             survey_id: id.to_owned(),
             nps: number("nps")?,
@@ -232,26 +244,24 @@ fn records_of(
         "birth_year",
     ];
     if profile_keys.iter().any(|k| row.contains_key(*k)) && profiles.insert(customer.to_owned()) {
+        let payload = RecordPayload {
+            record: Some(Payload::Subject(SubjectRecord {
+                external_id: customer.to_owned(),
+                full_name: get("full_name").unwrap_or("").to_owned(),
+                email: get("email").unwrap_or("").to_owned(),
+                phone: get("phone").unwrap_or("").to_owned(),
+                postal_code: get("postal_code").unwrap_or("").to_owned(),
+                language: get("language").unwrap_or("").to_owned(),
+                birth_year: number("birth_year")?.unwrap_or(0),
+            })),
+        };
         out.push(Record {
             country: country.clone(),
-            idempotency_key: format!("load/{n}/profile"),
-            payload: RecordPayload {
-                record: Some(Payload::Subject(SubjectRecord {
-                    external_id: customer.to_owned(),
-                    full_name: get("full_name").unwrap_or("").to_owned(),
-                    email: get("email").unwrap_or("").to_owned(),
-                    phone: get("phone").unwrap_or("").to_owned(),
-                    postal_code: get("postal_code").unwrap_or("").to_owned(),
-                    language: get("language").unwrap_or("").to_owned(),
-                    birth_year: number("birth_year")?.unwrap_or(0),
-                })),
-            },
+            idempotency_key: content_key("profile", &country, &payload),
+            payload,
         });
     }
-    out.push(Record {
-        country,
-        idempotency_key: format!("load/{n}/interaction/{interaction_id}"),
-        payload: RecordPayload {
+    let payload = RecordPayload {
             record: Some(Payload::Interaction(InteractionRecord {
                 interaction_id: interaction_id.to_owned(),
                 subject_external_id: customer.to_owned(),
@@ -265,9 +275,29 @@ fn records_of(
                 recorded,
                 survey,
             })),
-        },
+    };
+    out.push(Record {
+        idempotency_key: content_key("interaction", &country, &payload),
+        country,
+        payload,
     });
     Ok(out)
+}
+
+/// A record's idempotency key, from its content (not its row number): the same record loaded
+/// again (from this file or another) is a duplicate; a changed one (a profile with a new
+/// address, an interaction with a late score) is a new record, which replaces the stored one;
+/// a new customer's profile is never taken for an earlier file's. A digest, so the key holds
+/// no customer or interaction id in clear.
+fn content_key(kind: &str, country: &str, payload: &RecordPayload) -> String {
+    use prost::Message;
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(country.as_bytes())
+        .chain_update([0])
+        .chain_update(payload.encode_to_vec())
+        .finalize();
+    format!("load/{kind}/{}", hex::encode(&digest[..16]))
 }
 
 /// Loads `file` for `tenant` through the gateway, with a progress bar on standard error.
@@ -290,7 +320,7 @@ pub async fn load(
     let mut profiles = HashSet::new();
     for (i, row) in rows.into_iter().enumerate() {
         let n = i + 1;
-        match row.and_then(|r| records_of(&r, n, country, &mut profiles)) {
+        match row.and_then(|r| records_of(&r, country, &mut profiles)) {
             Ok(recs) => {
                 for r in recs {
                     row_of.insert(r.idempotency_key.clone(), n);

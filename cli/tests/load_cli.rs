@@ -107,6 +107,56 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
         (0.into(), 25.into())
     );
 
+    // A second file: keyed by content, not by row. Its row 1 is a new customer (by row
+    // number it was taken for the first file's row 1 and skipped); its row 2 changes c-0's
+    // e-mail (an update) and repeats c-0's interaction (a duplicate); its row 3 has a score
+    // without a survey (refused with the reason, not dropped).
+    let second = dir.path().join("second.csv");
+    std::fs::write(
+        &second,
+        "interaction_id,customer_id,country,channel,started_at,handle_time_seconds,survey_id,nps,comment,full_name,email
+         i-new,c-new,DE,phone,2026-03-15T10:00:00Z,120,post-call,8,,Neu Kunde,new@example.de
+         i-0,c-0,DE,phone,2026-03-14T15:09:26Z,300,post-call,9,Danke,Erika M,changed@example.de
+         i-n,c-n,DE,phone,2026-03-15T10:00:00Z,60,,7,,,
+",
+    )?;
+    let (code, out, err) = domicile(&[
+        "load",
+        "--gateway",
+        &gateway,
+        "--tenant",
+        "acme",
+        "--file",
+        second.to_str().unwrap(),
+        "--country",
+        "DE",
+        "--trust-bundle",
+        fed.trust_bundle_file.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (report["accepted"].clone(), report["duplicate"].clone()),
+        (3.into(), 1.into()),
+        "{report}"
+    );
+    assert_eq!(report["unreadable_rows"][0]["row"], 3);
+    assert_eq!(
+        report["unreadable_rows"][0]["reason"],
+        "survey_id: required when nps is given"
+    );
+    let conn = fed.node("eu-de").unwrap().connect()?;
+    let (profiles, keys_with_ids): (i64, i64) = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM subject_pii WHERE tenant = 'acme' AND external_id IN ('c-new', 'c-0')),
+                (SELECT COUNT(*) FROM ingest_keys WHERE idempotency_key LIKE '%i-%' OR idempotency_key LIKE '%c-%')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    assert_eq!(profiles, 2, "the new customer's profile is stored");
+    assert_eq!(keys_with_ids, 0, "idempotency keys hold no id in clear");
+
     let (code, out, _) = domicile(&["regions", "--gateway", &gateway, "--output", "json"]);
     assert_eq!(code, 0);
     let regions: serde_json::Value = serde_json::from_str(&out)?;

@@ -148,12 +148,36 @@ fn erase_again_in(
         &audit_seed,
         config.audit_checkpoint_every,
     );
+    // The suppressions the first erasure kept are not in a copy taken before it: they are
+    // made again, from the consent state the copy holds, under the external id (the contact
+    // identifiers' went with the profile's key).
+    let pseudonyms = crate::pseudonym::Pseudonymiser::new(
+        &keys::load_or_create_secret(&config.pseudonym_secret_path())
+            .map_err(|e| internal("pseudonym secret", e))?,
+    );
+    let policies = crate::policy::PolicySet::load(config.policy_dir.as_deref(), &config.countries)
+        .map_err(|e| internal("policies", e))?;
     let known = subjects(tx)?;
     let mut erased_again = 0;
     for (tenant, subject) in &known {
         if vault.was_erased(tenant, subject)? {
+            let country: Option<String> = tx.query_opt(
+                "SELECT country FROM subjects WHERE tenant = ?1 AND external_id = ?2
+                 UNION ALL SELECT country FROM interactions WHERE tenant = ?1 AND subject_id = ?2
+                 LIMIT 1",
+                crate::db::params![tenant, subject],
+                |r| r.get(0),
+            )?;
+            let keeps = country
+                .and_then(|c| policies.get(&c).map(|p| p.erasure.keep_suppression))
+                .unwrap_or(false);
+            let suppress_as: Vec<String> = if keeps {
+                vec![pseudonyms.suppression_id("subject", tenant, subject)]
+            } else {
+                Vec::new()
+            };
             // Holds recorded in the backup still apply; what they keep stays, flagged.
-            crate::rights::erase(tx, tenant, subject)?;
+            crate::rights::erase(tx, tenant, subject, &suppress_as)?;
             erased_again += 1;
         }
     }

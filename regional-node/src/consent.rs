@@ -70,6 +70,20 @@ CREATE TABLE IF NOT EXISTS consent_state (
 CREATE INDEX IF NOT EXISTS consent_state_counts
     ON consent_state (tenant, policy_version, purpose, channel, state);
 
+-- What an erasure keeps of a subject who had refused, withdrawn or objected (the country
+-- policy's `[erasure] keep_suppression`): per keyed hash of the external id or of a contact
+-- identifier (`Pseudonymiser::suppression_id`), the purpose and channel, the state it stands
+-- for and the day it was made. Nothing in clear.
+CREATE TABLE IF NOT EXISTS suppressions (
+    tenant     TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    purpose    INTEGER NOT NULL,
+    channel    INTEGER NOT NULL,
+    state      INTEGER NOT NULL,
+    since_day  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, identifier, purpose, channel)
+) WITHOUT ROWID;
+
 -- Double opt-in tokens: only their SHA-256 is kept.
 CREATE TABLE IF NOT EXISTS consent_tokens (
     token_sha256 BLOB PRIMARY KEY,
@@ -449,11 +463,105 @@ fn rule_name(rule: ConsentRule) -> &'static str {
     }
 }
 
+/// Keeps, for an erased subject's refusals, withdrawals and objections on file, a suppression
+/// entry under each of `identifiers` (suppression ids: the external id's and the contact
+/// identifiers'), in the erasure's transaction and before the consent state goes. Returns the
+/// entries written.
+pub fn suppress(
+    tx: &Connection,
+    tenant: &str,
+    subject: &str,
+    identifiers: &[String],
+    day: i64,
+) -> Result<usize, NodeError> {
+    use ConsentState as S;
+    let denials: Vec<(i32, i32, i32)> = tx
+        .prepare(&format!(
+            "SELECT purpose, channel, state FROM consent_state
+             WHERE tenant = ?1 AND subject_id = ?2 AND state IN ({}, {}, {})",
+            S::Refused as i32,
+            S::Withdrawn as i32,
+            S::Objected as i32
+        ))?
+        .query_map(params![tenant, subject], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut made = 0;
+    for id in identifiers {
+        for (purpose, channel, state) in &denials {
+            made += tx.execute(
+                "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
+                 SET state = excluded.state, since_day = excluded.since_day",
+                params![tenant, id, purpose, channel, state, day],
+            )?;
+        }
+    }
+    Ok(made)
+}
+
+/// Copies the suppressions kept under any of `identifiers` (a profile's contact identifiers)
+/// to `to` (its external id's suppression id), where `to` has none for that purpose and
+/// channel.
+pub fn extend_suppression(
+    tx: &Connection,
+    tenant: &str,
+    identifiers: &[String],
+    to: &str,
+) -> Result<usize, NodeError> {
+    let mut made = 0;
+    for id in identifiers {
+        made += tx.execute(
+            "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
+             SELECT tenant, ?3, purpose, channel, state, since_day FROM suppressions
+             WHERE tenant = ?1 AND identifier = ?2
+             ON CONFLICT (tenant, identifier, purpose, channel) DO NOTHING",
+            params![tenant, id, to],
+        )?;
+    }
+    Ok(made)
+}
+
+/// The suppression in force for `purpose` on `channel` under any of `identifiers` (its
+/// state and day), if one is.
+pub fn suppression(
+    conn: &Connection,
+    tenant: &str,
+    identifiers: &[String],
+    purpose: Purpose,
+    channel: Channel,
+) -> Result<Option<(ConsentState, i64)>, NodeError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, since_day FROM suppressions
+         WHERE tenant = ?1 AND identifier = ?2 AND purpose = ?3 AND channel IN (?4, 0)
+         LIMIT 1",
+    )?;
+    for id in identifiers {
+        let found = stmt
+            .query_row(
+                params![tenant, id, purpose as i32, channel as i32],
+                |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        if let Some((state, day)) = found {
+            return Ok(Some((
+                ConsentState::try_from(state).unwrap_or(ConsentState::Refused),
+                day,
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Answers `CheckContactPermission` for a subject of `policy`'s country.
+/// `suppressed_as` are the subject's suppression ids ([`suppress`]).
 pub fn check(
     conn: &Connection,
     policy: &CountryPolicy,
     q: &ConsentQuestion,
+    suppressed_as: &[String],
 ) -> Result<CheckContactPermissionResponse, NodeError> {
     let rule = rule_of(policy, q.purpose, q.channel);
     let (state, since) = current(
@@ -464,7 +572,13 @@ pub fn check(
         q.channel,
     )?;
     let restricted = crate::rights::is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
-    let allowed = allows(rule, state) && !restricted;
+    // Nothing on file since an erasure that kept a suppression: the suppression decides. A
+    // consent given after it (a new entry on file) does.
+    let suppressed = match state {
+        ConsentState::None => suppression(conn, q.tenant.as_str(), suppressed_as, q.purpose, q.channel)?,
+        _ => None,
+    };
+    let allowed = allows(rule, state) && !restricted && suppressed.is_none();
     let channel_name = q
         .channel
         .as_str_name()
@@ -487,6 +601,10 @@ pub fn check(
         ),
     }];
     let (code, detail) = match state {
+        _ if suppressed.is_some() => (
+            PermissionReasonCode::SuppressedAfterErasure,
+            "denied: suppressed after erasure (the subject had refused or objected)",
+        ),
         _ if restricted => (
             PermissionReasonCode::RestrictionInForce,
             "the subject's processing is restricted",
@@ -511,6 +629,10 @@ pub fn check(
             "granted without the double opt-in confirmation the rule needs",
         ),
         _ => (PermissionReasonCode::ConsentState, "consent state on file"),
+    };
+    let (state, since) = match suppressed {
+        Some((state, day)) => (state, Some(day * 86_400)),
+        None => (state, since),
     };
     reasons.push(PermissionReason {
         code: code as i32,

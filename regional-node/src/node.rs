@@ -657,6 +657,30 @@ impl Node {
             RecordBody::Subject(_) => (s + 1, i),
             RecordBody::Interaction(_) => (s, i + 1),
         });
+        // A profile whose e-mail or phone is under a suppression kept by an erasure (the same
+        // person, sent again under a new id): the suppression extends to its external id.
+        let p = &inner.pseudonyms;
+        let contacts: Vec<(usize, String, Vec<String>)> = to_store
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match &r.body {
+                RecordBody::Subject(s) if !s.email.is_empty() || !s.phone.is_empty() => {
+                    let mut ids = Vec::new();
+                    if !s.email.is_empty() {
+                        ids.push(p.suppression_id("email", tenant.as_str(), &s.email));
+                    }
+                    if !s.phone.is_empty() {
+                        ids.push(p.suppression_id("phone", tenant.as_str(), &s.phone));
+                    }
+                    Some((
+                        i,
+                        p.suppression_id("subject", tenant.as_str(), &s.external_id),
+                        ids,
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
         let audit_node = self.clone();
         let audit_tenant = tenant.clone();
         let key_id = envelope.key_id.clone();
@@ -668,6 +692,11 @@ impl Node {
                     .iter()
                     .filter(|o| **o == StoreOutcome::Stored)
                     .count();
+                for (i, subject_id, ids) in &contacts {
+                    if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
+                        consent::extend_suppression(tx, audit_tenant.as_str(), ids, subject_id)?;
+                    }
+                }
                 audit_node.inner.audit.append(
                     tx,
                     Entry {
@@ -1256,10 +1285,15 @@ impl Node {
         self.policy_for(&q.subject.country, "subject.country")?;
         self.blocking(move |node| {
             let policy = node.policy_for(&q.subject.country, "subject.country")?;
+            let suppressed_as = [node.inner.pseudonyms.suppression_id(
+                "subject",
+                q.tenant.as_str(),
+                &q.subject.external_id,
+            )];
             let answer = node
                 .inner
                 .store
-                .read(|conn| consent::check(conn, policy, &q))?;
+                .read(|conn| consent::check(conn, policy, &q, &suppressed_as))?;
             node.inner
                 .metrics
                 .contact_checks

@@ -288,6 +288,30 @@ impl Default for IncidentRules {
     }
 }
 
+/// What an erasure keeps (docs/erasure.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRules {
+    /// When a subject who had refused, withdrawn or objected is erased, keep a suppression
+    /// entry (keyed hashes of the external id and of each contact identifier, the purpose,
+    /// channel and day; nothing in clear), so that the same person sent again is not contacted
+    /// under that purpose. Default true.
+    #[serde(default = "default_true")]
+    pub keep_suppression: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ErasureRules {
+    fn default() -> Self {
+        Self {
+            keep_suppression: true,
+        }
+    }
+}
+
 /// Call-recording consent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +346,9 @@ pub struct CountryPolicy {
     /// What incident reports release (defaults when the section is absent).
     #[serde(default)]
     pub incidents: IncidentRules,
+    /// What an erasure keeps (defaults when the section is absent).
+    #[serde(default)]
+    pub erasure: ErasureRules,
 }
 
 impl CountryPolicy {

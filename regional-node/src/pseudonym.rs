@@ -49,6 +49,19 @@ impl Pseudonymiser {
         self.keyed(&["subject", tenant, "audit", external_id])
     }
 
+    /// The suppression identifier of a contact identifier or external id (`kind`: `subject`,
+    /// `email`, `phone`) of `tenant`, normalised first (e-mail lower-cased, phone reduced to
+    /// its digits). The same construction with `suppression` in place of a purpose, so it never
+    /// equals a pseudonym that left the region.
+    pub fn suppression_id(&self, kind: &str, tenant: &str, value: &str) -> String {
+        let normal = match kind {
+            "email" => value.trim().to_lowercase(),
+            "phone" => value.chars().filter(char::is_ascii_digit).collect(),
+            _ => value.to_owned(),
+        };
+        self.keyed(&["suppression", kind, tenant, &normal])
+    }
+
     fn keyed(&self, parts: &[&str]) -> String {
         let mut mac = self.mac.clone();
         mac.update(b"domicile/v1/pseudonym\0");

@@ -121,6 +121,9 @@ impl Node {
         for (tenant, subject) in &shredded {
             inner.store.vault().destroy(tenant, subject)?;
         }
+        if swept.interactions_deleted + swept.comments_deleted + swept.subjects_erased > 0 {
+            crate::rights::scrub(&inner.store);
+        }
         tracing::info!(
             region = %inner.config.region_id,
             interactions = swept.interactions_deleted,

@@ -172,7 +172,14 @@ pub(crate) struct Erased {
 
 /// Deletes what no active hold keeps, in the caller's transaction. When nothing is held the
 /// erasure is complete and the caller destroys the data key after the commit.
-pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Erased, NodeError> {
+/// `suppress_as`: the subject's suppression ids ([`Node::suppression_ids`]) when its country
+/// policy keeps a suppression after erasure, empty otherwise.
+pub(crate) fn erase(
+    tx: &Connection,
+    tenant: &str,
+    subject: &str,
+    suppress_as: &[String],
+) -> Result<Erased, NodeError> {
     let holds = active_holds(tx, tenant, subject)?;
     let count_in = |range: Option<(i64, i64)>| -> Result<u64, NodeError> {
         let (start, end) = range.unwrap_or((i64::MIN, i64::MAX));
@@ -236,6 +243,7 @@ pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Eras
             params![tenant, subject],
         )?;
     }
+    consent::suppress(tx, tenant, subject, suppress_as, now().div_euclid(86_400))?;
     tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
     tx.execute(
         "DELETE FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
@@ -264,6 +272,17 @@ pub(crate) fn erase(tx: &Connection, tenant: &str, subject: &str) -> Result<Eras
         held,
         interactions_deleted,
     })
+}
+
+/// Takes an erased subject's old page images out of the write-ahead log (or vacuums, on
+/// PostgreSQL) once the erasure has committed. The erasure stands either way: a failure here
+/// is logged, and the next erasure or the automatic checkpoint does it.
+pub(crate) fn scrub(store: &crate::storage::Store) {
+    match store.scrub_after_erasure() {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("after an erasure, a reader kept WAL frames; the next checkpoint takes them"),
+        Err(e) => tracing::warn!(error = %e, "after an erasure, the WAL checkpoint or vacuum failed"),
+    }
 }
 
 fn channel_name(raw: i32) -> &'static str {
@@ -583,7 +602,11 @@ impl Node {
                 details["fields_changed"] = json!(changed);
             }
             SubjectRequestKind::Erasure => {
-                let erased = inner.store.write(|tx| erase(tx, tenant, subject))?;
+                let suppress_as = self.suppression_ids(tenant, subject)?;
+                let erased = inner
+                    .store
+                    .write(|tx| erase(tx, tenant, subject, &suppress_as))?;
+                details["suppression_kept"] = json!(!suppress_as.is_empty());
                 details["interactions_deleted"] = json!(erased.interactions_deleted);
                 details["complete"] = json!(erased.complete);
                 details["holds"] = json!(
@@ -676,6 +699,7 @@ impl Node {
         // Crypto-shredding: the data key goes last, after the rows it protected.
         if shred {
             inner.store.vault().destroy(tenant, subject)?;
+            scrub(&inner.store);
         }
         tracing::debug!(
             region = %region,
@@ -684,6 +708,40 @@ impl Node {
             "subject request fulfilled"
         );
         Ok(receipt)
+    }
+
+    /// The suppression ids an erasure of `subject` keeps its refusals and objections under:
+    /// its external id's and its profile's e-mail and phone, when the policy of its country
+    /// keeps a suppression (`[erasure] keep_suppression`); none otherwise.
+    pub(crate) fn suppression_ids(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<String>, NodeError> {
+        let inner = &self.inner;
+        let (country, profile) = inner.store.read(|conn| {
+            Ok((
+                stored_country(conn, tenant, subject)?,
+                inner.store.profile(conn, tenant, subject)?,
+            ))
+        })?;
+        let keeps = country
+            .and_then(|c| inner.policies.get(&c).map(|p| p.erasure.keep_suppression))
+            .unwrap_or(false);
+        if !keeps {
+            return Ok(Vec::new());
+        }
+        let p = &inner.pseudonyms;
+        let mut ids = vec![p.suppression_id("subject", tenant, subject)];
+        if let Some(profile) = profile {
+            if !profile.email.is_empty() {
+                ids.push(p.suppression_id("email", tenant, &profile.email));
+            }
+            if !profile.phone.is_empty() {
+                ids.push(p.suppression_id("phone", tenant, &profile.phone));
+            }
+        }
+        Ok(ids)
     }
 
     /// A receipt, without the export.
@@ -789,6 +847,19 @@ impl Node {
         why: &str,
     ) -> Result<bool, NodeError> {
         let inner = &self.inner;
+        let subject: Option<String> = inner.store.read(|conn| {
+            conn.query_row(
+                "SELECT subject_id FROM legal_holds WHERE tenant = ?1 AND hold_id = ?2",
+                params![tenant, hold_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        // Read before the erasure: the profile's contact identifiers go with it.
+        let suppress_as = match &subject {
+            Some(s) => self.suppression_ids(tenant, s)?,
+            None => Vec::new(),
+        };
         let (subject, completed) = inner.store.write(|tx| {
             let subject: Option<String> = tx
                 .query_row(
@@ -813,7 +884,11 @@ impl Node {
                 )
                 .optional()?
                 .unwrap_or(false);
-            let erased = if pending { Some(erase(tx, tenant, &subject)?) } else { None };
+            let erased = if pending {
+                Some(erase(tx, tenant, &subject, &suppress_as)?)
+            } else {
+                None
+            };
             let audit_subject = inner.pseudonyms.audit_subject(tenant, &subject);
             inner.audit.append(
                 tx,
@@ -832,6 +907,7 @@ impl Node {
         })?;
         if completed {
             inner.store.vault().destroy(tenant, &subject)?;
+            scrub(&inner.store);
             inner.store.write(|tx| {
                 tx.execute(
                     "UPDATE subject_requests SET status = ?1, completed_at = ?2

@@ -99,13 +99,16 @@ const READER_CACHE_KIB: i64 = 8 * 1024;
 /// Cache and memory-map settings of one connection.
 fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
     conn.pragma_update(None, "cache_size", -cache_kib)?;
+    // Deleted rows are overwritten with zeros in their pages (and so in the WAL frames that
+    // carry those pages), not left in free space: an erasure removes bytes, not only rows.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // A longer WAL between checkpoints: a page changed by many batches is copied back once.
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     Ok(())
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -203,6 +206,11 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         what: "differentially private releases and their accountant (made by the schema)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        version: 7,
+        what: "suppressions kept by erasures (made by the schema)",
         apply: |_| Ok(()),
     },
 ];
@@ -539,6 +547,32 @@ impl Store {
         Ok(*value
             .downcast::<T>()
             .expect("each write's answer has the type it was queued with"))
+    }
+
+    /// After an erasure committed: on SQLite, copies the write-ahead log into the database and
+    /// truncates it (`wal_checkpoint(TRUNCATE)`), so the log's older frames — page images from
+    /// before the erasure — leave the WAL file at once rather than at the next automatic
+    /// checkpoint (up to 64 MiB later); on PostgreSQL, vacuums the tables erasure deletes
+    /// from, so dead rows leave their pages' free space as soon as the engine lets them (it
+    /// does not promise to zero them: docs/erasure.md). True when the checkpoint completed
+    /// (a reader holding an old snapshot makes SQLite leave frames it still needs; the next
+    /// erasure's checkpoint, or the automatic one, takes them).
+    pub fn scrub_after_erasure(&self) -> Result<bool, NodeError> {
+        let conn = self.writer()?;
+        match conn.dialect() {
+            Dialect::Sqlite => {
+                let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                Ok(busy == 0)
+            }
+            Dialect::Postgres => {
+                conn.execute_batch(
+                    "VACUUM subjects, subject_pii, subject_pii_history, interactions,
+                     interaction_text, consent_ledger, consent_state, consent_tokens,
+                     subject_numbers, subject_cells, tracked_subjects, subject_flags",
+                )?;
+                Ok(true)
+            }
+        }
     }
 
     /// Runs `f` in one write transaction: committed when `f` succeeds, rolled back otherwise.
