@@ -262,19 +262,19 @@ fn records_of(
         });
     }
     let payload = RecordPayload {
-            record: Some(Payload::Interaction(InteractionRecord {
-                interaction_id: interaction_id.to_owned(),
-                subject_external_id: customer.to_owned(),
-                channel: channel as i32,
-                direction: direction as i32,
-                started_at: Some(ts(started)),
-                ended_at: ended.map(ts),
-                handle_time_seconds: number("handle_time_seconds")?.unwrap_or(0),
-                outcome: get("outcome").unwrap_or("").to_owned(),
-                agent_team: get("agent_team").unwrap_or("").to_owned(),
-                recorded,
-                survey,
-            })),
+        record: Some(Payload::Interaction(InteractionRecord {
+            interaction_id: interaction_id.to_owned(),
+            subject_external_id: customer.to_owned(),
+            channel: channel as i32,
+            direction: direction as i32,
+            started_at: Some(ts(started)),
+            ended_at: ended.map(ts),
+            handle_time_seconds: number("handle_time_seconds")?.unwrap_or(0),
+            outcome: get("outcome").unwrap_or("").to_owned(),
+            agent_team: get("agent_team").unwrap_or("").to_owned(),
+            recorded,
+            survey,
+        })),
     };
     out.push(Record {
         idempotency_key: content_key("interaction", &country, &payload),
@@ -405,7 +405,65 @@ pub fn render(report: &LoadReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use std::collections::HashSet;
+
+    use super::{Row, parse_time, records_of};
+
+    fn row(pairs: &[(&str, &str)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn records_are_keyed_by_content() {
+        let base = [
+            ("interaction_id", "i-0"),
+            ("customer_id", "c-0"),
+            ("channel", "phone"),
+            ("started_at", "2026-03-14T15:09:26Z"),
+            ("survey_id", "post-call"),
+            ("nps", "9"),
+            ("full_name", "Erika M"),
+            ("email", "e0@example.de"),
+        ];
+        let keys = |pairs: &[(&str, &str)]| -> Vec<String> {
+            records_of(&row(pairs), "DE", &mut HashSet::new())
+                .unwrap()
+                .into_iter()
+                .map(|r| r.idempotency_key)
+                .collect()
+        };
+        let first = keys(&base);
+        assert_eq!(first, keys(&base), "the same row, the same keys");
+        let mut changed = base;
+        changed[7] = ("email", "changed@example.de");
+        let second = keys(&changed);
+        assert_ne!(first[0], second[0], "a changed profile is a new record");
+        assert_eq!(first[1], second[1], "the same interaction is a duplicate");
+        assert!(
+            first
+                .iter()
+                .all(|k| !k.contains("i-0") && !k.contains("c-0"))
+        );
+        let err = records_of(
+            &row(&[
+                ("interaction_id", "i-1"),
+                ("customer_id", "c-1"),
+                ("channel", "phone"),
+                ("started_at", "1773500966"),
+                ("csat", "4"),
+            ]),
+            "DE",
+            &mut HashSet::new(),
+        )
+        .err();
+        assert_eq!(
+            err.as_deref(),
+            Some("survey_id: required when csat is given")
+        );
+    }
 
     #[test]
     fn times_parse_as_rfc3339_or_unix_seconds() {

@@ -62,6 +62,25 @@ async fn ingest_backup_erase(
         sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
     }
     node.ingest(TENANT, sealer.finish()).await?;
+    // The subject objected to marketing before the backup: its erasure keeps a suppression,
+    // which a restore (a copy from before the erasure) must make again.
+    node.record_consent(domicile_proto::consent::ConsentChange::from_record(
+        &domicile_proto::pb::RecordConsentRequest {
+            tenant_id: TENANT.into(),
+            subject: Some(SubjectRef {
+                country: "DE".into(),
+                external_id: erased.to_owned(),
+            }),
+            purpose: domicile_proto::pb::Purpose::Marketing as i32,
+            channel: domicile_proto::pb::Channel::Email as i32,
+            action: domicile_proto::pb::ConsentAction::Object as i32,
+            source: domicile_proto::pb::ConsentSource::WebForm as i32,
+            wording_sha256: vec![1; 32],
+            actor: "test".into(),
+            token_ttl_seconds: 0,
+        },
+    )?)
+    .await?;
     backup();
     let receipt = node
         .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
@@ -84,6 +103,14 @@ async fn ingest_backup_erase(
     Ok(())
 }
 
+/// Suppression entries in a node's database.
+fn suppressions(db: &Backend) -> i64 {
+    db.connect_read_write()
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM suppressions", [], |r| r.get(0))
+        .unwrap()
+}
+
 /// PostgreSQL: the documented path. `pg_dump` while the node serves, an erasure, then (node
 /// stopped) `pg_restore` into a fresh database and `domicile node erase-again`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +129,7 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     let kept_before = count(&live, INTERACTIONS_OF, &kept);
     assert!(kept_before > 0);
     assert_eq!(count(&live, INTERACTIONS_OF, &erased), 0);
+    assert!(suppressions(&live) > 0, "the erasure kept a suppression");
 
     // The SQLite commands say what to do instead.
     let (code, out) = domicile(&["node", "backup", "--config", config, "--to", "x"]);
@@ -158,6 +186,7 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
         "{out}"
     );
     assert_eq!(count(&restored, INTERACTIONS_OF, &erased), 0);
+    assert!(suppressions(&restored) > 0, "the suppression is made again");
     assert_eq!(count(&restored, INTERACTIONS_OF, &kept), kept_before);
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
@@ -268,6 +297,10 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     );
 
     // The erased subject did not come back; the others did, whole and readable.
+    assert!(
+        suppressions(&Backend::Sqlite(db.clone())) > 0,
+        "the suppression is made again"
+    );
     assert_eq!(
         count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &erased),
         0
@@ -318,7 +351,7 @@ fn migrate_reports_and_applies_pending_migrations() {
     assert!(out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("created at schema 6"), "{out}");
+    assert!(out.contains("created at schema 7"), "{out}");
     // A version-3 database: the rollups are missing.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
@@ -335,9 +368,9 @@ fn migrate_reports_and_applies_pending_migrations() {
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("migrated from schema 3 to 6"), "{out}");
+    assert!(out.contains("migrated from schema 3 to 7"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 6, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 7, up to date"), "{out}");
     // A database from a newer release is refused, never downgraded.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.pragma_update(None, "user_version", 9).unwrap();
@@ -362,13 +395,13 @@ fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Re
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert!(code == 0 && out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
-    assert!(code == 0 && out.contains("created at schema 6"), "{out}");
+    assert!(code == 0 && out.contains("created at schema 7"), "{out}");
     assert!(
         out.contains("postgres://127.0.0.1:") && !out.contains("domicile@"),
         "{out}"
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 6, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 7, up to date"), "{out}");
     db.connect_read_write()?
         .execute_batch("UPDATE domicile_schema SET version = 9")?;
     let (code, out) = domicile(&["node", "migrate", "--config", config]);

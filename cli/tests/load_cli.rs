@@ -114,11 +114,10 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     let second = dir.path().join("second.csv");
     std::fs::write(
         &second,
-        "interaction_id,customer_id,country,channel,started_at,handle_time_seconds,survey_id,nps,comment,full_name,email
-         i-new,c-new,DE,phone,2026-03-15T10:00:00Z,120,post-call,8,,Neu Kunde,new@example.de
-         i-0,c-0,DE,phone,2026-03-14T15:09:26Z,300,post-call,9,Danke,Erika M,changed@example.de
-         i-n,c-n,DE,phone,2026-03-15T10:00:00Z,60,,7,,,
-",
+        "interaction_id,customer_id,country,channel,started_at,handle_time_seconds,survey_id,nps,comment,full_name,email\n\
+         i-new,c-new,DE,phone,2026-03-15T10:00:00Z,120,post-call,8,,Neu Kunde,new@example.de\n\
+         i-0,c-0,DE,phone,2026-03-14T15:09:26Z,300,post-call,9,Danke,Erika M,changed@example.de\n\
+         i-n,c-n,DE,phone,2026-03-15T10:00:00Z,60,,7,,,\n",
     )?;
     let (code, out, err) = domicile(&[
         "load",

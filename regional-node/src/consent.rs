@@ -540,10 +540,9 @@ pub fn suppression(
     )?;
     for id in identifiers {
         let found = stmt
-            .query_row(
-                params![tenant, id, purpose as i32, channel as i32],
-                |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)),
-            )
+            .query_row(params![tenant, id, purpose as i32, channel as i32], |r| {
+                Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?))
+            })
             .optional()?;
         if let Some((state, day)) = found {
             return Ok(Some((
@@ -575,7 +574,9 @@ pub fn check(
     // Nothing on file since an erasure that kept a suppression: the suppression decides. A
     // consent given after it (a new entry on file) does.
     let suppressed = match state {
-        ConsentState::None => suppression(conn, q.tenant.as_str(), suppressed_as, q.purpose, q.channel)?,
+        ConsentState::None => {
+            suppression(conn, q.tenant.as_str(), suppressed_as, q.purpose, q.channel)?
+        }
         _ => None,
     };
     let allowed = allows(rule, state) && !restricted && suppressed.is_none();

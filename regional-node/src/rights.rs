@@ -280,8 +280,12 @@ pub(crate) fn erase(
 pub(crate) fn scrub(store: &crate::storage::Store) {
     match store.scrub_after_erasure() {
         Ok(true) => {}
-        Ok(false) => tracing::info!("after an erasure, a reader kept WAL frames; the next checkpoint takes them"),
-        Err(e) => tracing::warn!(error = %e, "after an erasure, the WAL checkpoint or vacuum failed"),
+        Ok(false) => tracing::info!(
+            "after an erasure, a reader kept WAL frames; the next checkpoint takes them"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "after an erasure, the WAL checkpoint or vacuum failed")
+        }
     }
 }
 

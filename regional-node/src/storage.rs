@@ -561,7 +561,8 @@ impl Store {
         let conn = self.writer()?;
         match conn.dialect() {
             Dialect::Sqlite => {
-                let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                let busy: i64 =
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
                 Ok(busy == 0)
             }
             Dialect::Postgres => {

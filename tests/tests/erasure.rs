@@ -9,7 +9,9 @@ use domicile_proto::pb::{
     Purpose, RecordConsentRequest, SubjectRef, SubjectRequestKind, SubjectRequestStatus,
     SubmitSubjectRequestRequest,
 };
-use domicile_tests::{Federation, TENANT, federation, gateway_client, ingest_records, person, touch};
+use domicile_tests::{
+    Federation, TENANT, federation, gateway_client, ingest_records, person, touch,
+};
 
 fn subject(country: &str, id: &str) -> Option<SubjectRef> {
     Some(SubjectRef {
@@ -86,7 +88,11 @@ async fn people(fed: &Federation, who: &[(&str, &str)]) {
 async fn an_objector_erased_then_sent_again_is_not_contacted() -> anyhow::Result<()> {
     let fed = federation(&[("us", &["US"])]).await?;
     let mut gw = gateway_client(&fed).await?;
-    people(&fed, &[("u1", "Emily.J@Example.com"), ("u2", "kim@example.com")]).await;
+    people(
+        &fed,
+        &[("u1", "Emily.J@Example.com"), ("u2", "kim@example.com")],
+    )
+    .await;
     // Opt-out country: contactable until the objection.
     assert!(check(&mut gw, "u1").await.0);
     consent(&mut gw, "u1", ConsentAction::Object).await;
@@ -155,11 +161,11 @@ async fn a_policy_can_turn_the_suppression_off() -> anyhow::Result<()> {
         (true, PermissionReasonCode::ConsentState as i32),
         "nothing kept: the country rule decides"
     );
-    let n: i64 = fed
-        .node("us")
-        .unwrap()
-        .connect()?
-        .query_row("SELECT COUNT(*) FROM suppressions", [], |r| r.get(0))?;
+    let n: i64 = fed.node("us").unwrap().connect()?.query_row(
+        "SELECT COUNT(*) FROM suppressions",
+        [],
+        |r| r.get(0),
+    )?;
     assert_eq!(n, 0);
     Ok(())
 }
@@ -171,8 +177,8 @@ async fn a_policy_can_turn_the_suppression_off() -> anyhow::Result<()> {
 /// taken after it. What an erasure keeps on purpose (the request record, the idempotency keys)
 /// is named in docs/erasure.md; canaries here stay out of those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_erased_subjects_deleted_values_are_in_no_byte_of_the_nodes_files()
--> anyhow::Result<()> {
+async fn an_erased_subjects_deleted_values_are_in_no_byte_of_the_nodes_files() -> anyhow::Result<()>
+{
     let fed = federation(&[("eu-de", &["DE"])]).await?;
     let mut gw = gateway_client(&fed).await?;
     let canaries = [
@@ -216,8 +222,22 @@ async fn an_erased_subjects_deleted_values_are_in_no_byte_of_the_nodes_files()
         records.push(t);
     }
     // Someone else, kept: the scan must still see their data (the method works).
-    records.push(person("DE", "kept-1", "Kept Person", "kept@example.de", "", "10115", 1980));
-    records.push(touch("DE", "kept-i1", "kept-1", 1_780_272_000, "KeptComment"));
+    records.push(person(
+        "DE",
+        "kept-1",
+        "Kept Person",
+        "kept@example.de",
+        "",
+        "10115",
+        1980,
+    ));
+    records.push(touch(
+        "DE",
+        "kept-i1",
+        "kept-1",
+        1_780_272_000,
+        "KeptComment",
+    ));
     ingest_records(&fed, &records).await?;
     erase(&fed, &mut gw, "DE", "gone-1").await;
 
@@ -237,14 +257,19 @@ async fn an_erased_subjects_deleted_values_are_in_no_byte_of_the_nodes_files()
                 "the WAL is scanned too"
             );
             let kept = files.iter().any(|(_, b)| find(b, b"kept-i1"));
-            assert!(kept, "the kept subject's interaction id is found: the scan works");
+            assert!(
+                kept,
+                "the kept subject's interaction id is found: the scan works"
+            );
         }
         Backend::Postgres(_) => {
             // A `pg_dump` taken after the erasure, restored, every row of every table as text
             // (bytea in hex): what the dump holds. The raw data directory may still hold dead
             // rows until the engine reuses their space (docs/erasure.md): not scanned here.
             let dir = tempfile::tempdir()?;
-            let copy = fed.copy_database("eu-de", dir.path(), "after")?.connect_read_write()?;
+            let copy = fed
+                .copy_database("eu-de", dir.path(), "after")?
+                .connect_read_write()?;
             let tables: Vec<String> = copy
                 .prepare("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")?
                 .query_map([], |r| r.get(0))?
