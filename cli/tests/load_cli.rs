@@ -17,6 +17,29 @@ fn domicile(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `domicile load FILE --output json` through `gateway` for tenant acme (default country DE).
+fn load_json(
+    gateway: &str,
+    file: &std::path::Path,
+    bundle: &std::path::Path,
+) -> (i32, String, String) {
+    domicile(&[
+        "load",
+        "--gateway",
+        gateway,
+        "--tenant",
+        "acme",
+        "--file",
+        file.to_str().unwrap(),
+        "--country",
+        "DE",
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        "--output",
+        "json",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     let fed = Federation::builder()
@@ -41,21 +64,7 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     text.push_str("i-u,c-u,US,chat,1773500966,,,,,,\n");
     std::fs::write(&csv, text)?;
 
-    let (code, out, err) = domicile(&[
-        "load",
-        "--gateway",
-        &gateway,
-        "--tenant",
-        "acme",
-        "--file",
-        csv.to_str().unwrap(),
-        "--country",
-        "DE",
-        "--trust-bundle",
-        fed.trust_bundle_file.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
+    let (code, out, err) = load_json(&gateway, &csv, &fed.trust_bundle_file);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(report["rows"], 16);
@@ -86,21 +95,7 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
     assert_eq!(refused[1]["row"], 15);
 
     // Loading again changes nothing: idempotent.
-    let (_, out, _) = domicile(&[
-        "load",
-        "--gateway",
-        &gateway,
-        "--tenant",
-        "acme",
-        "--file",
-        csv.to_str().unwrap(),
-        "--country",
-        "DE",
-        "--trust-bundle",
-        fed.trust_bundle_file.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
+    let (_, out, _) = load_json(&gateway, &csv, &fed.trust_bundle_file);
     let again: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(
         (again["accepted"].clone(), again["duplicate"].clone()),
@@ -119,21 +114,7 @@ async fn load_reports_every_row_that_is_not_stored() -> anyhow::Result<()> {
          i-0,c-0,DE,phone,2026-03-14T15:09:26Z,300,post-call,9,Danke,Erika M,changed@example.de\n\
          i-n,c-n,DE,phone,2026-03-15T10:00:00Z,60,,7,,,\n",
     )?;
-    let (code, out, err) = domicile(&[
-        "load",
-        "--gateway",
-        &gateway,
-        "--tenant",
-        "acme",
-        "--file",
-        second.to_str().unwrap(),
-        "--country",
-        "DE",
-        "--trust-bundle",
-        fed.trust_bundle_file.to_str().unwrap(),
-        "--output",
-        "json",
-    ]);
+    let (code, out, err) = load_json(&gateway, &second, &fed.trust_bundle_file);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(

@@ -1557,21 +1557,11 @@ mod tests {
     }
 
     #[test]
-    fn bounded_by_day_equals_each_day_alone_on_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &Backend::Sqlite(dir.path().join("n.db")),
-            &Backend::Sqlite(dir.path().join("v.db")),
-            &[7; 32],
-        )
-        .unwrap();
-        bounded_by_day_equals_each_day_alone(&store);
-    }
-
-    #[test]
-    fn bounded_by_day_equals_each_day_alone_on_postgres() {
+    fn bounded_by_day_equals_each_day_alone_on_both_backends() {
         let dbs = crate::testing::Databases::new();
-        bounded_by_day_equals_each_day_alone(&dbs.store(&dbs.postgres()));
+        for backend in dbs.both() {
+            bounded_by_day_equals_each_day_alone(&dbs.store(&backend));
+        }
     }
 
     #[test]
