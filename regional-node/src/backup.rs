@@ -161,18 +161,9 @@ fn erase_again_in(
     let mut erased_again = 0;
     for (tenant, subject) in &known {
         if vault.was_erased(tenant, subject)? {
-            let country: Option<String> = tx.query_opt(
-                "SELECT country FROM subjects WHERE tenant = ?1 AND external_id = ?2
-                 UNION ALL SELECT country FROM interactions WHERE tenant = ?1 AND subject_id = ?2
-                 LIMIT 1",
-                crate::db::params![tenant, subject],
-                |r| r.get(0),
-            )?;
-            let keeps = country
-                .and_then(|c| policies.get(&c).map(|p| p.erasure.keep_suppression))
-                .unwrap_or(false);
-            let suppress_as: Vec<String> = if keeps {
-                vec![pseudonyms.suppression_id("subject", tenant, subject)]
+            let country = crate::rights::stored_country(tx, tenant, subject)?;
+            let suppress_as: Vec<String> = if policies.keeps_suppression(country.as_deref()) {
+                vec![pseudonyms.suppression_of_subject(tenant, subject)]
             } else {
                 Vec::new()
             };

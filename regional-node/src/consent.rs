@@ -465,41 +465,63 @@ fn rule_name(rule: ConsentRule) -> &'static str {
 
 /// Keeps, for an erased subject's refusals, withdrawals and objections on file, a suppression
 /// entry under each of `identifiers` (suppression ids: the external id's and the contact
-/// identifiers'), in the erasure's transaction and before the consent state goes. Returns the
-/// entries written.
+/// identifiers'), with the day the state began, in the erasure's transaction and before the
+/// consent state goes. Returns the entries written.
 pub fn suppress(
     tx: &Connection,
     tenant: &str,
     subject: &str,
     identifiers: &[String],
-    day: i64,
 ) -> Result<usize, NodeError> {
     use ConsentState as S;
-    let denials: Vec<(i32, i32, i32)> = tx
+    if identifiers.is_empty() {
+        return Ok(0);
+    }
+    let denials: Vec<(i32, i32, i32, i64)> = tx
         .prepare(&format!(
-            "SELECT purpose, channel, state FROM consent_state
+            "SELECT purpose, channel, state, since FROM consent_state
              WHERE tenant = ?1 AND subject_id = ?2 AND state IN ({}, {}, {})",
             S::Refused as i32,
             S::Withdrawn as i32,
             S::Objected as i32
         ))?
         .query_map(params![tenant, subject], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut made = 0;
     for id in identifiers {
-        for (purpose, channel, state) in &denials {
+        for (purpose, channel, state, since) in &denials {
             made += tx.execute(
                 "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
                  SET state = excluded.state, since_day = excluded.since_day",
-                params![tenant, id, purpose, channel, state, day],
+                params![
+                    tenant,
+                    id,
+                    purpose,
+                    channel,
+                    state,
+                    since.div_euclid(86_400)
+                ],
             )?;
         }
     }
     Ok(made)
+}
+
+/// Whether `tenant` has any suppression: when not (the common case), ingest skips looking
+/// up its profiles' contact identifiers.
+pub fn any_suppression(tx: &Connection, tenant: &str) -> Result<bool, NodeError> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM suppressions WHERE tenant = ?1 LIMIT 1",
+            params![tenant],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 /// Copies the suppressions kept under any of `identifiers` (a profile's contact identifiers)
@@ -554,13 +576,14 @@ pub fn suppression(
     Ok(None)
 }
 
-/// Answers `CheckContactPermission` for a subject of `policy`'s country.
-/// `suppressed_as` are the subject's suppression ids ([`suppress`]).
+/// Answers `CheckContactPermission` for a subject of `policy`'s country. `suppressed_as`
+/// gives the subject's suppression ids ([`suppress`]), asked for only when no consent is on
+/// file.
 pub fn check(
     conn: &Connection,
     policy: &CountryPolicy,
     q: &ConsentQuestion,
-    suppressed_as: &[String],
+    suppressed_as: impl FnOnce() -> Vec<String>,
 ) -> Result<CheckContactPermissionResponse, NodeError> {
     let rule = rule_of(policy, q.purpose, q.channel);
     let (state, since) = current(
@@ -574,9 +597,13 @@ pub fn check(
     // Nothing on file since an erasure that kept a suppression: the suppression decides. A
     // consent given after it (a new entry on file) does.
     let suppressed = match state {
-        ConsentState::None => {
-            suppression(conn, q.tenant.as_str(), suppressed_as, q.purpose, q.channel)?
-        }
+        ConsentState::None => suppression(
+            conn,
+            q.tenant.as_str(),
+            &suppressed_as(),
+            q.purpose,
+            q.channel,
+        )?,
         _ => None,
     };
     let allowed = allows(rule, state) && !restricted && suppressed.is_none();

@@ -664,21 +664,17 @@ impl Node {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| match &r.body {
-                RecordBody::Subject(s) if !s.email.is_empty() || !s.phone.is_empty() => {
-                    let mut ids = Vec::new();
-                    if !s.email.is_empty() {
-                        ids.push(p.suppression_id("email", tenant.as_str(), &s.email));
-                    }
-                    if !s.phone.is_empty() {
-                        ids.push(p.suppression_id("phone", tenant.as_str(), &s.phone));
-                    }
-                    Some((
-                        i,
-                        p.suppression_id("subject", tenant.as_str(), &s.external_id),
-                        ids,
-                    ))
+                RecordBody::Subject(s) => {
+                    let ids = p.suppression_of_contacts(tenant.as_str(), &s.email, &s.phone);
+                    (!ids.is_empty()).then(|| {
+                        (
+                            i,
+                            p.suppression_of_subject(tenant.as_str(), &s.external_id),
+                            ids,
+                        )
+                    })
                 }
-                _ => None,
+                RecordBody::Interaction(_) => None,
             })
             .collect();
         let audit_node = self.clone();
@@ -692,9 +688,16 @@ impl Node {
                     .iter()
                     .filter(|o| **o == StoreOutcome::Stored)
                     .count();
-                for (i, subject_id, ids) in &contacts {
-                    if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
-                        consent::extend_suppression(tx, audit_tenant.as_str(), ids, subject_id)?;
+                if !contacts.is_empty() && consent::any_suppression(tx, audit_tenant.as_str())? {
+                    for (i, subject_id, ids) in &contacts {
+                        if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
+                            consent::extend_suppression(
+                                tx,
+                                audit_tenant.as_str(),
+                                ids,
+                                subject_id,
+                            )?;
+                        }
                     }
                 }
                 audit_node.inner.audit.append(
@@ -1285,15 +1288,17 @@ impl Node {
         self.policy_for(&q.subject.country, "subject.country")?;
         self.blocking(move |node| {
             let policy = node.policy_for(&q.subject.country, "subject.country")?;
-            let suppressed_as = [node.inner.pseudonyms.suppression_id(
-                "subject",
-                q.tenant.as_str(),
-                &q.subject.external_id,
-            )];
+            let suppressed_as = || {
+                vec![
+                    node.inner
+                        .pseudonyms
+                        .suppression_of_subject(q.tenant.as_str(), &q.subject.external_id),
+                ]
+            };
             let answer = node
                 .inner
                 .store
-                .read(|conn| consent::check(conn, policy, &q, &suppressed_as))?;
+                .read(|conn| consent::check(conn, policy, &q, suppressed_as))?;
             node.inner
                 .metrics
                 .contact_checks

@@ -671,6 +671,14 @@ impl PolicySet {
         }
     }
 
+    /// Whether an erasure of a subject of `country` keeps a suppression (`[erasure]
+    /// keep_suppression`); false for a country the node has no policy for, or none known.
+    pub fn keeps_suppression(&self, country: Option<&str>) -> bool {
+        country
+            .and_then(|c| self.get(c))
+            .is_some_and(|p| p.erasure.keep_suppression)
+    }
+
     /// Version labels of all policies, e.g. `["DE@2026-11-01"]`.
     pub fn labels(&self) -> Vec<String> {
         self.iter().map(CountryPolicy::label).collect()

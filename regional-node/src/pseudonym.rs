@@ -49,17 +49,25 @@ impl Pseudonymiser {
         self.keyed(&["subject", tenant, "audit", external_id])
     }
 
-    /// The suppression identifier of a contact identifier or external id (`kind`: `subject`,
-    /// `email`, `phone`) of `tenant`, normalised first (e-mail lower-cased, phone reduced to
-    /// its digits). The same construction with `suppression` in place of a purpose, so it never
-    /// equals a pseudonym that left the region.
-    pub fn suppression_id(&self, kind: &str, tenant: &str, value: &str) -> String {
-        let normal = match kind {
-            "email" => value.trim().to_lowercase(),
-            "phone" => value.chars().filter(char::is_ascii_digit).collect(),
-            _ => value.to_owned(),
-        };
-        self.keyed(&["suppression", kind, tenant, &normal])
+    /// The suppression id of a subject's external id: what an erasure keeps a refusal or
+    /// objection under ([`crate::consent::suppress`]) and a contact check looks up. The same
+    /// construction with `suppression` in place of a purpose, so it never equals a pseudonym
+    /// that left the region.
+    pub fn suppression_of_subject(&self, tenant: &str, external_id: &str) -> String {
+        self.keyed(&["suppression", "subject", tenant, external_id])
+    }
+
+    /// The suppression ids of a profile's contact identifiers, normalised first (e-mail
+    /// trimmed and lower-cased, phone reduced to its digits); an identifier that normalises
+    /// to nothing has none, so that two people never share one by both lacking it.
+    pub fn suppression_of_contacts(&self, tenant: &str, email: &str, phone: &str) -> Vec<String> {
+        let email = email.trim().to_lowercase();
+        let phone: String = phone.chars().filter(char::is_ascii_digit).collect();
+        [("email", email), ("phone", phone)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(kind, v)| self.keyed(&["suppression", kind, tenant, &v]))
+            .collect()
     }
 
     fn keyed(&self, parts: &[&str]) -> String {
@@ -86,6 +94,29 @@ impl Pseudonymiser {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn suppression_ids_normalise_and_never_match_across_tenants_or_kinds() {
+        let p = Pseudonymiser::new(&[9; 32]);
+        let ids = p.suppression_of_contacts("acme", " Emily.J@Example.com", "+1 (415) 555-0100");
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            ids,
+            p.suppression_of_contacts("acme", "emily.j@example.com", "14155550100")
+        );
+        assert_ne!(
+            ids,
+            p.suppression_of_contacts("other", "emily.j@example.com", "14155550100"),
+            "tenants do not share suppressions"
+        );
+        // Nothing to normalise to, no id: people without a phone never share one.
+        assert!(p.suppression_of_contacts("acme", "  ", "n/a").is_empty());
+        // An external id that looks like an e-mail is not that e-mail's id.
+        let subject = p.suppression_of_subject("acme", "emily.j@example.com");
+        assert!(!ids.contains(&subject));
+        assert_ne!(subject, p.audit_subject("acme", "emily.j@example.com"));
+        assert!(!subject.contains("emily"));
+    }
 
     proptest! {
         #[test]

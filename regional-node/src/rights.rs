@@ -115,7 +115,7 @@ fn knows(conn: &Connection, tenant: &str, subject: &str) -> Result<bool, NodeErr
     )
 }
 
-fn stored_country(
+pub(crate) fn stored_country(
     conn: &Connection,
     tenant: &str,
     subject: &str,
@@ -243,7 +243,7 @@ pub(crate) fn erase(
             params![tenant, subject],
         )?;
     }
-    consent::suppress(tx, tenant, subject, suppress_as, now().div_euclid(86_400))?;
+    consent::suppress(tx, tenant, subject, suppress_as)?;
     tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
     tx.execute(
         "DELETE FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
@@ -274,8 +274,8 @@ pub(crate) fn erase(
     })
 }
 
-/// Takes an erased subject's old page images out of the write-ahead log (or vacuums, on
-/// PostgreSQL) once the erasure has committed. The erasure stands either way: a failure here
+/// Takes an erased subject's old page images out of SQLite's write-ahead log once the erasure
+/// has committed ([`crate::storage::Store::scrub_after_erasure`]). The erasure stands either way: a failure here
 /// is logged, and the next erasure or the automatic checkpoint does it.
 pub(crate) fn scrub(store: &crate::storage::Store) {
     match store.scrub_after_erasure() {
@@ -284,7 +284,7 @@ pub(crate) fn scrub(store: &crate::storage::Store) {
             "after an erasure, a reader kept WAL frames; the next checkpoint takes them"
         ),
         Err(e) => {
-            tracing::warn!(error = %e, "after an erasure, the WAL checkpoint or vacuum failed")
+            tracing::warn!(error = %e, "after an erasure, the WAL checkpoint failed")
         }
     }
 }
@@ -729,21 +729,13 @@ impl Node {
                 inner.store.profile(conn, tenant, subject)?,
             ))
         })?;
-        let keeps = country
-            .and_then(|c| inner.policies.get(&c).map(|p| p.erasure.keep_suppression))
-            .unwrap_or(false);
-        if !keeps {
+        if !inner.policies.keeps_suppression(country.as_deref()) {
             return Ok(Vec::new());
         }
         let p = &inner.pseudonyms;
-        let mut ids = vec![p.suppression_id("subject", tenant, subject)];
+        let mut ids = vec![p.suppression_of_subject(tenant, subject)];
         if let Some(profile) = profile {
-            if !profile.email.is_empty() {
-                ids.push(p.suppression_id("email", tenant, &profile.email));
-            }
-            if !profile.phone.is_empty() {
-                ids.push(p.suppression_id("phone", tenant, &profile.phone));
-            }
+            ids.extend(p.suppression_of_contacts(tenant, &profile.email, &profile.phone));
         }
         Ok(ids)
     }
@@ -851,16 +843,19 @@ impl Node {
         why: &str,
     ) -> Result<bool, NodeError> {
         let inner = &self.inner;
-        let subject: Option<String> = inner.store.read(|conn| {
+        // Read before the erasure, and only for one that is pending: the profile's contact
+        // identifiers go with it.
+        let pending: Option<String> = inner.store.read(|conn| {
             conn.query_row(
-                "SELECT subject_id FROM legal_holds WHERE tenant = ?1 AND hold_id = ?2",
+                "SELECT h.subject_id FROM legal_holds h JOIN subject_flags f
+                   ON f.tenant = h.tenant AND f.subject_id = h.subject_id
+                 WHERE h.tenant = ?1 AND h.hold_id = ?2 AND f.erasure_pending = 1",
                 params![tenant, hold_id],
                 |r| r.get(0),
             )
             .optional()
         })?;
-        // Read before the erasure: the profile's contact identifiers go with it.
-        let suppress_as = match &subject {
+        let suppress_as = match &pending {
             Some(s) => self.suppression_ids(tenant, s)?,
             None => Vec::new(),
         };

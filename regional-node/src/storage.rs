@@ -549,31 +549,22 @@ impl Store {
             .expect("each write's answer has the type it was queued with"))
     }
 
-    /// After an erasure committed: on SQLite, copies the write-ahead log into the database and
+    /// After an erasure committed, on SQLite: copies the write-ahead log into the database and
     /// truncates it (`wal_checkpoint(TRUNCATE)`), so the log's older frames — page images from
     /// before the erasure — leave the WAL file at once rather than at the next automatic
-    /// checkpoint (up to 64 MiB later); on PostgreSQL, vacuums the tables erasure deletes
-    /// from, so dead rows leave their pages' free space as soon as the engine lets them (it
-    /// does not promise to zero them: docs/erasure.md). True when the checkpoint completed
-    /// (a reader holding an old snapshot makes SQLite leave frames it still needs; the next
-    /// erasure's checkpoint, or the automatic one, takes them).
+    /// checkpoint (up to 64 MiB later). True when the checkpoint completed (a reader holding an
+    /// old snapshot makes SQLite leave frames it still needs; the next erasure's checkpoint, or
+    /// the automatic one, takes them). On PostgreSQL nothing: `VACUUM` would not overwrite the
+    /// dead rows' bytes either, and on a large `interactions` table it would scan it all under
+    /// the writer for every erasure; autovacuum reclaims the space, and crypto-shredding is
+    /// the guarantee there (docs/erasure.md).
     pub fn scrub_after_erasure(&self) -> Result<bool, NodeError> {
-        let conn = self.writer()?;
-        match conn.dialect() {
-            Dialect::Sqlite => {
-                let busy: i64 =
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-                Ok(busy == 0)
-            }
-            Dialect::Postgres => {
-                conn.execute_batch(
-                    "VACUUM subjects, subject_pii, subject_pii_history, interactions,
-                     interaction_text, consent_ledger, consent_state, consent_tokens,
-                     subject_numbers, subject_cells, tracked_subjects, subject_flags",
-                )?;
-                Ok(true)
-            }
+        if let Backend::Postgres(_) = self.backend {
+            return Ok(true);
         }
+        let conn = self.writer()?;
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 
     /// Runs `f` in one write transaction: committed when `f` succeeds, rolled back otherwise.
