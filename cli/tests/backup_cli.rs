@@ -46,13 +46,14 @@ fn count(db: &Backend, sql: &str, subject: &str) -> i64 {
 }
 
 /// Ingests the records through an in-process node, then erases `erased` (a backup of the
-/// database is taken in between by `backup`, while the node is open).
+/// database is taken in between by `backup`, while the node is open, given the references the
+/// database knows `erased` and `kept` by). Returns those references.
 async fn ingest_backup_erase(
     config_path: &std::path::Path,
     records: &[synth::SynthRecord],
-    erased: &str,
-    backup: impl FnOnce(),
-) -> anyhow::Result<()> {
+    (erased, kept): (&str, &str),
+    backup: impl FnOnce(&str, &str),
+) -> anyhow::Result<(String, String)> {
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         config_path,
     )?)?)?;
@@ -81,7 +82,16 @@ async fn ingest_backup_erase(
         },
     )?)
     .await?;
-    backup();
+    let reference = |external: &str| -> anyhow::Result<String> {
+        Ok(node
+            .store()
+            .vault()
+            .find(TENANT, external)?
+            .expect("an ingested subject has a reference")
+            .reference)
+    };
+    let refs = (reference(erased)?, reference(kept)?);
+    backup(&refs.0, &refs.1);
     let receipt = node
         .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
             tenant_id: TENANT.into(),
@@ -95,12 +105,14 @@ async fn ingest_backup_erase(
         })?)
         .await?;
     assert!(receipt.completed_at.is_some());
-    assert!(
-        node.store()
-            .read(|c| node.store().profile(c, TENANT, erased))?
-            .is_none()
-    );
-    Ok(())
+    assert!(node.profile_of(TENANT, erased)?.is_none());
+    assert!(node.store().vault().find(TENANT, erased)?.is_none());
+    Ok(refs)
+}
+
+/// Whether `id` is anywhere in `bytes` in clear.
+fn holds(bytes: &[u8], id: &str) -> bool {
+    bytes.windows(id.len()).any(|w| w == id.as_bytes())
 }
 
 /// Suppression entries in a node's database.
@@ -120,12 +132,16 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     let listen = common::free_port();
     let (live, config_path) = common::node_on(Some(&cluster), dir.path(), "live", listen, "");
     let config = config_path.to_str().unwrap();
-    let (records, erased, kept) = sample();
+    let (records, erased_id, kept_id) = sample();
     let dump = dir.path().join("node.pgdump");
-    ingest_backup_erase(&config_path, &records, &erased, || {
-        cluster.dump("live", &dump).unwrap();
-    })
-    .await?;
+    let (erased, kept) =
+        ingest_backup_erase(&config_path, &records, (&erased_id, &kept_id), |_, _| {
+            cluster.dump("live", &dump).unwrap();
+        })
+        .await?;
+    // The dump names no customer: their ids are not in it in clear.
+    let dumped = std::fs::read(&dump)?;
+    assert!(!holds(&dumped, &erased_id) && !holds(&dumped, &kept_id));
     let kept_before = count(&live, INTERACTIONS_OF, &kept);
     assert!(kept_before > 0);
     assert_eq!(count(&live, INTERACTIONS_OF, &erased), 0);
@@ -149,6 +165,10 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
         .try_into()
         .unwrap();
     let vault = Vault::open(&Backend::Sqlite(sqlite.with_extension("keys.sqlite")), &kek)?;
+    assert!(
+        vault.find(TENANT, &erased_id)?.is_none(),
+        "nothing maps the erased customer's id to its reference any more"
+    );
     let conn = restored.connect_read_write()?;
     let blob = |id: &str| -> anyhow::Result<Vec<u8>> {
         Ok(conn.query_row(
@@ -191,9 +211,8 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
     )?)?)?;
-    let store = node.store();
-    assert!(store.read(|c| store.profile(c, TENANT, &kept))?.is_some());
-    assert!(store.read(|c| store.profile(c, TENANT, &erased))?.is_none());
+    assert!(node.profile_of(TENANT, &kept_id)?.is_some());
+    assert!(node.profile_of(TENANT, &erased_id)?.is_none());
     drop(node);
     let (code, out) = domicile(&["audit", "verify", "--config", config]);
     assert_eq!(code, 0, "{out}");
@@ -211,29 +230,34 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     common::node_config(&config_path, listen, &db, "");
     let config = config_path.to_str().unwrap();
     let backup = dir.path().join("backup.sqlite");
-    let (records, erased, kept) = sample();
+    let (records, erased_id, kept_id) = sample();
     let mut kept_before = 0;
     // Online: the node is open (and could be serving) while the backup is taken.
-    ingest_backup_erase(&config_path, &records, &erased, || {
-        kept_before = count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &kept);
-        assert!(
-            count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &erased) > 0 && kept_before > 0
-        );
-        let backup_to = || {
-            domicile(&[
-                "node",
-                "backup",
-                "--config",
-                config,
-                "--to",
-                backup.to_str().unwrap(),
-            ])
-        };
-        let (code, out) = backup_to();
-        assert_eq!(code, 0, "{out}");
-        let (code, out) = backup_to();
-        assert_ne!(code, 0, "an existing backup is never overwritten: {out}");
-    })
+    let (erased, kept) = ingest_backup_erase(
+        &config_path,
+        &records,
+        (&erased_id, &kept_id),
+        |erased, kept| {
+            kept_before = count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, kept);
+            assert!(
+                count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, erased) > 0 && kept_before > 0
+            );
+            let backup_to = || {
+                domicile(&[
+                    "node",
+                    "backup",
+                    "--config",
+                    config,
+                    "--to",
+                    backup.to_str().unwrap(),
+                ])
+            };
+            let (code, out) = backup_to();
+            assert_eq!(code, 0, "{out}");
+            let (code, out) = backup_to();
+            assert_ne!(code, 0, "an existing backup is never overwritten: {out}");
+        },
+    )
     .await?;
 
     // The backup still holds the erased subject's rows, but its profile no longer opens: the
@@ -253,7 +277,11 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         "the erased subject's key is destroyed"
     );
     assert!(vault.key(TENANT, &kept)?.is_some());
+    assert!(vault.find(TENANT, &erased_id)?.is_none());
     drop(vault);
+    // The backup names no customer in clear.
+    let backed_up = std::fs::read(&backup)?;
+    assert!(!holds(&backed_up, &erased_id) && !holds(&backed_up, &kept_id));
 
     // A running node's database is not restored under it.
     let busy = std::net::TcpListener::bind(listen)?;
@@ -320,15 +348,9 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
     )?)?)?;
-    let profile = node
-        .store()
-        .read(|c| node.store().profile(c, TENANT, &kept))?;
+    let profile = node.profile_of(TENANT, &kept_id)?;
     assert!(profile.is_some_and(|p| !p.full_name.is_empty()));
-    assert!(
-        node.store()
-            .read(|c| node.store().profile(c, TENANT, &erased))?
-            .is_none()
-    );
+    assert!(node.profile_of(TENANT, &erased_id)?.is_none());
     drop(node);
     // The restore is in the audit log, and the chain verifies.
     let (code, out) = domicile(&["audit", "verify", "--config", config]);
@@ -351,8 +373,8 @@ fn migrate_reports_and_applies_pending_migrations() {
     assert!(out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("created at schema 7"), "{out}");
-    // A version-3 database: the rollups are missing.
+    assert!(out.contains("created at schema 8"), "{out}");
+    // A version-3 database (empty): the rollups are missing.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
         "DROP TABLE rollup_cells; DROP TABLE subject_numbers; PRAGMA user_version = 3;",
@@ -368,9 +390,9 @@ fn migrate_reports_and_applies_pending_migrations() {
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("migrated from schema 3 to 7"), "{out}");
+    assert!(out.contains("migrated from schema 3 to 8"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 7, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 8, up to date"), "{out}");
     // A database from a newer release is refused, never downgraded.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.pragma_update(None, "user_version", 9).unwrap();
@@ -395,13 +417,13 @@ fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Re
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert!(code == 0 && out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
-    assert!(code == 0 && out.contains("created at schema 7"), "{out}");
+    assert!(code == 0 && out.contains("created at schema 8"), "{out}");
     assert!(
         out.contains("postgres://127.0.0.1:") && !out.contains("domicile@"),
         "{out}"
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 7, up to date"), "{out}");
+    assert!(code == 0 && out.contains("schema 8, up to date"), "{out}");
     db.connect_read_write()?
         .execute_batch("UPDATE domicile_schema SET version = 9")?;
     let (code, out) = domicile(&["node", "migrate", "--config", config]);

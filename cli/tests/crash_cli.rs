@@ -57,9 +57,14 @@ async fn ready(
 /// (opening a SQLite file recovers its write-ahead log as a restarting node would).
 fn check(
     backend: &Backend,
+    config: &std::path::Path,
     records: &[synth::SynthRecord],
     acked: &HashSet<String>,
 ) -> anyhow::Result<()> {
+    // The database holds the ids in their stored forms: the vault says what they are.
+    let vault = domicile_node::vault::Vault::open_for(
+        &domicile_node::config::NodeConfig::from_toml(&std::fs::read_to_string(config)?)?,
+    )?;
     let conn = backend.connect_read_write()?;
     let mut claimed = conn
         .prepare("SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1 AND idempotency_key = ?2")?;
@@ -71,16 +76,30 @@ fn check(
         .iter()
         .filter(|r| acked.contains(&r.idempotency_key))
     {
-        let n: i64 = claimed.query_row([TENANT, r.idempotency_key.as_str()], |x| x.get(0))?;
+        let external = match &r.payload.record {
+            Some(Record::Interaction(i)) => i.subject_external_id.as_str(),
+            Some(Record::Subject(s)) => s.external_id.as_str(),
+            None => unreachable!("the generator makes records"),
+        };
+        let key = vault.find(TENANT, external)?.unwrap_or_else(|| {
+            panic!(
+                "acknowledged record {}: its subject has a key",
+                r.idempotency_key
+            )
+        });
+        let stored = key.stored_id("idempotency", &r.idempotency_key);
+        let n: i64 = claimed.query_row([TENANT, stored.as_str()], |x| x.get(0))?;
         assert_eq!(
             n, 1,
             "acknowledged record {} is stored once",
             r.idempotency_key
         );
         let (table, id) = match &r.payload.record {
-            Some(Record::Interaction(i)) => (&mut interactions, i.interaction_id.clone()),
-            Some(Record::Subject(s)) => (&mut subjects, s.external_id.clone()),
-            None => unreachable!("the generator makes records"),
+            Some(Record::Interaction(i)) => (
+                &mut interactions,
+                key.stored_id("interaction", &i.interaction_id),
+            ),
+            _ => (&mut subjects, key.reference.clone()),
         };
         let n: i64 = table.query_row([TENANT, id.as_str()], |x| x.get(0))?;
         assert_eq!(
@@ -194,7 +213,7 @@ async fn sigkill_trials(cluster: Option<&domicile_pg_cluster::PgCluster>) -> any
         if answered.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             kills_mid_load += 1;
         }
-        check(&db, &records, &acked)?;
+        check(&db, &config, &records, &acked)?;
     }
     assert_eq!(
         kills_mid_load, TRIALS,
@@ -207,7 +226,7 @@ async fn sigkill_trials(cluster: Option<&domicile_pg_cluster::PgCluster>) -> any
     child.crash();
     let acked = acked.lock().unwrap();
     assert!(acked.len() > 500, "{} records acknowledged", acked.len());
-    check(&db, &records, &acked)?;
+    check(&db, &config, &records, &acked)?;
     // The audit chain, with its checkpoints, survived every crash.
     let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
         .args(["audit", "verify", "--config"])

@@ -109,7 +109,8 @@ fn subjects(conn: &crate::db::Connection) -> Result<BTreeSet<(String, String)>, 
          UNION SELECT tenant, subject_id FROM consent_ledger
          UNION SELECT tenant, subject_id FROM subject_requests
          UNION SELECT tenant, subject_id FROM legal_holds
-         UNION SELECT tenant, subject_id FROM subject_flags",
+         UNION SELECT tenant, subject_id FROM subject_flags
+         UNION SELECT tenant, substr(idempotency_key, 1, 32) FROM ingest_keys",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect::<Result<_, _>>()
@@ -148,29 +149,19 @@ fn erase_again_in(
         &audit_seed,
         config.audit_checkpoint_every,
     );
-    // The suppressions the first erasure kept are not in a copy taken before it: they are
-    // made again, from the consent state the copy holds, under the external id (the contact
-    // identifiers' went with the profile's key).
-    let pseudonyms = crate::pseudonym::Pseudonymiser::new(
-        &keys::load_or_create_secret(&config.pseudonym_secret_path())
-            .map_err(|e| internal("pseudonym secret", e))?,
-    );
-    let policies = crate::policy::PolicySet::load(config.policy_dir.as_deref(), &config.countries)
-        .map_err(|e| internal("policies", e))?;
     let known = subjects(tx)?;
     let mut erased_again = 0;
     for (tenant, subject) in &known {
         if vault.was_erased(tenant, subject)? {
-            let country = crate::rights::stored_country(tx, tenant, subject)?;
-            let suppress_as: Vec<String> = if policies.keeps_suppression(country.as_deref()) {
-                vec![pseudonyms.suppression_of_subject(tenant, subject)]
-            } else {
-                Vec::new()
-            };
             // Holds recorded in the backup still apply; what they keep stays, flagged.
-            crate::rights::erase(tx, tenant, subject, &suppress_as)?;
+            crate::rights::erase(tx, tenant, subject, &[])?;
             erased_again += 1;
         }
+    }
+    // The suppressions the erasures kept are not in a copy taken before them: the vault kept
+    // them, and they are written back.
+    for (tenant, kept) in vault.kept_suppressions()? {
+        crate::consent::restore_suppressions(tx, &tenant, std::slice::from_ref(&kept))?;
     }
     audit.append(
         tx,

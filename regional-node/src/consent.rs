@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     error::NodeError,
     policy::{ConsentRule, CountryPolicy, PolicySet},
+    vault::KeptSuppression,
 };
 
 /// The consent tables; created with the rest of the schema.
@@ -466,16 +467,17 @@ fn rule_name(rule: ConsentRule) -> &'static str {
 /// Keeps, for an erased subject's refusals, withdrawals and objections on file, a suppression
 /// entry under each of `identifiers` (suppression ids: the external id's and the contact
 /// identifiers'), with the day the state began, in the erasure's transaction and before the
-/// consent state goes. Returns the entries written.
+/// consent state goes. Returns the entries written, for the vault to keep
+/// ([`crate::vault::Vault::destroy`]).
 pub fn suppress(
     tx: &Connection,
     tenant: &str,
     subject: &str,
     identifiers: &[String],
-) -> Result<usize, NodeError> {
+) -> Result<Vec<KeptSuppression>, NodeError> {
     use ConsentState as S;
     if identifiers.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let denials: Vec<(i32, i32, i32, i64)> = tx
         .prepare(&format!(
@@ -489,24 +491,47 @@ pub fn suppress(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
-    let mut made = 0;
-    for id in identifiers {
-        for (purpose, channel, state, since) in &denials {
-            made += tx.execute(
-                "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
-                 SET state = excluded.state, since_day = excluded.since_day",
-                params![
-                    tenant,
-                    id,
+    let kept: Vec<KeptSuppression> = identifiers
+        .iter()
+        .flat_map(|id| {
+            denials
+                .iter()
+                .map(move |&(purpose, channel, state, since)| KeptSuppression {
+                    identifier: id.clone(),
                     purpose,
                     channel,
                     state,
-                    since.div_euclid(86_400)
-                ],
-            )?;
-        }
+                    since_day: since.div_euclid(86_400),
+                })
+        })
+        .collect();
+    restore_suppressions(tx, tenant, &kept)?;
+    Ok(kept)
+}
+
+/// Writes `suppressions` (kept by erasures) for `tenant`, replacing any under the same
+/// identifier, purpose and channel: by an erasure, and by a restore of a copy from before it.
+pub fn restore_suppressions(
+    tx: &Connection,
+    tenant: &str,
+    suppressions: &[KeptSuppression],
+) -> Result<usize, NodeError> {
+    let mut made = 0;
+    for s in suppressions {
+        made += tx.execute(
+            "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
+             SET state = excluded.state, since_day = excluded.since_day",
+            params![
+                tenant,
+                s.identifier,
+                s.purpose,
+                s.channel,
+                s.state,
+                s.since_day
+            ],
+        )?;
     }
     Ok(made)
 }

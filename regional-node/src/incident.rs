@@ -317,10 +317,12 @@ pub fn subjects(
         .query_map(params![tenant, end], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(ids.len());
-    for (external_id, country) in ids {
-        let profile = store
-            .profile(conn, tenant, &external_id)?
-            .unwrap_or_default();
+    for (reference, country) in ids {
+        // Rows are kept by reference; the notification needs the customer's id.
+        let Some(external_id) = store.vault().external_id(tenant, &reference)? else {
+            continue;
+        };
+        let profile = store.profile(conn, tenant, &reference)?.unwrap_or_default();
         out.push(IncidentSubject {
             external_id,
             country,
@@ -330,5 +332,6 @@ pub fn subjects(
             language: profile.language,
         });
     }
+    out.sort_by(|a, b| a.external_id.cmp(&b.external_id));
     Ok(Some(out))
 }

@@ -137,6 +137,7 @@ pub fn open_envelope(
             match body {
                 Ok(body) => Verdict::Store(Box::new(StoredRecord {
                     idempotency_key: record.idempotency_key.clone(),
+                    sealed_id: None,
                     country: record.country.clone(),
                     body,
                 })),

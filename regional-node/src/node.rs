@@ -633,13 +633,51 @@ impl Node {
             }
             _ => &inner.keys,
         };
-        let verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
+        let mut verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
+        // A profile whose e-mail or phone is under a suppression kept by an erasure (the same
+        // person, sent again under a new id): the suppression extends to its external id. The
+        // suppression ids are computed from the clear ids, before they are keyed.
+        let p = &inner.pseudonyms;
+        let mut contacts_at: std::collections::HashMap<usize, (String, Vec<String>)> = verdicts
+            .iter()
+            .enumerate()
+            .filter_map(|(n, v)| match v {
+                Verdict::Store(r) => match &r.body {
+                    RecordBody::Subject(s) => {
+                        let ids = p.suppression_of_contacts(tenant.as_str(), &s.email, &s.phone);
+                        (!ids.is_empty()).then(|| {
+                            (
+                                n,
+                                (
+                                    p.suppression_of_subject(tenant.as_str(), &s.external_id),
+                                    ids,
+                                ),
+                            )
+                        })
+                    }
+                    RecordBody::Interaction(_) => None,
+                },
+                Verdict::Reject(..) => None,
+            })
+            .collect();
+        // From here on the records carry their subjects' references and keyed ids only.
+        let keys = inner.store.key_records(
+            tenant.as_str(),
+            verdicts.iter_mut().filter_map(|v| match v {
+                Verdict::Store(r) => Some(r.as_mut()),
+                Verdict::Reject(..) => None,
+            }),
+        )?;
         let verdicts = self.check_recording_consent(tenant, verdicts)?;
         let mut to_store = Vec::new();
+        let mut contacts: Vec<(usize, String, Vec<String>)> = Vec::new();
         let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(verdicts.len());
-        for (record, verdict) in envelope.records.iter().zip(verdicts) {
+        for (n, (record, verdict)) in envelope.records.iter().zip(verdicts).enumerate() {
             match verdict {
                 Verdict::Store(r) => {
+                    if let Some((subject, ids)) = contacts_at.remove(&n) {
+                        contacts.push((to_store.len(), subject, ids));
+                    }
                     to_store.push(*r);
                     results.push(None);
                 }
@@ -657,68 +695,50 @@ impl Node {
             RecordBody::Subject(_) => (s + 1, i),
             RecordBody::Interaction(_) => (s, i + 1),
         });
-        // A profile whose e-mail or phone is under a suppression kept by an erasure (the same
-        // person, sent again under a new id): the suppression extends to its external id.
-        let p = &inner.pseudonyms;
-        let contacts: Vec<(usize, String, Vec<String>)> = to_store
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match &r.body {
-                RecordBody::Subject(s) => {
-                    let ids = p.suppression_of_contacts(tenant.as_str(), &s.email, &s.phone);
-                    (!ids.is_empty()).then(|| {
-                        (
-                            i,
-                            p.suppression_of_subject(tenant.as_str(), &s.external_id),
-                            ids,
-                        )
-                    })
-                }
-                RecordBody::Interaction(_) => None,
-            })
-            .collect();
         let audit_node = self.clone();
         let audit_tenant = tenant.clone();
         let key_id = envelope.key_id.clone();
         let sent = envelope.records.len();
-        let outcomes = inner
-            .store
-            .ingest(tenant.as_str(), to_store, move |tx, outcomes| {
-                let stored = outcomes
-                    .iter()
-                    .filter(|o| **o == StoreOutcome::Stored)
-                    .count();
-                if !contacts.is_empty() && consent::any_suppression(tx, audit_tenant.as_str())? {
-                    for (i, subject_id, ids) in &contacts {
-                        if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
-                            consent::extend_suppression(
-                                tx,
-                                audit_tenant.as_str(),
-                                ids,
-                                subject_id,
-                            )?;
+        let outcomes =
+            inner
+                .store
+                .ingest(tenant.as_str(), to_store, keys, move |tx, outcomes| {
+                    let stored = outcomes
+                        .iter()
+                        .filter(|o| **o == StoreOutcome::Stored)
+                        .count();
+                    if !contacts.is_empty() && consent::any_suppression(tx, audit_tenant.as_str())?
+                    {
+                        for (i, subject_id, ids) in &contacts {
+                            if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
+                                consent::extend_suppression(
+                                    tx,
+                                    audit_tenant.as_str(),
+                                    ids,
+                                    subject_id,
+                                )?;
+                            }
                         }
                     }
-                }
-                audit_node.inner.audit.append(
-                    tx,
-                    Entry {
-                        kind: audit::Kind::IngestBatch,
-                        tenant: audit_tenant.as_str(),
-                        subject: None,
-                        details: serde_json::json!({
-                            "key_id": key_id,
-                            "records": sent,
-                            "accepted": stored,
-                            "duplicate": outcomes.len() - stored,
-                            "rejected": rejected,
-                            "subject_records": subjects,
-                            "interaction_records": interactions,
-                        }),
-                    },
-                )?;
-                Ok(())
-            })?;
+                    audit_node.inner.audit.append(
+                        tx,
+                        Entry {
+                            kind: audit::Kind::IngestBatch,
+                            tenant: audit_tenant.as_str(),
+                            subject: None,
+                            details: serde_json::json!({
+                                "key_id": key_id,
+                                "records": sent,
+                                "accepted": stored,
+                                "duplicate": outcomes.len() - stored,
+                                "rejected": rejected,
+                                "subject_records": subjects,
+                                "interaction_records": interactions,
+                            }),
+                        },
+                    )?;
+                    Ok(())
+                })?;
         let mut outcomes = outcomes.into_iter();
         let results: Vec<RecordResult> = envelope
             .records
@@ -1165,6 +1185,48 @@ impl Node {
         })
     }
 
+    /// `q` with its subject's external id replaced by the subject's reference (made when
+    /// `create` and the vault does not know the subject; otherwise an unknown subject gets an
+    /// empty reference, which matches no row).
+    pub(crate) fn by_reference<Q: AsSubject>(
+        &self,
+        mut q: Q,
+        create: bool,
+    ) -> Result<Q, NodeError> {
+        let (tenant, subject) = q.subject();
+        let vault = self.inner.store.vault();
+        let reference = if create {
+            vault
+                .resolve(
+                    tenant.as_str(),
+                    &std::collections::BTreeSet::from([subject.external_id.as_str()]),
+                    true,
+                )?
+                .remove(subject.external_id.as_str())
+                .map(|k| k.reference)
+        } else {
+            vault
+                .find(tenant.as_str(), &subject.external_id)?
+                .map(|k| k.reference)
+        };
+        q.subject_mut().external_id = reference.unwrap_or_default();
+        Ok(q)
+    }
+
+    /// The decrypted profile of the subject with `external_id`, if this region holds one (for
+    /// in-country tools and tests: the database knows the subject by reference only).
+    pub fn profile_of(
+        &self,
+        tenant: &str,
+        external_id: &str,
+    ) -> Result<Option<crate::storage::Profile>, NodeError> {
+        let store = &self.inner.store;
+        let Some(key) = store.vault().find(tenant, external_id)? else {
+            return Ok(None);
+        };
+        store.read(|conn| store.profile(conn, tenant, &key.reference))
+    }
+
     /// Audits a consent ledger entry under the subject's audit pseudonym, in the caller's
     /// transaction (the one that appended the entry).
     pub(crate) fn audit_consent(
@@ -1222,6 +1284,9 @@ impl Node {
             let policy = node.policy_for(&change.subject.country, "subject.country")?;
             let region = node.inner.config.region_id.as_str();
             let inner = &node.inner;
+            // The ledger is kept by the subject's reference, made here for a subject not
+            // seen before.
+            let change = node.by_reference(change, true)?;
             let recorded = inner.store.write(|tx| {
                 let recorded = consent::record(tx, region, policy, &change)?;
                 node.audit_consent(
@@ -1276,8 +1341,11 @@ impl Node {
     /// The consent state and ledger of a subject.
     pub async fn get_consent(&self, q: ConsentQuestion) -> Result<GetConsentResponse, NodeError> {
         self.policy_for(&q.subject.country, "subject.country")?;
-        self.blocking(move |node| node.inner.store.read(|conn| consent::get(conn, &q)))
-            .await
+        self.blocking(move |node| {
+            let q = node.by_reference(q, false)?;
+            node.inner.store.read(|conn| consent::get(conn, &q))
+        })
+        .await
     }
 
     /// May the subject be contacted for the purpose on the channel, and why.
@@ -1288,13 +1356,13 @@ impl Node {
         self.policy_for(&q.subject.country, "subject.country")?;
         self.blocking(move |node| {
             let policy = node.policy_for(&q.subject.country, "subject.country")?;
-            let suppressed_as = || {
-                vec![
-                    node.inner
-                        .pseudonyms
-                        .suppression_of_subject(q.tenant.as_str(), &q.subject.external_id),
-                ]
-            };
+            let suppressed_as = vec![
+                node.inner
+                    .pseudonyms
+                    .suppression_of_subject(q.tenant.as_str(), &q.subject.external_id),
+            ];
+            let suppressed_as = || suppressed_as;
+            let q = node.by_reference(q, false)?;
             let answer = node
                 .inner
                 .store
@@ -1389,4 +1457,45 @@ fn fingerprint(tenant: &str, query: &[u8]) -> String {
     h.update([0]);
     h.update(query);
     hex::encode(h.finalize())
+}
+
+/// A consent request: its tenant and subject ([`Node::by_reference`]).
+pub(crate) trait AsSubject {
+    /// The tenant and subject.
+    fn subject(
+        &self,
+    ) -> (
+        &domicile_proto::domain::TenantId,
+        &domicile_proto::consent::Subject,
+    );
+    /// The subject, to rewrite.
+    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject;
+}
+
+impl AsSubject for ConsentChange {
+    fn subject(
+        &self,
+    ) -> (
+        &domicile_proto::domain::TenantId,
+        &domicile_proto::consent::Subject,
+    ) {
+        (&self.tenant, &self.subject)
+    }
+    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject {
+        &mut self.subject
+    }
+}
+
+impl AsSubject for ConsentQuestion {
+    fn subject(
+        &self,
+    ) -> (
+        &domicile_proto::domain::TenantId,
+        &domicile_proto::consent::Subject,
+    ) {
+        (&self.tenant, &self.subject)
+    }
+    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject {
+        &mut self.subject
+    }
 }

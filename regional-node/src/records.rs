@@ -16,7 +16,7 @@ use crate::{
     pseudonym::{Kind, Pseudonymiser},
     redact::Redactor,
     storage::Profile,
-    vault::{DataKey, Vault, comment_aad},
+    vault::{SubjectKey, Vault, comment_aad},
 };
 
 /// Records per streamed message.
@@ -92,7 +92,7 @@ pub fn run(
     ))?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut emitted = 0u64;
-    let mut keys: std::collections::HashMap<String, Option<DataKey>> =
+    let mut keys: std::collections::HashMap<String, Option<SubjectKey>> =
         std::collections::HashMap::new();
     while let Some(row) = rows.next()? {
         let interaction_id: String = row.get(0)?;

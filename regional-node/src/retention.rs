@@ -94,7 +94,22 @@ impl Node {
                         )?;
                     }
                     swept.subjects_erased += 1;
-                    shredded.push((tenant, subject));
+                    // A subject whose consent is still on file keeps its reference (and key):
+                    // the consent must still be found by its external id. Others are shredded.
+                    let consent: Option<i64> = tx.query_opt(
+                        "SELECT 1 FROM consent_state WHERE tenant = ?1 AND subject_id = ?2 LIMIT 1",
+                        params![tenant, subject],
+                        |r| r.get(0),
+                    )?;
+                    if consent.is_none() {
+                        let (start, end) = crate::vault::stored_id_range(&subject);
+                        tx.execute(
+                            "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
+                             AND idempotency_key < ?3",
+                            params![tenant, start, end],
+                        )?;
+                        shredded.push((tenant, subject));
+                    }
                 }
                 // Ledger entries past retention, except the ones that are a current state.
                 tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
@@ -119,7 +134,7 @@ impl Node {
             Ok(())
         })?;
         for (tenant, subject) in &shredded {
-            inner.store.vault().destroy(tenant, subject)?;
+            inner.store.vault().destroy(tenant, subject, &[])?;
         }
         if swept.interactions_deleted + swept.comments_deleted + swept.subjects_erased > 0 {
             crate::rights::scrub(&inner.store);

@@ -26,7 +26,7 @@ use crate::{
     ingest::{Verdict, open_envelope},
     node::Node,
     storage::{Profile, RecordBody},
-    vault::comment_aad,
+    vault::{SubjectKey, comment_aad, interaction_id_aad},
 };
 
 /// The rights tables; created with the rest of the schema.
@@ -168,6 +168,8 @@ pub(crate) struct Erased {
     complete: bool,
     held: Vec<HeldData>,
     interactions_deleted: usize,
+    /// The suppressions the erasure kept, for the vault to remember.
+    pub(crate) suppressions: Vec<crate::vault::KeptSuppression>,
 }
 
 /// Deletes what no active hold keeps, in the caller's transaction. When nothing is held the
@@ -210,6 +212,7 @@ pub(crate) fn erase(
             complete: false,
             held,
             interactions_deleted: 0,
+            suppressions: Vec::new(),
         });
     }
     // Interactions outside every held range go, with their comments.
@@ -243,7 +246,7 @@ pub(crate) fn erase(
             params![tenant, subject],
         )?;
     }
-    consent::suppress(tx, tenant, subject, suppress_as)?;
+    let suppressions = consent::suppress(tx, tenant, subject, suppress_as)?;
     tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
     tx.execute(
         "DELETE FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
@@ -264,6 +267,13 @@ pub(crate) fn erase(
                 params![tenant, subject],
             )?;
         }
+        // The idempotency keys of the subject's records (stored under its reference).
+        let (start, end) = crate::vault::stored_id_range(subject);
+        tx.execute(
+            "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
+             AND idempotency_key < ?3",
+            params![tenant, start, end],
+        )?;
     } else {
         set_flag(tx, tenant, subject, "erasure_pending")?;
     }
@@ -271,6 +281,7 @@ pub(crate) fn erase(
         complete,
         held,
         interactions_deleted,
+        suppressions,
     })
 }
 
@@ -298,18 +309,20 @@ fn export_document(
     node: &Node,
     conn: &Connection,
     req: &RightsRequest,
+    key: &SubjectKey,
     request_id: &str,
     country: &str,
 ) -> Result<serde_json::Value, NodeError> {
     let inner = &node.inner;
     let tenant = req.tenant.as_str();
-    let subject = req.external_id.as_str();
-    let key = inner.store.vault().key(tenant, subject)?;
+    let subject = key.reference.as_str();
+    let key = Some(key);
     let profile = inner.store.profile(conn, tenant, subject)?;
     let mut interactions = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT i.interaction_id, i.channel, i.direction, i.started_at, i.ended_at, i.handle_time,
-                i.outcome, i.agent_team, i.recorded, i.survey_id, i.nps, i.csat, i.ces, t.comment
+                i.outcome, i.agent_team, i.recorded, i.survey_id, i.nps, i.csat, i.ces, t.comment,
+                i.sealed_id
          FROM interactions i
          LEFT JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
          WHERE i.tenant = ?1 AND i.subject_id = ?2 ORDER BY i.started_at, i.interaction_id",
@@ -318,6 +331,11 @@ fn export_document(
     while let Some(r) = rows.next()? {
         let id: String = r.get(0)?;
         let sealed: Option<Vec<u8>> = r.get(13)?;
+        let sealed_id: Option<Vec<u8>> = r.get(14)?;
+        // The id the CRM sent, sealed beside its keyed form.
+        let clear_id = sealed_id
+            .and_then(|b| key?.open(&interaction_id_aad(tenant, &id), &b))
+            .and_then(|c| String::from_utf8(c).ok());
         let comment = match (&key, sealed) {
             (Some(k), Some(blob)) => k
                 .open(&comment_aad(tenant, &id), &blob)
@@ -326,7 +344,7 @@ fn export_document(
         };
         let survey_id: Option<String> = r.get(9)?;
         interactions.push(json!({
-            "interaction_id": id,
+            "interaction_id": clear_id,
             "channel": channel_name(r.get(1)?),
             "direction": domicile_proto::pb::Direction::try_from(r.get::<_, i32>(2)?)
                 .map_or("", |d| d.as_str_name()),
@@ -352,7 +370,7 @@ fn export_document(
         "region": inner.config.region_id,
         "tenant": tenant,
         "generated_at": now(),
-        "subject": { "external_id": subject, "country": country },
+        "subject": { "external_id": req.external_id, "country": country },
         "profile": profile,
         "interactions": interactions,
     });
@@ -443,7 +461,15 @@ impl Node {
         let inner = &self.inner;
         let region = inner.config.region_id.clone();
         let tenant = req.tenant.as_str();
-        let subject = req.external_id.as_str();
+        let external = req.external_id.as_str();
+        let not_found = || NodeError::NotFound("no data about this subject in this region".into());
+        // The subject is known here by its reference only.
+        let key = inner
+            .store
+            .vault()
+            .find(tenant, external)?
+            .ok_or_else(not_found)?;
+        let subject = key.reference.as_str();
         let (known, stored) = inner.store.read(|conn| {
             Ok((
                 knows(conn, tenant, subject)?,
@@ -451,9 +477,7 @@ impl Node {
             ))
         })?;
         if !known {
-            return Err(NodeError::NotFound(
-                "no data about this subject in this region".into(),
-            ));
+            return Err(not_found());
         }
         let country = stored.or_else(|| req.country.clone()).unwrap_or_default();
         let policy = inner
@@ -476,14 +500,14 @@ impl Node {
             export: None,
             policy_version: policy.label(),
         };
-        let mut shred = false;
+        let mut shred = None;
         let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
         let mut details = json!({ "request_id": request_id, "kind": req.kind.as_str_name() });
         match req.kind {
             SubjectRequestKind::Access | SubjectRequestKind::Portability => {
                 let doc = inner
                     .store
-                    .read(|conn| export_document(self, conn, req, &request_id, &country))?;
+                    .read(|conn| export_document(self, conn, req, &key, &request_id, &country))?;
                 let plaintext =
                     serde_json::to_vec(&doc).map_err(|e| NodeError::Internal(e.to_string()))?;
                 let recipient = req.recipient.as_ref().ok_or_else(|| {
@@ -519,7 +543,7 @@ impl Node {
                     open_envelope(&inner.keys, tenant, &inner.config.countries, envelope);
                 let patch = match verdicts.into_iter().next() {
                     Some(Verdict::Store(r)) => match r.body {
-                        RecordBody::Subject(s) if s.external_id == subject => s,
+                        RecordBody::Subject(s) if s.external_id == external => s,
                         _ => {
                             return Err(domicile_proto::error::Violations::one(
                                 "rectification.records[0]",
@@ -543,12 +567,6 @@ impl Node {
                         .into());
                     }
                 };
-                let key = inner
-                    .store
-                    .vault()
-                    .keys(tenant, &std::collections::BTreeSet::from([subject]), true)?
-                    .remove(subject)
-                    .ok_or_else(|| NodeError::Internal("data key".into()))?;
                 let mut changed = Vec::new();
                 inner.store.write(|tx| {
                     let old: Option<Vec<u8>> = tx
@@ -606,7 +624,7 @@ impl Node {
                 details["fields_changed"] = json!(changed);
             }
             SubjectRequestKind::Erasure => {
-                let suppress_as = self.suppression_ids(tenant, subject)?;
+                let suppress_as = self.suppression_ids(tenant, external, subject)?;
                 let erased = inner
                     .store
                     .write(|tx| erase(tx, tenant, subject, &suppress_as))?;
@@ -625,7 +643,7 @@ impl Node {
                     receipt.completed_at = None;
                 }
                 receipt.held = erased.held;
-                shred = erased.complete;
+                shred = erased.complete.then_some(erased.suppressions);
             }
             SubjectRequestKind::Restriction => {
                 inner
@@ -701,8 +719,11 @@ impl Node {
             Ok(())
         })?;
         // Crypto-shredding: the data key goes last, after the rows it protected.
-        if shred {
-            inner.store.vault().destroy(tenant, subject)?;
+        if let Some(suppressions) = shred {
+            inner
+                .store
+                .vault()
+                .destroy(tenant, subject, &suppressions)?;
             scrub(&inner.store);
         }
         tracing::debug!(
@@ -720,6 +741,7 @@ impl Node {
     pub(crate) fn suppression_ids(
         &self,
         tenant: &str,
+        external: &str,
         subject: &str,
     ) -> Result<Vec<String>, NodeError> {
         let inner = &self.inner;
@@ -733,7 +755,7 @@ impl Node {
             return Ok(Vec::new());
         }
         let p = &inner.pseudonyms;
-        let mut ids = vec![p.suppression_of_subject(tenant, subject)];
+        let mut ids = vec![p.suppression_of_subject(tenant, external)];
         if let Some(profile) = profile {
             ids.extend(p.suppression_of_contacts(tenant, &profile.email, &profile.phone));
         }
@@ -783,8 +805,14 @@ impl Node {
             let inner = &node.inner;
             let tenant = spec.tenant.as_str();
             let hold_id = format!("{}.hold-{}", inner.config.region_id, random_hex()?);
+            let reference = inner
+                .store
+                .vault()
+                .find(tenant, &spec.external_id)?
+                .map(|k| k.reference)
+                .unwrap_or_default();
             inner.store.write(|tx| {
-                if !knows(tx, tenant, &spec.external_id)? {
+                if reference.is_empty() || !knows(tx, tenant, &reference)? {
                     return Err(NodeError::NotFound(
                         "no data about this subject in this region".into(),
                     ));
@@ -795,7 +823,7 @@ impl Node {
                     params![
                         tenant,
                         hold_id,
-                        spec.external_id,
+                        reference,
                         spec.reason,
                         spec.interactions.map(|r| r.0),
                         spec.interactions.map(|r| r.1),
@@ -803,7 +831,7 @@ impl Node {
                         spec.expires_at
                     ],
                 )?;
-                let subject = inner.pseudonyms.audit_subject(tenant, &spec.external_id);
+                let subject = inner.pseudonyms.audit_subject(tenant, &reference);
                 inner.audit.append(
                     tx,
                     Entry {
@@ -856,10 +884,13 @@ impl Node {
             .optional()
         })?;
         let suppress_as = match &pending {
-            Some(s) => self.suppression_ids(tenant, s)?,
+            Some(s) => match inner.store.vault().external_id(tenant, s)? {
+                Some(external) => self.suppression_ids(tenant, &external, s)?,
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
-        let (subject, completed) = inner.store.write(|tx| {
+        let (subject, completed_erasure) = inner.store.write(|tx| {
             let subject: Option<String> = tx
                 .query_row(
                     "SELECT subject_id FROM legal_holds WHERE tenant = ?1 AND hold_id = ?2
@@ -902,10 +933,14 @@ impl Node {
                     }),
                 },
             )?;
-            Ok((subject, erased.is_some_and(|e| e.complete)))
+            Ok((subject, erased.filter(|e| e.complete)))
         })?;
-        if completed {
-            inner.store.vault().destroy(tenant, &subject)?;
+        let completed = completed_erasure.is_some();
+        if let Some(erased) = completed_erasure {
+            inner
+                .store
+                .vault()
+                .destroy(tenant, &subject, &erased.suppressions)?;
             scrub(&inner.store);
             inner.store.write(|tx| {
                 tx.execute(

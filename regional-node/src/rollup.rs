@@ -1187,12 +1187,13 @@ mod tests {
     }
 
     fn ingest(store: &Store, rows: &[Row]) {
-        let records: Vec<StoredRecord> = rows
+        let mut records: Vec<StoredRecord> = rows
             .iter()
             .enumerate()
             .map(
                 |(i, (id, subject, country, channel, offset, handle, nps, csat))| StoredRecord {
                     idempotency_key: format!("k-{}-{i}", rand::random::<u64>()),
+                    sealed_id: None,
                     country: COUNTRIES[*country].to_owned(),
                     body: RecordBody::Interaction(Interaction {
                         interaction_id: format!("i-{id}"),
@@ -1216,7 +1217,8 @@ mod tests {
                 },
             )
             .collect();
-        store.ingest(TENANT, records, |_, _| Ok(())).unwrap();
+        let keys = store.key_records(TENANT, &mut records).unwrap();
+        store.ingest(TENANT, records, keys, |_, _| Ok(())).unwrap();
     }
 
     /// Every cell, with its subjects by id rather than number.
@@ -1565,7 +1567,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_3_database_gets_its_cells_built_when_opened() {
+    fn rebuilt_cells_equal_the_incremental_ones_and_an_old_populated_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (db, vault) = (dir.path().join("n.db"), dir.path().join("v.db"));
         let rows: Vec<Row> = (0..60)
@@ -1582,38 +1584,40 @@ mod tests {
                 )
             })
             .collect();
-        let expected = {
-            let store = Store::open(
-                &Backend::Sqlite(db.clone()),
-                &Backend::Sqlite(vault.clone()),
-                &[7; 32],
-            )
-            .unwrap();
-            ingest(&store, &rows);
-            let cells = store.read(|c| Ok(cells(c))).unwrap();
-            // What a version-3 database looks like: no rollups.
-            store
-                .write(|tx| {
-                    tx.execute_batch(
-                        "DROP TABLE rollup_cells; DROP TABLE subject_numbers; PRAGMA user_version = 3;",
-                    )?;
-                    Ok(())
-                })
-                .unwrap();
-            cells
-        };
-        assert!(!expected.is_empty());
         let store = Store::open(
             &Backend::Sqlite(db.clone()),
             &Backend::Sqlite(vault.clone()),
             &[7; 32],
         )
         .unwrap();
+        ingest(&store, &rows);
+        let expected = store.read(|c| Ok(cells(c))).unwrap();
+        assert!(!expected.is_empty());
+        // What migration 4 runs: the cells built again from the stored rows.
+        store.write(rebuild).unwrap();
         assert_eq!(store.read(|c| Ok(cells(c))).unwrap(), expected);
-        let version: i64 = store
-            .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        // A version-3 database with rows holds customer ids in clear: migration 8 refuses it
+        // rather than leave them, and leaves it as it was.
+        store
+            .write(|tx| {
+                tx.execute_batch(
+                    "DROP TABLE rollup_cells; DROP TABLE subject_numbers; PRAGMA user_version = 3;",
+                )
+            })
             .unwrap();
-        assert_eq!(version, crate::storage::SCHEMA_VERSION);
+        drop(store);
+        let e = Store::open(
+            &Backend::Sqlite(db.clone()),
+            &Backend::Sqlite(vault.clone()),
+            &[7; 32],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot convert them"), "{e}");
+        let version: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Embedded storage: one SQLite file per node, in WAL mode.
 //!
 //! Personal fields live in their own tables (`subject_pii`, `interaction_text`), apart from the
-//! analytical columns, so that at-rest encryption and crypto-shredding can be added to exactly
-//! those tables. Every table is keyed by tenant first: no query can reach across tenants.
+//! analytical columns, encrypted with the subject's data key. No id in this database is a
+//! customer's: `external_id` and `subject_id` columns hold the subject's *reference* (random,
+//! mapped to the external id only by the key vault), `interaction_id` and `idempotency_key`
+//! hold keyed forms that only the subject's data key recomputes ([`crate::vault`]). Every table
+//! is keyed by tenant first: no query can reach across tenants.
 //!
 //! One writer connection behind a mutex (SQLite has one writer anyway) takes each envelope in a
 //! single transaction — one commit, one fsync per batch. Readers use their own connections from a
@@ -18,10 +21,11 @@ use crate::{
     db::{Connection, Dialect, params},
     error::NodeError,
     rollup::Facts,
-    vault::{DataKey, Vault, comment_aad, profile_aad},
+    vault::{SubjectKey, Vault, comment_aad, interaction_id_aad, profile_aad},
 };
 
 const SCHEMA: &str = r#"
+-- `external_id` (here and below) holds the subject's reference, not the customer's id.
 CREATE TABLE IF NOT EXISTS subjects (
     tenant      TEXT NOT NULL,
     external_id TEXT NOT NULL,
@@ -51,6 +55,8 @@ CREATE TABLE IF NOT EXISTS subject_pii_history (
 );
 CREATE INDEX IF NOT EXISTS subject_pii_history_by_subject ON subject_pii_history (tenant, external_id);
 
+-- `interaction_id` is the stored form of the id (the reference and a keyed hash);
+-- `sealed_id` the clear id, encrypted with the subject's data key, for access exports.
 CREATE TABLE IF NOT EXISTS interactions (
     tenant         TEXT NOT NULL,
     interaction_id TEXT NOT NULL,
@@ -68,6 +74,7 @@ CREATE TABLE IF NOT EXISTS interactions (
     nps            INTEGER,
     csat           INTEGER,
     ces            INTEGER,
+    sealed_id      BLOB,
     PRIMARY KEY (tenant, interaction_id)
 );
 CREATE INDEX IF NOT EXISTS interactions_by_time ON interactions (tenant, started_at);
@@ -81,7 +88,8 @@ CREATE TABLE IF NOT EXISTS interaction_text (
     PRIMARY KEY (tenant, interaction_id)
 ) WITHOUT ROWID;
 
--- Idempotency: one row per accepted (tenant, idempotency key).
+-- Idempotency: one row per accepted (tenant, idempotency key), the key in its stored form
+-- (the subject's reference and a keyed hash), so an erasure deletes its subject's by range.
 CREATE TABLE IF NOT EXISTS ingest_keys (
     tenant          TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
@@ -108,7 +116,7 @@ fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,24 +136,33 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Encrypts the profile for `subject` of `tenant` with its data key.
-    pub fn seal(&self, key: &DataKey, tenant: &str, subject: &str) -> Result<Vec<u8>, NodeError> {
+    /// Encrypts the profile for `subject` (a reference) of `tenant` with its data key.
+    pub fn seal(
+        &self,
+        key: &SubjectKey,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<u8>, NodeError> {
         let json = serde_json::to_vec(self).map_err(|e| NodeError::Internal(e.to_string()))?;
         key.seal(&profile_aad(tenant, subject), &json)
     }
 
     /// Decrypts a stored profile; `None` when it does not open (shredded key or tampering).
-    pub fn open(key: &DataKey, tenant: &str, subject: &str, blob: &[u8]) -> Option<Self> {
+    pub fn open(key: &SubjectKey, tenant: &str, subject: &str, blob: &[u8]) -> Option<Self> {
         let json = key.open(&profile_aad(tenant, subject), blob)?;
         serde_json::from_slice(&json).ok()
     }
 }
 
-/// A record ready to store: validated and with its routing metadata.
+/// A record ready to store: validated and with its routing metadata. Its ids are the clear
+/// ones until [`Store::key_records`] rewrites them into their stored forms.
 #[derive(Debug)]
 pub struct StoredRecord {
     /// Idempotency key.
     pub idempotency_key: String,
+    /// An interaction's clear id, sealed with the subject's data key (set by
+    /// [`Store::key_records`]).
+    pub sealed_id: Option<Vec<u8>>,
     /// Subject country.
     pub country: String,
     /// The record.
@@ -160,6 +177,20 @@ pub enum RecordBody {
     /// A touchpoint.
     Interaction(Interaction),
 }
+
+impl StoredRecord {
+    /// The record's subject: its external id, or its reference once keyed.
+    pub fn subject(&self) -> &str {
+        match &self.body {
+            RecordBody::Subject(s) => &s.external_id,
+            RecordBody::Interaction(i) => &i.subject_id,
+        }
+    }
+}
+
+/// The data keys of a batch's subjects, by reference ([`Store::key_records`]).
+#[derive(Debug, Default)]
+pub struct BatchKeys(std::collections::HashMap<String, SubjectKey>);
 
 /// What storing one record did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +244,49 @@ pub static MIGRATIONS: &[Migration] = &[
         what: "suppressions kept by erasures (made by the schema)",
         apply: |_| Ok(()),
     },
+    Migration {
+        version: 8,
+        what: "subjects by reference, ids keyed by the subject's data key (an empty database only)",
+        apply: keyed_ids,
+    },
 ];
+
+/// Migration 8: the layout where no customer id is stored in clear. Ids stored by an earlier
+/// version are in clear and their subjects' keys are in the vault by external id: converting
+/// them needs both databases at once and is not done in place, so a database that holds
+/// subjects is refused (docs/erasure.md, upgrading from schema 7).
+fn keyed_ids(tx: &Connection) -> Result<(), NodeError> {
+    let held: i64 = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM subjects) + (SELECT COUNT(*) FROM interactions)
+              + (SELECT COUNT(*) FROM consent_ledger)",
+        params![],
+        |r| r.get(0),
+    )?;
+    if held > 0 {
+        return Err(NodeError::Internal(
+            "schema 7 holds customer ids in clear and this release cannot convert them in \
+             place: export the subjects, start an empty database and ingest them again \
+             (docs/erasure.md, upgrading from schema 7)"
+                .into(),
+        ));
+    }
+    match tx.dialect() {
+        Dialect::Sqlite => {
+            let has: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('interactions') WHERE name = 'sealed_id'",
+                params![],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                tx.execute_batch("ALTER TABLE interactions ADD COLUMN sealed_id BLOB")?;
+            }
+        }
+        Dialect::Postgres => {
+            tx.execute_batch("ALTER TABLE interactions ADD COLUMN IF NOT EXISTS sealed_id BYTEA")?
+        }
+    }
+    Ok(())
+}
 
 /// The migrations that take a database at `version` to [`SCHEMA_VERSION`], or why it cannot
 /// be.
@@ -446,33 +519,62 @@ impl Store {
         Ok(Profile::open(&key, tenant, subject, &blob))
     }
 
-    /// Stores a batch, group-committed with the batches that arrive while the previous commit
-    /// is being written ([`Store::write_grouped`]). Each record's outcome, in order.
-    /// `audit` runs in the same transaction, after the records, so the batch and its audit entry
-    /// are durable together or not at all; the outcomes are returned once they are durable.
+    /// Rewrites a batch's ids into their stored forms, in place: each subject's external id
+    /// becomes its reference (made, with its data key, for subjects not seen before),
+    /// interaction ids and idempotency keys their keyed forms, and an interaction's clear id
+    /// is sealed. Returns the subjects' keys, by reference, for [`Store::ingest`]. The keys are
+    /// made in the vault's own transaction: a key made for a batch that then fails is harmless,
+    /// a record stored without its key would not be.
+    pub fn key_records<'a>(
+        &self,
+        tenant: &str,
+        records: impl IntoIterator<Item = &'a mut StoredRecord>,
+    ) -> Result<BatchKeys, NodeError> {
+        let records: Vec<&mut StoredRecord> = records.into_iter().collect();
+        let externals: std::collections::BTreeSet<&str> =
+            records.iter().map(|r| r.subject()).collect();
+        let mut by_external = self.vault.resolve(tenant, &externals, true)?;
+        for record in records {
+            let key = by_external
+                .get(record.subject())
+                .ok_or_else(|| NodeError::Internal("a data key is missing".into()))?;
+            record.idempotency_key = key.stored_id("idempotency", &record.idempotency_key);
+            match &mut record.body {
+                RecordBody::Subject(s) => s.external_id.clone_from(&key.reference),
+                RecordBody::Interaction(i) => {
+                    let stored = key.stored_id("interaction", &i.interaction_id);
+                    record.sealed_id = Some(key.seal(
+                        &interaction_id_aad(tenant, &stored),
+                        i.interaction_id.as_bytes(),
+                    )?);
+                    i.interaction_id = stored;
+                    i.subject_id.clone_from(&key.reference);
+                }
+            }
+        }
+        Ok(BatchKeys(
+            by_external
+                .drain()
+                .map(|(_, k)| (k.reference.clone(), k))
+                .collect(),
+        ))
+    }
+
+    /// Stores a batch whose ids [`Store::key_records`] rewrote, group-committed with the
+    /// batches that arrive while the previous commit is being written
+    /// ([`Store::write_grouped`]). Each record's outcome, in order. `audit` runs in the same
+    /// transaction, after the records, so the batch and its audit entry are durable together
+    /// or not at all; the outcomes are returned once they are durable.
     pub fn ingest(
         &self,
         tenant: &str,
         records: Vec<StoredRecord>,
+        keys: BatchKeys,
         audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError> + Send + 'static,
     ) -> Result<Vec<StoreOutcome>, NodeError> {
-        // Data keys first (their own vault transaction): a key made for a batch that then fails
-        // is harmless, a record stored without its key would not be.
-        let needing_keys: std::collections::BTreeSet<&str> = records
-            .iter()
-            .filter_map(|r| match &r.body {
-                RecordBody::Subject(s) => Some(s.external_id.as_str()),
-                RecordBody::Interaction(i) => i
-                    .survey
-                    .as_ref()
-                    .filter(|s| !s.comment.is_empty())
-                    .map(|_| i.subject_id.as_str()),
-            })
-            .collect();
-        let keys = self.vault.keys(tenant, &needing_keys, true)?;
         let tenant = tenant.to_owned();
         self.write_grouped(move |tx| {
-            let outcomes = store_batch(tx, &tenant, &records, &keys)?;
+            let outcomes = store_batch(tx, &tenant, &records, &keys.0)?;
             audit(tx, &outcomes)?;
             Ok(outcomes)
         })
@@ -710,7 +812,7 @@ fn store_batch(
     tx: &Connection,
     tenant: &str,
     records: &[StoredRecord],
-    keys: &std::collections::HashMap<String, DataKey>,
+    keys: &std::collections::HashMap<String, SubjectKey>,
 ) -> Result<Vec<StoreOutcome>, NodeError> {
     let key_of = |subject: &str| {
         keys.get(subject)
@@ -729,13 +831,13 @@ fn store_batch(
         const NEW_INTERACTION: &str =
             "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
                channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
-               survey_id, nps, csat, ces)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+               survey_id, nps, csat, ces, sealed_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT (tenant, interaction_id) DO NOTHING";
         const REPLACE_INTERACTION: &str = "UPDATE interactions SET subject_id = ?3, country = ?4,
                channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
                outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
-               csat = ?15, ces = ?16
+               csat = ?15, ces = ?16, sealed_id = ?17
              WHERE tenant = ?1 AND interaction_id = ?2";
         const TEXT: &str = "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
              VALUES (?1, ?2, ?3, ?4)
@@ -793,6 +895,7 @@ fn store_batch(
                         survey.and_then(|s| s.nps),
                         survey.and_then(|s| s.csat),
                         survey.and_then(|s| s.ces),
+                        record.sealed_id,
                     ];
                     // A new interaction id is one insert; an existing one (sent again under
                     // a new idempotency key) replaces the stored row, which leaves its cells.

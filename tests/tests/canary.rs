@@ -1079,8 +1079,7 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let mut profiles = Vec::new();
     for (r, (region, _)) in REGIONS.iter().enumerate() {
         let node = fed.node(region).unwrap().node.clone().unwrap();
-        let store = node.store();
-        let profile = store.read(|conn| store.profile(conn, TENANT, &canaries[r].external_id))?;
+        let profile = node.profile_of(TENANT, &canaries[r].external_id)?;
         profiles.push(profile);
     }
     fed.shutdown().await;
@@ -1139,8 +1138,16 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
         // Planted: the canaries are in the region's own storage…
         let profile = profiles[r].as_ref().expect("the canary profile is stored");
         assert_eq!(profile.email, c.email, "planted in {}", REGIONS[r].0);
-        // …but its files hold them encrypted: no personal field in clear at rest.
-        for canary in [&c.email, &c.phone, &c.full_name(), &c.postal_code, &c.iban] {
+        // …but its files hold them encrypted or keyed: no personal field, and not the
+        // customer's id, in clear at rest.
+        for canary in [
+            &c.email,
+            &c.phone,
+            &c.full_name(),
+            &c.postal_code,
+            &c.iban,
+            &c.external_id,
+        ] {
             assert!(
                 !find(&stored[r], canary.as_bytes()),
                 "{canary:?} in clear in {}'s files",

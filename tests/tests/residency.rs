@@ -40,38 +40,38 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
             .collect();
         assert_eq!(subjects.len(), 50);
         let node = fed.node(region).unwrap().node.clone().unwrap();
-        let store = node.store();
         for (id, email) in &subjects {
-            let profile = store.read(|conn| store.profile(conn, TENANT, id))?.unwrap();
+            let profile = node.profile_of(TENANT, id)?.unwrap();
             assert_eq!(&profile.email, email);
         }
 
-        // …and not a byte of them is in clear in any region's files (database, WAL, vault):
-        // at rest they are encrypted, and other regions never had them at all.
+        // …and not a byte of them, nor of the customers' ids, is in clear in any region's
+        // files (database, WAL, vault): at rest they are encrypted or keyed, and other regions
+        // never had them at all.
         for any in &fed.nodes {
             let mut bytes = fed.database_bytes(&any.region_id)?;
             bytes.extend(
                 std::fs::read(any.database.with_extension("keys.sqlite")).unwrap_or_default(),
             );
-            for (_, email) in &subjects {
+            for (id, email) in &subjects {
                 assert!(
                     !bytes.windows(email.len()).any(|w| w == email.as_bytes()),
                     "an e-mail of {country} found in clear in {}'s files",
                     any.region_id
                 );
+                assert!(
+                    !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+                    "a customer id of {country} found in clear in {}'s files",
+                    any.region_id
+                );
             }
         }
+        // Other regions do not know these subjects at all.
         let other_regions_hold_none = fed.nodes.iter().filter(|n| n.region_id != region).all(|n| {
-            let conn = n.connect().unwrap();
-            subjects.iter().all(|(id, _)| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM subject_pii WHERE external_id = ?1",
-                    [id],
-                    |r| r.get::<_, i64>(0),
-                )
-                .unwrap()
-                    == 0
-            })
+            let vault = n.node.as_ref().unwrap().store().vault();
+            subjects
+                .iter()
+                .all(|(id, _)| vault.find(TENANT, id).unwrap().is_none())
         });
         assert!(other_regions_hold_none);
     }
