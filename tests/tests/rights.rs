@@ -162,6 +162,10 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
     assert_eq!(doc["schema"], "domicile.export.v1");
     assert_eq!(doc["profile"]["email"], "jm0@example.de");
     assert_eq!(doc["interactions"].as_array().unwrap().len(), 2);
+    // The ids as the CRM sent them, though the node stores them keyed.
+    assert_eq!(doc["subject"]["external_id"], "d0");
+    assert_eq!(doc["interactions"][0]["interaction_id"], "d0-i0");
+    assert_eq!(doc["interactions"][1]["interaction_id"], "d0-i1");
     assert_eq!(
         doc["interactions"][0]["survey"]["comment"],
         "Herr Müller war zufrieden"
@@ -347,6 +351,11 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     let (fed, mut gw) = setup().await?;
     let running = fed.node("eu-de").unwrap();
     let node = running.node.clone().unwrap();
+    // The references the database knows d0 and d1 by (only the vault maps them).
+    let reference = |id: &str| -> anyhow::Result<String> {
+        Ok(node.store().vault().find(TENANT, id)?.unwrap().reference)
+    };
+    let (d0, d1_ref) = (reference("d0")?, reference("d1")?);
     // A backup taken before the erasure: the data file and its WAL, or a `pg_dump`.
     let dir = tempfile::tempdir()?;
     let copy = fed.copy_database("eu-de", dir.path(), "backup")?;
@@ -402,21 +411,21 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     };
     let vault = node.store().vault();
     assert!(
-        vault.key(TENANT, "d0")?.is_none(),
-        "d0's data key is destroyed"
+        vault.key(TENANT, &d0)?.is_none() && vault.find(TENANT, "d0")?.is_none(),
+        "d0's data key and lookup are destroyed"
     );
-    let d1 = vault.key(TENANT, "d1")?.expect("d1's key is alive");
+    let d1 = vault.key(TENANT, &d1_ref)?.expect("d1's key is alive");
     assert!(
-        Profile::open(&d1, TENANT, "d1", &blob_of("d1")).is_some(),
+        Profile::open(&d1, TENANT, &d1_ref, &blob_of(&d1_ref)).is_some(),
         "the method works"
     );
     assert!(
-        Profile::open(&d1, TENANT, "d0", &blob_of("d0")).is_none(),
+        Profile::open(&d1, TENANT, &d0, &blob_of(&d0)).is_none(),
         "no other key opens it"
     );
     let comment: Vec<u8> = backup.query_row(
-        "SELECT comment FROM interaction_text WHERE tenant = ?1 AND subject_id = 'd0'",
-        [TENANT],
+        "SELECT comment FROM interaction_text WHERE tenant = ?1 AND subject_id = ?2",
+        [TENANT, d0.as_str()],
         |r| r.get(0),
     )?;
     assert!(comment.len() > 24);
@@ -459,7 +468,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
 
     // Kept, but processed for nothing else: out of aggregates, records and contact.
     let store = node.store();
-    assert!(store.read(|c| store.profile(c, TENANT, "d2"))?.is_some());
+    assert!(node.profile_of(TENANT, "d2")?.is_some());
     assert_eq!(de_subjects(&fed).await?, 11);
     let check = gw
         .check_contact_permission(CheckContactPermissionRequest {
@@ -485,8 +494,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         .await?
         .into_inner();
     assert!(released.erasure_completed);
-    assert!(store.read(|c| store.profile(c, TENANT, "d2"))?.is_none());
-    assert!(store.vault().key(TENANT, "d2")?.is_none());
+    assert!(node.profile_of(TENANT, "d2")?.is_none());
+    assert!(store.vault().find(TENANT, "d2")?.is_none());
     let final_receipt = gw
         .get_subject_request(GetSubjectRequestRequest {
             tenant_id: TENANT.into(),
@@ -512,6 +521,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         expires_at: ts(now() + 2),
     }))
     .await?;
+    let d3 = store.vault().find(TENANT, "d3")?.unwrap().reference;
     let resp = gw
         .submit_subject_request(fed.signed(request("DE", "d3", SubjectRequestKind::Erasure)))
         .await?
@@ -519,25 +529,25 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert_eq!(resp.receipts[0].held[0].interactions_kept, 1);
     let conn = fed.node("eu-de").unwrap().connect()?;
     let left: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM interactions WHERE subject_id = 'd3'",
-        [],
+        "SELECT COUNT(*) FROM interactions WHERE subject_id = ?1",
+        [d3.as_str()],
         |r| r.get(0),
     )?;
     assert_eq!(left, 1);
     assert!(
-        store.read(|c| store.profile(c, TENANT, "d3"))?.is_none(),
+        store.read(|c| store.profile(c, TENANT, &d3))?.is_none(),
         "the profile is not held"
     );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
     let left: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM interactions WHERE subject_id = 'd3'",
-        [],
+        "SELECT COUNT(*) FROM interactions WHERE subject_id = ?1",
+        [d3.as_str()],
         |r| r.get(0),
     )?;
     assert_eq!(left, 0);
-    assert!(store.vault().key(TENANT, "d3")?.is_none());
+    assert!(store.vault().key(TENANT, &d3)?.is_none());
     Ok(())
 }
 
@@ -608,11 +618,22 @@ async fn retention_deletes_old_data_except_what_a_hold_keeps() -> anyhow::Result
     let swept = node.sweep()?;
     assert_eq!(swept.interactions_deleted, 1, "{swept:?}");
     let conn = fed.node("eu-de").unwrap().connect()?;
-    let ids: Vec<String> = conn
-        .prepare("SELECT interaction_id FROM interactions ORDER BY interaction_id")?
+    let mut ids: Vec<String> = conn
+        .prepare("SELECT interaction_id FROM interactions")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    assert_eq!(ids, ["o1-new", "o2-old"]);
+    ids.sort();
+    // Stored keyed: recompute the ids that should be left with the subjects' keys.
+    let vault = node.store().vault();
+    let stored = |subject: &str, id: &str| -> anyhow::Result<String> {
+        Ok(vault
+            .find(TENANT, subject)?
+            .unwrap()
+            .stored_id("interaction", id))
+    };
+    let mut expected = vec![stored("o1", "o1-new")?, stored("o2", "o2-old")?];
+    expected.sort();
+    assert_eq!(ids, expected);
     let audited: i64 = conn.query_row(
         "SELECT COUNT(*) FROM audit_log WHERE kind = 'retention_sweep'",
         [],
