@@ -19,6 +19,23 @@ pub const MAX_COMMENT_LEN: usize = 4096;
 pub const MAX_PROFILE_FIELD_LEN: usize = 256;
 /// Longest outcome or team code, in bytes.
 pub const MAX_CODE_LEN: usize = 64;
+/// What a code (`outcome`, `agent_team`, `survey_id`) must be, for error messages.
+pub const CODE_RULE: &str = "a code: lower-case letters, digits, '.', '_' or '-', starting with \
+     a letter or digit, at most 64 bytes (free text is refused: these fields are stored and \
+     released in clear)";
+
+/// Whether `s` is a code: `[a-z0-9][a-z0-9._-]{0,63}`. Codes are stored in clear and released
+/// verbatim, so they admit no spaces, capitals or `@`: a name, e-mail or sentence is refused.
+pub fn is_code(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_CODE_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
 /// Earliest accepted interaction time: 2000-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP: i64 = 946_684_800;
 /// Latest accepted interaction time: 2100-01-01T00:00:00Z.
@@ -542,20 +559,14 @@ impl Interaction {
             );
         }
         for (name, value) in [("outcome", &r.outcome), ("agent_team", &r.agent_team)] {
-            if value.len() > MAX_CODE_LEN || value.chars().any(char::is_control) {
-                v.add(
-                    format!("{path}.{name}"),
-                    format!("at most {MAX_CODE_LEN} bytes without control characters"),
-                );
+            if !value.is_empty() && !is_code(value) {
+                v.add(format!("{path}.{name}"), format!("empty or {CODE_RULE}"));
             }
         }
         let survey = r.survey.map(|s| {
             let sp = format!("{path}.survey");
-            if s.survey_id.is_empty() || s.survey_id.len() > MAX_CODE_LEN {
-                v.add(
-                    format!("{sp}.survey_id"),
-                    format!("must be 1 to {MAX_CODE_LEN} bytes"),
-                );
+            if !is_code(&s.survey_id) {
+                v.add(format!("{sp}.survey_id"), format!("required, {CODE_RULE}"));
             }
             if s.comment.len() > MAX_COMMENT_LEN {
                 v.add(
@@ -651,6 +662,33 @@ impl OverviewWindow {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn codes_admit_no_free_text() {
+        for ok in [
+            "resolved",
+            "post-call",
+            "tier1",
+            "a",
+            "nps.2026_q4",
+            &"x".repeat(64),
+        ] {
+            assert!(super::is_code(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Resolved",
+            "called back",
+            "jane@example.com",
+            "-lead",
+            ".x",
+            "Müller",
+            "a\nb",
+            &"x".repeat(65),
+        ] {
+            assert!(!super::is_code(bad), "{bad:?}");
+        }
+    }
+
     #[test]
     fn overview_window_defaults_and_limits() {
         let now = 1_800_000_000;

@@ -137,6 +137,35 @@ pub struct NodeConfig {
     /// tests only; the node logs a warning at start. Default false.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Per tenant (`[vocabulary.<tenant>]`), the closed lists of codes its interactions'
+    /// `outcome`, `agent_team` and `survey_id` may take. A list left out admits any code
+    /// (`domicile_proto::domain::is_code`); a value outside a list is refused per record, with
+    /// the field named. Unset: codes only, no list.
+    #[serde(default)]
+    pub vocabulary: std::collections::BTreeMap<String, Vocabulary>,
+}
+
+/// `[vocabulary.<tenant>]`: the codes a tenant's interactions may carry (docs/erasure.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocabulary {
+    /// Allowed `outcome` codes (an empty outcome is always allowed).
+    pub outcomes: Option<Vec<String>>,
+    /// Allowed `agent_team` codes (an empty team is always allowed).
+    pub agent_teams: Option<Vec<String>>,
+    /// Allowed `survey_id` codes.
+    pub survey_ids: Option<Vec<String>>,
+}
+
+impl Vocabulary {
+    /// The lists, by field name.
+    pub fn lists(&self) -> [(&'static str, Option<&[String]>); 3] {
+        [
+            ("outcome", self.outcomes.as_deref()),
+            ("agent_team", self.agent_teams.as_deref()),
+            ("survey.survey_id", self.survey_ids.as_deref()),
+        ]
+    }
 }
 
 /// `[tls]`: the federation listener's certificate, and who may call it.
@@ -283,6 +312,7 @@ impl NodeConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
             tls: None,
             insecure_plaintext: false,
+            vocabulary: Default::default(),
         }
     }
 
@@ -465,6 +495,22 @@ impl NodeConfig {
             ),
             _ => {}
         }
+        for (tenant, vocabulary) in &self.vocabulary {
+            if domicile_proto::domain::TenantId::parse(tenant, "tenant").is_err() {
+                err(&format!("vocabulary.{tenant}"), "not a valid tenant id");
+            }
+            for (field, list) in vocabulary.lists() {
+                let name = field.rsplit('.').next().unwrap_or(field);
+                for (i, code) in list.unwrap_or_default().iter().enumerate() {
+                    if !domicile_proto::domain::is_code(code) {
+                        err(
+                            &format!("vocabulary.{tenant}.{name}s[{i}]"),
+                            &format!("must be {}", domicile_proto::domain::CODE_RULE),
+                        );
+                    }
+                }
+            }
+        }
         if self.shutdown_grace_ms > 300_000 {
             err("shutdown_grace_ms", "must be at most 300000 (5 minutes)");
         }
@@ -545,5 +591,82 @@ mod tests {
         let e = NodeConfig::from_toml("region_id = \"eu-de\"\ncountries = [\"DE\"]\nbogus = 1\n")
             .unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn a_tenant_vocabulary_refuses_values_outside_it_naming_the_field() {
+        use crate::{
+            ingest::{Verdict, check_vocabulary},
+            storage::{RecordBody, StoredRecord},
+        };
+        use domicile_proto::{
+            domain::{Interaction, Survey},
+            pb::{Channel, Direction},
+        };
+        let c = NodeConfig::from_toml(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n\
+             [vocabulary.acme]\noutcomes = [\"resolved\", \"escalated\"]\nsurvey_ids = [\"post-call\"]\n",
+        )
+        .unwrap();
+        let e = NodeConfig::from_toml(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n\
+             [vocabulary.acme]\nagent_teams = [\"billing\", \"Jane Doe\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "vocabulary.acme.agent_teams[1]");
+        let record = |outcome: &str, team: &str, survey: &str| {
+            Verdict::Store(Box::new(StoredRecord {
+                idempotency_key: "k".into(),
+                sealed_id: None,
+                country: "DE".into(),
+                body: RecordBody::Interaction(Interaction {
+                    interaction_id: "i".into(),
+                    subject_id: "s".into(),
+                    channel: Channel::Phone,
+                    direction: Direction::Inbound,
+                    started_at: 1_780_000_000,
+                    ended_at: None,
+                    handle_time_seconds: 60,
+                    outcome: outcome.into(),
+                    agent_team: team.into(),
+                    recorded: false,
+                    survey: Some(Survey {
+                        survey_id: survey.into(),
+                        nps: Some(9),
+                        csat: None,
+                        ces: None,
+                        comment: String::new(),
+                    }),
+                }),
+            }))
+        };
+        let mut verdicts = vec![
+            record("resolved", "anyteam", "post-call"),
+            record("", "", "post-call"),
+            record("callback", "", "post-call"),
+            record("resolved", "", "relational"),
+        ];
+        check_vocabulary(c.vocabulary.get("acme"), &mut verdicts);
+        let rejected: Vec<String> = verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Store(_) => String::new(),
+                Verdict::Reject(_, detail) => detail.clone(),
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                "",
+                "",
+                "envelope.records[2].payload.interaction.outcome: not in this tenant's vocabulary",
+                "envelope.records[3].payload.interaction.survey.survey_id: not in this tenant's \
+                 vocabulary",
+            ]
+        );
+        // Another tenant has no vocabulary: codes pass.
+        let mut other = vec![record("callback", "x", "relational")];
+        check_vocabulary(c.vocabulary.get("other"), &mut other);
+        assert!(matches!(other[0], Verdict::Store(_)));
     }
 }

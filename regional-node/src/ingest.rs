@@ -16,7 +16,10 @@ use domicile_proto::{
     seal::{EnvelopeOpener, SealingKeyPair, payload_kind},
 };
 
-use crate::storage::{RecordBody, StoredRecord};
+use crate::{
+    config::Vocabulary,
+    storage::{RecordBody, StoredRecord},
+};
 
 /// The verdict on one record before storage.
 #[derive(Debug)]
@@ -179,5 +182,46 @@ pub fn result(
         status: status as i32,
         reason: reason as i32,
         detail,
+    }
+}
+
+/// Refuses, per record, interactions whose `outcome`, `agent_team` or `survey_id` is outside
+/// the tenant's vocabulary (`[vocabulary.<tenant>]`), naming the field. Records of a tenant
+/// without one pass unchanged (their values are codes already: the envelope's validation
+/// refuses anything else).
+pub fn check_vocabulary(vocabulary: Option<&Vocabulary>, verdicts: &mut [Verdict]) {
+    let Some(vocabulary) = vocabulary else {
+        return;
+    };
+    for (n, verdict) in verdicts.iter_mut().enumerate() {
+        let Verdict::Store(r) = verdict else {
+            continue;
+        };
+        let RecordBody::Interaction(i) = &r.body else {
+            continue;
+        };
+        let values = [
+            Some(i.outcome.as_str()).filter(|v| !v.is_empty()),
+            Some(i.agent_team.as_str()).filter(|v| !v.is_empty()),
+            i.survey.as_ref().map(|s| s.survey_id.as_str()),
+        ];
+        let outside =
+            vocabulary
+                .lists()
+                .into_iter()
+                .zip(values)
+                .find_map(|((field, list), value)| {
+                    let (list, value) = (list?, value?);
+                    (!list.iter().any(|c| c == value)).then_some(field)
+                });
+        if let Some(field) = outside {
+            *verdict = Verdict::Reject(
+                RejectReason::PayloadInvalid,
+                format!(
+                    "{}.payload.interaction.{field}: not in this tenant's vocabulary",
+                    Indexed(n)
+                ),
+            );
+        }
     }
 }

@@ -634,6 +634,10 @@ impl Node {
             _ => &inner.keys,
         };
         let mut verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
+        crate::ingest::check_vocabulary(
+            inner.config.vocabulary.get(tenant.as_str()),
+            &mut verdicts,
+        );
         // A profile whose e-mail or phone is under a suppression kept by an erasure (the same
         // person, sent again under a new id): the suppression extends to its external id. The
         // suppression ids are computed from the clear ids, before they are keyed.

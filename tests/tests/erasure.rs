@@ -272,10 +272,30 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
         r.outcome = "keptcode7x".into();
     }
     records.push(kept);
-    ingest_records(&fed, &records).await?;
-
+    // Free text in a field stored in clear is refused, naming the field, not echoing the value.
+    let mut free = touch("DE", "CnryIntrxn-x", subject_id, 1_780_272_000, "");
+    if let Some(domicile_proto::pb::record_payload::Record::Interaction(r)) =
+        &mut free.payload.record
+    {
+        r.outcome = "called CnryName8H1 back".into();
+    }
     let running = fed.node("eu-de").unwrap();
     let node = running.node.clone().unwrap();
+    let key = domicile_proto::seal::PublicSealingKey::from_bytes(&node.sealing_key().public_key)?;
+    let mut sealer = domicile_proto::seal::EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+    sealer.seal(&free.country, &free.idempotency_key, &free.payload)?;
+    let refused = node.ingest(TENANT, sealer.finish()).await?;
+    assert_eq!(
+        refused[0].status,
+        domicile_proto::pb::RecordStatus::Rejected as i32
+    );
+    assert!(
+        refused[0].detail.contains("payload.interaction.outcome")
+            && !refused[0].detail.contains("CnryName8H1"),
+        "{}",
+        refused[0].detail
+    );
+    ingest_records(&fed, &records).await?;
     let vault = node.store().vault();
     let reference = vault
         .find(TENANT, subject_id)?
