@@ -115,6 +115,65 @@ fn holds(bytes: &[u8], id: &str) -> bool {
     bytes.windows(id.len()).any(|w| w == id.as_bytes())
 }
 
+/// The canaries of subject `external` in `records`: its external id, its records'
+/// idempotency keys, its interaction ids and its name and e-mail.
+fn canaries_of(records: &[synth::SynthRecord], external: &str) -> Vec<String> {
+    use domicile_proto::pb::record_payload::Record;
+    let mut out = vec![external.to_owned()];
+    for r in records {
+        match &r.payload.record {
+            Some(Record::Subject(s)) if s.external_id == external => {
+                out.push(r.idempotency_key.clone());
+                out.extend([s.full_name.clone(), s.email.clone()]);
+            }
+            Some(Record::Interaction(i)) if i.subject_external_id == external => {
+                out.extend([r.idempotency_key.clone(), i.interaction_id.clone()]);
+            }
+            _ => {}
+        }
+    }
+    out.retain(|c| c.len() >= 6);
+    out
+}
+
+/// Asserts that no canary is in `bytes` (named `what`), in clear, hex or base64.
+fn assert_no_canary(what: &str, bytes: &[u8], canaries: &[String]) {
+    use base64::Engine;
+    assert!(canaries.len() > 3, "the subject has canaries: {canaries:?}");
+    let forms: Vec<String> = canaries
+        .iter()
+        .flat_map(|c| {
+            [
+                c.clone(),
+                hex::encode(c),
+                base64::engine::general_purpose::STANDARD.encode(c),
+            ]
+        })
+        .collect();
+    // One pass over the bytes for every form of every canary.
+    let found = aho_corasick::AhoCorasick::new(&forms)
+        .unwrap()
+        .find(bytes)
+        .map(|m| &forms[m.pattern().as_usize()]);
+    assert!(found.is_none(), "{found:?} found in {what}");
+}
+
+/// Every file of the node's directory `dir` whose name starts with `prefix`, concatenated.
+fn files_bytes(dir: &std::path::Path, prefix: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
 /// Suppression entries in a node's database.
 fn suppressions(db: &Backend) -> i64 {
     db.connect_read_write()
@@ -207,6 +266,34 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     );
     assert_eq!(count(&restored, INTERACTIONS_OF, &erased), 0);
     assert!(suppressions(&restored) > 0, "the suppression is made again");
+    // No canary of the erased subject in any byte of the restored database's files, nor in
+    // any row of it as text.
+    let canaries = canaries_of(&records, &erased_id);
+    let Backend::Postgres(url) = &restored else {
+        unreachable!()
+    };
+    let db_name = url.rsplit('/').next().unwrap();
+    assert_no_canary(
+        "the restored database's files",
+        &cluster.database_bytes(db_name)?,
+        &canaries,
+    );
+    let conn = restored.connect_read_write()?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for table in &tables {
+        for row in conn
+            .prepare(&format!("SELECT CAST(t AS TEXT) FROM {table} AS t"))?
+            .query_map([], |r| r.get::<_, String>(0))?
+        {
+            rows.extend(row?.into_bytes());
+        }
+    }
+    drop(conn);
+    assert_no_canary("the restored database's rows", &rows, &canaries);
     assert_eq!(count(&restored, INTERACTIONS_OF, &kept), kept_before);
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
@@ -279,9 +366,10 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     assert!(vault.key(TENANT, &kept)?.is_some());
     assert!(vault.find(TENANT, &erased_id)?.is_none());
     drop(vault);
-    // The backup names no customer in clear.
+    // The backup names no customer in clear, nor holds any canary of the erased one.
     let backed_up = std::fs::read(&backup)?;
     assert!(!holds(&backed_up, &erased_id) && !holds(&backed_up, &kept_id));
+    assert_no_canary("the backup", &backed_up, &canaries_of(&records, &erased_id));
 
     // A running node's database is not restored under it.
     let busy = std::net::TcpListener::bind(listen)?;
@@ -324,6 +412,13 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         "{out}"
     );
 
+    // No canary of the erased subject in any byte of the restored files (database, WAL,
+    // shared memory, vault).
+    assert_no_canary(
+        "the restored node's files",
+        &files_bytes(dir.path(), "eu-de"),
+        &canaries_of(&records, &erased_id),
+    );
     // The erased subject did not come back; the others did, whole and readable.
     assert!(
         suppressions(&Backend::Sqlite(db.clone())) > 0,

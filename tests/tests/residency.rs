@@ -53,18 +53,14 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
             bytes.extend(
                 std::fs::read(any.database.with_extension("keys.sqlite")).unwrap_or_default(),
             );
-            for (id, email) in &subjects {
-                assert!(
-                    !bytes.windows(email.len()).any(|w| w == email.as_bytes()),
-                    "an e-mail of {country} found in clear in {}'s files",
-                    any.region_id
-                );
-                assert!(
-                    !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
-                    "a customer id of {country} found in clear in {}'s files",
-                    any.region_id
-                );
-            }
+            // One pass over the bytes for all 100 needles (the PostgreSQL files are large).
+            let needles = subjects.iter().flat_map(|(id, email)| [id, email]);
+            let found = aho_corasick::AhoCorasick::new(needles)?.find(&bytes);
+            assert!(
+                found.is_none(),
+                "a customer id or e-mail of {country} found in clear in {}'s files",
+                any.region_id
+            );
         }
         // Other regions do not know these subjects at all.
         let other_regions_hold_none = fed.nodes.iter().filter(|n| n.region_id != region).all(|n| {
