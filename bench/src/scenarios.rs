@@ -877,7 +877,7 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
         None => "Quick mode: the 10,000-interaction size is not run.".to_owned(),
     };
     Ok(format!(
-        "| interactions of the subject | erasures | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n{}\n\n{target}\n\nOne region (DE) holding {background} other interactions of 50,000 subjects. Each erasure is a `SubmitSubjectRequest` of kind ERASURE through the gateway, answered once the node has deleted the interactions (with their comments, rollup cells and subject numbers), profile and consent records, written the audit entry and committed (`synchronous = FULL`), and shredded the subject's data key. p99 of 20 or 50 samples is close to the maximum.",
+        "| interactions of the subject | erasures | p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n{}\n\n{target}\n\nOne region (DE) holding {background} other interactions of 50,000 subjects. Each erasure is a `SubmitSubjectRequest` of kind ERASURE through the gateway, answered once the node has deleted the interactions (with their comments, rollup cells and subject numbers), profile, consent records and idempotency keys, written the audit entry and committed (`synchronous = FULL`), and deleted the subject's vault entry. p99 of 20 or 50 samples is close to the maximum.",
         rows.join("\n")
     ))
 }

@@ -1189,32 +1189,29 @@ impl Node {
         })
     }
 
-    /// `q` with its subject's external id replaced by the subject's reference (made when
-    /// `create` and the vault does not know the subject; otherwise an unknown subject gets an
-    /// empty reference, which matches no row).
-    pub(crate) fn by_reference<Q: AsSubject>(
+    /// Replaces `subject`'s external id with the subject's reference (made when `create` and
+    /// the vault does not know the subject; otherwise an unknown subject gets an empty
+    /// reference, which matches no row).
+    pub(crate) fn to_reference(
         &self,
-        mut q: Q,
+        tenant: &domicile_proto::domain::TenantId,
+        subject: &mut domicile_proto::consent::Subject,
         create: bool,
-    ) -> Result<Q, NodeError> {
-        let (tenant, subject) = q.subject();
-        let vault = self.inner.store.vault();
-        let reference = if create {
-            vault
-                .resolve(
-                    tenant.as_str(),
-                    &std::collections::BTreeSet::from([subject.external_id.as_str()]),
-                    true,
-                )?
-                .remove(subject.external_id.as_str())
-                .map(|k| k.reference)
-        } else {
-            vault
-                .find(tenant.as_str(), &subject.external_id)?
-                .map(|k| k.reference)
-        };
-        q.subject_mut().external_id = reference.unwrap_or_default();
-        Ok(q)
+    ) -> Result<(), NodeError> {
+        let external = subject.external_id.as_str();
+        let reference = self
+            .inner
+            .store
+            .vault()
+            .resolve(
+                tenant.as_str(),
+                &std::collections::BTreeSet::from([external]),
+                create,
+            )?
+            .remove(external)
+            .map(|k| k.reference);
+        subject.external_id = reference.unwrap_or_default();
+        Ok(())
     }
 
     /// The decrypted profile of the subject with `external_id`, if this region holds one (for
@@ -1290,7 +1287,8 @@ impl Node {
             let inner = &node.inner;
             // The ledger is kept by the subject's reference, made here for a subject not
             // seen before.
-            let change = node.by_reference(change, true)?;
+            let mut change = change;
+            node.to_reference(&change.tenant, &mut change.subject, true)?;
             let recorded = inner.store.write(|tx| {
                 let recorded = consent::record(tx, region, policy, &change)?;
                 node.audit_consent(
@@ -1346,7 +1344,8 @@ impl Node {
     pub async fn get_consent(&self, q: ConsentQuestion) -> Result<GetConsentResponse, NodeError> {
         self.policy_for(&q.subject.country, "subject.country")?;
         self.blocking(move |node| {
-            let q = node.by_reference(q, false)?;
+            let mut q = q;
+            node.to_reference(&q.tenant, &mut q.subject, false)?;
             node.inner.store.read(|conn| consent::get(conn, &q))
         })
         .await
@@ -1366,7 +1365,8 @@ impl Node {
                     .suppression_of_subject(q.tenant.as_str(), &q.subject.external_id),
             ];
             let suppressed_as = || suppressed_as;
-            let q = node.by_reference(q, false)?;
+            let mut q = q;
+            node.to_reference(&q.tenant, &mut q.subject, false)?;
             let answer = node
                 .inner
                 .store
@@ -1461,45 +1461,4 @@ fn fingerprint(tenant: &str, query: &[u8]) -> String {
     h.update([0]);
     h.update(query);
     hex::encode(h.finalize())
-}
-
-/// A consent request: its tenant and subject ([`Node::by_reference`]).
-pub(crate) trait AsSubject {
-    /// The tenant and subject.
-    fn subject(
-        &self,
-    ) -> (
-        &domicile_proto::domain::TenantId,
-        &domicile_proto::consent::Subject,
-    );
-    /// The subject, to rewrite.
-    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject;
-}
-
-impl AsSubject for ConsentChange {
-    fn subject(
-        &self,
-    ) -> (
-        &domicile_proto::domain::TenantId,
-        &domicile_proto::consent::Subject,
-    ) {
-        (&self.tenant, &self.subject)
-    }
-    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject {
-        &mut self.subject
-    }
-}
-
-impl AsSubject for ConsentQuestion {
-    fn subject(
-        &self,
-    ) -> (
-        &domicile_proto::domain::TenantId,
-        &domicile_proto::consent::Subject,
-    ) {
-        (&self.tenant, &self.subject)
-    }
-    fn subject_mut(&mut self) -> &mut domicile_proto::consent::Subject {
-        &mut self.subject
-    }
 }
