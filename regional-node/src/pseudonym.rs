@@ -7,6 +7,11 @@
 //! pseudonyms under different purposes; each region has its own secret, so pseudonyms from two
 //! regions cannot be joined. Fields are NUL-separated and none may contain NUL (ids are validated
 //! free of control characters), so distinct inputs never collide by concatenation.
+//!
+//! The `id` is what the node stores: a subject's reference and an interaction's keyed id
+//! ([`crate::vault`]), never the customer's own ids. A pseudonym is therefore stable while the
+//! subject lives, and a customer erased and sent again gets new pseudonyms, unrelated to the ones
+//! released before the erasure.
 
 use domicile_proto::pb::Purpose;
 use hmac::{Hmac, KeyInit, Mac};
@@ -16,7 +21,7 @@ use sha2::Sha256;
 /// with the same id get different pseudonyms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A customer (`external_id`).
+    /// A customer (its reference).
     Subject,
     /// An interaction (`interaction_id`).
     Interaction,
@@ -43,10 +48,11 @@ impl Pseudonymiser {
         }
     }
 
-    /// The subject's pseudonym in the node's own audit log: the same construction with
-    /// `audit` in place of a purpose, so it never equals a pseudonym that left the region.
-    pub fn audit_subject(&self, tenant: &str, external_id: &str) -> String {
-        self.keyed(&["subject", tenant, "audit", external_id])
+    /// The subject's pseudonym in the node's own audit log, from its reference: the same
+    /// construction with `audit` in place of a purpose, so it never equals a pseudonym that left
+    /// the region.
+    pub fn audit_subject(&self, tenant: &str, reference: &str) -> String {
+        self.keyed(&["subject", tenant, "audit", reference])
     }
 
     /// The suppression id of a subject's external id: what an erasure keeps a refusal or
