@@ -98,6 +98,16 @@ pub fn plan(
         let mut positions = Vec::with_capacity(records.len());
         for (j, record) in records.into_iter().enumerate() {
             let path = format!("envelopes[{i}].records[{j}].country");
+            if !domicile_proto::domain::is_country_code(&record.country) {
+                results.push(rejected(
+                    index,
+                    record.seq,
+                    &record.idempotency_key,
+                    RejectReason::MetadataInvalid,
+                    format!("{path}: must be an ISO 3166-1 alpha-2 code in upper case"),
+                ));
+                continue;
+            }
             match directory.region_for_country(&record.country) {
                 Some(r) if r.id == region.id => {
                     positions.push(results.len());

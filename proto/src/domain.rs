@@ -19,6 +19,38 @@ pub const MAX_COMMENT_LEN: usize = 4096;
 pub const MAX_PROFILE_FIELD_LEN: usize = 256;
 /// Longest outcome or team code, in bytes.
 pub const MAX_CODE_LEN: usize = 64;
+/// The current year (UTC), by the proleptic Gregorian calendar.
+pub fn current_year() -> u32 {
+    year_of(unix_now())
+}
+
+/// The civil date (year, month, day) of a day number (days since 1970-01-01; proleptic
+/// Gregorian, Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// The year (UTC) of a Unix time.
+pub fn year_of(unix_seconds: i64) -> u32 {
+    u32::try_from(civil_from_days(unix_seconds.div_euclid(86_400)).0).unwrap_or(0)
+}
+
 /// What a code (`outcome`, `agent_team`, `survey_id`) must be, for error messages.
 pub const CODE_RULE: &str = "a code: lower-case letters, digits, '.', '_' or '-', starting with \
      a letter or digit, at most 64 bytes (free text is refused: these fields are stored and \
@@ -319,8 +351,14 @@ fn time_range(
     let Some(range) = range else {
         return (None, None);
     };
-    let start = range.start.as_ref().map(|t| t.seconds);
-    let end = range.end.as_ref().map(|t| t.seconds);
+    let start = range
+        .start
+        .as_ref()
+        .map(|t| whole_second(t, format!("{path}.time_range.start"), v));
+    let end = range
+        .end
+        .as_ref()
+        .map(|t| whole_second(t, format!("{path}.time_range.end"), v));
     if let (Some(s), Some(e)) = (start, end)
         && s >= e
     {
@@ -404,13 +442,14 @@ impl Subject {
                 );
             }
         }
+        let this_year = current_year();
         let birth_year = match r.birth_year {
             0 => None,
-            y @ 1900..=2100 => Some(y as u16),
+            y if (1900..=this_year).contains(&y) => Some(y as u16),
             _ => {
                 v.add(
                     format!("{path}.birth_year"),
-                    "must be 0 (unknown) or 1900 to 2100",
+                    format!("must be 0 (unknown) or 1900 to {this_year} (the current year)"),
                 );
                 None
             }
@@ -495,6 +534,15 @@ fn score(
             None
         }
     }
+}
+
+/// The seconds of a timestamp whose `nanos` must be a valid fraction (0 to 999,999,999, as
+/// `google.protobuf.Timestamp` requires); a violation at `{field}.nanos` otherwise.
+fn whole_second(ts: &prost_types::Timestamp, field: String, v: &mut Violations) -> i64 {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        v.add(format!("{field}.nanos"), "must be 0 to 999,999,999");
+    }
+    ts.seconds
 }
 
 fn timestamp(ts: &prost_types::Timestamp, field: String, v: &mut Violations) -> i64 {
@@ -663,6 +711,15 @@ impl OverviewWindow {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn years_of_unix_times() {
+        assert_eq!(super::year_of(0), 1970);
+        assert_eq!(super::year_of(-1), 1969);
+        assert_eq!(super::year_of(951_782_400), 2000); // 2000-02-29
+        assert_eq!(super::year_of(1_798_761_599), 2026); // 2026-12-31T23:59:59Z
+        assert_eq!(super::year_of(1_798_761_600), 2027);
+    }
+
+    #[test]
     fn codes_admit_no_free_text() {
         for ok in [
             "resolved",
@@ -823,7 +880,12 @@ impl IncidentSpec {
         let tenant = TenantId::parse(&r.tenant_id, "tenant_id");
         let (start, end) = match &r.window {
             Some(w) => match (&w.start, &w.end) {
-                (Some(s), Some(e)) if s.seconds < e.seconds => (s.seconds, e.seconds),
+                (Some(s), Some(e))
+                    if whole_second(s, "window.start".into(), &mut v)
+                        < whole_second(e, "window.end".into(), &mut v) =>
+                {
+                    (s.seconds, e.seconds)
+                }
                 (Some(_), Some(_)) => {
                     v.add("window", "start must be before end");
                     (0, 0)
@@ -846,6 +908,9 @@ impl IncidentSpec {
         );
         if r.categories.is_empty() {
             v.add("categories", "at least one data category is required");
+        }
+        if let Some(t) = &r.detected_at {
+            whole_second(t, "detected_at".into(), &mut v);
         }
         if r.description.chars().count() > MAX_INCIDENT_DESCRIPTION
             || r.description.chars().any(|c| c.is_control() && c != '\n')

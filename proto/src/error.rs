@@ -55,13 +55,20 @@ impl Violations {
     }
 }
 
+/// Most violations a status names, in its message and its details: a request with thousands
+/// of bad values gets a short answer (the first ones and a count), not one as long as itself.
+pub const MAX_REPORTED_VIOLATIONS: usize = 10;
+
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.0.iter().enumerate() {
+        for (i, v) in self.0.iter().take(MAX_REPORTED_VIOLATIONS).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", v.field, v.description)?;
+        }
+        if self.0.len() > MAX_REPORTED_VIOLATIONS {
+            write!(f, "; and {} more", self.0.len() - MAX_REPORTED_VIOLATIONS)?;
         }
         Ok(())
     }
@@ -72,7 +79,7 @@ impl std::error::Error for Violations {}
 impl From<Violations> for Status {
     fn from(v: Violations) -> Self {
         let mut details = ErrorDetails::new();
-        for violation in &v.0 {
+        for violation in v.0.iter().take(MAX_REPORTED_VIOLATIONS) {
             details.add_bad_request_violation(&violation.field, &violation.description);
         }
         Status::with_error_details(

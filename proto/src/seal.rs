@@ -75,8 +75,12 @@ impl PublicSealingKey {
         let bytes: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|_| SealError::InvalidKey("public key length"))?;
-        <Kem as hpke::Kem>::PublicKey::from_bytes(&bytes)
+        let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&bytes)
             .map_err(|_| SealError::InvalidKey("public key"))?;
+        // A low-order point (the all-zero key, among others) gives an all-zero shared secret,
+        // which HPKE refuses when sealing: refuse it here, where it is still the caller's input.
+        hpke::setup_sender::<HpkeAead, Kdf, Kem>(&OpModeS::Base, &pk, b"domicile/v1/key-check")
+            .map_err(|_| SealError::InvalidKey("public key (a low-order point)"))?;
         Ok(Self {
             key_id: key_id(&bytes),
             bytes,
@@ -479,6 +483,26 @@ mod tests {
         let wrong = SealingKeyPair::generate();
         let opener = EnvelopeOpener::new(&wrong, "acme", "eu-de", &env.encapsulated_key).unwrap();
         assert_eq!(opener.open(&env.records[0]), Err(SealError::OpenFailed));
+    }
+
+    #[test]
+    fn low_order_public_keys_are_refused() {
+        // The all-zero point and another low-order point of Curve25519 (order 8), and the
+        // encoding of 1 (order 4 on the twist): contributory behaviour would fail when sealing.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let order8 =
+            hex::decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+                .unwrap();
+        for bad in [[0u8; 32].to_vec(), one.to_vec(), order8] {
+            assert!(
+                PublicSealingKey::from_bytes(&bad).is_err(),
+                "{} accepted",
+                hex::encode(&bad)
+            );
+        }
+        let good = SealingKeyPair::generate();
+        assert!(PublicSealingKey::from_bytes(good.public().as_bytes()).is_ok());
     }
 
     #[test]

@@ -347,3 +347,121 @@ async fn an_invalid_payload_is_rejected_with_its_field_and_no_personal_value() -
     assert_eq!(results[1].reason, RejectReason::KindMismatch as i32);
     Ok(())
 }
+
+/// Inputs a black-box client found answered badly (issue 27): each now gets a clear error
+/// naming its field, and an answer bounded in size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_inputs_get_bounded_clear_errors() -> anyhow::Result<()> {
+    use domicile_proto::pb::{
+        RecordPayload, SubjectRecord, SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
+        TimeRange, record_payload::Record,
+    };
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let mut gw = gateway_client(&fed).await?;
+
+    // 10,000 unknown regions: the first ten named, and a count.
+    let err = gw
+        .aggregate(AggregateRequest {
+            tenant_id: TENANT.into(),
+            query: Some(AggregateQuery {
+                purpose: Purpose::CxAnalytics as i32,
+                metrics: vec![Metric::Nps as i32],
+                ..Default::default()
+            }),
+            regions: (0..10_000).map(|i| format!("nowhere-{i}")).collect(),
+            require_all_regions: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().len() < 2_000, "{} bytes", err.message().len());
+    assert!(
+        err.message().ends_with("and 9990 more"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(field_violations(&err).len(), 10);
+
+    // A timestamp whose nanos are out of range.
+    let bad = |nanos| prost_types::Timestamp {
+        seconds: 1_780_000_000,
+        nanos,
+    };
+    for nanos in [-1, 1_000_000_000] {
+        let err = gw
+            .aggregate(AggregateRequest {
+                tenant_id: TENANT.into(),
+                query: Some(AggregateQuery {
+                    purpose: Purpose::CxAnalytics as i32,
+                    metrics: vec![Metric::Nps as i32],
+                    time_range: Some(TimeRange {
+                        start: Some(bad(nanos)),
+                        end: None,
+                    }),
+                    ..Default::default()
+                }),
+                regions: vec![],
+                require_all_regions: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            field_violations(&err)[0].field,
+            "query.time_range.start.nanos"
+        );
+    }
+
+    // A low-order X25519 key as the export's recipient: refused as input, not an internal
+    // error when sealing.
+    let err = gw
+        .submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            subject: Some(SubjectRef {
+                country: "DE".into(),
+                external_id: "cust-1".into(),
+            }),
+            kind: SubjectRequestKind::Access as i32,
+            actor: "dpo".into(),
+            recipient_public_key: vec![0; 32],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(field_violations(&err)[0].field, "recipient_public_key");
+
+    // A birth year after the current one, and a country in lower case.
+    let key = key_of(&fed, "eu-de").await?;
+    let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+    let next_year = domicile_proto::domain::current_year() + 1;
+    sealer.seal(
+        "DE",
+        "born-next-year",
+        &RecordPayload {
+            record: Some(Record::Subject(SubjectRecord {
+                external_id: "cust-young".into(),
+                birth_year: next_year,
+                ..Default::default()
+            })),
+        },
+    )?;
+    sealer.seal("de", "lower-case", &some_records("DE", 1)[0].payload)?;
+    let results = ingest_one(&mut gw, sealer.finish()).await?;
+    assert_eq!(results[0].reason, RejectReason::PayloadInvalid as i32);
+    assert!(
+        results[0].detail.contains("payload.subject.birth_year"),
+        "{}",
+        results[0].detail
+    );
+    assert_eq!(results[1].reason, RejectReason::MetadataInvalid as i32);
+    assert!(
+        results[1]
+            .detail
+            .contains("records[1].country: must be an ISO 3166-1 alpha-2 code"),
+        "{}",
+        results[1].detail
+    );
+    assert_eq!(subjects_in(&fed, "eu-de"), 0, "nothing stored");
+    Ok(())
+}
