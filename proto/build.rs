@@ -36,6 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("domicile_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::StrictCodec")
         .skip_debug(REDACTED_DEBUG.iter().copied())
         .compile_fds(fds)?;
     Ok(())

@@ -465,3 +465,95 @@ async fn edge_inputs_get_bounded_clear_errors() -> anyhow::Result<()> {
     assert_eq!(subjects_in(&fed, "eu-de"), 0, "nothing stored");
     Ok(())
 }
+
+/// Sends raw bytes as a request body (what a broken or hostile client sends).
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; buf.remaining()];
+        buf.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// A body that is not protobuf, or a string that is not UTF-8, is the caller's error:
+/// `INVALID_ARGUMENT` naming the field, not `INTERNAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_body_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", fed.gateway_addr))?
+        .connect()
+        .await?;
+    for (path, body, field) in [
+        // tenant_id (field 1) holding bytes that are not UTF-8.
+        (
+            "/domicile.v1.Gateway/Aggregate",
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            "tenant_id",
+        ),
+        (
+            "/domicile.v1.Gateway/Ingest",
+            vec![0x0a, 0x02, 0xc3, 0x28],
+            "tenant_id",
+        ),
+        // A length that runs past the end of the body.
+        (
+            "/domicile.v1.Gateway/ListRegions",
+            vec![0x0a, 0x05, b'a'],
+            "(message)",
+        ),
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await?;
+        let status = grpc
+            .unary::<Vec<u8>, Vec<u8>, _>(
+                tonic::Request::new(body),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{path}: {status:?}"
+        );
+        assert_eq!(field_violations(&status)[0].field, field, "{path}");
+    }
+    Ok(())
+}
