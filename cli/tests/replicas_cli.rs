@@ -38,9 +38,17 @@ fn replica(dir: &Path, name: &str, listen: SocketAddr, extra: &str) -> NodeProce
     NodeProcess::start(&config)
 }
 
+/// Waits until the replica at `addr` answers `GetRegionInfo`: its port is bound before it
+/// opens its keys and database, so an open port alone does not mean its key files exist.
 async fn listening(addr: SocketAddr) {
+    use domicile_proto::pb::{GetRegionInfoRequest, regional_node_client::RegionalNodeClient};
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
+    loop {
+        if let Ok(mut c) = RegionalNodeClient::connect(format!("http://{addr}")).await
+            && c.get_region_info(GetRegionInfoRequest {}).await.is_ok()
+        {
+            return;
+        }
         assert!(Instant::now() < deadline, "{addr} did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
