@@ -141,7 +141,7 @@ fn erase_again_in(
     tx: &crate::db::Connection,
     config: &NodeConfig,
 ) -> Result<RestoreReport, NodeError> {
-    let vault = Vault::open(&config.key_vault_backend(), &crate::node::load_kek(config)?)?;
+    let vault = Vault::open_for(config)?;
     let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
         .map_err(|e| internal("audit key", e))?;
     let audit = AuditLog::new(
