@@ -5,8 +5,9 @@
 # backends in the first pass already.
 #
 # It sets up what the tests need on a fresh machine first: Debian's PostgreSQL server binaries
-# (the tests' throwaway clusters), Chromium (the console's browser test), Node.js and npm, and
-# the browser test's npm packages (playwright-core, pinned in tests/browser/package-lock.json).
+# (the tests' throwaway clusters), Chromium (the console's browser test), SoftHSM2 (a real
+# PKCS#11 token for the KEK-in-an-HSM test, with softhsm2-util), Node.js and npm, and the
+# browser test's npm packages (playwright-core, pinned in tests/browser/package-lock.json).
 # Run as root it installs the missing Debian packages; otherwise it names them and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+{ [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null; } || missing+=(softhsm2)
 command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

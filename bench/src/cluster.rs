@@ -326,6 +326,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             config.listen = listen.parse()?;
             config.storage = std::env::var(NODE_STORAGE_VAR).ok();
             let listener = TcpListener::bind(config.listen).await?;
+            domicile_node::keys::create_if_new(&config)?;
             let node = Node::open(config)?;
             domicile_node::serve(node, listener, terminated()).await?;
         }

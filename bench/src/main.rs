@@ -46,7 +46,8 @@ mod scenarios;
 #[derive(Debug, Parser)]
 #[command(name = "domicile-bench", about = "Domicile's benchmark suite")]
 pub struct Args {
-    /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, `console`, or `all`.
+    /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, `console`, `redact`,
+    /// or `all`.
     scenario: String,
     /// Seconds, small data: checks that the suite runs (CI), not the numbers.
     #[arg(long)]
@@ -423,7 +424,7 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-const SCENARIOS: [(&str, &str); 6] = [
+const SCENARIOS: [(&str, &str); 7] = [
     (
         "proxy",
         "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
@@ -445,6 +446,7 @@ const SCENARIOS: [(&str, &str); 6] = [
         "console",
         "## Console: GetOverview and the console's JSON, three regions with a history",
     ),
+    ("redact", "## Redaction: comments per second on one core"),
 ];
 
 async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
@@ -455,8 +457,9 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
         "ingest" => scenarios::ingest(args).await,
         "erasure" => scenarios::erasure(args).await,
         "console" => scenarios::console(args).await,
+        "redact" => scenarios::redact(args).await,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, console, all"
+            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, all"
         ),
     }
 }
@@ -512,7 +515,7 @@ async fn suite() -> anyhow::Result<()> {
             *SCENARIOS
                 .iter()
                 .find(|(n, _)| *n == name)
-                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, console, all"))?,
+                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, all"))?,
         ],
     };
     for (name, heading) in chosen {

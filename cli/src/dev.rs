@@ -51,6 +51,8 @@ pub struct Dev {
     pub token: Option<String>,
     /// The HS256 secret file, for `domicile token --secret-file` (`None` with `insecure`).
     pub secret_file: Option<std::path::PathBuf>,
+    /// Whether the data directory held a data set from an earlier start (served, not reloaded).
+    pub reused: bool,
     _auth_dir: Option<tempfile::TempDir>,
 }
 
@@ -323,50 +325,21 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         },
     )
     .await?;
-    let regions = client::regions(&mut gw).await?;
-    let started = Instant::now();
-    let mut records = Vec::new();
-    for (_, countries) in DEV_REGIONS {
-        records.extend(synth::generate(&synth::SynthSpec {
-            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
-            subjects: opts.subjects,
-            interactions: opts.interactions,
-            seed: opts.seed,
-        }));
+    // A data directory `domicile dev` loaded before is served as it is: no reload (the
+    // records would be duplicates, and the erasure and incident of the activity are done).
+    let marker = opts.data_dir.as_ref().map(|d| d.join(LOADED_MARKER));
+    let reused = marker.as_ref().is_some_and(|m| m.exists());
+    if reused {
+        println!(
+            "\nServing the data already in {} (loaded by an earlier `domicile dev`; remove the \
+             directory for a fresh load)",
+            opts.data_dir
+                .as_ref()
+                .map_or(String::new(), |d| d.display().to_string())
+        );
+    } else {
+        load(&mut gw, opts, &federation).await?;
     }
-    // A progress bar on standard error (drawn only on a terminal).
-    let bar = indicatif::ProgressBar::new(records.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} records sealed and ingested ({per_sec})",
-        )
-        .expect("a valid template"),
-    );
-    let summary = client::ingest_with_progress(
-        &gw,
-        &opts.tenant,
-        &regions,
-        &federation.trust_bundle,
-        &records,
-        1000,
-        &|n| bar.inc(n),
-    )
-    .await
-    .context("loading the synthetic data set")?;
-    bar.finish_and_clear();
-    println!(
-        "\nLoaded tenant {:?}: {} records sealed and ingested through the gateway in {:.1} s ({} accepted, {} already present, {} rejected)",
-        opts.tenant,
-        records.len(),
-        started.elapsed().as_secs_f64(),
-        summary.accepted,
-        summary.duplicate,
-        summary.rejected_total()
-    );
-    anyhow::ensure!(
-        summary.rejected_total() == 0,
-        "records were rejected: {:?}",
-        summary.rejected
-    );
 
     let response = gw
         .aggregate(example_request(&opts.tenant))
@@ -375,9 +348,15 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     println!("\nExample: Aggregate NPS, CSAT and volume by country and channel, all regions:\n");
     print!("{}", render_aggregate(&response));
     let sample = sample_records(&mut gw, &opts.tenant).await?;
-    activity(&mut gw, &opts.tenant, opts.subjects, &federation.dpo.key)
-        .await
-        .context("recording the consents, requests and incident of the dev data set")?;
+    if !reused {
+        activity(&mut gw, &opts.tenant, opts.subjects, &federation.dpo.key)
+            .await
+            .context("recording the consents, requests and incident of the dev data set")?;
+        if let Some(m) = &marker {
+            std::fs::write(m, "loaded by domicile dev\n")
+                .with_context(|| format!("writing {}", m.display()))?;
+        }
+    }
     println!(
         "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
     );
@@ -407,8 +386,66 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         federation,
         token,
         secret_file,
+        reused,
         _auth_dir: auth_dir,
     })
+}
+
+/// The file that says a data directory was loaded by `domicile dev`.
+const LOADED_MARKER: &str = "dev-loaded";
+
+/// Loads the synthetic data set through the gateway, with a progress bar.
+async fn load(
+    gw: &mut domicile_client::Gateway,
+    opts: &DevOptions,
+    federation: &Federation,
+) -> anyhow::Result<()> {
+    let regions = client::regions(gw).await?;
+    let started = Instant::now();
+    let mut records = Vec::new();
+    for (_, countries) in DEV_REGIONS {
+        records.extend(synth::generate(&synth::SynthSpec {
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+            subjects: opts.subjects,
+            interactions: opts.interactions,
+            seed: opts.seed,
+        }));
+    }
+    // A progress bar on standard error (drawn only on a terminal).
+    let bar = indicatif::ProgressBar::new(records.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records sealed and ingested ({per_sec})",
+        )
+        .expect("a valid template"),
+    );
+    let summary = client::ingest_with_progress(
+        gw,
+        &opts.tenant,
+        &regions,
+        &federation.trust_bundle,
+        &records,
+        1000,
+        &|n| bar.inc(n),
+    )
+    .await
+    .context("loading the synthetic data set")?;
+    bar.finish_and_clear();
+    println!(
+        "\nLoaded tenant {:?}: {} records sealed and ingested through the gateway in {:.1} s ({} accepted, {} already present, {} rejected)",
+        opts.tenant,
+        records.len(),
+        started.elapsed().as_secs_f64(),
+        summary.accepted,
+        summary.duplicate,
+        summary.rejected_total()
+    );
+    anyhow::ensure!(
+        summary.rejected_total() == 0,
+        "records were rejected: {:?}",
+        summary.rejected
+    );
+
+    Ok(())
 }
 
 /// A consent change for synthetic subject `i` of `country`, as from a web form (a grant carries

@@ -39,6 +39,7 @@ pub struct FederationBuilder {
     max_deadline: Option<Duration>,
     auth: Option<AuthConfig>,
     limits: Option<LimitsConfig>,
+    otlp: Option<domicile_ops::otlp::OtlpConfig>,
     public_tls: bool,
     postgres: bool,
     dpo_tenants: Vec<String>,
@@ -74,6 +75,7 @@ impl Default for FederationBuilder {
             max_deadline: None,
             auth: None,
             limits: None,
+            otlp: None,
             public_tls: false,
             postgres: false,
             dpo_tenants: DPO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
@@ -160,6 +162,12 @@ impl FederationBuilder {
     /// certificates from the same CA.
     pub fn public_tls(mut self) -> Self {
         self.public_tls = true;
+        self
+    }
+
+    /// Export the gateway's and every node's RPC spans to this OTLP collector (default: off).
+    pub fn otlp(mut self, otlp: domicile_ops::otlp::OtlpConfig) -> Self {
+        self.otlp = Some(otlp);
         self
     }
 
@@ -253,6 +261,7 @@ impl FederationBuilder {
                 config.min_group_size = self.min_group_size;
                 config.dpo_keys_file = Some(dpo.keys_file.clone());
                 config.policy_dir = self.policy_dir.clone();
+                config.otlp = self.otlp.clone();
                 if let Backend::Postgres(url) = &backend {
                     config.storage = Some(url.clone());
                 }
@@ -263,6 +272,9 @@ impl FederationBuilder {
                     client_ca_file: pki.ca(),
                     gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
                 });
+                // A new region's keys are made here, explicitly, as `domicile keygen` makes
+                // them; a data directory used before keeps its own (the node only loads keys).
+                domicile_node::keys::create_if_new(&config)?;
                 let clock = self
                     .clock
                     .clone()
@@ -338,6 +350,7 @@ impl FederationBuilder {
         if let Some(limits) = &self.limits {
             config.limits = limits.clone();
         }
+        config.otlp = self.otlp.clone();
         config.default_deadline_ms = self.default_deadline.as_millis() as u64;
         config.max_deadline_ms = match self.max_deadline {
             Some(d) => d.as_millis() as u64,

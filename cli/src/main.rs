@@ -157,16 +157,25 @@ enum Command {
         #[command(subcommand)]
         command: DpoCommand,
     },
-    /// Generate a region's secrets into a new directory: the sealing key pair, the
-    /// key-encryption key, the pseudonym secret and the audit signing key (each 32 bytes, mode
-    /// 0600). Run it in-country; prints the public halves.
+    /// Generate a region's secrets: the sealing key pair, the key-encryption key, the
+    /// pseudonym secret and the audit signing key (each 32 bytes, mode 0600), either where a
+    /// node configuration names them (`--config`; with `[kek_pkcs11]` the KEK is made inside
+    /// the token) or into a new directory (`--out` and `--region`). Existing keys are never
+    /// overwritten. Run it in-country, once; prints the public halves. A node only loads them.
     Keygen {
-        /// The directory to create them in; existing files are never overwritten.
-        #[arg(long)]
-        out: PathBuf,
+        /// The node configuration whose key files (and token key) to create.
+        #[arg(long, conflicts_with_all = ["out", "region"])]
+        config: Option<PathBuf>,
+        /// The directory to create them in.
+        #[arg(long, requires = "region", required_unless_present = "config")]
+        out: Option<PathBuf>,
         /// The region they are for (names the audit key's log).
         #[arg(long)]
-        region: String,
+        region: Option<String>,
+        /// With `--config`: make only a new sealing key (after moving the current one to
+        /// `previous_sealing_key_file`, in a sealing-key rotation).
+        #[arg(long, requires = "config")]
+        sealing_only: bool,
     },
     /// Generate a development PKI for mutual TLS: a CA, the gateway's certificate
     /// (gateway.domicile), one per region (<region>.node.domicile) and a client certificate.
@@ -381,6 +390,18 @@ enum NodeCommand {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Re-wrap every subject key under the KEK the configuration names, while the node serves
+    /// (its `[previous_kek]` names the old one), in batches that each commit: stopped anywhere,
+    /// it resumes where it was. When none is left, the old KEK's check value is removed, so the
+    /// old key opens the vault no more; then drop `[previous_kek]` from the configuration.
+    RotateKek {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Keys re-wrapped per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// After restoring a PostgreSQL node's database with pg_restore (node stopped): erase
     /// again every subject erased since the backup was taken (the vault remembers them), and
     /// record the restore in the audit log.
@@ -472,8 +493,12 @@ fn init_logging(json: bool, default: &str) {
     for cap in domicile_node::db::LOG_CAPS {
         filter = filter.add_directive(cap.parse().expect("a valid directive"));
     }
+    // Colour codes only for a person at a terminal: a pipe or a file (what Kubernetes and
+    // journald collect) gets plain lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -586,6 +611,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(domicile_ops::metrics::serve(
                     metrics,
                     dev.federation.metrics_sources(),
+                    domicile_ops::metrics::MetricsAccess::open_loopback(),
                     terminated(),
                 ));
                 let console = TcpListener::bind(console_listen)
@@ -672,9 +698,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(metrics) = metrics {
                 tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
                 let sources = [("/metrics".to_owned(), gateway.metrics().source())];
+                let access = domicile_ops::metrics::MetricsAccess::load(
+                    gateway.config().metrics_access.as_ref(),
+                )
+                .map_err(anyhow::Error::msg)?;
                 tokio::spawn(domicile_ops::metrics::serve(
                     metrics,
                     sources.into(),
+                    access,
                     terminated(),
                 ));
             }
@@ -696,7 +727,11 @@ async fn main() -> anyhow::Result<()> {
                 None => None,
             };
             let metrics = match config.metrics_listen {
-                Some(addr) => Some(TcpListener::bind(addr).await?),
+                Some(addr) => Some((
+                    TcpListener::bind(addr).await?,
+                    domicile_ops::metrics::MetricsAccess::load(config.metrics_access.as_ref())
+                        .map_err(anyhow::Error::msg)?,
+                )),
                 None => None,
             };
             let node = Node::open(config)?;
@@ -709,12 +744,13 @@ async fn main() -> anyhow::Result<()> {
                     terminated(),
                 ));
             }
-            if let Some(metrics) = metrics {
+            if let Some((metrics, access)) = metrics {
                 tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
                 let sources = [("/metrics".to_owned(), node.metrics().source())];
                 tokio::spawn(domicile_ops::metrics::serve(
                     metrics,
                     sources.into(),
+                    access,
                     terminated(),
                 ));
             }
@@ -839,7 +875,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Export { command } => return export(command),
         Command::Trust { command } => return trust(command),
         Command::Dpo { command } => return dpo(command).await,
-        Command::Keygen { out, region } => return keygen(&out, &region),
+        Command::Keygen {
+            config,
+            out,
+            region,
+            sealing_only,
+        } => {
+            if sealing_only {
+                let path = config.expect("clap requires --config");
+                let config = NodeConfig::from_toml(
+                    &std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                )?;
+                let id = domicile_node::keys::create_sealing_key(&config)?;
+                println!("sealing.key    key id {id}");
+                return Ok(());
+            }
+            return keygen(config.as_deref(), out.as_deref(), region.as_deref());
+        }
         Command::Token {
             secret_file,
             tenant,
@@ -974,6 +1027,31 @@ async fn main() -> anyhow::Result<()> {
                 config.backend().describe(),
                 report.subjects,
                 report.erased_again
+            );
+        }
+        Command::Node {
+            command: Some(NodeCommand::RotateKek { config, batch }),
+            ..
+        } => {
+            init_logging(cli.log_json, "warn");
+            let config = read_config(&config, |t| {
+                NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
+            })?;
+            anyhow::ensure!(batch > 0, "--batch: must be at least 1");
+            let vault = domicile_node::vault::Vault::open_for(&config)?;
+            let mut total = 0;
+            loop {
+                let n = vault.rewrap(batch)?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                eprintln!("re-wrapped {total}, {} left", vault.to_rewrap()?);
+            }
+            let retired = vault.retire_other_keks()?;
+            println!(
+                "{total} subject keys re-wrapped; {retired} old KEK check value(s) removed: \
+                 every key is under the configured KEK (remove [previous_kek] now)"
             );
         }
         Command::Redact {
@@ -1341,34 +1419,57 @@ fn head_json(c: &domicile_proto::pb::AuditCheckpoint) -> serde_json::Value {
     })
 }
 
-/// `domicile keygen`: a region's four secrets, created fresh (never overwriting).
-fn keygen(out: &std::path::Path, region: &str) -> anyhow::Result<()> {
-    let files = ["sealing.key", "pseudonym.key", "audit.key", "kek"];
-    for f in files {
-        anyhow::ensure!(
-            !out.join(f).exists(),
-            "{} exists: refusing to overwrite a key",
-            out.join(f).display()
+/// `domicile keygen`: a region's secrets, created fresh (never overwriting), where `config`
+/// names them or in the directory `out`.
+fn keygen(
+    config: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+    region: Option<&str>,
+) -> anyhow::Result<()> {
+    let config = match (config, out, region) {
+        (Some(path), _, _) => NodeConfig::from_toml(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        (None, Some(out), Some(region)) => {
+            let mut config = NodeConfig::new(region, &["ZZ"], out.join("data.sqlite"));
+            config.sealing_key_file = Some(out.join("sealing.key"));
+            config.pseudonym_secret_file = Some(out.join("pseudonym.key"));
+            config.audit_key_file = Some(out.join("audit.key"));
+            config.kek_file = Some(out.join("kek"));
+            anyhow::ensure!(
+                !out.join("kek.hex").exists(),
+                "{} exists: refusing to overwrite a key",
+                out.join("kek.hex").display()
+            );
+            config
+        }
+        _ => anyhow::bail!("keygen: give --config, or --out and --region"),
+    };
+    if let Some(token) = &config.kek_pkcs11 {
+        domicile_node::kek::create_token_key(token)?;
+        println!(
+            "kek            in token {:?}, key {:?} (sensitive, not extractable)",
+            token.token_label, token.key_label
         );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let sealing = domicile_node::keys::load_or_create(&out.join("sealing.key"))?;
-    domicile_node::keys::load_or_create_secret(&out.join("pseudonym.key"))?;
-    let audit_seed = domicile_node::keys::load_or_create_secret(&out.join("audit.key"))?;
-    let kek = domicile_node::keys::load_or_create_secret(&out.join("kek"))?;
-    domicile::certs::write_private(&out.join("kek.hex"), hex::encode(kek).as_bytes())?;
-    let audit = domicile_node::audit::AuditLog::new(region, &audit_seed, 1);
-    println!("sealing.key    key id {}", sealing.public().key_id());
+    let created = domicile_node::keys::create_region_keys(&config)?;
+    if let (Some(out), Some(kek)) = (out, created.kek) {
+        domicile::certs::write_private(&out.join("kek.hex"), hex::encode(kek).as_bytes())?;
+        println!("kek, kek.hex   (back up apart from the key vault; kek_env takes kek.hex)");
+    } else if created.kek.is_some() {
+        println!("kek            {}", config.kek_path().display());
+    }
+    println!("sealing.key    key id {}", created.sealing_key_id);
     println!(
         "               public {}",
-        hex::encode(sealing.public().as_bytes())
+        hex::encode(created.sealing_public)
     );
     println!(
         "audit.key      public {}  (verifies checkpoints and releases)",
-        hex::encode(audit.public_key())
+        hex::encode(created.audit_public)
     );
     println!("pseudonym.key  (never leaves the region)");
-    println!("kek, kek.hex   (back up apart from the key vault; kek_env takes kek.hex)");
     Ok(())
 }
 

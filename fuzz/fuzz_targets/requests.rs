@@ -1,6 +1,7 @@
 //! Request validation: arbitrary bytes decoded as each request the gateway and nodes validate
 //! (the first byte picks which), then validated. A request is valid or a list of violations,
-//! never a panic. The W3C `traceparent` parser gets the same bytes.
+//! never a panic. The W3C `traceparent` parser and the X25519 public-key check get the same
+//! bytes.
 #![no_main]
 
 use domicile_ops::trace::TraceContext;
@@ -19,6 +20,9 @@ use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let _ = TraceContext::parse(data);
+    // A recipient's or a region's X25519 public key as a caller sends it (low-order points
+    // are refused, never a panic).
+    let _ = domicile_proto::seal::PublicSealingKey::from_bytes(data);
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };

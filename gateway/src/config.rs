@@ -48,10 +48,19 @@ pub struct GatewayConfig {
     /// metric), in milliseconds. Default 10000.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
-    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Default: none (no
+    /// Address of the Prometheus endpoint (`GET /metrics`; HTTPS with `[metrics_access]`). Default: none (no
     /// endpoint). Bind it where only the monitoring network reaches.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS and scraper authentication for the metrics endpoint (bearer token and/or client
+    /// certificates; see [`domicile_ops::metrics::MetricsAccessConfig`]). Required when
+    /// `metrics_listen` is not a loopback address. Default: none (plain HTTP on loopback).
+    #[serde(default)]
+    pub metrics_access: Option<domicile_ops::metrics::MetricsAccessConfig>,
+    /// OTLP export of the RPC spans to the operator's collector (`[otlp]`, see
+    /// [`domicile_ops::otlp::OtlpConfig`]). Default: none (no span leaves the process).
+    #[serde(default)]
+    pub otlp: Option<domicile_ops::otlp::OtlpConfig>,
     /// Address of the console, a read-only web page of the federation's state for the
     /// data-protection officer and the operators (HTTP, or HTTPS with `[tls]`'s certificate).
     /// Callers sign in with a token that has the `admin` operation. Default: none.
@@ -218,6 +227,8 @@ impl GatewayConfig {
             probe_timeout_ms: default_probe_timeout_ms(),
             probe_interval_ms: default_probe_interval_ms(),
             metrics_listen: None,
+            metrics_access: None,
+            otlp: None,
             console_listen: None,
             shutdown_grace_ms: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
@@ -330,6 +341,15 @@ impl GatewayConfig {
         };
         if self.regions.is_empty() {
             err("regions".into(), "at least one region is required");
+        }
+        if let Err((path, message)) = domicile_ops::metrics::MetricsAccessConfig::validate(
+            self.metrics_access.as_ref(),
+            self.metrics_listen,
+        ) {
+            err(path, &message);
+        }
+        if let Some(Err((path, message))) = self.otlp.as_ref().map(|o| o.validate()) {
+            err(path, &message);
         }
         let mut owner: HashMap<&str, &str> = HashMap::new();
         let mut ids = HashMap::new();

@@ -81,7 +81,13 @@ pub struct ReloadReport {
 impl Gateway {
     /// Builds a gateway from validated configuration. Must run inside a Tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Self, BuildError> {
-        let metrics = GatewayMetrics::new();
+        let mut metrics = GatewayMetrics::new();
+        if let Some(otlp) = &config.otlp {
+            let spans = domicile_ops::otlp::SpanExporter::new(otlp, "domicile-gateway", &[])
+                .map_err(BuildError::Files)?;
+            metrics.rpc.spans = Some(spans.clone());
+            metrics.regions.spans = Some(spans);
+        }
         let directory = Directory::new(&config, metrics.clone())?;
         let (auth, limiter) = security(&config)?;
         if config.federation_tls.is_none() {

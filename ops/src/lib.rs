@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+pub mod otlp;
 pub mod principal;
 pub mod rpc;
 pub mod tls;

@@ -86,6 +86,8 @@ pub struct RpcMetrics {
     pub duration: LatencyFamily<MethodLabels>,
     /// Calls being served now.
     pub in_flight: Gauge,
+    /// Where each served call's span goes, when OTLP export is on.
+    pub spans: Option<crate::otlp::SpanExporter>,
 }
 
 impl RpcMetrics {
@@ -95,6 +97,7 @@ impl RpcMetrics {
             requests: Family::default(),
             duration: latency_family(),
             in_flight: Gauge::default(),
+            spans: None,
         };
         registry.register(
             "rpc_requests",
@@ -122,6 +125,8 @@ pub struct RegionCallMetrics {
     pub requests: Family<RegionCallLabels, Counter>,
     /// Time from request to the end of the region's response, by region and method.
     pub duration: LatencyFamily<RegionMethodLabels>,
+    /// Where each call's client span goes, when OTLP export is on.
+    pub spans: Option<crate::otlp::SpanExporter>,
 }
 
 impl RegionCallMetrics {
@@ -130,6 +135,7 @@ impl RegionCallMetrics {
         let m = Self {
             requests: Family::default(),
             duration: latency_family(),
+            spans: None,
         };
         registry.register(
             "region_requests",
@@ -189,15 +195,195 @@ impl Source {
 /// Content type of the exposition.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// How the metrics endpoint is protected (`[metrics_access]` in the gateway's and the nodes'
+/// configuration): TLS with the endpoint's own certificate, and who may scrape: a bearer token
+/// (`Authorization: Bearer …`), client certificates from a CA, or both.
+///
+/// ```toml
+/// metrics_listen = "10.0.3.7:9464"
+/// [metrics_access]
+/// cert_file = "/etc/domicile/pki/metrics.pem"
+/// key_file = "/etc/domicile/pki/metrics.key"
+/// bearer_token_file = "/etc/domicile/metrics.token"   # and/or
+/// client_ca_file = "/etc/domicile/pki/monitoring-ca.pem"
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsAccessConfig {
+    /// The endpoint's certificate chain (PEM). With `key_file`: HTTPS.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Scrapers must present a client certificate from this CA (PEM). Needs TLS.
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// Scrapers must send `Authorization: Bearer <the file's content>` (at least 32
+    /// characters; trailing whitespace ignored).
+    #[serde(default)]
+    pub bearer_token_file: Option<std::path::PathBuf>,
+}
+
+impl MetricsAccessConfig {
+    /// Checks the combination for `listen`: a metrics endpoint off loopback needs TLS and a
+    /// scraper check (token or client certificate). Errors name the option.
+    pub fn validate(
+        access: Option<&Self>,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<(), (String, String)> {
+        let Some(listen) = listen else {
+            return Ok(());
+        };
+        let a = access.cloned().unwrap_or_default();
+        if a.cert_file.is_some() != a.key_file.is_some() {
+            return Err((
+                "metrics_access.key_file".into(),
+                "cert_file and key_file go together".into(),
+            ));
+        }
+        if a.client_ca_file.is_some() && a.cert_file.is_none() {
+            return Err((
+                "metrics_access.client_ca_file".into(),
+                "client certificates need TLS: set cert_file and key_file".into(),
+            ));
+        }
+        if !listen.ip().is_loopback()
+            && (a.cert_file.is_none()
+                || (a.bearer_token_file.is_none() && a.client_ca_file.is_none()))
+        {
+            return Err((
+                "metrics_access".into(),
+                format!(
+                    "metrics_listen {listen} is not a loopback address: set cert_file and \
+                     key_file (TLS), and bearer_token_file or client_ca_file (who may scrape)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The loaded [`MetricsAccessConfig`]: the TLS acceptor and the token's digest.
+#[derive(Clone, Default)]
+pub struct MetricsAccess {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    token: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsAccess")
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl MetricsAccess {
+    /// Plain HTTP, no scraper check: only for a loopback endpoint (`domicile dev`, tests).
+    pub fn open_loopback() -> Self {
+        Self::default()
+    }
+
+    /// Loads `config` (`None`: plain HTTP, no check). Errors name the option and the file.
+    pub fn load(config: Option<&MetricsAccessConfig>) -> Result<Self, String> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio_rustls::rustls;
+        let Some(c) = config else {
+            return Ok(Self::default());
+        };
+        let token = match &c.bearer_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("metrics_access.bearer_token_file: {}: {e}", path.display())
+                })?;
+                let token = text.trim_end();
+                if token.len() < 32 {
+                    return Err(
+                        "metrics_access.bearer_token_file: the token must be at least 32 \
+                         characters"
+                            .into(),
+                    );
+                }
+                Some(digest(token.as_bytes()))
+            }
+            None => None,
+        };
+        let tls = match (&c.cert_file, &c.key_file) {
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_file_iter(cert)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("metrics_access.cert_file: {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("metrics_access.key_file: {}: {e}", key.display()))?;
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("metrics_access: {e}"))?;
+                let builder = match &c.client_ca_file {
+                    Some(ca) => {
+                        let mut roots = rustls::RootCertStore::empty();
+                        for cert in CertificateDer::pem_file_iter(ca)
+                            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                            .map_err(|e| {
+                                format!("metrics_access.client_ca_file: {}: {e}", ca.display())
+                            })?
+                        {
+                            roots.add(cert).map_err(|e| {
+                                format!("metrics_access.client_ca_file: {}: {e}", ca.display())
+                            })?;
+                        }
+                        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                            Arc::new(roots),
+                            provider,
+                        )
+                        .build()
+                        .map_err(|e| format!("metrics_access.client_ca_file: {e}"))?;
+                        builder.with_client_cert_verifier(verifier)
+                    }
+                    None => builder.with_no_client_auth(),
+                };
+                let mut server = builder
+                    .with_single_cert(certs, key)
+                    .map_err(|e| format!("metrics_access.cert_file: {e}"))?;
+                server.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+            }
+            _ => None,
+        };
+        Ok(Self { tls, token })
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            // Digests compared: the time taken says nothing about the token's prefix.
+            .is_some_and(|t| digest(t.as_bytes()) == *expected)
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 /// Serves `GET <path>` for each `(path, source)` on `listener` until `shutdown` completes;
-/// anything else is 404 (or 405 for another method). Plain HTTP/1.1: bind it to an address only
-/// the monitoring network reaches.
+/// anything else is 404 (or 405 for another method). HTTP/1.1, over TLS and with the scraper
+/// checks `access` asks for (401 without the bearer token).
 pub async fn serve(
     listener: TcpListener,
     sources: BTreeMap<String, Source>,
+    access: MetricsAccess,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sources = Arc::new(sources);
+    let access = Arc::new(access);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -211,15 +397,48 @@ pub async fn serve(
             },
         };
         let sources = sources.clone();
+        let access = access.clone();
         tokio::spawn(async move {
+            let checked = access.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let sources = sources.clone();
-                async move { Ok::<_, Infallible>(respond(&sources, &req)) }
+                let access = checked.clone();
+                async move {
+                    if !access.authorised(&req) {
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            b"a bearer token is required\n",
+                        )));
+                        *r.status_mut() = StatusCode::UNAUTHORIZED;
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(respond(&sources, &req))
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            let http = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.max_buf_size(16 * 1024);
+                b
+            };
+            let served = match &access.tls {
+                Some(tls) => {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        tls.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(TokioIo::new(stream), service).await
+                        }
+                        _ => {
+                            tracing::debug!("metrics connection: TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "metrics connection ended with an error");
             }
         });

@@ -6,7 +6,8 @@
 //! - [`Instrumented`] wraps a client channel to one region: each call carries a child
 //!   `traceparent` and is counted and timed per region.
 //!
-//! Only method names from a fixed list and status codes become labels.
+//! Only method names from a fixed list and status codes become labels. With OTLP export on
+//! (the metrics' `spans`), each call's span also goes to the collector ([`crate::otlp`]).
 
 use std::{
     pin::Pin,
@@ -27,6 +28,7 @@ use crate::{
         CallLabels, LatencyFamily, MethodLabels, RegionCallLabels, RegionCallMetrics,
         RegionMethodLabels, RpcMetrics,
     },
+    otlp::{FinishedSpan, Kind},
     principal,
     trace::{self, TRACEPARENT, TraceContext},
 };
@@ -74,6 +76,15 @@ fn method_of(path: &str, services: &[&'static str]) -> &'static str {
         .find(|m| **m == method)
         .copied()
         .unwrap_or("unknown")
+}
+
+/// The span name of a call to `path`: `package.Service/Method` for a served method, else
+/// `unknown` (a caller cannot put its own text into a span name).
+fn span_name(path: &str, services: &[&'static str]) -> String {
+    match method_of(path, services) {
+        "unknown" => "unknown".to_owned(),
+        _ => path.trim_start_matches('/').to_owned(),
+    }
 }
 
 /// Every method of the services Domicile serves (gateway, node, local node, health,
@@ -316,12 +327,30 @@ where
         );
         let metrics = self.layer.metrics.clone();
         metrics.in_flight.inc();
+        let otlp = metrics.spans.as_ref().map(|_| {
+            (
+                span_name(req.uri().path(), &self.layer.services),
+                std::time::SystemTime::now(),
+            )
+        });
         let finish = Finish {
             start: Instant::now(),
             span: span.clone(),
             record: Box::new(move |code, seconds| {
                 metrics.in_flight.dec();
                 record(&metrics.requests, &metrics.duration, method, code, seconds);
+                if let (Some(exporter), Some((name, start))) = (&metrics.spans, otlp) {
+                    exporter.record(FinishedSpan {
+                        context,
+                        parent: parent.map(|p| p.span_id),
+                        name,
+                        kind: Kind::Server,
+                        start,
+                        duration: std::time::Duration::from_secs_f64(seconds),
+                        code,
+                        attributes: Vec::new(),
+                    });
+                }
             }),
         };
         let fut = {
@@ -397,7 +426,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let method = method_of(req.uri().path(), REGION_SERVICES);
-        let context = trace::current().map_or_else(TraceContext::new_root, |c| c.child());
+        let caller = trace::current();
+        let context = caller.map_or_else(TraceContext::new_root, |c| c.child());
+        let otlp = self.metrics.spans.as_ref().map(|_| {
+            (
+                span_name(req.uri().path(), REGION_SERVICES),
+                std::time::SystemTime::now(),
+            )
+        });
         req.headers_mut().insert(
             TRACEPARENT,
             HeaderValue::try_from(context.to_string()).expect("a traceparent is ASCII"),
@@ -439,6 +475,18 @@ where
                         method: method.to_owned(),
                     })
                     .observe(seconds);
+                if let (Some(exporter), Some((name, start))) = (&metrics.spans, otlp) {
+                    exporter.record(FinishedSpan {
+                        context,
+                        parent: caller.map(|c| c.span_id),
+                        name,
+                        kind: Kind::Client,
+                        start,
+                        duration: std::time::Duration::from_secs_f64(seconds),
+                        code,
+                        attributes: vec![("domicile.region", region.to_string())],
+                    });
+                }
             }),
         };
         let fut = self.inner.call(req);

@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("bench.sqlite"));
     config.insecure_plaintext = true; // in-process only: the node never serves here
+    domicile_node::keys::create_region_keys(&config)?;
     let node = Node::open(config)?;
 
     // Ledgers: a quarter each granted, refused, pending double opt-in, and empty.

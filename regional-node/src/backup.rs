@@ -142,8 +142,7 @@ fn erase_again_in(
     config: &NodeConfig,
 ) -> Result<RestoreReport, NodeError> {
     let vault = Vault::open_for(config)?;
-    let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
-        .map_err(|e| internal("audit key", e))?;
+    let audit_seed = keys::load_secret(&config.audit_key_path(), "audit_key_file")?;
     let audit = AuditLog::new(
         &config.region_id,
         &audit_seed,

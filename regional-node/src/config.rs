@@ -8,7 +8,8 @@
 //! sealing_key_file = "/etc/domicile/eu-de.sealing.key"
 //! pseudonym_secret_file = "/etc/domicile/eu-de.pseudonym.key"
 //! policy_dir = "/etc/domicile/policies"   # <CC>.toml per country; unset: the shipped examples
-//! kek_file = "/etc/domicile/eu-de.kek"   # or kek_env = "DOMICILE_KEK" (64 hex characters)
+//! kek_file = "/etc/domicile/eu-de.kek"   # or kek_env = "DOMICILE_KEK" (64 hex characters),
+//!                                        # or [kek_pkcs11] (a key in an HSM)
 //! key_vault = "/var/lib/domicile/eu-de.keys.sqlite"
 //! audit_key_file = "/etc/domicile/eu-de.audit.key"
 //! audit_checkpoint_every = 1000
@@ -47,8 +48,8 @@ pub struct NodeConfig {
     /// places the key files that default to "beside the database".
     #[serde(default)]
     pub storage: Option<String>,
-    /// Path of the region's sealing private key (32 raw bytes). Created with a fresh key, mode
-    /// 0600, if missing. Default `sealing.key` beside the database.
+    /// Path of the region's sealing private key (32 raw bytes, from `domicile keygen`). The node
+    /// refuses to start when it is missing. Default `sealing.key` beside the database.
     #[serde(default)]
     pub sealing_key_file: Option<PathBuf>,
     /// The previous sealing key (32 raw bytes) after a rotation: envelopes sealed to it are
@@ -62,7 +63,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub previous_sealing_key_until: Option<toml::value::Datetime>,
     /// Path of the region's pseudonym secret (32 raw bytes), the HMAC key of pseudonymised
-    /// records. It never leaves the node. Created, mode 0600, if missing. Default
+    /// records. It never leaves the node. Made by `domicile keygen`; required. Default
     /// `pseudonym.key` beside the database.
     #[serde(default)]
     pub pseudonym_secret_file: Option<PathBuf>,
@@ -71,22 +72,31 @@ pub struct NodeConfig {
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
     /// Path of the region's key-encryption key (32 raw bytes) that wraps every subject's data
-    /// key. Created, mode 0600, if missing. Default `kek` beside the database. Ignored when
-    /// `kek_env` names a set variable.
+    /// key. Made by `domicile keygen`; required unless `kek_env` or `[kek_pkcs11]` is set.
+    /// Default `kek` beside the database.
     #[serde(default)]
     pub kek_file: Option<PathBuf>,
     /// Name of an environment variable holding the key-encryption key as 64 hex characters;
-    /// takes precedence over `kek_file` when set. Default unset.
+    /// replaces `kek_file` when set, and the variable must then be set. Default unset.
     #[serde(default)]
     pub kek_env: Option<String>,
+    /// The KEK as a key in a PKCS#11 token (an HSM, or a cloud KMS's PKCS#11 library): subject
+    /// keys are wrapped and unwrapped inside the token and the KEK never enters the node's
+    /// memory. Replaces `kek_file` and `kek_env`. Default unset.
+    #[serde(default)]
+    pub kek_pkcs11: Option<crate::kek::Pkcs11Config>,
+    /// The KEK being replaced, during a rotation (`domicile node rotate-kek`): subject keys it
+    /// wrapped still open until the rotation has re-wrapped them all. Default unset.
+    #[serde(default)]
+    pub previous_kek: Option<crate::kek::KekSource>,
     /// The key vault, the database of wrapped per-subject data keys: a SQLite file's path, or a
     /// `postgres://` URL of a database apart from the data's (what replicas on several
     /// machines share). Keep it apart from data backups: erasure destroys keys here. Default
     /// `keys.sqlite` beside the database.
     #[serde(default)]
     pub key_vault: Option<PathBuf>,
-    /// Path of the region's Ed25519 audit signing key (a 32-byte seed). Created, mode 0600, if
-    /// missing. Default `audit.key` beside the database.
+    /// Path of the region's Ed25519 audit signing key (a 32-byte seed, from `domicile keygen`);
+    /// required. Default `audit.key` beside the database.
     #[serde(default)]
     pub audit_key_file: Option<PathBuf>,
     /// The DPO keys registered per tenant (TOML, see `authority`): access, portability and
@@ -118,10 +128,19 @@ pub struct NodeConfig {
     /// Most records accepted in one envelope. Default 1000.
     #[serde(default = "default_max_records")]
     pub max_records_per_envelope: usize,
-    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Unset: no endpoint.
+    /// Address of the Prometheus endpoint (`GET /metrics`; HTTPS with `[metrics_access]`). Unset: none.
     /// Bind it where only the monitoring network reaches.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS and scraper authentication for the metrics endpoint (bearer token and/or client
+    /// certificates; see [`domicile_ops::metrics::MetricsAccessConfig`]). Required when
+    /// `metrics_listen` is not a loopback address. Default: none (plain HTTP on loopback).
+    #[serde(default)]
+    pub metrics_access: Option<domicile_ops::metrics::MetricsAccessConfig>,
+    /// OTLP export of the RPC spans to the operator's collector (`[otlp]`, see
+    /// [`domicile_ops::otlp::OtlpConfig`]). Default: none (no span leaves the process).
+    #[serde(default)]
+    pub otlp: Option<domicile_ops::otlp::OtlpConfig>,
     /// On SIGTERM or Ctrl-C, how long health reports `NOT_SERVING` while calls are still
     /// accepted, in milliseconds. Default 0.
     #[serde(default)]
@@ -297,6 +316,8 @@ impl NodeConfig {
             policy_dir: None,
             kek_file: None,
             kek_env: None,
+            kek_pkcs11: None,
+            previous_kek: None,
             key_vault: None,
             audit_key_file: None,
             dpo_keys_file: None,
@@ -308,6 +329,8 @@ impl NodeConfig {
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
             metrics_listen: None,
+            metrics_access: None,
+            otlp: None,
             shutdown_grace_ms: 0,
             drain_timeout_ms: default_drain_timeout_ms(),
             tls: None,
@@ -448,6 +471,15 @@ impl NodeConfig {
                 message: message.to_owned(),
             })
         };
+        if let Err((path, message)) = domicile_ops::metrics::MetricsAccessConfig::validate(
+            self.metrics_access.as_ref(),
+            self.metrics_listen,
+        ) {
+            err(&path, &message);
+        }
+        if let Some(Err((path, message))) = self.otlp.as_ref().map(|o| o.validate()) {
+            err(&path, &message);
+        }
         if !is_region_id(&self.region_id) {
             err(
                 "region_id",

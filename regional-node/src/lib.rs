@@ -24,6 +24,7 @@ pub mod dp;
 pub mod error;
 pub mod incident;
 pub mod ingest;
+pub mod kek;
 pub mod keys;
 pub mod local;
 pub mod metrics;

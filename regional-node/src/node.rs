@@ -124,7 +124,7 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Opens the node's storage and sealing key as configured (creating them if missing).
+    /// Opens the node's storage and keys as configured: keys are loaded, never created.
     pub fn open(config: NodeConfig) -> Result<Self, NodeError> {
         Self::open_with_clock(config, domicile_ops::clock::system())
     }
@@ -141,17 +141,14 @@ impl Node {
         // Policies first: a bad policy file stops the start before anything is created.
         let policies = PolicySet::load(config.policy_dir.as_deref(), &config.countries)
             .map_err(|e| NodeError::Internal(format!("policy: {e}")))?;
-        let keys = keys::load_or_create(&config.sealing_key_path())
-            .map_err(|e| NodeError::Internal(format!("sealing key: {e}")))?;
+        let keys = keys::load(&config.sealing_key_path(), "sealing_key_file")?;
         let sealing_key_since = std::fs::metadata(config.sealing_key_path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64);
-        let secret = keys::load_or_create_secret(&config.pseudonym_secret_path())
-            .map_err(|e| NodeError::Internal(format!("pseudonym secret: {e}")))?;
-        let audit_seed = keys::load_or_create_secret(&config.audit_key_path())
-            .map_err(|e| NodeError::Internal(format!("audit key: {e}")))?;
+        let secret = keys::load_secret(&config.pseudonym_secret_path(), "pseudonym_secret_file")?;
+        let audit_seed = keys::load_secret(&config.audit_key_path(), "audit_key_file")?;
         let audit = AuditLog::new(
             &config.region_id,
             &audit_seed,
@@ -177,8 +174,9 @@ impl Node {
             }
             _ => None,
         };
-        let kek = load_kek(&config)?;
-        let store = Store::open(&config.backend(), &config.key_vault_backend(), &kek)?;
+        // The KEK is checked against the vault before the data database is opened.
+        let store =
+            Store::open_with_vault(&config.backend(), crate::vault::Vault::open_for(&config)?)?;
         store.write(|tx| {
             audit.append(
                 tx,
@@ -208,7 +206,7 @@ impl Node {
             storage = %config.backend().describe(),
             "node opened"
         );
-        let metrics = NodeMetrics::new(
+        let mut metrics = NodeMetrics::new(
             &config.region_id,
             match config.backend() {
                 Backend::Sqlite(path) => vec![
@@ -231,6 +229,16 @@ impl Node {
                 ],
             },
         );
+        if let Some(otlp) = &config.otlp {
+            metrics.rpc.spans = Some(
+                domicile_ops::otlp::SpanExporter::new(
+                    otlp,
+                    "domicile-node",
+                    &[("domicile.region", config.region_id.as_str())],
+                )
+                .map_err(NodeError::Internal)?,
+            );
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 metrics,
@@ -1405,23 +1413,6 @@ fn wal_of(path: &std::path::Path) -> std::path::PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push("-wal");
     p.into()
-}
-
-/// The key-encryption key: from the environment variable `kek_env` names when it is set,
-/// otherwise from (or created in) `kek_file`.
-pub(crate) fn load_kek(config: &NodeConfig) -> Result<[u8; 32], NodeError> {
-    if let Some(var) = &config.kek_env
-        && let Ok(value) = std::env::var(var)
-    {
-        return hex::decode(value.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| {
-                NodeError::Internal(format!("{var}: the KEK must be 64 hex characters"))
-            });
-    }
-    keys::load_or_create_secret(&config.kek_path())
-        .map_err(|e| NodeError::Internal(format!("key-encryption key: {e}")))
 }
 
 /// The audit details of a release: its parameters and counts, never data.

@@ -441,8 +441,7 @@ fn pg_schema_version(conn: &Connection) -> Result<Option<i64>, NodeError> {
 pub fn migrate(config: &crate::config::NodeConfig) -> Result<Option<i64>, NodeError> {
     let backend = config.backend();
     let before = schema_version(&backend)?;
-    let kek = crate::node::load_kek(config)?;
-    Store::open(&backend, &config.key_vault_backend(), &kek)?;
+    Store::open_with_vault(&backend, Vault::open_for(config)?)?;
     Ok(before)
 }
 
@@ -473,6 +472,12 @@ impl Store {
     /// Opens (creating if needed) the database and its key vault at `vault` (with the region's
     /// key-encryption key), and applies the schema and any pending migration.
     pub fn open(backend: &Backend, vault: &Backend, kek: &[u8; 32]) -> Result<Self, NodeError> {
+        Self::open_with_vault(backend, Vault::open(vault, kek)?)
+    }
+
+    /// Opens (creating if needed) the database beside its opened key vault (whose KEK was
+    /// checked before this touches any data), and applies the schema and any pending migration.
+    pub fn open_with_vault(backend: &Backend, vault: Vault) -> Result<Self, NodeError> {
         if let Backend::Sqlite(path) = backend
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         {
@@ -481,7 +486,6 @@ impl Store {
         }
         let writer = backend.connect(false)?;
         writer.transaction(|tx| apply_schema(tx, backend))?;
-        let vault = Vault::open(vault, kek)?;
         Ok(Self {
             backend: backend.clone(),
             writer: Mutex::new(writer),

@@ -37,7 +37,7 @@ use chacha20poly1305::{
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::error::NodeError;
+use crate::{error::NodeError, kek::Kek};
 
 const NONCE_LEN: usize = 24;
 
@@ -185,13 +185,19 @@ pub struct KeptSuppression {
     pub since_day: i64,
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS subject_keys (
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kek_checks (
+        kek_id     TEXT NOT NULL PRIMARY KEY,
+        lookup_key BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS subject_keys (
         tenant      TEXT NOT NULL,
         lookup      BLOB NOT NULL,
         reference   TEXT NOT NULL,
         wrapped     BLOB NOT NULL,
         external_id BLOB NOT NULL,
         created_at  INTEGER NOT NULL,
+        kek_id      TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (tenant, lookup)
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX IF NOT EXISTS subject_keys_by_reference ON subject_keys (tenant, reference);
@@ -213,10 +219,27 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS subject_keys (
 
 /// The key vault: the subject index and wrapped data keys.
 pub struct Vault {
-    /// Keys the external-id lookups: derived from the KEK, so a lookup names no one without it.
+    /// Keys the external-id lookups; kept in the vault wrapped by the KEK, so a lookup names
+    /// no one without it.
     lookup_key: [u8; 32],
     conn: Mutex<Connection>,
-    kek: XChaCha20Poly1305,
+    /// The KEK that wraps new keys, and its id in the vault.
+    kek: (Kek, String),
+    /// During a rotation, the KEK being replaced, and its id.
+    previous: Option<(Kek, String)>,
+}
+
+/// What a KEK's check value (its wrapped copy of the lookup key) is bound to.
+fn check_aad(kek_id: &str) -> Vec<u8> {
+    format!("domicile/v1/vault-lookup-key\0{kek_id}").into_bytes()
+}
+
+fn kek_mismatch(which: &str) -> NodeError {
+    NodeError::Internal(format!(
+        "{which} does not match this key vault: no KEK check value in it opens with that key \
+         (a wrong kek_file, kek_env or token key, or a vault of another region?). Refusing to \
+         start before touching data; during a rotation, configure the old key as [previous_kek]"
+    ))
 }
 
 impl std::fmt::Debug for Vault {
@@ -228,8 +251,14 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Opens (creating if needed) the vault at `at` (a SQLite file, or a PostgreSQL database
     /// apart from the data's) with the region's KEK. A vault of the earlier layout (data keys
-    /// by external id) is refused while it holds keys.
-    pub fn open(at: &Backend, kek: &[u8; 32]) -> Result<Self, NodeError> {
+    /// by external id) is refused while it holds keys; so is a KEK that does not match.
+    pub fn open(at: &Backend, kek: impl Into<Kek>) -> Result<Self, NodeError> {
+        Self::open_rotating(at, kek.into(), None)
+    }
+
+    /// [`Vault::open`] during a KEK rotation: keys wrapped by `previous` still open, and the
+    /// new KEK is registered (its check value) if the vault does not know it yet.
+    pub fn open_rotating(at: &Backend, kek: Kek, previous: Option<Kek>) -> Result<Self, NodeError> {
         let conn = match at {
             Backend::Sqlite(path) => {
                 let conn = rusqlite::Connection::open(path)?;
@@ -242,7 +271,7 @@ impl Vault {
             }
             Backend::Postgres(_) => at.connect_read_write()?,
         };
-        conn.transaction(|tx| {
+        let (lookup_key, kek_id, previous_id) = conn.transaction(|tx| {
             if tx.dialect() == Dialect::Postgres {
                 // Replicas opening one vault together take turns.
                 tx.lock(0x646f_6d69_0002)?;
@@ -273,21 +302,216 @@ impl Vault {
                 tx.execute_batch("DROP TABLE data_keys; DROP TABLE IF EXISTS erased_subjects;")?;
             }
             match tx.dialect() {
-                Dialect::Sqlite => tx.execute_batch(SCHEMA),
-                Dialect::Postgres => tx.execute_batch(&crate::pg_schema::translate(SCHEMA)),
+                Dialect::Sqlite => tx.execute_batch(SCHEMA)?,
+                Dialect::Postgres => tx.execute_batch(&crate::pg_schema::translate(SCHEMA))?,
             }
+            let has_kek_id = match tx.dialect() {
+                Dialect::Sqlite => tx.query_opt(
+                    "SELECT 1 FROM pragma_table_info('subject_keys') WHERE name = 'kek_id'",
+                    params![],
+                    |_| Ok(()),
+                )?,
+                Dialect::Postgres => tx.query_opt(
+                    "SELECT 1 FROM information_schema.columns
+                     WHERE table_name = 'subject_keys' AND column_name = 'kek_id'",
+                    params![],
+                    |_| Ok(()),
+                )?,
+            };
+            if has_kek_id.is_none() {
+                tx.execute_batch(
+                    "ALTER TABLE subject_keys ADD COLUMN kek_id TEXT NOT NULL DEFAULT ''",
+                )?;
+            }
+            Self::check_keks(tx, &kek, previous.as_ref())
         })?;
         Ok(Self {
-            lookup_key: derive("domicile/v1/subject-lookup", kek),
+            lookup_key,
             conn: Mutex::new(conn),
-            kek: XChaCha20Poly1305::new_from_slice(kek).expect("32-byte key"),
+            kek: (kek, kek_id),
+            previous: previous.zip(previous_id),
         })
     }
 
-    /// Opens the key vault of the node configured by `config`, with its KEK (for operator
-    /// commands and tests that read a node's files).
+    /// Finds the KEKs among the vault's check values (registering the current one at a
+    /// vault's first open, or when a rotation starts): the lookup key, the current KEK's id
+    /// and the previous KEK's.
+    fn check_keks(
+        tx: &Connection,
+        kek: &Kek,
+        previous: Option<&Kek>,
+    ) -> Result<([u8; 32], String, Option<String>), NodeError> {
+        let checks: Vec<(String, Vec<u8>)> = tx.query_map(
+            "SELECT kek_id, lookup_key FROM kek_checks ORDER BY created_at",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let find = |k: &Kek| -> Result<Option<(String, [u8; 32])>, NodeError> {
+            for (id, wrapped) in &checks {
+                if let Some(clear) = k.unwrap(&check_aad(id), wrapped)? {
+                    let lookup = <[u8; 32]>::try_from(clear.as_slice()).map_err(|_| {
+                        NodeError::Internal("a KEK check value has the wrong length".into())
+                    })?;
+                    return Ok(Some((id.clone(), lookup)));
+                }
+            }
+            Ok(None)
+        };
+        let register = |k: &Kek, lookup: &[u8; 32]| -> Result<String, NodeError> {
+            let id = hex::encode(random::<8>()?);
+            tx.execute(
+                "INSERT INTO kek_checks (kek_id, lookup_key, created_at) VALUES (?1, ?2, ?3)",
+                params![
+                    id,
+                    k.wrap(&check_aad(&id), lookup)?,
+                    domicile_proto::domain::unix_now()
+                ],
+            )?;
+            Ok(id)
+        };
+        let current = find(kek)?;
+        let previous_found = match previous {
+            Some(p) => Some(find(p)?.ok_or_else(|| kek_mismatch("previous_kek"))?),
+            None => None,
+        };
+        let previous_id = previous_found.as_ref().map(|(id, _)| id.clone());
+        if let Some((id, lookup)) = current {
+            return Ok((lookup, id, previous_id));
+        }
+        if let Some((_, lookup)) = previous_found {
+            // A rotation starts: the new KEK gets its own check value over the same lookup key.
+            let id = register(kek, &lookup)?;
+            return Ok((lookup, id, previous_id));
+        }
+        if !checks.is_empty() {
+            return Err(kek_mismatch("the key-encryption key"));
+        }
+        // A vault's first open with check values: a new vault, or one whose keys all predate
+        // them (and were wrapped by the one KEK it had, which must be this one).
+        let one: Option<(String, String, Vec<u8>)> = tx.query_opt(
+            "SELECT tenant, reference, wrapped FROM subject_keys LIMIT 1",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let lookup = match (&one, kek.legacy_lookup()) {
+            (None, Some(legacy)) => legacy,
+            (None, None) => random::<32>()?,
+            (Some((tenant, reference, wrapped)), Some(legacy)) => {
+                if kek.unwrap(&wrap_aad(tenant, reference), wrapped)?.is_none() {
+                    return Err(kek_mismatch("the key-encryption key"));
+                }
+                legacy
+            }
+            (Some(_), None) => {
+                return Err(NodeError::Internal(
+                    "this key vault's keys were wrapped by a KEK held in memory; move them into \
+                     the token with a rotation (docs/operations.md, Key custody)"
+                        .into(),
+                ));
+            }
+        };
+        let id = register(kek, &lookup)?;
+        tx.execute(
+            "UPDATE subject_keys SET kek_id = ?1 WHERE kek_id = ''",
+            params![id],
+        )?;
+        Ok((lookup, id, None))
+    }
+
+    /// Opens the key vault of the node configured by `config`, with its KEK (and, during a
+    /// rotation, its previous KEK), for the node, operator commands and tests.
     pub fn open_for(config: &crate::config::NodeConfig) -> Result<Self, NodeError> {
-        Self::open(&config.key_vault_backend(), &crate::node::load_kek(config)?)
+        Self::open_rotating(
+            &config.key_vault_backend(),
+            Kek::open(config)?,
+            Kek::open_previous(config)?,
+        )
+    }
+
+    /// Re-wraps up to `limit` subject keys not yet wrapped by the current KEK (during a
+    /// rotation), each batch in one transaction, so that a rotation stopped anywhere resumes
+    /// where it was. The number re-wrapped; 0 when none is left.
+    pub fn rewrap(&self, limit: usize) -> Result<usize, NodeError> {
+        let (kek, kek_id) = &self.kek;
+        self.with(|tx| {
+            /// A vault row to re-wrap: tenant, lookup, its KEK's id, reference, wrapped key.
+            type Row = (String, Vec<u8>, String, String, Vec<u8>);
+            let rows: Vec<Row> = tx.query_map(
+                "SELECT tenant, lookup, kek_id, reference, wrapped FROM subject_keys
+                 WHERE kek_id <> ?1 LIMIT ?2",
+                params![kek_id, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
+            for (tenant, lookup, old_id, reference, wrapped) in &rows {
+                let aad = wrap_aad(tenant, reference);
+                let raw = self.unwrap_with(old_id, &aad, wrapped)?;
+                tx.execute(
+                    "UPDATE subject_keys SET wrapped = ?1, kek_id = ?2
+                     WHERE tenant = ?3 AND lookup = ?4 AND kek_id = ?5",
+                    params![
+                        kek.wrap(&aad, &raw)?,
+                        kek_id,
+                        tenant,
+                        lookup.as_slice(),
+                        old_id
+                    ],
+                )?;
+            }
+            Ok(rows.len())
+        })
+    }
+
+    /// How many subject keys are wrapped by another KEK than the current one.
+    pub fn to_rewrap(&self) -> Result<i64, NodeError> {
+        self.with(|tx| {
+            tx.query_row(
+                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> ?1",
+                params![self.kek.1],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Once nothing is left to re-wrap: forgets the other KEKs' check values, so that the
+    /// old KEK no longer opens the vault at all. The number forgotten.
+    pub fn retire_other_keks(&self) -> Result<usize, NodeError> {
+        self.with(|tx| {
+            let left: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> ?1",
+                params![self.kek.1],
+                |r| r.get(0),
+            )?;
+            if left > 0 {
+                return Err(NodeError::Internal(format!(
+                    "{left} subject keys are still wrapped by the previous KEK"
+                )));
+            }
+            tx.execute(
+                "DELETE FROM kek_checks WHERE kek_id <> ?1",
+                params![self.kek.1],
+            )
+        })
+    }
+
+    /// The raw data key in `wrapped`, by the KEK `kek_id` names.
+    fn unwrap_with(&self, kek_id: &str, aad: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, NodeError> {
+        let kek = if *kek_id == self.kek.1 {
+            &self.kek.0
+        } else if let Some((previous, id)) = &self.previous
+            && id == kek_id
+        {
+            previous
+        } else {
+            return Err(NodeError::Internal(format!(
+                "a subject key is wrapped by a KEK this node is not given (check id {kek_id}): \
+                 configure it as [previous_kek] and finish the rotation"
+            )));
+        };
+        kek.unwrap(aad, wrapped)?.ok_or_else(|| {
+            NodeError::Internal(
+                "a data key does not open with its KEK (a damaged or moved vault row?)".into(),
+            )
+        })
     }
 
     fn lookup(&self, tenant: &str, external_id: &str) -> [u8; 32] {
@@ -301,13 +525,10 @@ impl Vault {
         &self,
         tenant: &str,
         reference: String,
+        kek_id: &str,
         wrapped: &[u8],
     ) -> Result<SubjectKey, NodeError> {
-        let raw = open(&self.kek, &wrap_aad(tenant, &reference), wrapped).ok_or_else(|| {
-            NodeError::Internal(
-                "a data key does not open with this KEK (wrong key-encryption key?)".into(),
-            )
-        })?;
+        let raw = self.unwrap_with(kek_id, &wrap_aad(tenant, &reference), wrapped)?;
         Ok(SubjectKey::new(reference, &raw))
     }
 
@@ -331,51 +552,54 @@ impl Vault {
         create: bool,
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         const GET: &str =
-            "SELECT reference, wrapped FROM subject_keys WHERE tenant = ?1 AND lookup = ?2";
+            "SELECT reference, kek_id, wrapped FROM subject_keys WHERE tenant = ?1 AND lookup = ?2";
         self.with(|tx| {
             let mut out = HashMap::with_capacity(external_ids.len());
             let now = domicile_proto::domain::unix_now();
             let mut get = tx.prepare_cached(GET)?;
             for external in external_ids {
                 let lookup = self.lookup(tenant, external);
-                let found: Option<(String, Vec<u8>)> = get
+                let found: Option<(String, String, Vec<u8>)> = get
                     .query_row(params![tenant, lookup.as_slice()], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
                     .optional()?;
                 let key = match found {
-                    Some((reference, wrapped)) => self.unwrap_key(tenant, reference, &wrapped)?,
+                    Some((reference, kek_id, wrapped)) => {
+                        self.unwrap_key(tenant, reference, &kek_id, &wrapped)?
+                    }
                     None if create => {
                         let raw = random::<32>()?;
                         let reference = hex::encode(random::<{ REFERENCE_LEN / 2 }>()?);
                         let key = SubjectKey::new(reference, &raw);
-                        let wrapped = seal(&self.kek, &wrap_aad(tenant, &key.reference), &raw)?;
+                        let wrapped = self.kek.0.wrap(&wrap_aad(tenant, &key.reference), &raw)?;
                         let sealed = key.seal(
                             &external_id_aad(tenant, &key.reference),
                             external.as_bytes(),
                         )?;
                         let made = tx.execute(
                             "INSERT OR IGNORE INTO subject_keys
-                               (tenant, lookup, reference, wrapped, external_id, created_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                               (tenant, lookup, reference, wrapped, external_id, created_at, kek_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                             params![
                                 tenant,
                                 lookup.as_slice(),
                                 key.reference,
                                 wrapped,
                                 sealed,
-                                now
+                                now,
+                                self.kek.1
                             ],
                         )?;
                         if made == 1 {
                             key
                         } else {
                             // Another replica made this subject first: use theirs.
-                            let (reference, wrapped): (String, Vec<u8>) = get
+                            let (reference, kek_id, wrapped): (String, String, Vec<u8>) = get
                                 .query_row(params![tenant, lookup.as_slice()], |r| {
-                                    Ok((r.get(0)?, r.get(1)?))
+                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                                 })?;
-                            self.unwrap_key(tenant, reference, &wrapped)?
+                            self.unwrap_key(tenant, reference, &kek_id, &wrapped)?
                         }
                     }
                     None => continue,
@@ -401,17 +625,17 @@ impl Vault {
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         self.with(|tx| {
             let mut get = tx.prepare_cached(
-                "SELECT wrapped FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
+                "SELECT kek_id, wrapped FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
             )?;
             let mut out = HashMap::with_capacity(references.len());
             for reference in references {
-                let wrapped: Option<Vec<u8>> = get
-                    .query_row(params![tenant, reference], |r| r.get(0))
+                let wrapped: Option<(String, Vec<u8>)> = get
+                    .query_row(params![tenant, reference], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if let Some(w) = wrapped {
+                if let Some((kek_id, w)) = wrapped {
                     out.insert(
                         (*reference).to_owned(),
-                        self.unwrap_key(tenant, (*reference).to_owned(), &w)?,
+                        self.unwrap_key(tenant, (*reference).to_owned(), &kek_id, &w)?,
                     );
                 }
             }
@@ -428,17 +652,18 @@ impl Vault {
 
     /// The external id of the subject `reference`, while its key lives.
     pub fn external_id(&self, tenant: &str, reference: &str) -> Result<Option<String>, NodeError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = self.with(|tx| {
+        let row: Option<(String, Vec<u8>, Vec<u8>)> = self.with(|tx| {
             tx.query_opt(
-                "SELECT wrapped, external_id FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
+                "SELECT kek_id, wrapped, external_id FROM subject_keys
+                 WHERE tenant = ?1 AND reference = ?2",
                 params![tenant, reference],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
         })?;
-        let Some((wrapped, sealed)) = row else {
+        let Some((kek_id, wrapped, sealed)) = row else {
             return Ok(None);
         };
-        let key = self.unwrap_key(tenant, reference.to_owned(), &wrapped)?;
+        let key = self.unwrap_key(tenant, reference.to_owned(), &kek_id, &wrapped)?;
         let clear = key
             .open(&external_id_aad(tenant, reference), &sealed)
             .ok_or_else(|| NodeError::Internal("a sealed external id does not open".into()))?;
@@ -603,11 +828,99 @@ mod tests {
             .resolve("acme", &BTreeSet::from(["s1"]), true)
             .unwrap();
         assert_ne!(fresh["s1"].reference, s1.reference);
-        // A vault opened with another KEK cannot unwrap the keys.
+        // Another KEK does not open the vault at all: refused before any key is read.
         drop(vault);
-        let wrong = Vault::open(&at, &[4; 32]).unwrap();
-        assert!(wrong.key("acme", &s2.reference).is_err());
-        assert!(wrong.find("acme", "s2").unwrap().is_none(), "nor find them");
+        let e = Vault::open(&at, &[4; 32]).unwrap_err().to_string();
+        assert!(e.contains("does not match this key vault"), "{e}");
+        // The right one still does.
+        let again = Vault::open(&at, &[3; 32]).unwrap();
+        assert!(again.key("acme", &s2.reference).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_vault_from_before_check_values_is_checked_against_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Backend::Sqlite(dir.path().join("keys.sqlite"));
+        let reference = {
+            let vault = Vault::open(&at, &[3; 32]).unwrap();
+            vault
+                .resolve("acme", &BTreeSet::from(["c-1"]), true)
+                .unwrap()
+                .remove("c-1")
+                .unwrap()
+                .reference
+        };
+        // Make it look like a vault of the previous release: no check values, no KEK ids.
+        let raw = rusqlite::Connection::open(dir.path().join("keys.sqlite")).unwrap();
+        raw.execute_batch("DROP TABLE kek_checks; ALTER TABLE subject_keys DROP COLUMN kek_id;")
+            .unwrap();
+        drop(raw);
+        // A wrong KEK is refused (it opens none of the vault's keys) and changes nothing…
+        let e = Vault::open(&at, &[4; 32]).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        // …and the right one opens it, finds the subject and keeps a check value from then on.
+        let vault = Vault::open(&at, &[3; 32]).unwrap();
+        let found = vault.find("acme", "c-1").unwrap().unwrap();
+        assert_eq!(found.reference, reference);
+        drop(vault);
+        assert!(Vault::open(&at, &[4; 32]).is_err());
+    }
+
+    #[test]
+    fn a_rotation_rewraps_every_key_resumably_and_retires_the_old_kek() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Backend::Sqlite(dir.path().join("keys.sqlite"));
+        let (old, new) = ([3u8; 32], [5u8; 32]);
+        let ids: Vec<String> = (0..25).map(|i| format!("c-{i}")).collect();
+        let before: HashMap<String, String> = {
+            let vault = Vault::open(&at, &old).unwrap();
+            let set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+            vault
+                .resolve("acme", &set, true)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.reference))
+                .collect()
+        };
+        // The new KEK alone is refused: the vault does not know it yet.
+        assert!(Vault::open(&at, &new).is_err());
+        let rotating =
+            || Vault::open_rotating(&at, Kek::from(&new), Some(Kek::from(&old))).unwrap();
+        let vault = rotating();
+        assert_eq!(vault.to_rewrap().unwrap(), 25);
+        // Keys open under either KEK while the rotation runs, and new ones use the new KEK.
+        assert!(vault.find("acme", "c-3").unwrap().is_some());
+        vault
+            .resolve("acme", &BTreeSet::from(["c-new"]), true)
+            .unwrap();
+        assert_eq!(vault.rewrap(10).unwrap(), 10);
+        // Stopped here (a crash, a restart): the next run resumes with what is left.
+        drop(vault);
+        let vault = rotating();
+        assert_eq!(vault.to_rewrap().unwrap(), 15);
+        assert!(
+            vault.retire_other_keks().is_err(),
+            "not while keys are left"
+        );
+        while vault.rewrap(10).unwrap() > 0 {}
+        assert_eq!(vault.to_rewrap().unwrap(), 0);
+        assert_eq!(vault.retire_other_keks().unwrap(), 1);
+        drop(vault);
+        // Now only the new KEK opens the vault, and every subject keeps its reference.
+        let e = Vault::open(&at, &old).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        let vault = Vault::open(&at, &new).unwrap();
+        for (id, reference) in &before {
+            assert_eq!(
+                &vault.find("acme", id).unwrap().unwrap().reference,
+                reference
+            );
+            assert_eq!(
+                vault.external_id("acme", reference).unwrap().as_deref(),
+                Some(id.as_str())
+            );
+        }
+        assert!(vault.find("acme", "c-new").unwrap().is_some());
     }
 
     #[test]

@@ -43,6 +43,7 @@ async fn the_previous_key_opens_envelopes_until_its_grace_period_ends() -> anyho
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("n.sqlite"));
     config.insecure_plaintext = true; // in-process only
+    domicile_node::keys::create_region_keys(&config)?;
     let node = Node::open(config.clone())?;
     let old = node.sealing_key();
     // A client sealed these before the rotation.
@@ -50,10 +51,14 @@ async fn the_previous_key_opens_envelopes_until_its_grace_period_ends() -> anyho
     let late = envelope(&old, "c-2");
     drop(node);
 
-    // Rotate: the old key becomes the previous one; the node makes a fresh current key.
+    // Rotate: the old key becomes the previous one, and a fresh key the current one.
     let current = config.sealing_key_path();
     let previous = dir.path().join("sealing.previous.key");
     std::fs::rename(&current, &previous)?;
+    domicile_node::keys::write_private(
+        &current,
+        &domicile_proto::seal::SealingKeyPair::generate().private_bytes(),
+    )?;
     config.previous_sealing_key_file = Some(previous);
     config.previous_sealing_key_until = Some("2999-01-01T00:00:00Z".parse()?);
     let node = Node::open(config.clone())?;

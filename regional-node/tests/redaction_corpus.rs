@@ -4,8 +4,9 @@
 //!
 //! Recall must be 100%: every non-space byte of every planted identifier is inside a redacted
 //! span. Precision (redacted spans that touch a planted identifier, over all redacted spans)
-//! is printed with `--nocapture` and held above a floor so that a detector that redacts
-//! everything cannot pass.
+//! is printed with `--nocapture` and held at 99% or more, so that a detector that redacts
+//! everything cannot pass. The hard cases (a second corpus of identifiers written to dodge
+//! filters) must be redacted with at least 99% recall.
 
 use std::collections::BTreeMap;
 
@@ -40,18 +41,30 @@ fn category(kind: &str) -> Category {
     }
 }
 
-#[test]
-fn every_planted_identifier_is_redacted_and_precision_is_reported() {
-    let text = include_str!("data/redaction_corpus.jsonl");
-    let comments: Vec<Comment> = text
+/// Recall and precision of the redactor over a labelled corpus.
+struct Measured {
+    /// Planted identifiers, and those not fully redacted (described).
+    planted: usize,
+    misses: Vec<String>,
+    /// Redacted spans, and those on a planted identifier.
+    spans_total: usize,
+    spans_true: usize,
+}
+
+impl Measured {
+    fn recall(&self) -> f64 {
+        1.0 - self.misses.len() as f64 / self.planted as f64
+    }
+    fn precision(&self) -> f64 {
+        self.spans_true as f64 / self.spans_total as f64
+    }
+}
+
+fn measure(corpus: &str) -> Measured {
+    let comments: Vec<Comment> = corpus
         .lines()
         .map(|l| serde_json::from_str(l).expect("corpus line"))
         .collect();
-    assert!(
-        comments.len() >= 500,
-        "the corpus has at least 500 comments"
-    );
-
     let mut misses = Vec::new();
     let mut planted_by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new(); // (planted, right type)
     let (mut spans_total, mut spans_true) = (0usize, 0usize);
@@ -94,13 +107,22 @@ fn every_planted_identifier_is_redacted_and_precision_is_reported() {
             }
         }
     }
-    let precision = spans_true as f64 / spans_total as f64;
+    let m = Measured {
+        planted: planted_by_kind.values().map(|(n, _)| n).sum(),
+        misses,
+        spans_total,
+        spans_true,
+    };
     println!("comments: {}", comments.len());
     for (kind, (n, typed)) in &planted_by_kind {
         println!("  {kind:<12} planted {n:>4}, redacted as {kind} {typed:>4}");
     }
     println!("redacted spans: {spans_total}, on planted identifiers: {spans_true}");
-    println!("precision: {:.1}%", precision * 100.0);
+    println!(
+        "recall: {:.1}%, precision: {:.1}%",
+        m.recall() * 100.0,
+        m.precision() * 100.0
+    );
     for (cat, fps) in &false_positives {
         println!(
             "  false positives as {cat:?}: {} e.g. {:?}",
@@ -108,10 +130,45 @@ fn every_planted_identifier_is_redacted_and_precision_is_reported() {
             &fps[..fps.len().min(5)]
         );
     }
+    for miss in &m.misses {
+        println!("  missed {miss}");
+    }
+    m
+}
+
+#[test]
+fn every_planted_identifier_is_redacted_and_precision_is_reported() {
+    let corpus = include_str!("data/redaction_corpus.jsonl");
     assert!(
-        misses.is_empty(),
-        "missed identifiers:\n{}",
-        misses.join("\n")
+        corpus.lines().count() >= 500,
+        "the corpus has at least 500 comments"
     );
-    assert!(precision > 0.95, "precision {precision}");
+    let m = measure(corpus);
+    assert!(
+        m.misses.is_empty(),
+        "missed identifiers:\n{}",
+        m.misses.join("\n")
+    );
+    assert!(m.precision() >= 0.99, "precision {}", m.precision());
+}
+
+/// The identifiers people write to dodge filters (`tests/data/redaction_hard_cases.jsonl`, made
+/// by `make_redaction_hard_cases.py`): spelled-out and bracketed e-mail addresses, full-width
+/// `＠`, `%40`, phone numbers with dashes or after `#`, lower-case and dotted IBANs, cards
+/// grouped with dots or slashes, another country's national identifier.
+#[test]
+fn hard_cases_are_redacted() {
+    let corpus = include_str!("data/redaction_hard_cases.jsonl");
+    let langs: std::collections::BTreeSet<String> = corpus
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lang"].to_string())
+        .collect();
+    assert!(corpus.lines().count() >= 200 && langs.len() == 9);
+    let m = measure(corpus);
+    assert!(
+        m.recall() >= 0.99,
+        "recall {:.3}; missed:\n{}",
+        m.recall(),
+        m.misses.join("\n")
+    );
 }

@@ -1025,6 +1025,7 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     tokio::spawn(domicile_ops::metrics::serve(
         metrics_listener,
         sources,
+        domicile_ops::metrics::MetricsAccess::open_loopback(),
         std::future::pending(),
     ));
     let mut metrics = String::new();

@@ -41,6 +41,7 @@ async fn metrics_server(fed: &domicile_tests::Federation) -> anyhow::Result<Sock
     tokio::spawn(serve(
         listener,
         fed.metrics_sources(),
+        domicile_ops::metrics::MetricsAccess::open_loopback(),
         std::future::pending(),
     ));
     Ok(addr)

@@ -84,14 +84,17 @@ pub fn node_on(
 }
 
 /// A node configuration for region eu-de (DE), plaintext, on `listen`, with its database at
-/// `database` (keys beside it), written to `path`; `extra` lines are appended.
+/// `database` (keys beside it, made by `domicile keygen --config` unless they exist), written
+/// to `path`; `extra` lines are appended.
 pub fn node_config(path: &Path, listen: SocketAddr, database: &Path, extra: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n{extra}",
-            database.display()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "region_id = \"eu-de\"\ncountries = [\"DE\"]\nlisten = \"{listen}\"\ninsecure_plaintext = true\ndatabase = \"{}\"\n{extra}",
+        database.display()
+    );
+    std::fs::write(path, &text).unwrap();
+    let config = domicile_node::NodeConfig::from_toml(&text).unwrap();
+    if !domicile_node::keys::region_keys_exist(&config) {
+        let (code, out) = domicile(&["keygen", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+    }
 }

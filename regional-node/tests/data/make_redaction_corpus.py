@@ -341,14 +341,19 @@ def build(lang, template, name, country):
     return {"lang": lang, "country": country, "name": name, "text": out.decode(), "pii": spans}
 
 
-lines = []
-for lang, (country, names) in LANGS.items():
-    for n in range(60):
-        template = TEMPLATES[lang][n % len(TEMPLATES[lang])]
-        if lang == "de" and "{nid}" in template:
-            template = template.replace("{nid}", "{phone}")
-        name = names[rng.randrange(len(names))]
-        lines.append(build(lang, template, name, country))
-for k, line in enumerate(lines):
-    line["id"] = k
-    print(json.dumps(line, ensure_ascii=False))
+def main():
+    lines = []
+    for lang, (country, names) in LANGS.items():
+        for n in range(60):
+            template = TEMPLATES[lang][n % len(TEMPLATES[lang])]
+            if lang == "de" and "{nid}" in template:
+                template = template.replace("{nid}", "{phone}")
+            name = names[rng.randrange(len(names))]
+            lines.append(build(lang, template, name, country))
+    for k, line in enumerate(lines):
+        line["id"] = k
+        print(json.dumps(line, ensure_ascii=False))
+
+
+if __name__ == "__main__":  # make_redaction_hard_cases.py imports the helpers
+    main()
