@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 actor: "bench".into(),
                 token_ttl_seconds: 0,
             })?;
-            consent::record(tx, "eu-de", &policy, &change)?;
+            consent::record(tx, "eu-de", &policy, &change, node.now())?;
         }
         Ok(())
     })?;

@@ -153,7 +153,7 @@ fn erase_again_in(
     for (tenant, subject) in &known {
         if vault.was_erased(tenant, subject)? {
             // Holds recorded in the backup still apply; what they keep stays, flagged.
-            crate::rights::erase(tx, tenant, subject, &[])?;
+            crate::rights::erase(tx, tenant, subject, &[], domicile_proto::domain::unix_now())?;
             erased_again += 1;
         }
     }

@@ -13,7 +13,7 @@
 use crate::db::{Connection, OptionalExtension, ToValue, params};
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
-    domain::{unix_now as now, whole_seconds as ts},
+    domain::whole_seconds as ts,
     pb::{
         Channel, CheckContactPermissionResponse, ConsentAction, ConsentEntry,
         ConsentRule as WireRule, ConsentSource, ConsentState, ConsentStatus, GetConsentResponse,
@@ -258,6 +258,7 @@ pub fn record(
     region_id: &str,
     policy: &CountryPolicy,
     change: &ConsentChange,
+    at: i64,
 ) -> Result<Recorded, NodeError> {
     let rule = rule_of(policy, change.purpose, change.channel);
     let action = match change.action {
@@ -266,7 +267,6 @@ pub fn record(
         }
         a => a,
     };
-    let at = now();
     let entry = append(
         tx,
         change.tenant.as_str(),
@@ -322,6 +322,7 @@ pub fn confirm(
     tx: &Connection,
     policies: &PolicySet,
     confirmation: &Confirmation,
+    at: i64,
 ) -> Result<(Recorded, String), NodeError> {
     let hash = Sha256::digest(confirmation.token.as_bytes());
     let row = tx
@@ -344,7 +345,6 @@ pub fn confirm(
     let Some((subject, purpose, channel, request_seq, expires_at, used_at)) = row else {
         return Err(NodeError::NotFound("unknown confirmation token".into()));
     };
-    let at = now();
     if used_at.is_some() {
         return Err(NodeError::FailedPrecondition(
             "token: this confirmation token was already used".into(),

@@ -275,6 +275,11 @@ impl Node {
         &self.inner.metrics
     }
 
+    /// The node's time (Unix seconds): its injected clock, the system's in production.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.inner.audit
@@ -308,7 +313,7 @@ impl Node {
     pub fn signed_sealing_key(&self) -> domicile_proto::pb::SignedSealingKey {
         let inner = &self.inner;
         let public = inner.keys.public();
-        let now = domicile_proto::domain::unix_now();
+        let now = self.now();
         let statement = domicile_proto::pb::SealingKeyStatement {
             region_id: inner.config.region_id.clone(),
             countries: inner.config.countries.clone(),
@@ -333,7 +338,7 @@ impl Node {
     where
         R: domicile_proto::trust::DpoSigned,
     {
-        let now = domicile_proto::domain::unix_now();
+        let now = self.now();
         let verdict = domicile_proto::trust::verify_request(request, now, |id| {
             self.inner.dpo_keys.lookup(tenant, id)
         });
@@ -449,11 +454,7 @@ impl Node {
                 let region = &inner.config.region_id;
                 let release = incident::Release::of(&inner.policies);
                 inner.store.write(|tx| {
-                    let today = incident::reports_today(
-                        tx,
-                        spec.tenant.as_str(),
-                        domicile_proto::domain::unix_now(),
-                    )?;
+                    let today = incident::reports_today(tx, spec.tenant.as_str(), node.now())?;
                     if today >= release.per_day {
                         inner.audit.append(
                             tx,
@@ -634,8 +635,7 @@ impl Node {
         // The previous key still opens envelopes during its grace period after a rotation.
         let key = match &inner.previous {
             Some((previous, until))
-                if envelope.key_id == previous.public().key_id()
-                    && domicile_proto::domain::unix_now() < *until =>
+                if envelope.key_id == previous.public().key_id() && self.now() < *until =>
             {
                 previous
             }
@@ -1297,8 +1297,9 @@ impl Node {
             // seen before.
             let mut change = change;
             node.to_reference(&change.tenant, &mut change.subject, true)?;
+            let now = node.now();
             let recorded = inner.store.write(|tx| {
-                let recorded = consent::record(tx, region, policy, &change)?;
+                let recorded = consent::record(tx, region, policy, &change, now)?;
                 node.audit_consent(
                     tx,
                     change.tenant.as_str(),
@@ -1328,8 +1329,9 @@ impl Node {
         self.blocking(move |node| {
             let policies = &node.inner.policies;
             let inner = &node.inner;
+            let now = node.now();
             let recorded = inner.store.write(|tx| {
-                let (recorded, subject_id) = consent::confirm(tx, policies, &confirmation)?;
+                let (recorded, subject_id) = consent::confirm(tx, policies, &confirmation, now)?;
                 node.audit_consent(
                     tx,
                     confirmation.tenant.as_str(),

@@ -66,10 +66,10 @@ fn re(pattern: &str) -> Regex {
 /// brackets, braces or angle brackets, with optional spaces around), dots as `.` or a bracketed
 /// `dot`.
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    let at = r"(?:\s?(?:@|＠|%40)\s?|\s?[(\[{<]\s?at\s?[)\]}>]\s?)";
-    let dot = r"(?:\.|．|\s?[(\[{<]\s?dot\s?[)\]}>]\s?)";
+    let at = r"(?:\s?(?:@|＠|%40)\s?|\s?[(\[{<]\s?(?i:at)\s?[)\]}>]\s?)";
+    let dot = r"(?:\.|．|\s?[(\[{<]\s?(?i:dot)\s?[)\]}>]\s?)";
     re(&format!(
-        r"(?i)[\p{{L}}\p{{N}}_+\-]+(?:{dot}[\p{{L}}\p{{N}}_+\-]+)*{at}[\p{{L}}\p{{N}}\-]+(?:{dot}[\p{{L}}\p{{N}}\-]+)*{dot}\p{{L}}{{2,}}"
+        r"[\p{{L}}\p{{N}}_+\-]+(?:{dot}[\p{{L}}\p{{N}}_+\-]+)*{at}[\p{{L}}\p{{N}}\-]+(?:{dot}[\p{{L}}\p{{N}}\-]+)*{dot}\p{{L}}{{2,}}"
     ))
 });
 /// An e-mail address spelled out in words, `jane dot doe at example dot com`: only with a
@@ -81,7 +81,7 @@ static EMAIL_SPELLED: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// An IBAN in any case, its groups separated by spaces, dashes or dots.
 static IBAN: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?i)(?-u:\b)[A-Z]{2}\d{2}(?:[ \-.]?[A-Z0-9]){11,30}"));
+    LazyLock::new(|| re(r"(?-u:\b)[A-Za-z]{2}\d{2}(?:[ \-.]?[A-Za-z0-9]){11,30}"));
 /// A run of 13 to 19 digits (a card number), grouped by spaces, dashes, dots or slashes.
 static DIGIT_RUN: LazyLock<Regex> =
     LazyLock::new(|| re(r"\d(?:[ \-./\u{2010}-\u{2015}]?\d){12,18}"));
@@ -94,10 +94,12 @@ static DATE: LazyLock<Regex> = LazyLock::new(|| {
 });
 static AMOUNT: LazyLock<Regex> = LazyLock::new(|| re(r"^\d{1,3}(?:[., ]\d{3})*[.,]\d{2}$"));
 
-/// A country's national identifier: a pattern and an optional checksum on its characters.
+/// A country's national identifier: a pattern, an optional checksum on its characters, and
+/// the fewest ASCII digits a match holds (a text with fewer is not searched).
 struct NationalId {
     pattern: Regex,
     check: fn(&str) -> bool,
+    min_digits: usize,
 }
 
 fn always(_: &str) -> bool {
@@ -105,9 +107,10 @@ fn always(_: &str) -> bool {
 }
 
 static NATIONAL_IDS: LazyLock<Vec<(&'static str, NationalId)>> = LazyLock::new(|| {
-    let id = |p: &str, check: fn(&str) -> bool| NationalId {
+    let id = |p: &str, check: fn(&str) -> bool, min_digits: usize| NationalId {
         pattern: re(p),
         check,
+        min_digits,
     };
     vec![
         // Codice fiscale: 16 characters, letter/digit positions fixed.
@@ -116,12 +119,17 @@ static NATIONAL_IDS: LazyLock<Vec<(&'static str, NationalId)>> = LazyLock::new(|
             id(
                 r"(?i)(?-u:\b)[A-Z]{6}\d{2}[A-EHLMPR-T]\d{2}[A-Z]\d{3}[A-Z](?-u:\b)",
                 always,
+                7,
             ),
         ),
         // DNI (8 digits and a check letter) and NIE (X/Y/Z, 7 digits, check letter).
         (
             "ES",
-            id(r"(?i)(?-u:\b)[XYZ0-9]\d{7}[\- ]?[A-Z](?-u:\b)", spanish_id),
+            id(
+                r"(?i)(?-u:\b)[XYZ0-9]\d{7}[\- ]?[A-Z](?-u:\b)",
+                spanish_id,
+                7,
+            ),
         ),
         // National Insurance number.
         (
@@ -129,14 +137,19 @@ static NATIONAL_IDS: LazyLock<Vec<(&'static str, NationalId)>> = LazyLock::new(|
             id(
                 r"(?i)(?-u:\b)[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D](?-u:\b)",
                 always,
+                6,
             ),
         ),
         // Social Security number, dashed.
-        ("US", id(r"(?-u:\b)\d{3}-\d{2}-\d{4}(?-u:\b)", us_ssn)),
+        ("US", id(r"(?-u:\b)\d{3}-\d{2}-\d{4}(?-u:\b)", us_ssn, 9)),
         // CPF with its two check digits.
         (
             "BR",
-            id(r"(?-u:\b)\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?-u:\b)", brazil_cpf),
+            id(
+                r"(?-u:\b)\d{3}\.?\d{3}\.?\d{3}-?\d{2}(?-u:\b)",
+                brazil_cpf,
+                11,
+            ),
         ),
         // NIR (numéro de sécurité sociale) with its key.
         (
@@ -144,16 +157,27 @@ static NATIONAL_IDS: LazyLock<Vec<(&'static str, NationalId)>> = LazyLock::new(|
             id(
                 r"(?i)(?-u:\b)[12]\s?\d{2}\s?\d{2}\s?(?:\d{2}|2A|2B)\s?\d{3}\s?\d{3}\s?\d{2}(?-u:\b)",
                 french_nir,
+                13,
             ),
         ),
         // BSN, 11-proof.
         (
             "NL",
-            id(r"(?-u:\b)\d{3}\.?\d{3}\.?\d{3}(?-u:\b)", dutch_bsn),
+            id(r"(?-u:\b)\d{3}\.?\d{3}\.?\d{3}(?-u:\b)", dutch_bsn, 9),
         ),
         // Resident identity card number, ISO 7064 MOD 11-2.
-        ("CN", id(r"(?i)(?-u:\b)\d{17}[\dX](?-u:\b)", chinese_id)),
+        ("CN", id(r"(?i)(?-u:\b)\d{17}[\dX](?-u:\b)", chinese_id, 17)),
     ]
+});
+
+/// Every national-identifier pattern looked for outside its country, as one alternation.
+static FOREIGN_IDS: LazyLock<Regex> = LazyLock::new(|| {
+    let all: Vec<String> = NATIONAL_IDS
+        .iter()
+        .filter(|(c, _)| *c != "NL")
+        .map(|(_, rule)| format!("(?:{})", rule.pattern.as_str()))
+        .collect();
+    re(&all.join("|"))
 });
 
 fn digits(s: &str) -> Vec<u32> {
@@ -317,13 +341,22 @@ impl Redactor {
             spans.push((cat, r));
         };
 
-        let mut found: Vec<_> = EMAIL.find_iter(&masked).map(|m| m.range()).collect();
-        found.extend(spelled_emails(&masked));
+        // Cheap tests first: most comments have no `@`, no "dot" and few digits, and the
+        // detectors that cannot match are not run (each is a full scan of the text).
+        let digit_count = text.bytes().filter(u8::is_ascii_digit).count();
+        let mut found: Vec<_> = if may_hold_at(text) {
+            EMAIL.find_iter(&masked).map(|m| m.range()).collect()
+        } else {
+            Vec::new()
+        };
+        if may_hold_dot(text) {
+            found.extend(spelled_emails(&masked));
+        }
         for r in found {
             claim(Category::Email, r, &mut masked);
         }
         let found: Vec<_> = IBAN
-            .find_iter(&masked)
+            .find_iter(if digit_count >= 2 { &masked } else { "" })
             .filter_map(|m| {
                 longest_valid_prefix(m.as_str(), |s| {
                     let compact: String = s
@@ -352,7 +385,14 @@ impl Redactor {
         let foreign = NATIONAL_IDS
             .iter()
             .filter(|(c, _)| Some(*c) != self.country && *c != "NL");
-        for (_, rule) in own.into_iter().chain(foreign) {
+        // One scan with every foreign pattern at once decides whether any is worth running.
+        let any_foreign = digit_count >= 6 && FOREIGN_IDS.is_match(text);
+        let foreign = foreign.filter(move |_| any_foreign);
+        for (_, rule) in own
+            .into_iter()
+            .chain(foreign)
+            .filter(|(_, rule)| digit_count >= rule.min_digits)
+        {
             let found: Vec<_> = rule
                 .pattern
                 .find_iter(&masked)
@@ -364,7 +404,7 @@ impl Redactor {
             }
         }
         let found: Vec<_> = DIGIT_RUN
-            .find_iter(&masked)
+            .find_iter(if digit_count >= 13 { &masked } else { "" })
             .filter_map(|m| {
                 longest_valid_prefix(m.as_str(), |s| {
                     (13..=19).contains(&digits(s).len()) && one_separator(s) && luhn(s)
@@ -376,7 +416,7 @@ impl Redactor {
             claim(Category::Card, r, &mut masked);
         }
         let found: Vec<_> = PHONE
-            .find_iter(&masked)
+            .find_iter(if digit_count >= 7 { &masked } else { "" })
             .map(|m| trim_phone(&masked, m.range()))
             .filter(|r| {
                 let s = &masked[r.clone()];
@@ -404,6 +444,19 @@ impl Redactor {
         out.push_str(&text[at..]);
         Redacted { text: out, spans }
     }
+}
+
+/// Whether `text` holds something [`EMAIL`] needs: an `@` (plain, full-width, `%40`) or a
+/// bracketed `at` (literal searches, far cheaper than the e-mail pattern).
+fn may_hold_at(text: &str) -> bool {
+    static AT: LazyLock<Regex> = LazyLock::new(|| re(r"@|＠|%40|[(\[{<]\s?(?i:at)"));
+    AT.is_match(text)
+}
+
+/// Whether `text` may hold a spelled-out address (a `dot`, in any case).
+fn may_hold_dot(text: &str) -> bool {
+    static DOT: LazyLock<Regex> = LazyLock::new(|| re(r"(?i-u)dot"));
+    DOT.is_match(text)
 }
 
 /// The spelled-out e-mail addresses in `text`. In "write me at jane dot doe at example dot

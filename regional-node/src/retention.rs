@@ -37,7 +37,7 @@ const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant =
 impl Node {
     /// Applies every country policy's retention now.
     pub fn sweep(&self) -> Result<Swept, NodeError> {
-        let now = domicile_proto::domain::unix_now();
+        let now = self.now();
         let (holds_expired, erasures_completed) = self.expire_holds()?;
         let mut swept = Swept {
             holds_expired,

@@ -9,7 +9,7 @@
 use crate::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
-    domain::{unix_now as now, whole_seconds as ts},
+    domain::whole_seconds as ts,
     pb::{
         Channel, ConsentAction, ConsentSource, HeldData, Purpose, SealedExport, SubjectRequestKind,
         SubjectRequestReceipt, SubjectRequestStatus, TimeRange,
@@ -85,13 +85,18 @@ struct Hold {
     expires_at: i64,
 }
 
-fn active_holds(conn: &Connection, tenant: &str, subject: &str) -> Result<Vec<Hold>, NodeError> {
+fn active_holds(
+    conn: &Connection,
+    tenant: &str,
+    subject: &str,
+    now: i64,
+) -> Result<Vec<Hold>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT hold_id, reason, range_start, range_end, expires_at FROM legal_holds
          WHERE tenant = ?1 AND subject_id = ?2 AND released_at IS NULL AND expires_at > ?3
          ORDER BY hold_id",
     )?;
-    let rows = stmt.query_map(params![tenant, subject, now()], |r| {
+    let rows = stmt.query_map(params![tenant, subject, now], |r| {
         let start: Option<i64> = r.get(2)?;
         let end: Option<i64> = r.get(3)?;
         Ok(Hold {
@@ -181,8 +186,9 @@ pub(crate) fn erase(
     tenant: &str,
     subject: &str,
     suppress_as: &[String],
+    now: i64,
 ) -> Result<Erased, NodeError> {
-    let holds = active_holds(tx, tenant, subject)?;
+    let holds = active_holds(tx, tenant, subject, now)?;
     let count_in = |range: Option<(i64, i64)>| -> Result<u64, NodeError> {
         let (start, end) = range.unwrap_or((i64::MIN, i64::MAX));
         Ok(tx.query_row(
@@ -369,7 +375,7 @@ fn export_document(
         "request_id": request_id,
         "region": inner.config.region_id,
         "tenant": tenant,
-        "generated_at": now(),
+        "generated_at": node.now(),
         "subject": { "external_id": req.external_id, "country": country },
         "profile": profile,
         "interactions": interactions,
@@ -432,7 +438,7 @@ fn export_document(
                 "details": serde_json::from_str::<serde_json::Value>(&details).unwrap_or_default(),
             }));
         }
-        let holds: Vec<_> = active_holds(conn, tenant, subject)?
+        let holds: Vec<_> = active_holds(conn, tenant, subject, node.now())?
             .into_iter()
             .map(|h| json!({ "hold_id": h.id, "reason": h.reason, "expires_at": h.expires_at }))
             .collect();
@@ -485,7 +491,7 @@ impl Node {
             .get(&country)
             .or_else(|| inner.policies.iter().next())
             .ok_or_else(|| NodeError::Internal("no policy".into()))?;
-        let submitted = now();
+        let submitted = self.now();
         let due = submitted + i64::from(*policy.deadlines.subject_request_days.get_ref()) * 86_400;
         let request_id = format!("{region}.sr-{}", random_hex()?);
         let mut receipt = SubjectRequestReceipt {
@@ -627,7 +633,7 @@ impl Node {
                 let suppress_as = self.suppression_ids(tenant, external, subject)?;
                 let erased = inner
                     .store
-                    .write(|tx| erase(tx, tenant, subject, &suppress_as))?;
+                    .write(|tx| erase(tx, tenant, subject, &suppress_as, self.now()))?;
                 details["suppression_kept"] = json!(!suppress_as.is_empty());
                 details["interactions_deleted"] = json!(erased.interactions_deleted);
                 details["complete"] = json!(erased.complete);
@@ -668,7 +674,7 @@ impl Node {
                             actor: req.actor.clone(),
                             token_ttl_seconds: 0,
                         };
-                        let recorded = consent::record(tx, &region, &policy, &change)?;
+                        let recorded = consent::record(tx, &region, &policy, &change, self.now())?;
                         self.audit_consent(tx, tenant, subject, &recorded.entry)?;
                     }
                     Ok(())
@@ -827,7 +833,7 @@ impl Node {
                         spec.reason,
                         spec.interactions.map(|r| r.0),
                         spec.interactions.map(|r| r.1),
-                        now(),
+                        node.now(),
                         spec.expires_at
                     ],
                 )?;
@@ -904,7 +910,7 @@ impl Node {
             };
             tx.execute(
                 "UPDATE legal_holds SET released_at = ?1 WHERE tenant = ?2 AND hold_id = ?3",
-                params![now(), tenant, hold_id],
+                params![self.now(), tenant, hold_id],
             )?;
             let pending: bool = tx
                 .query_row(
@@ -915,7 +921,7 @@ impl Node {
                 .optional()?
                 .unwrap_or(false);
             let erased = if pending {
-                Some(erase(tx, tenant, &subject, &suppress_as)?)
+                Some(erase(tx, tenant, &subject, &suppress_as, self.now())?)
             } else {
                 None
             };
@@ -948,7 +954,7 @@ impl Node {
                      WHERE tenant = ?3 AND subject_id = ?4 AND status = ?5",
                     params![
                         SubjectRequestStatus::Completed as i32,
-                        now(),
+                        self.now(),
                         tenant,
                         subject,
                         SubjectRequestStatus::PartiallyCompleted as i32
@@ -967,7 +973,7 @@ impl Node {
             let mut stmt = conn.prepare(
                 "SELECT tenant, hold_id FROM legal_holds WHERE released_at IS NULL AND expires_at <= ?1",
             )?;
-            let rows = stmt.query_map([now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([self.now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()
         })?;
         let mut completed = 0;

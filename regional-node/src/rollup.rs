@@ -1341,7 +1341,7 @@ mod tests {
                 )?;
             }
             for subject in &erased {
-                crate::rights::erase(tx, TENANT, &format!("s-{subject}"), &[])?;
+                crate::rights::erase(tx, TENANT, &format!("s-{subject}"), &[], 0)?;
             }
             if let Some(cut) = retention_cut {
                 delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;

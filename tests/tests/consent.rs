@@ -2,8 +2,6 @@
 //! single-use tokens; the ledger's history; consent gating aggregates, records and recorded
 //! calls, by country policy.
 
-use std::time::Duration;
-
 use domicile_proto::{
     error::field_violations,
     pb::{
@@ -185,7 +183,13 @@ async fn grant_check_withdraw_check() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_opt_in_tokens_confirm_once_and_expire() -> anyhow::Result<()> {
-    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    // The node's time is this clock's: a token expires when the test moves it.
+    let clock = domicile_ops::clock::ManualClock::at(domicile_proto::domain::unix_now());
+    let fed = domicile_tests::Federation::builder()
+        .region("eu-de", &["DE"])
+        .clock(std::sync::Arc::new(clock.clone()))
+        .start()
+        .await?;
     let mut gw = gateway_client(&fed).await?;
     // DE: marketing by e-mail needs a double opt-in, so a grant becomes a request.
     let req = gw
@@ -259,7 +263,7 @@ async fn double_opt_in_tokens_confirm_once_and_expire() -> anyhow::Result<()> {
     );
     short.token_ttl_seconds = 1;
     let short = gw.record_consent(short).await?.into_inner();
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    clock.advance(2);
     let expired = gw
         .confirm_consent(confirm(&short.confirmation_token))
         .await

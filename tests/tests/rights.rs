@@ -2,8 +2,6 @@
 //! after a legal hold, the crypto-shredding proof on an earlier copy of the database, and
 //! retention.
 
-use std::time::Duration;
-
 use domicile_node::storage::Profile;
 use domicile_proto::{
     error::field_violations,
@@ -49,7 +47,19 @@ fn request(country: &str, id: &str, kind: SubjectRequestKind) -> SubmitSubjectRe
 
 /// Twelve DE subjects (d0..d11) with two interactions each, d0 with a comment and consent.
 async fn setup() -> anyhow::Result<(Federation, domicile_client::Gateway)> {
-    let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
+    setup_with(domicile_ops::clock::system()).await
+}
+
+/// [`setup`] with the nodes' clock `clock`.
+async fn setup_with(
+    clock: domicile_ops::clock::SharedClock,
+) -> anyhow::Result<(Federation, domicile_client::Gateway)> {
+    let fed = Federation::builder()
+        .region("eu-de", &["DE"])
+        .region("us", &["US"])
+        .clock(clock)
+        .start()
+        .await?;
     let mut records = Vec::new();
     for s in 0..12 {
         let id = format!("d{s}");
@@ -438,7 +448,9 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Result<()> {
-    let (fed, mut gw) = setup().await?;
+    // The nodes' time is this clock's: the hold's expiry comes when the test moves it.
+    let clock = domicile_ops::clock::ManualClock::at(now());
+    let (fed, mut gw) = setup_with(std::sync::Arc::new(clock.clone())).await?;
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
     let hold = gw
         .place_legal_hold(fed.signed(PlaceLegalHoldRequest {
@@ -538,7 +550,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         store.read(|c| store.profile(c, TENANT, &d3))?.is_none(),
         "the profile is not held"
     );
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    clock.advance(3);
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
     let left: i64 = conn.query_row(
