@@ -102,6 +102,48 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// A new CA named `name`, its certificate written to `dir/ca.pem` (its key is not kept).
+fn new_ca(dir: &Path, name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name.push(DnType::CommonName, name);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    std::fs::write(dir.join("ca.pem"), issuer.pem())?;
+    Ok(issuer)
+}
+
+/// A development PKI for a region's in-country listener, apart from the federation's: its own
+/// CA, the listener's certificate (`local`, for `localhost` and 127.0.0.1) and one client
+/// certificate per identity in `clients` (files named by the identity).
+pub fn generate_local(dir: &Path, clients: &[&str]) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    anyhow::ensure!(
+        !dir.join("ca.pem").exists(),
+        "{} exists: refusing to overwrite a PKI",
+        dir.join("ca.pem").display()
+    );
+    let issuer = new_ca(dir, "Domicile region CA (development)")?;
+    let pki = Pki {
+        dir: dir.to_owned(),
+    };
+    let server = [ExtendedKeyUsagePurpose::ServerAuth];
+    let client = [ExtendedKeyUsagePurpose::ClientAuth];
+    let mut issued = vec![("local".to_owned(), "localhost".to_owned(), &server[..])];
+    issued.extend(
+        clients
+            .iter()
+            .map(|c| ((*c).to_owned(), (*c).to_owned(), &client[..])),
+    );
+    for (file, name, usages) in issued {
+        let (cert, key) = leaf(&[name], usages, &issuer)?;
+        let (cert_path, key_path) = pki.pair(&file);
+        std::fs::write(cert_path, cert)?;
+        write_private(&key_path, key.as_bytes())?;
+    }
+    Ok(pki)
+}
+
 /// Writes a CA, a gateway certificate, a certificate per region and a client certificate for
 /// `client_identity` into `dir` (created if missing). Existing files are never overwritten.
 pub fn generate(dir: &Path, regions: &[String], client_identity: &str) -> anyhow::Result<Pki> {
@@ -111,14 +153,8 @@ pub fn generate(dir: &Path, regions: &[String], client_identity: &str) -> anyhow
         "{} exists: refusing to overwrite a PKI",
         dir.join("ca.pem").display()
     );
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name
-        .push(DnType::CommonName, "Domicile development CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
     // The CA's key is not kept: this PKI issues once; regenerate it to add a region.
-    std::fs::write(dir.join("ca.pem"), issuer.pem())?;
+    let issuer = new_ca(dir, "Domicile development CA")?;
 
     let both = [
         ExtendedKeyUsagePurpose::ServerAuth,

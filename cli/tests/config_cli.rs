@@ -91,3 +91,32 @@ fn every_problem_is_reported_with_its_path() {
     assert!(out.contains("border.timestamps"), "{out}");
     assert!(out.contains("line "), "{out}");
 }
+
+/// The in-country listener returns personal data: off loopback without mutual TLS, the node
+/// does not start (nothing bound, nothing created), and the check says why.
+#[test]
+fn a_local_listener_off_loopback_without_tls_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n\
+             listen = \"127.0.0.1:0\"\ndatabase = \"{}\"\nlocal_listen = \"0.0.0.0:0\"\n",
+            dir.path().join("n.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = check(&path);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("local_tls"), "{out}");
+    let out = Command::new(env!("CARGO_BIN_EXE_domicile"))
+        .args(["node", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("local_tls"), "{stderr}");
+    assert!(!dir.path().join("n.sqlite").exists());
+}

@@ -8,7 +8,8 @@
   Service on the federation port;
 - every node StatefulSet is pinned by required node affinity on topology.kubernetes.io/region,
   takes its keys and certificates from Secrets, serves mutual TLS pinned to the gateway's
-  identity, and probes its federation port;
+  identity (and on its in-country port, mutual TLS with named local principals), and probes
+  its federation port;
 - every node's NetworkPolicy lets only gateway pods reach the federation port.
 
 Usage: python deploy/kubernetes/check.py path/to/domicile
@@ -107,11 +108,16 @@ def main():
         if keys != ["topology.kubernetes.io/region"]:
             fail(f"region {rid}: the StatefulSet must be pinned by topology.kubernetes.io/region, not {keys}")
         secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
-        if secrets != [f"{name}-keys", f"{name}-tls"]:
-            fail(f"region {rid}: keys and certificates must come from {name}-keys and {name}-tls, found {secrets}")
+        if secrets != [f"{name}-keys", f"{name}-tls", f"{name}-local-tls"]:
+            fail(f"region {rid}: keys and certificates must come from {name}-keys, {name}-tls and {name}-local-tls, found {secrets}")
         if "[tls]" not in configs[f"{name}-node.toml"] or node.get("insecure_plaintext"):
             fail(f"region {rid}: the federation listener must use mutual TLS")
-        if tomllib.loads(configs[f"{name}-node.toml"])["tls"]["gateway_identity"] != "gateway.domicile":
+        node_toml = tomllib.loads(configs[f"{name}-node.toml"])
+        if "local_listen" in node_toml and not (
+            node_toml.get("local_tls") and node_toml.get("local_principals")
+        ):
+            fail(f"region {rid}: the in-country listener needs [local_tls] and [[local_principals]]")
+        if node_toml["tls"]["gateway_identity"] != "gateway.domicile":
             fail(f"region {rid}: the node must pin the gateway's identity")
         container = pod["containers"][0]
         for probe in ("readinessProbe", "livenessProbe"):

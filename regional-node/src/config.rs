@@ -15,6 +15,7 @@
 //! audit_checkpoint_every = 1000
 //! audit_checkpoint_seconds = 300
 //! local_listen = "127.0.0.1:50071"  # in-country LocalNode listener; unset: none
+//!                                    # off loopback: [local_tls] and [[local_principals]]
 //! min_group_size = 2           # a floor under every country policy's k
 //! max_records_per_envelope = 1000
 //! metrics_listen = "127.0.0.1:9465"  # Prometheus /metrics; unset: none
@@ -121,6 +122,16 @@ pub struct NodeConfig {
     /// no local listener. Never expose it beyond the region's own network.
     #[serde(default)]
     pub local_listen: Option<SocketAddr>,
+    /// Mutual TLS on the in-country listener (`[local_tls]`): the listener's certificate and
+    /// the CA of the region's own staff and systems (apart from the gateway's). Required when
+    /// `local_listen` is not a loopback address; without it, on loopback, every local caller
+    /// has every role (development and tests only; the node warns).
+    #[serde(default)]
+    pub local_tls: Option<LocalTls>,
+    /// Who may call the in-country listener, and as what (`[[local_principals]]`): the DNS
+    /// name their client certificate is valid for, and a role. Anyone else is refused.
+    #[serde(default)]
+    pub local_principals: Vec<LocalPrincipal>,
     /// A floor under every country policy's minimum group size *k*: the node applies the larger.
     /// Default 2, at least 2.
     #[serde(default = "default_k")]
@@ -203,6 +214,57 @@ pub struct NodeTls {
     /// `gateway.domicile`: any other certificate, even from the same CA, is refused with
     /// `PERMISSION_DENIED` before a handler runs.
     pub gateway_identity: String,
+}
+
+/// `[local_tls]`: the in-country listener's certificate and its callers' CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTls {
+    /// The listener's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) of the region's own identity provider that signs the staff's and the
+    /// in-country systems' client certificates: a client without one is refused in the
+    /// handshake.
+    pub client_ca_file: PathBuf,
+}
+
+/// A caller of the in-country listener (`[[local_principals]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPrincipal {
+    /// The DNS name the caller's client certificate must be valid for, e.g.
+    /// `agent-7.eu-de.cx.example`.
+    pub identity: String,
+    /// What it may do.
+    pub role: LocalRole,
+}
+
+/// The roles of the in-country API.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalRole {
+    /// A contact-centre agent.
+    Agent,
+    /// An agents' supervisor: the region's exact reports.
+    Supervisor,
+    /// The regional data-protection officer: exact reports and incident notification lists.
+    RegionalDpo,
+    /// An in-country system (the contact-centre platform, the CRM).
+    Integration,
+}
+
+impl LocalRole {
+    /// The name in configuration and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Supervisor => "supervisor",
+            Self::RegionalDpo => "regional_dpo",
+            Self::Integration => "integration",
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -326,6 +388,8 @@ impl NodeConfig {
             audit_checkpoint_seconds: default_checkpoint_seconds(),
             retention_sweep_seconds: default_sweep_seconds(),
             local_listen: None,
+            local_tls: None,
+            local_principals: Vec::new(),
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
             metrics_listen: None,
@@ -479,6 +543,30 @@ impl NodeConfig {
         }
         if let Some(Err((path, message))) = self.otlp.as_ref().map(|o| o.validate()) {
             err(&path, &message);
+        }
+        if let Some(local) = self.local_listen
+            && !local.ip().is_loopback()
+            && self.local_tls.is_none()
+        {
+            err(
+                "local_tls",
+                "local_listen is not a loopback address: the in-country listener returns \
+                 personal data and needs mutual TLS ([local_tls] and [[local_principals]])",
+            );
+        }
+        if self.local_tls.is_some() && self.local_principals.is_empty() {
+            err(
+                "local_principals",
+                "with [local_tls], name at least one caller and its role",
+            );
+        }
+        for (i, p) in self.local_principals.iter().enumerate() {
+            if rustls_pki_types::ServerName::try_from(p.identity.as_str()).is_err() {
+                err(
+                    &format!("local_principals[{i}].identity"),
+                    "must be a DNS name",
+                );
+            }
         }
         if !is_region_id(&self.region_id) {
             err(

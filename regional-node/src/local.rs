@@ -1,5 +1,10 @@
 //! The in-country `LocalNode` API: the only place a node returns personal data in plaintext.
 //! Served on its own listener (`local_listen`), never through the gateway.
+//!
+//! Off loopback it is mutual TLS with the region's own CA (`[local_tls]`, apart from the
+//! gateway's), and [`LocalAccess`] admits only the callers named in `[[local_principals]]`,
+//! each to the methods of its role; every call then runs as the principal
+//! `local:<identity>/<role>`, which the audit entries it causes name.
 
 use domicile_proto::{
     domain::{AggregateSpec, TenantId, is_incident_id},
@@ -9,9 +14,171 @@ use domicile_proto::{
         LocalNodeAggregateResponse, local_node_server::LocalNode,
     },
 };
-use tonic::{Request, Response, Status};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use crate::node::Node;
+use rustls_pki_types::ServerName;
+use tonic::{
+    Request, Response, Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+
+use crate::{
+    config::{LocalRole, NodeConfig},
+    error::NodeError,
+    node::Node,
+};
+
+/// The roles that may call each `LocalNode` method. Health and reflection are open to every
+/// admitted caller; a method not listed is refused to everyone.
+pub fn roles_for(method: &str) -> &'static [LocalRole] {
+    use LocalRole::*;
+    match method {
+        "ListIncidentSubjects" => &[RegionalDpo],
+        "Aggregate" => &[RegionalDpo, Supervisor],
+        _ => &[],
+    }
+}
+
+/// Admission on the in-country listener: who is calling (their client certificate) and
+/// whether their role may call the method.
+#[derive(Debug, Clone)]
+pub struct LocalAccess {
+    /// `None`: a plaintext loopback listener, where every caller has every role.
+    principals: Option<Arc<[Named]>>,
+}
+
+/// A named local principal: its certificate name, role, and principal string.
+type Named = (ServerName<'static>, LocalRole, Arc<str>);
+
+impl LocalAccess {
+    /// From the configuration's `[[local_principals]]` when `[local_tls]` is set.
+    pub fn from_config(config: &NodeConfig) -> Result<Self, NodeError> {
+        if config.local_tls.is_none() {
+            return Ok(Self { principals: None });
+        }
+        let principals = config
+            .local_principals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let name = ServerName::try_from(p.identity.clone()).map_err(|_| {
+                    NodeError::Internal(format!(
+                        "local_principals[{i}].identity: must be a DNS name"
+                    ))
+                })?;
+                let principal: Arc<str> =
+                    format!("local:{}/{}", p.identity, p.role.as_str()).into();
+                Ok((name, p.role, principal))
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        Ok(Self {
+            principals: Some(principals.into()),
+        })
+    }
+
+    /// The principal and role of a caller presenting `leaf`, if it is a named principal.
+    fn admit(&self, leaf: Option<&rustls_pki_types::CertificateDer<'_>>) -> Admitted {
+        let Some(principals) = &self.principals else {
+            return Admitted::Everyone;
+        };
+        let Some(leaf) = leaf else {
+            return Admitted::Nobody;
+        };
+        principals
+            .iter()
+            .find(|(name, _, _)| domicile_ops::tls::valid_for(leaf, std::slice::from_ref(name)))
+            .map_or(Admitted::Nobody, |(_, role, principal)| {
+                Admitted::As(*role, principal.clone())
+            })
+    }
+}
+
+enum Admitted {
+    Everyone,
+    As(LocalRole, Arc<str>),
+    Nobody,
+}
+
+impl<S> tower_layer::Layer<S> for LocalAccess {
+    type Service = LocalAccessService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LocalAccessService {
+            inner,
+            access: self.clone(),
+        }
+    }
+}
+
+/// The service [`LocalAccess`] makes.
+#[derive(Debug, Clone)]
+pub struct LocalAccessService<S> {
+    inner: S,
+    access: LocalAccess,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for LocalAccessService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let leaf = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|i| i.peer_certs())
+            .and_then(|certs| certs.first().cloned());
+        let refuse = |status: Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        };
+        let principal = match self.access.admit(leaf.as_ref()) {
+            Admitted::Everyone => Arc::<str>::from("local:loopback"),
+            Admitted::Nobody => {
+                tracing::warn!(
+                    "in-country listener: refused a caller that is not a local principal"
+                );
+                return refuse(Status::permission_denied(
+                    "this certificate is not one of the region's local principals",
+                ));
+            }
+            Admitted::As(role, principal) => {
+                let open = path.starts_with("/grpc.health.v1.Health/")
+                    || path.starts_with("/grpc.reflection.");
+                let method = path
+                    .strip_prefix("/domicile.v1.LocalNode/")
+                    .unwrap_or_default();
+                if !open && !roles_for(method).contains(&role) {
+                    tracing::warn!(role = role.as_str(), "in-country listener: role refused");
+                    return refuse(Status::permission_denied(format!(
+                        "role {} may not call this method",
+                        role.as_str()
+                    )));
+                }
+                principal
+            }
+        };
+        Box::pin(domicile_ops::principal::scope(
+            Some(principal),
+            self.inner.call(req),
+        ))
+    }
+}
 
 /// Serves `domicile.v1.LocalNode` for one [`Node`].
 #[derive(Debug, Clone)]

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: NodeMetrics,
     /// The federation listener's mutual TLS; `None` in the explicit insecure mode.
     pub(crate) tls: Option<FederationTls>,
+    /// Mutual TLS of the in-country listener, and who it admits.
+    pub(crate) local_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub(crate) local_access: crate::local::LocalAccess,
     /// When the sealing key file was written (seconds since the epoch), for its age.
     pub(crate) sealing_key_since: Option<i64>,
     /// The DPO keys registered per tenant.
@@ -112,6 +115,36 @@ fn load_tls(config: &NodeConfig) -> Result<Option<FederationTls>, NodeError> {
         pin: domicile_ops::tls::RequirePeer::new(std::slice::from_ref(&t.gateway_identity))
             .map_err(|e| NodeError::Internal(format!("tls.gateway_identity: {e}")))?,
     }))
+}
+
+/// The in-country listener's mutual TLS, from `[local_tls]`.
+fn load_local_tls(
+    config: &NodeConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, NodeError> {
+    let Some(t) = &config.local_tls else {
+        if config.local_listen.is_some() {
+            tracing::warn!(
+                "the in-country listener serves in plaintext on loopback: every local caller \
+                 has every role (set [local_tls] and [[local_principals]] for anything else)"
+            );
+        }
+        return Ok(None);
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| NodeError::Internal(format!("local_tls.{what}: {}: {e}", path.display())))
+    };
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read("cert_file", &t.cert_file)?,
+                read("key_file", &t.key_file)?,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "client_ca_file",
+                &t.client_ca_file,
+            )?)),
+    ))
 }
 
 impl std::fmt::Debug for Node {
@@ -155,6 +188,8 @@ impl Node {
             config.audit_checkpoint_every,
         );
         let tls = load_tls(&config)?;
+        let local_tls = load_local_tls(&config)?;
+        let local_access = crate::local::LocalAccess::from_config(&config)?;
         let dpo_keys = crate::authority::DpoKeys::open(config.dpo_keys_file.as_deref())
             .map_err(NodeError::Internal)?;
         let previous = match (
@@ -243,6 +278,8 @@ impl Node {
             inner: Arc::new(Inner {
                 metrics,
                 tls,
+                local_tls,
+                local_access,
                 sealing_key_since,
                 previous,
                 config,
@@ -268,6 +305,16 @@ impl Node {
     /// The federation listener's mutual TLS, if configured.
     pub fn federation_tls(&self) -> Option<&FederationTls> {
         self.inner.tls.as_ref()
+    }
+
+    /// The in-country listener's mutual TLS (`None`: plaintext on loopback) and admission.
+    pub fn local_access(
+        &self,
+    ) -> (
+        Option<&tonic::transport::ServerTlsConfig>,
+        &crate::local::LocalAccess,
+    ) {
+        (self.inner.local_tls.as_ref(), &self.inner.local_access)
     }
 
     /// The metrics.

@@ -149,12 +149,32 @@ pub async fn serve_local(
     health
         .set_serving::<LocalNodeServer<LocalNodeService>>()
         .await;
-    tonic::transport::Server::builder()
+    let (tls, access) = node.local_access();
+    let (tls, access) = (tls.cloned(), access.clone());
+    let mut builder = tonic::transport::Server::builder()
+        // Limits like the gateway's: calls per connection and a deadline on each.
+        .concurrency_limit_per_connection(LOCAL_CONCURRENCY)
+        .timeout(LOCAL_TIMEOUT);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .layer(RpcLayer::new(node.metrics().rpc.clone(), SERVICES))
+        .layer(access)
         .add_service(health_service)
         .add_service(reflection("domicile.v1.LocalNode"))
         .add_service(reflection_v1alpha("domicile.v1.LocalNode"))
-        .add_service(LocalNodeServer::new(LocalNodeService::new(node)))
+        .add_service(
+            LocalNodeServer::new(LocalNodeService::new(node))
+                .max_decoding_message_size(LOCAL_MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
+
+/// Calls in flight per connection on the in-country listener.
+const LOCAL_CONCURRENCY: usize = 64;
+/// The longest an in-country call may take.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request the in-country listener decodes.
+const LOCAL_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
