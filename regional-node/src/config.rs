@@ -766,7 +766,7 @@ mod tests {
             record("callback", "", "post-call"),
             record("resolved", "", "relational"),
         ];
-        check_vocabulary(c.vocabulary.get("acme"), &mut verdicts);
+        check_vocabulary(c.vocabulary.get("acme"), "envelope.records", &mut verdicts);
         let rejected: Vec<String> = verdicts
             .iter()
             .map(|v| match v {
@@ -786,7 +786,7 @@ mod tests {
         );
         // Another tenant has no vocabulary: codes pass.
         let mut other = vec![record("callback", "x", "relational")];
-        check_vocabulary(c.vocabulary.get("other"), &mut other);
+        check_vocabulary(c.vocabulary.get("other"), "envelope.records", &mut other);
         assert!(matches!(other[0], Verdict::Store(_)));
     }
 }

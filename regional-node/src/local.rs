@@ -11,7 +11,8 @@ use domicile_proto::{
     error::Violations,
     pb::{
         ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, LocalNodeAggregateRequest,
-        LocalNodeAggregateResponse, local_node_server::LocalNode,
+        LocalNodeAggregateResponse, LocalNodeIngestRequest, LocalNodeIngestResponse,
+        LocalNodeIngestStreamRequest, LocalNodeIngestStreamResponse, local_node_server::LocalNode,
     },
 };
 use std::{
@@ -39,6 +40,7 @@ pub fn roles_for(method: &str) -> &'static [LocalRole] {
     match method {
         "ListIncidentSubjects" => &[RegionalDpo],
         "Aggregate" => &[RegionalDpo, Supervisor],
+        "Ingest" | "IngestStream" => &[Integration],
         _ => &[],
     }
 }
@@ -193,8 +195,59 @@ impl LocalNodeService {
     }
 }
 
+/// Batches of an `IngestStream` in flight (received, not yet answered): the client's sending
+/// stops when the node is this far behind.
+const STREAM_BATCHES_IN_FLIGHT: usize = 4;
+
 #[tonic::async_trait]
 impl LocalNode for LocalNodeService {
+    type IngestStreamStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = Result<LocalNodeIngestStreamResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn ingest(
+        &self,
+        request: Request<LocalNodeIngestRequest>,
+    ) -> Result<Response<LocalNodeIngestResponse>, Status> {
+        let req = request.into_inner();
+        let results = self.node.ingest_plain(&req.tenant_id, req.records).await?;
+        Ok(Response::new(LocalNodeIngestResponse { results }))
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<tonic::Streaming<LocalNodeIngestStreamRequest>>,
+    ) -> Result<Response<Self::IngestStreamStream>, Status> {
+        use futures::StreamExt;
+        let mut batches = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BATCHES_IN_FLIGHT);
+        let node = self.node.clone();
+        // One batch at a time, in order; the caller's principal goes with the task.
+        tokio::spawn(domicile_ops::trace::carried(async move {
+            while let Some(batch) = batches.next().await {
+                let answer = match batch {
+                    Ok(b) => node
+                        .ingest_plain(&b.tenant_id, b.records)
+                        .await
+                        .map(|results| LocalNodeIngestStreamResponse { results })
+                        .map_err(Status::from),
+                    Err(status) => Err(status),
+                };
+                let stop = answer.is_err();
+                if tx.send(answer).await.is_err() || stop {
+                    return;
+                }
+            }
+        }));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn list_incident_subjects(
         &self,
         request: Request<ListIncidentSubjectsRequest>,

@@ -688,9 +688,62 @@ impl Node {
             }
             _ => &inner.keys,
         };
-        let mut verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
+        let verdicts = open_envelope(key, tenant.as_str(), &inner.config.countries, envelope);
+        let meta: Vec<(u32, &str)> = envelope
+            .records
+            .iter()
+            .map(|r| (r.seq, r.idempotency_key.as_str()))
+            .collect();
+        self.store_verdicts(
+            tenant,
+            "envelope.records",
+            &envelope.key_id,
+            &meta,
+            verdicts,
+        )
+    }
+
+    /// Checks and stores a batch of records sent in clear by an in-country system
+    /// (`LocalNode.Ingest`): the sealed path's checks, results and audit, the seal aside.
+    pub async fn ingest_plain(
+        &self,
+        tenant_id: &str,
+        records: Vec<domicile_proto::pb::LocalRecord>,
+    ) -> Result<Vec<RecordResult>, NodeError> {
+        let tenant = TenantId::parse(tenant_id, "tenant_id")?;
+        let max = self.inner.config.max_records_per_envelope;
+        if records.len() > max {
+            return Err(
+                Violations::one("records", format!("at most {max} records per batch")).into(),
+            );
+        }
+        self.blocking(move |node| {
+            let verdicts = crate::ingest::check_plain(&node.inner.config.countries, &records);
+            let meta: Vec<(u32, &str)> = records
+                .iter()
+                .map(|r| (r.seq, r.idempotency_key.as_str()))
+                .collect();
+            node.store_verdicts(&tenant, "records", "in-country", &meta, verdicts)
+        })
+        .await
+    }
+
+    /// Stores the valid records of a batch whose verdicts are given (one per record of
+    /// `meta`: seq and idempotency key), in one transaction with its audit entry; one result
+    /// per record, in order. `source` names where the batch came from in the audit entry (a
+    /// sealing key id, or `in-country`).
+    fn store_verdicts(
+        &self,
+        tenant: &TenantId,
+        prefix: &'static str,
+        source: &str,
+        meta: &[(u32, &str)],
+        mut verdicts: Vec<Verdict>,
+    ) -> Result<Vec<RecordResult>, NodeError> {
+        let inner = &self.inner;
         crate::ingest::check_vocabulary(
             inner.config.vocabulary.get(tenant.as_str()),
+            prefix,
             &mut verdicts,
         );
         // A profile whose e-mail or phone is under a suppression kept by an erasure (the same
@@ -731,7 +784,7 @@ impl Node {
         let mut to_store = Vec::new();
         let mut contacts: Vec<(usize, String, Vec<String>)> = Vec::new();
         let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(verdicts.len());
-        for (n, (record, verdict)) in envelope.records.iter().zip(verdicts).enumerate() {
+        for (n, (&(seq, idempotency_key), verdict)) in meta.iter().zip(verdicts).enumerate() {
             match verdict {
                 Verdict::Store(r) => {
                     if let Some((subject, ids)) = contacts_at.remove(&n) {
@@ -741,8 +794,8 @@ impl Node {
                     results.push(None);
                 }
                 Verdict::Reject(reason, detail) => results.push(Some(result(
-                    record.seq,
-                    &record.idempotency_key,
+                    seq,
+                    idempotency_key,
                     RecordStatus::Rejected,
                     reason,
                     detail,
@@ -756,8 +809,8 @@ impl Node {
         });
         let audit_node = self.clone();
         let audit_tenant = tenant.clone();
-        let key_id = envelope.key_id.clone();
-        let sent = envelope.records.len();
+        let key_id = source.to_owned();
+        let sent = meta.len();
         let outcomes =
             inner
                 .store
@@ -799,19 +852,18 @@ impl Node {
                     Ok(())
                 })?;
         let mut outcomes = outcomes.into_iter();
-        let results: Vec<RecordResult> = envelope
-            .records
+        let results: Vec<RecordResult> = meta
             .iter()
             .zip(results)
-            .map(|(record, r)| {
+            .map(|(&(seq, idempotency_key), r)| {
                 r.unwrap_or_else(|| {
                     let status = match outcomes.next() {
                         Some(StoreOutcome::Duplicate) => RecordStatus::Duplicate,
                         _ => RecordStatus::Accepted,
                     };
                     result(
-                        record.seq,
-                        &record.idempotency_key,
+                        seq,
+                        idempotency_key,
                         status,
                         RejectReason::Unspecified,
                         String::new(),

@@ -1,7 +1,8 @@
 //! The in-country `LocalNode` listener, secured (issue 24, item 1): mutual TLS with the
 //! region's own CA, only the callers named in `[[local_principals]]`, each to its role's
-//! methods, every call audited under the caller's identity; and a node that would serve it
-//! off loopback without TLS does not start.
+//! methods, every call audited under the caller's identity. And in-country ingest in clear
+//! (item 2): the sealed path's checks and results, idempotent, batched or streamed, for the
+//! integration role only.
 
 use std::net::SocketAddr;
 
@@ -10,8 +11,10 @@ use domicile_node::{
     config::{LocalPrincipal, LocalRole, LocalTls},
 };
 use domicile_proto::pb::{
-    AggregateQuery, Dimension, ListIncidentSubjectsRequest, LocalNodeAggregateRequest, Metric,
-    Purpose, local_node_client::LocalNodeClient,
+    AggregateQuery, Channel as CxChannel, Dimension, InteractionRecord,
+    ListIncidentSubjectsRequest, LocalNodeAggregateRequest, LocalNodeIngestRequest,
+    LocalNodeIngestStreamRequest, LocalRecord, Metric, Purpose, RecordPayload, RecordStatus,
+    RejectReason, SubjectRecord, local_node_client::LocalNodeClient, record_payload::Record,
 };
 use tonic::{
     Code,
@@ -22,6 +25,7 @@ const DPO: &str = "dpo.eu-de.cx.example";
 const SUPERVISOR: &str = "supervisor.eu-de.cx.example";
 const AGENT: &str = "agent-7.eu-de.cx.example";
 const STRANGER: &str = "someone.eu-de.cx.example";
+const CRM: &str = "crm.eu-de.cx.example";
 
 /// A client of the listener at `addr` presenting `identity`'s certificate (`None`: none).
 async fn client(
@@ -47,6 +51,39 @@ async fn client(
     Ok(LocalNodeClient::new(channel))
 }
 
+fn local_record(seq: u32, key: &str, payload: RecordPayload) -> LocalRecord {
+    LocalRecord {
+        seq,
+        idempotency_key: key.into(),
+        country: "DE".into(),
+        payload: Some(payload),
+    }
+}
+
+fn subject_payload(id: &str) -> RecordPayload {
+    RecordPayload {
+        record: Some(Record::Subject(SubjectRecord {
+            external_id: id.into(),
+            full_name: format!("Name of {id}"),
+            ..Default::default()
+        })),
+    }
+}
+
+fn interaction_payload(subject: &str, id: &str) -> RecordPayload {
+    RecordPayload {
+        record: Some(Record::Interaction(InteractionRecord {
+            interaction_id: id.into(),
+            subject_external_id: subject.into(),
+            channel: CxChannel::Phone as i32,
+            started_at: domicile_tests::ts(1_790_000_000),
+            handle_time_seconds: 120,
+            outcome: "resolved".into(),
+            ..Default::default()
+        })),
+    }
+}
+
 fn aggregate() -> LocalNodeAggregateRequest {
     LocalNodeAggregateRequest {
         tenant_id: "acme".into(),
@@ -65,7 +102,7 @@ async fn only_named_callers_reach_their_roles_methods_over_mutual_tls() -> anyho
     // The region's own CA: the stranger's certificate is from it too, but is not named.
     let pki = domicile::certs::generate_local(
         &dir.path().join("local-pki"),
-        &[DPO, SUPERVISOR, AGENT, STRANGER],
+        &[DPO, SUPERVISOR, AGENT, STRANGER, CRM],
     )?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("n.sqlite"));
     config.insecure_plaintext = true; // the federation listener is not served here
@@ -87,6 +124,10 @@ async fn only_named_callers_reach_their_roles_methods_over_mutual_tls() -> anyho
         LocalPrincipal {
             identity: AGENT.into(),
             role: LocalRole::Agent,
+        },
+        LocalPrincipal {
+            identity: CRM.into(),
+            role: LocalRole::Integration,
         },
     ];
     domicile_node::keys::create_region_keys(&config)?;
@@ -152,6 +193,102 @@ async fn only_named_callers_reach_their_roles_methods_over_mutual_tls() -> anyho
     }
     .await;
     assert!(plain.is_err());
+
+    // In-country ingest, in clear, for the integration role only.
+    let mut crm = client(&pki, addr, Some(CRM)).await?;
+    let batch = |records| LocalNodeIngestRequest {
+        tenant_id: "acme".into(),
+        records,
+    };
+    let first = crm
+        .ingest(batch(vec![
+            local_record(0, "s-c-1", subject_payload("c-1")),
+            local_record(1, "i-c-1-0", interaction_payload("c-1", "i-c-1-0")),
+            local_record(2, "i-c-1-1", interaction_payload("c-1", "i-c-1-1")),
+            // Outside the region, and without a record: each refused alone, with its field.
+            LocalRecord {
+                country: "FR".into(),
+                ..local_record(3, "s-c-fr", subject_payload("c-fr"))
+            },
+            LocalRecord {
+                payload: None,
+                ..local_record(4, "s-empty", subject_payload("x"))
+            },
+        ]))
+        .await?
+        .into_inner()
+        .results;
+    let statuses: Vec<i32> = first.iter().map(|r| r.status).collect();
+    let accepted = RecordStatus::Accepted as i32;
+    let rejected = RecordStatus::Rejected as i32;
+    assert_eq!(
+        statuses,
+        [accepted, accepted, accepted, rejected, rejected],
+        "{first:?}"
+    );
+    assert_eq!(
+        first[3].reason,
+        RejectReason::CountryOutsideJurisdiction as i32
+    );
+    assert!(
+        first[3].detail.starts_with("records[3].country"),
+        "{first:?}"
+    );
+    assert!(
+        first[4].detail.starts_with("records[4].payload"),
+        "{first:?}"
+    );
+    // Stored as sealed ingest stores: by reference, readable in the region.
+    let profile = node.profile_of("acme", "c-1")?.expect("a profile");
+    assert_eq!(profile.full_name, "Name of c-1");
+    // Sent again: duplicates, nothing changes.
+    let again = crm
+        .ingest(batch(vec![local_record(
+            0,
+            "s-c-1",
+            subject_payload("c-1"),
+        )]))
+        .await?
+        .into_inner()
+        .results;
+    assert_eq!(again[0].status, RecordStatus::Duplicate as i32);
+    // The streaming path: batches answered in order.
+    let batches: Vec<LocalNodeIngestStreamRequest> = (0..3)
+        .map(|b| LocalNodeIngestStreamRequest {
+            tenant_id: "acme".into(),
+            records: (0..5)
+                .map(|i| {
+                    let id = format!("bulk-{b}-{i}");
+                    local_record(i, &format!("s-{id}"), subject_payload(&id))
+                })
+                .collect(),
+        })
+        .collect();
+    let mut answers = crm
+        .ingest_stream(tokio_stream::iter(batches))
+        .await?
+        .into_inner();
+    let mut answered = Vec::new();
+    while let Some(a) = answers.message().await? {
+        answered.push(a.results);
+    }
+    assert_eq!(answered.len(), 3);
+    for (b, results) in answered.iter().enumerate() {
+        assert_eq!(results.len(), 5);
+        assert!(results.iter().all(|r| r.status == accepted), "{results:?}");
+        assert_eq!(results[4].idempotency_key, format!("s-bulk-{b}-4"));
+    }
+    assert!(node.profile_of("acme", "bulk-2-4")?.is_some());
+    // Nobody else may ingest.
+    for who in [AGENT, DPO] {
+        let mut c = client(&pki, addr, Some(who)).await?;
+        let denied = c
+            .ingest(batch(vec![local_record(0, "s-z", subject_payload("z"))]))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied, "{who}: {denied:?}");
+    }
+    assert!(node.profile_of("acme", "z")?.is_none());
 
     // The audit log names who asked, with their role.
     let conn = rusqlite::Connection::open(dir.path().join("n.sqlite"))?;
