@@ -13,7 +13,6 @@
 use std::{collections::HashMap, fmt};
 
 use crate::db::{Connection, OptionalExtension, params};
-use domicile_proto::domain::unix_now as now;
 use domicile_proto::pb::{AuditCheckpoint, RegionRelease};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use prost::Message;
@@ -234,6 +233,8 @@ pub struct AuditLog {
     region_id: String,
     key: SigningKey,
     checkpoint_every: u64,
+    /// Stamps entries and checkpoints: the node's clock.
+    clock: domicile_ops::clock::SharedClock,
 }
 
 impl fmt::Debug for AuditLog {
@@ -252,7 +253,14 @@ impl AuditLog {
             region_id: region_id.to_owned(),
             key: SigningKey::from_bytes(seed),
             checkpoint_every: checkpoint_every.max(1),
+            clock: domicile_ops::clock::system(),
         }
+    }
+
+    /// The log with entries stamped by `clock` (the node's).
+    pub fn with_clock(mut self, clock: domicile_ops::clock::SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The public key that verifies checkpoints and releases.
@@ -274,7 +282,7 @@ impl AuditLog {
             .optional()?;
         let (prev_seq, prev_hash) = last.unwrap_or((0, vec![0; 32]));
         let seq = prev_seq as u64 + 1;
-        let at = now();
+        let at = self.clock.now();
         let mut details = entry.details;
         if let serde_json::Value::Object(map) = &mut details {
             map.insert("principal".into(), principal_of_call().into());
@@ -360,7 +368,7 @@ impl AuditLog {
                 signature,
                 public_key: self.public_key().to_vec(),
             }),
-            None => self.sign_head(tx, seq as u64, now(), &hash),
+            None => self.sign_head(tx, seq as u64, self.clock.now(), &hash),
         }
     }
 

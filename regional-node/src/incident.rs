@@ -10,7 +10,7 @@
 use crate::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     domain::IncidentSpec,
-    domain::{unix_now as now, whole_seconds as ts},
+    domain::whole_seconds as ts,
     pb::{AffectedCount, DataCategory, Incident, IncidentSubject, RegionIncident, TimeRange},
 };
 
@@ -137,12 +137,14 @@ pub fn reports_today(tx: &Connection, tenant: &str, now: i64) -> Result<u64, Nod
 /// Counts this region's affected subjects and records its part of the incident, in the
 /// caller's transaction. The window is widened to whole policy periods first; the counts are
 /// stored exactly (for the in-country listener) and returned rounded ([`Release`]).
+/// `now`: the node's time, when the report is received.
 pub fn report(
     tx: &Connection,
     policies: &PolicySet,
     region_id: &str,
     incident_id: &str,
     spec: &IncidentSpec,
+    now: i64,
 ) -> Result<RegionIncident, NodeError> {
     let release = Release::of(policies);
     let (start, end) = release.align(spec.start, spec.end);
@@ -170,7 +172,7 @@ pub fn report(
             });
         }
     }
-    let detected = spec.detected_at.unwrap_or_else(now);
+    let detected = spec.detected_at.unwrap_or(now);
     let hours = policies
         .iter()
         .map(|p| *p.deadlines.breach_notification_hours.get_ref())
@@ -196,7 +198,7 @@ pub fn report(
         params![
             spec.tenant.as_str(),
             incident_id,
-            now(),
+            now,
             detected,
             spec.start,
             spec.end,

@@ -186,7 +186,8 @@ impl Node {
             &config.region_id,
             &audit_seed,
             config.audit_checkpoint_every,
-        );
+        )
+        .with_clock(clock.clone());
         let tls = load_tls(&config)?;
         let local_tls = load_local_tls(&config)?;
         let local_access = crate::local::LocalAccess::from_config(&config)?;
@@ -518,7 +519,14 @@ impl Node {
                         )?;
                         return Ok(Err(release.per_day));
                     }
-                    let part = incident::report(tx, &inner.policies, region, &incident_id, &spec)?;
+                    let part = incident::report(
+                        tx,
+                        &inner.policies,
+                        region,
+                        &incident_id,
+                        &spec,
+                        node.now(),
+                    )?;
                     let (start, end) = release.align(spec.start, spec.end);
                     inner.audit.append(
                         tx,
