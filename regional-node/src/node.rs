@@ -361,7 +361,8 @@ impl Node {
     pub fn signed_sealing_key(&self) -> domicile_proto::pb::SignedSealingKey {
         let inner = &self.inner;
         let public = inner.keys.public();
-        let now = self.now();
+        // Wall-clock time, not the node's clock: clients check the statement against theirs.
+        let now = domicile_proto::domain::unix_now();
         let statement = domicile_proto::pb::SealingKeyStatement {
             region_id: inner.config.region_id.clone(),
             countries: inner.config.countries.clone(),
@@ -386,7 +387,8 @@ impl Node {
     where
         R: domicile_proto::trust::DpoSigned,
     {
-        let now = self.now();
+        // Wall-clock time, not the node's clock: the DPO signs with theirs.
+        let now = domicile_proto::domain::unix_now();
         let verdict = domicile_proto::trust::verify_request(request, now, |id| {
             self.inner.dpo_keys.lookup(tenant, id)
         });
