@@ -301,9 +301,8 @@ impl RegionalNode for RegionalNodeService {
         &self,
         request: Request<RegionalNodePlaceLegalHoldRequest>,
     ) -> Result<Response<RegionalNodePlaceLegalHoldResponse>, Status> {
-        let now = domicile_proto::domain::unix_now();
         let client = inner(request.into_inner().request)?;
-        let spec = HoldSpec::parse(&client, now)?;
+        let spec = HoldSpec::parse(&client, self.node.now())?;
         let principal = self.node.authorize_dpo(&client.tenant_id, &client).await?;
         let hold_id = principal::scope(Some(principal), self.node.place_legal_hold(spec)).await?;
         Ok(Response::new(RegionalNodePlaceLegalHoldResponse {

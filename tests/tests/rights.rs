@@ -530,7 +530,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
             start: ts(T),
             end: ts(T + 3_600),
         }),
-        expires_at: ts(now() + 2),
+        // A minute of wall time: the gateway checks it is in the future by its own clock.
+        expires_at: ts(now() + 60),
     }))
     .await?;
     let d3 = store.vault().find(TENANT, "d3")?.unwrap().reference;
@@ -550,7 +551,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         store.read(|c| store.profile(c, TENANT, &d3))?.is_none(),
         "the profile is not held"
     );
-    clock.advance(3);
+    // Two minutes on the nodes' clock: past the hold's expiry however long the test took.
+    clock.advance(120);
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
     let left: i64 = conn.query_row(
