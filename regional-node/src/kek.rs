@@ -156,19 +156,7 @@ impl Kek {
     /// Wraps `plaintext` bound to `aad`.
     pub fn wrap(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, NodeError> {
         match &self.0 {
-            Custody::Memory { cipher, .. } => {
-                let nonce = random::<NONCE_LEN>()?;
-                let ct = cipher
-                    .encrypt(
-                        &XNonce::from(nonce),
-                        Payload {
-                            msg: plaintext,
-                            aad,
-                        },
-                    )
-                    .map_err(|_| NodeError::Internal("wrapping failed".into()))?;
-                Ok([nonce.as_slice(), &ct].concat())
-            }
+            Custody::Memory { cipher, .. } => seal(cipher, aad, plaintext),
             Custody::Token(token) => token.encrypt(aad, plaintext),
         }
     }
@@ -177,23 +165,47 @@ impl Kek {
     /// An `Err` is a token that cannot be reached, not a wrong key.
     pub fn unwrap(&self, aad: &[u8], blob: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
         match &self.0 {
-            Custody::Memory { cipher, .. } => {
-                if blob.len() < NONCE_LEN {
-                    return Ok(None);
-                }
-                let (nonce, ct) = blob.split_at(NONCE_LEN);
-                let nonce = XNonce::try_from(nonce).expect("24 bytes");
-                Ok(cipher.decrypt(&nonce, Payload { msg: ct, aad }).ok())
-            }
+            Custody::Memory { cipher, .. } => Ok(open(cipher, aad, blob)),
             Custody::Token(token) => token.decrypt(aad, blob),
         }
     }
 }
 
-fn random<const N: usize>() -> Result<[u8; N], NodeError> {
+/// `N` random bytes from the operating system.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], NodeError> {
     let mut out = [0u8; N];
     getrandom::fill(&mut out).map_err(|e| NodeError::Internal(format!("randomness: {e}")))?;
     Ok(out)
+}
+
+/// `nonce(24) ‖ XChaCha20-Poly1305(cipher, aad, plaintext)`: how an in-memory KEK wraps, and
+/// how a subject's data key seals its fields ([`crate::vault`]).
+pub(crate) fn seal(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, NodeError> {
+    let nonce = random::<NONCE_LEN>()?;
+    let ct = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| NodeError::Internal("encryption failed".into()))?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// Opens what [`seal`] made with `cipher` for `aad`; `None` otherwise.
+pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
+    if blob.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ct) = blob.split_at(NONCE_LEN);
+    let nonce = XNonce::try_from(nonce).ok()?;
+    cipher.decrypt(&nonce, Payload { msg: ct, aad }).ok()
 }
 
 /// A PKCS#11 library is initialised once per process (a second `C_Initialize` fails, and

@@ -30,50 +30,17 @@ use crate::{
     db::{Connection, Dialect, OptionalExtension, params},
     storage::Backend,
 };
-use chacha20poly1305::{
-    KeyInit, XChaCha20Poly1305, XNonce,
-    aead::{Aead, Payload},
-};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::{error::NodeError, kek::Kek};
-
-const NONCE_LEN: usize = 24;
+use crate::{
+    error::NodeError,
+    kek::{Kek, open, random, seal},
+};
 
 /// Length of a subject reference, in hex digits.
 pub const REFERENCE_LEN: usize = 32;
-
-fn random<const N: usize>() -> Result<[u8; N], NodeError> {
-    let mut out = [0u8; N];
-    getrandom::fill(&mut out).map_err(|e| NodeError::Internal(format!("randomness: {e}")))?;
-    Ok(out)
-}
-
-fn seal(cipher: &XChaCha20Poly1305, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, NodeError> {
-    let nonce = random::<NONCE_LEN>()?;
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| NodeError::Internal("encryption failed".into()))?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&ct);
-    Ok(out)
-}
-
-fn open(cipher: &XChaCha20Poly1305, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
-    if blob.len() < NONCE_LEN {
-        return None;
-    }
-    let (nonce, ct) = blob.split_at(NONCE_LEN);
-    let nonce = XNonce::try_from(nonce).ok()?;
-    cipher.decrypt(&nonce, Payload { msg: ct, aad }).ok()
-}
 
 /// HMAC-SHA256 of NUL-separated `parts` under `key`.
 fn keyed(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
