@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "domicile/v1/consent.proto",
     "domicile/v1/audit.proto",
     "domicile/v1/subject.proto",
+    "domicile/v1/followup.proto",
     "domicile/v1/local.proto",
     "domicile/v1/overview.proto",
     "domicile/v1/gateway.proto",
@@ -26,6 +27,7 @@ const REDACTED_DEBUG: &[&str] = &[
     "domicile.v1.InteractionRecord",
     "domicile.v1.SurveyAnswer",
     "domicile.v1.IncidentSubject",
+    "domicile.v1.FollowUpContact",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -373,6 +373,30 @@ impl GatewayApi for Relay {
         }))
     }
 
+    async fn open_follow_up(
+        &self,
+        request: Request<domicile_proto::pb::OpenFollowUpRequest>,
+    ) -> Answer<domicile_proto::pb::OpenFollowUpResponse> {
+        Ok(Response::new(
+            self.client()
+                .open_follow_up(request.into_inner())
+                .await?
+                .into_inner(),
+        ))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<domicile_proto::pb::ListFollowUpsRequest>,
+    ) -> Answer<domicile_proto::pb::ListFollowUpsResponse> {
+        Ok(Response::new(
+            self.client()
+                .list_follow_ups(request.into_inner())
+                .await?
+                .into_inner(),
+        ))
+    }
+
     async fn get_overview(
         &self,
         request: Request<GetOverviewRequest>,

@@ -45,6 +45,7 @@ pub struct FederationBuilder {
     dpo_tenants: Vec<String>,
     policy_dir: Option<PathBuf>,
     clock: Option<domicile_ops::clock::SharedClock>,
+    local_principals: Vec<(String, domicile_node::config::LocalRole)>,
 }
 
 /// Tenants whose DPO key a federation registers by default (the tests', `dev`'s, the Python
@@ -81,6 +82,7 @@ impl Default for FederationBuilder {
             dpo_tenants: DPO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
             policy_dir: None,
             clock: None,
+            local_principals: Vec::new(),
         }
     }
 }
@@ -190,6 +192,22 @@ impl FederationBuilder {
         self
     }
 
+    /// Serves every node's in-country listener over mutual TLS (a development CA for the
+    /// in-country staff, `local-pki` in the data directory, apart from the federation's),
+    /// admitting only these identities, each in its role ([`Federation::local_pki`] has their
+    /// certificates). Without it the listeners are plaintext on loopback, every caller in every
+    /// role.
+    pub fn local_principals(
+        mut self,
+        principals: &[(&str, domicile_node::config::LocalRole)],
+    ) -> Self {
+        self.local_principals = principals
+            .iter()
+            .map(|(id, role)| ((*id).to_owned(), *role))
+            .collect();
+        self
+    }
+
     /// Starts every node, then the gateway, and waits until all listeners are bound.
     ///
     /// With `DOMICILE_TEST_LOG` set (a `tracing` filter, e.g. `error`), the process logs to
@@ -223,6 +241,27 @@ impl FederationBuilder {
         // every node: access, portability, erasure, holds and incidents must carry its signature.
         let dpo = crate::trust::DevDpo::reuse_or_generate(&data_dir.join("dpo"), &self.dpo_tenants)
             .context("setting up the development DPO key")?;
+        // The in-country staff's PKI, apart from the federation's.
+        let local_pki = if self.local_principals.is_empty() {
+            None
+        } else {
+            let dir = data_dir.join("local-pki");
+            let names: Vec<&str> = self
+                .local_principals
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let complete = dir.join("ca.pem").exists()
+                && names.iter().all(|n| dir.join(format!("{n}.pem")).exists());
+            if complete {
+                Some(Pki { dir })
+            } else {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Some(certs::generate_local(&dir, &names)?)
+            }
+        };
         let postgres = if self.postgres || postgres_from_env()? {
             Some(
                 tokio::task::spawn_blocking(PgCluster::start)
@@ -272,6 +311,22 @@ impl FederationBuilder {
                     client_ca_file: pki.ca(),
                     gateway_identity: certs::GATEWAY_IDENTITY.to_owned(),
                 });
+                if let Some(local) = &local_pki {
+                    let (cert_file, key_file) = local.pair("local");
+                    config.local_tls = Some(domicile_node::config::LocalTls {
+                        cert_file,
+                        key_file,
+                        client_ca_file: local.ca(),
+                    });
+                    config.local_principals = self
+                        .local_principals
+                        .iter()
+                        .map(|(identity, role)| domicile_node::config::LocalPrincipal {
+                            identity: identity.clone(),
+                            role: *role,
+                        })
+                        .collect();
+                }
                 // A new region's keys are made here, explicitly, as `domicile keygen` makes
                 // them; a data directory used before keeps its own (the node only loads keys).
                 domicile_node::keys::create_if_new(&config)?;
@@ -383,6 +438,7 @@ impl FederationBuilder {
             dpo,
             data_dir,
             nodes,
+            local_pki,
             gateway_shutdown: Some(tx),
             gateway_task: Some(gateway_task),
             postgres,
@@ -459,6 +515,9 @@ pub struct Federation {
     pub data_dir: PathBuf,
     /// The nodes, in the order their regions were added.
     pub nodes: Vec<RunningNode>,
+    /// The in-country staff's PKI (CA, the listeners' certificate `local`, one per identity),
+    /// when [`FederationBuilder::local_principals`] was set.
+    pub local_pki: Option<Pki>,
     gateway_shutdown: Option<oneshot::Sender<()>>,
     gateway_task: Option<JoinHandle<anyhow::Result<()>>>,
     /// The PostgreSQL cluster holding the nodes' data, when they use one; stopped and

@@ -43,11 +43,13 @@ pub enum Operation {
     Audit,
     /// `GetOverview` and the console: the federation's state, counts only.
     Admin,
+    /// `OpenFollowUp`, `ListFollowUps`: the closed loop.
+    FollowUp,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Regions,
         Operation::Ingest,
         Operation::Aggregate,
@@ -57,6 +59,7 @@ impl Operation {
         Operation::Incident,
         Operation::Audit,
         Operation::Admin,
+        Operation::FollowUp,
     ];
 
     /// The name in tokens and configuration, e.g. `aggregate`.
@@ -71,6 +74,7 @@ impl Operation {
             Operation::Incident => "incident",
             Operation::Audit => "audit",
             Operation::Admin => "admin",
+            Operation::FollowUp => "follow_up",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod deadline;
 pub mod directory;
 pub mod error;
 pub mod fanout;
+pub mod followup;
 pub mod gateway;
 pub mod incident;
 pub mod limits;

@@ -25,7 +25,7 @@ use crate::{
     gateway::Gateway,
 };
 
-fn missing(region: &str) -> GatewayError {
+pub(crate) fn missing(region: &str) -> GatewayError {
     GatewayError::Region(
         region.to_owned(),
         Status::internal("the region's answer was empty"),
@@ -34,7 +34,7 @@ fn missing(region: &str) -> GatewayError {
 
 impl Gateway {
     /// The region named by `id` (`<region>.<prefix>-…`), or a violation of `field`.
-    fn region_of(
+    pub(crate) fn region_of(
         &self,
         id: &str,
         prefix: &str,

@@ -8,7 +8,8 @@ use domicile_proto::pb::{
     GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
     GetIncidentRequest, GetIncidentResponse, GetOverviewRequest, GetOverviewResponse,
     GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest, IngestResponse,
-    ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse,
+    ListFollowUpsRequest, ListFollowUpsResponse, ListRegionsRequest, ListRegionsResponse,
+    OpenFollowUpRequest, OpenFollowUpResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse,
     Purpose, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
     RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
     ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
@@ -445,6 +446,44 @@ impl gateway_server::Gateway for GatewayService {
         let response = self
             .gateway
             .release_legal_hold(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn open_follow_up(
+        &self,
+        request: Request<OpenFollowUpRequest>,
+    ) -> Result<Response<OpenFollowUpResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::FollowUp,
+            Some(request.get_ref().tenant_id.as_str()),
+            Some(request.get_ref().purpose()),
+            false,
+        )?;
+        let response = self
+            .gateway
+            .open_follow_up(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<ListFollowUpsRequest>,
+    ) -> Result<Response<ListFollowUpsResponse>, Status> {
+        let deadline = self.deadline(&request);
+        let _admission = self.admit(
+            &request,
+            Operation::FollowUp,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
+        let response = self
+            .gateway
+            .list_follow_ups(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
     }

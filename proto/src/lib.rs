@@ -20,6 +20,7 @@ pub mod codec;
 pub mod consent;
 pub mod domain;
 pub mod error;
+pub mod followup;
 pub mod merge;
 pub mod rights;
 pub mod seal;

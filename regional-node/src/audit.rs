@@ -93,11 +93,15 @@ pub enum Kind {
     DpRelease,
     /// An exact aggregate was answered on the in-country listener.
     LocalAggregate,
+    /// A follow-up was opened, refused, given an outcome or cancelled.
+    FollowUp,
+    /// A follow-up's subject was re-identified on the in-country listener, for its purpose.
+    FollowUpReidentified,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::NodeStart,
         Kind::IngestBatch,
         Kind::ReleaseAggregate,
@@ -114,6 +118,8 @@ impl Kind {
         Kind::DpoRefused,
         Kind::DpRelease,
         Kind::LocalAggregate,
+        Kind::FollowUp,
+        Kind::FollowUpReidentified,
     ];
 
     /// Its stored name.
@@ -135,6 +141,8 @@ impl Kind {
             Self::DpoRefused => "dpo_refused",
             Self::DpRelease => "dp_release",
             Self::LocalAggregate => "local_aggregate",
+            Self::FollowUp => "follow_up",
+            Self::FollowUpReidentified => "follow_up_reidentified",
         }
     }
 
@@ -157,7 +165,10 @@ impl Kind {
             }
             Self::ConsentChange => &["consent_records"],
             Self::IncidentReported => &[],
-            Self::IncidentSubjectsListed => &["profile", "contact_details"],
+            Self::IncidentSubjectsListed | Self::FollowUpReidentified => {
+                &["profile", "contact_details"]
+            }
+            Self::FollowUp => &["interactions", "consent_records"],
             Self::SubjectRequest
             | Self::Erasure
             | Self::LegalHold

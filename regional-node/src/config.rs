@@ -132,6 +132,11 @@ pub struct NodeConfig {
     /// name their client certificate is valid for, and a role. Anyone else is refused.
     #[serde(default)]
     pub local_principals: Vec<LocalPrincipal>,
+    /// How long a subject pseudonym released by `QueryRecords` can open a follow-up: it
+    /// resolves only while the subject has an interaction within this many days. Default 30,
+    /// 1 to 365.
+    #[serde(default = "default_follow_up_window_days")]
+    pub follow_up_window_days: u32,
     /// A floor under every country policy's minimum group size *k*: the node applies the larger.
     /// Default 2, at least 2.
     #[serde(default = "default_k")]
@@ -285,6 +290,9 @@ fn default_checkpoint_seconds() -> u64 {
 fn default_sweep_seconds() -> u64 {
     86_400
 }
+fn default_follow_up_window_days() -> u32 {
+    30
+}
 fn default_k() -> u32 {
     2
 }
@@ -317,6 +325,7 @@ pub const OPTIONS: &[&str] = &[
     "audit_checkpoint_seconds",
     "retention_sweep_seconds",
     "local_listen",
+    "follow_up_window_days",
     "min_group_size",
     "max_records_per_envelope",
     "metrics_listen",
@@ -390,6 +399,7 @@ impl NodeConfig {
             local_listen: None,
             local_tls: None,
             local_principals: Vec::new(),
+            follow_up_window_days: default_follow_up_window_days(),
             min_group_size: default_k(),
             max_records_per_envelope: default_max_records(),
             metrics_listen: None,
@@ -652,6 +662,9 @@ impl NodeConfig {
         }
         if self.retention_sweep_seconds < 60 {
             err("retention_sweep_seconds", "must be at least 60");
+        }
+        if !(1..=365).contains(&self.follow_up_window_days) {
+            err("follow_up_window_days", "must be 1 to 365");
         }
         if self.min_group_size < 2 {
             err("min_group_size", "must be at least 2");

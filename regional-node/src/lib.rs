@@ -22,6 +22,7 @@ pub mod consent;
 pub mod db;
 pub mod dp;
 pub mod error;
+pub mod followup;
 pub mod incident;
 pub mod ingest;
 pub mod kek;

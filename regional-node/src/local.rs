@@ -12,7 +12,10 @@ use domicile_proto::{
     pb::{
         ListIncidentSubjectsRequest, ListIncidentSubjectsResponse, LocalNodeAggregateRequest,
         LocalNodeAggregateResponse, LocalNodeIngestRequest, LocalNodeIngestResponse,
-        LocalNodeIngestStreamRequest, LocalNodeIngestStreamResponse, local_node_server::LocalNode,
+        LocalNodeIngestStreamRequest, LocalNodeIngestStreamResponse, LocalNodeListFollowUpsRequest,
+        LocalNodeListFollowUpsResponse, RecordFollowUpOutcomeRequest,
+        RecordFollowUpOutcomeResponse, ReidentifyFollowUpRequest, ReidentifyFollowUpResponse,
+        local_node_server::LocalNode,
     },
 };
 use std::{
@@ -41,6 +44,8 @@ pub fn roles_for(method: &str) -> &'static [LocalRole] {
         "ListIncidentSubjects" => &[RegionalDpo],
         "Aggregate" => &[RegionalDpo, Supervisor],
         "Ingest" | "IngestStream" => &[Integration],
+        "ListFollowUps" => &[Agent, Supervisor, RegionalDpo],
+        "ReidentifyFollowUp" | "RecordFollowUpOutcome" => &[Agent, Supervisor],
         _ => &[],
     }
 }
@@ -275,5 +280,57 @@ impl LocalNode for LocalNodeService {
         let spec = AggregateSpec::from_query(req.query.as_ref(), "query")?;
         let groups = self.node.exact_aggregate(&req.tenant_id, spec).await?;
         Ok(Response::new(LocalNodeAggregateResponse { groups }))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<LocalNodeListFollowUpsRequest>,
+    ) -> Result<Response<LocalNodeListFollowUpsResponse>, Status> {
+        let req = request.into_inner();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let follow_ups = self
+            .node
+            .list_follow_ups(tenant, Vec::new(), req.open_only, true)
+            .await?;
+        Ok(Response::new(LocalNodeListFollowUpsResponse { follow_ups }))
+    }
+
+    async fn reidentify_follow_up(
+        &self,
+        request: Request<ReidentifyFollowUpRequest>,
+    ) -> Result<Response<ReidentifyFollowUpResponse>, Status> {
+        let req = request.into_inner();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let response = self
+            .node
+            .reidentify_follow_up(tenant, req.follow_up_id)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn record_follow_up_outcome(
+        &self,
+        request: Request<RecordFollowUpOutcomeRequest>,
+    ) -> Result<Response<RecordFollowUpOutcomeResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id").map_err(|e| v.0.extend(e.0));
+        let outcome = domicile_proto::followup::outcome(req.outcome).map_err(|e| v.0.extend(e.0));
+        if let Err(e) =
+            domicile_proto::followup::region_of_follow_up(&req.follow_up_id, "follow_up_id")
+        {
+            v.0.extend(e.0);
+        }
+        let (Ok(tenant), Ok(outcome)) = (tenant, outcome) else {
+            return Err(v.into());
+        };
+        v.into_result(())?;
+        let follow_up = self
+            .node
+            .record_follow_up_outcome(tenant, req.follow_up_id, outcome)
+            .await?;
+        Ok(Response::new(RecordFollowUpOutcomeResponse {
+            follow_up: Some(follow_up),
+        }))
     }
 }

@@ -479,6 +479,7 @@ impl Node {
                         incident::Release::of(&inner.policies),
                     )?,
                     consents: crate::overview::consents(conn, tenant)?,
+                    follow_ups: Some(crate::followup::counts(conn, tenant, now)?),
                 })
             })
         })

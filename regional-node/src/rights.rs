@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS subject_flags (
 ) WITHOUT ROWID;
 "#;
 
-fn random_hex() -> Result<String, NodeError> {
+pub(crate) fn random_hex() -> Result<String, NodeError> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| NodeError::Internal(format!("randomness: {e}")))?;
     Ok(hex::encode(b))
@@ -265,6 +265,7 @@ pub(crate) fn erase(
             params![tenant, subject],
         )?;
     }
+    crate::followup::forget_subject(tx, tenant, subject, now)?;
     let complete = kept.is_empty();
     if complete {
         for table in ["subject_flags", "tracked_subjects"] {

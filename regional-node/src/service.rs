@@ -8,6 +8,7 @@ use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
     error::Violations,
+    followup::FollowUpSpec,
     pb::{
         ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse,
         GetSubjectRequestResponse, PlaceLegalHoldResponse, RecordConsentResponse,
@@ -19,7 +20,9 @@ use domicile_proto::{
         RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse,
         RegionalNodeGetRegionOverviewRequest, RegionalNodeGetRegionOverviewResponse,
         RegionalNodeGetSubjectRequestRequest, RegionalNodeGetSubjectRequestResponse,
-        RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodePlaceLegalHoldRequest,
+        RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodeListFollowUpsRequest,
+        RegionalNodeListFollowUpsResponse, RegionalNodeOpenFollowUpRequest,
+        RegionalNodeOpenFollowUpResponse, RegionalNodePlaceLegalHoldRequest,
         RegionalNodePlaceLegalHoldResponse, RegionalNodeQueryRecordsRequest,
         RegionalNodeQueryRecordsResponse, RegionalNodeRecordConsentRequest,
         RegionalNodeRecordConsentResponse, RegionalNodeReleaseLegalHoldRequest,
@@ -65,6 +68,36 @@ impl RegionalNodeService {
 
 #[tonic::async_trait]
 impl RegionalNode for RegionalNodeService {
+    async fn open_follow_up(
+        &self,
+        request: Request<RegionalNodeOpenFollowUpRequest>,
+    ) -> Result<Response<RegionalNodeOpenFollowUpResponse>, Status> {
+        let req = request
+            .into_inner()
+            .request
+            .ok_or_else(|| Violations::one("request", "required"))?;
+        let spec = FollowUpSpec::parse(&req)?;
+        let response = self.node.open_follow_up(spec).await?;
+        Ok(Response::new(RegionalNodeOpenFollowUpResponse {
+            response: Some(response),
+        }))
+    }
+
+    async fn list_follow_ups(
+        &self,
+        request: Request<RegionalNodeListFollowUpsRequest>,
+    ) -> Result<Response<RegionalNodeListFollowUpsResponse>, Status> {
+        let req = request.into_inner();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let follow_ups = self
+            .node
+            .list_follow_ups(tenant, req.follow_up_ids, req.open_only, false)
+            .await?;
+        Ok(Response::new(RegionalNodeListFollowUpsResponse {
+            follow_ups,
+        }))
+    }
+
     async fn get_region_info(
         &self,
         _request: Request<GetRegionInfoRequest>,

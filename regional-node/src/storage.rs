@@ -116,7 +116,7 @@ fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
 }
 
 /// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// A subject's personal fields, stored encrypted as one JSON document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -248,6 +248,11 @@ pub static MIGRATIONS: &[Migration] = &[
         version: 8,
         what: "subjects by reference, ids keyed by the subject's data key (an empty database only)",
         apply: keyed_ids,
+    },
+    Migration {
+        version: 9,
+        what: "follow-up cases (made by the schema)",
+        apply: |_| Ok(()),
     },
 ];
 
@@ -724,6 +729,7 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
         crate::audit::SCHEMA,
         crate::authority::SCHEMA,
         crate::incident::SCHEMA,
+        crate::followup::SCHEMA,
         crate::rights::SCHEMA,
         crate::release::SCHEMA,
         &crate::rollup::schema(),

@@ -111,6 +111,47 @@ pub async fn node_channel(
     )
 }
 
+/// A client of one region's in-country `LocalNode` listener. With the federation's in-country
+/// PKI ([`FederationBuilder::local_principals`]) it speaks mutual TLS presenting `identity`'s
+/// certificate (`None`: none); without, plaintext on loopback.
+pub async fn local_client(
+    fed: &Federation,
+    region: &str,
+    identity: Option<&str>,
+) -> anyhow::Result<domicile_proto::pb::local_node_client::LocalNodeClient<Channel>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let addr = fed
+        .node(region)
+        .and_then(|n| n.local_addr)
+        .ok_or_else(|| anyhow::anyhow!("no in-country listener for {region}"))?;
+    let channel = match &fed.local_pki {
+        Some(pki) => {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(pki.ca())?))
+                .domain_name("localhost");
+            if let Some(id) = identity {
+                let (cert, key) = pki.pair(id);
+                tls = tls.identity(Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                ));
+            }
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(tls)?
+                .connect()
+                .await?
+        }
+        None => {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?
+        }
+    };
+    Ok(domicile_proto::pb::local_node_client::LocalNodeClient::new(
+        channel,
+    ))
+}
+
 /// Generates data for `countries` and ingests it through the gateway; panics on any rejection.
 pub async fn load(
     fed: &Federation,

@@ -26,7 +26,7 @@ const ISSUER: &str = "https://idp.test";
 const SECRET: &[u8] = b"a development secret of at least 32 bytes";
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
 
-const OPERATIONS: [&str; 9] = [
+const OPERATIONS: [&str; 10] = [
     "regions",
     "ingest",
     "aggregate",
@@ -36,6 +36,7 @@ const OPERATIONS: [&str; 9] = [
     "incident",
     "audit",
     "admin",
+    "follow_up",
 ];
 const PURPOSES: [&str; 6] = [
     "service",
@@ -154,7 +155,7 @@ fn aggregate(tenant: &str, purpose: Purpose) -> AggregateRequest {
 }
 
 /// One call of each RPC (with the DPO-only kinds apart), as `(operation, name)`.
-const RPCS: [(&str, &str); 14] = [
+const RPCS: [(&str, &str); 16] = [
     ("regions", "ListRegions"),
     ("ingest", "Ingest"),
     ("aggregate", "Aggregate"),
@@ -169,6 +170,8 @@ const RPCS: [(&str, &str); 14] = [
     ("rights", "SubmitSubjectRequest(ACCESS)"),
     ("rights", "PlaceLegalHold"),
     ("admin", "GetOverview"),
+    ("follow_up", "OpenFollowUp"),
+    ("follow_up", "ListFollowUps"),
 ];
 
 /// Calls `rpc` for `tenant` with `purpose`; the status code (OK when it succeeds).
@@ -272,6 +275,24 @@ async fn call(
                 reason: "litigation".into(),
                 ..Default::default()
             }))
+            .await
+            .map(|_| ()),
+        "OpenFollowUp" => gw
+            .open_follow_up(domicile_proto::pb::OpenFollowUpRequest {
+                tenant_id: t.clone(),
+                region_id: "eu-de".into(),
+                subject_pseudonym: "0123456789abcdef0123456789abcdef".into(),
+                purpose: purpose as i32,
+                reason: "nps-detractor".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "ListFollowUps" => gw
+            .list_follow_ups(domicile_proto::pb::ListFollowUpsRequest {
+                tenant_id: t.clone(),
+                ..Default::default()
+            })
             .await
             .map(|_| ()),
         other => panic!("no RPC {other}"),
@@ -453,6 +474,7 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
         "QueryRecords",
         "CheckContactPermission",
         "GetConsent",
+        "OpenFollowUp",
     ] {
         assert_eq!(
             call(&fed, &mut survey_only, rpc, TENANT, Purpose::CxAnalytics).await,

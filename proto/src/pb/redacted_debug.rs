@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{IncidentSubject, InteractionRecord, SubjectRecord, SurveyAnswer};
+use super::{FollowUpContact, IncidentSubject, InteractionRecord, SubjectRecord, SurveyAnswer};
 
 impl fmt::Debug for SubjectRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -35,6 +35,14 @@ impl fmt::Debug for IncidentSubject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IncidentSubject")
             .field("country", &self.country)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for FollowUpContact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FollowUpContact")
+            .field("channel", &self.channel)
             .finish_non_exhaustive()
     }
 }

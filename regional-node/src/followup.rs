@@ -1,0 +1,711 @@
+//! Follow-up cases: the closed loop (followup.proto). A case is kept by the subject's
+//! reference, like every other row; what crosses the border ([`FollowUp`]) has no personal
+//! data and no principal.
+//!
+//! A subject pseudonym cannot be inverted, so the node resolves one by computing the pseudonym
+//! under the request's purpose for each subject with an interaction inside the follow-up window
+//! (the only subjects whose pseudonyms may still open a case) until one matches. That costs one
+//! HMAC per recent subject, and only on `OpenFollowUp`.
+
+use crate::db::{Connection, params};
+use domicile_proto::{
+    consent::ConsentQuestion,
+    domain::{TenantId, whole_seconds as ts},
+    error::Violations,
+    followup::{FollowUpSpec, ID_PREFIX, is_open},
+    pb::{
+        Channel, FollowUp, FollowUpContact, FollowUpCounts, FollowUpPriority, FollowUpStatus,
+        OpenFollowUpResponse, Purpose, ReidentifyFollowUpResponse,
+    },
+};
+
+use crate::{
+    audit::{self, Entry},
+    consent,
+    error::NodeError,
+    node::Node,
+    policy::{CountryPolicy, Release},
+    pseudonym::{Kind, Pseudonymiser},
+    storage::Profile,
+};
+
+/// The follow-up table; created with the rest of the schema. `channels` are the requested
+/// ones (comma-separated enum numbers), `channel` the one allowed when the case was opened.
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS follow_ups (
+    tenant       TEXT NOT NULL,
+    follow_up_id TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    country      TEXT NOT NULL,
+    purpose      INTEGER NOT NULL,
+    channels     TEXT NOT NULL,
+    channel      INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    priority     INTEGER NOT NULL,
+    status       INTEGER NOT NULL,
+    opened_at    INTEGER NOT NULL,
+    due_at       INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, follow_up_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS follow_ups_by_subject ON follow_ups (tenant, subject_id);
+"#;
+
+/// A stored case, with the subject's reference (which never leaves the node).
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The case as it may cross the border (`overdue` as of the read).
+    pub public: FollowUp,
+    /// The subject's reference.
+    pub subject: String,
+    /// The requested channels, in order.
+    pub channels: Vec<Channel>,
+}
+
+/// The subject (reference, country) whose pseudonym under `purpose` is `pseudonym`, among the
+/// subjects with an interaction since `since` in one of `countries`.
+pub fn resolve(
+    conn: &Connection,
+    pseudonyms: &Pseudonymiser,
+    tenant: &str,
+    purpose: Purpose,
+    pseudonym: &str,
+    since: i64,
+    countries: &[String],
+) -> Result<Option<(String, String)>, NodeError> {
+    let mut found = None;
+    conn.query_each(
+        "SELECT subject_id, MIN(country) FROM interactions
+         WHERE tenant = ?1 AND started_at >= ?2 GROUP BY subject_id",
+        params![tenant, since],
+        |row| {
+            let subject: String = row.get(0)?;
+            if pseudonyms.pseudonym(Kind::Subject, tenant, purpose, &subject) != pseudonym {
+                return Ok(true);
+            }
+            let country: String = row.get(1)?;
+            if countries.contains(&country) {
+                found = Some((subject, country));
+            }
+            Ok(false)
+        },
+    )?;
+    Ok(found)
+}
+
+const COLUMNS: &str = "follow_up_id, subject_id, country, purpose, channels, channel, reason, \
+                       priority, status, opened_at, due_at, updated_at";
+
+fn case_of(row: &crate::db::Row<'_>, region_id: &str, now: i64) -> Result<Case, NodeError> {
+    let status: i32 = row.get(8)?;
+    let due: i64 = row.get(10)?;
+    let channels: String = row.get(4)?;
+    let overdue = FollowUpStatus::try_from(status).is_ok_and(is_open) && due < now;
+    Ok(Case {
+        public: FollowUp {
+            follow_up_id: row.get(0)?,
+            region_id: region_id.to_owned(),
+            country: row.get(2)?,
+            purpose: row.get(3)?,
+            channel: row.get(5)?,
+            reason: row.get(6)?,
+            priority: row.get(7)?,
+            status,
+            opened_at: Some(ts(row.get(9)?)),
+            due_at: Some(ts(due)),
+            updated_at: Some(ts(row.get(11)?)),
+            overdue,
+        },
+        subject: row.get(1)?,
+        channels: channels
+            .split(',')
+            .filter_map(|c| c.parse::<i32>().ok())
+            .filter_map(|c| Channel::try_from(c).ok())
+            .collect(),
+    })
+}
+
+/// The open case of `subject` for `purpose`, if any.
+pub fn open_case_of(
+    conn: &Connection,
+    region_id: &str,
+    tenant: &str,
+    subject: &str,
+    purpose: Purpose,
+    now: i64,
+) -> Result<Option<Case>, NodeError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3
+         AND status IN (?4, ?5, ?6) ORDER BY opened_at LIMIT 1"
+    ))?;
+    let mut rows = stmt.query(params![
+        tenant,
+        subject,
+        purpose as i32,
+        FollowUpStatus::Open as i32,
+        FollowUpStatus::Reached as i32,
+        FollowUpStatus::NotReached as i32,
+    ])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(case_of(&row, region_id, now)?)),
+        None => Ok(None),
+    }
+}
+
+/// What a new case is made of.
+#[derive(Debug, Clone)]
+pub struct NewCase<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The subject's reference.
+    pub subject: &'a str,
+    /// The subject's country.
+    pub country: &'a str,
+    /// The purpose.
+    pub purpose: Purpose,
+    /// The requested channels.
+    pub channels: &'a [Channel],
+    /// The channel allowed now.
+    pub channel: Channel,
+    /// The reason code.
+    pub reason: &'a str,
+    /// The priority.
+    pub priority: FollowUpPriority,
+}
+
+/// Stores a new open case, opened `now`.
+pub fn insert(
+    tx: &Connection,
+    tenant: &str,
+    case: &NewCase<'_>,
+    now: i64,
+) -> Result<(), NodeError> {
+    let channels = case
+        .channels
+        .iter()
+        .map(|c| (*c as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    tx.execute(
+        &format!(
+            "INSERT INTO follow_ups (tenant, {COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            tenant,
+            case.id,
+            case.subject,
+            case.country,
+            case.purpose as i32,
+            channels,
+            case.channel as i32,
+            case.reason,
+            case.priority as i32,
+            FollowUpStatus::Open as i32,
+            now,
+            now + domicile_proto::followup::due_in(case.priority),
+            now,
+        ],
+    )?;
+    Ok(())
+}
+
+/// One case, or `None`.
+pub fn get(
+    conn: &Connection,
+    region_id: &str,
+    tenant: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<Case>, NodeError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 AND follow_up_id = ?2"
+    ))?;
+    let mut rows = stmt.query(params![tenant, id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(case_of(&row, region_id, now)?)),
+        None => Ok(None),
+    }
+}
+
+/// The tenant's cases (only `ids` when not empty; only open ones when `open_only`), most
+/// recently opened first, or due soonest first when `by_due`; at most
+/// [`domicile_proto::followup::MAX_LISTED`].
+pub fn list(
+    conn: &Connection,
+    region_id: &str,
+    tenant: &str,
+    ids: &[String],
+    open_only: bool,
+    by_due: bool,
+    now: i64,
+) -> Result<Vec<FollowUp>, NodeError> {
+    let order = if by_due {
+        "due_at, follow_up_id"
+    } else {
+        "opened_at DESC, follow_up_id"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 ORDER BY {order}"
+    ))?;
+    let mut rows = stmt.query(params![tenant])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let case = case_of(&row, region_id, now)?;
+        let status = FollowUpStatus::try_from(case.public.status).unwrap_or_default();
+        if (open_only && !is_open(status))
+            || (!ids.is_empty() && !ids.contains(&case.public.follow_up_id))
+        {
+            continue;
+        }
+        out.push(case.public);
+        if out.len() == domicile_proto::followup::MAX_LISTED {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Sets a case's status at `now`.
+pub fn set_status(
+    tx: &Connection,
+    tenant: &str,
+    id: &str,
+    status: FollowUpStatus,
+    now: i64,
+) -> Result<(), NodeError> {
+    tx.execute(
+        "UPDATE follow_ups SET status = ?1, updated_at = ?2 WHERE tenant = ?3 AND follow_up_id = ?4",
+        params![status as i32, now, tenant, id],
+    )?;
+    Ok(())
+}
+
+/// An erasure: the subject's open cases are cancelled and every case forgets who it was for.
+pub fn forget_subject(
+    tx: &Connection,
+    tenant: &str,
+    subject: &str,
+    now: i64,
+) -> Result<(), NodeError> {
+    tx.execute(
+        "UPDATE follow_ups SET status = ?1, updated_at = ?2
+         WHERE tenant = ?3 AND subject_id = ?4 AND status IN (?5, ?6, ?7)",
+        params![
+            FollowUpStatus::Cancelled as i32,
+            now,
+            tenant,
+            subject,
+            FollowUpStatus::Open as i32,
+            FollowUpStatus::Reached as i32,
+            FollowUpStatus::NotReached as i32,
+        ],
+    )?;
+    tx.execute(
+        "UPDATE follow_ups SET subject_id = '' WHERE tenant = ?1 AND subject_id = ?2",
+        params![tenant, subject],
+    )?;
+    Ok(())
+}
+
+/// The tenant's cases counted for the console.
+pub fn counts(conn: &Connection, tenant: &str, now: i64) -> Result<FollowUpCounts, NodeError> {
+    let mut stmt = conn.prepare(
+        "SELECT status, COUNT(*), SUM(CASE WHEN due_at < ?2 THEN 1 ELSE 0 END)
+         FROM follow_ups WHERE tenant = ?1 GROUP BY status",
+    )?;
+    let mut rows = stmt.query(params![tenant, now])?;
+    let mut counts = FollowUpCounts::default();
+    while let Some(row) = rows.next()? {
+        let status = FollowUpStatus::try_from(row.get::<_, i32>(0)?).unwrap_or_default();
+        let n = row.get::<_, i64>(1)? as u64;
+        let late = row.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64;
+        match status {
+            s if is_open(s) => {
+                counts.open += n;
+                counts.overdue += late;
+            }
+            FollowUpStatus::Resolved => counts.resolved += n,
+            FollowUpStatus::Cancelled => counts.cancelled += n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// The address of `profile` on `channel`: the e-mail for e-mail, the phone for calls and
+/// texts; empty for other channels or when none is on file.
+fn address(profile: &Profile, channel: Channel) -> String {
+    match channel {
+        Channel::Email => profile.email.clone(),
+        Channel::Phone | Channel::Sms => profile.phone.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The first of `channels` on which `q`'s subject may be contacted for its purpose, or the
+/// reasons per channel (no personal data in them) when none.
+fn first_allowed(
+    conn: &Connection,
+    policy: &CountryPolicy,
+    q: &mut ConsentQuestion,
+    channels: &[Channel],
+    suppressed_as: &[String],
+) -> Result<Result<Channel, String>, NodeError> {
+    let mut why = Vec::with_capacity(channels.len());
+    for channel in channels {
+        q.channel = *channel;
+        let answer = consent::check(conn, policy, q, || suppressed_as.to_vec())?;
+        if answer.allowed {
+            return Ok(Ok(*channel));
+        }
+        let reasons: Vec<&str> = answer.reasons.iter().map(|r| r.detail.as_str()).collect();
+        why.push(format!("{}: {}", channel.as_str_name(), reasons.join("; ")));
+    }
+    Ok(Err(why.join(" | ")))
+}
+
+impl Node {
+    /// The consent question for a case's subject (by reference) and the suppression ids of its
+    /// external id.
+    fn follow_up_question(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        country: &str,
+        purpose: Purpose,
+    ) -> Result<(ConsentQuestion, Vec<String>, Option<String>), NodeError> {
+        let external_id = self
+            .inner
+            .store
+            .vault()
+            .external_id(tenant.as_str(), subject)?;
+        let suppressed_as = external_id
+            .iter()
+            .map(|e| {
+                self.inner
+                    .pseudonyms
+                    .suppression_of_subject(tenant.as_str(), e)
+            })
+            .collect();
+        let q = ConsentQuestion {
+            tenant: tenant.clone(),
+            subject: domicile_proto::consent::Subject {
+                country: country.to_owned(),
+                external_id: subject.to_owned(),
+            },
+            purpose,
+            channel: Channel::Unspecified,
+        };
+        Ok((q, suppressed_as, external_id))
+    }
+
+    /// Opens a follow-up for the subject behind a pseudonym of this region, if the purpose's
+    /// country rule and the subject's consent allow a contact on one of the channels; an open
+    /// case for the same subject and purpose is returned instead of a second one. Every
+    /// outcome, refusals included, is audited.
+    pub async fn open_follow_up(
+        &self,
+        spec: FollowUpSpec,
+    ) -> Result<OpenFollowUpResponse, NodeError> {
+        let region = self.inner.config.region_id.clone();
+        if spec.region_id != region {
+            return Err(Violations::one(
+                "region_id",
+                format!("this is region {region}: send the call to the pseudonym's region"),
+            )
+            .into());
+        }
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let tenant = spec.tenant.as_str();
+            let now = node.now();
+            let countries: Vec<String> = inner
+                .policies
+                .iter()
+                .filter(|p| p.border.release == Release::Pseudonymised)
+                .map(|p| p.country().to_owned())
+                .collect();
+            let since = now - i64::from(inner.config.follow_up_window_days) * 86_400;
+            let found = inner.store.read(|conn| {
+                resolve(
+                    conn,
+                    &inner.pseudonyms,
+                    tenant,
+                    spec.purpose,
+                    &spec.pseudonym,
+                    since,
+                    &countries,
+                )
+            })?;
+            let audit = |tx: &Connection, subject: Option<&str>, details: serde_json::Value| {
+                let pseudonym = subject.map(|s| inner.pseudonyms.audit_subject(tenant, s));
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::FollowUp,
+                        tenant,
+                        subject: pseudonym.as_deref(),
+                        details,
+                    },
+                )
+            };
+            let Some((subject, country)) = found else {
+                inner.store.write(|tx| {
+                    audit(
+                        tx,
+                        None,
+                        serde_json::json!({
+                            "refused": "the pseudonym does not resolve",
+                            "purpose": spec.purpose.as_str_name(),
+                        }),
+                    )
+                })?;
+                return Err(NodeError::NotFound(format!(
+                    "subject_pseudonym: no subject of region {region} has this pseudonym under \
+                     {} with an interaction in the last {} days",
+                    spec.purpose.as_str_name(),
+                    inner.config.follow_up_window_days
+                )));
+            };
+            let policy = node.policy_for(&country, "subject_pseudonym")?;
+            let (mut q, suppressed_as, _) =
+                node.follow_up_question(&spec.tenant, &subject, &country, spec.purpose)?;
+            let outcome = inner.store.write(|tx| {
+                if let Some(case) = open_case_of(tx, &region, tenant, &subject, spec.purpose, now)?
+                {
+                    return Ok(Ok(OpenFollowUpResponse {
+                        follow_up: Some(case.public),
+                        existing: true,
+                    }));
+                }
+                let channel =
+                    match first_allowed(tx, policy, &mut q, &spec.channels, &suppressed_as)? {
+                        Ok(c) => c,
+                        Err(why) => {
+                            audit(
+                                tx,
+                                Some(&subject),
+                                serde_json::json!({
+                                    "refused": "no contact allowed",
+                                    "purpose": spec.purpose.as_str_name(),
+                                    "policy_version": policy.label(),
+                                }),
+                            )?;
+                            return Ok(Err(why));
+                        }
+                    };
+                let id = format!("{region}.{ID_PREFIX}-{}", crate::rights::random_hex()?);
+                insert(
+                    tx,
+                    tenant,
+                    &NewCase {
+                        id: &id,
+                        subject: &subject,
+                        country: &country,
+                        purpose: spec.purpose,
+                        channels: &spec.channels,
+                        channel,
+                        reason: &spec.reason,
+                        priority: spec.priority,
+                    },
+                    now,
+                )?;
+                audit(
+                    tx,
+                    Some(&subject),
+                    serde_json::json!({
+                        "opened": id,
+                        "purpose": spec.purpose.as_str_name(),
+                        "reason": spec.reason,
+                        "priority": spec.priority.as_str_name(),
+                        "channel": channel.as_str_name(),
+                        "policy_version": policy.label(),
+                    }),
+                )?;
+                let case = get(tx, &region, tenant, &id, now)?
+                    .ok_or_else(|| NodeError::Internal("a case vanished as it was made".into()))?;
+                Ok(Ok(OpenFollowUpResponse {
+                    follow_up: Some(case.public),
+                    existing: false,
+                }))
+            })?;
+            outcome.map_err(|why| {
+                NodeError::FailedPrecondition(format!(
+                    "no contact is allowed for {} on any requested channel: {why}",
+                    spec.purpose.as_str_name()
+                ))
+            })
+        })
+        .await
+    }
+
+    /// The tenant's cases in this region (only `ids`, when given), without personal data;
+    /// most recently opened first, or due soonest first when `by_due`.
+    pub async fn list_follow_ups(
+        &self,
+        tenant: TenantId,
+        ids: Vec<String>,
+        open_only: bool,
+        by_due: bool,
+    ) -> Result<Vec<FollowUp>, NodeError> {
+        domicile_proto::followup::check_ids(&ids)?;
+        self.blocking(move |node| {
+            let region = &node.inner.config.region_id;
+            let now = node.now();
+            node.inner
+                .store
+                .read(|conn| list(conn, region, tenant.as_str(), &ids, open_only, by_due, now))
+        })
+        .await
+    }
+
+    /// An open case of this region, or why not.
+    fn open_case(&self, conn: &Connection, tenant: &TenantId, id: &str) -> Result<Case, NodeError> {
+        let region = &self.inner.config.region_id;
+        if domicile_proto::followup::region_of_follow_up(id, "follow_up_id")? != *region {
+            return Err(Violations::one("follow_up_id", "a case of another region").into());
+        }
+        let case = get(conn, region, tenant.as_str(), id, self.now())?
+            .ok_or_else(|| NodeError::NotFound("no such follow-up in this region".into()))?;
+        let status = FollowUpStatus::try_from(case.public.status).unwrap_or_default();
+        if !is_open(status) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "the follow-up is closed ({})",
+                status.as_str_name()
+            )));
+        }
+        Ok(case)
+    }
+
+    /// Who to contact for an open case, and on which channel, after checking the subject's
+    /// consent and the country rule again (the case is cancelled when they no longer allow
+    /// it). In-country only; audited with the caller and the purpose.
+    pub async fn reidentify_follow_up(
+        &self,
+        tenant: TenantId,
+        id: String,
+    ) -> Result<ReidentifyFollowUpResponse, NodeError> {
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let t = tenant.as_str();
+            let case = inner
+                .store
+                .read(|conn| node.open_case(conn, &tenant, &id))?;
+            let purpose = case.public.purpose();
+            let policy = node.policy_for(&case.public.country, "follow_up_id")?;
+            let (mut q, suppressed_as, external_id) =
+                node.follow_up_question(&tenant, &case.subject, &case.public.country, purpose)?;
+            let profile = inner
+                .store
+                .read(|conn| inner.store.profile(conn, t, &case.subject))?;
+            // The case's channel first, then the others asked for.
+            let mut channels = vec![case.public.channel()];
+            channels.extend(
+                case.channels
+                    .iter()
+                    .filter(|c| **c != case.public.channel()),
+            );
+            let now = node.now();
+            let subject = inner.pseudonyms.audit_subject(t, &case.subject);
+            let outcome = inner.store.write(|tx| {
+                // Re-read inside the write: a concurrent outcome may have closed it.
+                let case = node.open_case(tx, &tenant, &id)?;
+                let allowed = match (&external_id, &profile) {
+                    (Some(_), Some(_)) => {
+                        first_allowed(tx, policy, &mut q, &channels, &suppressed_as)?
+                    }
+                    _ => Err("the subject is no longer held".to_owned()),
+                };
+                let (details, result) = match allowed {
+                    Ok(channel) => (
+                        serde_json::json!({
+                            "follow_up_id": id,
+                            "purpose": purpose.as_str_name(),
+                            "channel": channel.as_str_name(),
+                        }),
+                        Ok(channel),
+                    ),
+                    Err(why) => {
+                        set_status(tx, t, &id, FollowUpStatus::Cancelled, now)?;
+                        (
+                            serde_json::json!({
+                                "follow_up_id": id,
+                                "purpose": purpose.as_str_name(),
+                                "refused": "no contact allowed any more; cancelled",
+                            }),
+                            Err(why),
+                        )
+                    }
+                };
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: if result.is_ok() {
+                            audit::Kind::FollowUpReidentified
+                        } else {
+                            audit::Kind::FollowUp
+                        },
+                        tenant: t,
+                        subject: Some(&subject),
+                        details,
+                    },
+                )?;
+                Ok(result.map(|c| (case, c)))
+            })?;
+            let (case, channel) = outcome.map_err(|why| {
+                NodeError::FailedPrecondition(format!(
+                    "the contact is no longer allowed for {}; the follow-up is cancelled: {why}",
+                    purpose.as_str_name()
+                ))
+            })?;
+            let profile = profile.unwrap_or_default();
+            Ok(ReidentifyFollowUpResponse {
+                follow_up: Some(case.public),
+                contact: Some(FollowUpContact {
+                    external_id: external_id.unwrap_or_default(),
+                    full_name: profile.full_name.clone(),
+                    channel: channel as i32,
+                    address: address(&profile, channel),
+                    language: profile.language,
+                }),
+            })
+        })
+        .await
+    }
+
+    /// Records an agent's outcome on an open case; audited.
+    pub async fn record_follow_up_outcome(
+        &self,
+        tenant: TenantId,
+        id: String,
+        outcome: FollowUpStatus,
+    ) -> Result<FollowUp, NodeError> {
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let t = tenant.as_str();
+            let now = node.now();
+            inner.store.write(|tx| {
+                let case = node.open_case(tx, &tenant, &id)?;
+                set_status(tx, t, &id, outcome, now)?;
+                let subject = inner.pseudonyms.audit_subject(t, &case.subject);
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::FollowUp,
+                        tenant: t,
+                        subject: Some(&subject),
+                        details: serde_json::json!({
+                            "follow_up_id": id,
+                            "outcome": outcome.as_str_name(),
+                        }),
+                    },
+                )?;
+                get(tx, &inner.config.region_id, t, &id, now)?
+                    .map(|c| c.public)
+                    .ok_or_else(|| NodeError::Internal("a case vanished as it was updated".into()))
+            })
+        })
+        .await
+    }
+}
