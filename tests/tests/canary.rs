@@ -13,7 +13,10 @@
 //! hold them only encrypted), the detector finds a canary hidden in base64 inside a blob, and the redaction
 //! placeholders do cross (so the comments were released, redacted).
 //!
-//! Every new RPC must be driven here.
+//! Every new RPC must be driven here. Follow-ups go round the whole loop: opened through the
+//! gateway for released pseudonyms, re-identified and resolved on the in-country listener (whose
+//! answers, personal data by design, stay in the country and are not captured), then listed
+//! through the gateway and the nodes.
 
 use std::time::Duration;
 
@@ -21,21 +24,24 @@ use base64::Engine;
 use domicile_proto::{
     pb::{
         AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
-        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, GetAuditCheckpointRequest,
-        GetConsentRequest, GetIncidentRequest, GetOverviewRequest, GetRegionInfoRequest,
-        GetSubjectRequestRequest, IngestRequest, InteractionRecord, ListRegionsRequest,
-        PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordConsentRequest, RecordPayload,
-        RecordQuery, RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
-        RegionalNodeConfirmConsentRequest, RegionalNodeGetAuditCheckpointRequest,
-        RegionalNodeGetConsentRequest, RegionalNodeGetIncidentRequest,
-        RegionalNodeGetRegionOverviewRequest, RegionalNodeGetSubjectRequestRequest,
-        RegionalNodeIngestRequest, RegionalNodePlaceLegalHoldRequest,
-        RegionalNodeQueryRecordsRequest, RegionalNodeRecordConsentRequest,
-        RegionalNodeReleaseLegalHoldRequest, RegionalNodeReportIncidentRequest,
-        RegionalNodeSubmitSubjectRequestRequest, RegionalNodeWithdrawConsentRequest,
-        ReleaseLegalHoldRequest, ReportIncidentRequest, SealedEnvelope, SubjectRecord, SubjectRef,
-        SubjectRequestKind, SubmitSubjectRequestRequest, SurveyAnswer, TimeRange,
-        WithdrawConsentRequest, record_payload::Record, regional_node_client::RegionalNodeClient,
+        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, FollowUpStatus,
+        GetAuditCheckpointRequest, GetConsentRequest, GetIncidentRequest, GetOverviewRequest,
+        GetRegionInfoRequest, GetSubjectRequestRequest, IngestRequest, InteractionRecord,
+        ListFollowUpsRequest, ListRegionsRequest, OpenFollowUpRequest, PlaceLegalHoldRequest,
+        Purpose, QueryRecordsRequest, RecordConsentRequest, RecordFollowUpOutcomeRequest,
+        RecordPayload, RecordQuery, RegionalNodeAggregateRequest,
+        RegionalNodeCheckContactPermissionRequest, RegionalNodeConfirmConsentRequest,
+        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetConsentRequest,
+        RegionalNodeGetIncidentRequest, RegionalNodeGetRegionOverviewRequest,
+        RegionalNodeGetSubjectRequestRequest, RegionalNodeIngestRequest,
+        RegionalNodeListFollowUpsRequest, RegionalNodeOpenFollowUpRequest,
+        RegionalNodePlaceLegalHoldRequest, RegionalNodeQueryRecordsRequest,
+        RegionalNodeRecordConsentRequest, RegionalNodeReleaseLegalHoldRequest,
+        RegionalNodeReportIncidentRequest, RegionalNodeSubmitSubjectRequestRequest,
+        RegionalNodeWithdrawConsentRequest, ReidentifyFollowUpRequest, ReleaseLegalHoldRequest,
+        ReportIncidentRequest, SealedEnvelope, SubjectRecord, SubjectRef, SubjectRequestKind,
+        SubmitSubjectRequestRequest, SurveyAnswer, TimeRange, WithdrawConsentRequest,
+        record_payload::Record, regional_node_client::RegionalNodeClient,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -606,6 +612,133 @@ async fn node_consent_calls(
 }
 
 /// Drives every gateway and node RPC, valid, invalid and failing; returns records streamed.
+/// Follow-ups for released pseudonyms, closed in-country; every answer the analyst sees.
+async fn follow_up_calls(
+    fed: &Federation,
+    cap: &Capture,
+    gw: &mut domicile_client::Gateway,
+    canaries: &[Canaries],
+) -> anyhow::Result<()> {
+    let c = &canaries[0];
+    // A recent interaction of each canary subject: pseudonyms resolve within the follow-up
+    // window only, and the canaries' other interactions are months old.
+    for (r, (region, country)) in REGIONS.iter().enumerate() {
+        let recent = RecordPayload {
+            record: Some(Record::Interaction(InteractionRecord {
+                interaction_id: format!("{}-recent", canaries[r].interaction_id),
+                subject_external_id: canaries[r].external_id.clone(),
+                channel: Channel::Phone as i32,
+                started_at: domicile_tests::ts(domicile_proto::domain::unix_now() - 3_600),
+                handle_time_seconds: 60,
+                outcome: "resolved".into(),
+                survey: Some(SurveyAnswer {
+                    survey_id: "post-contact".into(),
+                    nps: Some(1),
+                    comment: canaries[r].comment(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        let envelope = sealed(gw, region, country, &[recent], "recent").await?;
+        let resp = cap
+            .result(
+                gw.ingest(IngestRequest {
+                    tenant_id: TENANT.into(),
+                    envelopes: vec![envelope],
+                })
+                .await,
+            )
+            .expect("ingest answers");
+        assert!(resp.results.iter().all(|x| x.status == 1), "{resp:?}");
+    }
+    let mut stream = gw
+        .query_records(records(Purpose::CxAnalytics))
+        .await?
+        .into_inner();
+    let mut pseudonyms = std::collections::BTreeSet::new();
+    while let Some(msg) = stream.message().await? {
+        cap.message(&msg);
+        for r in msg.records {
+            pseudonyms.insert((r.region_id, r.subject_pseudonym));
+        }
+    }
+    let mut opened = Vec::new();
+    for (region_id, subject_pseudonym) in pseudonyms.into_iter().take(30) {
+        let req = OpenFollowUpRequest {
+            tenant_id: TENANT.into(),
+            region_id,
+            subject_pseudonym,
+            purpose: Purpose::CxAnalytics as i32,
+            channels: Vec::new(),
+            reason: "nps-detractor".into(),
+            priority: 0,
+        };
+        if let Some(r) = cap.result(gw.open_follow_up(req).await) {
+            opened.extend(r.follow_up);
+        }
+    }
+    assert!(!opened.is_empty(), "follow-ups opened");
+    let mut reidentified = 0;
+    for case in &opened {
+        let mut local = domicile_tests::local_client(fed, &case.region_id, None).await?;
+        // In-country answers: personal data by design, never through the gateway.
+        if local
+            .reidentify_follow_up(ReidentifyFollowUpRequest {
+                tenant_id: TENANT.into(),
+                follow_up_id: case.follow_up_id.clone(),
+            })
+            .await
+            .is_ok()
+        {
+            reidentified += 1;
+        }
+        local
+            .record_follow_up_outcome(RecordFollowUpOutcomeRequest {
+                tenant_id: TENANT.into(),
+                follow_up_id: case.follow_up_id.clone(),
+                outcome: FollowUpStatus::Resolved as i32,
+            })
+            .await?;
+    }
+    assert!(reidentified > 0, "the loop closed in-country");
+    let listed = cap.result(
+        gw.list_follow_ups(ListFollowUpsRequest {
+            tenant_id: TENANT.into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert!(listed.is_some_and(|l| {
+        l.follow_ups
+            .iter()
+            .any(|f| f.status == FollowUpStatus::Resolved as i32)
+    }));
+    // Invalid, carrying canaries.
+    cap.result(
+        gw.open_follow_up(OpenFollowUpRequest {
+            tenant_id: TENANT.into(),
+            region_id: c.external_id.clone(),
+            subject_pseudonym: c.email.clone(),
+            purpose: Purpose::CxAnalytics as i32,
+            channels: vec![77],
+            reason: c.full_name(),
+            priority: 9,
+        })
+        .await,
+    );
+    cap.result(
+        gw.list_follow_ups(ListFollowUpsRequest {
+            tenant_id: c.email.clone(),
+            follow_up_ids: vec![c.external_id.clone()],
+            region_ids: vec![c.phone.clone()],
+            open_only: true,
+        })
+        .await,
+    );
+    Ok(())
+}
+
 async fn drive_every_rpc(
     fed: &mut Federation,
     cap: &Capture,
@@ -725,6 +858,8 @@ async fn drive_every_rpc(
     let mut invalid = records(Purpose::Unspecified);
     invalid.tenant_id = c.full_name();
     drain_gateway_stream(cap, &mut gw, invalid).await;
+
+    follow_up_calls(fed, cap, &mut gw, canaries).await?;
 
     // Audit checkpoints and incidents, valid and invalid.
     for (region, _) in REGIONS {
@@ -862,6 +997,28 @@ async fn drive_every_rpc(
         )
         .await;
         node_consent_calls(cap, &mut node, country, &canaries[r]).await;
+        cap.result(
+            node.list_follow_ups(RegionalNodeListFollowUpsRequest {
+                tenant_id: TENANT.into(),
+                follow_up_ids: Vec::new(),
+                open_only: false,
+            })
+            .await,
+        );
+        cap.result(
+            node.open_follow_up(RegionalNodeOpenFollowUpRequest {
+                request: Some(OpenFollowUpRequest {
+                    tenant_id: TENANT.into(),
+                    region_id: region.to_string(),
+                    subject_pseudonym: "0".repeat(32),
+                    purpose: Purpose::CxAnalytics as i32,
+                    channels: Vec::new(),
+                    reason: canaries[r].external_id.clone(),
+                    priority: 0,
+                }),
+            })
+            .await,
+        );
         let requester = domicile_proto::seal::SealingKeyPair::generate();
         cap.result(
             node.submit_subject_request(RegionalNodeSubmitSubjectRequestRequest {
