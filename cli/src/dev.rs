@@ -8,7 +8,8 @@ use anyhow::Context;
 use domicile_gateway::auth::AuthConfig;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, AggregateResponse, Channel, ConsentAction, ConsentSource,
-    DataCategory, Dimension, Metric, PlaceLegalHoldRequest, PseudonymisedInteraction, Purpose,
+    DataCategory, Dimension, FollowUp, FollowUpPriority, ListFollowUpsRequest, Metric,
+    OpenFollowUpRequest, PlaceLegalHoldRequest, PseudonymisedInteraction, Purpose,
     QueryRecordsRequest, RecordConsentRequest, RecordQuery, RegionStatus, ReportIncidentRequest,
     SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest, TimeRange, WithdrawConsentRequest,
 };
@@ -275,6 +276,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
     for (id, countries) in DEV_REGIONS {
         builder = builder.region(id, countries);
     }
+    // The in-country listeners speak mutual TLS with their own CA, one certificate per role.
+    builder = builder.local_principals(&DEV_LOCAL_PRINCIPALS);
     if let Some(dir) = &opts.data_dir {
         builder = builder.data_dir(dir);
     }
@@ -361,6 +364,21 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         "\nExample: QueryRecords, pseudonymised interactions with redacted comments (a sample):\n"
     );
     print!("{}", render_records(&sample));
+    let follow_ups = if reused {
+        gw.list_follow_ups(ListFollowUpsRequest {
+            tenant_id: opts.tenant.clone(),
+            open_only: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .follow_ups
+    } else {
+        open_follow_ups(&mut gw, &opts.tenant, &federation.trust_bundle)
+            .await
+            .context("opening the dev follow-ups")?
+    };
+    print!("{}", render_closed_loop(&federation, &follow_ups));
     println!(
         "\nTrust outside the gateway:\n  trust bundle  {}  (clients verify each region's sealing key with it before sealing)\n  DPO key       {}  (signs access, portability, erasure, holds and incidents; registered for tenant {:?} in {})",
         federation.trust_bundle_file.display(),
@@ -389,6 +407,120 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<Dev> {
         reused,
         _auth_dir: auth_dir,
     })
+}
+
+/// The in-country staff of the dev federation: one certificate per role, valid in every region.
+pub const DEV_LOCAL_PRINCIPALS: [(&str, domicile_node::config::LocalRole); 4] = [
+    (
+        "agent.dev.domicile",
+        domicile_node::config::LocalRole::Agent,
+    ),
+    (
+        "supervisor.dev.domicile",
+        domicile_node::config::LocalRole::Supervisor,
+    ),
+    (
+        "dpo.dev.domicile",
+        domicile_node::config::LocalRole::RegionalDpo,
+    ),
+    (
+        "integration.dev.domicile",
+        domicile_node::config::LocalRole::Integration,
+    ),
+];
+
+/// Opens a follow-up through the gateway for one detractor (NPS 6 or below) of each region,
+/// from records released under `PURPOSE_SERVICE` (a call back to put things right), as an
+/// analyst would; the cases opened. The synthetic data set ends on a fixed day, older than the
+/// follow-up window, so a few of its subjects first answer a survey today.
+pub async fn open_follow_ups(
+    gw: &mut domicile_client::Gateway,
+    tenant: &str,
+    bundle: &domicile_proto::trust::TrustBundle,
+) -> anyhow::Result<Vec<FollowUp>> {
+    let now = domicile_proto::domain::unix_now();
+    let mut today = Vec::new();
+    for (_, countries) in DEV_REGIONS {
+        for &country in *countries {
+            for i in 7..10 {
+                let id = format!("dev-followup-{}-{i}", country.to_ascii_lowercase());
+                today.push(synth::SynthRecord {
+                    country: country.to_owned(),
+                    idempotency_key: id.clone(),
+                    payload: domicile_proto::pb::RecordPayload {
+                        record: Some(domicile_proto::pb::record_payload::Record::Interaction(
+                            domicile_proto::pb::InteractionRecord {
+                                interaction_id: id,
+                                subject_external_id: synth::subject_id(country, i),
+                                channel: Channel::Phone as i32,
+                                started_at: Some(domicile_proto::domain::whole_seconds(
+                                    now - 7_200,
+                                )),
+                                handle_time_seconds: 900,
+                                outcome: "unresolved".into(),
+                                survey: Some(domicile_proto::pb::SurveyAnswer {
+                                    survey_id: "post-call".into(),
+                                    nps: Some(2),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                        )),
+                    },
+                });
+            }
+        }
+    }
+    let regions = client::regions(gw).await?;
+    client::ingest(gw, tenant, &regions, bundle, &today, 100).await?;
+    let request = QueryRecordsRequest {
+        tenant_id: tenant.to_owned(),
+        query: Some(RecordQuery {
+            purpose: Purpose::Service as i32,
+            time_range: Some(TimeRange {
+                start: Some(domicile_proto::domain::whole_seconds(now - 86_400)),
+                end: None,
+            }),
+            limit: 5_000,
+            ..Default::default()
+        }),
+        regions: Vec::new(),
+    };
+    let mut stream = gw.query_records(request).await?.into_inner();
+    let mut detractors = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        detractors.extend(
+            msg.records
+                .into_iter()
+                .filter(|r| r.nps.is_some_and(|n| n <= 6)),
+        );
+    }
+    let mut opened = Vec::new();
+    for (region, _) in DEV_REGIONS {
+        for r in detractors
+            .iter()
+            .filter(|r| r.region_id == *region)
+            .take(20)
+        {
+            let answer = gw
+                .open_follow_up(OpenFollowUpRequest {
+                    tenant_id: tenant.to_owned(),
+                    region_id: r.region_id.clone(),
+                    subject_pseudonym: r.subject_pseudonym.clone(),
+                    purpose: Purpose::Service as i32,
+                    channels: vec![Channel::Phone as i32, Channel::Email as i32],
+                    reason: "nps-detractor".into(),
+                    priority: FollowUpPriority::High as i32,
+                })
+                .await;
+            // A subject who objected is refused: try the next detractor.
+            if let Ok(a) = answer {
+                opened.extend(a.into_inner().follow_up);
+                break;
+            }
+        }
+    }
+    Ok(opened)
 }
 
 /// The file that says a data directory was loaded by `domicile dev`.
@@ -637,6 +769,37 @@ async fn sample_records(
         sample.extend(mine.into_iter().take(2).cloned());
     }
     Ok(sample)
+}
+
+/// The closed loop for a terminal: the open follow-ups, and where the in-country listeners are
+/// with the staff's certificates.
+pub fn render_closed_loop(federation: &Federation, follow_ups: &[FollowUp]) -> String {
+    let mut out = String::from(
+        "\nThe closed loop: follow-ups opened through the gateway for detractors (no identity crossed):\n",
+    );
+    for f in follow_ups {
+        out.push_str(&format!("  follow-up  {}\n", f.follow_up_id));
+    }
+    out.push_str("In-country listeners (LocalNode, mutual TLS with the regions' own CA):\n");
+    for n in &federation.nodes {
+        if let Some(addr) = n.local_addr {
+            out.push_str(&format!(
+                "  in-country {:<6} localhost:{}\n",
+                n.region_id,
+                addr.port()
+            ));
+        }
+    }
+    if let Some(pki) = &federation.local_pki {
+        let (cert, key) = pki.pair(DEV_LOCAL_PRINCIPALS[0].0);
+        out.push_str(&format!(
+            "  agent certificate {}\n  agent key         {}\n  CA                {}\n  (supervisor, dpo and integration certificates beside it)\n",
+            cert.display(),
+            key.display(),
+            pki.ca().display()
+        ));
+    }
+    out
 }
 
 /// Renders pseudonymised records for a terminal.
