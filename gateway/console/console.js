@@ -334,6 +334,17 @@ function renderConsent(data) {
     ...COLUMNS.map((s) => el('td', { class: 'n' }, fmt(r[s]))))), 'No consent on file.', 8);
 }
 
+function renderFollowUps(data) {
+  const rows = data.regions.filter((r) => r.report).map((r) => {
+    const f = r.report.follow_ups;
+    return el('tr', { 'data-region': r.region_id, class: f.overdue > 0 ? 'overdue' : undefined },
+      el('td', {}, r.region_id), el('td', { class: 'n' }, fmt(f.open)),
+      el('td', { class: 'n' }, fmt(f.overdue)), el('td', { class: 'n' }, fmt(f.resolved)),
+      el('td', { class: 'n' }, fmt(f.cancelled)));
+  });
+  setRows('follow-ups', rows, 'No region answered.', 5);
+}
+
 async function load() {
   const query = new URLSearchParams({ window: $('#window').value });
   const tenant = new URLSearchParams(location.search).get('tenant');
@@ -363,6 +374,7 @@ async function load() {
   renderReleases(data);
   renderRequests(data);
   renderIncidents(data);
+  renderFollowUps(data);
   renderConsent(data);
   await verified;
   for (const panel of document.querySelectorAll('[data-panel]')) panel.dataset.state = 'ready';

@@ -580,6 +580,7 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
                     })
                     .collect();
                 let budget = rep.budget.clone().unwrap_or_default();
+                let follow_ups = rep.follow_ups.unwrap_or_default();
                 json!({
                     "policy_versions": rep.policy_versions,
                     "sealing_key_id": rep.sealing_key_id,
@@ -597,6 +598,12 @@ pub fn overview_json(tenant: &str, window: &str, resp: &GetOverviewResponse) -> 
                     "open_requests_total": rep.open_requests_total,
                     "incidents": incidents,
                     "consents": consents,
+                    "follow_ups": {
+                        "open": follow_ups.open,
+                        "overdue": follow_ups.overdue,
+                        "resolved": follow_ups.resolved,
+                        "cancelled": follow_ups.cancelled,
+                    },
                 })
             });
             json!({

@@ -69,7 +69,7 @@ async function newPage(context) {
 async function ready(page) {
   await page.waitForFunction(() => {
     const panels = [...document.querySelectorAll('[data-panel]')];
-    return panels.length === 5 && panels.every((p) => p.dataset.state === 'ready');
+    return panels.length === 6 && panels.every((p) => p.dataset.state === 'ready');
   }, null, { timeout: 30000 });
 }
 
@@ -123,6 +123,8 @@ test('every panel shows data, and every checkpoint verifies in the browser', asy
   assert.match(before, /^\d+ d \d+ h left to notify$|^\d+ h \d+ min left to notify$/);
   assert.ok(await count('#incidents .card tbody tr') >= 6, 'affected counts per region and category');
   assert.ok(await count('#consent tbody tr') >= 9, 'consent per country, purpose and channel');
+  const followUps = await page.$$eval('#follow-ups tbody tr', (rows) => rows.map((r) => [r.dataset.region, Number(r.children[1].textContent)]));
+  assert.deepEqual(followUps, [['eu-de', 1], ['eu-fr', 1], ['us', 1]], 'the dev follow-up of each region, open');
   assert.equal(await page.textContent('#tenant'), 'demo');
   assert.equal(await page.textContent('#dp-note'), 'Cross-border figures carry calibrated noise');
   await page.screenshot({ path: join(OUTPUT, 'console.png'), fullPage: true });
