@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """A Domicile client in Python: list regions, verify each region's sealing key against the
 federation trust bundle, ingest sealed records, check contact permission, run an aggregate
-(differentially private: summed from noisy releases of closed months), and
-(with the DPO's key) make a signed access request and open the sealed export — against
-`domicile dev` (or any gateway).
+(differentially private: summed from noisy releases of closed months),
+(with the DPO's key) make a signed access request and open the sealed export, and (with
+`--local`) close the loop on a detractor: open a follow-up by pseudonym through the gateway,
+then, as the region's in-country agent over mutual TLS, re-identify the customer and record the
+outcome, which the gateway then reports — against `domicile dev` (or any gateway).
 
     python3 -m venv .venv && .venv/bin/pip install -r examples/python/requirements.txt
     .venv/bin/python examples/python/domicile_example.py --gateway 127.0.0.1:50051 \
@@ -40,7 +42,8 @@ from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
-PROTOS = ["common", "records", "aggregate", "query", "consent", "audit", "subject", "overview", "gateway"]
+PROTOS = ["common", "records", "aggregate", "query", "consent", "audit", "subject", "followup", "overview",
+          "gateway", "local"]
 
 
 def generate_stubs():
@@ -57,6 +60,7 @@ def generate_stubs():
     sys.path.insert(0, out)
     pb = {name: importlib.import_module(f"domicile.v1.{name}_pb2") for name in PROTOS}
     grpc_mod = importlib.import_module("domicile.v1.gateway_pb2_grpc")
+    pb["local_grpc"] = importlib.import_module("domicile.v1.local_pb2_grpc")
     return pb, grpc_mod
 
 
@@ -168,6 +172,11 @@ def main():
                         help="the federation trust bundle (`trust-bundle.json` in `domicile dev`'s data directory)")
     parser.add_argument("--dpo-key", help="the tenant DPO's Ed25519 key file (64 hex characters): "
                         "makes a signed access request and opens its export")
+    parser.add_argument("--local", help="eu-de's in-country listener (host:port, as `domicile dev` prints "
+                        "it): plays the in-country agent of a follow-up")
+    parser.add_argument("--local-pki", help="the in-country PKI directory (`local-pki` in dev's data "
+                        "directory): ca.pem and the agent's certificate and key")
+    parser.add_argument("--agent", default="agent.dev.domicile", help="the agent's certificate name")
     args = parser.parse_args()
     with open(args.trust_bundle) as f:
         bundle = json.load(f)
@@ -206,7 +215,8 @@ def main():
             interaction = records.InteractionRecord(
                 interaction_id=f"py-{i}-{j}", subject_external_id=f"py-{i}",
                 channel=common.CHANNEL_PHONE, handle_time_seconds=240,
-                survey=records.SurveyAnswer(survey_id="post-call", nps=9 - (i % 3)),
+                # py-11 is a detractor: the follow-up below is for them.
+                survey=records.SurveyAnswer(survey_id="post-call", nps=2 if i == 11 else 9 - (i % 3)),
             )
             interaction.started_at.seconds = now - 86_400 * (j + 1)
             sealer.seal("DE", f"py-i-{i}-{j}", records.RecordPayload(interaction=interaction))
@@ -272,6 +282,51 @@ def main():
             sys.exit("a replayed DPO request was accepted")
         except grpc.RpcError as e:
             print(f"replay: {e.code().name} {e.details()}")
+
+    if args.local:
+        close_the_loop(pb, stub, args)
+
+
+def close_the_loop(pb, stub, args):
+    """The analyst opens a follow-up for a detractor by pseudonym; the in-country agent, over
+    the region's own mutual TLS, re-identifies the customer and records the outcome; the
+    analyst sees the status, never who it was."""
+    common, query, followup, local = pb["common"], pb["query"], pb["followup"], pb["local"]
+    gateway = pb["gateway"]
+    since = common.TimeRange()
+    since.start.seconds = int(time.time()) - 3 * 86_400
+    stream = stub.QueryRecords(gateway.QueryRecordsRequest(
+        tenant_id=args.tenant,
+        query=query.RecordQuery(purpose=common.PURPOSE_SERVICE, time_range=since)))
+    detractor = next(r for msg in stream for r in msg.records
+                     if r.region_id == "eu-de" and r.HasField("nps") and r.nps <= 6)
+    opened = stub.OpenFollowUp(followup.OpenFollowUpRequest(
+        tenant_id=args.tenant, region_id=detractor.region_id,
+        subject_pseudonym=detractor.subject_pseudonym, purpose=common.PURPOSE_SERVICE,
+        channels=[common.CHANNEL_PHONE, common.CHANNEL_EMAIL], reason="nps-detractor",
+        priority=followup.FOLLOW_UP_PRIORITY_HIGH))
+    case = opened.follow_up
+    print(f"follow-up: opened {case.follow_up_id} for pseudonym {detractor.subject_pseudonym[:12]}")
+
+    def read(name):
+        with open(os.path.join(args.local_pki, name), "rb") as f:
+            return f.read()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("ca.pem"), private_key=read(f"{args.agent}.key"),
+        certificate_chain=read(f"{args.agent}.pem"))
+    agent = pb["local_grpc"].LocalNodeStub(grpc.secure_channel(args.local, credentials))
+    queue = agent.ListFollowUps(followup.LocalNodeListFollowUpsRequest(tenant_id=args.tenant, open_only=True))
+    assert any(f.follow_up_id == case.follow_up_id for f in queue.follow_ups), "the case is in the agent's queue"
+    who = agent.ReidentifyFollowUp(followup.ReidentifyFollowUpRequest(
+        tenant_id=args.tenant, follow_up_id=case.follow_up_id))
+    print(f"in-country: agent re-identified {who.contact.external_id} "
+          f"on {common.Channel.Name(who.contact.channel)}")
+    agent.RecordFollowUpOutcome(followup.RecordFollowUpOutcomeRequest(
+        tenant_id=args.tenant, follow_up_id=case.follow_up_id,
+        outcome=followup.FOLLOW_UP_STATUS_RESOLVED))
+    seen = stub.ListFollowUps(followup.ListFollowUpsRequest(
+        tenant_id=args.tenant, follow_up_ids=[case.follow_up_id])).follow_ups[0]
+    print(f"follow-up: the gateway reports {followup.FollowUpStatus.Name(seen.status)}")
 
 
 if __name__ == "__main__":

@@ -606,6 +606,10 @@ impl Node {
                     .iter()
                     .filter(|c| **c != case.public.channel()),
             );
+            // Channels with an address on file before those without, in that order otherwise.
+            if let Some(p) = &profile {
+                channels.sort_by_key(|c| address(p, *c).is_empty());
+            }
             let now = node.now();
             let subject = inner.pseudonyms.audit_subject(t, &case.subject);
             let outcome = inner.store.write(|tx| {
