@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 10 {
+    match which % 12 {
         0 => {
             if let Ok(r) = AggregateRequest::decode(bytes) {
                 let _ = TenantId::parse(&r.tenant_id, "tenant_id");
@@ -71,6 +71,20 @@ fuzz_target!(|data: &[u8]| {
         8 => {
             if let Ok(r) = ConfirmConsentRequest::decode(bytes) {
                 let _ = Confirmation::parse(&r);
+            }
+        }
+        10 => {
+            if let Ok(r) = domicile_proto::pb::OpenFollowUpRequest::decode(bytes) {
+                let _ = domicile_proto::followup::FollowUpSpec::parse(&r);
+            }
+        }
+        11 => {
+            if let Ok(r) = domicile_proto::pb::ListFollowUpsRequest::decode(bytes) {
+                let _ = domicile_proto::followup::check_ids(&r.follow_up_ids);
+            }
+            if let Ok(r) = domicile_proto::pb::RecordFollowUpOutcomeRequest::decode(bytes) {
+                let _ = domicile_proto::followup::outcome(r.outcome);
+                let _ = domicile_proto::followup::region_of_follow_up(&r.follow_up_id, "id");
             }
         }
         _ => {
