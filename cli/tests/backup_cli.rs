@@ -456,6 +456,8 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The schema version this build writes.
+const SCHEMA: i64 = domicile_node::storage::SCHEMA_VERSION;
 #[test]
 fn migrate_reports_and_applies_pending_migrations() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,7 +470,10 @@ fn migrate_reports_and_applies_pending_migrations() {
     assert!(out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("created at schema 8"), "{out}");
+    assert!(
+        out.contains(&format!("created at schema {SCHEMA}")),
+        "{out}"
+    );
     // A version-3 database (empty): the rollups are missing.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
@@ -485,12 +490,19 @@ fn migrate_reports_and_applies_pending_migrations() {
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("migrated from schema 3 to 8"), "{out}");
+    assert!(
+        out.contains(&format!("migrated from schema 3 to {SCHEMA}")),
+        "{out}"
+    );
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 8, up to date"), "{out}");
+    assert!(
+        code == 0 && out.contains(&format!("schema {SCHEMA}, up to date")),
+        "{out}"
+    );
     // A database from a newer release is refused, never downgraded.
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.pragma_update(None, "user_version", 9).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA + 1)
+        .unwrap();
     drop(conn);
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_ne!(code, 0);
@@ -512,15 +524,23 @@ fn migrate_on_postgres_creates_checks_and_refuses_a_newer_schema() -> anyhow::Re
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
     assert!(code == 0 && out.contains("no database yet"), "{out}");
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
-    assert!(code == 0 && out.contains("created at schema 8"), "{out}");
+    assert!(
+        code == 0 && out.contains(&format!("created at schema {SCHEMA}")),
+        "{out}"
+    );
     assert!(
         out.contains("postgres://127.0.0.1:") && !out.contains("domicile@"),
         "{out}"
     );
     let (code, out) = domicile(&["node", "migrate", "--config", config, "--check"]);
-    assert!(code == 0 && out.contains("schema 8, up to date"), "{out}");
-    db.connect_read_write()?
-        .execute_batch("UPDATE domicile_schema SET version = 9")?;
+    assert!(
+        code == 0 && out.contains(&format!("schema {SCHEMA}, up to date")),
+        "{out}"
+    );
+    db.connect_read_write()?.execute_batch(&format!(
+        "UPDATE domicile_schema SET version = {}",
+        SCHEMA + 1
+    ))?;
     let (code, out) = domicile(&["node", "migrate", "--config", config]);
     assert_ne!(code, 0);
     assert!(out.contains("written by a newer Domicile"), "{out}");
