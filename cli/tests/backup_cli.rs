@@ -326,6 +326,17 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         (&erased_id, &kept_id),
         |erased, kept| {
             kept_before = count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, kept);
+            // An open follow-up for the subject about to be erased, in the backup.
+            Backend::Sqlite(db.clone())
+                .connect_read_write()
+                .unwrap()
+                .execute(
+                    "INSERT INTO follow_ups (tenant, follow_up_id, subject_id, country, purpose,
+                       channels, channel, reason, priority, status, opened_at, due_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'DE', 1, '1', 1, 'nps-detractor', 2, 1, 0, 0, 0)",
+                    [TENANT, FOLLOW_UP, erased],
+                )
+                .unwrap();
             assert!(
                 count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, erased) > 0 && kept_before > 0
             );
@@ -440,6 +451,15 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
         count(&Backend::Sqlite(db.clone()), INTERACTIONS_OF, &kept),
         kept_before
     );
+    // The follow-up the backup held for the erased subject is cancelled and unlinked again.
+    let conn = Backend::Sqlite(db.clone()).connect_read_write()?;
+    let (link, status): (String, i64) = conn.query_row(
+        "SELECT subject_id, status FROM follow_ups WHERE tenant = ?1 AND follow_up_id = ?2",
+        [TENANT, FOLLOW_UP],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    assert_eq!((link.as_str(), status), ("", 5), "unlinked and cancelled");
+    drop(conn);
     let node = Node::open(NodeConfig::from_toml(&std::fs::read_to_string(
         &config_path,
     )?)?)?;
@@ -455,6 +475,9 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     assert!(out.contains("restore,"), "{out}");
     Ok(())
 }
+
+/// A follow-up id for the restore test.
+const FOLLOW_UP: &str = "eu-de.followup-00000000000000000000000000000001";
 
 /// The schema version this build writes.
 const SCHEMA: i64 = domicile_node::storage::SCHEMA_VERSION;

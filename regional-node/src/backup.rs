@@ -110,6 +110,7 @@ fn subjects(conn: &crate::db::Connection) -> Result<BTreeSet<(String, String)>, 
          UNION SELECT tenant, subject_id FROM subject_requests
          UNION SELECT tenant, subject_id FROM legal_holds
          UNION SELECT tenant, subject_id FROM subject_flags
+         UNION SELECT tenant, subject_id FROM follow_ups WHERE subject_id <> ''
          UNION SELECT tenant, substr(idempotency_key, 1, 32) FROM ingest_keys",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

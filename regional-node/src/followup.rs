@@ -7,7 +7,7 @@
 //! (the only subjects whose pseudonyms may still open a case) until one matches. That costs one
 //! HMAC per recent subject, and only on `OpenFollowUp`.
 
-use crate::db::{Connection, params};
+use crate::db::{Connection, ToValue, params, params_from_iter};
 use domicile_proto::{
     consent::ConsentQuestion,
     domain::{TenantId, whole_seconds as ts},
@@ -125,6 +125,33 @@ fn case_of(row: &crate::db::Row<'_>, region_id: &str, now: i64) -> Result<Case, 
     })
 }
 
+/// The open statuses, as a SQL list.
+fn open_statuses() -> String {
+    format!(
+        "({}, {}, {})",
+        FollowUpStatus::Open as i32,
+        FollowUpStatus::Reached as i32,
+        FollowUpStatus::NotReached as i32
+    )
+}
+
+/// The cases `WHERE {filter}` (which may end with `ORDER BY` and `LIMIT`).
+fn select(
+    conn: &Connection,
+    region_id: &str,
+    now: i64,
+    filter: &str,
+    args: &[&dyn ToValue],
+) -> Result<Vec<Case>, NodeError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM follow_ups WHERE {filter}"))?;
+    let mut rows = stmt.query(params_from_iter(args.iter().copied()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(case_of(&row, region_id, now)?);
+    }
+    Ok(out)
+}
+
 /// The open case of `subject` for `purpose`, if any.
 pub fn open_case_of(
     conn: &Connection,
@@ -134,22 +161,20 @@ pub fn open_case_of(
     purpose: Purpose,
     now: i64,
 ) -> Result<Option<Case>, NodeError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3
-         AND status IN (?4, ?5, ?6) ORDER BY opened_at LIMIT 1"
-    ))?;
-    let mut rows = stmt.query(params![
-        tenant,
-        subject,
-        purpose as i32,
-        FollowUpStatus::Open as i32,
-        FollowUpStatus::Reached as i32,
-        FollowUpStatus::NotReached as i32,
-    ])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(case_of(&row, region_id, now)?)),
-        None => Ok(None),
-    }
+    let filter = format!(
+        "tenant = ? AND subject_id = ? AND purpose = ? AND status IN {} ORDER BY opened_at LIMIT 1",
+        open_statuses()
+    );
+    let purpose = purpose as i32;
+    Ok(select(
+        conn,
+        region_id,
+        now,
+        &filter,
+        &[&tenant, &subject, &purpose],
+    )?
+    .into_iter()
+    .next())
 }
 
 /// What a new case is made of.
@@ -218,14 +243,10 @@ pub fn get(
     id: &str,
     now: i64,
 ) -> Result<Option<Case>, NodeError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 AND follow_up_id = ?2"
-    ))?;
-    let mut rows = stmt.query(params![tenant, id])?;
-    match rows.next()? {
-        Some(row) => Ok(Some(case_of(&row, region_id, now)?)),
-        None => Ok(None),
-    }
+    let filter = "tenant = ? AND follow_up_id = ?";
+    Ok(select(conn, region_id, now, filter, &[&tenant, &id])?
+        .into_iter()
+        .next())
 }
 
 /// The tenant's cases (only `ids` when not empty; only open ones when `open_only`), most
@@ -240,30 +261,29 @@ pub fn list(
     by_due: bool,
     now: i64,
 ) -> Result<Vec<FollowUp>, NodeError> {
+    let mut filter = String::from("tenant = ?");
+    let mut args: Vec<&dyn ToValue> = vec![&tenant];
+    if open_only {
+        filter.push_str(&format!(" AND status IN {}", open_statuses()));
+    }
+    if !ids.is_empty() {
+        let marks = vec!["?"; ids.len()].join(", ");
+        filter.push_str(&format!(" AND follow_up_id IN ({marks})"));
+        args.extend(ids.iter().map(|id| id as &dyn ToValue));
+    }
     let order = if by_due {
         "due_at, follow_up_id"
     } else {
         "opened_at DESC, follow_up_id"
     };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM follow_ups WHERE tenant = ?1 ORDER BY {order}"
-    ))?;
-    let mut rows = stmt.query(params![tenant])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let case = case_of(&row, region_id, now)?;
-        let status = FollowUpStatus::try_from(case.public.status).unwrap_or_default();
-        if (open_only && !is_open(status))
-            || (!ids.is_empty() && !ids.contains(&case.public.follow_up_id))
-        {
-            continue;
-        }
-        out.push(case.public);
-        if out.len() == domicile_proto::followup::MAX_LISTED {
-            break;
-        }
-    }
-    Ok(out)
+    filter.push_str(&format!(
+        " ORDER BY {order} LIMIT {}",
+        domicile_proto::followup::MAX_LISTED
+    ));
+    Ok(select(conn, region_id, now, &filter, &args)?
+        .into_iter()
+        .map(|c| c.public)
+        .collect())
 }
 
 /// Sets a case's status at `now`.

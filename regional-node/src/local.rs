@@ -314,12 +314,18 @@ impl LocalNode for LocalNodeService {
     ) -> Result<Response<RecordFollowUpOutcomeResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let tenant = TenantId::parse(&req.tenant_id, "tenant_id").map_err(|e| v.0.extend(e.0));
-        let outcome = domicile_proto::followup::outcome(req.outcome).map_err(|e| v.0.extend(e.0));
-        if let Err(e) =
-            domicile_proto::followup::region_of_follow_up(&req.follow_up_id, "follow_up_id")
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
+        let outcome = domicile_proto::followup::outcome(req.outcome);
+        let id = domicile_proto::followup::region_of_follow_up(&req.follow_up_id, "follow_up_id");
+        for e in [
+            tenant.as_ref().err(),
+            outcome.as_ref().err(),
+            id.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
         {
-            v.0.extend(e.0);
+            v.0.extend(e.0.iter().cloned());
         }
         let (Ok(tenant), Ok(outcome)) = (tenant, outcome) else {
             return Err(v.into());
