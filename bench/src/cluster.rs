@@ -133,7 +133,7 @@ fn postgres_database(region: &str) -> anyhow::Result<Option<String>> {
     };
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("bench_{}_{n}", region.replace('-', "_"));
-    let admin = domicile_node::db::Connection::postgres(&format!("{base}/postgres"))?;
+    let admin = domicile_node::store::db::Connection::postgres(&format!("{base}/postgres"))?;
     admin.execute_batch(&format!("CREATE DATABASE {name}"))?;
     Ok(Some(format!("{base}/{name}")))
 }
@@ -326,7 +326,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             config.listen = listen.parse()?;
             config.storage = std::env::var(NODE_STORAGE_VAR).ok();
             let listener = TcpListener::bind(config.listen).await?;
-            domicile_node::keys::create_if_new(&config)?;
+            domicile_node::store::keys::create_if_new(&config)?;
             let node = Node::open(config)?;
             domicile_node::serve(node, listener, terminated()).await?;
         }

@@ -629,7 +629,7 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
         "IE", "NO", "PL", "PT", "SE", "CZ", "GR", "HU", "RO", "CA", "MX", "AU", "NZ", "SG", "KR",
         "ZA", "AR",
     ];
-    let template = domicile_node::policy::SHIPPED
+    let template = domicile_node::domain::policy::SHIPPED
         .iter()
         .find(|(c, _)| *c == "DE")
         .context("the DE policy")?
@@ -1155,7 +1155,7 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
 /// (`regional-node/tests/data`), each redacted with its country's rules and its subject's
 /// name, as `QueryRecords` does before a comment leaves a region. Median of 5 runs.
 pub async fn redact(args: &Args) -> anyhow::Result<String> {
-    use domicile_node::redact::Redactor;
+    use domicile_node::privacy::redact::Redactor;
     const TARGET: f64 = 200_000.0;
     let corpora = [
         (

@@ -237,7 +237,7 @@ pub fn render_aggregate(resp: &AggregateResponse) -> String {
          spent by this call: at most {spent:.1} in one region{}\n",
         through.map_or(String::new(), |t| format!(
             "; data up to {}",
-            domicile_node::rollup::day_label(t.div_euclid(86_400))
+            domicile_node::domain::rollup::day_label(t.div_euclid(86_400))
         ))
     ));
     let coverage: Vec<Vec<String>> = resp

@@ -10,7 +10,7 @@ use domicile_gateway::{
     config::{FederationTlsConfig, PublicTlsConfig},
     limits::LimitsConfig,
 };
-use domicile_node::{Node, NodeConfig, config::NodeTls, storage::Backend};
+use domicile_node::{Node, NodeConfig, config::NodeTls, store::Backend};
 use domicile_ops::metrics::Source;
 
 use crate::certs::{self, Pki};
@@ -215,7 +215,7 @@ impl FederationBuilder {
     pub async fn start(self) -> anyhow::Result<Federation> {
         if let Ok(filter) = std::env::var("DOMICILE_TEST_LOG") {
             let mut filter = tracing_subscriber::EnvFilter::new(filter);
-            for cap in domicile_node::db::LOG_CAPS {
+            for cap in domicile_node::store::db::LOG_CAPS {
                 filter = filter.add_directive(cap.parse()?);
             }
             let _ = tracing_subscriber::fmt()
@@ -329,7 +329,7 @@ impl FederationBuilder {
                 }
                 // A new region's keys are made here, explicitly, as `domicile keygen` makes
                 // them; a data directory used before keeps its own (the node only loads keys).
-                domicile_node::keys::create_if_new(&config)?;
+                domicile_node::store::keys::create_if_new(&config)?;
                 let clock = self
                     .clock
                     .clone()
@@ -474,7 +474,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// A connection of its own to the node's database, whichever the backend: for tests that
     /// look at (or tamper with) what the node stored.
-    pub fn connect(&self) -> anyhow::Result<domicile_node::db::Connection> {
+    pub fn connect(&self) -> anyhow::Result<domicile_node::store::db::Connection> {
         Ok(self.backend.connect_read_write()?)
     }
 

@@ -490,7 +490,7 @@ enum AuditCommand {
 
 fn init_logging(json: bool, default: &str) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    for cap in domicile_node::db::LOG_CAPS {
+    for cap in domicile_node::store::db::LOG_CAPS {
         filter = filter.add_directive(cap.parse().expect("a valid directive"));
     }
     // Colour codes only for a person at a terminal: a pipe or a file (what Kubernetes and
@@ -887,7 +887,7 @@ async fn main() -> anyhow::Result<()> {
                     &std::fs::read_to_string(&path)
                         .with_context(|| format!("reading {}", path.display()))?,
                 )?;
-                let id = domicile_node::keys::create_sealing_key(&config)?;
+                let id = domicile_node::store::keys::create_sealing_key(&config)?;
                 println!("sealing.key    key id {id}");
                 return Ok(());
             }
@@ -948,15 +948,15 @@ async fn main() -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let target = domicile_node::storage::SCHEMA_VERSION;
+            let target = domicile_node::store::SCHEMA_VERSION;
             let db = config.backend().describe();
             if check {
-                match domicile_node::storage::schema_version(&config.backend())? {
+                match domicile_node::store::schema_version(&config.backend())? {
                     None => {
                         println!("{db}: no database yet; it will be created at schema {target}")
                     }
                     Some(v) => {
-                        let pending = domicile_node::storage::pending_migrations(v)?;
+                        let pending = domicile_node::store::pending_migrations(v)?;
                         if pending.is_empty() {
                             println!("{db}: schema {v}, up to date");
                         } else {
@@ -968,7 +968,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             } else {
-                match domicile_node::storage::migrate(&config)? {
+                match domicile_node::store::migrate(&config)? {
                     None => println!("{db}: created at schema {target}"),
                     Some(v) if v == target => println!("{db}: schema {v}, up to date"),
                     Some(v) => println!("{db}: migrated from schema {v} to {target}"),
@@ -983,7 +983,7 @@ async fn main() -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let report = domicile_node::backup::backup(&config, &to)?;
+            let report = domicile_node::node::backup::backup(&config, &to)?;
             println!(
                 "backed up {} to {} ({} bytes); the key vault is not in it",
                 config.database.display(),
@@ -1004,7 +1004,7 @@ async fn main() -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let report = domicile_node::backup::restore(&config, &from, replace)?;
+            let report = domicile_node::node::backup::restore(&config, &from, replace)?;
             println!(
                 "restored {} from {}: {} subjects, {} erased since the backup and erased again",
                 config.database.display(),
@@ -1021,7 +1021,7 @@ async fn main() -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let report = domicile_node::backup::erase_again(&config)?;
+            let report = domicile_node::node::backup::erase_again(&config)?;
             println!(
                 "{}: {} subjects, {} erased since the backup and erased again",
                 config.backend().describe(),
@@ -1038,7 +1038,7 @@ async fn main() -> anyhow::Result<()> {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
             anyhow::ensure!(batch > 0, "--batch: must be at least 1");
-            let vault = domicile_node::vault::Vault::open_for(&config)?;
+            let vault = domicile_node::store::vault::Vault::open_for(&config)?;
             let mut total = 0;
             loop {
                 let n = vault.rewrap(batch)?;
@@ -1086,7 +1086,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
         };
         let mut problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
         if problems.is_empty() {
-            match domicile_node::policy::PolicySet::load(
+            match domicile_node::domain::policy::PolicySet::load(
                 config.policy_dir.as_deref(),
                 &config.countries,
             ) {
@@ -1121,7 +1121,7 @@ fn config_check(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        match domicile_node::policy::CountryPolicy::parse(&text, file, &country) {
+        match domicile_node::domain::policy::CountryPolicy::parse(&text, file, &country) {
             Ok(p) => {
                 println!("{}: policy {}: ok", file.display(), p.label());
                 Ok(Vec::new())
@@ -1447,13 +1447,13 @@ fn keygen(
         _ => anyhow::bail!("keygen: give --config, or --out and --region"),
     };
     if let Some(token) = &config.kek_pkcs11 {
-        domicile_node::kek::create_token_key(token)?;
+        domicile_node::store::kek::create_token_key(token)?;
         println!(
             "kek            in token {:?}, key {:?} (sensitive, not extractable)",
             token.token_label, token.key_label
         );
     }
-    let created = domicile_node::keys::create_region_keys(&config)?;
+    let created = domicile_node::store::keys::create_region_keys(&config)?;
     if let (Some(out), Some(kek)) = (out, created.kek) {
         domicile::certs::write_private(&out.join("kek.hex"), hex::encode(kek).as_bytes())?;
         println!("kek, kek.hex   (back up apart from the key vault; kek_env takes kek.hex)");
@@ -1475,7 +1475,7 @@ fn keygen(
 
 /// `domicile audit …`.
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
-    use domicile_node::audit;
+    use domicile_node::domain::audit;
     match command {
         AuditCommand::Verify {
             config,
@@ -1563,7 +1563,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             };
             let conn = audit::open_read_only(&config.backend())?;
             let activities = audit::activities(&conn, from_ts, to_ts)?;
-            let policies = domicile_node::policy::PolicySet::load(
+            let policies = domicile_node::domain::policy::PolicySet::load(
                 config.policy_dir.as_deref(),
                 &config.countries,
             )?;
@@ -1608,7 +1608,7 @@ fn redact(country: &str, names: &[String], stats: bool) -> anyhow::Result<()> {
         domicile_proto::domain::is_country_code(country),
         "--country must be an ISO 3166-1 alpha-2 code in upper case, e.g. DE"
     );
-    let redactor = domicile_node::redact::Redactor::for_country(country);
+    let redactor = domicile_node::privacy::redact::Redactor::for_country(country);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut counts = std::collections::BTreeMap::new();
     let stdout = std::io::stdout();

@@ -176,10 +176,10 @@ pub fn generate(spec: &SynthSpec) -> Vec<SynthRecord> {
     // Calls are recorded only where one party's consent suffices: elsewhere the node would
     // (rightly) refuse a recorded call without the subject's recording consent on file.
     let records_calls = |country: &str| {
-        domicile_node::policy::PolicySet::load(None, &[country.to_owned()])
+        domicile_node::domain::policy::PolicySet::load(None, &[country.to_owned()])
             .ok()
             .and_then(|set| set.get(country).map(|p| p.recording.rule))
-            .is_some_and(|rule| rule == domicile_node::policy::RecordingRule::OneParty)
+            .is_some_and(|rule| rule == domicile_node::domain::policy::RecordingRule::OneParty)
     };
     let recording: std::collections::HashMap<String, bool> = spec
         .countries

@@ -4,7 +4,7 @@
 mod common;
 use common::domicile;
 
-use domicile_node::{Node, NodeConfig, db::Dialect};
+use domicile_node::{Node, NodeConfig, store::db::Dialect};
 use domicile_proto::{
     consent::ConsentChange,
     pb::{Channel, ConsentAction, ConsentSource, Purpose, RecordConsentRequest, SubjectRef},

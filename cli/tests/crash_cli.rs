@@ -6,7 +6,7 @@
 
 mod common;
 use common::{NodeProcess, free_port, node_on};
-use domicile_node::storage::Backend;
+use domicile_node::store::Backend;
 
 use std::{
     collections::HashSet,
@@ -62,7 +62,7 @@ fn check(
     acked: &HashSet<String>,
 ) -> anyhow::Result<()> {
     // The database holds the ids in their stored forms: the vault says what they are.
-    let vault = domicile_node::vault::Vault::open_for(
+    let vault = domicile_node::store::vault::Vault::open_for(
         &domicile_node::config::NodeConfig::from_toml(&std::fs::read_to_string(config)?)?,
     )?;
     let conn = backend.connect_read_write()?;

@@ -20,7 +20,7 @@ async fn a_requester_opens_their_export_with_their_own_key() -> anyhow::Result<(
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("n.sqlite"));
     config.insecure_plaintext = true; // in-process only: the node never serves here
-    domicile_node::keys::create_region_keys(&config)?;
+    domicile_node::store::keys::create_region_keys(&config)?;
     let node = Node::open(config)?;
     let key = PublicSealingKey::from_bytes(&node.sealing_key().public_key)?;
     let mut sealer = EnvelopeSealer::new("acme", "eu-de", &key)?;

@@ -11,7 +11,7 @@
 
 mod common;
 use common::{NodeProcess, free_port, node_config};
-use domicile_node::storage::Backend;
+use domicile_node::store::Backend;
 
 use std::{
     collections::HashMap,

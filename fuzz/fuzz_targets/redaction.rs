@@ -4,7 +4,7 @@
 //! checksum panicked before issue 27.)
 #![no_main]
 
-use domicile_node::redact::Redactor;
+use domicile_node::privacy::redact::Redactor;
 use libfuzzer_sys::fuzz_target;
 
 const COUNTRIES: [&str; 11] = ["DE", "FR", "IT", "ES", "NL", "GB", "US", "BR", "JP", "CN", "XX"];

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use domicile_node::ingest::open_envelope;
+use domicile_node::domain::ingest::open_envelope;
 use domicile_proto::pb::SealedEnvelope;
 use domicile_proto::seal::SealingKeyPair;
 use libfuzzer_sys::fuzz_target;

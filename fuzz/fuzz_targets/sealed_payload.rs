@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use domicile_node::ingest::open_envelope;
+use domicile_node::domain::ingest::open_envelope;
 use domicile_proto::{
     pb::RecordKind,
     seal::{EnvelopeSealer, SealingKeyPair},

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use domicile_node::{Node, NodeConfig, consent};
+use domicile_node::{Node, NodeConfig, domain::consent};
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion},
     pb::{
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("bench.sqlite"));
     config.insecure_plaintext = true; // in-process only: the node never serves here
-    domicile_node::keys::create_region_keys(&config)?;
+    domicile_node::store::keys::create_region_keys(&config)?;
     let node = Node::open(config)?;
 
     // Ledgers: a quarter each granted, refused, pending double opt-in, and empty.

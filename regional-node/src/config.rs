@@ -85,11 +85,11 @@ pub struct NodeConfig {
     /// keys are wrapped and unwrapped inside the token and the KEK never enters the node's
     /// memory. Replaces `kek_file` and `kek_env`. Default unset.
     #[serde(default)]
-    pub kek_pkcs11: Option<crate::kek::Pkcs11Config>,
+    pub kek_pkcs11: Option<crate::store::kek::Pkcs11Config>,
     /// The KEK being replaced, during a rotation (`domicile node rotate-kek`): subject keys it
     /// wrapped still open until the rotation has re-wrapped them all. Default unset.
     #[serde(default)]
-    pub previous_kek: Option<crate::kek::KekSource>,
+    pub previous_kek: Option<crate::store::kek::KekSource>,
     /// The key vault, the database of wrapped per-subject data keys: a SQLite file's path, or a
     /// `postgres://` URL of a database apart from the data's (what replicas on several
     /// machines share). Keep it apart from data backups: erasure destroys keys here. Default
@@ -466,11 +466,11 @@ impl NodeConfig {
 
     /// Where the data is: `storage` when set, else the SQLite file `database`. An invalid
     /// `storage` is refused by [`NodeConfig::validate`]; here it falls back to `database`.
-    pub fn backend(&self) -> crate::storage::Backend {
+    pub fn backend(&self) -> crate::store::Backend {
         self.storage
             .as_deref()
-            .and_then(|s| crate::storage::Backend::parse(s).ok())
-            .unwrap_or_else(|| crate::storage::Backend::Sqlite(self.database.clone()))
+            .and_then(|s| crate::store::Backend::parse(s).ok())
+            .unwrap_or_else(|| crate::store::Backend::Sqlite(self.database.clone()))
     }
 
     /// The sealing key file: the configured one, or `sealing.key` beside the database.
@@ -502,11 +502,11 @@ impl NodeConfig {
 
     /// Where the key vault is: a PostgreSQL database when `key_vault` is a `postgres://` URL,
     /// else the SQLite file [`NodeConfig::key_vault_path`].
-    pub fn key_vault_backend(&self) -> crate::storage::Backend {
+    pub fn key_vault_backend(&self) -> crate::store::Backend {
         let path = self.key_vault_path();
-        match path.to_str().map(crate::storage::Backend::parse) {
-            Some(Ok(backend @ crate::storage::Backend::Postgres(_))) => backend,
-            _ => crate::storage::Backend::Sqlite(path),
+        match path.to_str().map(crate::store::Backend::parse) {
+            Some(Ok(backend @ crate::store::Backend::Postgres(_))) => backend,
+            _ => crate::store::Backend::Sqlite(path),
         }
     }
 
@@ -584,7 +584,7 @@ impl NodeConfig {
                 "must be 1 to 63 characters of a-z, 0-9 and '-'",
             );
         }
-        if let Some(Err(e)) = self.storage.as_deref().map(crate::storage::Backend::parse) {
+        if let Some(Err(e)) = self.storage.as_deref().map(crate::store::Backend::parse) {
             err("storage", &e);
         }
         if self.countries.is_empty() {
@@ -729,8 +729,8 @@ mod tests {
     #[test]
     fn a_tenant_vocabulary_refuses_values_outside_it_naming_the_field() {
         use crate::{
-            ingest::{Verdict, check_vocabulary},
-            storage::{RecordBody, StoredRecord},
+            domain::ingest::{Verdict, check_vocabulary},
+            store::{RecordBody, StoredRecord},
         };
         use domicile_proto::{
             domain::{Interaction, Survey},

@@ -23,7 +23,7 @@ pub enum NodeError {
     Invalid(#[from] Violations),
     /// The storage failed. The message is for operators' logs; clients get a generic text.
     #[error("storage: {0}")]
-    Storage(#[from] crate::db::DbError),
+    Storage(#[from] crate::store::db::DbError),
     /// The country policies refuse the call; the text names the countries and rule, never data.
     #[error("denied by policy: {0}")]
     DeniedByPolicy(String),

@@ -13,40 +13,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod aggregate;
-pub mod audit;
-pub mod authority;
-pub mod backup;
+pub mod api;
 pub mod config;
-pub mod consent;
-pub mod db;
-pub mod dp;
+pub mod domain;
 pub mod error;
-pub mod followup;
-pub mod incident;
-pub mod ingest;
-pub mod kek;
-pub mod keys;
-pub mod local;
-pub mod metrics;
 pub mod node;
-pub mod overview;
-pub mod pg_schema;
-pub mod policy;
-pub mod pseudonym;
-pub mod records;
-pub mod redact;
-pub mod release;
-pub mod retention;
-pub mod rights;
-pub mod rollup;
-pub mod server;
-pub mod service;
-pub mod storage;
-#[cfg(test)]
-mod testing;
-pub mod vault;
+pub mod privacy;
+pub mod store;
 
+pub use api::server::{serve, serve_local};
 pub use config::NodeConfig;
 pub use node::Node;
-pub use server::{serve, serve_local};

@@ -11,7 +11,7 @@ use std::{path::Path, process::Command};
 
 use domicile_node::{
     Node, NodeConfig,
-    kek::{KekSource, Pkcs11Config},
+    store::kek::{KekSource, Pkcs11Config},
 };
 use domicile_proto::{
     pb::{
@@ -138,7 +138,7 @@ async fn the_kek_lives_in_a_pkcs11_token() {
     // Missing key: the token holds none of that label yet.
     let region = dir.path().join("region");
     let cfg = config(&region, Some(token(dir.path(), "domicile-kek", PIN)));
-    domicile_node::keys::create_region_keys(&cfg).unwrap();
+    domicile_node::store::keys::create_region_keys(&cfg).unwrap();
     let err = Node::open(cfg.clone()).unwrap_err().to_string();
     assert!(
         err.contains("no secret key labelled \"domicile-kek\""),
@@ -154,9 +154,9 @@ async fn the_kek_lives_in_a_pkcs11_token() {
 
     // `domicile keygen --config` makes the key inside the token, where it stays.
     let kek = cfg.kek_pkcs11.clone().unwrap();
-    domicile_node::kek::create_token_key(&kek).unwrap();
-    assert!(domicile_node::kek::token_key_is_sealed(&kek).unwrap());
-    let again = domicile_node::kek::create_token_key(&kek)
+    domicile_node::store::kek::create_token_key(&kek).unwrap();
+    assert!(domicile_node::store::kek::token_key_is_sealed(&kek).unwrap());
+    let again = domicile_node::store::kek::create_token_key(&kek)
         .unwrap_err()
         .to_string();
     assert!(again.contains("already holds a key"), "{again}");
@@ -178,7 +178,7 @@ async fn the_kek_lives_in_a_pkcs11_token() {
 
     // Another key of the same token is not this vault's KEK: refused before touching data.
     let other = token(dir.path(), "another-kek", PIN);
-    domicile_node::kek::create_token_key(&other).unwrap();
+    domicile_node::store::kek::create_token_key(&other).unwrap();
     let err = Node::open(config(&region, Some(other)))
         .unwrap_err()
         .to_string();
@@ -187,13 +187,13 @@ async fn the_kek_lives_in_a_pkcs11_token() {
     // A region whose KEK is a file moves it into the token: rotation, online and resumable.
     let filed = dir.path().join("filed");
     let old = config(&filed, None);
-    domicile_node::keys::create_region_keys(&old).unwrap();
+    domicile_node::store::keys::create_region_keys(&old).unwrap();
     let node = Node::open(old.clone()).unwrap();
     let ids: Vec<String> = (0..30).map(|i| format!("f-{i}")).collect();
     ingest(&node, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
     drop(node);
     let new_kek = token(dir.path(), "filed-kek", PIN);
-    domicile_node::kek::create_token_key(&new_kek).unwrap();
+    domicile_node::store::kek::create_token_key(&new_kek).unwrap();
     let mut rotating = config(&filed, Some(new_kek.clone()));
     rotating.previous_kek = Some(KekSource {
         file: Some(old.kek_path()),
@@ -203,7 +203,7 @@ async fn the_kek_lives_in_a_pkcs11_token() {
     // The node serves during the rotation: old keys open, new subjects use the token.
     let node = Node::open(rotating.clone()).unwrap();
     ingest(&node, &["f-new"]).await;
-    let vault = domicile_node::vault::Vault::open_for(&rotating).unwrap();
+    let vault = domicile_node::store::vault::Vault::open_for(&rotating).unwrap();
     assert_eq!(vault.to_rewrap().unwrap(), 30);
     assert_eq!(vault.rewrap(12).unwrap(), 12);
     assert_eq!(name_of(&node, "f-3").as_deref(), Some("Name of f-3"));

@@ -43,7 +43,7 @@ async fn the_previous_key_opens_envelopes_until_its_grace_period_ends() -> anyho
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::new("eu-de", &["DE"], dir.path().join("n.sqlite"));
     config.insecure_plaintext = true; // in-process only
-    domicile_node::keys::create_region_keys(&config)?;
+    domicile_node::store::keys::create_region_keys(&config)?;
     let node = Node::open(config.clone())?;
     let old = node.sealing_key();
     // A client sealed these before the rotation.
@@ -55,7 +55,7 @@ async fn the_previous_key_opens_envelopes_until_its_grace_period_ends() -> anyho
     let current = config.sealing_key_path();
     let previous = dir.path().join("sealing.previous.key");
     std::fs::rename(&current, &previous)?;
-    domicile_node::keys::write_private(
+    domicile_node::store::keys::write_private(
         &current,
         &domicile_proto::seal::SealingKeyPair::generate().private_bytes(),
     )?;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use domicile_node::redact::{Category, Redactor};
+use domicile_node::privacy::redact::{Category, Redactor};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

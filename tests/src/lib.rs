@@ -289,7 +289,7 @@ pub type Key = (String, String, i32, String);
 
 /// The minimum group size the shipped policy of `country` sets.
 pub fn policy_k(country: &str) -> u32 {
-    domicile_node::policy::PolicySet::load(None, &[country.to_owned()])
+    domicile_node::domain::policy::PolicySet::load(None, &[country.to_owned()])
         .expect("shipped policy")
         .max_min_group_size()
 }

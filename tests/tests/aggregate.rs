@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use domicile_node::release::Cell;
+use domicile_node::domain::release::Cell;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, AggregateStats, Channel, Dimension,
     LocalNodeAggregateRequest, Metric, NoiseMechanism, Purpose, RegionStatus,

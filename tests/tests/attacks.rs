@@ -9,7 +9,7 @@
 
 use domicile::attacker::{Attacks, DpoAttack, KeyAttack, MaliciousGateway};
 use domicile_client::HeadWitness;
-use domicile_node::db::Dialect;
+use domicile_node::store::db::Dialect;
 use domicile_proto::{
     domain::unix_now as now,
     pb::{

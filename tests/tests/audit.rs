@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use domicile_node::audit::{self, Tampering};
-use domicile_node::db::Dialect;
+use domicile_node::domain::audit::{self, Tampering};
+use domicile_node::store::db::Dialect;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, DataCategory, Dimension, GetAuditCheckpointRequest,
     GetIncidentRequest, IncidentStatus, ListIncidentSubjectsRequest, ListRegionsRequest, Metric,

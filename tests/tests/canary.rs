@@ -1156,7 +1156,7 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let mut filter = tracing_subscriber::EnvFilter::new(
         "debug,domicile=trace,domicile_gateway=trace,domicile_node=trace,domicile_ops=trace,domicile_proto=trace,domicile_client=trace",
     );
-    for cap in domicile_node::db::LOG_CAPS {
+    for cap in domicile_node::store::db::LOG_CAPS {
         filter = filter.add_directive(cap.parse()?);
     }
     tracing_subscriber::fmt()

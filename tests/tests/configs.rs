@@ -25,7 +25,7 @@ fn example_configurations_are_valid_and_consistent() {
             "gateway.domicile"
         );
         // The policy directory the examples name (relative to the repository root) loads.
-        domicile_node::policy::PolicySet::load(node.policy_dir.as_deref(), &node.countries)
+        domicile_node::domain::policy::PolicySet::load(node.policy_dir.as_deref(), &node.countries)
             .unwrap();
     }
 }

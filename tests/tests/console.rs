@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use domicile_client::{ConnectOptions, connect_with};
 use domicile_gateway::{auth::AuthConfig, limits::LimitsConfig};
-use domicile_node::db::Value;
+use domicile_node::store::db::Value;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, Channel, ConsentAction, ConsentSource, ConsentState,
     DataCategory, Dimension, GetOverviewRequest, ListRegionsRequest, Metric, PlaceLegalHoldRequest,
@@ -211,7 +211,7 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
         assert_eq!(region.audit_public_key, info.audit_public_key);
         let cp = report.checkpoint.as_ref().unwrap();
         let key = VerifyingKey::from_bytes(&region.audit_public_key.clone().try_into().unwrap())?;
-        let message = domicile_node::audit::checkpoint_message(
+        let message = domicile_node::domain::audit::checkpoint_message(
             &region.region_id,
             cp.seq,
             cp.at.unwrap().seconds,

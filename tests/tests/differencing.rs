@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use domicile_node::release::Cell;
+use domicile_node::domain::release::Cell;
 use domicile_proto::pb::{
     AggregateQuery, AggregateRequest, AggregateResponse, Channel, Dimension,
     LocalNodeAggregateRequest, Metric, Purpose, TimeRange, local_node_client::LocalNodeClient,

@@ -3,7 +3,7 @@
 //! after it (docs/erasure.md).
 
 use base64::Engine;
-use domicile_node::storage::Backend;
+use domicile_node::store::Backend;
 use domicile_proto::pb::{
     Channel, CheckContactPermissionRequest, ConsentAction, ConsentSource, PermissionReasonCode,
     Purpose, RecordConsentRequest, SubjectRef, SubjectRequestKind, SubjectRequestStatus,
@@ -407,7 +407,7 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
         )?;
         assert_eq!(n, 0, "{table} holds nothing of the erased subject");
     }
-    let (start, end) = domicile_node::vault::stored_id_range(&reference);
+    let (start, end) = domicile_node::store::vault::stored_id_range(&reference);
     let keys: i64 = live.query_row(
         "SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2 AND idempotency_key < ?3",
         [TENANT, start.as_str(), end.as_str()],

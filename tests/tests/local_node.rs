@@ -130,7 +130,7 @@ async fn only_named_callers_reach_their_roles_methods_over_mutual_tls() -> anyho
             role: LocalRole::Integration,
         },
     ];
-    domicile_node::keys::create_region_keys(&config)?;
+    domicile_node::store::keys::create_region_keys(&config)?;
     let node = Node::open(config.clone())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

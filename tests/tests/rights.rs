@@ -2,7 +2,7 @@
 //! after a legal hold, the crypto-shredding proof on an earlier copy of the database, and
 //! retention.
 
-use domicile_node::storage::Profile;
+use domicile_node::store::Profile;
 use domicile_proto::{
     error::field_violations,
     pb::{

@@ -67,8 +67,8 @@ pub fn node_on(
     name: &str,
     listen: SocketAddr,
     extra: &str,
-) -> (domicile_node::storage::Backend, std::path::PathBuf) {
-    use domicile_node::storage::Backend;
+) -> (domicile_node::store::Backend, std::path::PathBuf) {
+    use domicile_node::store::Backend;
     let database = dir.join("eu-de.sqlite");
     let (backend, line) = match cluster {
         Some(c) => {
@@ -93,7 +93,7 @@ pub fn node_config(path: &Path, listen: SocketAddr, database: &Path, extra: &str
     );
     std::fs::write(path, &text).unwrap();
     let config = domicile_node::NodeConfig::from_toml(&text).unwrap();
-    if !domicile_node::keys::region_keys_exist(&config) {
+    if !domicile_node::store::keys::region_keys_exist(&config) {
         let (code, out) = domicile(&["keygen", "--config", path.to_str().unwrap()]);
         assert_eq!(code, 0, "{out}");
     }

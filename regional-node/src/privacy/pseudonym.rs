@@ -9,7 +9,7 @@
 //! free of control characters), so distinct inputs never collide by concatenation.
 //!
 //! The `id` is what the node stores: a subject's reference and an interaction's keyed id
-//! ([`crate::vault`]), never the customer's own ids. A pseudonym is therefore stable while the
+//! ([`crate::store::vault`]), never the customer's own ids. A pseudonym is therefore stable while the
 //! subject lives, and a customer erased and sent again gets new pseudonyms, unrelated to the ones
 //! released before the erasure.
 
@@ -56,7 +56,7 @@ impl Pseudonymiser {
     }
 
     /// The suppression id of a subject's external id: what an erasure keeps a refusal or
-    /// objection under ([`crate::consent::suppress`]) and a contact check looks up. The same
+    /// objection under ([`crate::domain::consent::suppress`]) and a contact check looks up. The same
     /// construction with `suppression` in place of a purpose, so it never equals a pseudonym
     /// that left the region.
     pub fn suppression_of_subject(&self, tenant: &str, external_id: &str) -> String {

@@ -22,12 +22,12 @@ use std::{
 use rusqlite::{Connection, OpenFlags, backup::Backup};
 
 use crate::{
-    audit::{AuditLog, Entry, Kind},
     config::NodeConfig,
+    domain::audit::{AuditLog, Entry, Kind},
     error::NodeError,
-    keys,
-    storage::{Backend, SCHEMA_VERSION},
-    vault::Vault,
+    store::keys,
+    store::vault::Vault,
+    store::{Backend, SCHEMA_VERSION},
 };
 
 /// What a backup copied.
@@ -102,7 +102,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Every subject the database knows of, by tenant.
-fn subjects(conn: &crate::db::Connection) -> Result<BTreeSet<(String, String)>, NodeError> {
+fn subjects(conn: &crate::store::db::Connection) -> Result<BTreeSet<(String, String)>, NodeError> {
     let mut stmt = conn.prepare(
         "SELECT tenant, external_id FROM subjects
          UNION SELECT tenant, subject_id FROM interactions
@@ -139,7 +139,7 @@ fn stopped(config: &NodeConfig, what: &str) -> Result<(), NodeError> {
 /// In the open transaction of `tx` (a restored database): erases again every subject the
 /// vault holds a tombstone for, and records the restore in the audit log.
 fn erase_again_in(
-    tx: &crate::db::Connection,
+    tx: &crate::store::db::Connection,
     config: &NodeConfig,
 ) -> Result<RestoreReport, NodeError> {
     let vault = Vault::open_for(config)?;
@@ -154,14 +154,20 @@ fn erase_again_in(
     for (tenant, subject) in &known {
         if vault.was_erased(tenant, subject)? {
             // Holds recorded in the backup still apply; what they keep stays, flagged.
-            crate::rights::erase(tx, tenant, subject, &[], domicile_proto::domain::unix_now())?;
+            crate::domain::rights::erase(
+                tx,
+                tenant,
+                subject,
+                &[],
+                domicile_proto::domain::unix_now(),
+            )?;
             erased_again += 1;
         }
     }
     // The suppressions the erasures kept are not in a copy taken before them: the vault kept
     // them, and they are written back.
     for (tenant, kept) in vault.kept_suppressions()? {
-        crate::consent::restore_suppressions(tx, &tenant, std::slice::from_ref(&kept))?;
+        crate::domain::consent::restore_suppressions(tx, &tenant, std::slice::from_ref(&kept))?;
     }
     audit.append(
         tx,
@@ -187,7 +193,7 @@ fn erase_again_in(
 pub fn erase_again(config: &NodeConfig) -> Result<RestoreReport, NodeError> {
     stopped(config, "erase-again")?;
     let backend = config.backend();
-    if crate::storage::schema_version(&backend)? != Some(SCHEMA_VERSION) {
+    if crate::store::schema_version(&backend)? != Some(SCHEMA_VERSION) {
         return Err(internal(
             "erase-again",
             format!(
@@ -238,7 +244,7 @@ pub fn restore(
                 format!("schema version {version}, this node needs {SCHEMA_VERSION}"),
             ));
         }
-        crate::db::Connection::sqlite(conn).transaction(|tx| erase_again_in(tx, config))
+        crate::store::db::Connection::sqlite(conn).transaction(|tx| erase_again_in(tx, config))
     })();
     let report = match report {
         Ok(r) => r,

@@ -118,7 +118,7 @@ impl Kek {
     pub fn open(config: &NodeConfig) -> Result<Self, NodeError> {
         match &config.kek_pkcs11 {
             Some(p) => Ok(Self(Custody::Token(Arc::new(TokenKey::open(p)?)))),
-            None => Ok(Self::in_memory(&crate::keys::load_kek(config)?)),
+            None => Ok(Self::in_memory(&crate::store::keys::load_kek(config)?)),
         }
     }
 
@@ -129,10 +129,10 @@ impl Kek {
         };
         let kek = match (&source.file, &source.env, &source.pkcs11) {
             (Some(file), None, None) => {
-                Self::in_memory(&crate::keys::load_secret(file, "previous_kek.file")?)
+                Self::in_memory(&crate::store::keys::load_secret(file, "previous_kek.file")?)
             }
             (None, Some(var), None) => {
-                Self::in_memory(&crate::keys::load_kek_env(var, "previous_kek.env")?)
+                Self::in_memory(&crate::store::keys::load_kek_env(var, "previous_kek.env")?)
             }
             (None, None, Some(p)) => Self(Custody::Token(Arc::new(TokenKey::open(p)?))),
             _ => {
@@ -179,7 +179,7 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], NodeError> {
 }
 
 /// `nonce(24) ‖ XChaCha20-Poly1305(cipher, aad, plaintext)`: how an in-memory KEK wraps, and
-/// how a subject's data key seals its fields ([`crate::vault`]).
+/// how a subject's data key seals its fields ([`crate::store::vault`]).
 pub(crate) fn seal(
     cipher: &XChaCha20Poly1305,
     aad: &[u8],

@@ -111,7 +111,7 @@ pub fn triggers() -> String {
            FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit checkpoints');
          ",
     );
-    sql.push_str(&crate::rollup::pg_triggers());
+    sql.push_str(&crate::domain::rollup::pg_triggers());
     sql
 }
 

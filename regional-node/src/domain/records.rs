@@ -2,21 +2,21 @@
 //!
 //! Each row is read with the subject's profile, then turned into a
 //! [`PseudonymisedInteraction`]: the subject and interaction ids become keyed pseudonyms
-//! ([`crate::pseudonym`]), quasi-identifiers are generalised as the country policy says (birth
+//! ([`crate::privacy::pseudonym`]), quasi-identifiers are generalised as the country policy says (birth
 //! year to its decade or dropped, timestamps truncated to the hour or day, postal code to its
-//! prefix, language to its primary subtag), and the comment is redacted ([`crate::redact`])
+//! prefix, language to its primary subtag), and the comment is redacted ([`crate::privacy::redact`])
 //! with the subject's own name. The message type has no field for a name, e-mail, phone or id.
 
-use crate::db::{Connection, ToValue};
+use crate::store::db::{Connection, ToValue};
 use domicile_proto::{domain::RecordSpec, pb::PseudonymisedInteraction};
 
 use crate::{
+    domain::policy::{BirthYear, PolicySet},
     error::NodeError,
-    policy::{BirthYear, PolicySet},
-    pseudonym::{Kind, Pseudonymiser},
-    redact::Redactor,
-    storage::Profile,
-    vault::{SubjectKey, Vault, comment_aad},
+    privacy::pseudonym::{Kind, Pseudonymiser},
+    privacy::redact::Redactor,
+    store::Profile,
+    store::vault::{SubjectKey, Vault, comment_aad},
 };
 
 /// Records per streamed message.
@@ -38,7 +38,7 @@ pub struct Release<'a> {
     pub pseudonyms: &'a Pseudonymiser,
     /// The key vault, to decrypt profiles and comments.
     pub vault: &'a Vault,
-    /// The consent condition of the purpose ([`crate::consent::gate`]) on columns `i.*`.
+    /// The consent condition of the purpose ([`crate::domain::consent::gate`]) on columns `i.*`.
     pub consent: (String, Vec<Box<dyn ToValue>>),
 }
 
@@ -84,7 +84,7 @@ pub fn run(
     let limit = i64::from(spec.limit);
 
     let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(crate::db::params_from_iter(
+    let mut rows = stmt.query(crate::store::db::params_from_iter(
         args.iter()
             .chain(&release.consent.1)
             .map(|a| a.as_ref())

@@ -7,7 +7,7 @@
 //! (the only subjects whose pseudonyms may still open a case) until one matches. That costs one
 //! HMAC per recent subject, and only on `OpenFollowUp`.
 
-use crate::db::{Connection, ToValue, params, params_from_iter};
+use crate::store::db::{Connection, ToValue, params, params_from_iter};
 use domicile_proto::{
     consent::ConsentQuestion,
     domain::{TenantId, whole_seconds as ts},
@@ -20,13 +20,13 @@ use domicile_proto::{
 };
 
 use crate::{
-    audit::{self, Entry},
-    consent,
+    domain::audit::{self, Entry},
+    domain::consent,
+    domain::policy::{CountryPolicy, Release},
     error::NodeError,
     node::Node,
-    policy::{CountryPolicy, Release},
-    pseudonym::{Kind, Pseudonymiser},
-    storage::Profile,
+    privacy::pseudonym::{Kind, Pseudonymiser},
+    store::Profile,
 };
 
 /// The follow-up table; created with the rest of the schema. `channels` are the requested
@@ -96,7 +96,7 @@ pub fn resolve(
 const COLUMNS: &str = "follow_up_id, subject_id, country, purpose, channels, channel, reason, \
                        priority, status, opened_at, due_at, updated_at";
 
-fn case_of(row: &crate::db::Row<'_>, region_id: &str, now: i64) -> Result<Case, NodeError> {
+fn case_of(row: &crate::store::db::Row<'_>, region_id: &str, now: i64) -> Result<Case, NodeError> {
     let status: i32 = row.get(8)?;
     let due: i64 = row.get(10)?;
     let channels: String = row.get(4)?;
@@ -515,7 +515,10 @@ impl Node {
                             return Ok(Err(why));
                         }
                     };
-                let id = format!("{region}.{ID_PREFIX}-{}", crate::rights::random_hex()?);
+                let id = format!(
+                    "{region}.{ID_PREFIX}-{}",
+                    crate::domain::rights::random_hex()?
+                );
                 insert(
                     tx,
                     tenant,

@@ -14,7 +14,7 @@ use domicile_proto::pb::{
 };
 use tokio::net::TcpListener;
 
-use crate::{local::LocalNodeService, node::Node, service::RegionalNodeService};
+use crate::{api::local::LocalNodeService, api::service::RegionalNodeService, node::Node};
 
 /// Signs an audit checkpoint every `audit_checkpoint_seconds` while the node serves, when the
 /// log has moved (a checkpoint of an unchanged head is not repeated).

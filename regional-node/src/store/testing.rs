@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use domicile_pg_cluster::PgCluster;
 
-use crate::storage::{Backend, Store};
+use crate::store::{Backend, Store};
 
 /// Fresh databases of either backend, each with its own key vault.
 pub(crate) struct Databases {

@@ -19,7 +19,7 @@
 //!
 //! The vault also remembers which references were erased (tombstones) and the suppressions
 //! those erasures kept: a data file restored from a backup taken before an erasure is erased
-//! again for those references and gets the suppressions back ([`crate::backup::restore`]).
+//! again for those references and gets the suppressions back ([`crate::node::backup::restore`]).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -27,8 +27,8 @@ use std::{
 };
 
 use crate::{
-    db::{Connection, Dialect, OptionalExtension, params},
-    storage::Backend,
+    store::Backend,
+    store::db::{Connection, Dialect, OptionalExtension, params},
 };
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use hmac::{Hmac, Mac};
@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     error::NodeError,
-    kek::{Kek, open, random, seal},
+    store::kek::{Kek, open, random, seal},
 };
 
 /// Length of a subject reference, in hex digits.
@@ -270,7 +270,9 @@ impl Vault {
             }
             match tx.dialect() {
                 Dialect::Sqlite => tx.execute_batch(SCHEMA)?,
-                Dialect::Postgres => tx.execute_batch(&crate::pg_schema::translate(SCHEMA))?,
+                Dialect::Postgres => {
+                    tx.execute_batch(&crate::store::postgres::translate(SCHEMA))?
+                }
             }
             let has_kek_id = match tx.dialect() {
                 Dialect::Sqlite => tx.query_opt(

@@ -434,10 +434,10 @@ fn lite_rows(stmt: &mut rusqlite::Statement<'_>, params: impl Params) -> Result<
 /// Parameters for a statement, like `rusqlite::params!`: `params![tenant, subject]`.
 macro_rules! params {
     () => {
-        &[] as &[&dyn $crate::db::ToValue]
+        &[] as &[&dyn $crate::store::db::ToValue]
     };
     ($($p:expr),+ $(,)?) => {
-        &[$(&$p as &dyn $crate::db::ToValue),+] as &[&dyn $crate::db::ToValue]
+        &[$(&$p as &dyn $crate::store::db::ToValue),+] as &[&dyn $crate::store::db::ToValue]
     };
 }
 pub(crate) use params;

@@ -23,18 +23,18 @@ use toml::Spanned;
 /// The policies compiled into the binary: the files of `deploy/policies/`, used when a node
 /// configures no `policy_dir`.
 pub const SHIPPED: &[(&str, &str)] = &[
-    ("BR", include_str!("../../deploy/policies/BR.toml")),
-    ("CN", include_str!("../../deploy/policies/CN.toml")),
-    ("DE", include_str!("../../deploy/policies/DE.toml")),
-    ("ES", include_str!("../../deploy/policies/ES.toml")),
-    ("FR", include_str!("../../deploy/policies/FR.toml")),
-    ("GB", include_str!("../../deploy/policies/GB.toml")),
-    ("IN", include_str!("../../deploy/policies/IN.toml")),
-    ("IT", include_str!("../../deploy/policies/IT.toml")),
-    ("JP", include_str!("../../deploy/policies/JP.toml")),
-    ("NL", include_str!("../../deploy/policies/NL.toml")),
-    ("RU", include_str!("../../deploy/policies/RU.toml")),
-    ("US", include_str!("../../deploy/policies/US.toml")),
+    ("BR", include_str!("../../../deploy/policies/BR.toml")),
+    ("CN", include_str!("../../../deploy/policies/CN.toml")),
+    ("DE", include_str!("../../../deploy/policies/DE.toml")),
+    ("ES", include_str!("../../../deploy/policies/ES.toml")),
+    ("FR", include_str!("../../../deploy/policies/FR.toml")),
+    ("GB", include_str!("../../../deploy/policies/GB.toml")),
+    ("IN", include_str!("../../../deploy/policies/IN.toml")),
+    ("IT", include_str!("../../../deploy/policies/IT.toml")),
+    ("JP", include_str!("../../../deploy/policies/JP.toml")),
+    ("NL", include_str!("../../../deploy/policies/NL.toml")),
+    ("RU", include_str!("../../../deploy/policies/RU.toml")),
+    ("US", include_str!("../../../deploy/policies/US.toml")),
 ];
 
 /// What may cross the border from a country.

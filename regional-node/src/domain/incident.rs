@@ -7,14 +7,14 @@
 //! The list of who, with contact details for notifying them, is only served in-country
 //! ([`subjects`], on the `LocalNode` listener).
 
-use crate::db::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     domain::IncidentSpec,
     domain::whole_seconds as ts,
     pb::{AffectedCount, DataCategory, Incident, IncidentSubject, RegionIncident, TimeRange},
 };
 
-use crate::{error::NodeError, policy::PolicySet, storage::Store};
+use crate::{domain::policy::PolicySet, error::NodeError, store::Store};
 
 /// The incident table; created with the rest of the schema.
 pub const SCHEMA: &str = r#"

@@ -32,8 +32,8 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
 use crate::{
-    db::{Connection, params},
     error::NodeError,
+    store::db::{Connection, params},
 };
 
 /// The nonce table; created with the rest of the schema.

@@ -80,7 +80,7 @@ pub enum StorageSize {
     /// A file; one not created yet (the WAL between checkpoints) counts as empty.
     File(PathBuf),
     /// A PostgreSQL database (`pg_database_size`), read at each scrape; 0 when unreachable.
-    Database(crate::storage::Backend),
+    Database(crate::store::Backend),
 }
 
 impl StorageSize {

@@ -1,4 +1,7 @@
-//! The node's business logic, callable in-process (tests) or through [`crate::service`].
+//! The node's business logic, callable in-process (tests) or through [`crate::api::service`].
+
+pub mod backup;
+pub mod metrics;
 
 use std::sync::{
     Arc, Mutex,
@@ -24,20 +27,20 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::{
-    aggregate::{self, Rules},
-    audit::{self, AuditLog, Entry},
     config::NodeConfig,
-    consent::{self, Recorded},
+    domain::aggregate::{self, Rules},
+    domain::audit::{self, AuditLog, Entry},
+    domain::consent::{self, Recorded},
+    domain::incident,
+    domain::ingest::{Verdict, open_envelope, result},
+    domain::policy::{CountryPolicy, PolicySet, Release},
+    domain::records,
     error::NodeError,
-    incident,
-    ingest::{Verdict, open_envelope, result},
-    keys,
-    metrics::StorageSize,
-    metrics::{DecisionLabels, NodeMetrics, OutcomeLabels, TenantLabels},
-    policy::{CountryPolicy, PolicySet, Release},
-    pseudonym::Pseudonymiser,
-    records,
-    storage::{Backend, RecordBody, Store, StoreOutcome},
+    node::metrics::StorageSize,
+    node::metrics::{DecisionLabels, NodeMetrics, OutcomeLabels, TenantLabels},
+    privacy::pseudonym::Pseudonymiser,
+    store::keys,
+    store::{Backend, RecordBody, Store, StoreOutcome},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -75,11 +78,11 @@ pub(crate) struct Inner {
     pub(crate) tls: Option<FederationTls>,
     /// Mutual TLS of the in-country listener, and who it admits.
     pub(crate) local_tls: Option<tonic::transport::ServerTlsConfig>,
-    pub(crate) local_access: crate::local::LocalAccess,
+    pub(crate) local_access: crate::api::local::LocalAccess,
     /// When the sealing key file was written (seconds since the epoch), for its age.
     pub(crate) sealing_key_since: Option<i64>,
     /// The DPO keys registered per tenant.
-    pub(crate) dpo_keys: crate::authority::DpoKeys,
+    pub(crate) dpo_keys: crate::domain::authority::DpoKeys,
 }
 
 /// What the federation listener needs for mutual TLS, read at start.
@@ -190,8 +193,8 @@ impl Node {
         .with_clock(clock.clone());
         let tls = load_tls(&config)?;
         let local_tls = load_local_tls(&config)?;
-        let local_access = crate::local::LocalAccess::from_config(&config)?;
-        let dpo_keys = crate::authority::DpoKeys::open(config.dpo_keys_file.as_deref())
+        let local_access = crate::api::local::LocalAccess::from_config(&config)?;
+        let dpo_keys = crate::domain::authority::DpoKeys::open(config.dpo_keys_file.as_deref())
             .map_err(NodeError::Internal)?;
         let previous = match (
             &config.previous_sealing_key_file,
@@ -211,8 +214,10 @@ impl Node {
             _ => None,
         };
         // The KEK is checked against the vault before the data database is opened.
-        let store =
-            Store::open_with_vault(&config.backend(), crate::vault::Vault::open_for(&config)?)?;
+        let store = Store::open_with_vault(
+            &config.backend(),
+            crate::store::vault::Vault::open_for(&config)?,
+        )?;
         store.write(|tx| {
             audit.append(
                 tx,
@@ -313,7 +318,7 @@ impl Node {
         &self,
     ) -> (
         Option<&tonic::transport::ServerTlsConfig>,
-        &crate::local::LocalAccess,
+        &crate::api::local::LocalAccess,
     ) {
         (self.inner.local_tls.as_ref(), &self.inner.local_access)
     }
@@ -403,7 +408,7 @@ impl Node {
                 let inner = &node.inner;
                 inner.store.write(|tx| {
                     let verdict = match verdict {
-                        Ok(v) if crate::authority::use_nonce(tx, &v, now)? => Ok(v),
+                        Ok(v) if crate::domain::authority::use_nonce(tx, &v, now)? => Ok(v),
                         Ok(_) => Err(domicile_proto::trust::DpoRefusal::Replayed),
                         Err(r) => Err(r),
                     };
@@ -453,7 +458,7 @@ impl Node {
             let now = inner.clock.now();
             inner.store.read(|conn| {
                 let (subject_requests, open_requests, open_total) =
-                    crate::overview::subject_requests(conn, tenant, now)?;
+                    crate::domain::overview::subject_requests(conn, tenant, now)?;
                 Ok(domicile_proto::pb::RegionalNodeGetRegionOverviewResponse {
                     region_id: inner.config.region_id.clone(),
                     countries: inner.config.countries.clone(),
@@ -463,23 +468,28 @@ impl Node {
                         .sealing_key_since
                         .map(domicile_proto::domain::whole_seconds),
                     checkpoint: Some(checkpoint),
-                    releases: crate::overview::releases(
+                    releases: crate::domain::overview::releases(
                         conn,
                         tenant,
                         since,
                         i64::from(bucket_seconds.max(1)),
                     )?,
-                    budget: Some(crate::overview::budget(conn, tenant, budget_milli, now)?),
+                    budget: Some(crate::domain::overview::budget(
+                        conn,
+                        tenant,
+                        budget_milli,
+                        now,
+                    )?),
                     subject_requests,
                     open_requests,
                     open_requests_total: open_total,
-                    incidents: crate::overview::incidents(
+                    incidents: crate::domain::overview::incidents(
                         conn,
                         tenant,
                         incident::Release::of(&inner.policies),
                     )?,
-                    consents: crate::overview::consents(conn, tenant)?,
-                    follow_ups: Some(crate::followup::counts(conn, tenant, now)?),
+                    consents: crate::domain::overview::consents(conn, tenant)?,
+                    follow_ups: Some(crate::domain::followup::counts(conn, tenant, now)?),
                 })
             })
         })
@@ -729,7 +739,8 @@ impl Node {
             );
         }
         self.blocking(move |node| {
-            let verdicts = crate::ingest::check_plain(&node.inner.config.countries, &records);
+            let verdicts =
+                crate::domain::ingest::check_plain(&node.inner.config.countries, &records);
             let meta: Vec<(u32, &str)> = records
                 .iter()
                 .map(|r| (r.seq, r.idempotency_key.as_str()))
@@ -752,7 +763,7 @@ impl Node {
         mut verdicts: Vec<Verdict>,
     ) -> Result<Vec<RecordResult>, NodeError> {
         let inner = &self.inner;
-        crate::ingest::check_vocabulary(
+        crate::domain::ingest::check_vocabulary(
             inner.config.vocabulary.get(tenant.as_str()),
             prefix,
             &mut verdicts,
@@ -935,7 +946,8 @@ impl Node {
             .map(|p| i64::from(p.retention.interactions))
             .max()
             .unwrap_or(0);
-        let plan = crate::release::Plan::new(&spec, now, now - (retention_days + 1) * 86_400)?;
+        let plan =
+            crate::domain::release::Plan::new(&spec, now, now - (retention_days + 1) * 86_400)?;
         let fingerprint = fingerprint(tenant.as_str(), &spec.to_query().encode_to_vec());
 
         let node = self.clone();
@@ -945,14 +957,14 @@ impl Node {
             // Make what is missing, all in one transaction: a refusal leaves nothing made and
             // nothing charged. When everything exists (the steady state), no write at all.
             let complete = inner.store.read(|conn| {
-                crate::release::all_made(conn, tenant.as_str(), spec.purpose, &plan)
+                crate::domain::release::all_made(conn, tenant.as_str(), spec.purpose, &plan)
             })?;
             let made = if complete {
                 Vec::new()
             } else {
                 inner.store.write(|tx| {
                     let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
-                    let made = match crate::release::ensure_all(
+                    let made = match crate::domain::release::ensure_all(
                         tx,
                         region,
                         &inner.config.countries,
@@ -985,7 +997,7 @@ impl Node {
                                     "purpose": spec.purpose.as_str_name(),
                                     "release": m.id,
                                     "cost": m.epsilon_milli as f64 / 1000.0,
-                                    "data_month": crate::rollup::month_label(m.data_month),
+                                    "data_month": crate::domain::rollup::month_label(m.data_month),
                                     "remaining": m.remaining_milli as f64 / 1000.0,
                                     "max_contributions": rules.max_contributions,
                                     "policy_versions": inner.policies.labels(),
@@ -1006,7 +1018,7 @@ impl Node {
                     .set(last.remaining_milli as f64 / 1000.0);
             }
             let (partial, sources) = inner.store.read(|conn| {
-                crate::release::answer(
+                crate::domain::release::answer(
                     conn,
                     region,
                     tenant.as_str(),
@@ -1265,7 +1277,7 @@ impl Node {
                 RecordBody::Interaction(i) => {
                     i.recorded
                         && self.inner.policies.get(&r.country).is_some_and(|p| {
-                            p.recording.rule == crate::policy::RecordingRule::AllParties
+                            p.recording.rule == crate::domain::policy::RecordingRule::AllParties
                         })
                 }
                 RecordBody::Subject(_) => false,
@@ -1338,7 +1350,7 @@ impl Node {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<crate::storage::Profile>, NodeError> {
+    ) -> Result<Option<crate::store::Profile>, NodeError> {
         let store = &self.inner.store;
         let Some(key) = store.vault().find(tenant, external_id)? else {
             return Ok(None);
@@ -1350,7 +1362,7 @@ impl Node {
     /// transaction (the one that appended the entry).
     pub(crate) fn audit_consent(
         &self,
-        tx: &crate::db::Connection,
+        tx: &crate::store::db::Connection,
         tenant: &str,
         subject_id: &str,
         entry: &domicile_proto::pb::ConsentEntry,

@@ -6,7 +6,7 @@
 //! the subject's audit pseudonym. A region that holds nothing about the subject answers
 //! `NOT_FOUND`, so a gateway asking every region hears only from the home region.
 
-use crate::db::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
     domain::whole_seconds as ts,
@@ -20,13 +20,13 @@ use domicile_proto::{
 use serde_json::json;
 
 use crate::{
-    audit::{Entry, Kind},
-    consent,
+    domain::audit::{Entry, Kind},
+    domain::consent,
+    domain::ingest::{Verdict, open_envelope},
     error::NodeError,
-    ingest::{Verdict, open_envelope},
     node::Node,
-    storage::{Profile, RecordBody},
-    vault::{SubjectKey, comment_aad, interaction_id_aad},
+    store::vault::{SubjectKey, comment_aad, interaction_id_aad},
+    store::{Profile, RecordBody},
 };
 
 /// The rights tables; created with the rest of the schema.
@@ -174,7 +174,7 @@ pub(crate) struct Erased {
     held: Vec<HeldData>,
     interactions_deleted: usize,
     /// The suppressions the erasure kept, for the vault to remember.
-    pub(crate) suppressions: Vec<crate::vault::KeptSuppression>,
+    pub(crate) suppressions: Vec<crate::store::vault::KeptSuppression>,
 }
 
 /// Deletes what no active hold keeps, in the caller's transaction. When nothing is held the
@@ -241,7 +241,7 @@ pub(crate) fn erase(
         )
     };
     tx.execute(&comments, params![tenant, subject])?;
-    let interactions_deleted = crate::rollup::delete_interactions(
+    let interactions_deleted = crate::domain::rollup::delete_interactions(
         tx,
         &format!("i.tenant = ?1 AND i.subject_id = ?2{not_kept}"),
         params![tenant, subject],
@@ -265,7 +265,7 @@ pub(crate) fn erase(
             params![tenant, subject],
         )?;
     }
-    crate::followup::forget_subject(tx, tenant, subject, now)?;
+    crate::domain::followup::forget_subject(tx, tenant, subject, now)?;
     let complete = kept.is_empty();
     if complete {
         for table in ["subject_flags", "tracked_subjects"] {
@@ -275,7 +275,7 @@ pub(crate) fn erase(
             )?;
         }
         // The idempotency keys of the subject's records (stored under its reference).
-        let (start, end) = crate::vault::stored_id_range(subject);
+        let (start, end) = crate::store::vault::stored_id_range(subject);
         tx.execute(
             "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
              AND idempotency_key < ?3",
@@ -293,9 +293,9 @@ pub(crate) fn erase(
 }
 
 /// Takes an erased subject's old page images out of SQLite's write-ahead log once the erasure
-/// has committed ([`crate::storage::Store::scrub_after_erasure`]). The erasure stands either way: a failure here
+/// has committed ([`crate::store::Store::scrub_after_erasure`]). The erasure stands either way: a failure here
 /// is logged, and the next erasure or the automatic checkpoint does it.
-pub(crate) fn scrub(store: &crate::storage::Store) {
+pub(crate) fn scrub(store: &crate::store::Store) {
     match store.scrub_after_erasure() {
         Ok(true) => {}
         Ok(false) => tracing::info!(

@@ -3,7 +3,7 @@
 //! tables. Nothing in it identifies a person: no subject id, no free text, no value of a
 //! record.
 
-use crate::db::{Connection, Dialect, params};
+use crate::store::db::{Connection, Dialect, params};
 use domicile_proto::{
     domain::whole_seconds as ts,
     pb::{
@@ -78,14 +78,14 @@ pub fn budget(
     budget_milli: u64,
     now: i64,
 ) -> Result<PrivacyBudget, NodeError> {
-    let month = crate::rollup::month_of_day(now.div_euclid(86_400));
-    let spent = crate::release::spent(conn, tenant, month)?;
+    let month = crate::domain::rollup::month_of_day(now.div_euclid(86_400));
+    let spent = crate::domain::release::spent(conn, tenant, month)?;
     Ok(PrivacyBudget {
         daily_epsilon: 0.0,
         spent: spent as f64 / 1000.0,
         remaining: budget_milli.saturating_sub(spent) as f64 / 1000.0,
         epsilon_per_month: budget_milli as f64 / 1000.0,
-        month: crate::rollup::month_label(month),
+        month: crate::domain::rollup::month_label(month),
     })
 }
 
@@ -138,7 +138,7 @@ pub fn subject_requests(
 pub fn incidents(
     conn: &Connection,
     tenant: &str,
-    release: crate::incident::Release,
+    release: crate::domain::incident::Release,
 ) -> Result<Vec<IncidentSummary>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT incident_id, detected_at, deadline, categories, counts FROM incidents
@@ -164,7 +164,7 @@ pub fn incidents(
                 NodeError::Internal("an incident's stored categories are corrupt".into())
             })?,
             // Rounded as in `GetIncident`: the overview crosses the border too.
-            affected: release.round(crate::incident::stored_counts(&counts)?),
+            affected: release.round(crate::domain::incident::stored_counts(&counts)?),
         });
     }
     Ok(out)
@@ -193,7 +193,7 @@ pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, No
     })?;
     for row in rows {
         let (version, purpose, channel, state, subjects) = row?;
-        let country = crate::policy::CountryPolicy::country_of_label(&version);
+        let country = crate::domain::policy::CountryPolicy::country_of_label(&version);
         *counts
             .entry((country.to_owned(), purpose, channel, state))
             .or_default() += subjects.max(0) as u64;
@@ -215,7 +215,7 @@ pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::Databases;
+    use crate::store::testing::Databases;
 
     fn state(conn: &Connection, tenant: &str, subject: usize, version: &str, state: i32) {
         conn.execute(
@@ -263,9 +263,9 @@ mod tests {
     #[test]
     fn consent_counts_read_the_index_alone_without_sorting() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::storage::Store::open(
-            &crate::storage::Backend::Sqlite(dir.path().join("data.sqlite")),
-            &crate::storage::Backend::Sqlite(dir.path().join("vault.sqlite")),
+        let store = crate::store::Store::open(
+            &crate::store::Backend::Sqlite(dir.path().join("data.sqlite")),
+            &crate::store::Backend::Sqlite(dir.path().join("vault.sqlite")),
             &[7; 32],
         )
         .unwrap();

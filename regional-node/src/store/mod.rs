@@ -4,12 +4,20 @@
 //! analytical columns, encrypted with the subject's data key. No id in this database is a
 //! customer's: `external_id` and `subject_id` columns hold the subject's *reference* (random,
 //! mapped to the external id only by the key vault), `interaction_id` and `idempotency_key`
-//! hold keyed forms that only the subject's data key recomputes ([`crate::vault`]). Every table
+//! hold keyed forms that only the subject's data key recomputes ([`crate::store::vault`]). Every table
 //! is keyed by tenant first: no query can reach across tenants.
 //!
 //! One writer connection behind a mutex (SQLite has one writer anyway) takes each envelope in a
 //! single transaction — one commit, one fsync per batch. Readers use their own connections from a
 //! small pool so that aggregates never wait for ingest (WAL lets readers and the writer overlap).
+
+pub mod db;
+pub mod kek;
+pub mod keys;
+pub mod postgres;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod vault;
 
 use std::{any::Any, path::PathBuf, sync::Mutex, sync::mpsc};
 
@@ -18,10 +26,10 @@ use domicile_proto::domain::{Interaction, Subject};
 use rusqlite::OpenFlags;
 
 use crate::{
-    db::{Connection, Dialect, params},
+    domain::rollup::Facts,
     error::NodeError,
-    rollup::Facts,
-    vault::{SubjectKey, Vault, comment_aad, interaction_id_aad, profile_aad},
+    store::db::{Connection, Dialect, params},
+    store::vault::{SubjectKey, Vault, comment_aad, interaction_id_aad, profile_aad},
 };
 
 const SCHEMA: &str = r#"
@@ -227,7 +235,7 @@ pub static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         what: "rollup cells and per-subject cells, built from the stored interactions",
-        apply: |tx| crate::rollup::rebuild(tx),
+        apply: |tx| crate::domain::rollup::rebuild(tx),
     },
     Migration {
         version: 5,
@@ -725,21 +733,21 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
         .map_err(|e| NodeError::Internal(format!("{}: {e}", backend.describe())))?;
     let sqlite_schema = [
         SCHEMA,
-        crate::consent::SCHEMA,
-        crate::audit::SCHEMA,
-        crate::authority::SCHEMA,
-        crate::incident::SCHEMA,
-        crate::followup::SCHEMA,
-        crate::rights::SCHEMA,
-        crate::release::SCHEMA,
-        &crate::rollup::schema(),
+        crate::domain::consent::SCHEMA,
+        crate::domain::audit::SCHEMA,
+        crate::domain::authority::SCHEMA,
+        crate::domain::incident::SCHEMA,
+        crate::domain::followup::SCHEMA,
+        crate::domain::rights::SCHEMA,
+        crate::domain::release::SCHEMA,
+        &crate::domain::rollup::schema(),
     ]
     .concat();
     match tx.dialect() {
         Dialect::Sqlite => tx.execute_batch(&sqlite_schema)?,
         Dialect::Postgres => {
-            tx.execute_batch(&crate::pg_schema::translate(&sqlite_schema))?;
-            tx.execute_batch(&crate::pg_schema::triggers())?;
+            tx.execute_batch(&crate::store::postgres::translate(&sqlite_schema))?;
+            tx.execute_batch(&crate::store::postgres::triggers())?;
         }
     }
     for m in pending_migrations(version)? {
@@ -830,7 +838,7 @@ fn store_batch(
     };
     let now = now();
     let mut outcomes = Vec::with_capacity(records.len());
-    let mut rollups = crate::rollup::Delta::default();
+    let mut rollups = crate::domain::rollup::Delta::default();
     {
         const CLAIM: &str = "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)";
         const SUBJECT: &str = "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
@@ -958,7 +966,7 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
-    use crate::testing::Databases;
+    use crate::store::testing::Databases;
 
     /// A store on each backend, with a table `t`.
     fn stores(dbs: &Databases) -> Vec<Arc<Store>> {
@@ -1093,7 +1101,7 @@ mod tests {
         for store in stores(&dbs) {
             let charge = |store: &Store, milli: u32| {
                 store
-                    .write(|tx| crate::release::charge(tx, "acme", 682, milli, 10_000))
+                    .write(|tx| crate::domain::release::charge(tx, "acme", 682, milli, 10_000))
                     .unwrap()
             };
             let handles: Vec<_> = (0..8)
@@ -1108,7 +1116,7 @@ mod tests {
             // 10,000 / 300: 33 charges fit, 1,000 thousandths never do.
             assert_eq!(charged, 33, "{:?}", store.backend());
             let spent = store
-                .read(|c| crate::release::spent(c, "acme", 682))
+                .read(|c| crate::domain::release::spent(c, "acme", 682))
                 .unwrap();
             assert_eq!(spent, 9_900);
             assert_eq!(charge(&store, 100), Some(10_000));
@@ -1116,7 +1124,7 @@ mod tests {
             // Another month of data has its own budget.
             assert_eq!(
                 store
-                    .write(|tx| crate::release::charge(tx, "acme", 683, 1, 10_000))
+                    .write(|tx| crate::domain::release::charge(tx, "acme", 683, 1, 10_000))
                     .unwrap(),
                 Some(1)
             );
@@ -1133,7 +1141,7 @@ mod tests {
             let replicas: Vec<Arc<Store>> = (0..2)
                 .map(|_| Arc::new(Store::open(&backend, &vault, &[7; 32]).unwrap()))
                 .collect();
-            let log = Arc::new(crate::audit::AuditLog::new("eu-de", &[9; 32], 25));
+            let log = Arc::new(crate::domain::audit::AuditLog::new("eu-de", &[9; 32], 25));
             let handles: Vec<_> = (0..8)
                 .map(|w| {
                     let (store, log) = (replicas[w % 2].clone(), log.clone());
@@ -1144,8 +1152,8 @@ mod tests {
                                 .write_grouped(move |tx| {
                                     log.append(
                                         tx,
-                                        crate::audit::Entry {
-                                            kind: crate::audit::Kind::IngestBatch,
+                                        crate::domain::audit::Entry {
+                                            kind: crate::domain::audit::Kind::IngestBatch,
                                             tenant: "acme",
                                             subject: None,
                                             details: serde_json::json!({ "writer": w, "i": i }),
@@ -1161,7 +1169,7 @@ mod tests {
                 h.join().unwrap();
             }
             let verified = replicas[0]
-                .read(|c| crate::audit::verify(c, "eu-de", &log.public_key()))
+                .read(|c| crate::domain::audit::verify(c, "eu-de", &log.public_key()))
                 .unwrap()
                 .unwrap();
             assert_eq!(verified.entries, 200, "{:?}", backend);

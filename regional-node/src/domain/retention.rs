@@ -3,11 +3,11 @@
 //! delayed). Runs daily while a node serves, and on demand (`domicile node sweep`). What it deleted
 //! is counted and audited, never listed.
 
-use crate::db::params;
+use crate::store::db::params;
 use serde_json::json;
 
 use crate::{
-    audit::{Entry, Kind},
+    domain::audit::{Entry, Kind},
     error::NodeError,
     node::Node,
 };
@@ -67,7 +67,7 @@ impl Node {
                     ),
                     params![country, now, days(r.interactions)],
                 )?;
-                swept.interactions_deleted += crate::rollup::delete_interactions(
+                swept.interactions_deleted += crate::domain::rollup::delete_interactions(
                     tx,
                     &format!("i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD}"),
                     params![country, now, days(r.interactions)],
@@ -102,7 +102,7 @@ impl Node {
                         |r| r.get(0),
                     )?;
                     if consent.is_none() {
-                        let (start, end) = crate::vault::stored_id_range(&subject);
+                        let (start, end) = crate::store::vault::stored_id_range(&subject);
                         tx.execute(
                             "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
                              AND idempotency_key < ?3",
@@ -137,7 +137,7 @@ impl Node {
             inner.store.vault().destroy(tenant, subject, &[])?;
         }
         if swept.interactions_deleted + swept.comments_deleted + swept.subjects_erased > 0 {
-            crate::rights::scrub(&inner.store);
+            crate::domain::rights::scrub(&inner.store);
         }
         tracing::info!(
             region = %inner.config.region_id,

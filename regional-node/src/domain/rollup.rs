@@ -12,11 +12,11 @@
 //! the rows of those few subjects are read and their dropped rows taken out of the sums and
 //! subject sets. Queries that need every row — differential privacy (contributions bounded per
 //! subject) or opt-in rules (only listed subjects kept) — run as SQL over the rows instead
-//! ([`crate::aggregate`]). Both paths give the same answer; a property test holds them to it.
+//! ([`crate::domain::aggregate`]). Both paths give the same answer; a property test holds them to it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::db::{Connection, Dialect, OptionalExtension, ToValue, params, params_from_iter};
+use crate::store::db::{Connection, Dialect, OptionalExtension, ToValue, params, params_from_iter};
 use domicile_proto::{
     domain::{MAX_TIMESTAMP, MIN_TIMESTAMP},
     merge::NPS_BUCKETS,
@@ -25,7 +25,7 @@ use domicile_proto::{
 use roaring::RoaringBitmap;
 
 use crate::{
-    aggregate::{Partial, Rules, release},
+    domain::aggregate::{Partial, Rules, release},
     error::NodeError,
 };
 
@@ -331,7 +331,7 @@ impl Sums {
     }
 
     /// Reads `SUMS_COLUMNS` starting at column `first`.
-    fn from_row(row: &crate::db::Row<'_>, first: usize) -> Result<Self, NodeError> {
+    fn from_row(row: &crate::store::db::Row<'_>, first: usize) -> Result<Self, NodeError> {
         let mut f = [0; SUMS_FIELDS];
         for (i, v) in f.iter_mut().enumerate() {
             *v = row.get(first + i)?;
@@ -397,7 +397,7 @@ pub struct Facts {
 const FACT_COLUMNS: &str = "i.tenant, i.subject_id, i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces";
 
 impl Facts {
-    fn from_row(row: &crate::db::Row<'_>) -> Result<Self, NodeError> {
+    fn from_row(row: &crate::store::db::Row<'_>) -> Result<Self, NodeError> {
         Ok(Self {
             tenant: row.get(0)?,
             subject: row.get(1)?,
@@ -1119,10 +1119,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::run_over_rows,
-        consent::Gate,
-        policy::PolicySet,
-        storage::{Backend, RecordBody, Store, StoredRecord},
+        domain::aggregate::run_over_rows,
+        domain::consent::Gate,
+        domain::policy::PolicySet,
+        store::{Backend, RecordBody, Store, StoredRecord},
     };
 
     const TENANT: &str = "acme";
@@ -1341,7 +1341,7 @@ mod tests {
                 )?;
             }
             for subject in &erased {
-                crate::rights::erase(tx, TENANT, &format!("s-{subject}"), &[], 0)?;
+                crate::domain::rights::erase(tx, TENANT, &format!("s-{subject}"), &[], 0)?;
             }
             if let Some(cut) = retention_cut {
                 delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;
@@ -1418,7 +1418,7 @@ mod tests {
     /// fewer cases, one cluster, a database per case.
     #[test]
     fn cells_answer_exactly_as_the_rows_on_postgres() {
-        let dbs = crate::testing::Databases::new();
+        let dbs = crate::store::testing::Databases::new();
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 24,
             ..ProptestConfig::default()
@@ -1541,7 +1541,7 @@ mod tests {
 
     #[test]
     fn bounded_by_day_equals_each_day_alone_on_both_backends() {
-        let dbs = crate::testing::Databases::new();
+        let dbs = crate::store::testing::Databases::new();
         for backend in dbs.both() {
             bounded_by_day_equals_each_day_alone(&dbs.store(&backend));
         }

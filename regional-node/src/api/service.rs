@@ -38,7 +38,7 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{consent::Recorded, node::Node};
+use crate::{domain::consent::Recorded, node::Node};
 
 /// Access, portability and erasure act on a person's whole record: the tenant DPO must sign.
 fn needs_dpo(kind: SubjectRequestKind) -> bool {

@@ -18,7 +18,7 @@ use domicile_proto::{
 
 use crate::{
     config::Vocabulary,
-    storage::{RecordBody, StoredRecord},
+    store::{RecordBody, StoredRecord},
 };
 
 /// The verdict on one record before storage.

@@ -10,7 +10,7 @@
 //! [`gate`] turns the same rule into SQL, so that aggregates and records under a purpose only
 //! include the subjects whose policy and consent permit it.
 
-use crate::db::{Connection, OptionalExtension, ToValue, params};
+use crate::store::db::{Connection, OptionalExtension, ToValue, params};
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::whole_seconds as ts,
@@ -23,9 +23,9 @@ use domicile_proto::{
 use sha2::{Digest, Sha256};
 
 use crate::{
+    domain::policy::{ConsentRule, CountryPolicy, PolicySet},
     error::NodeError,
-    policy::{ConsentRule, CountryPolicy, PolicySet},
-    vault::KeptSuppression,
+    store::vault::KeptSuppression,
 };
 
 /// The consent tables; created with the rest of the schema.
@@ -468,7 +468,7 @@ fn rule_name(rule: ConsentRule) -> &'static str {
 /// entry under each of `identifiers` (suppression ids: the external id's and the contact
 /// identifiers'), with the day the state began, in the erasure's transaction and before the
 /// consent state goes. Returns the entries written, for the vault to keep
-/// ([`crate::vault::Vault::destroy`]).
+/// ([`crate::store::vault::Vault::destroy`]).
 pub fn suppress(
     tx: &Connection,
     tenant: &str,
@@ -618,7 +618,8 @@ pub fn check(
         q.purpose,
         q.channel,
     )?;
-    let restricted = crate::rights::is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
+    let restricted =
+        crate::domain::rights::is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
     // Nothing on file since an erasure that kept a suppression: the suppression decides. A
     // consent given after it (a new entry on file) does.
     let suppressed = match state {
@@ -764,7 +765,7 @@ impl Gate {
             format!(
                 "({}){}",
                 arms.join(" OR "),
-                crate::rights::unrestricted(col)
+                crate::domain::rights::unrestricted(col)
             ),
             args,
         )
@@ -818,7 +819,7 @@ pub fn gate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::SHIPPED;
+    use crate::domain::policy::SHIPPED;
     use ConsentRule as R;
     use ConsentState as S;
 

@@ -123,7 +123,7 @@ pub fn create_region_keys(config: &NodeConfig) -> Result<CreatedKeys, NodeError>
     } else {
         None
     };
-    let audit = crate::audit::AuditLog::new(&config.region_id, &audit_seed, 1);
+    let audit = crate::domain::audit::AuditLog::new(&config.region_id, &audit_seed, 1);
     Ok(CreatedKeys {
         sealing_key_id: sealing.public().key_id().to_owned(),
         sealing_public: *sealing.public().as_bytes(),

@@ -20,12 +20,12 @@ use domicile_proto::{
 use rand::RngCore;
 
 use crate::{
-    aggregate::{Partial, Rules},
-    consent::Gate,
-    db::{Connection, OptionalExtension, params},
+    domain::aggregate::{Partial, Rules},
+    domain::consent::Gate,
+    domain::policy::ReleaseRules,
+    domain::rollup::{DAY, day_label, first_day, month_label, month_of_day},
     error::NodeError,
-    policy::ReleaseRules,
-    rollup::{DAY, day_label, first_day, month_label, month_of_day},
+    store::db::{Connection, OptionalExtension, params},
 };
 
 /// Tables of the releases and the accountant (schema version 6).
@@ -285,7 +285,7 @@ struct Weights {
 /// clamped once, at the end ([`Cell::into_stats`]).
 fn noised(rng: &mut dyn RngCore, epsilon: Epsilon, w: u32, sensitivity: u64, value: u64) -> i64 {
     // P(y) ∝ exp(-|y| ε_w / Δ) with ε_w = (milli / 1000) · (w / total): exact rationals.
-    let y = crate::dp::discrete_laplace(
+    let y = crate::privacy::dp::discrete_laplace(
         rng,
         u64::from(epsilon.milli()) * u64::from(w),
         u64::from(Epsilon::SCALE) * u64::from(WEIGHT_TOTAL) * sensitivity.max(1),
@@ -505,7 +505,7 @@ pub fn ensure_all(
         min_group_size: 0,
         epsilon: None,
     };
-    let exact = crate::aggregate::run_over_rows(
+    let exact = crate::domain::aggregate::run_over_rows(
         tx,
         region_id,
         tenant,

@@ -8,11 +8,11 @@
 //!
 //! [`verify`] walks the log and the checkpoints and names the first entry that was modified,
 //! removed, reordered or truncated. Entries carry no direct identifier: subjects appear as
-//! audit pseudonyms ([`crate::pseudonym`]), and details are counts and parameters.
+//! audit pseudonyms ([`crate::privacy::pseudonym`]), and details are counts and parameters.
 
 use std::{collections::HashMap, fmt};
 
-use crate::db::{Connection, OptionalExtension, params};
+use crate::store::db::{Connection, OptionalExtension, params};
 use domicile_proto::pb::{AuditCheckpoint, RegionRelease};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use prost::Message;
@@ -729,7 +729,7 @@ pub fn extends(
 }
 
 /// Opens a node's database read-only, for the operator commands.
-pub fn open_read_only(backend: &crate::storage::Backend) -> Result<Connection, NodeError> {
+pub fn open_read_only(backend: &crate::store::Backend) -> Result<Connection, NodeError> {
     backend.connect_read_only()
 }
 

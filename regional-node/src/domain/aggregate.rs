@@ -6,14 +6,14 @@
 //! distinct subjects, never rows; a group of one country meets that country's *k*, a group that
 //! mixes countries meets the largest *k* of the region.
 //!
-//! Under differential privacy ([`crate::dp`]) each subject's contributions are bounded first
+//! Under differential privacy ([`crate::privacy::dp`]) each subject's contributions are bounded first
 //! (its first `L` interactions in time order), handle times are clamped, every released
 //! statistic gets discrete Laplace noise, and the *noisy* distinct-subject count decides which
 //! groups meet *k*.
 
 use std::collections::BTreeMap;
 
-use crate::db::{Connection, Dialect, ToValue};
+use crate::store::db::{Connection, Dialect, ToValue};
 use domicile_proto::{
     domain::AggregateSpec,
     merge::NPS_BUCKETS,
@@ -22,9 +22,9 @@ use domicile_proto::{
 use rand::RngCore;
 
 use crate::{
-    consent::Gate,
-    dp::{NoisePlan, noise},
+    domain::consent::Gate,
     error::NodeError,
+    privacy::dp::{NoisePlan, noise},
 };
 
 /// The privacy rules one aggregate runs under.
@@ -71,7 +71,7 @@ fn dimension_sql(d: Dimension, dialect: Dialect) -> Option<&'static str> {
 }
 
 /// Runs `spec` for `tenant` over `conn`, suppressing groups below *k* distinct subjects: from
-/// the rollups when the rules allow ([`crate::rollup`]), otherwise over the rows.
+/// the rollups when the rules allow ([`crate::domain::rollup`]), otherwise over the rows.
 pub fn run(
     conn: &Connection,
     region_id: &str,
@@ -79,7 +79,7 @@ pub fn run(
     spec: &AggregateSpec,
     mut rules: Rules<'_>,
 ) -> Result<Partial, NodeError> {
-    match crate::rollup::run(conn, region_id, tenant, spec, &mut rules)? {
+    match crate::domain::rollup::run(conn, region_id, tenant, spec, &mut rules)? {
         Some(partial) => Ok(partial),
         None => run_over_rows(conn, region_id, tenant, spec, rules),
     }
@@ -175,7 +175,9 @@ pub fn run_over_rows(
 
     let grouped_by_region = spec.group_by.contains(&Dimension::Region);
     let mut stmt = conn.prepare(&select)?;
-    let mut rows = stmt.query(crate::db::params_from_iter(args.iter().map(|a| a.as_ref())))?;
+    let mut rows = stmt.query(crate::store::db::params_from_iter(
+        args.iter().map(|a| a.as_ref()),
+    ))?;
     let mut partial = Partial {
         min_group_size: rules.k_mixed,
         ..Default::default()
