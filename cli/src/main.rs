@@ -948,7 +948,7 @@ async fn main() -> anyhow::Result<()> {
             let config = read_config(&config, |t| {
                 NodeConfig::from_toml_with_env(t, |k| std::env::var(k).ok())
             })?;
-            let target = domicile_node::store::SCHEMA_VERSION;
+            let target = domicile_node::domain::schema::SCHEMA_VERSION;
             let db = config.backend().describe();
             if check {
                 match domicile_node::store::schema_version(&config.backend())? {
@@ -956,7 +956,7 @@ async fn main() -> anyhow::Result<()> {
                         println!("{db}: no database yet; it will be created at schema {target}")
                     }
                     Some(v) => {
-                        let pending = domicile_node::store::pending_migrations(v)?;
+                        let pending = domicile_node::domain::schema::pending_migrations(v)?;
                         if pending.is_empty() {
                             println!("{db}: schema {v}, up to date");
                         } else {
@@ -968,7 +968,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             } else {
-                match domicile_node::store::migrate(&config)? {
+                match domicile_node::node::migrate(&config)? {
                     None => println!("{db}: created at schema {target}"),
                     Some(v) if v == target => println!("{db}: schema {v}, up to date"),
                     Some(v) => println!("{db}: migrated from schema {v} to {target}"),
@@ -1498,7 +1498,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     let seed: [u8; 32] = seed
                         .try_into()
                         .map_err(|_| anyhow::anyhow!("the audit key file must hold 32 bytes"))?;
-                    audit::public_key_of(&seed)
+                    domicile_node::store::keys::public_key_of(&seed)
                 }
             };
             let trusted = match &trusted_head {

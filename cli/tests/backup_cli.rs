@@ -8,9 +8,7 @@ use common::domicile;
 
 use domicile::synth::{self, SynthSpec};
 use domicile_node::{
-    Node, NodeConfig,
-    store::vault::Vault,
-    store::{Backend, Profile},
+    Node, NodeConfig, domain::stored::Profile, store::Backend, store::vault::Vault,
 };
 use domicile_proto::{
     pb::{SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest},
@@ -480,7 +478,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
 const FOLLOW_UP: &str = "eu-de.followup-00000000000000000000000000000001";
 
 /// The schema version this build writes.
-const SCHEMA: i64 = domicile_node::store::SCHEMA_VERSION;
+const SCHEMA: i64 = domicile_node::domain::schema::SCHEMA_VERSION;
 #[test]
 fn migrate_reports_and_applies_pending_migrations() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,11 +85,11 @@ pub struct NodeConfig {
     /// keys are wrapped and unwrapped inside the token and the KEK never enters the node's
     /// memory. Replaces `kek_file` and `kek_env`. Default unset.
     #[serde(default)]
-    pub kek_pkcs11: Option<crate::store::kek::Pkcs11Config>,
+    pub kek_pkcs11: Option<Pkcs11Config>,
     /// The KEK being replaced, during a rotation (`domicile node rotate-kek`): subject keys it
     /// wrapped still open until the rotation has re-wrapped them all. Default unset.
     #[serde(default)]
-    pub previous_kek: Option<crate::store::kek::KekSource>,
+    pub previous_kek: Option<KekSource>,
     /// The key vault, the database of wrapped per-subject data keys: a SQLite file's path, or a
     /// `postgres://` URL of a database apart from the data's (what replicas on several
     /// machines share). Keep it apart from data backups: erasure destroys keys here. Default
@@ -466,11 +466,11 @@ impl NodeConfig {
 
     /// Where the data is: `storage` when set, else the SQLite file `database`. An invalid
     /// `storage` is refused by [`NodeConfig::validate`]; here it falls back to `database`.
-    pub fn backend(&self) -> crate::store::Backend {
+    pub fn backend(&self) -> Backend {
         self.storage
             .as_deref()
-            .and_then(|s| crate::store::Backend::parse(s).ok())
-            .unwrap_or_else(|| crate::store::Backend::Sqlite(self.database.clone()))
+            .and_then(|s| Backend::parse(s).ok())
+            .unwrap_or_else(|| Backend::Sqlite(self.database.clone()))
     }
 
     /// The sealing key file: the configured one, or `sealing.key` beside the database.
@@ -502,11 +502,11 @@ impl NodeConfig {
 
     /// Where the key vault is: a PostgreSQL database when `key_vault` is a `postgres://` URL,
     /// else the SQLite file [`NodeConfig::key_vault_path`].
-    pub fn key_vault_backend(&self) -> crate::store::Backend {
+    pub fn key_vault_backend(&self) -> Backend {
         let path = self.key_vault_path();
-        match path.to_str().map(crate::store::Backend::parse) {
-            Some(Ok(backend @ crate::store::Backend::Postgres(_))) => backend,
-            _ => crate::store::Backend::Sqlite(path),
+        match path.to_str().map(Backend::parse) {
+            Some(Ok(backend @ Backend::Postgres(_))) => backend,
+            _ => Backend::Sqlite(path),
         }
     }
 
@@ -584,7 +584,7 @@ impl NodeConfig {
                 "must be 1 to 63 characters of a-z, 0-9 and '-'",
             );
         }
-        if let Some(Err(e)) = self.storage.as_deref().map(crate::store::Backend::parse) {
+        if let Some(Err(e)) = self.storage.as_deref().map(Backend::parse) {
             err("storage", &e);
         }
         if self.countries.is_empty() {
@@ -681,6 +681,88 @@ impl NodeConfig {
     }
 }
 
+/// Where a node keeps its data: the `storage` setting of its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (`sqlite:///var/lib/domicile/eu-de.sqlite`, or the `database` path).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user@host:port/db`), which several node replicas
+    /// may share.
+    Postgres(String),
+}
+
+impl Backend {
+    /// Parses a storage URL: `sqlite://<path>` or `postgres://…` / `postgresql://…`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "sqlite:// needs a path, e.g. sqlite:///var/lib/domicile/node.sqlite".into(),
+                );
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        Err("expected sqlite://<path> or postgres://<user>@<host>:<port>/<database>".into())
+    }
+
+    /// A description for logs: the SQLite path, or PostgreSQL's host, port and database
+    /// (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(p) => p.display().to_string(),
+            Self::Postgres(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                format!("postgres://{}", rest.split('?').next().unwrap_or(rest))
+            }
+        }
+    }
+}
+
+/// Where a PKCS#11 KEK lives (`[kek_pkcs11]` in the node's configuration).
+///
+/// ```toml
+/// [kek_pkcs11]
+/// module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
+/// token_label = "domicile-eu-de"
+/// key_label = "domicile-kek"
+/// pin_file = "/run/secrets/hsm-pin"           # or pin_env = "DOMICILE_HSM_PIN"
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 library.
+    pub module: PathBuf,
+    /// Label of the token that holds the key.
+    pub token_label: String,
+    /// Label of the AES-256 secret key (`CKA_LABEL`).
+    pub key_label: String,
+    /// A file holding the user PIN (trailing whitespace ignored).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// An environment variable holding the user PIN; used when `pin_file` is unset.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+}
+
+/// A KEK being rotated out (`[previous_kek]`): exactly one of its fields.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KekSource {
+    /// A file of 32 raw bytes.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An environment variable of 64 hex characters.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// A key in a PKCS#11 token.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,7 +812,7 @@ mod tests {
     fn a_tenant_vocabulary_refuses_values_outside_it_naming_the_field() {
         use crate::{
             domain::ingest::{Verdict, check_vocabulary},
-            store::{RecordBody, StoredRecord},
+            domain::stored::{RecordBody, StoredRecord},
         };
         use domicile_proto::{
             domain::{Interaction, Survey},

@@ -23,7 +23,7 @@ pub enum NodeError {
     Invalid(#[from] Violations),
     /// The storage failed. The message is for operators' logs; clients get a generic text.
     #[error("storage: {0}")]
-    Storage(#[from] crate::store::db::DbError),
+    Storage(#[from] DbError),
     /// The country policies refuse the call; the text names the countries and rule, never data.
     #[error("denied by policy: {0}")]
     DeniedByPolicy(String),
@@ -54,6 +54,53 @@ pub enum NodeError {
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// What went wrong in the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A PostgreSQL connection's thread could not start or has ended.
+    #[error("postgres connection: {0}")]
+    Thread(String),
+    /// A query expected a row and found none.
+    #[error("no row")]
+    NoRow,
+    /// A column held a value of another type than the code reads.
+    #[error("column {index}: {message}")]
+    Type {
+        /// The column.
+        index: usize,
+        /// What did not fit.
+        message: String,
+    },
+}
+
+/// PostgreSQL's message and SQLSTATE for a server error (its `DETAIL`, which can quote
+/// values, is left out), or the client's own text.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+impl DbError {
+    /// Whether this is a unique or primary-key violation (on either backend).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            Self::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for NodeError {

@@ -20,6 +20,8 @@ pub mod error;
 pub mod node;
 pub mod privacy;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use api::server::{serve, serve_local};
 pub use config::NodeConfig;

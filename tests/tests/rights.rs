@@ -2,7 +2,7 @@
 //! after a legal hold, the crypto-shredding proof on an earlier copy of the database, and
 //! retention.
 
-use domicile_node::store::Profile;
+use domicile_node::domain::stored::Profile;
 use domicile_proto::{
     error::field_violations,
     pb::{
@@ -548,7 +548,9 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     )?;
     assert_eq!(left, 1);
     assert!(
-        store.read(|c| store.profile(c, TENANT, &d3))?.is_none(),
+        store
+            .read(|c| domicile_node::domain::stored::profile(store, c, TENANT, &d3))?
+            .is_none(),
         "the profile is not held"
     );
     // Two minutes on the nodes' clock: past the hold's expiry however long the test took.

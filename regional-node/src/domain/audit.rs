@@ -733,11 +733,6 @@ pub fn open_read_only(backend: &crate::store::Backend) -> Result<Connection, Nod
     backend.connect_read_only()
 }
 
-/// The public key of an audit key seed.
-pub fn public_key_of(seed: &[u8; 32]) -> [u8; 32] {
-    SigningKey::from_bytes(seed).verifying_key().to_bytes()
-}
-
 /// One line of the records of processing: an activity, for one tenant and purpose.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Activity {

@@ -23,10 +23,10 @@ use crate::{
     domain::audit::{self, Entry},
     domain::consent,
     domain::policy::{CountryPolicy, Release},
+    domain::stored::Profile,
     error::NodeError,
     node::Node,
     privacy::pseudonym::{Kind, Pseudonymiser},
-    store::Profile,
 };
 
 /// The follow-up table; created with the rest of the schema. `channels` are the requested
@@ -619,9 +619,9 @@ impl Node {
             let policy = node.policy_for(&case.public.country, "follow_up_id")?;
             let (mut q, suppressed_as, external_id) =
                 node.follow_up_question(&tenant, &case.subject, &case.public.country, purpose)?;
-            let profile = inner
-                .store
-                .read(|conn| inner.store.profile(conn, t, &case.subject))?;
+            let profile = inner.store.read(|conn| {
+                crate::domain::stored::profile(&inner.store, conn, t, &case.subject)
+            })?;
             // The case's channel first, then the others asked for.
             let mut channels = vec![case.public.channel()];
             channels.extend(

@@ -324,7 +324,8 @@ pub fn subjects(
         let Some(external_id) = store.vault().external_id(tenant, &reference)? else {
             continue;
         };
-        let profile = store.profile(conn, tenant, &reference)?.unwrap_or_default();
+        let profile =
+            crate::domain::stored::profile(&store, conn, tenant, &reference)?.unwrap_or_default();
         out.push(IncidentSubject {
             external_id,
             country,

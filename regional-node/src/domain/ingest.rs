@@ -18,7 +18,7 @@ use domicile_proto::{
 
 use crate::{
     config::Vocabulary,
-    store::{RecordBody, StoredRecord},
+    domain::stored::{RecordBody, StoredRecord},
 };
 
 /// The verdict on one record before storage.

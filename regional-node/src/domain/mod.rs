@@ -21,3 +21,5 @@ pub mod release;
 pub mod retention;
 pub mod rights;
 pub mod rollup;
+pub mod schema;
+pub mod stored;

@@ -215,7 +215,7 @@ pub fn consents(conn: &Connection, tenant: &str) -> Result<Vec<ConsentCount>, No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::Databases;
+    use crate::testing::Databases;
 
     fn state(conn: &Connection, tenant: &str, subject: usize, version: &str, state: i32) {
         conn.execute(
@@ -267,6 +267,7 @@ mod tests {
             &crate::store::Backend::Sqlite(dir.path().join("data.sqlite")),
             &crate::store::Backend::Sqlite(dir.path().join("vault.sqlite")),
             &[7; 32],
+            &crate::domain::schema::SCHEMA,
         )
         .unwrap();
         let plan: Vec<String> = store

@@ -12,10 +12,10 @@ use domicile_proto::{domain::RecordSpec, pb::PseudonymisedInteraction};
 
 use crate::{
     domain::policy::{BirthYear, PolicySet},
+    domain::stored::Profile,
     error::NodeError,
     privacy::pseudonym::{Kind, Pseudonymiser},
     privacy::redact::Redactor,
-    store::Profile,
     store::vault::{SubjectKey, Vault, comment_aad},
 };
 

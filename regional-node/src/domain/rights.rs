@@ -23,10 +23,10 @@ use crate::{
     domain::audit::{Entry, Kind},
     domain::consent,
     domain::ingest::{Verdict, open_envelope},
+    domain::stored::{Profile, RecordBody},
     error::NodeError,
     node::Node,
     store::vault::{SubjectKey, comment_aad, interaction_id_aad},
-    store::{Profile, RecordBody},
 };
 
 /// The rights tables; created with the rest of the schema.
@@ -324,7 +324,7 @@ fn export_document(
     let tenant = req.tenant.as_str();
     let subject = key.reference.as_str();
     let key = Some(key);
-    let profile = inner.store.profile(conn, tenant, subject)?;
+    let profile = crate::domain::stored::profile(&inner.store, conn, tenant, subject)?;
     let mut interactions = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT i.interaction_id, i.channel, i.direction, i.started_at, i.ended_at, i.handle_time,
@@ -755,7 +755,7 @@ impl Node {
         let (country, profile) = inner.store.read(|conn| {
             Ok((
                 stored_country(conn, tenant, subject)?,
-                inner.store.profile(conn, tenant, subject)?,
+                crate::domain::stored::profile(&inner.store, conn, tenant, subject)?,
             ))
         })?;
         if !inner.policies.keeps_suppression(country.as_deref()) {

@@ -1122,7 +1122,8 @@ mod tests {
         domain::aggregate::run_over_rows,
         domain::consent::Gate,
         domain::policy::PolicySet,
-        store::{Backend, RecordBody, Store, StoredRecord},
+        domain::stored::{RecordBody, StoredRecord},
+        store::{Backend, Store},
     };
 
     const TENANT: &str = "acme";
@@ -1198,8 +1199,8 @@ mod tests {
                 },
             )
             .collect();
-        let keys = store.key_records(TENANT, &mut records).unwrap();
-        store.ingest(TENANT, records, keys, |_, _| Ok(())).unwrap();
+        let keys = crate::domain::stored::key_records(store, TENANT, &mut records).unwrap();
+        crate::domain::stored::write_batch(store, TENANT, records, keys, 0, |_, _| Ok(())).unwrap();
     }
 
     /// Every cell, with its subjects by id rather than number.
@@ -1409,7 +1410,7 @@ mod tests {
         #[test]
         fn cells_answer_exactly_as_the_rows_on_sqlite(case in case()) {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &Backend::Sqlite(dir.path().join("v.db")), &[7; 32]).unwrap();
+            let store = Store::open(&Backend::Sqlite(dir.path().join("n.db")), &Backend::Sqlite(dir.path().join("v.db")), &[7; 32], &crate::domain::schema::SCHEMA).unwrap();
             cells_answer_exactly_as_the_rows(&store, case)?;
         }
     }
@@ -1418,7 +1419,7 @@ mod tests {
     /// fewer cases, one cluster, a database per case.
     #[test]
     fn cells_answer_exactly_as_the_rows_on_postgres() {
-        let dbs = crate::store::testing::Databases::new();
+        let dbs = crate::testing::Databases::new();
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases: 24,
             ..ProptestConfig::default()
@@ -1541,7 +1542,7 @@ mod tests {
 
     #[test]
     fn bounded_by_day_equals_each_day_alone_on_both_backends() {
-        let dbs = crate::store::testing::Databases::new();
+        let dbs = crate::testing::Databases::new();
         for backend in dbs.both() {
             bounded_by_day_equals_each_day_alone(&dbs.store(&backend));
         }
@@ -1569,6 +1570,7 @@ mod tests {
             &Backend::Sqlite(db.clone()),
             &Backend::Sqlite(vault.clone()),
             &[7; 32],
+            &crate::domain::schema::SCHEMA,
         )
         .unwrap();
         ingest(&store, &rows);
@@ -1591,6 +1593,7 @@ mod tests {
             &Backend::Sqlite(db.clone()),
             &Backend::Sqlite(vault.clone()),
             &[7; 32],
+            &crate::domain::schema::SCHEMA,
         )
         .unwrap_err();
         assert!(e.to_string().contains("cannot convert them"), "{e}");
@@ -1608,6 +1611,7 @@ mod tests {
             &Backend::Sqlite(dir.path().join("n.db")),
             &Backend::Sqlite(dir.path().join("v.db")),
             &[7; 32],
+            &crate::domain::schema::SCHEMA,
         )
         .unwrap();
         let policies = PolicySet::load(None, &COUNTRIES.map(String::from)).unwrap();

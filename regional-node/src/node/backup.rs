@@ -27,7 +27,7 @@ use crate::{
     error::NodeError,
     store::keys,
     store::vault::Vault,
-    store::{Backend, SCHEMA_VERSION},
+    {domain::schema::SCHEMA_VERSION, store::Backend},
 };
 
 /// What a backup copied.

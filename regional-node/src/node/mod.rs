@@ -35,12 +35,13 @@ use crate::{
     domain::ingest::{Verdict, open_envelope, result},
     domain::policy::{CountryPolicy, PolicySet, Release},
     domain::records,
+    domain::stored::{self, RecordBody, StoreOutcome},
     error::NodeError,
     node::metrics::StorageSize,
     node::metrics::{DecisionLabels, NodeMetrics, OutcomeLabels, TenantLabels},
     privacy::pseudonym::Pseudonymiser,
     store::keys,
-    store::{Backend, RecordBody, Store, StoreOutcome},
+    store::{Backend, Store},
 };
 
 /// Messages buffered between the SQL reader and the gRPC stream of `QueryRecords`: when the
@@ -217,6 +218,7 @@ impl Node {
         let store = Store::open_with_vault(
             &config.backend(),
             crate::store::vault::Vault::open_for(&config)?,
+            &crate::domain::schema::SCHEMA,
         )?;
         store.write(|tx| {
             audit.append(
@@ -795,7 +797,8 @@ impl Node {
             })
             .collect();
         // From here on the records carry their subjects' references and keyed ids only.
-        let keys = inner.store.key_records(
+        let keys = stored::key_records(
+            &inner.store,
             tenant.as_str(),
             verdicts.iter_mut().filter_map(|v| match v {
                 Verdict::Store(r) => Some(r.as_mut()),
@@ -833,46 +836,49 @@ impl Node {
         let audit_tenant = tenant.clone();
         let key_id = source.to_owned();
         let sent = meta.len();
-        let outcomes =
-            inner
-                .store
-                .ingest(tenant.as_str(), to_store, keys, move |tx, outcomes| {
-                    let stored = outcomes
-                        .iter()
-                        .filter(|o| **o == StoreOutcome::Stored)
-                        .count();
-                    if !contacts.is_empty() && consent::any_suppression(tx, audit_tenant.as_str())?
-                    {
-                        for (i, subject_id, ids) in &contacts {
-                            if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
-                                consent::extend_suppression(
-                                    tx,
-                                    audit_tenant.as_str(),
-                                    ids,
-                                    subject_id,
-                                )?;
-                            }
+        let outcomes = stored::write_batch(
+            &inner.store,
+            tenant.as_str(),
+            to_store,
+            keys,
+            self.now(),
+            move |tx, outcomes| {
+                let stored = outcomes
+                    .iter()
+                    .filter(|o| **o == StoreOutcome::Stored)
+                    .count();
+                if !contacts.is_empty() && consent::any_suppression(tx, audit_tenant.as_str())? {
+                    for (i, subject_id, ids) in &contacts {
+                        if outcomes.get(*i) == Some(&StoreOutcome::Stored) {
+                            consent::extend_suppression(
+                                tx,
+                                audit_tenant.as_str(),
+                                ids,
+                                subject_id,
+                            )?;
                         }
                     }
-                    audit_node.inner.audit.append(
-                        tx,
-                        Entry {
-                            kind: audit::Kind::IngestBatch,
-                            tenant: audit_tenant.as_str(),
-                            subject: None,
-                            details: serde_json::json!({
-                                "key_id": key_id,
-                                "records": sent,
-                                "accepted": stored,
-                                "duplicate": outcomes.len() - stored,
-                                "rejected": rejected,
-                                "subject_records": subjects,
-                                "interaction_records": interactions,
-                            }),
-                        },
-                    )?;
-                    Ok(())
-                })?;
+                }
+                audit_node.inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: audit::Kind::IngestBatch,
+                        tenant: audit_tenant.as_str(),
+                        subject: None,
+                        details: serde_json::json!({
+                            "key_id": key_id,
+                            "records": sent,
+                            "accepted": stored,
+                            "duplicate": outcomes.len() - stored,
+                            "rejected": rejected,
+                            "subject_records": subjects,
+                            "interaction_records": interactions,
+                        }),
+                    },
+                )?;
+                Ok(())
+            },
+        )?;
         let mut outcomes = outcomes.into_iter();
         let results: Vec<RecordResult> = meta
             .iter()
@@ -1350,12 +1356,12 @@ impl Node {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<crate::store::Profile>, NodeError> {
+    ) -> Result<Option<crate::domain::stored::Profile>, NodeError> {
         let store = &self.inner.store;
         let Some(key) = store.vault().find(tenant, external_id)? else {
             return Ok(None);
         };
-        store.read(|conn| store.profile(conn, tenant, &key.reference))
+        store.read(|conn| crate::domain::stored::profile(&store, conn, tenant, &key.reference))
     }
 
     /// Audits a consent ledger entry under the subject's audit pseudonym, in the caller's
@@ -1576,4 +1582,17 @@ fn fingerprint(tenant: &str, query: &[u8]) -> String {
     h.update([0]);
     h.update(query);
     hex::encode(h.finalize())
+}
+
+/// Brings the node's database to [`crate::domain::schema::SCHEMA_VERSION`] (creating it if
+/// missing) without serving; returns the version it had (`None`: new).
+pub fn migrate(config: &NodeConfig) -> Result<Option<i64>, NodeError> {
+    let backend = config.backend();
+    let before = crate::store::schema_version(&backend)?;
+    Store::open_with_vault(
+        &backend,
+        crate::store::vault::Vault::open_for(config)?,
+        &crate::domain::schema::SCHEMA,
+    )?;
+    Ok(before)
 }

@@ -16,6 +16,7 @@ use std::{collections::HashMap, fmt};
 
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
+pub use crate::error::DbError;
 use crate::error::NodeError;
 
 /// Log filter directives every Domicile binary adds after the operator's own: the PostgreSQL
@@ -35,53 +36,6 @@ pub enum Dialect {
     Sqlite,
     /// PostgreSQL.
     Postgres,
-}
-
-/// What went wrong in the database layer.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// SQLite failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL failed.
-    #[error("postgres: {}", pg_message(.0))]
-    Postgres(#[from] postgres::Error),
-    /// A PostgreSQL connection's thread could not start or has ended.
-    #[error("postgres connection: {0}")]
-    Thread(String),
-    /// A query expected a row and found none.
-    #[error("no row")]
-    NoRow,
-    /// A column held a value of another type than the code reads.
-    #[error("column {index}: {message}")]
-    Type {
-        /// The column.
-        index: usize,
-        /// What did not fit.
-        message: String,
-    },
-}
-
-/// PostgreSQL's message and SQLSTATE for a server error (its `DETAIL`, which can quote
-/// values, is left out), or the client's own text.
-fn pg_message(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
-impl DbError {
-    /// Whether this is a unique or primary-key violation (on either backend).
-    pub fn is_unique_violation(&self) -> bool {
-        match self {
-            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
-                f.code == rusqlite::ErrorCode::ConstraintViolation
-            }
-            Self::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
-            _ => false,
-        }
-    }
 }
 
 /// A value bound to a statement or read from a row.

@@ -23,50 +23,9 @@ use cryptoki::{
     session::{Session, UserType},
     types::AuthPin,
 };
-use serde::Deserialize;
 
+pub use crate::config::{KekSource, Pkcs11Config};
 use crate::{config::NodeConfig, error::NodeError};
-
-/// Where a PKCS#11 KEK lives (`[kek_pkcs11]` in the node's configuration).
-///
-/// ```toml
-/// [kek_pkcs11]
-/// module = "/usr/lib/softhsm/libsofthsm2.so"   # the vendor's PKCS#11 library
-/// token_label = "domicile-eu-de"
-/// key_label = "domicile-kek"
-/// pin_file = "/run/secrets/hsm-pin"           # or pin_env = "DOMICILE_HSM_PIN"
-/// ```
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Pkcs11Config {
-    /// Path of the PKCS#11 library.
-    pub module: PathBuf,
-    /// Label of the token that holds the key.
-    pub token_label: String,
-    /// Label of the AES-256 secret key (`CKA_LABEL`).
-    pub key_label: String,
-    /// A file holding the user PIN (trailing whitespace ignored).
-    #[serde(default)]
-    pub pin_file: Option<PathBuf>,
-    /// An environment variable holding the user PIN; used when `pin_file` is unset.
-    #[serde(default)]
-    pub pin_env: Option<String>,
-}
-
-/// A KEK being rotated out (`[previous_kek]`): exactly one of its fields.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct KekSource {
-    /// A file of 32 raw bytes.
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    /// An environment variable of 64 hex characters.
-    #[serde(default)]
-    pub env: Option<String>,
-    /// A key in a PKCS#11 token.
-    #[serde(default)]
-    pub pkcs11: Option<Pkcs11Config>,
-}
 
 /// A key-encryption key: wraps and unwraps data keys, bound to an AAD.
 #[derive(Clone)]

@@ -123,11 +123,10 @@ pub fn create_region_keys(config: &NodeConfig) -> Result<CreatedKeys, NodeError>
     } else {
         None
     };
-    let audit = crate::domain::audit::AuditLog::new(&config.region_id, &audit_seed, 1);
     Ok(CreatedKeys {
         sealing_key_id: sealing.public().key_id().to_owned(),
         sealing_public: *sealing.public().as_bytes(),
-        audit_public: audit.public_key(),
+        audit_public: public_key_of(&audit_seed),
         kek,
     })
 }
@@ -184,6 +183,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// The public key of the region's identity (audit) key, from its seed (the audit key file):
+/// the Ed25519 key that signs the audit chain and the region's statements.
+pub fn public_key_of(seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(seed)
+        .verifying_key()
+        .to_bytes()
 }
 
 #[cfg(test)]

@@ -1,111 +1,34 @@
-//! Embedded storage: one SQLite file per node, in WAL mode.
+//! The store: the bottom layer of the node. It knows the engines (SQLite, PostgreSQL), how to
+//! apply a [`Schema`] and its migrations, and how to run reads and group-committed writes; it
+//! knows nothing of what the tables mean (that is [`crate::domain`], which writes the schema
+//! and the SQL its modules run through [`db::Connection`]).
 //!
-//! Personal fields live in their own tables (`subject_pii`, `interaction_text`), apart from the
-//! analytical columns, encrypted with the subject's data key. No id in this database is a
-//! customer's: `external_id` and `subject_id` columns hold the subject's *reference* (random,
-//! mapped to the external id only by the key vault), `interaction_id` and `idempotency_key`
-//! hold keyed forms that only the subject's data key recomputes ([`crate::store::vault`]). Every table
-//! is keyed by tenant first: no query can reach across tenants.
+//! SQLite is one file per node, in WAL mode. One writer connection behind a mutex (SQLite has
+//! one writer anyway) takes each write in a single transaction, and writes that arrive while
+//! a commit is being written share the next one ([`Store::write_grouped`]). Readers use their
+//! own connections from a small pool so that aggregates never wait for ingest (WAL lets
+//! readers and the writer overlap).
 //!
-//! One writer connection behind a mutex (SQLite has one writer anyway) takes each envelope in a
-//! single transaction — one commit, one fsync per batch. Readers use their own connections from a
-//! small pool so that aggregates never wait for ingest (WAL lets readers and the writer overlap).
+//! Beside the data: the key vault ([`vault`], the subjects' data keys, wrapped by the KEK of
+//! [`kek`]) and the region's key files ([`keys`]).
+
+pub use crate::config::Backend;
 
 pub mod db;
 pub mod kek;
 pub mod keys;
 pub mod postgres;
-#[cfg(test)]
-pub(crate) mod testing;
 pub mod vault;
 
-use std::{any::Any, path::PathBuf, sync::Mutex, sync::mpsc};
+use std::{any::Any, sync::Mutex, sync::mpsc};
 
-use domicile_proto::domain::unix_now as now;
-use domicile_proto::domain::{Interaction, Subject};
 use rusqlite::OpenFlags;
 
 use crate::{
-    domain::rollup::Facts,
     error::NodeError,
     store::db::{Connection, Dialect, params},
-    store::vault::{SubjectKey, Vault, comment_aad, interaction_id_aad, profile_aad},
+    store::vault::Vault,
 };
-
-const SCHEMA: &str = r#"
--- `external_id` (here and below) holds the subject's reference, not the customer's id.
-CREATE TABLE IF NOT EXISTS subjects (
-    tenant      TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    country     TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL,
-    PRIMARY KEY (tenant, external_id)
-) WITHOUT ROWID;
-
--- Personal data of a subject, kept apart from the analytical columns and encrypted with the
--- subject's data key (see vault.rs). `has_contact` (an e-mail or phone is on file) is the one
--- fact about it kept in clear, for incident counts.
-CREATE TABLE IF NOT EXISTS subject_pii (
-    tenant      TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    profile     BLOB NOT NULL,
-    has_contact INTEGER NOT NULL,
-    PRIMARY KEY (tenant, external_id)
-) WITHOUT ROWID;
-
--- Earlier versions of rectified profiles, encrypted like the profile.
-CREATE TABLE IF NOT EXISTS subject_pii_history (
-    tenant      TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    replaced_at INTEGER NOT NULL,
-    profile     BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS subject_pii_history_by_subject ON subject_pii_history (tenant, external_id);
-
--- `interaction_id` is the stored form of the id (the reference and a keyed hash);
--- `sealed_id` the clear id, encrypted with the subject's data key, for access exports.
-CREATE TABLE IF NOT EXISTS interactions (
-    tenant         TEXT NOT NULL,
-    interaction_id TEXT NOT NULL,
-    subject_id     TEXT NOT NULL,
-    country        TEXT NOT NULL,
-    channel        INTEGER NOT NULL,
-    direction      INTEGER NOT NULL,
-    started_at     INTEGER NOT NULL,
-    ended_at       INTEGER,
-    handle_time    INTEGER NOT NULL,
-    outcome        TEXT NOT NULL,
-    agent_team     TEXT NOT NULL,
-    recorded       INTEGER NOT NULL,
-    survey_id      TEXT,
-    nps            INTEGER,
-    csat           INTEGER,
-    ces            INTEGER,
-    sealed_id      BLOB,
-    PRIMARY KEY (tenant, interaction_id)
-);
-CREATE INDEX IF NOT EXISTS interactions_by_time ON interactions (tenant, started_at);
-
--- Free text is personal data: kept apart and encrypted with the subject's data key.
-CREATE TABLE IF NOT EXISTS interaction_text (
-    tenant         TEXT NOT NULL,
-    interaction_id TEXT NOT NULL,
-    subject_id     TEXT NOT NULL,
-    comment        BLOB NOT NULL,
-    PRIMARY KEY (tenant, interaction_id)
-) WITHOUT ROWID;
-
--- Idempotency: one row per accepted (tenant, idempotency key), the key in its stored form
--- (the subject's reference and a keyed hash), so an erasure deletes its subject's by range.
-CREATE TABLE IF NOT EXISTS ingest_keys (
-    tenant          TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    kind            INTEGER NOT NULL,
-    ingested_at     INTEGER NOT NULL,
-    PRIMARY KEY (tenant, idempotency_key)
-) WITHOUT ROWID;
-"#;
 
 /// Page cache of the writer connection, KiB: the indexes ingest touches stay in memory.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
@@ -123,92 +46,6 @@ fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// The version of the schema this code writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 9;
-
-/// A subject's personal fields, stored encrypted as one JSON document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Profile {
-    /// Full name.
-    pub full_name: String,
-    /// E-mail address.
-    pub email: String,
-    /// Phone number.
-    pub phone: String,
-    /// Postal code.
-    pub postal_code: String,
-    /// Preferred language.
-    pub language: String,
-    /// Year of birth.
-    pub birth_year: Option<u32>,
-}
-
-impl Profile {
-    /// Encrypts the profile for `subject` (a reference) of `tenant` with its data key.
-    pub fn seal(
-        &self,
-        key: &SubjectKey,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Vec<u8>, NodeError> {
-        let json = serde_json::to_vec(self).map_err(|e| NodeError::Internal(e.to_string()))?;
-        key.seal(&profile_aad(tenant, subject), &json)
-    }
-
-    /// Decrypts a stored profile; `None` when it does not open (shredded key or tampering).
-    pub fn open(key: &SubjectKey, tenant: &str, subject: &str, blob: &[u8]) -> Option<Self> {
-        let json = key.open(&profile_aad(tenant, subject), blob)?;
-        serde_json::from_slice(&json).ok()
-    }
-}
-
-/// A record ready to store: validated and with its routing metadata. Its ids are the clear
-/// ones until [`Store::key_records`] rewrites them into their stored forms.
-#[derive(Debug)]
-pub struct StoredRecord {
-    /// Idempotency key.
-    pub idempotency_key: String,
-    /// An interaction's clear id, sealed with the subject's data key (set by
-    /// [`Store::key_records`]).
-    pub sealed_id: Option<Vec<u8>>,
-    /// Subject country.
-    pub country: String,
-    /// The record.
-    pub body: RecordBody,
-}
-
-/// The content of a record to store.
-#[derive(Debug)]
-pub enum RecordBody {
-    /// A profile.
-    Subject(Subject),
-    /// A touchpoint.
-    Interaction(Interaction),
-}
-
-impl StoredRecord {
-    /// The record's subject: its external id, or its reference once keyed.
-    pub fn subject(&self) -> &str {
-        match &self.body {
-            RecordBody::Subject(s) => &s.external_id,
-            RecordBody::Interaction(i) => &i.subject_id,
-        }
-    }
-}
-
-/// The data keys of a batch's subjects, by reference ([`Store::key_records`]).
-#[derive(Debug, Default)]
-pub struct BatchKeys(std::collections::HashMap<String, SubjectKey>);
-
-/// What storing one record did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOutcome {
-    /// Newly stored.
-    Stored,
-    /// Its idempotency key was seen before; nothing changed.
-    Duplicate,
-}
-
 /// A grouped write's answer, of the type its caller expects.
 type Answer = Result<Box<dyn Any + Send>, NodeError>;
 
@@ -219,147 +56,61 @@ struct Pending {
     reply: mpsc::SyncSender<Answer>,
 }
 
-/// One step of the schema, from `version - 1` to `version`. Tables and indexes a version adds
+/// A schema for the store to apply: the tables in each engine's dialect, its version, and the
+/// migrations that bring an older database to that version. The domain writes it
+/// ([`crate::domain::schema`]); the store only applies it.
+pub struct Schema {
+    /// The version this schema is (`PRAGMA user_version` on SQLite, the `domicile_schema`
+    /// table on PostgreSQL).
+    pub version: i64,
+    /// The tables, indexes and triggers in SQLite's dialect (`IF NOT EXISTS` throughout).
+    pub sqlite: String,
+    /// The same in PostgreSQL's dialect.
+    pub postgres: String,
+    /// Every migration, in order. A database older than the first one's starting version
+    /// cannot be migrated.
+    pub migrations: &'static [Migration],
+}
+
+/// One step of a schema, from `version - 1` to `version`. Tables and indexes a version adds
 /// are created by the schema itself (`IF NOT EXISTS`); a step fills what they must hold.
 pub struct Migration {
     /// The version it reaches.
     pub version: i64,
     /// What it does, for the log and `domicile node migrate --check`.
     pub what: &'static str,
-    apply: fn(&Connection) -> Result<(), NodeError>,
+    /// The step, in the migrating transaction.
+    pub apply: fn(&Connection) -> Result<(), NodeError>,
 }
 
-/// Every migration, in order. A database older than the first one's starting version cannot
-/// be migrated.
-pub static MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 4,
-        what: "rollup cells and per-subject cells, built from the stored interactions",
-        apply: |tx| crate::domain::rollup::rebuild(tx),
-    },
-    Migration {
-        version: 5,
-        what: "DPO signature nonces; audit checkpoints append-only (both made by the schema)",
-        apply: |_| Ok(()),
-    },
-    Migration {
-        version: 6,
-        what: "differentially private releases and their accountant (made by the schema)",
-        apply: |_| Ok(()),
-    },
-    Migration {
-        version: 7,
-        what: "suppressions kept by erasures (made by the schema)",
-        apply: |_| Ok(()),
-    },
-    Migration {
-        version: 8,
-        what: "subjects by reference, ids keyed by the subject's data key (an empty database only)",
-        apply: keyed_ids,
-    },
-    Migration {
-        version: 9,
-        what: "follow-up cases (made by the schema)",
-        apply: |_| Ok(()),
-    },
-];
-
-/// Migration 8: the layout where no customer id is stored in clear. Ids stored by an earlier
-/// version are in clear and their subjects' keys are in the vault by external id: converting
-/// them needs both databases at once and is not done in place, so a database that holds
-/// subjects is refused (docs/erasure.md, upgrading from schema 7).
-fn keyed_ids(tx: &Connection) -> Result<(), NodeError> {
-    let held: i64 = tx.query_row(
-        "SELECT (SELECT COUNT(*) FROM subjects) + (SELECT COUNT(*) FROM interactions)
-              + (SELECT COUNT(*) FROM consent_ledger)",
-        params![],
-        |r| r.get(0),
-    )?;
-    if held > 0 {
-        return Err(NodeError::Internal(
-            "schema 7 holds customer ids in clear and this release cannot convert them in \
-             place: export the subjects, start an empty database and ingest them again \
-             (docs/erasure.md, upgrading from schema 7)"
-                .into(),
-        ));
-    }
-    match tx.dialect() {
-        Dialect::Sqlite => {
-            let has: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('interactions') WHERE name = 'sealed_id'",
-                params![],
-                |r| r.get(0),
-            )?;
-            if has == 0 {
-                tx.execute_batch("ALTER TABLE interactions ADD COLUMN sealed_id BLOB")?;
-            }
+impl Schema {
+    /// The migrations that take a database at `version` to this schema's version, or why it
+    /// cannot be.
+    pub fn pending(&self, version: i64) -> Result<Vec<&'static Migration>, NodeError> {
+        let latest = self.version;
+        let oldest = self.migrations.first().map_or(latest, |m| m.version - 1);
+        if version > latest {
+            return Err(NodeError::Internal(format!(
+                "schema version {version} was written by a newer Domicile; this one knows up to \
+                 {latest}"
+            )));
         }
-        Dialect::Postgres => {
-            tx.execute_batch("ALTER TABLE interactions ADD COLUMN IF NOT EXISTS sealed_id BYTEA")?
+        if version < oldest {
+            return Err(NodeError::Internal(format!(
+                "schema version {version} is older than any this Domicile migrates from ({oldest}); \
+                 migrate with an earlier release first"
+            )));
         }
+        Ok(self
+            .migrations
+            .iter()
+            .filter(|m| m.version > version)
+            .collect())
     }
-    Ok(())
 }
 
-/// The migrations that take a database at `version` to [`SCHEMA_VERSION`], or why it cannot
-/// be.
-pub fn pending_migrations(version: i64) -> Result<Vec<&'static Migration>, NodeError> {
-    let oldest = MIGRATIONS.first().map_or(SCHEMA_VERSION, |m| m.version - 1);
-    if version > SCHEMA_VERSION {
-        return Err(NodeError::Internal(format!(
-            "schema version {version} was written by a newer Domicile; this one knows up to \
-             {SCHEMA_VERSION}"
-        )));
-    }
-    if version < oldest {
-        return Err(NodeError::Internal(format!(
-            "schema version {version} is older than any this Domicile migrates from ({oldest}); \
-             migrate with an earlier release first"
-        )));
-    }
-    Ok(MIGRATIONS.iter().filter(|m| m.version > version).collect())
-}
-
-/// Where a node keeps its data: the `storage` setting of its configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// A SQLite file (`sqlite:///var/lib/domicile/eu-de.sqlite`, or the `database` path).
-    Sqlite(PathBuf),
-    /// A PostgreSQL database (`postgres://user@host:port/db`), which several node replicas
-    /// may share.
-    Postgres(String),
-}
-
+/// Connections to a [`Backend`].
 impl Backend {
-    /// Parses a storage URL: `sqlite://<path>` or `postgres://…` / `postgresql://…`.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(
-                    "sqlite:// needs a path, e.g. sqlite:///var/lib/domicile/node.sqlite".into(),
-                );
-            }
-            return Ok(Self::Sqlite(PathBuf::from(path)));
-        }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres(url.to_owned()));
-        }
-        Err("expected sqlite://<path> or postgres://<user>@<host>:<port>/<database>".into())
-    }
-
-    /// A description for logs: the SQLite path, or PostgreSQL's host, port and database
-    /// (never the password).
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Sqlite(p) => p.display().to_string(),
-            Self::Postgres(url) => {
-                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-                format!("postgres://{}", rest.split('?').next().unwrap_or(rest))
-            }
-        }
-    }
-
     /// A new read-write connection, outside the node's store (for tests and tools that
     /// inspect or alter a database directly).
     pub fn connect_read_write(&self) -> Result<Connection, NodeError> {
@@ -449,15 +200,6 @@ fn pg_schema_version(conn: &Connection) -> Result<Option<i64>, NodeError> {
     })
 }
 
-/// Brings the node's database to [`SCHEMA_VERSION`] (creating it if missing) without serving;
-/// returns the version it had (`None`: new).
-pub fn migrate(config: &crate::config::NodeConfig) -> Result<Option<i64>, NodeError> {
-    let backend = config.backend();
-    let before = schema_version(&backend)?;
-    Store::open_with_vault(&backend, Vault::open_for(config)?)?;
-    Ok(before)
-}
-
 /// The node's store: one writer connection (group-committed) and a pool of readers, over
 /// SQLite or PostgreSQL.
 pub struct Store {
@@ -484,13 +226,22 @@ const SCHEMA_LOCK: i64 = 0x646f_6d69_0001;
 impl Store {
     /// Opens (creating if needed) the database and its key vault at `vault` (with the region's
     /// key-encryption key), and applies the schema and any pending migration.
-    pub fn open(backend: &Backend, vault: &Backend, kek: &[u8; 32]) -> Result<Self, NodeError> {
-        Self::open_with_vault(backend, Vault::open(vault, kek)?)
+    pub fn open(
+        backend: &Backend,
+        vault: &Backend,
+        kek: &[u8; 32],
+        schema: &Schema,
+    ) -> Result<Self, NodeError> {
+        Self::open_with_vault(backend, Vault::open(vault, kek)?, schema)
     }
 
     /// Opens (creating if needed) the database beside its opened key vault (whose KEK was
     /// checked before this touches any data), and applies the schema and any pending migration.
-    pub fn open_with_vault(backend: &Backend, vault: Vault) -> Result<Self, NodeError> {
+    pub fn open_with_vault(
+        backend: &Backend,
+        vault: Vault,
+        schema: &Schema,
+    ) -> Result<Self, NodeError> {
         if let Backend::Sqlite(path) = backend
             && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         {
@@ -498,7 +249,7 @@ impl Store {
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
         let writer = backend.connect(false)?;
-        writer.transaction(|tx| apply_schema(tx, backend))?;
+        writer.transaction(|tx| apply_schema(tx, backend, schema))?;
         Ok(Self {
             backend: backend.clone(),
             writer: Mutex::new(writer),
@@ -516,85 +267,6 @@ impl Store {
     /// The key vault.
     pub fn vault(&self) -> &Vault {
         &self.vault
-    }
-
-    /// A subject's decrypted profile, if stored and its key is alive.
-    pub fn profile(
-        &self,
-        conn: &Connection,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Option<Profile>, NodeError> {
-        let blob: Option<Vec<u8>> = conn.query_opt(
-            "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
-            params![tenant, subject],
-            |r| r.get(0),
-        )?;
-        let (Some(blob), Some(key)) = (blob, self.vault.key(tenant, subject)?) else {
-            return Ok(None);
-        };
-        Ok(Profile::open(&key, tenant, subject, &blob))
-    }
-
-    /// Rewrites a batch's ids into their stored forms, in place: each subject's external id
-    /// becomes its reference (made, with its data key, for subjects not seen before),
-    /// interaction ids and idempotency keys their keyed forms, and an interaction's clear id
-    /// is sealed. Returns the subjects' keys, by reference, for [`Store::ingest`]. The keys are
-    /// made in the vault's own transaction: a key made for a batch that then fails is harmless,
-    /// a record stored without its key would not be.
-    pub fn key_records<'a>(
-        &self,
-        tenant: &str,
-        records: impl IntoIterator<Item = &'a mut StoredRecord>,
-    ) -> Result<BatchKeys, NodeError> {
-        let records: Vec<&mut StoredRecord> = records.into_iter().collect();
-        let externals: std::collections::BTreeSet<&str> =
-            records.iter().map(|r| r.subject()).collect();
-        let mut by_external = self.vault.resolve(tenant, &externals, true)?;
-        for record in records {
-            let key = by_external
-                .get(record.subject())
-                .ok_or_else(|| NodeError::Internal("a data key is missing".into()))?;
-            record.idempotency_key = key.stored_id("idempotency", &record.idempotency_key);
-            match &mut record.body {
-                RecordBody::Subject(s) => s.external_id.clone_from(&key.reference),
-                RecordBody::Interaction(i) => {
-                    let stored = key.stored_id("interaction", &i.interaction_id);
-                    record.sealed_id = Some(key.seal(
-                        &interaction_id_aad(tenant, &stored),
-                        i.interaction_id.as_bytes(),
-                    )?);
-                    i.interaction_id = stored;
-                    i.subject_id.clone_from(&key.reference);
-                }
-            }
-        }
-        Ok(BatchKeys(
-            by_external
-                .drain()
-                .map(|(_, k)| (k.reference.clone(), k))
-                .collect(),
-        ))
-    }
-
-    /// Stores a batch whose ids [`Store::key_records`] rewrote, group-committed with the
-    /// batches that arrive while the previous commit is being written
-    /// ([`Store::write_grouped`]). Each record's outcome, in order. `audit` runs in the same
-    /// transaction, after the records, so the batch and its audit entry are durable together
-    /// or not at all; the outcomes are returned once they are durable.
-    pub fn ingest(
-        &self,
-        tenant: &str,
-        records: Vec<StoredRecord>,
-        keys: BatchKeys,
-        audit: impl FnOnce(&Connection, &[StoreOutcome]) -> Result<(), NodeError> + Send + 'static,
-    ) -> Result<Vec<StoreOutcome>, NodeError> {
-        let tenant = tenant.to_owned();
-        self.write_grouped(move |tx| {
-            let outcomes = store_batch(tx, &tenant, &records, &keys.0)?;
-            audit(tx, &outcomes)?;
-            Ok(outcomes)
-        })
     }
 
     /// The writer, reconnected first if its PostgreSQL connection was lost (a restarted or
@@ -714,7 +386,7 @@ impl Store {
 }
 
 /// Creates or migrates the schema in the open transaction of `tx`.
-fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
+fn apply_schema(tx: &Connection, backend: &Backend, schema: &Schema) -> Result<(), NodeError> {
     let version = match tx.dialect() {
         Dialect::Sqlite => {
             let c = tx.as_sqlite().expect("a SQLite connection");
@@ -728,29 +400,15 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
             pg_schema_version(tx)?
         }
     };
-    let version = version.unwrap_or(SCHEMA_VERSION);
-    pending_migrations(version)
+    let version = version.unwrap_or(schema.version);
+    let pending = schema
+        .pending(version)
         .map_err(|e| NodeError::Internal(format!("{}: {e}", backend.describe())))?;
-    let sqlite_schema = [
-        SCHEMA,
-        crate::domain::consent::SCHEMA,
-        crate::domain::audit::SCHEMA,
-        crate::domain::authority::SCHEMA,
-        crate::domain::incident::SCHEMA,
-        crate::domain::followup::SCHEMA,
-        crate::domain::rights::SCHEMA,
-        crate::domain::release::SCHEMA,
-        &crate::domain::rollup::schema(),
-    ]
-    .concat();
     match tx.dialect() {
-        Dialect::Sqlite => tx.execute_batch(&sqlite_schema)?,
-        Dialect::Postgres => {
-            tx.execute_batch(&crate::store::postgres::translate(&sqlite_schema))?;
-            tx.execute_batch(&crate::store::postgres::triggers())?;
-        }
+        Dialect::Sqlite => tx.execute_batch(&schema.sqlite)?,
+        Dialect::Postgres => tx.execute_batch(&schema.postgres)?,
     }
-    for m in pending_migrations(version)? {
+    for m in pending {
         tracing::info!(
             database = %backend.describe(),
             from = m.version - 1,
@@ -767,7 +425,9 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
         );
     }
     match tx.dialect() {
-        Dialect::Sqlite => tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?,
+        Dialect::Sqlite => {
+            tx.execute_batch(&format!("PRAGMA user_version = {}", schema.version))?
+        }
         Dialect::Postgres => {
             tx.execute_batch(
                 "CREATE TABLE IF NOT EXISTS domicile_schema (version BIGINT NOT NULL);
@@ -775,7 +435,7 @@ fn apply_schema(tx: &Connection, backend: &Backend) -> Result<(), NodeError> {
             )?;
             tx.execute(
                 "INSERT INTO domicile_schema (version) VALUES (?1)",
-                params![SCHEMA_VERSION],
+                params![schema.version],
             )?;
         }
     }
@@ -825,148 +485,12 @@ fn commit_group(conn: &Connection, group: Vec<Pending>) {
     }
 }
 
-/// Writes one batch's records in `tx`; each record's outcome, in order.
-fn store_batch(
-    tx: &Connection,
-    tenant: &str,
-    records: &[StoredRecord],
-    keys: &std::collections::HashMap<String, SubjectKey>,
-) -> Result<Vec<StoreOutcome>, NodeError> {
-    let key_of = |subject: &str| {
-        keys.get(subject)
-            .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
-    };
-    let now = now();
-    let mut outcomes = Vec::with_capacity(records.len());
-    let mut rollups = crate::domain::rollup::Delta::default();
-    {
-        const CLAIM: &str = "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)";
-        const SUBJECT: &str = "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at";
-        const PII: &str = "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant, external_id) DO UPDATE SET profile = excluded.profile, has_contact = excluded.has_contact";
-        const NEW_INTERACTION: &str =
-            "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
-               channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
-               survey_id, nps, csat, ces, sealed_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT (tenant, interaction_id) DO NOTHING";
-        const REPLACE_INTERACTION: &str = "UPDATE interactions SET subject_id = ?3, country = ?4,
-               channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
-               outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
-               csat = ?15, ces = ?16, sealed_id = ?17
-             WHERE tenant = ?1 AND interaction_id = ?2";
-        const TEXT: &str = "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant, interaction_id) DO UPDATE SET subject_id = excluded.subject_id, comment = excluded.comment";
-        const DROP_TEXT: &str =
-            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2";
-        // Prepared once per batch (on SQLite; PostgreSQL's connection caches its own).
-        let mut claim = tx.prepare_cached(CLAIM)?;
-        let mut subject = tx.prepare_cached(SUBJECT)?;
-        let mut pii = tx.prepare_cached(PII)?;
-        let mut new_interaction = tx.prepare_cached(NEW_INTERACTION)?;
-        let mut replace_interaction = tx.prepare_cached(REPLACE_INTERACTION)?;
-        let mut text = tx.prepare_cached(TEXT)?;
-        let mut drop_text = tx.prepare_cached(DROP_TEXT)?;
-        for record in records {
-            let kind = match record.body {
-                RecordBody::Subject(_) => 1,
-                RecordBody::Interaction(_) => 2,
-            };
-            if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
-                outcomes.push(StoreOutcome::Duplicate);
-                continue;
-            }
-            match &record.body {
-                RecordBody::Subject(s) => {
-                    subject.execute(params![tenant, s.external_id, record.country, now])?;
-                    let profile = Profile {
-                        full_name: s.full_name.clone(),
-                        email: s.email.clone(),
-                        phone: s.phone.clone(),
-                        postal_code: s.postal_code.clone(),
-                        language: s.language.clone(),
-                        birth_year: s.birth_year.map(u32::from),
-                    };
-                    let sealed = profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
-                    let has_contact = !s.email.is_empty() || !s.phone.is_empty();
-                    pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
-                }
-                RecordBody::Interaction(i) => {
-                    let survey = i.survey.as_ref();
-                    let values = params![
-                        tenant,
-                        i.interaction_id,
-                        i.subject_id,
-                        record.country,
-                        i.channel as i32,
-                        i.direction as i32,
-                        i.started_at,
-                        i.ended_at,
-                        i.handle_time_seconds,
-                        i.outcome,
-                        i.agent_team,
-                        i.recorded,
-                        survey.map(|s| s.survey_id.as_str()),
-                        survey.and_then(|s| s.nps),
-                        survey.and_then(|s| s.csat),
-                        survey.and_then(|s| s.ces),
-                        record.sealed_id,
-                    ];
-                    // A new interaction id is one insert; an existing one (sent again under
-                    // a new idempotency key) replaces the stored row, which leaves its cells.
-                    let replaced = new_interaction.execute(values)? == 0;
-                    if replaced {
-                        rollups.remove_where(
-                            tx,
-                            "i.tenant = ?1 AND i.interaction_id = ?2",
-                            params![tenant, i.interaction_id],
-                        )?;
-                        replace_interaction.execute(values)?;
-                    }
-                    rollups.add(
-                        tx,
-                        &Facts {
-                            tenant: tenant.to_owned(),
-                            subject: i.subject_id.clone(),
-                            country: record.country.clone(),
-                            channel: i.channel as i32,
-                            started_at: i.started_at,
-                            handle_time: i64::from(i.handle_time_seconds),
-                            nps: survey.and_then(|s| s.nps).map(i64::from),
-                            csat: survey.and_then(|s| s.csat).map(i64::from),
-                            ces: survey.and_then(|s| s.ces).map(i64::from),
-                        },
-                    )?;
-                    match survey.filter(|s| !s.comment.is_empty()) {
-                        Some(s) => {
-                            let sealed = key_of(&i.subject_id)?.seal(
-                                &comment_aad(tenant, &i.interaction_id),
-                                s.comment.as_bytes(),
-                            )?;
-                            text.execute(params![tenant, i.interaction_id, i.subject_id, sealed])?
-                        }
-                        // A replaced interaction loses the comment it no longer has.
-                        None if replaced => drop_text.execute(params![tenant, i.interaction_id])?,
-                        None => 0,
-                    };
-                }
-            }
-            outcomes.push(StoreOutcome::Stored);
-        }
-    }
-    rollups.apply(tx)?;
-    Ok(outcomes)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
-    use crate::store::testing::Databases;
+    use crate::testing::Databases;
 
     /// A store on each backend, with a table `t`.
     fn stores(dbs: &Databases) -> Vec<Arc<Store>> {
@@ -1139,7 +663,12 @@ mod tests {
         for backend in dbs.both() {
             let vault = dbs.vault(&backend);
             let replicas: Vec<Arc<Store>> = (0..2)
-                .map(|_| Arc::new(Store::open(&backend, &vault, &[7; 32]).unwrap()))
+                .map(|_| {
+                    Arc::new(
+                        Store::open(&backend, &vault, &[7; 32], &crate::domain::schema::SCHEMA)
+                            .unwrap(),
+                    )
+                })
                 .collect();
             let log = Arc::new(crate::domain::audit::AuditLog::new("eu-de", &[9; 32], 25));
             let handles: Vec<_> = (0..8)
@@ -1190,7 +719,13 @@ mod tests {
                     .unwrap(),
             }
             assert_eq!(schema_version(&backend).unwrap(), Some(99));
-            let err = Store::open(&backend, &dbs.vault(&backend), &[7; 32]).unwrap_err();
+            let err = Store::open(
+                &backend,
+                &dbs.vault(&backend),
+                &[7; 32],
+                &crate::domain::schema::SCHEMA,
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("newer Domicile"), "{err}");
         }
     }

@@ -76,45 +76,6 @@ fn statements(sql: &str) -> Vec<String> {
     out
 }
 
-/// PostgreSQL's triggers: the append-only audit log, its checkpoints and the consent ledger (a consent delete is
-/// allowed only inside an erasure, which raises `erasure_guard` for its own transaction), and
-/// the rollups' subject tracking.
-pub fn triggers() -> String {
-    let mut sql = String::from(
-        "CREATE OR REPLACE FUNCTION domicile_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           RAISE EXCEPTION 'the % is append-only', TG_ARGV[0];
-         END $$;
-         CREATE OR REPLACE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit log');
-         CREATE OR REPLACE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit log');
-         CREATE OR REPLACE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
-           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('consent ledger');
-         CREATE OR REPLACE FUNCTION domicile_consent_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF NOT EXISTS (SELECT 1 FROM erasure_guard) THEN
-             RAISE EXCEPTION 'the consent ledger is append-only';
-           END IF;
-           RETURN OLD;
-         END $$;
-         CREATE OR REPLACE TRIGGER consent_ledger_no_delete BEFORE DELETE ON consent_ledger
-           FOR EACH ROW EXECUTE FUNCTION domicile_consent_delete();
-         -- The table-level form: TRUNCATE would skip the row triggers.
-         CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-           FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit log');
-         CREATE OR REPLACE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
-           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
-         CREATE OR REPLACE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
-           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
-         CREATE OR REPLACE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
-           FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit checkpoints');
-         ",
-    );
-    sql.push_str(&crate::domain::rollup::pg_triggers());
-    sql
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ use std::{
 };
 
 use crate::{
-    store::Backend,
+    config::Backend,
     store::db::{Connection, Dialect, OptionalExtension, params},
 };
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};

@@ -58,6 +58,12 @@ impl Databases {
 
     /// A store on `backend` with a vault of its own.
     pub(crate) fn store(&self, backend: &Backend) -> Store {
-        Store::open(backend, &self.vault(backend), &[7; 32]).unwrap()
+        Store::open(
+            backend,
+            &self.vault(backend),
+            &[7; 32],
+            &crate::domain::schema::SCHEMA,
+        )
+        .unwrap()
     }
 }

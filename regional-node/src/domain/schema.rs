@@ -1,0 +1,161 @@
+//! The node's schema: every domain table's DDL in one place for the store to apply, the
+//! PostgreSQL form of it, and the migrations between versions.
+//!
+//! The store ([`crate::store`]) knows how to apply a [`Schema`] and run its migrations on
+//! either engine; which tables there are, and what a migration does with them, is the
+//! domain's, and lives here.
+
+use std::sync::LazyLock;
+
+use crate::{
+    error::NodeError,
+    store::{
+        Migration, Schema,
+        db::{Connection, Dialect, params},
+        postgres,
+    },
+};
+
+/// The version of the schema this code writes (`PRAGMA user_version` on SQLite, the
+/// `domicile_schema` table on PostgreSQL).
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// The node's schema, both dialects, with its migrations.
+pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    let sqlite = [
+        crate::domain::stored::SCHEMA,
+        crate::domain::consent::SCHEMA,
+        crate::domain::audit::SCHEMA,
+        crate::domain::authority::SCHEMA,
+        crate::domain::incident::SCHEMA,
+        crate::domain::followup::SCHEMA,
+        crate::domain::rights::SCHEMA,
+        crate::domain::release::SCHEMA,
+        &crate::domain::rollup::schema(),
+    ]
+    .concat();
+    let postgres = postgres::translate(&sqlite) + &triggers();
+    Schema {
+        version: SCHEMA_VERSION,
+        sqlite,
+        postgres,
+        migrations: MIGRATIONS,
+    }
+});
+
+/// The migrations that take a database at `version` to [`SCHEMA_VERSION`], or why it cannot
+/// be.
+pub fn pending_migrations(version: i64) -> Result<Vec<&'static Migration>, NodeError> {
+    SCHEMA.pending(version)
+}
+
+/// Every migration, in order. A database older than the first one's starting version cannot
+/// be migrated.
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 4,
+        what: "rollup cells and per-subject cells, built from the stored interactions",
+        apply: |tx| crate::domain::rollup::rebuild(tx),
+    },
+    Migration {
+        version: 5,
+        what: "DPO signature nonces; audit checkpoints append-only (both made by the schema)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        version: 6,
+        what: "differentially private releases and their accountant (made by the schema)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        version: 7,
+        what: "suppressions kept by erasures (made by the schema)",
+        apply: |_| Ok(()),
+    },
+    Migration {
+        version: 8,
+        what: "subjects by reference, ids keyed by the subject's data key (an empty database only)",
+        apply: keyed_ids,
+    },
+    Migration {
+        version: 9,
+        what: "follow-up cases (made by the schema)",
+        apply: |_| Ok(()),
+    },
+];
+
+/// Migration 8: the layout where no customer id is stored in clear. Ids stored by an earlier
+/// version are in clear and their subjects' keys are in the vault by external id: converting
+/// them needs both databases at once and is not done in place, so a database that holds
+/// subjects is refused (docs/erasure.md, upgrading from schema 7).
+fn keyed_ids(tx: &Connection) -> Result<(), NodeError> {
+    let held: i64 = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM subjects) + (SELECT COUNT(*) FROM interactions)
+              + (SELECT COUNT(*) FROM consent_ledger)",
+        params![],
+        |r| r.get(0),
+    )?;
+    if held > 0 {
+        return Err(NodeError::Internal(
+            "schema 7 holds customer ids in clear and this release cannot convert them in \
+             place: export the subjects, start an empty database and ingest them again \
+             (docs/erasure.md, upgrading from schema 7)"
+                .into(),
+        ));
+    }
+    match tx.dialect() {
+        Dialect::Sqlite => {
+            let has: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('interactions') WHERE name = 'sealed_id'",
+                params![],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                tx.execute_batch("ALTER TABLE interactions ADD COLUMN sealed_id BLOB")?;
+            }
+        }
+        Dialect::Postgres => {
+            tx.execute_batch("ALTER TABLE interactions ADD COLUMN IF NOT EXISTS sealed_id BYTEA")?
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL's triggers: the append-only audit log, its checkpoints and the consent ledger (a consent delete is
+/// allowed only inside an erasure, which raises `erasure_guard` for its own transaction), and
+/// the rollups' subject tracking.
+fn triggers() -> String {
+    let mut sql = String::from(
+        "CREATE OR REPLACE FUNCTION domicile_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           RAISE EXCEPTION 'the % is append-only', TG_ARGV[0];
+         END $$;
+         CREATE OR REPLACE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit log');
+         CREATE OR REPLACE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit log');
+         CREATE OR REPLACE TRIGGER consent_ledger_no_update BEFORE UPDATE ON consent_ledger
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('consent ledger');
+         CREATE OR REPLACE FUNCTION domicile_consent_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NOT EXISTS (SELECT 1 FROM erasure_guard) THEN
+             RAISE EXCEPTION 'the consent ledger is append-only';
+           END IF;
+           RETURN OLD;
+         END $$;
+         CREATE OR REPLACE TRIGGER consent_ledger_no_delete BEFORE DELETE ON consent_ledger
+           FOR EACH ROW EXECUTE FUNCTION domicile_consent_delete();
+         -- The table-level form: TRUNCATE would skip the row triggers.
+         CREATE OR REPLACE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+           FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit log');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+           FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         CREATE OR REPLACE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+           FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         ",
+    );
+    sql.push_str(&crate::domain::rollup::pg_triggers());
+    sql
+}
