@@ -2,7 +2,7 @@
 //! Served on its own listener (`local_listen`), never through the gateway.
 //!
 //! Off loopback it is mutual TLS with the region's own CA (`[local_tls]`, apart from the
-//! gateway's), and [`LocalAccess`] admits only the callers named in `[[local_principals]]`,
+//! gateway's), and [`LocalAccess`] (its tower layer here) admits only the callers named in `[[local_principals]]`,
 //! each to the methods of its role; every call then runs as the principal
 //! `local:<identity>/<role>`, which the audit entries it causes name.
 
@@ -24,16 +24,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use rustls_pki_types::ServerName;
 use tonic::{
     Request, Response, Status,
     transport::server::{TcpConnectInfo, TlsConnectInfo},
 };
 
 use crate::{
-    config::{LocalRole, NodeConfig},
-    error::NodeError,
-    node::Node,
+    config::LocalRole,
+    node::{
+        Node,
+        local_access::{Admitted, LocalAccess},
+    },
 };
 
 /// The roles that may call each `LocalNode` method. Health and reflection are open to every
@@ -48,66 +49,6 @@ pub fn roles_for(method: &str) -> &'static [LocalRole] {
         "ReidentifyFollowUp" | "RecordFollowUpOutcome" => &[Agent, Supervisor],
         _ => &[],
     }
-}
-
-/// Admission on the in-country listener: who is calling (their client certificate) and
-/// whether their role may call the method.
-#[derive(Debug, Clone)]
-pub struct LocalAccess {
-    /// `None`: a plaintext loopback listener, where every caller has every role.
-    principals: Option<Arc<[Named]>>,
-}
-
-/// A named local principal: its certificate name, role, and principal string.
-type Named = (ServerName<'static>, LocalRole, Arc<str>);
-
-impl LocalAccess {
-    /// From the configuration's `[[local_principals]]` when `[local_tls]` is set.
-    pub fn from_config(config: &NodeConfig) -> Result<Self, NodeError> {
-        if config.local_tls.is_none() {
-            return Ok(Self { principals: None });
-        }
-        let principals = config
-            .local_principals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let name = ServerName::try_from(p.identity.clone()).map_err(|_| {
-                    NodeError::Internal(format!(
-                        "local_principals[{i}].identity: must be a DNS name"
-                    ))
-                })?;
-                let principal: Arc<str> =
-                    format!("local:{}/{}", p.identity, p.role.as_str()).into();
-                Ok((name, p.role, principal))
-            })
-            .collect::<Result<Vec<_>, NodeError>>()?;
-        Ok(Self {
-            principals: Some(principals.into()),
-        })
-    }
-
-    /// The principal and role of a caller presenting `leaf`, if it is a named principal.
-    fn admit(&self, leaf: Option<&rustls_pki_types::CertificateDer<'_>>) -> Admitted {
-        let Some(principals) = &self.principals else {
-            return Admitted::Everyone;
-        };
-        let Some(leaf) = leaf else {
-            return Admitted::Nobody;
-        };
-        principals
-            .iter()
-            .find(|(name, _, _)| domicile_ops::tls::valid_for(leaf, std::slice::from_ref(name)))
-            .map_or(Admitted::Nobody, |(_, role, principal)| {
-                Admitted::As(*role, principal.clone())
-            })
-    }
-}
-
-enum Admitted {
-    Everyone,
-    As(LocalRole, Arc<str>),
-    Nobody,
 }
 
 impl<S> tower_layer::Layer<S> for LocalAccess {

@@ -618,8 +618,7 @@ pub fn check(
         q.purpose,
         q.channel,
     )?;
-    let restricted =
-        crate::domain::rights::is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
+    let restricted = is_restricted(conn, q.tenant.as_str(), &q.subject.external_id)?;
     // Nothing on file since an erasure that kept a suppression: the suppression decides. A
     // consent given after it (a new entry on file) does.
     let suppressed = match state {
@@ -762,11 +761,7 @@ impl Gate {
         }
         args.push(Box::new(self.tenant.clone()));
         (
-            format!(
-                "({}){}",
-                arms.join(" OR "),
-                crate::domain::rights::unrestricted(col)
-            ),
+            format!("({}){}", arms.join(" OR "), unrestricted(col)),
             args,
         )
     }
@@ -814,6 +809,28 @@ pub fn gate(
     col: &str,
 ) -> (String, Vec<Box<dyn ToValue>>) {
     Gate::new(policies, purpose, tenant).filter(col)
+}
+
+/// The condition that keeps rows of subjects free to process: neither restricted nor held for
+/// an erasure (flags that [`crate::domain::rights`] sets in `subject_flags`). `col` prefixes `subject_id`.
+pub fn unrestricted(col: &str) -> String {
+    format!(
+        " AND {col}subject_id NOT IN (SELECT subject_id FROM subject_flags WHERE tenant = ? \
+         AND (restricted = 1 OR erasure_pending = 1))"
+    )
+}
+
+/// True when the subject's processing is restricted or held for an erasure.
+pub fn is_restricted(conn: &Connection, tenant: &str, subject: &str) -> Result<bool, NodeError> {
+    Ok(conn
+        .query_row(
+            "SELECT restricted = 1 OR erasure_pending = 1 FROM subject_flags
+             WHERE tenant = ?1 AND subject_id = ?2",
+            params![tenant, subject],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false))
 }
 
 #[cfg(test)]

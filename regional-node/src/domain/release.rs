@@ -20,8 +20,8 @@ use domicile_proto::{
 use rand::RngCore;
 
 use crate::{
-    domain::aggregate::{Partial, Rules},
     domain::consent::Gate,
+    domain::partial::{Partial, Rules},
     domain::policy::ReleaseRules,
     domain::rollup::{DAY, day_label, first_day, month_label, month_of_day},
     error::NodeError,

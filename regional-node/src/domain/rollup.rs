@@ -25,7 +25,7 @@ use domicile_proto::{
 use roaring::RoaringBitmap;
 
 use crate::{
-    domain::aggregate::{Partial, Rules, release},
+    domain::partial::{Partial, Rules, release},
     error::NodeError,
 };
 

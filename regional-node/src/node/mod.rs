@@ -1,7 +1,11 @@
 //! The node's business logic, callable in-process (tests) or through [`crate::api::service`].
 
 pub mod backup;
+mod followup;
+pub mod local_access;
 pub mod metrics;
+pub mod retention;
+mod rights;
 
 use std::sync::{
     Arc, Mutex,
@@ -28,11 +32,12 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::NodeConfig,
-    domain::aggregate::{self, Rules},
+    domain::aggregate,
     domain::audit::{self, AuditLog, Entry},
     domain::consent::{self, Recorded},
     domain::incident,
     domain::ingest::{Verdict, open_envelope, result},
+    domain::partial::Rules,
     domain::policy::{CountryPolicy, PolicySet, Release},
     domain::records,
     domain::stored::{self, RecordBody, StoreOutcome},
@@ -79,7 +84,7 @@ pub(crate) struct Inner {
     pub(crate) tls: Option<FederationTls>,
     /// Mutual TLS of the in-country listener, and who it admits.
     pub(crate) local_tls: Option<tonic::transport::ServerTlsConfig>,
-    pub(crate) local_access: crate::api::local::LocalAccess,
+    pub(crate) local_access: local_access::LocalAccess,
     /// When the sealing key file was written (seconds since the epoch), for its age.
     pub(crate) sealing_key_since: Option<i64>,
     /// The DPO keys registered per tenant.
@@ -194,7 +199,7 @@ impl Node {
         .with_clock(clock.clone());
         let tls = load_tls(&config)?;
         let local_tls = load_local_tls(&config)?;
-        let local_access = crate::api::local::LocalAccess::from_config(&config)?;
+        let local_access = local_access::LocalAccess::from_config(&config)?;
         let dpo_keys = crate::domain::authority::DpoKeys::open(config.dpo_keys_file.as_deref())
             .map_err(NodeError::Internal)?;
         let previous = match (
@@ -320,7 +325,7 @@ impl Node {
         &self,
     ) -> (
         Option<&tonic::transport::ServerTlsConfig>,
-        &crate::api::local::LocalAccess,
+        &local_access::LocalAccess,
     ) {
         (self.inner.local_tls.as_ref(), &self.inner.local_access)
     }

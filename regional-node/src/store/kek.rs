@@ -137,6 +137,11 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N], NodeError> {
     Ok(out)
 }
 
+/// 16 random bytes in hex: an identifier nobody can guess (request, hold and case ids).
+pub(crate) fn random_hex() -> Result<String, NodeError> {
+    Ok(hex::encode(random::<16>()?))
+}
+
 /// `nonce(24) ‖ XChaCha20-Poly1305(cipher, aad, plaintext)`: how an in-memory KEK wraps, and
 /// how a subject's data key seals its fields ([`crate::store::vault`]).
 pub(crate) fn seal(
