@@ -378,7 +378,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             let listener = TcpListener::bind(config.listen).await?;
             let console = TcpListener::bind(console.parse::<SocketAddr>()?).await?;
             let gateway = Gateway::new(config)?;
-            tokio::spawn(domicile_gateway::console::serve(
+            tokio::spawn(domicile_gateway::api::console::serve(
                 gateway.clone(),
                 console,
                 terminated(),

@@ -630,7 +630,7 @@ async fn main() -> anyhow::Result<()> {
                 let gateway = dev.federation.gateway.clone();
                 tokio::spawn(async move {
                     if let Err(e) =
-                        domicile_gateway::console::serve(gateway, console, terminated()).await
+                        domicile_gateway::api::console::serve(gateway, console, terminated()).await
                     {
                         tracing::error!(error = %e, "console stopped");
                     }
@@ -683,12 +683,12 @@ async fn main() -> anyhow::Result<()> {
             let gateway = Gateway::new(config)?;
             if let Some(console) = console {
                 // Fail at start, not at the first visit, when [tls] cannot be used.
-                domicile_gateway::console::tls_acceptor(&gateway.config())?;
+                domicile_gateway::api::console::tls_acceptor(&gateway.config())?;
                 tracing::info!(addr = %console.local_addr()?, "console listening");
                 let serving = gateway.clone();
                 tokio::spawn(async move {
                     if let Err(e) =
-                        domicile_gateway::console::serve(serving, console, terminated()).await
+                        domicile_gateway::api::console::serve(serving, console, terminated()).await
                     {
                         tracing::error!(error = %e, "console stopped");
                     }

@@ -38,6 +38,15 @@ pub fn for_regions(deadline: Duration) -> Duration {
     deadline.saturating_sub((deadline / 10).min(Duration::from_millis(50)))
 }
 
+/// A request to a region carrying the deadline as `grpc-timeout`, so the node can give up
+/// too. The header is a little later than the gateway's own timer, so that the timer decides
+/// and the region is reported as `DEADLINE_EXCEEDED` rather than as a cancelled call.
+pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(deadline + Duration::from_millis(50));
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! The gateway's business logic, callable in-process (tests) or through [`crate::service`].
+//! The gateway's business logic, callable in-process (tests) or through [`crate::api::service`].
 
 use std::{
     sync::{Arc, RwLock},
@@ -6,26 +6,25 @@ use std::{
 };
 
 use domicile_proto::{
-    domain::{AggregateSpec, RecordSpec, TenantId},
+    domain::{AggregateSpec, TenantId},
     error::Violations,
     merge::MergedGroups,
     pb::{
         AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, NoiseMechanism,
-        PrivacyParameters, QueryRecordsRequest, RegionInfo, RegionRelease, RegionStatus,
-        RegionalNodeAggregateRequest, RegionalNodeIngestRequest, ReleaseKind, ResidencyAttestation,
+        PrivacyParameters, RegionInfo, RegionRelease, RegionStatus, RegionalNodeAggregateRequest,
+        RegionalNodeIngestRequest, ReleaseKind, ResidencyAttestation,
     },
 };
 
 use crate::{
     auth::Authenticator,
     config::GatewayConfig,
-    directory::{BuildError, Directory, Region},
     error::GatewayError,
-    fanout::{fan_out, request},
+    federation::directory::{BuildError, Directory, Region},
+    federation::fanout::{fan_out, request},
+    federation::routing,
     limits::Limiter,
     metrics::GatewayMetrics,
-    records::{self, RecordStream},
-    routing,
 };
 
 /// The gateway: configuration, region directory and metrics. Cheap to clone.
@@ -36,9 +35,9 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Gateway {
     current: Arc<RwLock<Current>>,
-    metrics: GatewayMetrics,
+    pub(crate) metrics: GatewayMetrics,
     /// The audit witness: kept across reloads (its file is the one named at start).
-    witness: Arc<crate::witness::Witness>,
+    witness: Arc<crate::federation::witness::Witness>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +99,9 @@ impl Gateway {
                 "insecure_no_auth: the gateway serves without authentication; every caller may do everything"
             );
         }
-        let witness = crate::witness::Witness::open(config.audit_witness_file.as_deref())
-            .map_err(BuildError::Files)?;
+        let witness =
+            crate::federation::witness::Witness::open(config.audit_witness_file.as_deref())
+                .map_err(BuildError::Files)?;
         Ok(Self {
             current: Arc::new(RwLock::new(Current {
                 config: Arc::new(config),
@@ -114,8 +114,8 @@ impl Gateway {
         })
     }
 
-    /// The audit witness ([`crate::witness`]).
-    pub fn witness(&self) -> &crate::witness::Witness {
+    /// The audit witness ([`crate::federation::witness`]).
+    pub fn witness(&self) -> &crate::federation::witness::Witness {
         &self.witness
     }
 
@@ -419,27 +419,6 @@ impl Gateway {
             }),
             attestation: Some(attestation),
         })
-    }
-
-    /// Streams pseudonymised records from the requested regions (see [`records`]). The request
-    /// is validated before anything is streamed.
-    pub fn query_records(
-        &self,
-        req: QueryRecordsRequest,
-        deadline: Duration,
-    ) -> Result<RecordStream, GatewayError> {
-        let mut v = Violations::new();
-        let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
-        let spec = RecordSpec::from_query(req.query.as_ref(), "query");
-        let regions = self.resolve_regions(&req.regions, &mut v);
-        let (tenant, spec) = combine(v, tenant, spec)?;
-        Ok(records::stream(
-            regions,
-            tenant,
-            spec,
-            deadline,
-            self.metrics.clone(),
-        ))
     }
 
     /// The regions named by `ids` (all when empty), with a violation for each unknown or

@@ -49,7 +49,7 @@ pub async fn federation(regions: &[(&str, &[&str])]) -> anyhow::Result<Federatio
 pub async fn console(fed: &Federation) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(domicile_gateway::console::serve(
+    tokio::spawn(domicile_gateway::api::console::serve(
         fed.gateway.clone(),
         listener,
         std::future::pending(),

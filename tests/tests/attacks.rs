@@ -606,7 +606,7 @@ async fn the_gateway_witness_catches_a_node_restored_from_an_older_copy() -> any
     let seen = de.audit_witness.as_ref().unwrap();
     assert_eq!(seen.status, AuditWitnessStatus::Fork as i32, "{seen:?}");
     assert_eq!(seen.witnessed_seq, witnessed);
-    let page = domicile_gateway::console::overview_json(TENANT, "24h", &overview);
+    let page = domicile_gateway::api::console::overview_json(TENANT, "24h", &overview);
     let shown = &page["regions"][0]["audit_witness"];
     assert_eq!(shown["status"], "fork", "{shown}");
     assert!(

@@ -1196,7 +1196,7 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     // for every window (the federation runs without authentication: the tenant is named).
     let console_addr = domicile_tests::console(&fed).await?;
     let mut console = String::new();
-    for path in domicile_gateway::console::PATHS {
+    for path in domicile_gateway::api::console::PATHS {
         let paths: Vec<String> = if *path == "/api/overview" {
             ["1h", "24h", "7d", "30d"]
                 .iter()

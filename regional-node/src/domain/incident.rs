@@ -325,7 +325,7 @@ pub fn subjects(
             continue;
         };
         let profile =
-            crate::domain::stored::profile(&store, conn, tenant, &reference)?.unwrap_or_default();
+            crate::domain::stored::profile(store, conn, tenant, &reference)?.unwrap_or_default();
         out.push(IncidentSubject {
             external_id,
             country,

@@ -42,7 +42,7 @@ pub struct Partial {
 /// Releases one group into `partial`, or counts it as suppressed: noise first (when the rules
 /// add it), then *k* — the group's country's, or the region's largest for a group without one —
 /// against the (noisy) distinct-subject count.
-pub(crate) fn release(
+pub fn release(
     rules: &mut Rules<'_>,
     partial: &mut Partial,
     country: Option<&str>,

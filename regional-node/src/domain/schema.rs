@@ -34,7 +34,8 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         &crate::domain::rollup::schema(),
     ]
     .concat();
-    let postgres = postgres::translate(&sqlite) + &triggers();
+    // The rollups address their cells by SQLite's implicit rowid.
+    let postgres = postgres::translate(&sqlite, &["rollup_cells"]) + &triggers();
     Schema {
         version: SCHEMA_VERSION,
         sqlite,

@@ -1366,7 +1366,7 @@ impl Node {
         let Some(key) = store.vault().find(tenant, external_id)? else {
             return Ok(None);
         };
-        store.read(|conn| crate::domain::stored::profile(&store, conn, tenant, &key.reference))
+        store.read(|conn| crate::domain::stored::profile(store, conn, tenant, &key.reference))
     }
 
     /// Audits a consent ledger entry under the subject's audit pseudonym, in the caller's

@@ -271,7 +271,7 @@ impl Vault {
             match tx.dialect() {
                 Dialect::Sqlite => tx.execute_batch(SCHEMA)?,
                 Dialect::Postgres => {
-                    tx.execute_batch(&crate::store::postgres::translate(SCHEMA))?
+                    tx.execute_batch(&crate::store::postgres::translate(SCHEMA, &[]))?
                 }
             }
             let has_kek_id = match tx.dialect() {

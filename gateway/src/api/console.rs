@@ -53,11 +53,11 @@ pub const PATHS: &[&str] = &[
     "/api/overview",
 ];
 
-const INDEX: &[u8] = include_bytes!("../console/index.html");
-const LOGIN: &str = include_str!("../console/login.html");
-const SCRIPT: &[u8] = include_bytes!("../console/console.js");
-const STYLE: &[u8] = include_bytes!("../console/console.css");
-const CHART: &[u8] = include_bytes!("../console/vendor/chart.umd.min.js");
+const INDEX: &[u8] = include_bytes!("../../console/index.html");
+const LOGIN: &str = include_str!("../../console/login.html");
+const SCRIPT: &[u8] = include_bytes!("../../console/console.js");
+const STYLE: &[u8] = include_bytes!("../../console/console.css");
+const CHART: &[u8] = include_bytes!("../../console/vendor/chart.umd.min.js");
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;

@@ -21,7 +21,7 @@ use tonic::Code;
 
 use crate::{
     error::GatewayError,
-    fanout::{fan_out, request},
+    federation::fanout::{fan_out, request},
     gateway::Gateway,
 };
 
@@ -71,7 +71,7 @@ fn combine(incident: &mut Incident) {
 }
 
 impl Gateway {
-    /// A region's signed audit head, checked by the audit witness ([`crate::witness`]): a head
+    /// A region's signed audit head, checked by the audit witness ([`crate::federation::witness`]): a head
     /// that does not extend the witnessed one is `DATA_LOSS`.
     pub async fn get_audit_checkpoint(
         &self,

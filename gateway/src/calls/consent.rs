@@ -20,9 +20,9 @@ use domicile_proto::{
 };
 use tonic::Status;
 
-use crate::directory::RegionChannel;
+use crate::federation::directory::RegionChannel;
 
-use crate::{error::GatewayError, fanout::request, gateway::Gateway};
+use crate::{error::GatewayError, federation::fanout::request, gateway::Gateway};
 
 impl Gateway {
     /// The client of the region serving `country`, or a violation of `subject.country`.

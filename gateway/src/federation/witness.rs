@@ -27,22 +27,14 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::Duration,
 };
 
 use dashmap::DashMap;
 use domicile_proto::{
-    pb::{
-        AuditCheckpoint, AuditWitness, AuditWitnessStatus, RegionalNodeGetAuditCheckpointRequest,
-    },
+    pb::{AuditCheckpoint, AuditWitness, AuditWitnessStatus},
     trust::verify_checkpoint,
 };
 use serde::{Deserialize, Serialize};
-
-use crate::{
-    directory::Region, error::GatewayError, fanout::request, gateway::Gateway,
-    metrics::RegionLabels,
-};
 
 /// One witnessed head, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +66,7 @@ pub struct Witness {
     path: Option<PathBuf>,
     heads: Mutex<BTreeMap<String, Witnessed>>,
     /// The latest verdict per region, for the console.
-    last: DashMap<String, AuditWitness>,
+    pub(crate) last: DashMap<String, AuditWitness>,
 }
 
 impl Witness {
@@ -211,84 +203,6 @@ impl Witness {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, path)
-    }
-}
-
-impl Gateway {
-    /// Fetches `region`'s audit head, checks it against the witnessed one and keeps it when it
-    /// extends it. A fork is recorded (metric, log, verdict) and answered as
-    /// [`GatewayError::AuditFork`].
-    pub async fn witness_region(
-        &self,
-        region: &Region,
-        deadline: Duration,
-    ) -> Result<(AuditCheckpoint, AuditWitness), GatewayError> {
-        let witness = self.witness();
-        let known_seq = witness.witnessed(&region.id).map_or(0, |w| w.seq);
-        let mut client = region.client.clone();
-        let call = client.get_audit_checkpoint(request(
-            RegionalNodeGetAuditCheckpointRequest { known_seq },
-            deadline,
-        ));
-        let answer = match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(GatewayError::Region(region.id.clone(), status)),
-            Err(_) => {
-                return Err(GatewayError::RegionsDeadline(format!(
-                    "{} (no answer within {} ms)",
-                    region.id,
-                    deadline.as_millis()
-                )));
-            }
-        };
-        let checkpoint = answer.checkpoint.unwrap_or_default();
-        let verdict = witness.judge(&region.id, &checkpoint, &answer.known_hash);
-        let labels = RegionLabels {
-            region: region.id.clone(),
-        };
-        witness.last.insert(region.id.clone(), verdict.clone());
-        if verdict.status == AuditWitnessStatus::Fork as i32 {
-            self.metrics().audit_forks.get_or_create(&labels).inc();
-            self.metrics().audit_forked.get_or_create(&labels).set(1);
-            tracing::error!(
-                region = %region.id,
-                witnessed_seq = verdict.witnessed_seq,
-                presented_seq = checkpoint.seq,
-                detail = %verdict.detail,
-                "AUDIT LOG FORK: the region's audit head does not extend the witnessed one"
-            );
-            return Err(GatewayError::AuditFork(
-                region.id.clone(),
-                verdict.detail.clone(),
-            ));
-        }
-        self.metrics().audit_forked.get_or_create(&labels).set(0);
-        Ok((checkpoint, verdict))
-    }
-}
-
-/// Witnesses every region's head every `audit_witness_seconds` (as configured at each round).
-pub async fn witness_loop(gateway: Gateway) {
-    loop {
-        let config = gateway.config();
-        if config.audit_witness_seconds == 0 {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            continue;
-        }
-        tokio::time::sleep(Duration::from_secs(config.audit_witness_seconds)).await;
-        let timeout = Duration::from_millis(config.probe_timeout_ms);
-        let directory = gateway.directory();
-        let rounds = directory.regions().iter().map(|r| {
-            let gateway = gateway.clone();
-            async move {
-                if let Err(e) = gateway.witness_region(r, timeout).await
-                    && !matches!(e, GatewayError::AuditFork(..))
-                {
-                    tracing::debug!(region = %r.id, error = %e, "audit witness round: no head");
-                }
-            }
-        });
-        futures::future::join_all(rounds).await;
     }
 }
 

@@ -15,10 +15,10 @@ use domicile_proto::{
 };
 
 use crate::{
+    calls::rights::missing,
     error::GatewayError,
-    fanout::{fan_out, request},
+    federation::fanout::{fan_out, request},
     gateway::Gateway,
-    rights::missing,
 };
 
 impl Gateway {

@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 
 use crate::{
     error::GatewayError,
-    fanout::{fan_out, request},
+    federation::fanout::{fan_out, request},
     gateway::Gateway,
 };
 
@@ -39,7 +39,7 @@ impl Gateway {
         id: &str,
         prefix: &str,
         field: &str,
-    ) -> Result<std::sync::Arc<crate::directory::Region>, GatewayError> {
+    ) -> Result<std::sync::Arc<crate::federation::directory::Region>, GatewayError> {
         let region = region_of_id(id, prefix, field)?;
         Ok(self
             .region(&region)

@@ -16,18 +16,20 @@ use std::{
 use domicile_ops::trace;
 use domicile_proto::{
     domain::{RecordSpec, TenantId},
+    error::Violations,
     pb::{
-        PseudonymisedInteraction, QueryRecordsResponse, QueryRecordsSummary, RegionRelease,
-        RegionalNodeQueryRecordsRequest, ReleaseKind, ResidencyAttestation,
+        PseudonymisedInteraction, QueryRecordsRequest, QueryRecordsResponse, QueryRecordsSummary,
+        RegionRelease, RegionalNodeQueryRecordsRequest, ReleaseKind, ResidencyAttestation,
     },
 };
 use tokio::{sync::mpsc, task::JoinSet};
 use tonic::Status;
 
 use crate::{
-    directory::Region,
-    fanout::{RegionFailure, coverage, request},
-    gateway::nothing_released,
+    error::GatewayError,
+    federation::directory::Region,
+    federation::fanout::{RegionFailure, coverage, request},
+    gateway::{Gateway, combine, nothing_released},
     metrics::GatewayMetrics,
 };
 
@@ -177,4 +179,27 @@ async fn coordinate(
             summary: Some(summary),
         }))
         .await;
+}
+
+impl Gateway {
+    /// Streams pseudonymised records from the requested regions (see [`stream`]). The request
+    /// is validated before anything is streamed.
+    pub fn query_records(
+        &self,
+        req: QueryRecordsRequest,
+        deadline: Duration,
+    ) -> Result<RecordStream, GatewayError> {
+        let mut v = Violations::new();
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
+        let spec = RecordSpec::from_query(req.query.as_ref(), "query");
+        let regions = self.resolve_regions(&req.regions, &mut v);
+        let (tenant, spec) = combine(v, tenant, spec)?;
+        Ok(stream(
+            regions,
+            tenant,
+            spec,
+            deadline,
+            self.metrics.clone(),
+        ))
+    }
 }

@@ -14,7 +14,8 @@ use domicile_proto::pb::{RegionCoverage, RegionStatus};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::directory::Region;
+pub use crate::deadline::request;
+use crate::federation::directory::Region;
 
 /// How one region took part.
 #[derive(Debug)]
@@ -130,13 +131,4 @@ where
         }
     });
     futures::future::join_all(calls).await
-}
-
-/// A request to a region carrying the deadline as `grpc-timeout`, so the node can give up
-/// too. The header is a little later than the gateway's own timer, so that the timer decides
-/// and the region is reported as `DEADLINE_EXCEEDED` rather than as a cancelled call.
-pub fn request<T>(message: T, deadline: Duration) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.set_timeout(deadline + Duration::from_millis(50));
-    r
 }

@@ -11,8 +11,8 @@ use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
 
 use crate::{
+    api::service::{AsPrincipal, Authenticate, GatewayService},
     gateway::Gateway,
-    service::{AsPrincipal, Authenticate, GatewayService},
 };
 
 /// Why the gateway could not serve.
@@ -81,7 +81,7 @@ pub async fn serve(
     }
     let layer = RpcLayer::new(gateway.metrics().rpc.clone(), SERVICES);
     let probes = tokio::spawn(probe_loop(gateway.clone()));
-    let witness = tokio::spawn(crate::witness::witness_loop(gateway.clone()));
+    let witness = tokio::spawn(crate::calls::audit::witness_loop(gateway.clone()));
     let service = tonic::service::interceptor::InterceptedService::new(
         AsPrincipal(
             GatewayServer::new(GatewayService::new(gateway.clone()))

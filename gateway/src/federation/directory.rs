@@ -13,8 +13,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     config::{GatewayConfig, RegionConfig},
+    federation::replicas::Replicas,
     metrics::{GatewayMetrics, RegionLabels},
-    replicas::Replicas,
 };
 
 /// The channel to a region: over its replicas, ejecting one whose connection fails
@@ -233,7 +233,7 @@ impl Directory {
 
     /// Probes one region (`GetRegionInfo`) within `timeout` and records the result.
     pub async fn probe(&self, region: &Region, timeout: Duration) -> RegionState {
-        let request = crate::fanout::request(GetRegionInfoRequest {}, timeout);
+        let request = crate::deadline::request(GetRegionInfoRequest {}, timeout);
         let mut client = region.client.clone();
         // A failed probe keeps the keys of the last good one.
         let previous = self

@@ -8,7 +8,7 @@ use domicile_proto::{
     pb::{RecordResult, RecordStatus, RejectReason, SealedEnvelope},
 };
 
-use crate::directory::{Directory, Region};
+use crate::federation::directory::{Directory, Region};
 
 /// An envelope on its way to its region, holding only the records that passed routing.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use domicile_proto::{
 
 use crate::{
     error::GatewayError,
-    fanout::{fan_out, request},
+    federation::fanout::{fan_out, request},
     gateway::{Gateway, combine},
 };
 

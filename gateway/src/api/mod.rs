@@ -1,0 +1,7 @@
+//! The gateway's surfaces: [`service`] (the tonic `Gateway` service: authentication, limits
+//! and deadlines around [`crate::gateway::Gateway`]'s calls), [`server`] (listeners, health,
+//! reflection, metrics, the background probes) and [`console`] (the operator console).
+
+pub mod console;
+pub mod server;
+pub mod service;
