@@ -8,7 +8,7 @@
 //! its federation API can carry a direct identifier out.
 //!
 //! Layout, in layers from the bottom (a module imports only from layers below it, and within
-//! a layer only modules below it; `python3 tests/layers.py` checks it):
+//! a layer only modules below it; `tests/tests/layers.rs` checks it):
 //! - [`error`], [`config`]: the error type and the configuration;
 //! - [`store`] (engines, schema application, key vault, KEK, key files) and [`privacy`]
 //!   (noise, pseudonyms, redaction: pure functions);
