@@ -6,11 +6,12 @@
 //! in every answer. It never holds a key that opens personal data.
 //!
 //! Layout, in layers (a module imports only from its own layer's lower modules and the layers
-//! below; `tests/tests/layers.rs` checks it): [`config`], [`auth`], [`limits`], [`metrics`], [`deadline`] and [`error`] at the
-//! bottom; [`federation`] (the regions, their clients and health, the fan-out, the routing of
-//! ingest, the witnessed audit heads); [`gateway`] (the core: ingest, aggregates, the
-//! configuration's reloads); [`calls`] (records, consent, rights, follow-ups, incidents,
-//! overview, audit witnessing); [`api`] (the tonic service, the server, the console).
+//! below; `tests/tests/layers.rs` checks it): [`config`], [`auth`], [`limits`], [`metrics`],
+//! [`deadline`] and [`error`] at the bottom; [`federation`] (the regions, their clients and
+//! health, the fan-out, the routing of ingest, the witnessed audit heads); [`gateway`] (the
+//! core: ingest, aggregates, the configuration's reloads); [`calls`] (records, consent, rights,
+//! follow-ups, incidents, overview, audit witnessing); [`api`] (the tonic service, the server,
+//! the console).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
