@@ -122,7 +122,8 @@ impl FederationBuilder {
         self
     }
 
-    /// The nodes' clock, for what depends on which days have closed (default: the system's).
+    /// The nodes' and the gateway's clock, for what depends on which days have closed, on
+    /// expiries and deadlines (default: the system's).
     pub fn clock(mut self, clock: domicile_ops::clock::SharedClock) -> Self {
         self.clock = Some(clock);
         self
@@ -419,7 +420,10 @@ impl FederationBuilder {
             .with_context(|| format!("binding the gateway to {}", self.gateway_addr))?;
         let gateway_addr = listener.local_addr()?;
         config.listen = gateway_addr;
-        let gateway = Gateway::new(config)?;
+        let mut gateway = Gateway::new(config)?;
+        if let Some(clock) = &self.clock {
+            gateway = gateway.with_clock(clock.clone());
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let serving = gateway.clone();
         let gateway_task = tokio::spawn(async move {

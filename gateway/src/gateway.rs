@@ -1,5 +1,6 @@
 //! The gateway's business logic, callable in-process (tests) or through [`crate::api::service`].
 
+use domicile_ops::clock::SharedClock;
 use std::{
     sync::{Arc, RwLock},
     time::Duration,
@@ -38,6 +39,8 @@ pub struct Gateway {
     pub(crate) metrics: GatewayMetrics,
     /// The audit witness: kept across reloads (its file is the one named at start).
     witness: Arc<crate::federation::witness::Witness>,
+    /// The time: the system's, or one a test moves ([`Gateway::with_clock`]).
+    clock: SharedClock,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +114,21 @@ impl Gateway {
             })),
             metrics,
             witness: Arc::new(witness),
+            clock: domicile_ops::clock::system(),
         })
+    }
+
+    /// The same gateway reading the time from `clock` (tests move a manual clock rather than
+    /// wait). Deadlines and timeouts of calls stay on the runtime's timer.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, in Unix seconds, by the gateway's clock: legal holds' expiry, incident deadlines,
+    /// the overview's window.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// The audit witness ([`crate::federation::witness`]).

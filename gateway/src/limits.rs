@@ -138,6 +138,11 @@ impl Limiter {
         }
     }
 
+    /// Calls admitted and not yet finished, across tenants.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     /// Admits one call of `tenant`, or says why not.
     pub fn admit(&self, tenant: &str) -> Result<Admission, Status> {
         let running = self.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -36,6 +36,24 @@ use tonic::transport::Channel;
 /// The tenant the tests load data under.
 pub const TENANT: &str = "acme";
 
+/// Waits until `done` holds, checking every few milliseconds: a test waits for a condition
+/// (a call in flight, a server draining), never for time to pass. Panics naming `what` after
+/// 30 s.
+pub async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Starts a federation with the given regions and default settings.
 pub async fn federation(regions: &[(&str, &[&str])]) -> anyhow::Result<Federation> {
     let mut b = Federation::builder();

@@ -18,8 +18,6 @@
 //! answers, personal data by design, stay in the country and are not captured), then listed
 //! through the gateway and the nodes.
 
-use std::time::Duration;
-
 use base64::Engine;
 use domicile_proto::{
     pb::{
@@ -1099,7 +1097,6 @@ async fn drive_every_rpc(
 
     // Failing calls: a region goes down; every RPC again.
     fed.stop_node("eu-fr").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     cap.result(gw.list_regions(ListRegionsRequest {}).await);
     let envelope = sealed(
         &mut gw,

@@ -376,13 +376,10 @@ async fn shutdown_drains_the_calls_in_flight() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(domicile_gateway::serve(
-        Gateway::new(config)?,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let gateway = Gateway::new(config)?;
+    let server = tokio::spawn(domicile_gateway::serve(gateway.clone(), listener, async {
+        let _ = stopped.await;
+    }));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
@@ -399,14 +396,28 @@ async fn shutdown_drains_the_calls_in_flight() -> anyhow::Result<()> {
     let mut call = tonic::Request::new(aggregate(None));
     call.set_timeout(Duration::from_millis(1500));
     let in_flight = tokio::spawn(async move { gw.aggregate(call).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    domicile_tests::eventually("the aggregate is admitted", || {
+        let n = gateway.limiter().in_flight();
+        async move { n == 1 }
+    })
+    .await;
     stop.send(()).unwrap();
 
     // During the grace period the listener still answers, but health says NOT_SERVING.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        health.check(check).await?.into_inner().status,
-        ServingStatus::NotServing as i32
+    domicile_tests::eventually("health says NOT_SERVING while draining", || {
+        let mut health = health.clone();
+        let check = check.clone();
+        async move {
+            health
+                .check(check)
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::NotServing as i32)
+        }
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the call in flight still runs during the grace period"
     );
     // The call in flight completes normally, with the hung region reported late.
     let answer = in_flight.await??.into_inner();

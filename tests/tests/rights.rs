@@ -448,7 +448,8 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Result<()> {
-    // The nodes' time is this clock's: the hold's expiry comes when the test moves it.
+    // The federation's time (the gateway's and the nodes') is this clock's: the hold's expiry
+    // comes when the test moves it.
     let clock = domicile_ops::clock::ManualClock::at(now());
     let (fed, mut gw) = setup_with(std::sync::Arc::new(clock.clone())).await?;
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
@@ -530,8 +531,8 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
             start: ts(T),
             end: ts(T + 3_600),
         }),
-        // A minute of wall time: the gateway checks it is in the future by its own clock.
-        expires_at: ts(now() + 60),
+        // A minute from now by the federation's clock, which the gateway checks it against.
+        expires_at: ts(domicile_ops::clock::Clock::now(&clock) + 60),
     }))
     .await?;
     let d3 = store.vault().find(TENANT, "d3")?.unwrap().reference;
@@ -553,8 +554,23 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
             .is_none(),
         "the profile is not held"
     );
-    // Two minutes on the nodes' clock: past the hold's expiry however long the test took.
-    clock.advance(120);
+    // Past the hold's expiry, on the clock alone.
+    clock.advance(3_600);
+    // The gateway reads the same clock: an expiry still ahead of the wall clock but behind the
+    // federation's is refused, naming the field.
+    let late = gw
+        .place_legal_hold(fed.signed(PlaceLegalHoldRequest {
+            dpo_signature: None,
+            tenant_id: TENANT.into(),
+            subject: subject("DE", "d4"),
+            reason: "too late".into(),
+            interactions: None,
+            expires_at: ts(domicile_ops::clock::Clock::now(&clock) - 1),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::InvalidArgument, "{late:?}");
+    assert!(late.message().contains("expires_at"), "{late:?}");
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
     let left: i64 = conn.query_row(

@@ -699,7 +699,12 @@ async fn concurrency_per_tenant_and_load_shedding() -> anyhow::Result<()> {
     };
     let acme = client(&fed, Some(token(TENANT))).await;
     let first = slow(TENANT, acme.clone());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let limiter = fed.gateway.limiter();
+    domicile_tests::eventually("the first aggregate is admitted", || {
+        let n = limiter.in_flight();
+        async move { n == 1 }
+    })
+    .await;
 
     // The tenant's one slot is taken.
     let busy = acme
@@ -712,7 +717,11 @@ async fn concurrency_per_tenant_and_load_shedding() -> anyhow::Result<()> {
 
     // Two calls in flight in all: a third tenant is shed with UNAVAILABLE.
     let second = slow("globex", client(&fed, Some(token("globex"))).await);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    domicile_tests::eventually("the second aggregate is admitted", || {
+        let n = limiter.in_flight();
+        async move { n == 2 }
+    })
+    .await;
     let mut initech = client(&fed, Some(token("initech"))).await;
     let shed = initech
         .aggregate(aggregate("initech", Purpose::CxAnalytics))

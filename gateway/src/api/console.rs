@@ -446,7 +446,7 @@ async fn overview(gateway: &Gateway, access: Access, query: &str) -> Answer {
             }
         },
     };
-    let now = domicile_proto::domain::unix_now();
+    let now = gateway.now();
     let request = GetOverviewRequest {
         tenant_id: tenant.clone(),
         since: Some(domicile_proto::domain::whole_seconds(now - length)),

@@ -7,7 +7,6 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use domicile_proto::{
-    domain::unix_now as now,
     domain::{IncidentSpec, TenantId, is_incident_id},
     error::Violations,
     pb::{
@@ -40,8 +39,8 @@ fn new_incident_id() -> Result<String, GatewayError> {
     ))
 }
 
-/// Fills the combined fields of `incident` from its region parts.
-fn combine(incident: &mut Incident) {
+/// Fills the combined fields of `incident` from its region parts, its time left as of `now`.
+fn combine(incident: &mut Incident, now: i64) {
     let mut totals: BTreeMap<i32, u64> = BTreeMap::new();
     for part in &incident.regions {
         for a in &part.affected {
@@ -62,7 +61,7 @@ fn combine(incident: &mut Incident) {
         .filter_map(|r| r.deadline)
         .min_by_key(|t| t.seconds);
     let deadline = incident.deadline.map_or(0, |t| t.seconds);
-    incident.seconds_left = deadline - now();
+    incident.seconds_left = deadline - now;
     incident.status = if incident.seconds_left > 0 {
         IncidentStatus::Open
     } else {
@@ -109,7 +108,7 @@ impl Gateway {
         // Forwarded exactly as signed: the DPO's signature covers every field.
         let forwarded = req.clone();
         let detected_at = Some(domicile_proto::domain::whole_seconds(
-            spec.detected_at.unwrap_or_else(now),
+            spec.detected_at.unwrap_or_else(|| self.now()),
         ));
         let message = RegionalNodeReportIncidentRequest {
             incident_id: incident_id.clone(),
@@ -168,7 +167,7 @@ impl Gateway {
                 .join("; ");
             return Err(GatewayError::NotRecorded(code, reasons));
         }
-        combine(&mut incident);
+        combine(&mut incident, self.now());
         tracing::info!(
             incident = %incident.incident_id,
             tenant = %incident.tenant_id,
@@ -242,7 +241,7 @@ impl Gateway {
             });
         };
         incident.regions = parts;
-        combine(&mut incident);
+        combine(&mut incident, self.now());
         Ok(GetIncidentResponse {
             incident: Some(incident),
             coverage,

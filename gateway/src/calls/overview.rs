@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use domicile_proto::{
-    domain::{OverviewWindow, TenantId, unix_now, whole_seconds},
+    domain::{OverviewWindow, TenantId, whole_seconds},
     error::Violations,
     pb::{
         GetOverviewRequest, GetOverviewResponse, RegionOverview, RegionStatus,
@@ -28,7 +28,7 @@ impl Gateway {
         req: GetOverviewRequest,
         deadline: Duration,
     ) -> Result<GetOverviewResponse, GatewayError> {
-        let now = unix_now();
+        let now = self.now();
         let tenant = TenantId::parse(&req.tenant_id, "tenant_id");
         let window = OverviewWindow::parse(req.since.as_ref(), req.bucket_seconds, now);
         let (tenant, window) = combine(Violations::new(), tenant, window)?;

@@ -148,8 +148,7 @@ impl Gateway {
         req: PlaceLegalHoldRequest,
         deadline: Duration,
     ) -> Result<PlaceLegalHoldResponse, GatewayError> {
-        let now = domicile_proto::domain::unix_now();
-        let spec = HoldSpec::parse(&req, now)?;
+        let spec = HoldSpec::parse(&req, self.now())?;
         let region = self
             .region_for_country(&spec.country)
             .ok_or_else(|| {

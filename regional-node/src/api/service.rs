@@ -243,7 +243,7 @@ impl RegionalNode for RegionalNodeService {
         let window = domicile_proto::domain::OverviewWindow::parse(
             req.since.as_ref(),
             req.bucket_seconds,
-            domicile_proto::domain::unix_now(),
+            self.node.now(),
         )?;
         let report = self
             .node

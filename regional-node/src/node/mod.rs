@@ -222,7 +222,7 @@ impl Node {
         // The KEK is checked against the vault before the data database is opened.
         let store = Store::open_with_vault(
             &config.backend(),
-            crate::store::vault::Vault::open_for(&config)?,
+            crate::store::vault::Vault::open_for(&config)?.with_clock(clock.clone()),
             &crate::domain::schema::SCHEMA,
         )?;
         store.write(|tx| {

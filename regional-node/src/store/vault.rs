@@ -21,6 +21,7 @@
 //! those erasures kept: a data file restored from a backup taken before an erasure is erased
 //! again for those references and gets the suppressions back ([`crate::node::backup::restore`]).
 
+use domicile_ops::clock::SharedClock;
 use std::{
     collections::{BTreeSet, HashMap},
     sync::Mutex,
@@ -194,6 +195,8 @@ pub struct Vault {
     kek: (Kek, String),
     /// During a rotation, the KEK being replaced, and its id.
     previous: Option<(Kek, String)>,
+    /// Stamps new keys and tombstones: the node's clock ([`Vault::with_clock`]).
+    clock: SharedClock,
 }
 
 /// What a KEK's check value (its wrapped copy of the lookup key) is bound to.
@@ -299,7 +302,14 @@ impl Vault {
             conn: Mutex::new(conn),
             kek: (kek, kek_id),
             previous: previous.zip(previous_id),
+            clock: domicile_ops::clock::system(),
         })
+    }
+
+    /// The same vault stamping new keys and tombstones with `clock`'s time (the node's).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Finds the KEKs among the vault's check values (registering the current one at a
@@ -333,7 +343,9 @@ impl Vault {
                 params![
                     id,
                     k.wrap(&check_aad(&id), lookup)?,
-                    domicile_proto::domain::unix_now()
+                    // When the KEK was first seen: the system's time (the vault opens before
+                    // the node's clock is handed to it).
+                    domicile_ops::clock::system().now()
                 ],
             )?;
             Ok(id)
@@ -524,7 +536,7 @@ impl Vault {
             "SELECT reference, kek_id, wrapped FROM subject_keys WHERE tenant = ?1 AND lookup = ?2";
         self.with(|tx| {
             let mut out = HashMap::with_capacity(external_ids.len());
-            let now = domicile_proto::domain::unix_now();
+            let now = self.clock.now();
             let mut get = tx.prepare_cached(GET)?;
             for external in external_ids {
                 let lookup = self.lookup(tenant, external);
@@ -655,7 +667,7 @@ impl Vault {
                 "DELETE FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
                 params![tenant, reference],
             )?;
-            let now = domicile_proto::domain::unix_now();
+            let now = self.clock.now();
             tx.execute(
                 "INSERT OR IGNORE INTO erased_references (tenant, reference, erased_at)
                  VALUES (?1, ?2, ?3)",
