@@ -703,9 +703,21 @@ impl Backend {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            PgTarget::parse(url)?;
             return Ok(Self::Postgres(url.to_owned()));
         }
         Err("expected sqlite://<path> or postgres://<user>@<host>:<port>/<database>".into())
+    }
+
+    /// True for a PostgreSQL server reached in plaintext over a network (not loopback, not a
+    /// local socket): personal data would cross it unencrypted. The store warns at open.
+    pub fn plaintext_over_network(&self) -> bool {
+        match self {
+            Self::Sqlite(_) => false,
+            Self::Postgres(url) => {
+                PgTarget::parse(url).is_ok_and(|t| t.root_cert.is_none() && !t.is_local())
+            }
+        }
     }
 
     /// A description for logs: the SQLite path, or PostgreSQL's host, port and database
@@ -719,6 +731,91 @@ impl Backend {
                 format!("postgres://{}", rest.split('?').next().unwrap_or(rest))
             }
         }
+    }
+}
+
+/// How the node reaches a PostgreSQL server: the URL the client library gets, and whether the
+/// connection is TLS, from the storage URL's `sslmode` and `sslrootcert` (libpq's names).
+///
+/// - no `sslmode`, or `sslmode=disable`: plaintext (for a server on loopback or a socket);
+/// - `sslmode=verify-full&sslrootcert=<CA file>`: TLS, the server's certificate checked against
+///   that CA and its name against the URL's host (an IP address must be in the certificate as
+///   one), as libpq's `verify-full`.
+///
+/// Modes that encrypt without checking who answers (`require`, `prefer`, `allow`,
+/// `verify-ca`) are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// The URL for the client library: the node's own options taken out, `sslmode=require`
+    /// when TLS is on.
+    pub url: String,
+    /// `Some(CA file)`: TLS, verified against that CA and the host name.
+    pub root_cert: Option<PathBuf>,
+    /// The host the URL names (empty when it names none: a local socket).
+    pub host: String,
+}
+
+impl PgTarget {
+    /// Reads a `postgres://` URL's TLS options.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let (mut mode, mut root_cert, mut kept) = (None, None, Vec::new());
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("sslmode", v) => mode = Some(v),
+                ("sslrootcert", v) if !v.is_empty() => root_cert = Some(PathBuf::from(v)),
+                ("sslrootcert", _) => return Err("sslrootcert: a CA file is needed".into()),
+                _ => kept.push(pair),
+            }
+        }
+        let root_cert = match (mode, root_cert) {
+            (None | Some("disable"), None) => None,
+            (Some("verify-full"), Some(ca)) => {
+                kept.push("sslmode=require");
+                Some(ca)
+            }
+            (Some("verify-full"), None) => {
+                return Err("sslmode=verify-full needs sslrootcert=<the server's CA file>".into());
+            }
+            (None | Some("disable"), Some(_)) => {
+                return Err("sslrootcert is set: use sslmode=verify-full with it".into());
+            }
+            (Some(other), _) => {
+                return Err(format!(
+                    "sslmode={other}: use verify-full (TLS, the server's certificate and name \
+                     checked; with sslrootcert=<CA file>) or disable (plaintext, for a server \
+                     on loopback)"
+                ));
+            }
+        };
+        let authority = base.split_once("://").map_or(base, |(_, r)| r);
+        let authority = authority.split('/').next().unwrap_or("");
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match hostport.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => hostport.split(':').next().unwrap_or(""),
+        };
+        Ok(Self {
+            url: if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            },
+            root_cert,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Whether the connection stays on this machine (loopback or a local socket), where
+    /// plaintext does not cross a network.
+    pub fn is_local(&self) -> bool {
+        self.host.is_empty()
+            || self.host == "localhost"
+            || self.host.starts_with('/')
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -766,6 +863,47 @@ pub struct KekSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_urls_take_tls_options_or_are_refused() {
+        let plain = PgTarget::parse("postgres://u@127.0.0.1:5432/d?connect_timeout=5").unwrap();
+        assert_eq!(plain.url, "postgres://u@127.0.0.1:5432/d?connect_timeout=5");
+        assert_eq!((&plain.root_cert, plain.host.as_str()), (&None, "127.0.0.1"));
+        let tls = PgTarget::parse(
+            "postgresql://u:pw@db.eu-de.internal:5432/d?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=n",
+        )
+        .unwrap();
+        assert_eq!(
+            tls.url,
+            "postgresql://u:pw@db.eu-de.internal:5432/d?application_name=n&sslmode=require"
+        );
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.host, "db.eu-de.internal");
+        assert!(!tls.is_local());
+        assert!(plain.is_local());
+        assert_eq!(
+            PgTarget::parse("postgres://u@[::1]:5/d").unwrap().host,
+            "::1"
+        );
+        for (url, says) in [
+            ("postgres://h/d?sslmode=require", "sslmode=require"),
+            (
+                "postgres://h/d?sslmode=verify-ca&sslrootcert=/ca",
+                "sslmode=verify-ca",
+            ),
+            ("postgres://h/d?sslmode=prefer", "sslmode=prefer"),
+            ("postgres://h/d?sslmode=verify-full", "needs sslrootcert"),
+            ("postgres://h/d?sslrootcert=/ca", "use sslmode=verify-full"),
+            (
+                "postgres://h/d?sslmode=verify-full&sslrootcert=",
+                "a CA file",
+            ),
+        ] {
+            let e = PgTarget::parse(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(Backend::parse(url).is_err(), "{url}");
+        }
+    }
 
     #[test]
     fn the_environment_overrides_the_file() {

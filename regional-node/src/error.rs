@@ -68,6 +68,9 @@ pub enum DbError {
     /// A PostgreSQL connection's thread could not start or has ended.
     #[error("postgres connection: {0}")]
     Thread(String),
+    /// The database's address or its TLS options are unusable (the message names which).
+    #[error("postgres configuration: {0}")]
+    Config(String),
     /// A query expected a row and found none.
     #[error("no row")]
     NoRow,
@@ -82,11 +85,20 @@ pub enum DbError {
 }
 
 /// PostgreSQL's message and SQLSTATE for a server error (its `DETAIL`, which can quote
-/// values, is left out), or the client's own text.
+/// values, is left out), or the client's own text with its causes (e.g. why a TLS handshake
+/// failed: a certificate for another name, an unknown issuer).
 fn pg_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

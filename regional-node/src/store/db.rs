@@ -16,6 +16,7 @@ use std::{collections::HashMap, fmt};
 
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
+use crate::config::PgTarget;
 pub use crate::error::DbError;
 use crate::error::NodeError;
 
@@ -697,6 +698,37 @@ enum Reply {
     Closed(bool),
 }
 
+/// A client for `url`: plaintext, or TLS verified against the URL's CA file and host name
+/// ([`PgTarget`]).
+fn pg_client(url: &str) -> Result<postgres::Client, DbError> {
+    let target = PgTarget::parse(url).map_err(DbError::Config)?;
+    let Some(ca) = &target.root_cert else {
+        return Ok(postgres::Client::connect(&target.url, postgres::NoTls)?);
+    };
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let unreadable =
+        |e: &dyn std::fmt::Display| DbError::Config(format!("sslrootcert {}: {e}", ca.display()));
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreadable(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(postgres::Client::connect(
+        &target.url,
+        tokio_postgres_rustls::MakeRustlsConnect::new(config),
+    )?)
+}
+
 /// A PostgreSQL connection, owned by a thread of its own. The synchronous `postgres` client
 /// runs a private tokio runtime, which must never be entered from an async context (nor
 /// dropped in one); on its own thread it never is, whichever thread the node calls from.
@@ -714,7 +746,7 @@ impl PgConn {
         std::thread::Builder::new()
             .name("postgres".into())
             .spawn(move || {
-                let mut client = match postgres::Client::connect(&url, postgres::NoTls) {
+                let mut client = match pg_client(&url) {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(()));
                         c
@@ -765,7 +797,7 @@ impl PgConn {
             .map_err(|e| DbError::Thread(e.to_string()))?;
         match ready.recv() {
             Ok(Ok(())) => Ok(Self { jobs, replies }),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(DbError::Thread("the connection thread ended".into())),
         }
     }

@@ -60,6 +60,16 @@ fn is_root() -> bool {
 impl PgCluster {
     /// Makes and starts a cluster; a database named `domicile` is ready to connect to.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`PgCluster::start`], serving TLS with the certificate chain and key given (PEM), beside
+    /// plaintext: the client chooses.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let bin = server_bin()?;
         let dir = tempfile::tempdir().context("a temporary directory for the cluster")?;
         let run_as = is_root().then(|| "postgres".to_owned());
@@ -93,10 +103,33 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
+        let mut options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {}",
             cluster.dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            let (cert_file, key_file) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            // The server refuses a key others can read; it must own it.
+            std::fs::set_permissions(
+                &key_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            if let Some(user) = &cluster.run_as {
+                for f in [&cert_file, &key_file] {
+                    let status = Command::new("chown")
+                        .args([&format!("{user}:"), f.to_str().unwrap()])
+                        .status()?;
+                    anyhow::ensure!(status.success(), "chown of {} failed", f.display());
+                }
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_file.display(),
+                key_file.display()
+            ));
+        }
         let log = cluster.dir.path().join("server.log");
         cluster.run(
             "pg_ctl",
