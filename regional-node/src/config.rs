@@ -868,7 +868,10 @@ mod tests {
     fn postgres_urls_take_tls_options_or_are_refused() {
         let plain = PgTarget::parse("postgres://u@127.0.0.1:5432/d?connect_timeout=5").unwrap();
         assert_eq!(plain.url, "postgres://u@127.0.0.1:5432/d?connect_timeout=5");
-        assert_eq!((&plain.root_cert, plain.host.as_str()), (&None, "127.0.0.1"));
+        assert_eq!(
+            (&plain.root_cert, plain.host.as_str()),
+            (&None, "127.0.0.1")
+        );
         let tls = PgTarget::parse(
             "postgresql://u:pw@db.eu-de.internal:5432/d?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=n",
         )

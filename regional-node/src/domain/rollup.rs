@@ -593,6 +593,79 @@ impl Delta {
         self.tenants.get_mut(tenant).expect("inserted above")
     }
 
+    /// Looks up the numbers of `subjects` (making the missing ones) and whether each is
+    /// tracked, in a few set-based statements (PostgreSQL: arrays), so that [`Delta::add`]
+    /// then asks the database nothing per interaction.
+    pub fn prefetch(
+        &mut self,
+        tx: &Connection,
+        tenant: &str,
+        subjects: &BTreeSet<&str>,
+    ) -> Result<(), NodeError> {
+        let delta = self.tenant(tenant);
+        let wanted: Vec<Option<String>> = subjects
+            .iter()
+            .filter(|s| !delta.numbers.contains_key(**s))
+            .map(|s| Some((*s).to_owned()))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        fn found(
+            tx: &Connection,
+            numbers: &mut HashMap<String, u32>,
+            sql: &str,
+            args: &[&dyn ToValue],
+        ) -> Result<(), NodeError> {
+            let rows: Vec<(String, i64)> = tx
+                .prepare_cached(sql)?
+                .query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (subject, n) in rows {
+                let n = u32::try_from(n).map_err(|_| {
+                    NodeError::Internal("more than 2^32 subjects in one database".into())
+                })?;
+                numbers.insert(subject, n);
+            }
+            Ok(())
+        }
+        const KNOWN: &str = "SELECT subject_id, n FROM subject_numbers
+             WHERE tenant = ?1 AND subject_id = ANY(?2::text[])";
+        found(tx, &mut delta.numbers, KNOWN, params![tenant, wanted])?;
+        // Only the missing ones are inserted: a conflicting insert would still spend a number.
+        let missing: Vec<Option<String>> = wanted
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|s| !delta.numbers.contains_key(s)))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            found(
+                tx,
+                &mut delta.numbers,
+                "INSERT INTO subject_numbers (tenant, subject_id)
+                 SELECT ?1, s FROM unnest(?2::text[]) AS t(s)
+                 ON CONFLICT DO NOTHING RETURNING subject_id, n",
+                params![tenant, missing],
+            )?;
+            // Made meanwhile by another replica's transaction: read it.
+            found(tx, &mut delta.numbers, KNOWN, params![tenant, missing])?;
+        }
+        let tracked: Vec<String> = tx
+            .prepare_cached(
+                "SELECT subject_id FROM tracked_subjects
+                 WHERE tenant = ?1 AND subject_id = ANY(?2::text[])",
+            )?
+            .query_map(params![tenant, wanted], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for s in wanted.into_iter().flatten() {
+            delta.tracked.insert(s, false);
+        }
+        for s in tracked {
+            delta.tracked.insert(s, true);
+        }
+        Ok(())
+    }
+
     /// Counts a stored interaction.
     pub fn add(&mut self, tx: &Connection, f: &Facts) -> Result<(), NodeError> {
         let delta = self.tenant(&f.tenant);
@@ -798,11 +871,14 @@ pub fn delete_interactions(
 /// subjects stay tracked (tracking is never withdrawn while a subject has interactions), and
 /// every subject that qualifies now is tracked too.
 pub fn rebuild(tx: &Connection) -> Result<(), NodeError> {
-    tx.execute_batch(&format!(
-        "DELETE FROM rollup_cells; DELETE FROM subject_numbers; DELETE FROM subject_cells;
-         INSERT OR IGNORE INTO tracked_subjects {};",
-        qualifying()
-    ))?;
+    tx.execute_batch(
+        "DELETE FROM rollup_cells; DELETE FROM subject_numbers; DELETE FROM subject_cells;",
+    )?;
+    // One statement through `execute`, which writes `INSERT OR IGNORE` in PostgreSQL's terms.
+    tx.execute(
+        &format!("INSERT OR IGNORE INTO tracked_subjects {}", qualifying()),
+        params![],
+    )?;
     let mut delta = Delta::default();
     // Streamed on SQLite: the rows are never all in memory, only the cells.
     tx.query_each(

@@ -9,14 +9,16 @@
 //! hold keyed forms that only the subject's data key recomputes ([`crate::store::vault`]).
 //! Every table is keyed by tenant first: no query can reach across tenants.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use domicile_proto::domain::{Interaction, Subject};
 
 use crate::{
-    domain::rollup::Facts,
+    domain::rollup::{Delta, Facts},
     error::NodeError,
     store::{
         Store,
-        db::{Connection, params},
+        db::{Connection, Dialect, Statement, params},
         vault::{SubjectKey, comment_aad, interaction_id_aad, profile_aad},
     },
 };
@@ -169,7 +171,7 @@ impl StoredRecord {
 
 /// The data keys of a batch's subjects, by reference ([`key_records`]).
 #[derive(Debug, Default)]
-pub struct BatchKeys(std::collections::HashMap<String, SubjectKey>);
+pub struct BatchKeys(HashMap<String, SubjectKey>);
 
 /// What storing one record did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,138 +261,574 @@ pub fn write_batch(
     })
 }
 
-/// Writes one batch's records in `tx`; each record's outcome, in order.
+/// Writes one batch's records in `tx`; each record's outcome, in order. SQLite writes record
+/// by record (its statements run in-process); PostgreSQL writes the batch set by set
+/// ([`store_batch_postgres`]), a round trip per table rather than several per record.
 fn store_batch(
     tx: &Connection,
     tenant: &str,
     records: &[StoredRecord],
-    keys: &std::collections::HashMap<String, SubjectKey>,
+    keys: &HashMap<String, SubjectKey>,
     now: i64,
 ) -> Result<Vec<StoreOutcome>, NodeError> {
-    let key_of = |subject: &str| {
-        keys.get(subject)
-            .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
-    };
-    let mut outcomes = Vec::with_capacity(records.len());
-    let mut rollups = crate::domain::rollup::Delta::default();
-    {
-        const CLAIM: &str = "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, ?3, ?4)";
-        const SUBJECT: &str = "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (tenant, external_id) DO UPDATE SET country = excluded.country, updated_at = excluded.updated_at";
-        const PII: &str = "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant, external_id) DO UPDATE SET profile = excluded.profile, has_contact = excluded.has_contact";
-        const NEW_INTERACTION: &str =
-            "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
-               channel, direction, started_at, ended_at, handle_time, outcome, agent_team, recorded,
-               survey_id, nps, csat, ces, sealed_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT (tenant, interaction_id) DO NOTHING";
-        const REPLACE_INTERACTION: &str = "UPDATE interactions SET subject_id = ?3, country = ?4,
-               channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
-               outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
-               csat = ?15, ces = ?16, sealed_id = ?17
-             WHERE tenant = ?1 AND interaction_id = ?2";
-        const TEXT: &str = "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tenant, interaction_id) DO UPDATE SET subject_id = excluded.subject_id, comment = excluded.comment";
-        const DROP_TEXT: &str =
-            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2";
-        // Prepared once per batch (on SQLite; PostgreSQL's connection caches its own).
-        let mut claim = tx.prepare_cached(CLAIM)?;
-        let mut subject = tx.prepare_cached(SUBJECT)?;
-        let mut pii = tx.prepare_cached(PII)?;
-        let mut new_interaction = tx.prepare_cached(NEW_INTERACTION)?;
-        let mut replace_interaction = tx.prepare_cached(REPLACE_INTERACTION)?;
-        let mut text = tx.prepare_cached(TEXT)?;
-        let mut drop_text = tx.prepare_cached(DROP_TEXT)?;
-        for record in records {
-            let kind = match record.body {
-                RecordBody::Subject(_) => 1,
-                RecordBody::Interaction(_) => 2,
-            };
-            if claim.execute(params![tenant, record.idempotency_key, kind, now])? == 0 {
-                outcomes.push(StoreOutcome::Duplicate);
-                continue;
-            }
-            match &record.body {
-                RecordBody::Subject(s) => {
-                    subject.execute(params![tenant, s.external_id, record.country, now])?;
-                    let profile = Profile {
-                        full_name: s.full_name.clone(),
-                        email: s.email.clone(),
-                        phone: s.phone.clone(),
-                        postal_code: s.postal_code.clone(),
-                        language: s.language.clone(),
-                        birth_year: s.birth_year.map(u32::from),
-                    };
-                    let sealed = profile.seal(key_of(&s.external_id)?, tenant, &s.external_id)?;
-                    let has_contact = !s.email.is_empty() || !s.phone.is_empty();
-                    pii.execute(params![tenant, s.external_id, sealed, has_contact])?;
+    let mut rollups = Delta::default();
+    let outcomes = match tx.dialect() {
+        Dialect::Sqlite => {
+            let mut claim = tx.prepare_cached(
+                "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut statements = RecordStatements::prepare(tx)?;
+            let mut outcomes = Vec::with_capacity(records.len());
+            for record in records {
+                if claim.execute(params![
+                    tenant,
+                    record.idempotency_key,
+                    kind_of(record),
+                    now
+                ])? == 0
+                {
+                    outcomes.push(StoreOutcome::Duplicate);
+                    continue;
                 }
-                RecordBody::Interaction(i) => {
-                    let survey = i.survey.as_ref();
-                    let values = params![
+                statements.write(tx, tenant, record, keys, now, &mut rollups)?;
+                outcomes.push(StoreOutcome::Stored);
+            }
+            outcomes
+        }
+        Dialect::Postgres => store_batch_postgres(tx, tenant, records, keys, now, &mut rollups)?,
+    };
+    rollups.apply(tx)?;
+    Ok(outcomes)
+}
+
+/// `ingest_keys.kind`: 1 a subject, 2 an interaction.
+fn kind_of(record: &StoredRecord) -> i64 {
+    match record.body {
+        RecordBody::Subject(_) => 1,
+        RecordBody::Interaction(_) => 2,
+    }
+}
+
+fn key_of<'k>(
+    keys: &'k HashMap<String, SubjectKey>,
+    subject: &str,
+) -> Result<&'k SubjectKey, NodeError> {
+    keys.get(subject)
+        .ok_or_else(|| NodeError::Internal("a data key is missing".into()))
+}
+
+/// A subject record's profile, sealed with its data key, and whether it has a contact.
+fn sealed_profile(
+    s: &Subject,
+    keys: &HashMap<String, SubjectKey>,
+    tenant: &str,
+) -> Result<(Vec<u8>, bool), NodeError> {
+    let profile = Profile {
+        full_name: s.full_name.clone(),
+        email: s.email.clone(),
+        phone: s.phone.clone(),
+        postal_code: s.postal_code.clone(),
+        language: s.language.clone(),
+        birth_year: s.birth_year.map(u32::from),
+    };
+    let sealed = profile.seal(key_of(keys, &s.external_id)?, tenant, &s.external_id)?;
+    Ok((sealed, !s.email.is_empty() || !s.phone.is_empty()))
+}
+
+/// An interaction's comment sealed with its subject's data key, when it has one.
+fn sealed_comment(
+    i: &Interaction,
+    keys: &HashMap<String, SubjectKey>,
+    tenant: &str,
+) -> Result<Option<Vec<u8>>, NodeError> {
+    match i.survey.as_ref().filter(|s| !s.comment.is_empty()) {
+        Some(s) => Ok(Some(key_of(keys, &i.subject_id)?.seal(
+            &comment_aad(tenant, &i.interaction_id),
+            s.comment.as_bytes(),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// What the rollups count of an interaction stored in `country`.
+fn facts_of(tenant: &str, country: &str, i: &Interaction) -> Facts {
+    let survey = i.survey.as_ref();
+    Facts {
+        tenant: tenant.to_owned(),
+        subject: i.subject_id.clone(),
+        country: country.to_owned(),
+        channel: i.channel as i32,
+        started_at: i.started_at,
+        handle_time: i64::from(i.handle_time_seconds),
+        nps: survey.and_then(|s| s.nps).map(i64::from),
+        csat: survey.and_then(|s| s.csat).map(i64::from),
+        ces: survey.and_then(|s| s.ces).map(i64::from),
+    }
+}
+
+/// The statements that write one record whose idempotency key was just claimed, prepared once
+/// per batch.
+struct RecordStatements<'c> {
+    subject: Statement<'c>,
+    pii: Statement<'c>,
+    new_interaction: Statement<'c>,
+    replace_interaction: Statement<'c>,
+    text: Statement<'c>,
+    drop_text: Statement<'c>,
+}
+
+impl<'c> RecordStatements<'c> {
+    fn prepare(tx: &'c Connection) -> Result<Self, NodeError> {
+        Ok(Self {
+            subject: tx.prepare_cached(
+                "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (tenant, external_id) DO UPDATE
+                 SET country = excluded.country, updated_at = excluded.updated_at",
+            )?,
+            pii: tx.prepare_cached(
+                "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, external_id) DO UPDATE
+                 SET profile = excluded.profile, has_contact = excluded.has_contact",
+            )?,
+            new_interaction: tx.prepare_cached(
+                "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
+                   channel, direction, started_at, ended_at, handle_time, outcome, agent_team,
+                   recorded, survey_id, nps, csat, ces, sealed_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 ON CONFLICT (tenant, interaction_id) DO NOTHING",
+            )?,
+            replace_interaction: tx.prepare_cached(
+                "UPDATE interactions SET subject_id = ?3, country = ?4,
+                   channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
+                   outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
+                   csat = ?15, ces = ?16, sealed_id = ?17
+                 WHERE tenant = ?1 AND interaction_id = ?2",
+            )?,
+            text: tx.prepare_cached(
+                "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant, interaction_id) DO UPDATE
+                 SET subject_id = excluded.subject_id, comment = excluded.comment",
+            )?,
+            drop_text: tx.prepare_cached(
+                "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
+            )?,
+        })
+    }
+
+    /// Writes `record` (its idempotency key claimed) and counts it in `rollups`.
+    fn write(
+        &mut self,
+        tx: &Connection,
+        tenant: &str,
+        record: &StoredRecord,
+        keys: &HashMap<String, SubjectKey>,
+        now: i64,
+        rollups: &mut Delta,
+    ) -> Result<(), NodeError> {
+        match &record.body {
+            RecordBody::Subject(s) => {
+                self.subject
+                    .execute(params![tenant, s.external_id, record.country, now])?;
+                let (sealed, has_contact) = sealed_profile(s, keys, tenant)?;
+                self.pii
+                    .execute(params![tenant, s.external_id, sealed, has_contact])?;
+            }
+            RecordBody::Interaction(i) => {
+                let survey = i.survey.as_ref();
+                let values = params![
+                    tenant,
+                    i.interaction_id,
+                    i.subject_id,
+                    record.country,
+                    i.channel as i32,
+                    i.direction as i32,
+                    i.started_at,
+                    i.ended_at,
+                    i.handle_time_seconds,
+                    i.outcome,
+                    i.agent_team,
+                    i.recorded,
+                    survey.map(|s| s.survey_id.as_str()),
+                    survey.and_then(|s| s.nps),
+                    survey.and_then(|s| s.csat),
+                    survey.and_then(|s| s.ces),
+                    record.sealed_id,
+                ];
+                // A new interaction id is one insert; an existing one (sent again under a new
+                // idempotency key) replaces the stored row, which leaves its cells.
+                let replaced = self.new_interaction.execute(values)? == 0;
+                if replaced {
+                    rollups.remove_where(
+                        tx,
+                        "i.tenant = ?1 AND i.interaction_id = ?2",
+                        params![tenant, i.interaction_id],
+                    )?;
+                    self.replace_interaction.execute(values)?;
+                }
+                rollups.add(tx, &facts_of(tenant, &record.country, i))?;
+                match sealed_comment(i, keys, tenant)? {
+                    Some(sealed) => self.text.execute(params![
                         tenant,
                         i.interaction_id,
                         i.subject_id,
-                        record.country,
-                        i.channel as i32,
-                        i.direction as i32,
-                        i.started_at,
-                        i.ended_at,
-                        i.handle_time_seconds,
-                        i.outcome,
-                        i.agent_team,
-                        i.recorded,
-                        survey.map(|s| s.survey_id.as_str()),
-                        survey.and_then(|s| s.nps),
-                        survey.and_then(|s| s.csat),
-                        survey.and_then(|s| s.ces),
-                        record.sealed_id,
-                    ];
-                    // A new interaction id is one insert; an existing one (sent again under
-                    // a new idempotency key) replaces the stored row, which leaves its cells.
-                    let replaced = new_interaction.execute(values)? == 0;
-                    if replaced {
-                        rollups.remove_where(
-                            tx,
-                            "i.tenant = ?1 AND i.interaction_id = ?2",
-                            params![tenant, i.interaction_id],
-                        )?;
-                        replace_interaction.execute(values)?;
+                        sealed
+                    ])?,
+                    // A replaced interaction loses the comment it no longer has.
+                    None if replaced => {
+                        self.drop_text.execute(params![tenant, i.interaction_id])?
                     }
-                    rollups.add(
-                        tx,
-                        &Facts {
-                            tenant: tenant.to_owned(),
-                            subject: i.subject_id.clone(),
-                            country: record.country.clone(),
-                            channel: i.channel as i32,
-                            started_at: i.started_at,
-                            handle_time: i64::from(i.handle_time_seconds),
-                            nps: survey.and_then(|s| s.nps).map(i64::from),
-                            csat: survey.and_then(|s| s.csat).map(i64::from),
-                            ces: survey.and_then(|s| s.ces).map(i64::from),
-                        },
-                    )?;
-                    match survey.filter(|s| !s.comment.is_empty()) {
-                        Some(s) => {
-                            let sealed = key_of(&i.subject_id)?.seal(
-                                &comment_aad(tenant, &i.interaction_id),
-                                s.comment.as_bytes(),
-                            )?;
-                            text.execute(params![tenant, i.interaction_id, i.subject_id, sealed])?
-                        }
-                        // A replaced interaction loses the comment it no longer has.
-                        None if replaced => drop_text.execute(params![tenant, i.interaction_id])?,
-                        None => 0,
-                    };
-                }
+                    None => 0,
+                };
             }
-            outcomes.push(StoreOutcome::Stored);
+        }
+        Ok(())
+    }
+}
+
+/// A nullable array column of a set-based PostgreSQL statement.
+type Column<T> = Vec<Option<T>>;
+
+/// PostgreSQL: the batch in a few set-based statements (`unnest` of array parameters), so
+/// that its cost is a handful of round trips, not several per record:
+/// 1. every idempotency key claimed at once (`RETURNING` says which were new; a key twice in
+///    the batch is new once);
+/// 2. the new subjects and their profiles upserted at once (the last record of a subject wins,
+///    as record by record);
+/// 3. the new interactions inserted at once, their subjects' rollup numbers and tracking read
+///    at once ([`Delta::prefetch`]), their comments written at once;
+/// 4. an interaction whose id was already stored (sent again under a new idempotency key) is
+///    replaced record by record, as on SQLite.
+fn store_batch_postgres(
+    tx: &Connection,
+    tenant: &str,
+    records: &[StoredRecord],
+    keys: &HashMap<String, SubjectKey>,
+    now: i64,
+    rollups: &mut Delta,
+) -> Result<Vec<StoreOutcome>, NodeError> {
+    let idempotency: Column<String> = records
+        .iter()
+        .map(|r| Some(r.idempotency_key.clone()))
+        .collect();
+    let kinds: Column<i64> = records.iter().map(|r| Some(kind_of(r))).collect();
+    let mut claimed: HashSet<String> = tx
+        .prepare_cached(
+            "INSERT INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
+             SELECT ?1, k, kind, ?4 FROM unnest(?2::text[], ?3::bigint[]) AS t(k, kind)
+             ON CONFLICT DO NOTHING RETURNING idempotency_key",
+        )?
+        .query_map(params![tenant, idempotency, kinds, now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let outcomes: Vec<StoreOutcome> = records
+        .iter()
+        .map(|r| match claimed.remove(&r.idempotency_key) {
+            true => StoreOutcome::Stored,
+            false => StoreOutcome::Duplicate,
+        })
+        .collect();
+    // The records to write, with their place in the batch.
+    let stored = || {
+        records
+            .iter()
+            .enumerate()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == StoreOutcome::Stored)
+            .map(|(r, _)| r)
+    };
+
+    // Subjects: the last record of each.
+    let mut subjects: HashMap<&str, (&StoredRecord, &Subject)> = HashMap::new();
+    for (_, record) in stored() {
+        if let RecordBody::Subject(s) = &record.body {
+            subjects.insert(s.external_id.as_str(), (record, s));
         }
     }
-    rollups.apply(tx)?;
+    if !subjects.is_empty() {
+        let (mut ids, mut countries, mut profiles, mut contacts) = (
+            Column::new(),
+            Column::new(),
+            Column::new(),
+            Column::<i64>::new(),
+        );
+        for (id, (record, s)) in &subjects {
+            let (sealed, has_contact) = sealed_profile(s, keys, tenant)?;
+            ids.push(Some((*id).to_owned()));
+            countries.push(Some(record.country.clone()));
+            profiles.push(Some(sealed));
+            contacts.push(Some(i64::from(has_contact)));
+        }
+        tx.prepare_cached(
+            "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
+             SELECT ?1, e, c, ?4, ?4 FROM unnest(?2::text[], ?3::text[]) AS t(e, c)
+             ON CONFLICT (tenant, external_id) DO UPDATE
+             SET country = excluded.country, updated_at = excluded.updated_at",
+        )?
+        .execute(params![tenant, ids, countries, now])?;
+        tx.prepare_cached(
+            "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
+             SELECT ?1, e, p, h FROM unnest(?2::text[], ?3::bytea[], ?4::bigint[]) AS t(e, p, h)
+             ON CONFLICT (tenant, external_id) DO UPDATE
+             SET profile = excluded.profile, has_contact = excluded.has_contact",
+        )?
+        .execute(params![tenant, ids, profiles, contacts])?;
+    }
+
+    // Interactions: the first record of each id goes into the set insert; a later one in the
+    // batch, or one whose id was stored before, is written record by record after it.
+    let mut first: HashSet<&str> = HashSet::new();
+    let mut batch: Vec<(usize, &StoredRecord, &Interaction)> = Vec::new();
+    let mut later: Vec<(usize, &StoredRecord)> = Vec::new();
+    for (n, record) in stored() {
+        if let RecordBody::Interaction(i) = &record.body {
+            if first.insert(i.interaction_id.as_str()) {
+                batch.push((n, record, i));
+            } else {
+                later.push((n, record));
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let text = |f: &dyn Fn(&StoredRecord, &Interaction) -> Option<String>| -> Column<String> {
+            batch.iter().map(|(_, r, i)| f(r, i)).collect()
+        };
+        let int = |f: &dyn Fn(&Interaction) -> Option<i64>| -> Column<i64> {
+            batch.iter().map(|(_, _, i)| f(i)).collect()
+        };
+        let survey = |i: &Interaction| i.survey.clone();
+        let inserted: HashSet<String> = tx
+            .prepare_cached(
+                "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
+                   channel, direction, started_at, ended_at, handle_time, outcome, agent_team,
+                   recorded, survey_id, nps, csat, ces, sealed_id)
+                 SELECT ?1, * FROM unnest(?2::text[], ?3::text[], ?4::text[], ?5::bigint[],
+                   ?6::bigint[], ?7::bigint[], ?8::bigint[], ?9::bigint[], ?10::text[],
+                   ?11::text[], ?12::bigint[], ?13::text[], ?14::bigint[], ?15::bigint[],
+                   ?16::bigint[], ?17::bytea[])
+                 ON CONFLICT (tenant, interaction_id) DO NOTHING RETURNING interaction_id",
+            )?
+            .query_map(
+                params![
+                    tenant,
+                    text(&|_, i| Some(i.interaction_id.clone())),
+                    text(&|_, i| Some(i.subject_id.clone())),
+                    text(&|r, _| Some(r.country.clone())),
+                    int(&|i| Some(i64::from(i.channel as i32))),
+                    int(&|i| Some(i64::from(i.direction as i32))),
+                    int(&|i| Some(i.started_at)),
+                    int(&|i| i.ended_at),
+                    int(&|i| Some(i64::from(i.handle_time_seconds))),
+                    text(&|_, i| Some(i.outcome.clone())),
+                    text(&|_, i| Some(i.agent_team.clone())),
+                    int(&|i| Some(i64::from(i.recorded))),
+                    text(&|_, i| survey(i).map(|s| s.survey_id)),
+                    int(&|i| survey(i).and_then(|s| s.nps).map(i64::from)),
+                    int(&|i| survey(i).and_then(|s| s.csat).map(i64::from)),
+                    int(&|i| survey(i).and_then(|s| s.ces).map(i64::from)),
+                    batch
+                        .iter()
+                        .map(|(_, r, _)| r.sealed_id.clone())
+                        .collect::<Column<Vec<u8>>>(),
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        let subjects: BTreeSet<&str> = batch
+            .iter()
+            .filter(|(_, _, i)| inserted.contains(&i.interaction_id))
+            .map(|(_, _, i)| i.subject_id.as_str())
+            .collect();
+        rollups.prefetch(tx, tenant, &subjects)?;
+        let (mut ids, mut owners, mut comments) = (Column::new(), Column::new(), Column::new());
+        for &(n, record, i) in &batch {
+            if !inserted.contains(&i.interaction_id) {
+                later.push((n, record));
+                continue;
+            }
+            rollups.add(tx, &facts_of(tenant, &record.country, i))?;
+            if let Some(sealed) = sealed_comment(i, keys, tenant)? {
+                ids.push(Some(i.interaction_id.clone()));
+                owners.push(Some(i.subject_id.clone()));
+                comments.push(Some(sealed));
+            }
+        }
+        if !ids.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
+                 SELECT ?1, i, s, c FROM unnest(?2::text[], ?3::text[], ?4::bytea[]) AS t(i, s, c)
+                 ON CONFLICT (tenant, interaction_id) DO UPDATE
+                 SET subject_id = excluded.subject_id, comment = excluded.comment",
+            )?
+            .execute(params![tenant, ids, owners, comments])?;
+        }
+    }
+    if !later.is_empty() {
+        // In the batch's order, so that the last record of an interaction id wins.
+        later.sort_by_key(|(n, _)| *n);
+        let mut statements = RecordStatements::prepare(tx)?;
+        for (_, record) in later {
+            statements.write(tx, tenant, record, keys, now, rollups)?;
+        }
+    }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use domicile_proto::{
+        domain::Survey,
+        pb::{Channel, Direction},
+    };
+
+    use super::*;
+    use crate::testing::Databases;
+
+    const TENANT: &str = "acme";
+
+    fn subject(key: &str, id: &str, name: &str) -> StoredRecord {
+        StoredRecord {
+            idempotency_key: key.into(),
+            sealed_id: None,
+            country: "DE".into(),
+            body: RecordBody::Subject(Subject {
+                external_id: id.into(),
+                full_name: name.into(),
+                email: format!("{name}@example.org"),
+                phone: String::new(),
+                postal_code: String::new(),
+                language: String::new(),
+                birth_year: None,
+            }),
+        }
+    }
+
+    fn interaction(key: &str, id: &str, nps: u8, comment: &str) -> StoredRecord {
+        StoredRecord {
+            idempotency_key: key.into(),
+            sealed_id: None,
+            country: "DE".into(),
+            body: RecordBody::Interaction(Interaction {
+                interaction_id: id.into(),
+                subject_id: "s1".into(),
+                channel: Channel::Phone,
+                direction: Direction::Inbound,
+                started_at: 1_767_225_600 + 3_600 * i64::from(nps),
+                ended_at: None,
+                handle_time_seconds: 60,
+                outcome: "resolved".into(),
+                agent_team: "t".into(),
+                recorded: false,
+                survey: Some(Survey {
+                    survey_id: "nps".into(),
+                    nps: Some(nps),
+                    csat: None,
+                    ces: None,
+                    comment: comment.into(),
+                }),
+            }),
+        }
+    }
+
+    fn write(store: &Store, mut records: Vec<StoredRecord>) -> Vec<StoreOutcome> {
+        let keys = key_records(store, TENANT, &mut records).unwrap();
+        write_batch(store, TENANT, records, keys, 1_000, |_, _| Ok(())).unwrap()
+    }
+
+    /// Interactions (nps, has a comment), the subject's profile, the rollup cells (grain,
+    /// bucket, subjects) and whether the cells equal those rebuilt from the rows.
+    type State = (
+        Vec<(i64, bool)>,
+        Option<Profile>,
+        Vec<(i64, i64, i64)>,
+        bool,
+    );
+
+    /// Everything a batch leaves that the engines must agree on.
+    fn state(store: &Store) -> State {
+        store
+            .write(|tx| {
+                let rows = tx
+                    .prepare(
+                        "SELECT i.nps, EXISTS (SELECT 1 FROM interaction_text t
+                           WHERE t.tenant = i.tenant AND t.interaction_id = i.interaction_id)
+                         FROM interactions i ORDER BY i.nps",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<(i64, bool)>, _>>()?;
+                let reference = store.vault().find(TENANT, "s1")?.unwrap().reference;
+                let profile = profile(store, tx, TENANT, &reference)?;
+                let cells = |tx: &Connection| -> Result<Vec<(i64, i64, i64)>, NodeError> {
+                    tx.prepare(
+                        "SELECT grain, bucket, subjects_count FROM rollup_cells ORDER BY 1, 2",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+                };
+                let sums = |tx: &Connection| -> Result<Vec<Vec<u8>>, NodeError> {
+                    tx.prepare("SELECT sums FROM rollup_cells ORDER BY grain, bucket")?
+                        .query_map([], |r| r.get(0))?
+                        .collect()
+                };
+                let maintained = (cells(tx)?, sums(tx)?);
+                crate::domain::rollup::rebuild(tx)?;
+                let rebuilt = maintained == (cells(tx)?, sums(tx)?);
+                Err::<(), _>(NodeError::Internal(
+                    serde_json::to_string(&(rows, profile, maintained.0, rebuilt)).unwrap(),
+                ))
+            })
+            .map(|()| unreachable!())
+            .unwrap_or_else(|e| {
+                let NodeError::Internal(json) = e else {
+                    panic!("{e}")
+                };
+                serde_json::from_str(&json).unwrap()
+            })
+    }
+
+    /// The set-based PostgreSQL write and SQLite's record-by-record write agree on what a batch
+    /// with repeats does: a repeated idempotency key is a duplicate, the last record of a
+    /// subject or of an interaction id wins (a comment it no longer has goes), an id stored by
+    /// an earlier batch is replaced, and the rollup cells equal those rebuilt from the rows.
+    #[test]
+    fn repeats_in_and_across_batches_land_the_same_on_both_engines() {
+        let dbs = Databases::new();
+        let mut states = Vec::new();
+        for backend in dbs.both() {
+            let store = dbs.store(&backend);
+            let first = write(
+                &store,
+                vec![
+                    subject("k1", "s1", "ada"),
+                    interaction("k2", "x1", 3, "slow"),
+                    subject("k3", "s1", "grace"),
+                    interaction("k4", "x1", 4, ""),
+                    interaction("k5", "x2", 5, "ok"),
+                    interaction("k5", "x2", 6, "again"),
+                ],
+            );
+            use StoreOutcome::{Duplicate as D, Stored as S};
+            assert_eq!(first, [S, S, S, S, S, D], "{backend:?}");
+            let second = write(
+                &store,
+                vec![
+                    interaction("k5", "x2", 7, ""),
+                    interaction("k6", "x2", 8, "changed"),
+                    interaction("k7", "x3", 9, ""),
+                ],
+            );
+            assert_eq!(second, [D, S, S], "{backend:?}");
+            let (rows, profile, cells, rebuilt) = state(&store);
+            assert_eq!(rows, [(4, false), (8, true), (9, false)], "{backend:?}");
+            assert_eq!(profile.unwrap().full_name, "grace", "{backend:?}");
+            assert!(
+                rebuilt,
+                "{backend:?}: maintained cells differ from rebuilt ones"
+            );
+            states.push(cells);
+        }
+        assert_eq!(states[0], states[1], "the engines' cells differ");
+    }
 }

@@ -52,6 +52,13 @@ pub enum Value<'a> {
     Text(&'a str),
     /// Bytes.
     Blob(&'a [u8]),
+    /// An array of nullable integers (`bigint[]`): PostgreSQL only, for set-based statements
+    /// (`unnest`) that write a batch in one round trip.
+    Ints(&'a [Option<i64>]),
+    /// An array of nullable text (`text[]`): PostgreSQL only.
+    Texts(&'a [Option<String>]),
+    /// An array of nullable bytes (`bytea[]`): PostgreSQL only.
+    Blobs(&'a [Option<Vec<u8>>]),
 }
 
 /// A type that binds as a statement parameter.
@@ -117,6 +124,24 @@ impl ToValue for Vec<u8> {
 impl<const N: usize> ToValue for [u8; N] {
     fn to_value(&self) -> Value<'_> {
         Value::Blob(self)
+    }
+}
+
+impl ToValue for Vec<Option<i64>> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Ints(self)
+    }
+}
+
+impl ToValue for Vec<Option<String>> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Texts(self)
+    }
+}
+
+impl ToValue for Vec<Option<Vec<u8>>> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Blobs(self)
     }
 }
 
@@ -538,6 +563,9 @@ enum Cell {
     Real(f64),
     Text(String),
     Blob(Vec<u8>),
+    Ints(Vec<Option<i64>>),
+    Texts(Vec<Option<String>>),
+    Blobs(Vec<Option<Vec<u8>>>),
 }
 
 impl Cell {
@@ -548,6 +576,9 @@ impl Cell {
             Self::Real(f) => Value::Real(*f),
             Self::Text(s) => Value::Text(s),
             Self::Blob(b) => Value::Blob(b),
+            Self::Ints(a) => Value::Ints(a),
+            Self::Texts(a) => Value::Texts(a),
+            Self::Blobs(a) => Value::Blobs(a),
         }
     }
 }
@@ -635,6 +666,9 @@ impl ToSql for PgParam<'_> {
             (Value::Real(f), &Type::FLOAT4) => (f as f32).to_sql(ty, out),
             (Value::Text(s), _) => s.to_sql(ty, out),
             (Value::Blob(b), &Type::BYTEA) => b.to_sql(ty, out),
+            (Value::Ints(a), &Type::INT8_ARRAY) => a.to_sql(ty, out),
+            (Value::Texts(a), &Type::TEXT_ARRAY) => a.to_sql(ty, out),
+            (Value::Blobs(a), &Type::BYTEA_ARRAY) => a.to_sql(ty, out),
             (v, ty) => Err(format!("cannot bind {v:?} as {ty}").into()),
         }
     }
@@ -844,6 +878,9 @@ fn owned(values: Vec<Value<'_>>) -> Vec<Cell> {
             Value::Real(f) => Cell::Real(f),
             Value::Text(t) => Cell::Text(t.to_owned()),
             Value::Blob(b) => Cell::Blob(b.to_vec()),
+            Value::Ints(a) => Cell::Ints(a.to_vec()),
+            Value::Texts(a) => Cell::Texts(a.to_vec()),
+            Value::Blobs(a) => Cell::Blobs(a.to_vec()),
         })
         .collect()
 }
@@ -882,6 +919,11 @@ impl rusqlite::ToSql for LiteParam<'_> {
             Value::Real(f) => ValueRef::Real(f),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
             Value::Blob(b) => ValueRef::Blob(b),
+            Value::Ints(_) | Value::Texts(_) | Value::Blobs(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "arrays bind on PostgreSQL only".into(),
+                ));
+            }
         }))
     }
 }
