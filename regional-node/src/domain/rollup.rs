@@ -477,6 +477,30 @@ impl CellKey {
     }
 }
 
+/// Cells to write in one statement (PostgreSQL), as array columns.
+#[derive(Default)]
+struct CellRows {
+    grain: Vec<Option<i64>>,
+    bucket: Vec<Option<i64>>,
+    country: Vec<Option<String>>,
+    channel: Vec<Option<i64>>,
+    sums: Vec<Option<Vec<u8>>>,
+    count: Vec<Option<i64>>,
+    subjects: Vec<Option<Vec<u8>>>,
+}
+
+impl CellRows {
+    fn push(&mut self, key: &CellKey, sums: Vec<u8>, count: i64, subjects: Vec<u8>) {
+        self.grain.push(Some(key.grain as i64));
+        self.bucket.push(Some(key.bucket));
+        self.country.push(Some(key.country().to_owned()));
+        self.channel.push(Some(i64::from(key.channel)));
+        self.sums.push(Some(sums));
+        self.count.push(Some(count));
+        self.subjects.push(Some(subjects));
+    }
+}
+
 #[derive(Debug, Default)]
 struct CellDelta {
     sums: Sums,
@@ -647,8 +671,14 @@ impl Delta {
                  ON CONFLICT DO NOTHING RETURNING subject_id, n",
                 params![tenant, missing],
             )?;
-            // Made meanwhile by another replica's transaction: read it.
-            found(tx, &mut delta.numbers, KNOWN, params![tenant, missing])?;
+            // Made meanwhile by another replica's transaction: read those.
+            let raced: Vec<Option<String>> = missing
+                .into_iter()
+                .filter(|s| s.as_ref().is_some_and(|s| !delta.numbers.contains_key(s)))
+                .collect();
+            if !raced.is_empty() {
+                found(tx, &mut delta.numbers, KNOWN, params![tenant, raced])?;
+            }
         }
         let tracked: Vec<String> = tx
             .prepare_cached(
@@ -757,6 +787,52 @@ impl TenantDelta {
             "DELETE FROM rollup_cells
              WHERE tenant = ?1 AND grain = ?2 AND bucket = ?3 AND country = ?4 AND channel = ?5",
         )?;
+        // PostgreSQL: every cell the transaction touched read in one statement and written in
+        // one, rather than a round trip each way per cell.
+        let postgres = tx.dialect() == Dialect::Postgres;
+        let mut preloaded = HashMap::new();
+        if postgres && !self.cells.is_empty() {
+            let keys: Vec<&CellKey> = self.cells.keys().collect();
+            let rows: Vec<(i64, i64, String, i64, Vec<u8>, Vec<u8>)> = tx
+                .prepare_cached(
+                    "SELECT c.grain, c.bucket, c.country, c.channel, c.sums, c.subjects
+                     FROM unnest(?2::bigint[], ?3::bigint[], ?4::text[], ?5::bigint[])
+                       AS k(grain, bucket, country, channel)
+                     JOIN rollup_cells c ON c.tenant = ?1 AND c.grain = k.grain
+                       AND c.bucket = k.bucket AND c.country = k.country
+                       AND c.channel = k.channel",
+                )?
+                .query_map(
+                    params![
+                        tenant,
+                        keys.iter()
+                            .map(|k| Some(k.grain as i64))
+                            .collect::<Vec<_>>(),
+                        keys.iter().map(|k| Some(k.bucket)).collect::<Vec<_>>(),
+                        keys.iter()
+                            .map(|k| Some(k.country().to_owned()))
+                            .collect::<Vec<_>>(),
+                        keys.iter()
+                            .map(|k| Some(i64::from(k.channel)))
+                            .collect::<Vec<_>>(),
+                    ],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )?
+                .collect::<Result<_, _>>()?;
+            for (grain, bucket, country, channel, sums, subjects) in rows {
+                preloaded.insert((grain, bucket, country, channel), (sums, subjects));
+            }
+        }
+        let mut upserts = CellRows::default();
         for (key, delta) in self.cells {
             let id = params![
                 tenant,
@@ -765,9 +841,17 @@ impl TenantDelta {
                 key.country(),
                 key.channel
             ];
-            let stored: Option<(Vec<u8>, Vec<u8>)> = load
-                .query_row(id, |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let stored: Option<(Vec<u8>, Vec<u8>)> = if postgres {
+                preloaded.remove(&(
+                    key.grain as i64,
+                    key.bucket,
+                    key.country().to_owned(),
+                    i64::from(key.channel),
+                ))
+            } else {
+                load.query_row(id, |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+            };
             let (mut sums, mut subjects) = match stored {
                 Some((sums, subjects)) => (Sums::decode(&sums)?, decode_bitmap(&subjects)?),
                 None => (Sums::default(), RoaringBitmap::new()),
@@ -796,6 +880,10 @@ impl TenantDelta {
             subjects
                 .serialize_into(&mut blob)
                 .map_err(|e| NodeError::Internal(e.to_string()))?;
+            if postgres {
+                upserts.push(&key, sums.encode(), subjects.len() as i64, blob);
+                continue;
+            }
             store.execute(params![
                 tenant,
                 key.grain as i64,
@@ -805,6 +893,27 @@ impl TenantDelta {
                 sums.encode(),
                 subjects.len() as i64,
                 blob
+            ])?;
+        }
+        if !upserts.grain.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO rollup_cells (tenant, grain, bucket, country, channel, sums,
+                   subjects_count, subjects)
+                 SELECT ?1, * FROM unnest(?2::bigint[], ?3::bigint[], ?4::text[], ?5::bigint[],
+                   ?6::bytea[], ?7::bigint[], ?8::bytea[])
+                 ON CONFLICT (tenant, grain, bucket, country, channel) DO UPDATE
+                 SET sums = excluded.sums, subjects_count = excluded.subjects_count,
+                     subjects = excluded.subjects",
+            )?
+            .execute(params![
+                tenant,
+                upserts.grain,
+                upserts.bucket,
+                upserts.country,
+                upserts.channel,
+                upserts.sums,
+                upserts.count,
+                upserts.subjects
             ])?;
         }
         let mut add_subject_cell = tx.prepare_cached(&ADD_SUBJECT_CELL)?;
