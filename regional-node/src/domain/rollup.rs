@@ -477,6 +477,9 @@ impl CellKey {
     }
 }
 
+/// A stored cell as read back: grain, bucket, country, channel, sums, subjects.
+type StoredCell = (i64, i64, String, i64, Vec<u8>, Vec<u8>);
+
 /// Cells to write in one statement (PostgreSQL), as array columns.
 #[derive(Default)]
 struct CellRows {
@@ -793,7 +796,7 @@ impl TenantDelta {
         let mut preloaded = HashMap::new();
         if postgres && !self.cells.is_empty() {
             let keys: Vec<&CellKey> = self.cells.keys().collect();
-            let rows: Vec<(i64, i64, String, i64, Vec<u8>, Vec<u8>)> = tx
+            let rows: Vec<StoredCell> = tx
                 .prepare_cached(
                     "SELECT c.grain, c.bucket, c.country, c.channel, c.sums, c.subjects
                      FROM unnest(?2::bigint[], ?3::bigint[], ?4::text[], ?5::bigint[])
