@@ -262,8 +262,9 @@ pub fn write_batch(
 }
 
 /// Writes one batch's records in `tx`; each record's outcome, in order. SQLite writes record
-/// by record (its statements run in-process); PostgreSQL writes the batch set by set
-/// ([`store_batch_postgres`]), a round trip per table rather than several per record.
+/// by record (its statements run in-process); PostgreSQL writes a batch of
+/// [`SET_BASED_FROM`] records or more set by set ([`store_batch_postgres`]), a round trip per
+/// table rather than several per record.
 fn store_batch(
     tx: &Connection,
     tenant: &str,
@@ -272,8 +273,11 @@ fn store_batch(
     now: i64,
 ) -> Result<Vec<StoreOutcome>, NodeError> {
     let mut rollups = Delta::default();
-    let outcomes = match tx.dialect() {
-        Dialect::Sqlite => {
+    // A few records cost about as many round trips either way, and the record-by-record
+    // statements are simpler for PostgreSQL to plan.
+    let set_based = tx.dialect() == Dialect::Postgres && records.len() >= SET_BASED_FROM;
+    let outcomes = match set_based {
+        false => {
             let mut claim = tx.prepare_cached(
                 "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -296,11 +300,14 @@ fn store_batch(
             }
             outcomes
         }
-        Dialect::Postgres => store_batch_postgres(tx, tenant, records, keys, now, &mut rollups)?,
+        true => store_batch_postgres(tx, tenant, records, keys, now, &mut rollups)?,
     };
     rollups.apply(tx)?;
     Ok(outcomes)
 }
+
+/// The batch size from which PostgreSQL writes set by set ([`store_batch_postgres`]).
+const SET_BASED_FROM: usize = 8;
 
 /// `ingest_keys.kind`: 1 a subject, 2 an interaction.
 fn kind_of(record: &StoredRecord) -> i64 {
@@ -788,7 +795,8 @@ mod tests {
             })
     }
 
-    /// The set-based PostgreSQL write and SQLite's record-by-record write agree on what a batch
+    /// The set-based PostgreSQL write (batches of `SET_BASED_FROM` records or more) and SQLite's
+    /// record-by-record write agree on what a batch
     /// with repeats does: a repeated idempotency key is a duplicate, the last record of a
     /// subject or of an interaction id wins (a comment it no longer has goes), an id stored by
     /// an earlier batch is replaced, and the rollup cells equal those rebuilt from the rows.
@@ -798,30 +806,50 @@ mod tests {
         let mut states = Vec::new();
         for backend in dbs.both() {
             let store = dbs.store(&backend);
+            // Other interactions make each batch large enough for PostgreSQL's set-based write.
+            let fill = |batch: &str, mut records: Vec<StoredRecord>| {
+                for n in 0..SET_BASED_FROM {
+                    let id = format!("{batch}-{n}");
+                    records.push(interaction(&format!("k{id}"), &format!("f{id}"), 10, ""));
+                }
+                records
+            };
             let first = write(
                 &store,
-                vec![
-                    subject("k1", "s1", "ada"),
-                    interaction("k2", "x1", 3, "slow"),
-                    subject("k3", "s1", "grace"),
-                    interaction("k4", "x1", 4, ""),
-                    interaction("k5", "x2", 5, "ok"),
-                    interaction("k5", "x2", 6, "again"),
-                ],
+                fill(
+                    "a",
+                    vec![
+                        subject("k1", "s1", "ada"),
+                        interaction("k2", "x1", 3, "slow"),
+                        subject("k3", "s1", "grace"),
+                        interaction("k4", "x1", 4, ""),
+                        interaction("k5", "x2", 5, "ok"),
+                        interaction("k5", "x2", 6, "again"),
+                    ],
+                ),
             );
             use StoreOutcome::{Duplicate as D, Stored as S};
-            assert_eq!(first, [S, S, S, S, S, D], "{backend:?}");
+            assert_eq!(first[..6], [S, S, S, S, S, D], "{backend:?}");
             let second = write(
                 &store,
-                vec![
-                    interaction("k5", "x2", 7, ""),
-                    interaction("k6", "x2", 8, "changed"),
-                    interaction("k7", "x3", 9, ""),
-                ],
+                fill(
+                    "b",
+                    vec![
+                        interaction("k5", "x2", 7, ""),
+                        interaction("k6", "x2", 8, "changed"),
+                        interaction("k7", "x3", 9, ""),
+                    ],
+                ),
             );
-            assert_eq!(second, [D, S, S], "{backend:?}");
+            assert_eq!(second[..3], [D, S, S], "{backend:?}");
+            assert!(first[6..].iter().chain(&second[3..]).all(|o| *o == S));
             let (rows, profile, cells, rebuilt) = state(&store);
-            assert_eq!(rows, [(4, false), (8, true), (9, false)], "{backend:?}");
+            let fillers = vec![(10, false); 2 * SET_BASED_FROM];
+            assert_eq!(
+                rows,
+                [vec![(4, false), (8, true), (9, false)], fillers].concat(),
+                "{backend:?}"
+            );
             assert_eq!(profile.unwrap().full_name, "grace", "{backend:?}");
             assert!(
                 rebuilt,
