@@ -732,6 +732,17 @@ enum Reply {
     Closed(bool),
 }
 
+/// Warns when `backend` is PostgreSQL over a network in plaintext (`what` it holds).
+pub(crate) fn warn_if_plaintext(backend: &crate::config::Backend, what: &str) {
+    if backend.plaintext_over_network() {
+        tracing::warn!(
+            database = %backend.describe(),
+            "{what}: PostgreSQL over the network without TLS; set \
+             sslmode=verify-full&sslrootcert=<CA file> in its URL"
+        );
+    }
+}
+
 /// A client for `url`: plaintext, or TLS verified against the URL's CA file and host name
 /// ([`PgTarget`]).
 fn pg_client(url: &str) -> Result<postgres::Client, DbError> {

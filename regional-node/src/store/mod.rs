@@ -109,17 +109,6 @@ impl Schema {
     }
 }
 
-/// Warns when `backend` is PostgreSQL over a network in plaintext (`what` it holds).
-pub(crate) fn warn_if_plaintext(backend: &Backend, what: &str) {
-    if backend.plaintext_over_network() {
-        tracing::warn!(
-            database = %backend.describe(),
-            "{what}: PostgreSQL over the network without TLS; set \
-             sslmode=verify-full&sslrootcert=<CA file> in its URL"
-        );
-    }
-}
-
 /// Connections to a [`Backend`].
 impl Backend {
     /// A new read-write connection, outside the node's store (for tests and tools that
@@ -259,7 +248,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
-        warn_if_plaintext(backend, "the data");
+        db::warn_if_plaintext(backend, "the data");
         let writer = backend.connect(false)?;
         writer.transaction(|tx| apply_schema(tx, backend, schema))?;
         Ok(Self {

@@ -229,7 +229,7 @@ impl Vault {
     /// [`Vault::open`] during a KEK rotation: keys wrapped by `previous` still open, and the
     /// new KEK is registered (its check value) if the vault does not know it yet.
     pub fn open_rotating(at: &Backend, kek: Kek, previous: Option<Kek>) -> Result<Self, NodeError> {
-        crate::store::warn_if_plaintext(at, "the key vault");
+        crate::store::db::warn_if_plaintext(at, "the key vault");
         let conn = match at {
             Backend::Sqlite(path) => {
                 let conn = rusqlite::Connection::open(path)?;
