@@ -57,6 +57,14 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// A loopback port free now (the server binds it a moment later; see the retry in
+/// [`PgCluster::start`]).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 impl PgCluster {
     /// Makes and starts a cluster; a database named `domicile` is ready to connect to.
     pub fn start() -> anyhow::Result<Self> {
@@ -80,10 +88,8 @@ impl PgCluster {
                 .status()?;
             anyhow::ensure!(status.success(), "chown of the cluster directory failed");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let cluster = Self {
+        let port = free_port()?;
+        let mut cluster = Self {
             dir,
             bin,
             port,
@@ -103,10 +109,7 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
-        let mut options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {}",
-            cluster.dir.path().display()
-        );
+        let mut tls_options = String::new();
         if let Some((cert, key)) = tls {
             let (cert_file, key_file) = (data.join("server.crt"), data.join("server.key"));
             std::fs::write(&cert_file, cert)?;
@@ -124,26 +127,44 @@ impl PgCluster {
                     anyhow::ensure!(status.success(), "chown of {} failed", f.display());
                 }
             }
-            options.push_str(&format!(
+            tls_options = format!(
                 " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                 cert_file.display(),
                 key_file.display()
-            ));
+            );
         }
         let log = cluster.dir.path().join("server.log");
-        cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        )?;
+        for attempt in 1.. {
+            let options = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {}{tls_options}",
+                cluster.port,
+                cluster.dir.path().display()
+            );
+            let logged = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+            let started = cluster.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-o",
+                    &options,
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "start",
+                ],
+            );
+            let Err(e) = started else { break };
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let this_start = text.get(logged..).unwrap_or_default();
+            // The free port was taken (by another test's cluster) between its choice and the
+            // server's bind: choose again.
+            if attempt < 5 && this_start.contains("could not bind") {
+                cluster.port = free_port()?;
+                continue;
+            }
+            return Err(e.context(format!("the server's log:\n{this_start}")));
+        }
         cluster.psql("postgres", "CREATE DATABASE domicile")?;
         Ok(cluster)
     }
