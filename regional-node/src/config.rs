@@ -587,6 +587,14 @@ impl NodeConfig {
         if let Some(Err(e)) = self.storage.as_deref().map(Backend::parse) {
             err("storage", &e);
         }
+        // A `postgres://` vault that does not parse must not fall back to a SQLite file of
+        // that name (`key_vault_backend`).
+        if let Some(url) = self.key_vault.as_deref().and_then(|p| p.to_str())
+            && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && let Err(e) = Backend::parse(url)
+        {
+            err("key_vault", &e);
+        }
         if self.countries.is_empty() {
             err("countries", "at least one country is required");
         }
@@ -905,6 +913,21 @@ mod tests {
             let e = PgTarget::parse(url).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");
             assert!(Backend::parse(url).is_err(), "{url}");
+        }
+        // Refused in either setting, naming it: a vault URL never falls back to a file.
+        for (option, name) in [("storage", "storage"), ("key_vault", "key_vault")] {
+            let toml = format!(
+                "region_id = \"eu-de\"\ncountries = [\"DE\"]\ninsecure_plaintext = true\n\
+                 {option} = \"postgres://h/d?sslmode=require\"\n"
+            );
+            let problems = NodeConfig::from_toml_with_env(&toml, |_| None)
+                .map(|c| c.problems())
+                .map_err(|e| e.to_string());
+            let text = format!("{problems:?}");
+            assert!(
+                text.contains(name) && text.contains("sslmode=require"),
+                "{text}"
+            );
         }
     }
 

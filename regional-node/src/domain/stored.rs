@@ -605,7 +605,6 @@ fn store_batch_postgres(
         let int = |f: &dyn Fn(&Interaction) -> Option<i64>| -> Column<i64> {
             batch.iter().map(|(_, _, i)| f(i)).collect()
         };
-        let survey = |i: &Interaction| i.survey.clone();
         let inserted: HashSet<String> = tx
             .prepare_cached(
                 "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
@@ -631,10 +630,10 @@ fn store_batch_postgres(
                     text(&|_, i| Some(i.outcome.clone())),
                     text(&|_, i| Some(i.agent_team.clone())),
                     int(&|i| Some(i64::from(i.recorded))),
-                    text(&|_, i| survey(i).map(|s| s.survey_id)),
-                    int(&|i| survey(i).and_then(|s| s.nps).map(i64::from)),
-                    int(&|i| survey(i).and_then(|s| s.csat).map(i64::from)),
-                    int(&|i| survey(i).and_then(|s| s.ces).map(i64::from)),
+                    text(&|_, i| i.survey.as_ref().map(|s| s.survey_id.clone())),
+                    int(&|i| i.survey.as_ref().and_then(|s| s.nps).map(i64::from)),
+                    int(&|i| i.survey.as_ref().and_then(|s| s.csat).map(i64::from)),
+                    int(&|i| i.survey.as_ref().and_then(|s| s.ces).map(i64::from)),
                     batch
                         .iter()
                         .map(|(_, r, _)| r.sealed_id.clone())
