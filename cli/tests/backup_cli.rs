@@ -20,7 +20,7 @@ const TENANT: &str = "acme";
 
 /// Interactions of the subject `?2` of tenant `?1`.
 const INTERACTIONS_OF: &str =
-    "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2";
+    "SELECT COUNT(*) FROM interactions WHERE tenant = $1 AND subject_id = $2";
 
 /// Twenty DE subjects' records, the one the tests erase and one they keep.
 fn sample() -> (Vec<synth::SynthRecord>, String, String) {
@@ -229,7 +229,7 @@ async fn a_pg_restore_keeps_erasures_erased_after_erase_again() -> anyhow::Resul
     let conn = restored.connect_read_write()?;
     let blob = |id: &str| -> anyhow::Result<Vec<u8>> {
         Ok(conn.query_row(
-            "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+            "SELECT profile FROM subject_pii WHERE tenant = $1 AND external_id = $2",
             [TENANT, id],
             |r| r.get(0),
         )?)
@@ -331,7 +331,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
                 .execute(
                     "INSERT INTO follow_ups (tenant, follow_up_id, subject_id, country, purpose,
                        channels, channel, reason, priority, status, opened_at, due_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'DE', 1, '1', 1, 'nps-detractor', 2, 1, 0, 0, 0)",
+                     VALUES ($1, $2, $3, 'DE', 1, '1', 1, 'nps-detractor', 2, 1, 0, 0, 0)",
                     [TENANT, FOLLOW_UP, erased],
                 )
                 .unwrap();
@@ -363,7 +363,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     assert_eq!(
         count(
             &Backend::Sqlite(backup.clone()),
-            "SELECT COUNT(*) FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+            "SELECT COUNT(*) FROM subject_pii WHERE tenant = $1 AND external_id = $2",
             &erased
         ),
         1
@@ -440,7 +440,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     assert_eq!(
         count(
             &Backend::Sqlite(db.clone()),
-            "SELECT COUNT(*) FROM subjects WHERE tenant = ?1 AND external_id = ?2",
+            "SELECT COUNT(*) FROM subjects WHERE tenant = $1 AND external_id = $2",
             &erased
         ),
         0
@@ -452,7 +452,7 @@ async fn a_restored_backup_keeps_erasures_erased() -> anyhow::Result<()> {
     // The follow-up the backup held for the erased subject is cancelled and unlinked again.
     let conn = Backend::Sqlite(db.clone()).connect_read_write()?;
     let (link, status): (String, i64) = conn.query_row(
-        "SELECT subject_id, status FROM follow_ups WHERE tenant = ?1 AND follow_up_id = ?2",
+        "SELECT subject_id, status FROM follow_ups WHERE tenant = $1 AND follow_up_id = $2",
         [TENANT, FOLLOW_UP],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

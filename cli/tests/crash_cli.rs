@@ -67,11 +67,11 @@ fn check(
     )?;
     let conn = backend.connect_read_write()?;
     let mut claimed = conn
-        .prepare("SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1 AND idempotency_key = ?2")?;
+        .prepare("SELECT COUNT(*) FROM ingest_keys WHERE tenant = $1 AND idempotency_key = $2")?;
     let mut interactions = conn
-        .prepare("SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND interaction_id = ?2")?;
+        .prepare("SELECT COUNT(*) FROM interactions WHERE tenant = $1 AND interaction_id = $2")?;
     let mut subjects =
-        conn.prepare("SELECT COUNT(*) FROM subjects WHERE tenant = ?1 AND external_id = ?2")?;
+        conn.prepare("SELECT COUNT(*) FROM subjects WHERE tenant = $1 AND external_id = $2")?;
     for r in records
         .iter()
         .filter(|r| acked.contains(&r.idempotency_key))

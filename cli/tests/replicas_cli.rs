@@ -227,7 +227,7 @@ async fn a_killed_replica_loses_nothing(
     drop(b);
     let conn = data.connect_read_write()?;
     let stored: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1",
+        "SELECT COUNT(*) FROM ingest_keys WHERE tenant = $1",
         [TENANT],
         |r| r.get(0),
     )?;

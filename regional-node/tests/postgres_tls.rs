@@ -67,7 +67,7 @@ fn data_and_vault_over_verified_tls_and_a_wrong_name_or_ca_refused() -> anyhow::
     let store = Store::open(&data, &vault, &[7; 32], &SCHEMA)?;
     store.write(|tx| {
         tx.execute(
-            "INSERT INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES (?1, ?2, 1, 0)",
+            "INSERT INTO ingest_keys (tenant, idempotency_key, kind, ingested_at) VALUES ($1, $2, 1, 0)",
             ["acme", "k-1"],
         )
     })?;

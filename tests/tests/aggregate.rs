@@ -98,7 +98,7 @@ fn stored_cells(fed: &Federation) -> anyhow::Result<Vec<StoredCell>> {
         let conn = fed.node(region).unwrap().connect()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT bucket, country, channel, stats FROM dp_release_cells
-             WHERE tenant = ?1 AND purpose = {} AND grain = 2",
+             WHERE tenant = $1 AND purpose = {} AND grain = 2",
             Purpose::CxAnalytics as i32
         ))?;
         let mut rows = stmt.query([TENANT])?;

@@ -321,7 +321,7 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
     // Time passes: the held erasure's due date is behind us. It is counted overdue.
     let conn = fed.node("eu-de").unwrap().connect()?;
     conn.execute(
-        "UPDATE subject_requests SET due_at = ?1 WHERE request_id = ?2",
+        "UPDATE subject_requests SET due_at = $1 WHERE request_id = $2",
         [Value::Int(now - 60), Value::Text(&held.request_id)],
     )?;
     drop(conn);

@@ -104,7 +104,7 @@ fn counts(answer: &AggregateResponse) -> BTreeMap<(i32, String), u64> {
 fn stored_cells(fed: &Federation) -> anyhow::Result<BTreeMap<i32, Cell>> {
     let conn = fed.node("eu-de").unwrap().connect()?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT channel, stats FROM dp_release_cells WHERE tenant = ?1 AND purpose = {} AND grain = 2",
+        "SELECT channel, stats FROM dp_release_cells WHERE tenant = $1 AND purpose = {} AND grain = 2",
         Purpose::CxAnalytics as i32
     ))?;
     let mut rows = stmt.query([TENANT])?;
@@ -119,7 +119,7 @@ fn stored_cells(fed: &Federation) -> anyhow::Result<BTreeMap<i32, Cell>> {
 fn spent(fed: &Federation) -> anyhow::Result<i64> {
     let conn = fed.node("eu-de").unwrap().connect()?;
     Ok(conn.query_row(
-        "SELECT COALESCE(SUM(spent_milli), 0) FROM dp_budget WHERE tenant = ?1",
+        "SELECT COALESCE(SUM(spent_milli), 0) FROM dp_budget WHERE tenant = $1",
         [TENANT],
         |r| r.get(0),
     )?)

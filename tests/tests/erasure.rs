@@ -321,7 +321,7 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
             .query_row(sql, [TENANT, reference.as_str()], |r| r.get(0))?)
     };
     assert_eq!(
-        old_rows("SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2")?,
+        old_rows("SELECT COUNT(*) FROM interactions WHERE tenant = $1 AND subject_id = $2")?,
         40,
         "the copy holds the subject's interactions, under its reference"
     );
@@ -384,7 +384,7 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
     assert!(vault.key(TENANT, &reference)?.is_none());
     assert!(vault.external_id(TENANT, &reference)?.is_none());
     assert_eq!(
-        old_rows("SELECT COUNT(*) FROM subject_pii WHERE tenant = ?1 AND external_id = ?2")?,
+        old_rows("SELECT COUNT(*) FROM subject_pii WHERE tenant = $1 AND external_id = $2")?,
         1,
         "the copy still holds the sealed profile…"
     );
@@ -401,7 +401,7 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
         "subject_flags",
     ] {
         let n: i64 = live.query_row(
-            &format!("SELECT COUNT(*) FROM {table} WHERE tenant = ?1 AND subject_id = ?2"),
+            &format!("SELECT COUNT(*) FROM {table} WHERE tenant = $1 AND subject_id = $2"),
             [TENANT, reference.as_str()],
             |r| r.get(0),
         )?;
@@ -409,7 +409,7 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
     }
     let (start, end) = domicile_node::store::vault::stored_id_range(&reference);
     let keys: i64 = live.query_row(
-        "SELECT COUNT(*) FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2 AND idempotency_key < ?3",
+        "SELECT COUNT(*) FROM ingest_keys WHERE tenant = $1 AND idempotency_key >= $2 AND idempotency_key < $3",
         [TENANT, start.as_str(), end.as_str()],
         |r| r.get(0),
     )?;

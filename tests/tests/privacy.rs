@@ -164,7 +164,7 @@ async fn a_spent_month_is_resource_exhausted_with_what_is_left() -> anyhow::Resu
         .await?;
     let conn = fed.node("eu-de").unwrap().connect()?;
     let spent: i64 = conn.query_row(
-        "SELECT SUM(spent_milli) FROM dp_budget WHERE tenant = ?1",
+        "SELECT SUM(spent_milli) FROM dp_budget WHERE tenant = $1",
         [TENANT],
         |r| r.get(0),
     )?;

@@ -77,7 +77,7 @@ async fn ingest_lands_only_in_the_region_that_serves_the_country() -> anyhow::Re
         .map(|n| {
             let conn = n.connect().unwrap();
             conn.query_row(
-                "SELECT COUNT(*) FROM interactions WHERE tenant = ?1",
+                "SELECT COUNT(*) FROM interactions WHERE tenant = $1",
                 [TENANT],
                 |r| r.get(0),
             )

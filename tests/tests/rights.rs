@@ -413,7 +413,7 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
     let blob_of = |id: &str| -> Vec<u8> {
         backup
             .query_row(
-                "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+                "SELECT profile FROM subject_pii WHERE tenant = $1 AND external_id = $2",
                 [TENANT, id],
                 |r| r.get(0),
             )
@@ -434,7 +434,7 @@ async fn erasure_crypto_shreds_so_an_earlier_copy_cannot_be_read() -> anyhow::Re
         "no other key opens it"
     );
     let comment: Vec<u8> = backup.query_row(
-        "SELECT comment FROM interaction_text WHERE tenant = ?1 AND subject_id = ?2",
+        "SELECT comment FROM interaction_text WHERE tenant = $1 AND subject_id = $2",
         [TENANT, d0.as_str()],
         |r| r.get(0),
     )?;
@@ -543,7 +543,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert_eq!(resp.receipts[0].held[0].interactions_kept, 1);
     let conn = fed.node("eu-de").unwrap().connect()?;
     let left: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM interactions WHERE subject_id = ?1",
+        "SELECT COUNT(*) FROM interactions WHERE subject_id = $1",
         [d3.as_str()],
         |r| r.get(0),
     )?;
@@ -574,7 +574,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
     let left: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM interactions WHERE subject_id = ?1",
+        "SELECT COUNT(*) FROM interactions WHERE subject_id = $1",
         [d3.as_str()],
         |r| r.get(0),
     )?;

@@ -11,7 +11,7 @@
 //! statistic gets discrete Laplace noise, and the *noisy* distinct-subject count decides which
 //! groups meet *k*.
 
-use crate::store::db::{Connection, Dialect, ToValue};
+use crate::store::db::{Connection, Dialect, Query};
 use domicile_proto::{
     domain::AggregateSpec,
     merge::NPS_BUCKETS,
@@ -95,26 +95,22 @@ pub fn run_over_rows(
     // The country of each group, to pick its k: the grouped country, or (for mixed groups) a
     // constant that maps to the region's largest k.
     let country_col = dims.iter().position(|(d, _)| *d == Dimension::Country);
-    let mut filter = String::from(" WHERE tenant = ?");
-    let mut args: Vec<Box<dyn ToValue>> = vec![Box::new(tenant.to_owned())];
-    if let Some(start) = spec.start {
-        filter.push_str(" AND started_at >= ?");
-        args.push(Box::new(start));
-    }
-    if let Some(end) = spec.end {
-        filter.push_str(" AND started_at < ?");
-        args.push(Box::new(end));
-    }
-    if !spec.channels.is_empty() {
-        let marks = vec!["?"; spec.channels.len()].join(", ");
-        filter.push_str(&format!(" AND channel IN ({marks})"));
-        for c in &spec.channels {
-            args.push(Box::new(*c as i32));
+    let filter = |q: &mut Query<'_>| {
+        q.push(" WHERE tenant = ").bind(tenant.to_owned());
+        if let Some(start) = spec.start {
+            q.push(" AND started_at >= ").bind(start);
         }
-    }
-    let (gate, gate_args) = rules.gate.filter("");
-    filter.push_str(&gate);
-    args.extend(gate_args);
+        if let Some(end) = spec.end {
+            q.push(" AND started_at < ").bind(end);
+        }
+        if !spec.channels.is_empty() {
+            q.push(" AND channel IN (")
+                .bind_list(spec.channels.iter().map(|c| *c as i32))
+                .push(")");
+        }
+        rules.gate.filter(q, "");
+    };
+    let mut q = Query::new(select);
     match bounds {
         // Contribution bound: each subject's first L interactions (in time order) only — per
         // day or month when grouped by one, so that one query bounds many releases as each
@@ -126,28 +122,26 @@ pub fn run_over_rows(
                 .or_else(|| dims.iter().find(|(d, _)| *d == Dimension::Month))
                 .map(|(_, sql)| format!(", {sql}"))
                 .unwrap_or_default();
-            select.push_str(&format!(
+            q.push(&format!(
                 " FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id{period} ORDER BY \
-                 started_at, interaction_id) AS contribution FROM interactions{filter}) AS bounded \
-                 WHERE contribution <= {l}"
-            ))
+                 started_at, interaction_id) AS contribution FROM interactions"
+            ));
+            filter(&mut q);
+            q.push(&format!(") AS bounded WHERE contribution <= {l}"));
         }
         None => {
-            select.push_str(" FROM interactions");
-            select.push_str(&filter);
+            q.push(" FROM interactions");
+            filter(&mut q);
         }
     }
     if !dims.is_empty() {
         let cols: Vec<String> = (0..dims.len()).map(|i| (i + 20).to_string()).collect();
-        select.push_str(" GROUP BY ");
-        select.push_str(&cols.join(", "));
+        q.push(" GROUP BY ").push(&cols.join(", "));
     }
 
     let grouped_by_region = spec.group_by.contains(&Dimension::Region);
-    let mut stmt = conn.prepare(&select)?;
-    let mut rows = stmt.query(crate::store::db::params_from_iter(
-        args.iter().map(|a| a.as_ref()),
-    ))?;
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut rows = stmt.query(q.params())?;
     let mut partial = Partial {
         min_group_size: rules.k_mixed,
         ..Default::default()

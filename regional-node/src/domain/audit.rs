@@ -310,7 +310,7 @@ impl AuditLog {
         );
         tx.execute(
             "INSERT INTO audit_log (seq, at, kind, tenant, subject, details, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             params![
                 seq as i64,
                 at,
@@ -339,7 +339,8 @@ impl AuditLog {
             .key
             .sign(&checkpoint_message(&self.region_id, seq, at, head));
         tx.execute(
-            "INSERT OR IGNORE INTO audit_checkpoints (seq, at, head_hash, signature) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO audit_checkpoints (seq, at, head_hash, signature) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
             params![seq as i64, at, head, signature.to_bytes().as_slice()],
         )?;
         Ok(AuditCheckpoint {
@@ -365,7 +366,7 @@ impl AuditLog {
         let (seq, hash) = head.unwrap_or((0, vec![0; 32]));
         let stored: Option<(i64, Vec<u8>, Vec<u8>)> = tx
             .query_row(
-                "SELECT at, head_hash, signature FROM audit_checkpoints WHERE seq = ?1",
+                "SELECT at, head_hash, signature FROM audit_checkpoints WHERE seq = $1",
                 [seq],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -407,7 +408,7 @@ pub fn chain_from(tx: &Connection, known: u64, head: u64) -> Result<Vec<u8>, Nod
     }
     let mut stmt = tx.prepare(
         "SELECT seq, at, kind, tenant, subject, details, prev_hash, hash FROM audit_log
-         WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+         WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
     )?;
     let mut rows = stmt.query(params![known as i64, head as i64])?;
     let mut known_hash = Vec::new();
@@ -763,7 +764,7 @@ pub struct Activity {
 /// Records of processing from the log, for entries in `[from, to)` (Unix seconds).
 pub fn activities(conn: &Connection, from: i64, to: i64) -> Result<Vec<Activity>, NodeError> {
     let mut stmt = conn.prepare(
-        "SELECT kind, tenant, details FROM audit_log WHERE at >= ?1 AND at < ?2 ORDER BY seq",
+        "SELECT kind, tenant, details FROM audit_log WHERE at >= $1 AND at < $2 ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![from, to], |r| {
         Ok((
@@ -982,7 +983,7 @@ mod tests {
         for (seq, at, kind, tenant, details) in rows {
             let h = entry_hash(&prev, seq, at, &kind, &tenant, None, &details);
             conn.execute(
-                "UPDATE audit_log SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                "UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3",
                 params![prev, h.as_slice(), seq as i64],
             )
             .unwrap();

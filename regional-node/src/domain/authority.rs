@@ -166,11 +166,11 @@ impl DpoKeys {
 /// the way: a signature that old is refused as stale anyway.
 pub fn use_nonce(tx: &Connection, verified: &VerifiedDpo, now: i64) -> Result<bool, NodeError> {
     tx.execute(
-        "DELETE FROM dpo_nonces WHERE seen_at < ?1",
+        "DELETE FROM dpo_nonces WHERE seen_at < $1",
         params![now - 2 * DPO_SIGNATURE_MAX_AGE_SECONDS],
     )?;
     let inserted = tx.execute(
-        "INSERT INTO dpo_nonces (key_id, nonce, seen_at) VALUES (?1, ?2, ?3)
+        "INSERT INTO dpo_nonces (key_id, nonce, seen_at) VALUES ($1, $2, $3)
          ON CONFLICT (key_id, nonce) DO NOTHING",
         params![verified.key_id.as_str(), verified.nonce.as_slice(), now],
     )?;

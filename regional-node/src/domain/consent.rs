@@ -10,7 +10,7 @@
 //! [`gate`] turns the same rule into SQL, so that aggregates and records under a purpose only
 //! include the subjects whose policy and consent permit it.
 
-use crate::store::db::{Connection, OptionalExtension, ToValue, params};
+use crate::store::db::{Connection, OptionalExtension, Query, params};
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::whole_seconds as ts,
@@ -151,7 +151,7 @@ pub fn current(
 ) -> Result<(ConsentState, Option<i64>), NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, since FROM consent_state
-         WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3 AND channel IN (?4, 0)
+         WHERE tenant = $1 AND subject_id = $2 AND purpose = $3 AND channel IN ($4, 0)
          ORDER BY seq DESC LIMIT 1",
     )?;
     let row = stmt
@@ -185,7 +185,7 @@ fn append(
     at: i64,
 ) -> Result<ConsentEntry, NodeError> {
     let seq: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM consent_ledger WHERE tenant = $1 AND subject_id = $2",
         params![tenant, subject],
         |r| r.get(0),
     )?;
@@ -193,7 +193,7 @@ fn append(
     tx.execute(
         "INSERT INTO consent_ledger (tenant, subject_id, seq, purpose, channel, action, recorded_at,
            source, wording_sha256, policy_version, actor, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         params![
             tenant,
             subject,
@@ -211,7 +211,7 @@ fn append(
     )?;
     tx.execute(
         "INSERT INTO consent_state (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (tenant, subject_id, purpose, channel) DO UPDATE SET
            state = excluded.state, seq = excluded.seq, since = excluded.since,
            policy_version = excluded.policy_version",
@@ -288,7 +288,7 @@ pub fn record(
         let expires = at + i64::from(change.token_ttl_seconds);
         tx.execute(
             "INSERT INTO consent_tokens (token_sha256, tenant, subject_id, purpose, channel,
-               request_seq, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+               request_seq, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             params![
                 Sha256::digest(token.as_bytes()).as_slice(),
                 change.tenant.as_str(),
@@ -328,7 +328,7 @@ pub fn confirm(
     let row = tx
         .query_row(
             "SELECT subject_id, purpose, channel, request_seq, expires_at, used_at
-             FROM consent_tokens WHERE token_sha256 = ?1 AND tenant = ?2",
+             FROM consent_tokens WHERE token_sha256 = $1 AND tenant = $2",
             params![hash.as_slice(), confirmation.tenant.as_str()],
             |r| {
                 Ok((
@@ -360,7 +360,7 @@ pub fn confirm(
     let channel = Channel::try_from(channel).unwrap_or(Channel::Unspecified);
     let latest: i64 = tx.query_row(
         "SELECT COALESCE(MAX(seq), 0) FROM consent_state
-         WHERE tenant = ?1 AND subject_id = ?2 AND purpose = ?3 AND channel IN (?4, 0)",
+         WHERE tenant = $1 AND subject_id = $2 AND purpose = $3 AND channel IN ($4, 0)",
         params![
             confirmation.tenant.as_str(),
             subject,
@@ -376,7 +376,7 @@ pub fn confirm(
     }
     // The confirmation is recorded under the policy now in force for the request's country.
     let requested_under: String = tx.query_row(
-        "SELECT policy_version FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2 AND seq = ?3",
+        "SELECT policy_version FROM consent_ledger WHERE tenant = $1 AND subject_id = $2 AND seq = $3",
         params![confirmation.tenant.as_str(), subject, request_seq],
         |r| r.get(0),
     )?;
@@ -385,7 +385,7 @@ pub fn confirm(
         .get(country)
         .map_or(requested_under.clone(), CountryPolicy::label);
     tx.execute(
-        "UPDATE consent_tokens SET used_at = ?1 WHERE token_sha256 = ?2",
+        "UPDATE consent_tokens SET used_at = $1 WHERE token_sha256 = $2",
         params![at, hash.as_slice()],
     )?;
     let entry = append(
@@ -418,7 +418,7 @@ pub fn get(conn: &Connection, q: &ConsentQuestion) -> Result<GetConsentResponse,
     let mut stmt = conn.prepare_cached(
         "SELECT seq, action, purpose, channel, recorded_at, source, wording_sha256,
                 policy_version, actor, state
-         FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2 AND (?3 = 0 OR purpose = ?3)
+         FROM consent_ledger WHERE tenant = $1 AND subject_id = $2 AND ($3 = 0 OR purpose = $3)
          ORDER BY seq",
     )?;
     let mut rows = stmt.query(params![q.tenant.as_str(), q.subject.external_id, purpose])?;
@@ -439,7 +439,7 @@ pub fn get(conn: &Connection, q: &ConsentQuestion) -> Result<GetConsentResponse,
     let mut current = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT purpose, channel, state, since, policy_version FROM consent_state
-         WHERE tenant = ?1 AND subject_id = ?2 AND (?3 = 0 OR purpose = ?3)
+         WHERE tenant = $1 AND subject_id = $2 AND ($3 = 0 OR purpose = $3)
          ORDER BY purpose, channel",
     )?;
     let mut rows = stmt.query(params![q.tenant.as_str(), q.subject.external_id, purpose])?;
@@ -482,7 +482,7 @@ pub fn suppress(
     let denials: Vec<(i32, i32, i32, i64)> = tx
         .prepare(&format!(
             "SELECT purpose, channel, state, since FROM consent_state
-             WHERE tenant = ?1 AND subject_id = ?2 AND state IN ({}, {}, {})",
+             WHERE tenant = $1 AND subject_id = $2 AND state IN ({}, {}, {})",
             S::Refused as i32,
             S::Withdrawn as i32,
             S::Objected as i32
@@ -520,7 +520,7 @@ pub fn restore_suppressions(
     for s in suppressions {
         made += tx.execute(
             "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
              SET state = excluded.state, since_day = excluded.since_day",
             params![
@@ -541,7 +541,7 @@ pub fn restore_suppressions(
 pub fn any_suppression(tx: &Connection, tenant: &str) -> Result<bool, NodeError> {
     Ok(tx
         .query_row(
-            "SELECT 1 FROM suppressions WHERE tenant = ?1 LIMIT 1",
+            "SELECT 1 FROM suppressions WHERE tenant = $1 LIMIT 1",
             params![tenant],
             |_| Ok(()),
         )
@@ -562,8 +562,8 @@ pub fn extend_suppression(
     for id in identifiers {
         made += tx.execute(
             "INSERT INTO suppressions (tenant, identifier, purpose, channel, state, since_day)
-             SELECT tenant, ?3, purpose, channel, state, since_day FROM suppressions
-             WHERE tenant = ?1 AND identifier = ?2
+             SELECT tenant, $3, purpose, channel, state, since_day FROM suppressions
+             WHERE tenant = $1 AND identifier = $2
              ON CONFLICT (tenant, identifier, purpose, channel) DO NOTHING",
             params![tenant, id, to],
         )?;
@@ -582,7 +582,7 @@ pub fn suppression(
 ) -> Result<Option<(ConsentState, i64)>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, since_day FROM suppressions
-         WHERE tenant = ?1 AND identifier = ?2 AND purpose = ?3 AND channel IN (?4, 0)
+         WHERE tenant = $1 AND identifier = $2 AND purpose = $3 AND channel IN ($4, 0)
          LIMIT 1",
     )?;
     for id in identifiers {
@@ -743,81 +743,70 @@ impl Gate {
         }
     }
 
-    /// The condition as a SQL expression, with its parameters. `col` prefixes the `country` and
+    /// Appends the condition to `q` as a SQL expression. `col` prefixes the `country` and
     /// `subject_id` columns (e.g. `"i."`).
-    pub fn condition(&self, col: &str) -> (String, Vec<Box<dyn ToValue>>) {
-        let mut args: Vec<Box<dyn ToValue>> = Vec::new();
-        let mut arms = Vec::with_capacity(self.arms.len());
-        for (country, keep, list) in &self.arms {
+    pub fn condition(&self, q: &mut Query<'_>, col: &str) {
+        q.push("((");
+        for (i, (country, keep, list)) in self.arms.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
             // Country codes are validated upper-case letters; enum values are integers.
-            arms.push(format!(
+            q.push(&format!(
                 "({col}country = '{country}' AND {col}subject_id {} (SELECT subject_id FROM \
-                 consent_state WHERE tenant = ? AND purpose = {} AND channel = 0 AND state IN \
-                 ({list})))",
+                 consent_state WHERE tenant = ",
                 if *keep { "IN" } else { "NOT IN" },
-                self.purpose,
-            ));
-            args.push(Box::new(self.tenant.clone()));
-        }
-        args.push(Box::new(self.tenant.clone()));
-        (
-            format!("({}){}", arms.join(" OR "), unrestricted(col)),
-            args,
-        )
-    }
-
-    /// The condition as a clause to append to a `WHERE` (` AND …`), with its parameters.
-    pub fn filter(&self, col: &str) -> (String, Vec<Box<dyn ToValue>>) {
-        let (condition, args) = self.condition(col);
-        (format!(" AND {condition}"), args)
-    }
-
-    /// A query selecting every subject some of whose rows the gate may drop — a small set when
-    /// every country's rule drops listed subjects (opt-out or no consent needed), with its
-    /// parameters. `None` when a country keeps listed subjects only (opt-in): then most rows may
-    /// be dropped, and the rows have to be read.
-    pub fn dropped_subjects(&self) -> Option<(String, Vec<Box<dyn ToValue>>)> {
-        if self.arms.iter().any(|(_, keep, _)| *keep) {
-            return None;
-        }
-        let mut args: Vec<Box<dyn ToValue>> = Vec::new();
-        let mut parts = Vec::with_capacity(self.arms.len() + 1);
-        for (_, _, list) in &self.arms {
-            parts.push(format!(
-                "SELECT subject_id FROM consent_state WHERE tenant = ? AND purpose = {} \
-                 AND channel = 0 AND state IN ({list})",
+            ))
+            .bind(self.tenant.clone())
+            .push(&format!(
+                " AND purpose = {} AND channel = 0 AND state IN ({list})))",
                 self.purpose
             ));
-            args.push(Box::new(self.tenant.clone()));
         }
-        parts.push(
-            "SELECT subject_id FROM subject_flags WHERE tenant = ? \
-             AND (restricted = 1 OR erasure_pending = 1)"
-                .to_owned(),
-        );
-        args.push(Box::new(self.tenant.clone()));
-        Some((parts.join(" UNION "), args))
+        q.push(")");
+        unrestricted(q, &self.tenant, col);
+        q.push(")");
+    }
+
+    /// Appends the condition to `q` as a clause of a `WHERE` (` AND …`).
+    pub fn filter(&self, q: &mut Query<'_>, col: &str) {
+        q.push(" AND ");
+        self.condition(q, col);
+    }
+
+    /// Whether every country's rule drops listed subjects (opt-out or no consent needed), so
+    /// that [`Gate::dropped_subjects`] is a small set. When a country keeps listed subjects only
+    /// (opt-in), most rows may be dropped, and the rows have to be read.
+    pub fn drops_listed_only(&self) -> bool {
+        !self.arms.iter().any(|(_, keep, _)| *keep)
+    }
+
+    /// Appends to `q` a query selecting every subject some of whose rows the gate may drop
+    /// (meaningful when [`Gate::drops_listed_only`]).
+    pub fn dropped_subjects(&self, q: &mut Query<'_>) {
+        for (_, _, list) in &self.arms {
+            q.push("SELECT subject_id FROM consent_state WHERE tenant = ")
+                .bind(self.tenant.clone())
+                .push(&format!(
+                    " AND purpose = {} AND channel = 0 AND state IN ({list}) UNION ",
+                    self.purpose
+                ));
+        }
+        q.push("SELECT subject_id FROM subject_flags WHERE tenant = ")
+            .bind(self.tenant.clone())
+            .push(" AND (restricted = 1 OR erasure_pending = 1)");
     }
 }
 
-/// [`Gate::filter`] of `purpose` for `tenant`: a clause that keeps only the rows of subjects
-/// whose country rule and consent permit the purpose.
-pub fn gate(
-    policies: &PolicySet,
-    purpose: Purpose,
-    tenant: &str,
-    col: &str,
-) -> (String, Vec<Box<dyn ToValue>>) {
-    Gate::new(policies, purpose, tenant).filter(col)
-}
-
-/// The condition that keeps rows of subjects free to process: neither restricted nor held for
-/// an erasure (flags that [`crate::domain::rights`] sets in `subject_flags`). `col` prefixes `subject_id`.
-pub fn unrestricted(col: &str) -> String {
-    format!(
-        " AND {col}subject_id NOT IN (SELECT subject_id FROM subject_flags WHERE tenant = ? \
-         AND (restricted = 1 OR erasure_pending = 1))"
-    )
+/// Appends to `q` the condition that keeps rows of subjects free to process: neither
+/// restricted nor held for an erasure (flags that [`crate::domain::rights`] sets in
+/// `subject_flags`). `col` prefixes `subject_id`.
+pub fn unrestricted(q: &mut Query<'_>, tenant: &str, col: &str) {
+    q.push(&format!(
+        " AND {col}subject_id NOT IN (SELECT subject_id FROM subject_flags WHERE tenant = "
+    ))
+    .bind(tenant.to_owned())
+    .push(" AND (restricted = 1 OR erasure_pending = 1))");
 }
 
 /// True when the subject's processing is restricted or held for an erasure.
@@ -825,7 +814,7 @@ pub fn is_restricted(conn: &Connection, tenant: &str, subject: &str) -> Result<b
     Ok(conn
         .query_row(
             "SELECT restricted = 1 OR erasure_pending = 1 FROM subject_flags
-             WHERE tenant = ?1 AND subject_id = ?2",
+             WHERE tenant = $1 AND subject_id = $2",
             params![tenant, subject],
             |r| r.get(0),
         )

@@ -7,7 +7,7 @@
 //! (the only subjects whose pseudonyms may still open a case) until one matches. That costs one
 //! HMAC per recent subject, and only on `OpenFollowUp`.
 
-use crate::store::db::{Connection, ToValue, params, params_from_iter};
+use crate::store::db::{Connection, Query, params};
 use domicile_proto::{
     consent::ConsentQuestion,
     domain::whole_seconds as ts,
@@ -70,7 +70,7 @@ pub fn resolve(
     let mut found = None;
     conn.query_each(
         "SELECT subject_id, MIN(country) FROM interactions
-         WHERE tenant = ?1 AND started_at >= ?2 GROUP BY subject_id",
+         WHERE tenant = $1 AND started_at >= $2 GROUP BY subject_id",
         params![tenant, since],
         |row| {
             let subject: String = row.get(0)?;
@@ -134,11 +134,12 @@ fn select(
     conn: &Connection,
     region_id: &str,
     now: i64,
-    filter: &str,
-    args: &[&dyn ToValue],
+    filter: impl FnOnce(&mut Query<'_>),
 ) -> Result<Vec<Case>, NodeError> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM follow_ups WHERE {filter}"))?;
-    let mut rows = stmt.query(params_from_iter(args.iter().copied()))?;
+    let mut q = Query::new(format!("SELECT {COLUMNS} FROM follow_ups WHERE "));
+    filter(&mut q);
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut rows = stmt.query(q.params())?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(case_of(&row, region_id, now)?);
@@ -155,18 +156,18 @@ pub fn open_case_of(
     purpose: Purpose,
     now: i64,
 ) -> Result<Option<Case>, NodeError> {
-    let filter = format!(
-        "tenant = ? AND subject_id = ? AND purpose = ? AND status IN {} ORDER BY opened_at LIMIT 1",
-        open_statuses()
-    );
-    let purpose = purpose as i32;
-    Ok(select(
-        conn,
-        region_id,
-        now,
-        &filter,
-        &[&tenant, &subject, &purpose],
-    )?
+    Ok(select(conn, region_id, now, |q| {
+        q.push("tenant = ")
+            .bind(tenant.to_owned())
+            .push(" AND subject_id = ")
+            .bind(subject.to_owned())
+            .push(" AND purpose = ")
+            .bind(purpose as i32)
+            .push(&format!(
+                " AND status IN {} ORDER BY opened_at LIMIT 1",
+                open_statuses()
+            ));
+    })?
     .into_iter()
     .next())
 }
@@ -208,7 +209,7 @@ pub fn insert(
     tx.execute(
         &format!(
             "INSERT INTO follow_ups (tenant, {COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ),
         params![
             tenant,
@@ -237,10 +238,14 @@ pub fn get(
     id: &str,
     now: i64,
 ) -> Result<Option<Case>, NodeError> {
-    let filter = "tenant = ? AND follow_up_id = ?";
-    Ok(select(conn, region_id, now, filter, &[&tenant, &id])?
-        .into_iter()
-        .next())
+    Ok(select(conn, region_id, now, |q| {
+        q.push("tenant = ")
+            .bind(tenant.to_owned())
+            .push(" AND follow_up_id = ")
+            .bind(id.to_owned());
+    })?
+    .into_iter()
+    .next())
 }
 
 /// The tenant's cases (only `ids` when not empty; only open ones when `open_only`), most
@@ -255,29 +260,29 @@ pub fn list(
     by_due: bool,
     now: i64,
 ) -> Result<Vec<FollowUp>, NodeError> {
-    let mut filter = String::from("tenant = ?");
-    let mut args: Vec<&dyn ToValue> = vec![&tenant];
-    if open_only {
-        filter.push_str(&format!(" AND status IN {}", open_statuses()));
-    }
-    if !ids.is_empty() {
-        let marks = vec!["?"; ids.len()].join(", ");
-        filter.push_str(&format!(" AND follow_up_id IN ({marks})"));
-        args.extend(ids.iter().map(|id| id as &dyn ToValue));
-    }
     let order = if by_due {
         "due_at, follow_up_id"
     } else {
         "opened_at DESC, follow_up_id"
     };
-    filter.push_str(&format!(
-        " ORDER BY {order} LIMIT {}",
-        domicile_proto::followup::MAX_LISTED
-    ));
-    Ok(select(conn, region_id, now, &filter, &args)?
-        .into_iter()
-        .map(|c| c.public)
-        .collect())
+    Ok(select(conn, region_id, now, |q| {
+        q.push("tenant = ").bind(tenant.to_owned());
+        if open_only {
+            q.push(&format!(" AND status IN {}", open_statuses()));
+        }
+        if !ids.is_empty() {
+            q.push(" AND follow_up_id IN (")
+                .bind_list(ids.iter().cloned())
+                .push(")");
+        }
+        q.push(&format!(
+            " ORDER BY {order} LIMIT {}",
+            domicile_proto::followup::MAX_LISTED
+        ));
+    })?
+    .into_iter()
+    .map(|c| c.public)
+    .collect())
 }
 
 /// Sets a case's status at `now`.
@@ -289,7 +294,7 @@ pub fn set_status(
     now: i64,
 ) -> Result<(), NodeError> {
     tx.execute(
-        "UPDATE follow_ups SET status = ?1, updated_at = ?2 WHERE tenant = ?3 AND follow_up_id = ?4",
+        "UPDATE follow_ups SET status = $1, updated_at = $2 WHERE tenant = $3 AND follow_up_id = $4",
         params![status as i32, now, tenant, id],
     )?;
     Ok(())
@@ -303,8 +308,8 @@ pub fn forget_subject(
     now: i64,
 ) -> Result<(), NodeError> {
     tx.execute(
-        "UPDATE follow_ups SET status = ?1, updated_at = ?2
-         WHERE tenant = ?3 AND subject_id = ?4 AND status IN (?5, ?6, ?7)",
+        "UPDATE follow_ups SET status = $1, updated_at = $2
+         WHERE tenant = $3 AND subject_id = $4 AND status IN ($5, $6, $7)",
         params![
             FollowUpStatus::Cancelled as i32,
             now,
@@ -316,7 +321,7 @@ pub fn forget_subject(
         ],
     )?;
     tx.execute(
-        "UPDATE follow_ups SET subject_id = '' WHERE tenant = ?1 AND subject_id = ?2",
+        "UPDATE follow_ups SET subject_id = '' WHERE tenant = $1 AND subject_id = $2",
         params![tenant, subject],
     )?;
     Ok(())
@@ -325,8 +330,8 @@ pub fn forget_subject(
 /// The tenant's cases counted for the console.
 pub fn counts(conn: &Connection, tenant: &str, now: i64) -> Result<FollowUpCounts, NodeError> {
     let mut stmt = conn.prepare(
-        "SELECT status, COUNT(*), SUM(CASE WHEN due_at < ?2 THEN 1 ELSE 0 END)
-         FROM follow_ups WHERE tenant = ?1 GROUP BY status",
+        "SELECT status, COUNT(*), SUM(CASE WHEN due_at < $2 THEN 1 ELSE 0 END)
+         FROM follow_ups WHERE tenant = $1 GROUP BY status",
     )?;
     let mut rows = stmt.query(params![tenant, now])?;
     let mut counts = FollowUpCounts::default();

@@ -41,29 +41,29 @@ fn affected_sql(category: DataCategory) -> &'static str {
         DataCategory::Profile => {
             "SELECT s.external_id AS subject_id, s.country AS country FROM subjects s
              JOIN subject_pii p ON p.tenant = s.tenant AND p.external_id = s.external_id
-             WHERE s.tenant = ?1 AND s.created_at < ?2"
+             WHERE s.tenant = $1 AND s.created_at < $2"
         }
         DataCategory::ContactDetails => {
             "SELECT s.external_id AS subject_id, s.country AS country FROM subjects s
              JOIN subject_pii p ON p.tenant = s.tenant AND p.external_id = s.external_id
-             WHERE s.tenant = ?1 AND s.created_at < ?2 AND p.has_contact = 1"
+             WHERE s.tenant = $1 AND s.created_at < $2 AND p.has_contact = 1"
         }
         DataCategory::Interactions => {
-            "SELECT subject_id, country FROM interactions WHERE tenant = ?1 AND started_at < ?2"
+            "SELECT subject_id, country FROM interactions WHERE tenant = $1 AND started_at < $2"
         }
         DataCategory::SurveyAnswers => {
-            "SELECT subject_id, country FROM interactions WHERE tenant = ?1 AND started_at < ?2
+            "SELECT subject_id, country FROM interactions WHERE tenant = $1 AND started_at < $2
              AND (nps IS NOT NULL OR csat IS NOT NULL OR ces IS NOT NULL)"
         }
         DataCategory::Comments => {
             "SELECT i.subject_id AS subject_id, i.country AS country FROM interactions i
              JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
-             WHERE i.tenant = ?1 AND i.started_at < ?2"
+             WHERE i.tenant = $1 AND i.started_at < $2"
         }
         // The country of a consent-only subject is the one of the policy it was recorded under.
         DataCategory::ConsentRecords => {
             "SELECT subject_id, substr(policy_version, 1, 2) AS country FROM consent_ledger
-             WHERE tenant = ?1 AND recorded_at < ?2"
+             WHERE tenant = $1 AND recorded_at < $2"
         }
         DataCategory::Unspecified => "SELECT '' AS subject_id, '' AS country WHERE 0",
     }
@@ -127,7 +127,7 @@ impl Release {
 pub fn reports_today(tx: &Connection, tenant: &str, now: i64) -> Result<u64, NodeError> {
     let day = now.div_euclid(86_400) * 86_400;
     let n: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM incidents WHERE tenant = ?1 AND reported_at >= ?2",
+        "SELECT COUNT(*) FROM incidents WHERE tenant = $1 AND reported_at >= $2",
         params![tenant, day],
         |r| r.get(0),
     )?;
@@ -194,7 +194,7 @@ pub fn report(
     tx.execute(
         "INSERT INTO incidents (tenant, incident_id, reported_at, detected_at, window_start,
            window_end, categories, description, deadline, policy_versions, counts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         params![
             spec.tenant.as_str(),
             incident_id,
@@ -244,7 +244,7 @@ pub fn get(
         .query_row(
             "SELECT detected_at, window_start, window_end, categories, description, deadline,
                     policy_versions, counts, incident_id
-             FROM incidents WHERE tenant = ?1 AND incident_id = ?2",
+             FROM incidents WHERE tenant = $1 AND incident_id = $2",
             params![tenant, incident_id],
             |r| {
                 Ok((
@@ -296,7 +296,7 @@ pub fn subjects(
 ) -> Result<Option<Vec<IncidentSubject>>, NodeError> {
     let row = conn
         .query_row(
-            "SELECT window_end, categories FROM incidents WHERE tenant = ?1 AND incident_id = ?2",
+            "SELECT window_end, categories FROM incidents WHERE tenant = $1 AND incident_id = $2",
             params![tenant, incident_id],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
         )

@@ -26,7 +26,7 @@ pub fn releases(
     bucket: i64,
 ) -> Result<Vec<ReleaseBucket>, NodeError> {
     let entries = "FROM audit_log
-         WHERE tenant = ?1 AND kind IN ('release_aggregate', 'release_records') AND at >= ?2";
+         WHERE tenant = $1 AND kind IN ('release_aggregate', 'release_records') AND at >= $2";
     // A field of the entry's JSON details, as `ty`, and where the entries come from. PostgreSQL
     // parses each entry's details once, in the subquery (`OFFSET 0` keeps it from being folded
     // into the outer query, which would parse them once per field: 2.6 times slower).
@@ -44,7 +44,7 @@ pub fn releases(
         entries.to_owned()
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT (at - ?2) / ?3, {}, {}, COUNT(*), SUM({}), SUM({}), SUM({}), SUM({})
+        "SELECT (at - $2) / $3, {}, {}, COUNT(*), SUM({}), SUM({}), SUM({}), SUM({})
          {from} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         field("purpose", "TEXT"),
         field("kind", "TEXT"),
@@ -98,8 +98,8 @@ pub fn subject_requests(
 ) -> Result<(Vec<SubjectRequestCount>, Vec<OpenSubjectRequest>, u64), NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT kind, status, COUNT(*),
-                SUM(CASE WHEN completed_at IS NULL AND due_at < ?2 THEN 1 ELSE 0 END)
-         FROM subject_requests WHERE tenant = ?1 GROUP BY kind, status ORDER BY kind, status",
+                SUM(CASE WHEN completed_at IS NULL AND due_at < $2 THEN 1 ELSE 0 END)
+         FROM subject_requests WHERE tenant = $1 GROUP BY kind, status ORDER BY kind, status",
     )?;
     let counts = stmt
         .query_map(params![tenant, now], |r| {
@@ -113,7 +113,7 @@ pub fn subject_requests(
         .collect::<Result<Vec<_>, _>>()?;
     let mut stmt = conn.prepare_cached(
         "SELECT request_id, kind, status, submitted_at, due_at FROM subject_requests
-         WHERE tenant = ?1 AND completed_at IS NULL ORDER BY due_at, request_id LIMIT ?2",
+         WHERE tenant = $1 AND completed_at IS NULL ORDER BY due_at, request_id LIMIT $2",
     )?;
     let open = stmt
         .query_map(params![tenant, MAX_LISTED as i64], |r| {
@@ -127,7 +127,7 @@ pub fn subject_requests(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let total: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM subject_requests WHERE tenant = ?1 AND completed_at IS NULL",
+        "SELECT COUNT(*) FROM subject_requests WHERE tenant = $1 AND completed_at IS NULL",
         params![tenant],
         |r| r.get(0),
     )?;
@@ -142,7 +142,7 @@ pub fn incidents(
 ) -> Result<Vec<IncidentSummary>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT incident_id, detected_at, deadline, categories, counts FROM incidents
-         WHERE tenant = ?1 ORDER BY detected_at DESC, incident_id LIMIT ?2",
+         WHERE tenant = $1 ORDER BY detected_at DESC, incident_id LIMIT $2",
     )?;
     let rows = stmt.query_map(params![tenant, MAX_LISTED as i64], |r| {
         Ok((
@@ -173,7 +173,7 @@ pub fn incidents(
 /// Grouped by the whole policy version, which follows the `consent_state_counts` index: one
 /// scan of it, in order. `consents` adds up the few versions of a country.
 const CONSENT_COUNTS: &str = "SELECT policy_version, purpose, channel, state, COUNT(*)
-     FROM consent_state WHERE tenant = ?1
+     FROM consent_state WHERE tenant = $1
      GROUP BY policy_version, purpose, channel, state";
 
 /// Subjects per country, purpose, channel and current consent state. The country is that of
@@ -221,7 +221,7 @@ mod tests {
         conn.execute(
             "INSERT INTO consent_state
                  (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
-             VALUES (?1, ?2, 2, 1, ?3, 1, 0, ?4)",
+             VALUES ($1, $2, 2, 1, $3, 1, 0, $4)",
             params![tenant, format!("s{subject}"), state, version],
         )
         .unwrap();

@@ -7,10 +7,11 @@
 //! prefix, language to its primary subtag), and the comment is redacted ([`crate::privacy::redact`])
 //! with the subject's own name. The message type has no field for a name, e-mail, phone or id.
 
-use crate::store::db::{Connection, ToValue};
+use crate::store::db::{Connection, Query};
 use domicile_proto::{domain::RecordSpec, pb::PseudonymisedInteraction};
 
 use crate::{
+    domain::consent::Gate,
     domain::policy::{BirthYear, PolicySet},
     domain::stored::Profile,
     error::NodeError,
@@ -38,8 +39,8 @@ pub struct Release<'a> {
     pub pseudonyms: &'a Pseudonymiser,
     /// The key vault, to decrypt profiles and comments.
     pub vault: &'a Vault,
-    /// The consent condition of the purpose ([`crate::domain::consent::gate`]) on columns `i.*`.
-    pub consent: (String, Vec<Box<dyn ToValue>>),
+    /// The consent condition of the purpose, applied to columns `i.*`.
+    pub consent: Gate,
 }
 
 /// Streams `spec`'s records in time order to `emit`, `BATCH` at a time; stops early (without
@@ -50,46 +51,36 @@ pub fn run(
     spec: &RecordSpec,
     mut emit: impl FnMut(Vec<PseudonymisedInteraction>) -> bool,
 ) -> Result<u64, NodeError> {
-    let marks = vec!["?"; release.countries.len()].join(", ");
-    let mut sql = format!(
+    let mut q = Query::new(
         "SELECT i.interaction_id, i.subject_id, i.country, i.channel, i.direction, i.started_at,
                 i.handle_time, i.outcome, i.agent_team, i.recorded, i.survey_id, i.nps, i.csat,
                 i.ces, t.comment, p.profile
          FROM interactions i
          LEFT JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
          LEFT JOIN subject_pii p ON p.tenant = i.tenant AND p.external_id = i.subject_id
-         WHERE i.tenant = ? AND i.country IN ({marks})"
+         WHERE i.tenant = ",
     );
-    let mut args: Vec<Box<dyn ToValue>> = vec![Box::new(release.tenant.to_owned())];
-    for c in release.countries {
-        args.push(Box::new(c.clone()));
-    }
+    q.bind(release.tenant)
+        .push(" AND i.country IN (")
+        .bind_list(release.countries)
+        .push(")");
     if let Some(start) = spec.start {
-        sql.push_str(" AND i.started_at >= ?");
-        args.push(Box::new(start));
+        q.push(" AND i.started_at >= ").bind(start);
     }
     if let Some(end) = spec.end {
-        sql.push_str(" AND i.started_at < ?");
-        args.push(Box::new(end));
+        q.push(" AND i.started_at < ").bind(end);
     }
     if !spec.channels.is_empty() {
-        let marks = vec!["?"; spec.channels.len()].join(", ");
-        sql.push_str(&format!(" AND i.channel IN ({marks})"));
-        for c in &spec.channels {
-            args.push(Box::new(*c as i32));
-        }
+        q.push(" AND i.channel IN (")
+            .bind_list(spec.channels.iter().map(|c| *c as i32))
+            .push(")");
     }
-    sql.push_str(&release.consent.0);
-    sql.push_str(" ORDER BY i.started_at, i.interaction_id LIMIT ?");
-    let limit = i64::from(spec.limit);
+    release.consent.filter(&mut q, "i.");
+    q.push(" ORDER BY i.started_at, i.interaction_id LIMIT ")
+        .bind(i64::from(spec.limit));
 
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(crate::store::db::params_from_iter(
-        args.iter()
-            .chain(&release.consent.1)
-            .map(|a| a.as_ref())
-            .chain([&limit as &dyn ToValue]),
-    ))?;
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut rows = stmt.query(q.params())?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut emitted = 0u64;
     let mut keys: std::collections::HashMap<String, Option<SubjectKey>> =

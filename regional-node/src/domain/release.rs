@@ -172,7 +172,7 @@ pub fn all_made(
 ) -> Result<bool, NodeError> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM dp_releases
-         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",
+         WHERE tenant = $1 AND purpose = $2 AND grain = $3 AND bucket >= $4 AND bucket < $5",
         params![
             tenant,
             purpose as i32,
@@ -224,10 +224,10 @@ pub fn charge(
         return Ok(None);
     }
     let spent: Option<i64> = tx.query_opt(
-        "INSERT INTO dp_budget (tenant, data_month, spent_milli) VALUES (?1, ?2, ?3)
+        "INSERT INTO dp_budget (tenant, data_month, spent_milli) VALUES ($1, $2, $3)
          ON CONFLICT (tenant, data_month) DO UPDATE
          SET spent_milli = dp_budget.spent_milli + excluded.spent_milli
-         WHERE dp_budget.spent_milli + excluded.spent_milli <= ?4
+         WHERE dp_budget.spent_milli + excluded.spent_milli <= $4
          RETURNING spent_milli",
         params![tenant, data_month, milli, budget_milli as i64],
         |r| r.get(0),
@@ -239,7 +239,7 @@ pub fn charge(
 pub fn spent(conn: &Connection, tenant: &str, data_month: i64) -> Result<u64, NodeError> {
     let spent: Option<i64> = conn
         .query_row(
-            "SELECT spent_milli FROM dp_budget WHERE tenant = ?1 AND data_month = ?2",
+            "SELECT spent_milli FROM dp_budget WHERE tenant = $1 AND data_month = $2",
             params![tenant, data_month],
             |r| r.get(0),
         )
@@ -453,7 +453,7 @@ pub fn ensure_all(
         // The claim: concurrent callers wait here for the first to commit, then find it made.
         let claimed = tx.execute(
             "INSERT INTO dp_releases (tenant, purpose, grain, bucket, epsilon_milli, data_month, made_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             params![
                 tenant,
                 purpose as i32,
@@ -533,7 +533,7 @@ pub fn ensure_all(
     );
     let mut insert = tx.prepare_cached(
         "INSERT INTO dp_release_cells (tenant, purpose, grain, bucket, country, channel, stats)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )?;
     let empty = AggregateStats::default();
     for (bucket, _) in &made {
@@ -590,7 +590,7 @@ pub fn answer(
     let mut groups = Groups::new();
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, country, channel, stats FROM dp_release_cells
-         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5",
+         WHERE tenant = $1 AND purpose = $2 AND grain = $3 AND bucket >= $4 AND bucket < $5",
     )?;
     let mut rows = stmt.query(params![
         tenant,
@@ -662,7 +662,7 @@ pub fn answer(
     let mut sources = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT bucket, epsilon_milli FROM dp_releases
-         WHERE tenant = ?1 AND purpose = ?2 AND grain = ?3 AND bucket >= ?4 AND bucket < ?5
+         WHERE tenant = $1 AND purpose = $2 AND grain = $3 AND bucket >= $4 AND bucket < $5
          ORDER BY bucket",
     )?;
     let mut rows = stmt.query(params![

@@ -71,7 +71,7 @@ pub(crate) fn active_holds(
 ) -> Result<Vec<Hold>, NodeError> {
     let mut stmt = conn.prepare_cached(
         "SELECT hold_id, reason, range_start, range_end, expires_at FROM legal_holds
-         WHERE tenant = ?1 AND subject_id = ?2 AND released_at IS NULL AND expires_at > ?3
+         WHERE tenant = $1 AND subject_id = $2 AND released_at IS NULL AND expires_at > $3
          ORDER BY hold_id",
     )?;
     let rows = stmt.query_map(params![tenant, subject, now], |r| {
@@ -90,9 +90,9 @@ pub(crate) fn active_holds(
 /// Whether the region holds anything about the subject.
 pub(crate) fn knows(conn: &Connection, tenant: &str, subject: &str) -> Result<bool, NodeError> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM subjects WHERE tenant = ?1 AND external_id = ?2)
-             OR EXISTS (SELECT 1 FROM interactions WHERE tenant = ?1 AND subject_id = ?2)
-             OR EXISTS (SELECT 1 FROM consent_state WHERE tenant = ?1 AND subject_id = ?2)",
+        "SELECT EXISTS (SELECT 1 FROM subjects WHERE tenant = $1 AND external_id = $2)
+             OR EXISTS (SELECT 1 FROM interactions WHERE tenant = $1 AND subject_id = $2)
+             OR EXISTS (SELECT 1 FROM consent_state WHERE tenant = $1 AND subject_id = $2)",
         params![tenant, subject],
         |r| r.get(0),
     )
@@ -104,8 +104,8 @@ pub(crate) fn stored_country(
     subject: &str,
 ) -> Result<Option<String>, NodeError> {
     conn.query_row(
-        "SELECT country FROM subjects WHERE tenant = ?1 AND external_id = ?2
-             UNION ALL SELECT country FROM interactions WHERE tenant = ?1 AND subject_id = ?2
+        "SELECT country FROM subjects WHERE tenant = $1 AND external_id = $2
+             UNION ALL SELECT country FROM interactions WHERE tenant = $1 AND subject_id = $2
              LIMIT 1",
         params![tenant, subject],
         |r| r.get(0),
@@ -121,7 +121,7 @@ pub(crate) fn set_flag(
 ) -> Result<(), NodeError> {
     conn.execute(
         &format!(
-            "INSERT INTO subject_flags (tenant, subject_id, {column}) VALUES (?1, ?2, 1)
+            "INSERT INTO subject_flags (tenant, subject_id, {column}) VALUES ($1, $2, 1)
              ON CONFLICT (tenant, subject_id) DO UPDATE SET {column} = 1"
         ),
         params![tenant, subject],
@@ -153,8 +153,8 @@ pub(crate) fn erase(
     let count_in = |range: Option<(i64, i64)>| -> Result<u64, NodeError> {
         let (start, end) = range.unwrap_or((i64::MIN, i64::MAX));
         Ok(tx.query_row(
-            "SELECT COUNT(*) FROM interactions WHERE tenant = ?1 AND subject_id = ?2
-             AND started_at >= ?3 AND started_at < ?4",
+            "SELECT COUNT(*) FROM interactions WHERE tenant = $1 AND subject_id = $2
+             AND started_at >= $3 AND started_at < $4",
             params![tenant, subject, start, end],
             |r| r.get::<_, i64>(0),
         )? as u64)
@@ -194,35 +194,35 @@ pub(crate) fn erase(
         format!(" AND NOT ({})", kept.join(" OR "))
     };
     let comments = if kept.is_empty() {
-        "DELETE FROM interaction_text WHERE tenant = ?1 AND subject_id = ?2".to_owned()
+        "DELETE FROM interaction_text WHERE tenant = $1 AND subject_id = $2".to_owned()
     } else {
         format!(
-            "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id IN (
-               SELECT interaction_id FROM interactions WHERE tenant = ?1 AND subject_id = ?2{not_kept})"
+            "DELETE FROM interaction_text WHERE tenant = $1 AND interaction_id IN (
+               SELECT interaction_id FROM interactions WHERE tenant = $1 AND subject_id = $2{not_kept})"
         )
     };
     tx.execute(&comments, params![tenant, subject])?;
     let interactions_deleted = crate::domain::rollup::delete_interactions(
         tx,
-        &format!("i.tenant = ?1 AND i.subject_id = ?2{not_kept}"),
+        &format!("i.tenant = $1 AND i.subject_id = $2{not_kept}"),
         params![tenant, subject],
     )?;
     for table in ["subject_pii", "subject_pii_history", "subjects"] {
         tx.execute(
-            &format!("DELETE FROM {table} WHERE tenant = ?1 AND external_id = ?2"),
+            &format!("DELETE FROM {table} WHERE tenant = $1 AND external_id = $2"),
             params![tenant, subject],
         )?;
     }
     let suppressions = consent::suppress(tx, tenant, subject, suppress_as)?;
     tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
     tx.execute(
-        "DELETE FROM consent_ledger WHERE tenant = ?1 AND subject_id = ?2",
+        "DELETE FROM consent_ledger WHERE tenant = $1 AND subject_id = $2",
         params![tenant, subject],
     )?;
     tx.execute("DELETE FROM erasure_guard", [])?;
     for table in ["consent_state", "consent_tokens"] {
         tx.execute(
-            &format!("DELETE FROM {table} WHERE tenant = ?1 AND subject_id = ?2"),
+            &format!("DELETE FROM {table} WHERE tenant = $1 AND subject_id = $2"),
             params![tenant, subject],
         )?;
     }
@@ -231,15 +231,15 @@ pub(crate) fn erase(
     if complete {
         for table in ["subject_flags", "tracked_subjects"] {
             tx.execute(
-                &format!("DELETE FROM {table} WHERE tenant = ?1 AND subject_id = ?2"),
+                &format!("DELETE FROM {table} WHERE tenant = $1 AND subject_id = $2"),
                 params![tenant, subject],
             )?;
         }
         // The idempotency keys of the subject's records (stored under its reference).
         let (start, end) = crate::store::vault::stored_id_range(subject);
         tx.execute(
-            "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
-             AND idempotency_key < ?3",
+            "DELETE FROM ingest_keys WHERE tenant = $1 AND idempotency_key >= $2
+             AND idempotency_key < $3",
             params![tenant, start, end],
         )?;
     } else {

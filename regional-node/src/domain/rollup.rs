@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::store::db::{Connection, Dialect, OptionalExtension, ToValue, params, params_from_iter};
+use crate::store::db::{
+    Connection, Dialect, OptionalExtension, Query, ToValue, params, params_from_iter,
+};
 use domicile_proto::{
     domain::{MAX_TIMESTAMP, MIN_TIMESTAMP},
     merge::NPS_BUCKETS,
@@ -212,10 +214,10 @@ static ADD_SUBJECT_CELL: std::sync::LazyLock<String> = std::sync::LazyLock::new(
         .split(", ")
         .map(|c| format!("{c} = subject_cells.{c} + excluded.{c}"))
         .collect();
-    let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("?{i}")).collect();
+    let marks: Vec<String> = (6..6 + SUMS_FIELDS).map(|i| format!("${i}")).collect();
     format!(
         "INSERT INTO subject_cells (tenant, subject_id, bucket, country, channel, {SUMS_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, {})
+         VALUES ($1, $2, $3, $4, $5, {})
          ON CONFLICT (tenant, subject_id, bucket, country, channel) DO UPDATE SET {}",
         marks.join(", "),
         updates.join(", ")
@@ -547,7 +549,7 @@ impl TenantDelta {
         }
         let t: bool = tx
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM tracked_subjects WHERE tenant = ?1 AND subject_id = ?2)",
+                "SELECT EXISTS (SELECT 1 FROM tracked_subjects WHERE tenant = $1 AND subject_id = $2)",
             )?
             .query_row(params![tenant, subject], |r| r.get(0))?;
         self.tracked.insert(subject.to_owned(), t);
@@ -583,7 +585,7 @@ impl TenantDelta {
             return Ok(*n);
         }
         let found: Option<i64> = tx
-            .prepare_cached("SELECT n FROM subject_numbers WHERE tenant = ?1 AND subject_id = ?2")?
+            .prepare_cached("SELECT n FROM subject_numbers WHERE tenant = $1 AND subject_id = $2")?
             .query_row(params![tenant, subject], |r| r.get(0))
             .optional()?;
         let n = match found {
@@ -592,13 +594,13 @@ impl TenantDelta {
             None => match tx.as_sqlite() {
                 Some(c) => {
                     tx.prepare_cached(
-                        "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2)",
+                        "INSERT INTO subject_numbers (tenant, subject_id) VALUES ($1, $2)",
                     )?
                     .execute(params![tenant, subject])?;
                     c.last_insert_rowid()
                 }
                 None => tx.query_row(
-                    "INSERT INTO subject_numbers (tenant, subject_id) VALUES (?1, ?2) RETURNING n",
+                    "INSERT INTO subject_numbers (tenant, subject_id) VALUES ($1, $2) RETURNING n",
                     params![tenant, subject],
                     |r| r.get(0),
                 )?,
@@ -657,7 +659,7 @@ impl Delta {
             Ok(())
         }
         const KNOWN: &str = "SELECT subject_id, n FROM subject_numbers
-             WHERE tenant = ?1 AND subject_id = ANY(?2::text[])";
+             WHERE tenant = $1 AND subject_id = ANY($2::text[])";
         found(tx, &mut delta.numbers, KNOWN, params![tenant, wanted])?;
         // Only the missing ones are inserted: a conflicting insert would still spend a number.
         let missing: Vec<Option<String>> = wanted
@@ -670,7 +672,7 @@ impl Delta {
                 tx,
                 &mut delta.numbers,
                 "INSERT INTO subject_numbers (tenant, subject_id)
-                 SELECT ?1, s FROM unnest(?2::text[]) AS t(s)
+                 SELECT $1, s FROM unnest($2::text[]) AS t(s)
                  ON CONFLICT DO NOTHING RETURNING subject_id, n",
                 params![tenant, missing],
             )?;
@@ -686,7 +688,7 @@ impl Delta {
         let tracked: Vec<String> = tx
             .prepare_cached(
                 "SELECT subject_id FROM tracked_subjects
-                 WHERE tenant = ?1 AND subject_id = ANY(?2::text[])",
+                 WHERE tenant = $1 AND subject_id = ANY($2::text[])",
             )?
             .query_map(params![tenant, wanted], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -764,7 +766,7 @@ impl TenantDelta {
     fn apply(self, tx: &Connection, tenant: &str) -> Result<(), NodeError> {
         // Subjects with no interaction left (an erasure) leave every cell without a check each.
         let mut any_left = tx.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM interactions WHERE tenant = ?1 AND subject_id = ?2)",
+            "SELECT EXISTS (SELECT 1 FROM interactions WHERE tenant = $1 AND subject_id = $2)",
         )?;
         let mut gone = BTreeSet::new();
         for subject in &self.losing {
@@ -774,21 +776,21 @@ impl TenantDelta {
         }
         let mut load = tx.prepare_cached(
             "SELECT sums, subjects FROM rollup_cells
-             WHERE tenant = ?1 AND grain = ?2 AND bucket = ?3 AND country = ?4 AND channel = ?5",
+             WHERE tenant = $1 AND grain = $2 AND bucket = $3 AND country = $4 AND channel = $5",
         )?;
         let mut still_in = tx.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM interactions WHERE tenant = ?1 AND subject_id = ?2
-             AND country = ?3 AND channel = ?4 AND started_at >= ?5 AND started_at < ?6)",
+            "SELECT EXISTS (SELECT 1 FROM interactions WHERE tenant = $1 AND subject_id = $2
+             AND country = $3 AND channel = $4 AND started_at >= $5 AND started_at < $6)",
         )?;
         let mut store = tx.prepare_cached(
             "INSERT INTO rollup_cells (tenant, grain, bucket, country, channel, sums, subjects_count, subjects)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (tenant, grain, bucket, country, channel) DO UPDATE
              SET sums = excluded.sums, subjects_count = excluded.subjects_count, subjects = excluded.subjects",
         )?;
         let mut drop_cell = tx.prepare_cached(
             "DELETE FROM rollup_cells
-             WHERE tenant = ?1 AND grain = ?2 AND bucket = ?3 AND country = ?4 AND channel = ?5",
+             WHERE tenant = $1 AND grain = $2 AND bucket = $3 AND country = $4 AND channel = $5",
         )?;
         // PostgreSQL: every cell the transaction touched read in one statement and written in
         // one, rather than a round trip each way per cell.
@@ -799,9 +801,9 @@ impl TenantDelta {
             let rows: Vec<StoredCell> = tx
                 .prepare_cached(
                     "SELECT c.grain, c.bucket, c.country, c.channel, c.sums, c.subjects
-                     FROM unnest(?2::bigint[], ?3::bigint[], ?4::text[], ?5::bigint[])
+                     FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[])
                        AS k(grain, bucket, country, channel)
-                     JOIN rollup_cells c ON c.tenant = ?1 AND c.grain = k.grain
+                     JOIN rollup_cells c ON c.tenant = $1 AND c.grain = k.grain
                        AND c.bucket = k.bucket AND c.country = k.country
                        AND c.channel = k.channel",
                 )?
@@ -902,8 +904,8 @@ impl TenantDelta {
             tx.prepare_cached(
                 "INSERT INTO rollup_cells (tenant, grain, bucket, country, channel, sums,
                    subjects_count, subjects)
-                 SELECT ?1, * FROM unnest(?2::bigint[], ?3::bigint[], ?4::text[], ?5::bigint[],
-                   ?6::bytea[], ?7::bigint[], ?8::bytea[])
+                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                   $6::bytea[], $7::bigint[], $8::bytea[])
                  ON CONFLICT (tenant, grain, bucket, country, channel) DO UPDATE
                  SET sums = excluded.sums, subjects_count = excluded.subjects_count,
                      subjects = excluded.subjects",
@@ -921,8 +923,8 @@ impl TenantDelta {
         }
         let mut add_subject_cell = tx.prepare_cached(&ADD_SUBJECT_CELL)?;
         let mut drop_empty = tx.prepare_cached(
-            "DELETE FROM subject_cells WHERE tenant = ?1 AND subject_id = ?2 AND bucket = ?3
-             AND country = ?4 AND channel = ?5 AND interactions <= 0",
+            "DELETE FROM subject_cells WHERE tenant = $1 AND subject_id = $2 AND bucket = $3
+             AND country = $4 AND channel = $5 AND interactions <= 0",
         )?;
         for ((subject, bucket, country, channel), sums) in &self.subject_cells {
             if *sums == Sums::default() {
@@ -941,11 +943,11 @@ impl TenantDelta {
             }
         }
         let mut forget =
-            tx.prepare_cached("DELETE FROM subject_numbers WHERE tenant = ?1 AND subject_id = ?2")?;
+            tx.prepare_cached("DELETE FROM subject_numbers WHERE tenant = $1 AND subject_id = $2")?;
         // A subject whose last interaction went stays tracked only while it still qualifies.
         let mut untrack = tx.prepare_cached(&format!(
-            "DELETE FROM tracked_subjects WHERE tenant = ?1 AND subject_id = ?2
-             AND (?1, ?2) NOT IN ({})",
+            "DELETE FROM tracked_subjects WHERE tenant = $1 AND subject_id = $2
+             AND ($1, $2) NOT IN ({})",
             qualifying()
         ))?;
         for subject in gone {
@@ -986,11 +988,11 @@ pub fn rebuild(tx: &Connection) -> Result<(), NodeError> {
     tx.execute_batch(
         "DELETE FROM rollup_cells; DELETE FROM subject_numbers; DELETE FROM subject_cells;",
     )?;
-    // One statement through `execute`, which writes `INSERT OR IGNORE` in PostgreSQL's terms.
-    tx.execute(
-        &format!("INSERT OR IGNORE INTO tracked_subjects {}", qualifying()),
-        params![],
-    )?;
+    // `WHERE true`: SQLite reads an `ON CONFLICT` after a bare `SELECT … FROM` as a join.
+    tx.execute_batch(&format!(
+        "INSERT INTO tracked_subjects SELECT * FROM ({}) AS q WHERE true ON CONFLICT DO NOTHING",
+        qualifying()
+    ))?;
     let mut delta = Delta::default();
     // Streamed on SQLite: the rows are never all in memory, only the cells.
     tx.query_each(
@@ -1064,9 +1066,9 @@ pub fn run(
     if rules.noise.is_some() || rules.bounds.is_some() {
         return Ok(None);
     }
-    let Some((dropped_sql, dropped_args)) = rules.gate.dropped_subjects() else {
+    if !rules.gate.drops_listed_only() {
         return Ok(None);
-    };
+    }
     let has = |d| spec.group_by.contains(&d);
     let dims = Dims {
         country: has(Dimension::Country),
@@ -1109,7 +1111,7 @@ pub fn run(
         }
         let mut cells = conn.prepare_cached(
             "SELECT rowid, bucket, country, channel, sums, subjects_count FROM rollup_cells
-             WHERE tenant = ?1 AND grain = ?2 AND bucket >= ?3 AND bucket < ?4",
+             WHERE tenant = $1 AND grain = $2 AND bucket >= $3 AND bucket < $4",
         )?;
         for (grain, from, to) in spans.into_iter().filter(|(_, f, t)| f < t) {
             let mut rows = cells.query(params![tenant, grain as i64, from, to])?;
@@ -1136,52 +1138,52 @@ pub fn run(
     }
 
     // Rows: every row at the ends of the range, and the rows of droppable subjects inside.
-    let (condition, condition_args) = rules.gate.condition("i.");
-    let mut channels_sql = String::new();
-    if !spec.channels.is_empty() {
-        channels_sql = format!(
-            " AND i.channel IN ({})",
-            spec.channels
-                .iter()
-                .map(|c| (*c as i32).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    let channels = |q: &mut Query<'_>, col: &str| {
+        if !spec.channels.is_empty() {
+            q.push(&format!(" AND {col}.channel IN ("))
+                .bind_list(spec.channels.iter().map(|c| *c as i32))
+                .push(")");
+        }
+    };
+    let gate = &rules.gate;
     // The index is named: by time for the ends of the range, by subject for the subjects the
     // gate may drop (the planner, left alone, may scan the whole range for the latter).
-    let select = |index: &str| {
-        // PostgreSQL's planner takes no index hints.
-        let index = match conn.dialect() {
-            Dialect::Sqlite => format!("INDEXED BY {index}"),
-            Dialect::Postgres => String::new(),
-        };
-        format!(
-            "SELECT i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces, n.n, \
-             ({condition}) FROM interactions i {index} JOIN subject_numbers n \
-             ON n.tenant = i.tenant AND n.subject_id = i.subject_id \
-             WHERE i.tenant = ? AND i.started_at >= ? AND i.started_at < ?{channels_sql}"
-        )
-    };
-    let mut read_rows = |extra: &str,
-                         from: i64,
-                         to: i64,
-                         extra_args: &[Box<dyn ToValue>],
-                         edge: bool|
-     -> Result<(), NodeError> {
+    let mut read_rows = |from: i64, to: i64, edge: bool| -> Result<(), NodeError> {
         if from >= to {
             return Ok(());
         }
-        let mut args: Vec<&dyn ToValue> = condition_args.iter().map(|a| a.as_ref()).collect();
-        args.extend([&tenant as &dyn ToValue, &from, &to]);
-        args.extend(extra_args.iter().map(|a| a.as_ref()));
         let index = if edge {
             "interactions_by_time"
         } else {
             "interactions_by_subject"
         };
-        let mut stmt = conn.prepare_cached(&format!("{}{extra}", select(index)))?;
-        let mut rows = stmt.query(params_from_iter(args))?;
+        // PostgreSQL's planner takes no index hints.
+        let index = match conn.dialect() {
+            Dialect::Sqlite => format!("INDEXED BY {index}"),
+            Dialect::Postgres => String::new(),
+        };
+        let mut q = Query::new(
+            "SELECT i.country, i.channel, i.started_at, i.handle_time, i.nps, i.csat, i.ces, \
+             n.n, (",
+        );
+        gate.condition(&mut q, "i.");
+        q.push(&format!(
+            ") FROM interactions i {index} JOIN subject_numbers n \
+             ON n.tenant = i.tenant AND n.subject_id = i.subject_id WHERE i.tenant = "
+        ))
+        .bind(tenant)
+        .push(" AND i.started_at >= ")
+        .bind(from)
+        .push(" AND i.started_at < ")
+        .bind(to);
+        channels(&mut q, "i");
+        if !edge {
+            q.push(" AND i.subject_id IN (");
+            gate.dropped_subjects(&mut q);
+            q.push(")");
+        }
+        let mut stmt = conn.prepare_cached(q.sql())?;
+        let mut rows = stmt.query(q.params())?;
         while let Some(row) = rows.next()? {
             let country: String = row.get(0)?;
             let day = row.get::<_, i64>(2)?.div_euclid(DAY);
@@ -1209,38 +1211,34 @@ pub fn run(
         Ok(())
     };
     for (from, to) in edges {
-        read_rows("", from, to, &[], true)?;
+        read_rows(from, to, true)?;
     }
     for (from, to) in day_spans {
-        read_rows(
-            &format!(" AND i.subject_id IN ({dropped_sql})"),
-            from,
-            to,
-            &dropped_args,
-            false,
-        )?;
+        read_rows(from, to, false)?;
     }
     if let Some((m0, m1)) = month_span {
         // The droppable subjects' months, from their own cells.
-        let (condition, condition_args) = rules.gate.condition("c.");
-        let channels_sql = channels_sql.replace("i.channel", "c.channel");
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT c.bucket, c.country, c.channel, n.n, ({condition}), {} \
-             FROM subject_cells c JOIN subject_numbers n \
-             ON n.tenant = c.tenant AND n.subject_id = c.subject_id \
-             WHERE c.tenant = ? AND c.subject_id IN ({dropped_sql}) \
-             AND c.bucket >= ? AND c.bucket < ?{channels_sql}",
+        let mut q = Query::new("SELECT c.bucket, c.country, c.channel, n.n, (");
+        gate.condition(&mut q, "c.");
+        q.push(&format!(
+            "), {} FROM subject_cells c JOIN subject_numbers n \
+             ON n.tenant = c.tenant AND n.subject_id = c.subject_id WHERE c.tenant = ",
             SUMS_COLUMNS
                 .split(", ")
                 .map(|c| format!("c.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ))?;
-        let mut args: Vec<&dyn ToValue> = condition_args.iter().map(|a| a.as_ref()).collect();
-        args.push(&tenant);
-        args.extend(dropped_args.iter().map(|a| a.as_ref()));
-        args.extend([&m0 as &dyn ToValue, &m1]);
-        let mut rows = stmt.query(params_from_iter(args))?;
+        ))
+        .bind(tenant)
+        .push(" AND c.subject_id IN (");
+        gate.dropped_subjects(&mut q);
+        q.push(") AND c.bucket >= ")
+            .bind(m0)
+            .push(" AND c.bucket < ")
+            .bind(m1);
+        channels(&mut q, "c");
+        let mut stmt = conn.prepare_cached(q.sql())?;
+        let mut rows = stmt.query(q.params())?;
         while let Some(row) = rows.next()? {
             let country: String = row.get(1)?;
             let group = dims.group(&country, row.get(2)?, None, row.get(0)?);
@@ -1256,7 +1254,7 @@ pub fn run(
         }
     }
 
-    let mut bitmap = conn.prepare_cached("SELECT subjects FROM rollup_cells WHERE rowid = ?1")?;
+    let mut bitmap = conn.prepare_cached("SELECT subjects FROM rollup_cells WHERE rowid = $1")?;
     let mut partial = Partial {
         min_group_size: rules.k_mixed,
         ..Default::default()
@@ -1518,14 +1516,14 @@ mod tests {
             for (subject, state) in &states {
                 tx.execute(
                     "INSERT INTO consent_state (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
-                     VALUES (?1, ?2, ?3, 0, ?4, 1, 0, 'v')
+                     VALUES ($1, $2, $3, 0, $4, 1, 0, 'v')
                      ON CONFLICT (tenant, subject_id, purpose, channel) DO UPDATE SET state = excluded.state",
                     params![TENANT, format!("s-{subject}"), Purpose::CxAnalytics as i32, state_of[*state] as i32],
                 )?;
             }
             for subject in &restricted {
                 tx.execute(
-                    "INSERT INTO subject_flags (tenant, subject_id, restricted) VALUES (?1, ?2, 1)",
+                    "INSERT INTO subject_flags (tenant, subject_id, restricted) VALUES ($1, $2, 1)",
                     params![TENANT, format!("s-{subject}")],
                 )?;
             }
@@ -1533,7 +1531,7 @@ mod tests {
                 crate::domain::rights::erase(tx, TENANT, &format!("s-{subject}"), &[], 0)?;
             }
             if let Some(cut) = retention_cut {
-                delete_interactions(tx, "i.country = ?1 AND i.started_at < ?2", params!["FR", BASE + cut])?;
+                delete_interactions(tx, "i.country = $1 AND i.started_at < $2", params!["FR", BASE + cut])?;
             }
             Ok(())
         }).unwrap();

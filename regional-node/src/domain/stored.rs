@@ -190,7 +190,7 @@ pub fn profile(
     subject: &str,
 ) -> Result<Option<Profile>, NodeError> {
     let blob: Option<Vec<u8>> = conn.query_opt(
-        "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+        "SELECT profile FROM subject_pii WHERE tenant = $1 AND external_id = $2",
         params![tenant, subject],
         |r| r.get(0),
     )?;
@@ -279,8 +279,8 @@ fn store_batch(
     let outcomes = match set_based {
         false => {
             let mut claim = tx.prepare_cached(
-                "INSERT OR IGNORE INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
-                 VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )?;
             let mut statements = RecordStatements::prepare(tx)?;
             let mut outcomes = Vec::with_capacity(records.len());
@@ -390,13 +390,13 @@ impl<'c> RecordStatements<'c> {
         Ok(Self {
             subject: tx.prepare_cached(
                 "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 VALUES ($1, $2, $3, $4, $4)
                  ON CONFLICT (tenant, external_id) DO UPDATE
                  SET country = excluded.country, updated_at = excluded.updated_at",
             )?,
             pii: tx.prepare_cached(
                 "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-                 VALUES (?1, ?2, ?3, ?4)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (tenant, external_id) DO UPDATE
                  SET profile = excluded.profile, has_contact = excluded.has_contact",
             )?,
@@ -404,24 +404,24 @@ impl<'c> RecordStatements<'c> {
                 "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
                    channel, direction, started_at, ended_at, handle_time, outcome, agent_team,
                    recorded, survey_id, nps, csat, ces, sealed_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
                  ON CONFLICT (tenant, interaction_id) DO NOTHING",
             )?,
             replace_interaction: tx.prepare_cached(
-                "UPDATE interactions SET subject_id = ?3, country = ?4,
-                   channel = ?5, direction = ?6, started_at = ?7, ended_at = ?8, handle_time = ?9,
-                   outcome = ?10, agent_team = ?11, recorded = ?12, survey_id = ?13, nps = ?14,
-                   csat = ?15, ces = ?16, sealed_id = ?17
-                 WHERE tenant = ?1 AND interaction_id = ?2",
+                "UPDATE interactions SET subject_id = $3, country = $4,
+                   channel = $5, direction = $6, started_at = $7, ended_at = $8, handle_time = $9,
+                   outcome = $10, agent_team = $11, recorded = $12, survey_id = $13, nps = $14,
+                   csat = $15, ces = $16, sealed_id = $17
+                 WHERE tenant = $1 AND interaction_id = $2",
             )?,
             text: tx.prepare_cached(
                 "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
-                 VALUES (?1, ?2, ?3, ?4)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (tenant, interaction_id) DO UPDATE
                  SET subject_id = excluded.subject_id, comment = excluded.comment",
             )?,
             drop_text: tx.prepare_cached(
-                "DELETE FROM interaction_text WHERE tenant = ?1 AND interaction_id = ?2",
+                "DELETE FROM interaction_text WHERE tenant = $1 AND interaction_id = $2",
             )?,
         })
     }
@@ -471,7 +471,7 @@ impl<'c> RecordStatements<'c> {
                 if replaced {
                     rollups.remove_where(
                         tx,
-                        "i.tenant = ?1 AND i.interaction_id = ?2",
+                        "i.tenant = $1 AND i.interaction_id = $2",
                         params![tenant, i.interaction_id],
                     )?;
                     self.replace_interaction.execute(values)?;
@@ -525,7 +525,7 @@ fn store_batch_postgres(
     let mut claimed: HashSet<String> = tx
         .prepare_cached(
             "INSERT INTO ingest_keys (tenant, idempotency_key, kind, ingested_at)
-             SELECT ?1, k, kind, ?4 FROM unnest(?2::text[], ?3::bigint[]) AS t(k, kind)
+             SELECT $1, k, kind, $4 FROM unnest($2::text[], $3::bigint[]) AS t(k, kind)
              ON CONFLICT DO NOTHING RETURNING idempotency_key",
         )?
         .query_map(params![tenant, idempotency, kinds, now], |r| r.get(0))?
@@ -570,14 +570,14 @@ fn store_batch_postgres(
         }
         tx.prepare_cached(
             "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
-             SELECT ?1, e, c, ?4, ?4 FROM unnest(?2::text[], ?3::text[]) AS t(e, c)
+             SELECT $1, e, c, $4, $4 FROM unnest($2::text[], $3::text[]) AS t(e, c)
              ON CONFLICT (tenant, external_id) DO UPDATE
              SET country = excluded.country, updated_at = excluded.updated_at",
         )?
         .execute(params![tenant, ids, countries, now])?;
         tx.prepare_cached(
             "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-             SELECT ?1, e, p, h FROM unnest(?2::text[], ?3::bytea[], ?4::bigint[]) AS t(e, p, h)
+             SELECT $1, e, p, h FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS t(e, p, h)
              ON CONFLICT (tenant, external_id) DO UPDATE
              SET profile = excluded.profile, has_contact = excluded.has_contact",
         )?
@@ -610,10 +610,10 @@ fn store_batch_postgres(
                 "INSERT INTO interactions (tenant, interaction_id, subject_id, country,
                    channel, direction, started_at, ended_at, handle_time, outcome, agent_team,
                    recorded, survey_id, nps, csat, ces, sealed_id)
-                 SELECT ?1, * FROM unnest(?2::text[], ?3::text[], ?4::text[], ?5::bigint[],
-                   ?6::bigint[], ?7::bigint[], ?8::bigint[], ?9::bigint[], ?10::text[],
-                   ?11::text[], ?12::bigint[], ?13::text[], ?14::bigint[], ?15::bigint[],
-                   ?16::bigint[], ?17::bytea[])
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[],
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[],
+                   $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[],
+                   $16::bigint[], $17::bytea[])
                  ON CONFLICT (tenant, interaction_id) DO NOTHING RETURNING interaction_id",
             )?
             .query_map(
@@ -664,7 +664,7 @@ fn store_batch_postgres(
         if !ids.is_empty() {
             tx.prepare_cached(
                 "INSERT INTO interaction_text (tenant, interaction_id, subject_id, comment)
-                 SELECT ?1, i, s, c FROM unnest(?2::text[], ?3::text[], ?4::bytea[]) AS t(i, s, c)
+                 SELECT $1, i, s, c FROM unnest($2::text[], $3::text[], $4::bytea[]) AS t(i, s, c)
                  ON CONFLICT (tenant, interaction_id) DO UPDATE
                  SET subject_id = excluded.subject_id, comment = excluded.comment",
             )?

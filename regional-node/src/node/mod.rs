@@ -1191,7 +1191,7 @@ impl Node {
                 policies: &inner.policies,
                 pseudonyms: &inner.pseudonyms,
                 vault: inner.store.vault(),
-                consent: consent::gate(&inner.policies, spec.purpose, tenant.as_str(), "i."),
+                consent: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
             };
             let start = inner.store.write(|tx| {
                 inner.audit.append(

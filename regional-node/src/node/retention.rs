@@ -31,7 +31,7 @@ pub struct Swept {
 
 /// Rows of `interactions i` that no active hold keeps.
 const NOT_HELD: &str = "NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant = i.tenant
-    AND h.subject_id = i.subject_id AND h.released_at IS NULL AND h.expires_at > ?2
+    AND h.subject_id = i.subject_id AND h.released_at IS NULL AND h.expires_at > $2
     AND (h.range_start IS NULL OR (i.started_at >= h.range_start AND i.started_at < h.range_end)))";
 
 impl Node {
@@ -55,7 +55,7 @@ impl Node {
                     &format!(
                         "DELETE FROM interaction_text WHERE (tenant, interaction_id) IN (
                            SELECT i.tenant, i.interaction_id FROM interactions i
-                           WHERE i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD})"
+                           WHERE i.country = $1 AND i.started_at < $3 AND {NOT_HELD})"
                     ),
                     params![country, now, days(r.comments)],
                 )?;
@@ -63,22 +63,22 @@ impl Node {
                     &format!(
                         "DELETE FROM interaction_text WHERE (tenant, interaction_id) IN (
                            SELECT i.tenant, i.interaction_id FROM interactions i
-                           WHERE i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD})"
+                           WHERE i.country = $1 AND i.started_at < $3 AND {NOT_HELD})"
                     ),
                     params![country, now, days(r.interactions)],
                 )?;
                 swept.interactions_deleted += crate::domain::rollup::delete_interactions(
                     tx,
-                    &format!("i.country = ?1 AND i.started_at < ?3 AND {NOT_HELD}"),
+                    &format!("i.country = $1 AND i.started_at < $3 AND {NOT_HELD}"),
                     params![country, now, days(r.interactions)],
                 )?;
                 // Profiles of subjects inactive beyond retention, with nothing left or held.
                 let mut stmt = tx.prepare(
                     "SELECT s.tenant, s.external_id FROM subjects s
-                     WHERE s.country = ?1 AND s.updated_at < ?3
+                     WHERE s.country = $1 AND s.updated_at < $3
                      AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.tenant = s.tenant AND i.subject_id = s.external_id)
                      AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant = s.tenant AND h.subject_id = s.external_id
-                                     AND h.released_at IS NULL AND h.expires_at > ?2)",
+                                     AND h.released_at IS NULL AND h.expires_at > $2)",
                 )?;
                 let stale: Vec<(String, String)> = stmt
                     .query_map(params![country, now, days(r.profiles)], |row| {
@@ -89,7 +89,7 @@ impl Node {
                 for (tenant, subject) in stale {
                     for table in ["subject_pii", "subject_pii_history", "subjects"] {
                         tx.execute(
-                            &format!("DELETE FROM {table} WHERE tenant = ?1 AND external_id = ?2"),
+                            &format!("DELETE FROM {table} WHERE tenant = $1 AND external_id = $2"),
                             params![tenant, subject],
                         )?;
                     }
@@ -97,15 +97,15 @@ impl Node {
                     // A subject whose consent is still on file keeps its reference (and key):
                     // the consent must still be found by its external id. Others are shredded.
                     let consent: Option<i64> = tx.query_opt(
-                        "SELECT 1 FROM consent_state WHERE tenant = ?1 AND subject_id = ?2 LIMIT 1",
+                        "SELECT 1 FROM consent_state WHERE tenant = $1 AND subject_id = $2 LIMIT 1",
                         params![tenant, subject],
                         |r| r.get(0),
                     )?;
                     if consent.is_none() {
                         let (start, end) = crate::store::vault::stored_id_range(&subject);
                         tx.execute(
-                            "DELETE FROM ingest_keys WHERE tenant = ?1 AND idempotency_key >= ?2
-                             AND idempotency_key < ?3",
+                            "DELETE FROM ingest_keys WHERE tenant = $1 AND idempotency_key >= $2
+                             AND idempotency_key < $3",
                             params![tenant, start, end],
                         )?;
                         shredded.push((tenant, subject));
@@ -115,7 +115,7 @@ impl Node {
                 tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
                 swept.consent_entries_deleted += tx.execute(
                     "DELETE FROM consent_ledger AS l
-                     WHERE substr(l.policy_version, 1, 2) = ?1 AND l.recorded_at < ?2
+                     WHERE substr(l.policy_version, 1, 2) = $1 AND l.recorded_at < $2
                      AND NOT EXISTS (SELECT 1 FROM consent_state c WHERE c.tenant = l.tenant
                                      AND c.subject_id = l.subject_id AND c.seq = l.seq)",
                     params![country, days(r.consent_ledger)],

@@ -50,7 +50,7 @@ fn export_document(
                 i.sealed_id
          FROM interactions i
          LEFT JOIN interaction_text t ON t.tenant = i.tenant AND t.interaction_id = i.interaction_id
-         WHERE i.tenant = ?1 AND i.subject_id = ?2 ORDER BY i.started_at, i.interaction_id",
+         WHERE i.tenant = $1 AND i.subject_id = $2 ORDER BY i.started_at, i.interaction_id",
     )?;
     let mut rows = stmt.query(params![tenant, subject])?;
     while let Some(r) = rows.next()? {
@@ -103,7 +103,7 @@ fn export_document(
         let mut history = Vec::new();
         let mut stmt = conn.prepare(
             "SELECT replaced_at, profile FROM subject_pii_history
-             WHERE tenant = ?1 AND external_id = ?2 ORDER BY replaced_at",
+             WHERE tenant = $1 AND external_id = $2 ORDER BY replaced_at",
         )?;
         let mut rows = stmt.query(params![tenant, subject])?;
         while let Some(r) = rows.next()? {
@@ -145,7 +145,7 @@ fn export_document(
         let pseudonym = inner.pseudonyms.audit_subject(tenant, subject);
         let mut events = Vec::new();
         let mut stmt = conn.prepare(
-            "SELECT seq, at, kind, details FROM audit_log WHERE tenant = ?1 AND subject = ?2 ORDER BY seq",
+            "SELECT seq, at, kind, details FROM audit_log WHERE tenant = $1 AND subject = $2 ORDER BY seq",
         )?;
         let mut rows = stmt.query(params![tenant, pseudonym])?;
         while let Some(r) = rows.next()? {
@@ -296,7 +296,7 @@ impl Node {
                 inner.store.write(|tx| {
                     let old: Option<Vec<u8>> = tx
                         .query_row(
-                            "SELECT profile FROM subject_pii WHERE tenant = ?1 AND external_id = ?2",
+                            "SELECT profile FROM subject_pii WHERE tenant = $1 AND external_id = $2",
                             params![tenant, subject],
                             |r| r.get(0),
                         )
@@ -325,7 +325,7 @@ impl Node {
                     if let Some(old) = old {
                         tx.execute(
                             "INSERT INTO subject_pii_history (tenant, external_id, replaced_at, profile)
-                             VALUES (?1, ?2, ?3, ?4)",
+                             VALUES ($1, $2, $3, $4)",
                             params![tenant, subject, submitted, old],
                         )?;
                     }
@@ -333,14 +333,14 @@ impl Node {
                     let has_contact = !profile.email.is_empty() || !profile.phone.is_empty();
                     tx.execute(
                         "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-                         VALUES (?1, ?2, ?3, ?4)
+                         VALUES ($1, $2, $3, $4)
                          ON CONFLICT (tenant, external_id)
                          DO UPDATE SET profile = excluded.profile, has_contact = excluded.has_contact",
                         params![tenant, subject, sealed, has_contact],
                     )?;
                     tx.execute(
                         "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?4)
+                         VALUES ($1, $2, $3, $4, $4)
                          ON CONFLICT (tenant, external_id) DO UPDATE SET updated_at = excluded.updated_at",
                         params![tenant, subject, country, submitted],
                     )?;
@@ -414,7 +414,7 @@ impl Node {
             tx.execute(
                 "INSERT INTO subject_requests (tenant, request_id, subject_id, kind, status,
                    submitted_at, due_at, completed_at, policy_version, held)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 params![
                     tenant,
                     request_id,
@@ -499,7 +499,7 @@ impl Node {
                 let row = conn
                     .query_row(
                         "SELECT kind, status, submitted_at, due_at, completed_at, policy_version
-                         FROM subject_requests WHERE tenant = ?1 AND request_id = ?2",
+                         FROM subject_requests WHERE tenant = $1 AND request_id = $2",
                         params![tenant.as_str(), request_id],
                         |r| {
                             Ok(SubjectRequestReceipt {
@@ -548,7 +548,7 @@ impl Node {
                 }
                 tx.execute(
                     "INSERT INTO legal_holds (tenant, hold_id, subject_id, reason, range_start,
-                       range_end, placed_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                       range_end, placed_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     params![
                         tenant,
                         hold_id,
@@ -606,7 +606,7 @@ impl Node {
             conn.query_row(
                 "SELECT h.subject_id FROM legal_holds h JOIN subject_flags f
                    ON f.tenant = h.tenant AND f.subject_id = h.subject_id
-                 WHERE h.tenant = ?1 AND h.hold_id = ?2 AND f.erasure_pending = 1",
+                 WHERE h.tenant = $1 AND h.hold_id = $2 AND f.erasure_pending = 1",
                 params![tenant, hold_id],
                 |r| r.get(0),
             )
@@ -622,7 +622,7 @@ impl Node {
         let (subject, completed_erasure) = inner.store.write(|tx| {
             let subject: Option<String> = tx
                 .query_row(
-                    "SELECT subject_id FROM legal_holds WHERE tenant = ?1 AND hold_id = ?2
+                    "SELECT subject_id FROM legal_holds WHERE tenant = $1 AND hold_id = $2
                      AND released_at IS NULL",
                     params![tenant, hold_id],
                     |r| r.get(0),
@@ -632,12 +632,12 @@ impl Node {
                 return Err(NodeError::NotFound("no such active hold in this region".into()));
             };
             tx.execute(
-                "UPDATE legal_holds SET released_at = ?1 WHERE tenant = ?2 AND hold_id = ?3",
+                "UPDATE legal_holds SET released_at = $1 WHERE tenant = $2 AND hold_id = $3",
                 params![self.now(), tenant, hold_id],
             )?;
             let pending: bool = tx
                 .query_row(
-                    "SELECT erasure_pending = 1 FROM subject_flags WHERE tenant = ?1 AND subject_id = ?2",
+                    "SELECT erasure_pending = 1 FROM subject_flags WHERE tenant = $1 AND subject_id = $2",
                     params![tenant, subject],
                     |r| r.get(0),
                 )
@@ -673,8 +673,8 @@ impl Node {
             scrub(&inner.store);
             inner.store.write(|tx| {
                 tx.execute(
-                    "UPDATE subject_requests SET status = ?1, completed_at = ?2
-                     WHERE tenant = ?3 AND subject_id = ?4 AND status = ?5",
+                    "UPDATE subject_requests SET status = $1, completed_at = $2
+                     WHERE tenant = $3 AND subject_id = $4 AND status = $5",
                     params![
                         SubjectRequestStatus::Completed as i32,
                         self.now(),
@@ -694,7 +694,7 @@ impl Node {
     pub fn expire_holds(&self) -> Result<(usize, usize), NodeError> {
         let expired: Vec<(String, String)> = self.inner.store.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT tenant, hold_id FROM legal_holds WHERE released_at IS NULL AND expires_at <= ?1",
+                "SELECT tenant, hold_id FROM legal_holds WHERE released_at IS NULL AND expires_at <= $1",
             )?;
             let rows = stmt.query_map([self.now()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()

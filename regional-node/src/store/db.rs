@@ -1,10 +1,12 @@
 //! One SQL interface over the node's two storage backends: SQLite (embedded, the default) and
 //! PostgreSQL (for regions that run several node replicas over one database).
 //!
-//! The modules write their SQL once, in the subset both dialects share, with SQLite's `?N`
-//! placeholders; for PostgreSQL they become `$N` and `INSERT OR IGNORE` becomes
-//! `INSERT … ON CONFLICT DO NOTHING`. Where the dialects differ (date functions, JSON, scalar
-//! `MIN`), a module asks [`Connection::dialect`] and writes each form. Values cross as
+//! No SQL is rewritten at run time. A statement that both engines read natively is written
+//! once: parameters as `$1` … `$N` (PostgreSQL's form, which SQLite reads as named
+//! parameters), `INSERT … ON CONFLICT …`, `RETURNING`. Where the engines differ (date
+//! functions, index hints, scalar `MIN`, set-based batches), the module writes one statement
+//! per engine and picks it by [`Connection::dialect`]. SQL put together at run time (filters,
+//! `IN` lists) goes through [`Query`], which numbers each parameter as it is bound. Values cross as
 //! [`Value`]s: integers are 64-bit on both sides (`BIGINT` in PostgreSQL's schema), blobs are
 //! `BYTEA`, text is text.
 //!
@@ -205,6 +207,73 @@ pub fn params_from_iter<'a>(
     iter.into_iter().collect()
 }
 
+/// A statement put together at run time (optional filters, `IN` lists, the consent gate),
+/// with its parameters. [`Query::bind`] writes the next `$N` where the value goes and keeps
+/// the value, so the numbers match the values whatever pieces were joined, on both engines.
+#[derive(Default)]
+pub struct Query<'a> {
+    sql: String,
+    args: Vec<Box<dyn ToValue + 'a>>,
+}
+
+impl fmt::Debug for Query<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The text only: the values may be personal data.
+        f.debug_struct("Query")
+            .field("sql", &self.sql)
+            .field("params", &self.args.len())
+            .finish()
+    }
+}
+
+impl<'a> Query<'a> {
+    /// A query starting with `sql` (which has no parameters).
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Appends SQL text with no parameters in it.
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends the next parameter, `$N`, bound to `value`.
+    pub fn bind(&mut self, value: impl ToValue + 'a) -> &mut Self {
+        self.args.push(Box::new(value));
+        self.sql.push('$');
+        self.sql.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Appends one parameter per value, separated by commas (the inside of an `IN (…)`).
+    pub fn bind_list<T: ToValue + 'a>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self {
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.bind(v);
+        }
+        self
+    }
+
+    /// The statement's text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Its parameters, in order.
+    pub fn params(&self) -> Vec<&dyn ToValue> {
+        self.args
+            .iter()
+            .map(|a| a.as_ref() as &dyn ToValue)
+            .collect()
+    }
+}
+
 /// `.optional()` on a query's result, as rusqlite's `OptionalExtension`: no row is `None`.
 pub trait OptionalExtension<T> {
     /// `Ok(None)` instead of the no-row error.
@@ -342,17 +411,32 @@ impl<'c> Statement<'c> {
 }
 
 /// Binds every parameter of `stmt` (all of them: a reused statement keeps old bindings).
+///
+/// Statements name their parameters as PostgreSQL does, `$1` … `$N`, which SQLite reads
+/// natively as named parameters; SQLite numbers named parameters by first appearance, so each
+/// is bound by its name's number, not by position. Any other form (`?`, `?N`, `:name`) is
+/// refused: the same text has to run on both engines.
 fn lite_bind(stmt: &mut rusqlite::Statement<'_>, params: impl Params) -> Result<(), NodeError> {
     let values = params.values();
-    if values.len() != stmt.parameter_count() {
-        return Err(DbError::from(rusqlite::Error::InvalidParameterCount(
-            values.len(),
-            stmt.parameter_count(),
-        ))
-        .into());
+    let count = stmt.parameter_count();
+    if values.len() != count {
+        return Err(
+            DbError::from(rusqlite::Error::InvalidParameterCount(values.len(), count)).into(),
+        );
     }
-    for (i, v) in values.into_iter().enumerate() {
-        stmt.raw_bind_parameter(i + 1, LiteParam(v))
+    for i in 1..=count {
+        let n = stmt
+            .parameter_name(i)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=count).contains(n))
+            .ok_or_else(|| {
+                DbError::Config(format!(
+                    "parameter {i} of a statement is {:?}: write parameters as $1 … ${count}",
+                    stmt.parameter_name(i)
+                ))
+            })?;
+        stmt.raw_bind_parameter(i, LiteParam(values[n - 1]))
             .map_err(DbError::from)?;
     }
     Ok(())
@@ -680,43 +764,6 @@ impl ToSql for PgParam<'_> {
     to_sql_checked!();
 }
 
-/// SQLite's `?N` placeholders as PostgreSQL's `$N` (a bare `?` takes the next number), and
-/// `INSERT OR IGNORE` as `INSERT … ON CONFLICT DO NOTHING`. Quoted text is left alone.
-pub fn to_postgres(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut next = 0u32;
-    let mut quoted = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '?' if !quoted => {
-                let mut n = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    n.push(*d);
-                    chars.next();
-                }
-                if n.is_empty() {
-                    next += 1;
-                    n = next.to_string();
-                }
-                out.push('$');
-                out.push_str(&n);
-            }
-            _ => out.push(c),
-        }
-    }
-    let trimmed = out.trim_start();
-    if let Some(rest) = trimmed.strip_prefix("INSERT OR IGNORE ") {
-        let rest = rest.trim_end().trim_end_matches(';');
-        return format!("INSERT {rest} ON CONFLICT DO NOTHING");
-    }
-    out
-}
-
 /// What a PostgreSQL connection's thread is asked to do.
 enum Job {
     Batch(String),
@@ -807,7 +854,7 @@ impl PgConn {
                     if let Some(s) = statements.get(sql) {
                         return Ok(s.clone());
                     }
-                    let s = client.prepare(&to_postgres(sql))?;
+                    let s = client.prepare(sql)?;
                     // Bounded: the modules' SQL is a fixed set, but dynamic filters vary.
                     if statements.len() >= 512 {
                         statements.clear();
@@ -1150,7 +1197,7 @@ impl Connection {
     pub fn lock(&self, key: i64) -> Result<(), NodeError> {
         if self.dialect() == Dialect::Postgres {
             self.query_row(
-                "SELECT pg_advisory_xact_lock(?1)::text",
+                "SELECT pg_advisory_xact_lock($1)::text",
                 params![key],
                 |_| Ok(()),
             )?;
@@ -1162,19 +1209,6 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_and_insert_or_ignore_become_postgres() {
-        assert_eq!(
-            to_postgres("SELECT a FROM t WHERE b = ?1 AND c = '?' AND d = ?12"),
-            "SELECT a FROM t WHERE b = $1 AND c = '?' AND d = $12"
-        );
-        assert_eq!(to_postgres("VALUES (?, ?)"), "VALUES ($1, $2)");
-        assert_eq!(
-            to_postgres("INSERT OR IGNORE INTO t (a) VALUES (?1)"),
-            "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING"
-        );
-    }
 
     #[test]
     fn numeric_decodes_integers_and_fractions() {

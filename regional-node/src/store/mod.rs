@@ -435,7 +435,7 @@ fn apply_schema(tx: &Connection, backend: &Backend, schema: &Schema) -> Result<(
                  DELETE FROM domicile_schema;",
             )?;
             tx.execute(
-                "INSERT INTO domicile_schema (version) VALUES (?1)",
+                "INSERT INTO domicile_schema (version) VALUES ($1)",
                 params![schema.version],
             )?;
         }
@@ -532,7 +532,7 @@ mod tests {
                             let v = (t * each + i) as i64;
                             let got = store
                                 .write_grouped(move |tx| {
-                                    tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                                    tx.execute("INSERT INTO t (v) VALUES ($1)", [v])?;
                                     Ok(v)
                                 })
                                 .unwrap();
@@ -559,7 +559,7 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     store.write_grouped(move |tx| {
-                        tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        tx.execute("INSERT INTO t (v) VALUES ($1)", [v])?;
                         if fail {
                             return Err(NodeError::Internal("refused".into()));
                         }
@@ -597,7 +597,7 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     store.write_grouped(move |tx| {
-                        tx.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        tx.execute("INSERT INTO t (v) VALUES ($1)", [v])?;
                         Ok(v)
                     })
                 })

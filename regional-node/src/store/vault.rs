@@ -340,7 +340,7 @@ impl Vault {
         let register = |k: &Kek, lookup: &[u8; 32]| -> Result<String, NodeError> {
             let id = hex::encode(random::<8>()?);
             tx.execute(
-                "INSERT INTO kek_checks (kek_id, lookup_key, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO kek_checks (kek_id, lookup_key, created_at) VALUES ($1, $2, $3)",
                 params![
                     id,
                     k.wrap(&check_aad(&id), lookup)?,
@@ -394,7 +394,7 @@ impl Vault {
         };
         let id = register(kek, &lookup)?;
         tx.execute(
-            "UPDATE subject_keys SET kek_id = ?1 WHERE kek_id = ''",
+            "UPDATE subject_keys SET kek_id = $1 WHERE kek_id = ''",
             params![id],
         )?;
         Ok((lookup, id, None))
@@ -420,7 +420,7 @@ impl Vault {
             type Row = (String, Vec<u8>, String, String, Vec<u8>);
             let rows: Vec<Row> = tx.query_map(
                 "SELECT tenant, lookup, kek_id, reference, wrapped FROM subject_keys
-                 WHERE kek_id <> ?1 LIMIT ?2",
+                 WHERE kek_id <> $1 LIMIT $2",
                 params![kek_id, limit as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?;
@@ -428,8 +428,8 @@ impl Vault {
                 let aad = wrap_aad(tenant, reference);
                 let raw = self.unwrap_with(old_id, &aad, wrapped)?;
                 tx.execute(
-                    "UPDATE subject_keys SET wrapped = ?1, kek_id = ?2
-                     WHERE tenant = ?3 AND lookup = ?4 AND kek_id = ?5",
+                    "UPDATE subject_keys SET wrapped = $1, kek_id = $2
+                     WHERE tenant = $3 AND lookup = $4 AND kek_id = $5",
                     params![
                         kek.wrap(&aad, &raw)?,
                         kek_id,
@@ -447,7 +447,7 @@ impl Vault {
     pub fn to_rewrap(&self) -> Result<i64, NodeError> {
         self.with(|tx| {
             tx.query_row(
-                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> ?1",
+                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> $1",
                 params![self.kek.1],
                 |r| r.get(0),
             )
@@ -459,7 +459,7 @@ impl Vault {
     pub fn retire_other_keks(&self) -> Result<usize, NodeError> {
         self.with(|tx| {
             let left: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> ?1",
+                "SELECT COUNT(*) FROM subject_keys WHERE kek_id <> $1",
                 params![self.kek.1],
                 |r| r.get(0),
             )?;
@@ -469,7 +469,7 @@ impl Vault {
                 )));
             }
             tx.execute(
-                "DELETE FROM kek_checks WHERE kek_id <> ?1",
+                "DELETE FROM kek_checks WHERE kek_id <> $1",
                 params![self.kek.1],
             )
         })
@@ -534,7 +534,7 @@ impl Vault {
         create: bool,
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         const GET: &str =
-            "SELECT reference, kek_id, wrapped FROM subject_keys WHERE tenant = ?1 AND lookup = ?2";
+            "SELECT reference, kek_id, wrapped FROM subject_keys WHERE tenant = $1 AND lookup = $2";
         self.with(|tx| {
             let mut out = HashMap::with_capacity(external_ids.len());
             let now = self.clock.now();
@@ -560,9 +560,9 @@ impl Vault {
                             external.as_bytes(),
                         )?;
                         let made = tx.execute(
-                            "INSERT OR IGNORE INTO subject_keys
+                            "INSERT INTO subject_keys
                                (tenant, lookup, reference, wrapped, external_id, created_at, kek_id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                             params![
                                 tenant,
                                 lookup.as_slice(),
@@ -607,7 +607,7 @@ impl Vault {
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         self.with(|tx| {
             let mut get = tx.prepare_cached(
-                "SELECT kek_id, wrapped FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
+                "SELECT kek_id, wrapped FROM subject_keys WHERE tenant = $1 AND reference = $2",
             )?;
             let mut out = HashMap::with_capacity(references.len());
             for reference in references {
@@ -637,7 +637,7 @@ impl Vault {
         let row: Option<(String, Vec<u8>, Vec<u8>)> = self.with(|tx| {
             tx.query_opt(
                 "SELECT kek_id, wrapped, external_id FROM subject_keys
-                 WHERE tenant = ?1 AND reference = ?2",
+                 WHERE tenant = $1 AND reference = $2",
                 params![tenant, reference],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -665,20 +665,20 @@ impl Vault {
     ) -> Result<bool, NodeError> {
         let n = self.with(|tx| {
             let n = tx.execute(
-                "DELETE FROM subject_keys WHERE tenant = ?1 AND reference = ?2",
+                "DELETE FROM subject_keys WHERE tenant = $1 AND reference = $2",
                 params![tenant, reference],
             )?;
             let now = self.clock.now();
             tx.execute(
-                "INSERT OR IGNORE INTO erased_references (tenant, reference, erased_at)
-                 VALUES (?1, ?2, ?3)",
+                "INSERT INTO erased_references (tenant, reference, erased_at)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 params![tenant, reference, now],
             )?;
             for s in suppressions {
                 tx.execute(
                     "INSERT INTO kept_suppressions
                        (tenant, identifier, purpose, channel, state, since_day)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (tenant, identifier, purpose, channel) DO UPDATE
                      SET state = excluded.state, since_day = excluded.since_day",
                     params![
@@ -707,7 +707,7 @@ impl Vault {
         self.with(|tx| {
             Ok(tx
                 .query_opt(
-                    "SELECT 1 FROM erased_references WHERE tenant = ?1 AND reference = ?2",
+                    "SELECT 1 FROM erased_references WHERE tenant = $1 AND reference = $2",
                     params![tenant, reference],
                     |_| Ok(()),
                 )?
