@@ -71,6 +71,10 @@ pub enum DbError {
     /// The database's address or its TLS options are unusable (the message names which).
     #[error("postgres configuration: {0}")]
     Config(String),
+    /// A statement's text breaks the rules both engines are written to (its parameters are
+    /// not `$1` … `$N`).
+    #[error("statement: {0}")]
+    Statement(String),
     /// A query expected a row and found none.
     #[error("no row")]
     NoRow,
@@ -106,9 +110,12 @@ impl DbError {
     /// Whether this is a unique or primary-key violation (on either backend).
     pub fn is_unique_violation(&self) -> bool {
         match self {
-            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
-                f.code == rusqlite::ErrorCode::ConstraintViolation
-            }
+            // Only a key's violation: SQLite's primary code covers NOT NULL and CHECK too.
+            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
             Self::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
             _ => false,
         }

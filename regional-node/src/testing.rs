@@ -58,12 +58,11 @@ impl Databases {
 
     /// A store on `backend` with a vault of its own.
     pub(crate) fn store(&self, backend: &Backend) -> Store {
-        Store::open(
-            backend,
-            &self.vault(backend),
-            &[7; 32],
-            &crate::domain::schema::SCHEMA,
-        )
-        .unwrap()
+        self.store_with_vault(backend, &self.vault(backend))
+    }
+
+    /// A store on `backend` with its key vault at `vault`.
+    pub(crate) fn store_with_vault(&self, backend: &Backend, vault: &Backend) -> Store {
+        Store::open(backend, vault, &[7; 32], &crate::domain::schema::SCHEMA).unwrap()
     }
 }

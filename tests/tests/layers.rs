@@ -176,14 +176,45 @@ impl<'ast> Visit<'ast> for Paths {
         self.use_tree(&mut Vec::new(), &u.tree);
     }
 
+    // `pub(super)` and `pub(in …)` name who may see an item, not what it imports.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
     fn visit_path(&mut self, path: &'ast syn::Path) {
         self.add(path.segments.iter().map(|s| s.ident.to_string()).collect());
         syn::visit::visit_path(self, path);
     }
 }
 
-/// Each module's imports of the crate's other modules.
+/// The modules declared `#[cfg(test)] mod name;` in their parent's file: test code, like a
+/// `#[cfg(test)]` item, which may use test support from any layer.
+fn test_modules(sources: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (module, text) in sources {
+        let file = syn::parse_file(text).unwrap_or_else(|e| panic!("{module}: {e}"));
+        for item in &file.items {
+            if let syn::Item::Mod(m) = item
+                && m.content.is_none()
+                && is_cfg_test(&m.attrs)
+            {
+                out.insert(match module.as_str() {
+                    "crate" => m.ident.to_string(),
+                    parent => format!("{parent}::{}", m.ident),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Each module's imports of the crate's other modules (test-only modules left out).
 fn graph(sources: &BTreeMap<String, String>) -> Graph {
+    let tests = test_modules(sources);
+    let sources: BTreeMap<String, String> = sources
+        .iter()
+        .filter(|(module, _)| !tests.contains(*module))
+        .map(|(m, t)| (m.clone(), t.clone()))
+        .collect();
+    let sources = &sources;
     let mut graph = Graph::new();
     for (module, text) in sources {
         let file = syn::parse_file(text).unwrap_or_else(|e| panic!("{module}: {e}"));
@@ -281,7 +312,19 @@ fn layer(module: &str, layers: &[(&str, u8)]) -> Option<u8> {
 fn violations(graph: &Graph, layers: &[(&str, u8)]) -> Vec<String> {
     let mut out: Vec<String> = circles(graph)
         .into_iter()
-        .map(|c| format!("import circle: {}", c.join(", ")))
+        .map(|c| {
+            // The imports inside the circle, so that the one to cut can be seen.
+            let edges: Vec<String> = c
+                .iter()
+                .flat_map(|from| {
+                    graph[from]
+                        .iter()
+                        .filter(|to| c.contains(to))
+                        .map(move |to| format!("{from} -> {to}"))
+                })
+                .collect();
+            format!("import circle: {} ({})", c.join(", "), edges.join("; "))
+        })
         .collect();
     for (module, imports) in graph {
         if module == "crate" {
@@ -328,7 +371,8 @@ fn the_gateway_crate_has_no_circles_and_no_upward_imports() {
 }
 
 /// The check itself finds what it must: a circle, an upward import in code (not only in `use`),
-/// a `super::` path, and an unplaced module; `#[cfg(test)]` code and doc comments do not count.
+/// a `super::` path, and an unplaced module; `#[cfg(test)]` code (items, and files declared
+/// `#[cfg(test)] mod x;`), `pub(super)` and doc comments do not count.
 #[test]
 fn the_check_finds_circles_upward_imports_and_unplaced_modules() {
     let files = |list: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -339,10 +383,15 @@ fn the_check_finds_circles_upward_imports_and_unplaced_modules() {
     let layers: &[(&str, u8)] = &[("low", 0), ("high", 1)];
     let clean = files(&[
         ("crate", "pub mod low; pub mod high;"),
-        ("low", "pub mod a; pub mod b;"),
+        // A test-only file may use anything; `pub(super)` is no import of the parent.
+        (
+            "low",
+            "pub mod a; pub mod b; #[cfg(test)] mod checks; use crate::low::a::f;",
+        ),
+        ("low::checks", "use crate::high::h;"),
         (
             "low::a",
-            "/// See [`crate::high`].\npub fn f() {}\n#[cfg(test)] mod tests { use crate::high::h; }",
+            "/// See [`crate::high`].\npub(super) fn f() {}\n#[cfg(test)] mod tests { use crate::high::h; }",
         ),
         ("low::b", "use crate::low::a::f; pub fn g() { f() }"),
         ("high", "pub fn h() { crate::low::b::g() }"),
@@ -353,7 +402,7 @@ fn the_check_finds_circles_upward_imports_and_unplaced_modules() {
     circle.insert("low::a".into(), "pub fn f() { super::b::g() }".into());
     assert_eq!(
         violations(&graph(&circle), layers),
-        ["import circle: low::a, low::b"]
+        ["import circle: low::a, low::b (low::a -> low::b; low::b -> low::a)"]
     );
 
     let mut upward = clean.clone();
@@ -364,7 +413,7 @@ fn the_check_finds_circles_upward_imports_and_unplaced_modules() {
     assert_eq!(
         violations(&graph(&upward), layers),
         [
-            "import circle: high, low::b",
+            "import circle: high, low::b (high -> low::b; low::b -> high)",
             "upward import: low::b -> high"
         ]
     );

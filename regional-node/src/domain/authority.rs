@@ -37,13 +37,27 @@ use crate::{
 };
 
 /// The nonce table; created with the rest of the schema.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS dpo_nonces (
     key_id  TEXT NOT NULL,
     nonce   BLOB NOT NULL,
     seen_at INTEGER NOT NULL,
     PRIMARY KEY (key_id, nonce)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dpo_nonces_by_time ON dpo_nonces (seen_at);
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS dpo_nonces (
+    key_id  TEXT NOT NULL,
+    nonce   BYTEA NOT NULL,
+    seen_at BIGINT NOT NULL,
+    PRIMARY KEY (key_id, nonce)
+);
+
 CREATE INDEX IF NOT EXISTS dpo_nonces_by_time ON dpo_nonces (seen_at);
 "#;
 

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// The consent tables; created with the rest of the schema.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS consent_ledger (
     tenant         TEXT NOT NULL,
     subject_id     TEXT NOT NULL,
@@ -96,6 +96,65 @@ CREATE TABLE IF NOT EXISTS consent_tokens (
     expires_at   INTEGER NOT NULL,
     used_at      INTEGER
 ) WITHOUT ROWID;
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS consent_ledger (
+    tenant         TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    seq            BIGINT NOT NULL,
+    purpose        BIGINT NOT NULL,
+    channel        BIGINT NOT NULL,
+    action         BIGINT NOT NULL,
+    recorded_at    BIGINT NOT NULL,
+    source         BIGINT NOT NULL,
+    wording_sha256 BYTEA,
+    policy_version TEXT NOT NULL,
+    actor          TEXT NOT NULL,
+    state          BIGINT NOT NULL,
+    PRIMARY KEY (tenant, subject_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS erasure_guard (active BIGINT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS consent_state (
+    tenant         TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    purpose        BIGINT NOT NULL,
+    channel        BIGINT NOT NULL,
+    state          BIGINT NOT NULL,
+    seq            BIGINT NOT NULL,
+    since          BIGINT NOT NULL,
+    policy_version TEXT NOT NULL,
+    PRIMARY KEY (tenant, subject_id, purpose, channel)
+);
+
+CREATE INDEX IF NOT EXISTS consent_state_counts
+    ON consent_state (tenant, policy_version, purpose, channel, state);
+
+CREATE TABLE IF NOT EXISTS suppressions (
+    tenant     TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    purpose    BIGINT NOT NULL,
+    channel    BIGINT NOT NULL,
+    state      BIGINT NOT NULL,
+    since_day  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, identifier, purpose, channel)
+);
+
+CREATE TABLE IF NOT EXISTS consent_tokens (
+    token_sha256 BYTEA PRIMARY KEY,
+    tenant       TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    purpose      BIGINT NOT NULL,
+    channel      BIGINT NOT NULL,
+    request_seq  BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    used_at      BIGINT
+);
 "#;
 
 /// Whether `rule` allows processing for a subject in `state`. The whole decision.

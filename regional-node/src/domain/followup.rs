@@ -25,7 +25,7 @@ use crate::{
 
 /// The follow-up table; created with the rest of the schema. `channels` are the requested
 /// ones (comma-separated enum numbers), `channel` the one allowed when the case was opened.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS follow_ups (
     tenant       TEXT NOT NULL,
     follow_up_id TEXT NOT NULL,
@@ -42,6 +42,30 @@ CREATE TABLE IF NOT EXISTS follow_ups (
     updated_at   INTEGER NOT NULL,
     PRIMARY KEY (tenant, follow_up_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS follow_ups_by_subject ON follow_ups (tenant, subject_id);
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS follow_ups (
+    tenant       TEXT NOT NULL,
+    follow_up_id TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    country      TEXT NOT NULL,
+    purpose      BIGINT NOT NULL,
+    channels     TEXT NOT NULL,
+    channel      BIGINT NOT NULL,
+    reason       TEXT NOT NULL,
+    priority     BIGINT NOT NULL,
+    status       BIGINT NOT NULL,
+    opened_at    BIGINT NOT NULL,
+    due_at       BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL,
+    PRIMARY KEY (tenant, follow_up_id)
+);
+
 CREATE INDEX IF NOT EXISTS follow_ups_by_subject ON follow_ups (tenant, subject_id);
 "#;
 

@@ -17,7 +17,7 @@ use domicile_proto::{
 use crate::{domain::policy::PolicySet, error::NodeError, store::Store};
 
 /// The incident table; created with the rest of the schema.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS incidents (
     tenant          TEXT NOT NULL,
     incident_id     TEXT NOT NULL,
@@ -32,6 +32,26 @@ CREATE TABLE IF NOT EXISTS incidents (
     counts          TEXT NOT NULL,
     PRIMARY KEY (tenant, incident_id)
 ) WITHOUT ROWID;
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS incidents (
+    tenant          TEXT NOT NULL,
+    incident_id     TEXT NOT NULL,
+    reported_at     BIGINT NOT NULL,
+    detected_at     BIGINT NOT NULL,
+    window_start    BIGINT NOT NULL,
+    window_end      BIGINT NOT NULL,
+    categories      TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    deadline        BIGINT NOT NULL,
+    policy_versions TEXT NOT NULL,
+    counts          TEXT NOT NULL,
+    PRIMARY KEY (tenant, incident_id)
+);
 "#;
 
 /// `(subject_id, country)` rows of subjects with data of `category` stored before `?2`, for

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// Tables of the releases and the accountant (schema version 6).
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 -- One row per release made: which cells, what it cost, charged to which month of data.
 CREATE TABLE IF NOT EXISTS dp_releases (
     tenant        TEXT NOT NULL,
@@ -60,6 +60,40 @@ CREATE TABLE IF NOT EXISTS dp_budget (
     tenant      TEXT NOT NULL,
     data_month  INTEGER NOT NULL,
     spent_milli INTEGER NOT NULL,
+    PRIMARY KEY (tenant, data_month)
+);
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS dp_releases (
+    tenant        TEXT NOT NULL,
+    purpose       BIGINT NOT NULL,
+    grain         BIGINT NOT NULL,
+    bucket        BIGINT NOT NULL,
+    epsilon_milli BIGINT NOT NULL,
+    data_month    BIGINT NOT NULL,
+    made_at       BIGINT NOT NULL,
+    PRIMARY KEY (tenant, purpose, grain, bucket)
+);
+
+CREATE TABLE IF NOT EXISTS dp_release_cells (
+    tenant  TEXT NOT NULL,
+    purpose BIGINT NOT NULL,
+    grain   BIGINT NOT NULL,
+    bucket  BIGINT NOT NULL,
+    country TEXT NOT NULL,
+    channel BIGINT NOT NULL,
+    stats   BYTEA NOT NULL,
+    PRIMARY KEY (tenant, purpose, grain, bucket, country, channel)
+);
+
+CREATE TABLE IF NOT EXISTS dp_budget (
+    tenant      TEXT NOT NULL,
+    data_month  BIGINT NOT NULL,
+    spent_milli BIGINT NOT NULL,
     PRIMARY KEY (tenant, data_month)
 );
 "#;

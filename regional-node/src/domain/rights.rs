@@ -15,7 +15,7 @@ use domicile_proto::{
 use crate::{domain::consent, error::NodeError};
 
 /// The rights tables; created with the rest of the schema.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 CREATE TABLE IF NOT EXISTS subject_requests (
     tenant         TEXT NOT NULL,
     request_id     TEXT NOT NULL,
@@ -53,6 +53,50 @@ CREATE TABLE IF NOT EXISTS subject_flags (
     erasure_pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, subject_id)
 ) WITHOUT ROWID;
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS subject_requests (
+    tenant         TEXT NOT NULL,
+    request_id     TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    kind           BIGINT NOT NULL,
+    status         BIGINT NOT NULL,
+    submitted_at   BIGINT NOT NULL,
+    due_at         BIGINT NOT NULL,
+    completed_at   BIGINT,
+    policy_version TEXT NOT NULL,
+    held           TEXT NOT NULL,
+    PRIMARY KEY (tenant, request_id)
+);
+
+CREATE INDEX IF NOT EXISTS subject_requests_by_subject ON subject_requests (tenant, subject_id);
+
+CREATE TABLE IF NOT EXISTS legal_holds (
+    tenant      TEXT NOT NULL,
+    hold_id     TEXT NOT NULL,
+    subject_id  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    range_start BIGINT,
+    range_end   BIGINT,
+    placed_at   BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    released_at BIGINT,
+    PRIMARY KEY (tenant, hold_id)
+);
+
+CREATE INDEX IF NOT EXISTS legal_holds_by_subject ON legal_holds (tenant, subject_id);
+
+CREATE TABLE IF NOT EXISTS subject_flags (
+    tenant          TEXT NOT NULL,
+    subject_id      TEXT NOT NULL,
+    restricted      BIGINT NOT NULL DEFAULT 0,
+    erasure_pending BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, subject_id)
+);
 "#;
 /// An active legal hold.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! The node's schema: every domain table's DDL in one place for the store to apply, the
-//! PostgreSQL form of it, and the migrations between versions.
+//! The node's schema: every domain table's DDL, written for each engine by the module that
+//! owns the tables, gathered in one place for the store to apply, and the migrations between
+//! versions.
 //!
 //! The store ([`crate::store`]) knows how to apply a [`Schema`] and run its migrations on
 //! either engine; which tables there are, and what a migration does with them, is the
@@ -12,7 +13,6 @@ use crate::{
     store::{
         Migration, Schema,
         db::{Connection, Dialect, params},
-        postgres,
     },
 };
 
@@ -22,20 +22,34 @@ pub const SCHEMA_VERSION: i64 = 9;
 
 /// The node's schema, both dialects, with its migrations.
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    use crate::domain::{
+        audit, authority, consent, followup, incident, release, rights, rollup, stored,
+    };
     let sqlite = [
-        crate::domain::stored::SCHEMA,
-        crate::domain::consent::SCHEMA,
-        crate::domain::audit::SCHEMA,
-        crate::domain::authority::SCHEMA,
-        crate::domain::incident::SCHEMA,
-        crate::domain::followup::SCHEMA,
-        crate::domain::rights::SCHEMA,
-        crate::domain::release::SCHEMA,
-        &crate::domain::rollup::schema(),
+        stored::SCHEMA_SQLITE,
+        consent::SCHEMA_SQLITE,
+        audit::SCHEMA_SQLITE,
+        authority::SCHEMA_SQLITE,
+        incident::SCHEMA_SQLITE,
+        followup::SCHEMA_SQLITE,
+        rights::SCHEMA_SQLITE,
+        release::SCHEMA_SQLITE,
+        &rollup::schema_sqlite(),
     ]
     .concat();
-    // The rollups address their cells by SQLite's implicit rowid.
-    let postgres = postgres::translate(&sqlite, &["rollup_cells"]) + &triggers();
+    let postgres = [
+        stored::SCHEMA_POSTGRES,
+        consent::SCHEMA_POSTGRES,
+        audit::SCHEMA_POSTGRES,
+        authority::SCHEMA_POSTGRES,
+        incident::SCHEMA_POSTGRES,
+        followup::SCHEMA_POSTGRES,
+        rights::SCHEMA_POSTGRES,
+        release::SCHEMA_POSTGRES,
+        rollup::TABLES_POSTGRES,
+        &triggers(),
+    ]
+    .concat();
     Schema {
         version: SCHEMA_VERSION,
         sqlite,

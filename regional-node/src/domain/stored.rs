@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The tables of subjects, their personal fields, interactions, comments and idempotency keys.
-pub const SCHEMA: &str = r#"
+pub const SCHEMA_SQLITE: &str = r#"
 -- `external_id` (here and below) holds the subject's reference, not the customer's id.
 CREATE TABLE IF NOT EXISTS subjects (
     tenant      TEXT NOT NULL,
@@ -97,6 +97,76 @@ CREATE TABLE IF NOT EXISTS ingest_keys (
     ingested_at     INTEGER NOT NULL,
     PRIMARY KEY (tenant, idempotency_key)
 ) WITHOUT ROWID;
+"#;
+
+/// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
+/// triggers are PL/pgSQL, in [`crate::domain::schema`]. The store contract test checks that
+/// both engines end up with the same tables, columns, keys and indexes.
+pub const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS subjects (
+    tenant      TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    country     TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, external_id)
+);
+
+CREATE TABLE IF NOT EXISTS subject_pii (
+    tenant      TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    profile     BYTEA NOT NULL,
+    has_contact BIGINT NOT NULL,
+    PRIMARY KEY (tenant, external_id)
+);
+
+CREATE TABLE IF NOT EXISTS subject_pii_history (
+    tenant      TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    replaced_at BIGINT NOT NULL,
+    profile     BYTEA NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS subject_pii_history_by_subject ON subject_pii_history (tenant, external_id);
+
+CREATE TABLE IF NOT EXISTS interactions (
+    tenant         TEXT NOT NULL,
+    interaction_id TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    country        TEXT NOT NULL,
+    channel        BIGINT NOT NULL,
+    direction      BIGINT NOT NULL,
+    started_at     BIGINT NOT NULL,
+    ended_at       BIGINT,
+    handle_time    BIGINT NOT NULL,
+    outcome        TEXT NOT NULL,
+    agent_team     TEXT NOT NULL,
+    recorded       BIGINT NOT NULL,
+    survey_id      TEXT,
+    nps            BIGINT,
+    csat           BIGINT,
+    ces            BIGINT,
+    sealed_id      BYTEA,
+    PRIMARY KEY (tenant, interaction_id)
+);
+
+CREATE INDEX IF NOT EXISTS interactions_by_time ON interactions (tenant, started_at);
+
+CREATE TABLE IF NOT EXISTS interaction_text (
+    tenant         TEXT NOT NULL,
+    interaction_id TEXT NOT NULL,
+    subject_id     TEXT NOT NULL,
+    comment        BYTEA NOT NULL,
+    PRIMARY KEY (tenant, interaction_id)
+);
+
+CREATE TABLE IF NOT EXISTS ingest_keys (
+    tenant          TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    kind            BIGINT NOT NULL,
+    ingested_at     BIGINT NOT NULL,
+    PRIMARY KEY (tenant, idempotency_key)
+);
 "#;
 
 /// A subject's personal fields, stored encrypted as one JSON document.

@@ -14,10 +14,14 @@
 
 pub use crate::config::Backend;
 
+#[cfg(test)]
+mod contract;
 pub mod db;
 pub mod kek;
 pub mod keys;
-pub mod postgres;
+mod postgres;
+mod sqlite;
+mod value;
 pub mod vault;
 
 use std::{any::Any, sync::Mutex, sync::mpsc};
@@ -248,7 +252,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| NodeError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
-        db::warn_if_plaintext(backend, "the data");
+        postgres::warn_if_plaintext(backend, "the data");
         let writer = backend.connect(false)?;
         writer.transaction(|tx| apply_schema(tx, backend, schema))?;
         Ok(Self {

@@ -153,7 +153,7 @@ pub struct KeptSuppression {
     pub since_day: i64,
 }
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kek_checks (
+const SCHEMA_SQLITE: &str = "CREATE TABLE IF NOT EXISTS kek_checks (
         kek_id     TEXT NOT NULL PRIMARY KEY,
         lookup_key BLOB NOT NULL,
         created_at INTEGER NOT NULL
@@ -184,6 +184,45 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS kek_checks (
         since_day  INTEGER NOT NULL,
         PRIMARY KEY (tenant, identifier, purpose, channel)
     ) WITHOUT ROWID;";
+
+/// The same tables in PostgreSQL's terms (`BIGINT`, `BYTEA`).
+const SCHEMA_POSTGRES: &str = r#"
+CREATE TABLE IF NOT EXISTS kek_checks (
+    kek_id     TEXT NOT NULL PRIMARY KEY,
+    lookup_key BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS subject_keys (
+    tenant      TEXT NOT NULL,
+    lookup      BYTEA NOT NULL,
+    reference   TEXT NOT NULL,
+    wrapped     BYTEA NOT NULL,
+    external_id BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL,
+    kek_id      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, lookup)
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS subject_keys_by_reference ON subject_keys (tenant, reference);
+
+CREATE TABLE IF NOT EXISTS erased_references (
+    tenant    TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    erased_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, reference)
+);
+
+CREATE TABLE IF NOT EXISTS kept_suppressions (
+    tenant     TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    purpose    BIGINT NOT NULL,
+    channel    BIGINT NOT NULL,
+    state      BIGINT NOT NULL,
+    since_day  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, identifier, purpose, channel)
+);
+"#;
 
 /// The key vault: the subject index and wrapped data keys.
 pub struct Vault {
@@ -229,7 +268,7 @@ impl Vault {
     /// [`Vault::open`] during a KEK rotation: keys wrapped by `previous` still open, and the
     /// new KEK is registered (its check value) if the vault does not know it yet.
     pub fn open_rotating(at: &Backend, kek: Kek, previous: Option<Kek>) -> Result<Self, NodeError> {
-        crate::store::db::warn_if_plaintext(at, "the key vault");
+        crate::store::postgres::warn_if_plaintext(at, "the key vault");
         let conn = match at {
             Backend::Sqlite(path) => {
                 let conn = rusqlite::Connection::open(path)?;
@@ -273,10 +312,8 @@ impl Vault {
                 tx.execute_batch("DROP TABLE data_keys; DROP TABLE IF EXISTS erased_subjects;")?;
             }
             match tx.dialect() {
-                Dialect::Sqlite => tx.execute_batch(SCHEMA)?,
-                Dialect::Postgres => {
-                    tx.execute_batch(&crate::store::postgres::translate(SCHEMA, &[]))?
-                }
+                Dialect::Sqlite => tx.execute_batch(SCHEMA_SQLITE)?,
+                Dialect::Postgres => tx.execute_batch(SCHEMA_POSTGRES)?,
             }
             let has_kek_id = match tx.dialect() {
                 Dialect::Sqlite => tx.query_opt(

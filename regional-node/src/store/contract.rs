@@ -1,0 +1,563 @@
+//! The store's contract, run against both engines: what the domain relies on from a
+//! [`Connection`] (values, parameters, transactions, conflicts, errors, run-time queries) and
+//! from the schema each engine is given (the same tables, columns, keys and indexes, and the
+//! same append-only guards). A test here fails on the engine that breaks the contract, and
+//! names it.
+//!
+//! The domain's own operations are checked on both engines where they live:
+//! `domain::stored` (a batch stored, repeats within and across batches, the cells it
+//! maintains), `domain::rollup` (the cells answer as the rows do), `store` (group commit, a
+//! failed write undone alone, budget charges under concurrency, a newer schema refused), and
+//! the integration suite, which `tests/all.sh` runs a second time with every node on
+//! PostgreSQL (ingest, consent, erasure, aggregates, audit chains).
+
+use std::collections::BTreeSet;
+
+use super::{
+    Backend, Store,
+    db::{Connection, Dialect, OptionalExtension, Query, params},
+};
+use crate::{error::NodeError, testing::Databases};
+
+/// A connection of each engine, each to a fresh database with the node's schema.
+fn connections(dbs: &Databases) -> Vec<(Dialect, Store)> {
+    dbs.both()
+        .iter()
+        .map(|b| {
+            let store = dbs.store(b);
+            let dialect = match b {
+                Backend::Sqlite(_) => Dialect::Sqlite,
+                Backend::Postgres(_) => Dialect::Postgres,
+            };
+            (dialect, store)
+        })
+        .collect()
+}
+
+/// A scratch table of every column type, in each engine's terms.
+fn scratch(conn: &Connection) -> Result<(), NodeError> {
+    conn.execute_batch(match conn.dialect() {
+        Dialect::Sqlite => {
+            "CREATE TABLE scratch (k TEXT PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, \
+             n INTEGER NOT NULL DEFAULT 0)"
+        }
+        Dialect::Postgres => {
+            "CREATE TABLE scratch (k TEXT PRIMARY KEY, i BIGINT, r DOUBLE PRECISION, t TEXT, \
+             b BYTEA, n BIGINT NOT NULL DEFAULT 0)"
+        }
+    })
+}
+
+/// A key and a value of each type.
+type ScratchRow<'a> = (
+    &'a str,
+    Option<i64>,
+    Option<f64>,
+    Option<&'a str>,
+    Option<&'a [u8]>,
+);
+
+#[test]
+fn values_come_back_as_they_went_in() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store
+            .write(|c| {
+                scratch(c)?;
+                let rows: [ScratchRow<'_>; 5] = [
+                    ("min", Some(i64::MIN), Some(-0.5), Some(""), Some(&[])),
+                    (
+                        "max",
+                        Some(i64::MAX),
+                        Some(1e300),
+                        Some("Zoë 🙂 'quoted' $1 ?"),
+                        Some(&[0, 255, 0]),
+                    ),
+                    ("zero", Some(0), Some(0.0), Some("\n\t"), Some(b"\x00")),
+                    ("nulls", None, None, None, None),
+                    (
+                        "neg",
+                        Some(-1),
+                        Some(f64::MIN_POSITIVE),
+                        Some("x"),
+                        Some(b"bytes"),
+                    ),
+                ];
+                for (k, i, r, t, b) in rows {
+                    c.execute(
+                        "INSERT INTO scratch (k, i, r, t, b) VALUES ($1, $2, $3, $4, $5)",
+                        params![k, i, r, t, b],
+                    )?;
+                }
+                for (k, i, r, t, b) in rows {
+                    let got = c.query_row(
+                        "SELECT i, r, t, b FROM scratch WHERE k = $1",
+                        params![k],
+                        |row| {
+                            Ok((
+                                row.get::<_, Option<i64>>(0)?,
+                                row.get::<_, Option<f64>>(1)?,
+                                row.get::<_, Option<String>>(2)?,
+                                row.get::<_, Option<Vec<u8>>>(3)?,
+                            ))
+                        },
+                    )?;
+                    assert_eq!(
+                        got,
+                        (i, r, t.map(str::to_owned), b.map(<[u8]>::to_vec)),
+                        "{dialect:?}: row {k}"
+                    );
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn parameters_are_bound_by_number_not_by_position() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        let got = store
+            .read(|c| {
+                c.query_row(
+                    "SELECT CAST($2 AS TEXT) || '-' || CAST($1 AS TEXT) || '-' || CAST($2 AS TEXT)",
+                    params!["a", "b"],
+                    |r| r.get::<_, String>(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(got, "b-a-b", "{dialect:?}");
+    }
+}
+
+#[test]
+fn other_parameter_forms_are_refused_on_both_engines() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        for sql in ["SELECT ?1", "SELECT ?", "SELECT :name", "SELECT @name"] {
+            let err = store
+                .read(|c| c.query_row(sql, params![1], |r| r.get::<_, i64>(0)))
+                .expect_err(sql);
+            assert!(
+                matches!(err, NodeError::Storage(_)),
+                "{dialect:?} {sql}: {err}"
+            );
+        }
+        // The wrong number of values is an error, not a silent NULL.
+        let err = store
+            .read(|c| c.query_row("SELECT $1, $2", params![1], |r| r.get::<_, i64>(0)))
+            .expect_err("one value for two parameters");
+        assert!(matches!(err, NodeError::Storage(_)), "{dialect:?}: {err}");
+    }
+}
+
+#[test]
+fn a_failed_transaction_leaves_nothing_and_a_committed_one_stays() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store.write(scratch).unwrap();
+        let failed: Result<(), NodeError> = store.write(|c| {
+            c.execute("INSERT INTO scratch (k) VALUES ($1)", params!["gone"])?;
+            Err(NodeError::Internal("the caller gives up".into()))
+        });
+        assert!(failed.is_err());
+        store
+            .write(|c| {
+                c.execute("INSERT INTO scratch (k) VALUES ($1)", params!["kept"])?;
+                Ok(())
+            })
+            .unwrap();
+        let keys: Vec<String> = store
+            .read(|c| c.query_map("SELECT k FROM scratch ORDER BY k", params![], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(keys, ["kept"], "{dialect:?}");
+    }
+}
+
+#[test]
+fn conflicts_skip_or_update_and_key_violations_are_recognised() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store
+            .write(|c| {
+                scratch(c)?;
+                let insert = "INSERT INTO scratch (k, i) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+                assert_eq!(c.execute(insert, params!["a", 1])?, 1, "{dialect:?}");
+                assert_eq!(c.execute(insert, params!["a", 2])?, 0, "{dialect:?}");
+                let upsert = "INSERT INTO scratch (k, i) VALUES ($1, $2) \
+                              ON CONFLICT (k) DO UPDATE SET i = scratch.i + excluded.i";
+                c.execute(upsert, params!["a", 10])?;
+                let i: i64 =
+                    c.query_row("SELECT i FROM scratch WHERE k = $1", params!["a"], |r| {
+                        r.get(0)
+                    })?;
+                assert_eq!(i, 11, "{dialect:?}");
+                let made: String = c.query_row(
+                    "INSERT INTO scratch (k) VALUES ($1) RETURNING k",
+                    params!["b"],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(made, "b", "{dialect:?}");
+                Ok(())
+            })
+            .unwrap();
+        // Each error in its own transaction: PostgreSQL aborts a transaction on any error.
+        let duplicate = store
+            .write(|c| c.execute("INSERT INTO scratch (k) VALUES ($1)", params!["a"]))
+            .expect_err("a duplicate key");
+        assert!(
+            matches!(&duplicate, NodeError::Storage(db) if db.is_unique_violation()),
+            "{dialect:?}: {duplicate}"
+        );
+        let null = store
+            .write(|c| c.execute("INSERT INTO scratch (k, n) VALUES ($1, NULL)", params!["c"]))
+            .expect_err("NULL into a NOT NULL column");
+        assert!(
+            matches!(&null, NodeError::Storage(db) if !db.is_unique_violation()),
+            "{dialect:?}: a NOT NULL violation is not a key's: {null}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_row_is_none_or_an_error_as_asked() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store.write(scratch).unwrap();
+        store
+            .read(|c| {
+                let sql = "SELECT i FROM scratch WHERE k = $1";
+                let none = c.query_opt(sql, params!["nobody"], |r| r.get::<_, i64>(0))?;
+                assert_eq!(none, None, "{dialect:?}");
+                let optional = c
+                    .query_row(sql, params!["nobody"], |r| r.get::<_, i64>(0))
+                    .optional()?;
+                assert_eq!(optional, None, "{dialect:?}");
+                let err = c
+                    .query_row(sql, params!["nobody"], |r| r.get::<_, i64>(0))
+                    .expect_err("no row");
+                assert!(err.to_string().contains("no row"), "{dialect:?}: {err}");
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn arrays_bind_on_postgres_and_are_refused_on_sqlite_with_the_reason() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        let ints: Vec<Option<i64>> = vec![Some(3), None, Some(-4)];
+        let result = store.read(|c| {
+            c.query_map(
+                "SELECT COUNT(*) FROM unnest(CAST($1 AS BIGINT[])) AS v",
+                params![ints],
+                |r| r.get::<_, i64>(0),
+            )
+        });
+        match dialect {
+            Dialect::Postgres => assert_eq!(result.unwrap(), [3]),
+            Dialect::Sqlite => {
+                let err = result.expect_err("no arrays in SQLite").to_string();
+                // Either the value or SQLite's missing `unnest` is named: never a wrong answer.
+                assert!(
+                    err.contains("arrays bind on PostgreSQL only") || err.contains("unnest"),
+                    "{err}"
+                );
+            }
+        }
+        if dialect == Dialect::Sqlite {
+            let err = store
+                .read(|c| c.query_row("SELECT $1", params![ints], |r| r.get::<_, i64>(0)))
+                .expect_err("an array bound on SQLite");
+            assert!(
+                err.to_string().contains("arrays bind on PostgreSQL only"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn queries_put_together_at_run_time_number_their_parameters() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store
+            .write(|c| {
+                scratch(c)?;
+                for (k, i) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+                    c.execute("INSERT INTO scratch (k, i) VALUES ($1, $2)", params![k, i])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let wanted = ["b".to_owned(), "c".to_owned(), "d".to_owned()];
+        let mut q = Query::new("SELECT k FROM scratch WHERE k IN (");
+        q.bind_list(&wanted).push(") AND i >= ").bind(3_i64);
+        // A fragment made elsewhere, joined in the middle, and a value after it.
+        q.push(" AND k NOT IN (SELECT k FROM scratch WHERE i = ")
+            .bind(4_i64)
+            .push(") ORDER BY k LIMIT ")
+            .bind(10_i64);
+        assert_eq!(q.sql().matches('$').count(), 6, "{}", q.sql());
+        let got: Vec<String> = store
+            .read(|c| c.query_map(q.sql(), q.params(), |r| r.get(0)))
+            .unwrap();
+        assert_eq!(got, ["c"], "{dialect:?}: {}", q.sql());
+        assert!(
+            !format!("{q:?}").contains("\"b\""),
+            "a query's Debug shows no values"
+        );
+    }
+}
+
+/// What the schema of one engine holds, in terms both share: per table, its columns (name,
+/// kind of value, NOT NULL), its primary key, and its other indexes (columns, unique).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shape {
+    columns: BTreeSet<(String, String, &'static str, bool)>,
+    keys: BTreeSet<(String, Vec<String>)>,
+    indexes: BTreeSet<(String, Vec<String>, bool)>,
+}
+
+/// The kind of value a column's declared type holds.
+fn kind(declared: &str) -> &'static str {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("INT") {
+        "integer"
+    } else if t.contains("REAL") || t.contains("DOUBLE") || t.contains("FLOAT") {
+        "real"
+    } else if t.contains("BLOB") || t.contains("BYTEA") {
+        "bytes"
+    } else if t.contains("TEXT") || t.contains("CHAR") {
+        "text"
+    } else {
+        "other"
+    }
+}
+
+fn shape(c: &Connection) -> Result<Shape, NodeError> {
+    let mut shape = Shape {
+        columns: BTreeSet::new(),
+        keys: BTreeSet::new(),
+        indexes: BTreeSet::new(),
+    };
+    match c.dialect() {
+        Dialect::Sqlite => {
+            let tables: Vec<String> = c.query_map(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                params![],
+                |r| r.get(0),
+            )?;
+            for t in tables {
+                let mut key = Vec::new();
+                c.query_each(
+                    "SELECT name, type, \"notnull\", pk FROM pragma_table_info($1) ORDER BY pk, cid",
+                    params![t],
+                    |r| {
+                        let (name, ty): (String, String) = (r.get(0)?, r.get(1)?);
+                        let pk: i64 = r.get(3)?;
+                        // SQLite lets a primary key's column be NULL unless it says NOT NULL;
+                        // PostgreSQL never does: compare what a key column can hold.
+                        let not_null = r.get::<_, bool>(2)? || pk > 0;
+                        if pk > 0 {
+                            key.push(name.clone());
+                        }
+                        shape.columns.insert((t.clone(), name, kind(&ty), not_null));
+                        Ok(true)
+                    },
+                )?;
+                if !key.is_empty() {
+                    shape.keys.insert((t.clone(), key));
+                }
+                let indexes: Vec<(String, bool)> = c.query_map(
+                    "SELECT name, \"unique\" FROM pragma_index_list($1) WHERE origin <> 'pk'",
+                    params![t],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                for (index, unique) in indexes {
+                    let cols: Vec<String> = c.query_map(
+                        "SELECT name FROM pragma_index_info($1) ORDER BY seqno",
+                        params![index],
+                        |r| r.get(0),
+                    )?;
+                    shape.indexes.insert((t.clone(), cols, unique));
+                }
+            }
+        }
+        Dialect::Postgres => {
+            c.query_each(
+                "SELECT c.table_name, c.column_name, c.data_type, c.is_nullable = 'NO' \
+                 FROM information_schema.columns c JOIN information_schema.tables t \
+                 ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+                 WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'",
+                params![],
+                |r| {
+                    let ty: String = r.get(2)?;
+                    shape
+                        .columns
+                        .insert((r.get(0)?, r.get(1)?, kind(&ty), r.get(3)?));
+                    Ok(true)
+                },
+            )?;
+            c.query_each(
+                "SELECT t.relname, i.indisprimary, i.indisunique, \
+                 array_to_string(ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY \
+                 AS k(n, o) JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n \
+                 ORDER BY k.o), ',') \
+                 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+                 JOIN pg_namespace s ON s.oid = t.relnamespace WHERE s.nspname = 'public'",
+                params![],
+                |r| {
+                    let (table, primary, unique): (String, bool, bool) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?);
+                    let cols: Vec<String> = r
+                        .get::<_, String>(3)?
+                        .split(',')
+                        .map(str::to_owned)
+                        .collect();
+                    if primary {
+                        shape.keys.insert((table, cols));
+                    } else {
+                        shape.indexes.insert((table, cols, unique));
+                    }
+                    Ok(true)
+                },
+            )?;
+        }
+    }
+    Ok(shape)
+}
+
+/// SQLite addresses a rollup cell by the `rowid` every table has; PostgreSQL's schema makes it
+/// a column and the key. The SQLite side is given the same, so that the rest compares as is.
+fn with_rowids(mut sqlite: Shape) -> Shape {
+    let table = "rollup_cells";
+    assert!(
+        !sqlite.keys.iter().any(|(t, _)| t == table),
+        "rollup_cells has no declared key on SQLite: its rowid is the key"
+    );
+    sqlite
+        .keys
+        .insert((table.to_owned(), vec!["rowid".to_owned()]));
+    sqlite
+        .columns
+        .insert((table.to_owned(), "rowid".to_owned(), "integer", true));
+    sqlite
+}
+
+/// What one shape has and the other has not, one line each (empty when they agree).
+fn differences(sqlite: &Shape, postgres: &Shape) -> String {
+    fn diff<T: Ord + std::fmt::Debug>(what: &str, a: &BTreeSet<T>, b: &BTreeSet<T>) -> String {
+        let only = |x: &BTreeSet<T>, y: &BTreeSet<T>, side: &str| {
+            x.difference(y)
+                .map(|v| format!("{what} only on {side}: {v:?}\n"))
+                .collect::<String>()
+        };
+        only(a, b, "SQLite") + &only(b, a, "PostgreSQL")
+    }
+    diff("column", &sqlite.columns, &postgres.columns)
+        + &diff("key", &sqlite.keys, &postgres.keys)
+        + &diff("index", &sqlite.indexes, &postgres.indexes)
+}
+
+#[test]
+fn both_engines_get_the_same_tables_columns_keys_and_indexes() {
+    let dbs = Databases::new();
+    let [sqlite, postgres] = dbs.both();
+    let shapes: Vec<Shape> = [&sqlite, &postgres]
+        .into_iter()
+        .map(|b| dbs.store(b).read(shape).unwrap())
+        .collect();
+    let lite = with_rowids(shapes[0].clone());
+    // The schema version: `PRAGMA user_version` on SQLite, a table on PostgreSQL.
+    let mut pg = shapes[1].clone();
+    pg.columns.retain(|(table, ..)| table != "domicile_schema");
+    pg.keys.retain(|(table, _)| table != "domicile_schema");
+    assert!(lite.columns.len() > 50, "the schema was read: {lite:?}");
+    assert_eq!(
+        differences(&lite, &pg),
+        "",
+        "SQLite and PostgreSQL schemas differ"
+    );
+}
+
+#[test]
+fn the_vault_gets_the_same_tables_on_both_engines() {
+    let dbs = Databases::new();
+    let [sqlite, postgres] = dbs.both();
+    let shapes: Vec<Shape> = [&sqlite, &postgres]
+        .into_iter()
+        .map(|b| {
+            let vault = dbs.vault(b);
+            dbs.store_with_vault(b, &vault);
+            let conn = match &vault {
+                Backend::Sqlite(path) => {
+                    Connection::sqlite(rusqlite::Connection::open(path).unwrap())
+                }
+                Backend::Postgres(url) => Connection::postgres(url).unwrap(),
+            };
+            shape(&conn).unwrap()
+        })
+        .collect();
+    assert!(shapes[0].columns.len() > 10, "{:?}", shapes[0]);
+    assert_eq!(
+        differences(&shapes[0], &shapes[1]),
+        "",
+        "the vaults' schemas differ"
+    );
+}
+
+#[test]
+fn guarded_tables_refuse_updates_and_deletes_on_both_engines() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO audit_log (seq, at, kind, tenant, details, prev_hash, hash) \
+                     VALUES (1, 0, 'test', 't', '{}', $1, $2)",
+                    params![[0u8; 32], [1u8; 32]],
+                )?;
+                c.execute(
+                    "INSERT INTO audit_checkpoints (seq, at, head_hash, signature) \
+                     VALUES (1, 0, $1, $2)",
+                    params![[1u8; 32], [2u8; 64]],
+                )?;
+                c.execute(
+                    "INSERT INTO consent_ledger (tenant, subject_id, seq, purpose, channel, \
+                     action, recorded_at, source, policy_version, actor, state) \
+                     VALUES ('t', 's', 1, 1, 0, 1, 0, 1, 'v', 'a', 1)",
+                    params![],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        for sql in [
+            "UPDATE audit_log SET details = 'changed'",
+            "DELETE FROM audit_log",
+            "UPDATE audit_checkpoints SET at = 1",
+            "DELETE FROM audit_checkpoints",
+            "UPDATE consent_ledger SET state = 0",
+            "DELETE FROM consent_ledger",
+        ] {
+            let err = store.write(|c| c.execute(sql, params![])).expect_err(sql);
+            assert!(
+                err.to_string().contains("append-only"),
+                "{dialect:?} {sql}: {err}"
+            );
+        }
+        let rows: i64 = store
+            .read(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM audit_log) + (SELECT COUNT(*) FROM \
+                     audit_checkpoints) + (SELECT COUNT(*) FROM consent_ledger)",
+                    params![],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(rows, 3, "{dialect:?}: nothing changed");
+    }
+}
