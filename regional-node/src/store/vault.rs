@@ -29,7 +29,7 @@ use std::{
 
 use crate::{
     config::Backend,
-    store::db::{Connection, Dialect, OptionalExtension, params},
+    store::db::{Connection, Dialect, OptionalExtension, Row, params},
 };
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use hmac::{Hmac, Mac};
@@ -223,6 +223,13 @@ CREATE TABLE IF NOT EXISTS kept_suppressions (
     PRIMARY KEY (tenant, identifier, purpose, channel)
 );
 "#;
+
+/// A subject's key made for [`Vault::resolve`], with what the vault stores of it.
+struct NewKey {
+    key: SubjectKey,
+    wrapped: Vec<u8>,
+    sealed: Vec<u8>,
+}
 
 /// The key vault: the subject index and wrapped data keys.
 pub struct Vault {
@@ -570,62 +577,181 @@ impl Vault {
         external_ids: &BTreeSet<&str>,
         create: bool,
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
+        self.with(|tx| match tx.dialect() {
+            Dialect::Sqlite => self.resolve_each(tx, tenant, external_ids, create),
+            Dialect::Postgres => self.resolve_set(tx, tenant, external_ids, create),
+        })
+    }
+
+    /// [`Vault::resolve`] subject by subject: SQLite's statements run in-process, so one per
+    /// subject costs microseconds.
+    fn resolve_each(
+        &self,
+        tx: &Connection,
+        tenant: &str,
+        external_ids: &BTreeSet<&str>,
+        create: bool,
+    ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         const GET: &str =
             "SELECT reference, kek_id, wrapped FROM subject_keys WHERE tenant = $1 AND lookup = $2";
-        self.with(|tx| {
-            let mut out = HashMap::with_capacity(external_ids.len());
-            let now = self.clock.now();
-            let mut get = tx.prepare_cached(GET)?;
-            for external in external_ids {
-                let lookup = self.lookup(tenant, external);
-                let found: Option<(String, String, Vec<u8>)> = get
-                    .query_row(params![tenant, lookup.as_slice()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?;
-                let key = match found {
-                    Some((reference, kek_id, wrapped)) => {
+        let mut out = HashMap::with_capacity(external_ids.len());
+        let now = self.clock.now();
+        let mut get = tx.prepare_cached(GET)?;
+        for external in external_ids {
+            let lookup = self.lookup(tenant, external);
+            let found: Option<(String, String, Vec<u8>)> = get
+                .query_row(params![tenant, lookup.as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let key = match found {
+                Some((reference, kek_id, wrapped)) => {
+                    self.unwrap_key(tenant, reference, &kek_id, &wrapped)?
+                }
+                None if create => {
+                    let new = self.new_key(tenant, external)?;
+                    let made = tx.execute(
+                        "INSERT INTO subject_keys
+                           (tenant, lookup, reference, wrapped, external_id, created_at, kek_id)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                        params![
+                            tenant,
+                            lookup.as_slice(),
+                            new.key.reference,
+                            new.wrapped,
+                            new.sealed,
+                            now,
+                            self.kek.1
+                        ],
+                    )?;
+                    if made == 1 {
+                        new.key
+                    } else {
+                        // Another process made this subject first: use theirs.
+                        let (reference, kek_id, wrapped): (String, String, Vec<u8>) = get
+                            .query_row(params![tenant, lookup.as_slice()], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            })?;
                         self.unwrap_key(tenant, reference, &kek_id, &wrapped)?
                     }
-                    None if create => {
-                        let raw = random::<32>()?;
-                        let reference = hex::encode(random::<{ REFERENCE_LEN / 2 }>()?);
-                        let key = SubjectKey::new(reference, &raw);
-                        let wrapped = self.kek.0.wrap(&wrap_aad(tenant, &key.reference), &raw)?;
-                        let sealed = key.seal(
-                            &external_id_aad(tenant, &key.reference),
-                            external.as_bytes(),
-                        )?;
-                        let made = tx.execute(
-                            "INSERT INTO subject_keys
-                               (tenant, lookup, reference, wrapped, external_id, created_at, kek_id)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                            params![
-                                tenant,
-                                lookup.as_slice(),
-                                key.reference,
-                                wrapped,
-                                sealed,
-                                now,
-                                self.kek.1
-                            ],
-                        )?;
-                        if made == 1 {
-                            key
-                        } else {
-                            // Another replica made this subject first: use theirs.
-                            let (reference, kek_id, wrapped): (String, String, Vec<u8>) = get
-                                .query_row(params![tenant, lookup.as_slice()], |r| {
-                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                                })?;
-                            self.unwrap_key(tenant, reference, &kek_id, &wrapped)?
-                        }
-                    }
-                    None => continue,
-                };
-                out.insert((*external).to_owned(), key);
+                }
+                None => continue,
+            };
+            out.insert((*external).to_owned(), key);
+        }
+        Ok(out)
+    }
+
+    /// [`Vault::resolve`] set by set, for PostgreSQL, where each statement is a round trip:
+    /// every subject looked up in one statement, every new one inserted in one more, and the
+    /// few another replica made meanwhile read in a third.
+    fn resolve_set(
+        &self,
+        tx: &Connection,
+        tenant: &str,
+        external_ids: &BTreeSet<&str>,
+        create: bool,
+    ) -> Result<HashMap<String, SubjectKey>, NodeError> {
+        let by_lookup: HashMap<[u8; 32], &str> = external_ids
+            .iter()
+            .map(|e| (self.lookup(tenant, e), *e))
+            .collect();
+        let mut out = HashMap::with_capacity(external_ids.len());
+        let read = |lookups: Vec<Option<Vec<u8>>>,
+                    out: &mut HashMap<String, SubjectKey>|
+         -> Result<(), NodeError> {
+            tx.query_each(
+                "SELECT lookup, reference, kek_id, wrapped FROM subject_keys
+                 WHERE tenant = $1 AND lookup = ANY(CAST($2 AS BYTEA[]))",
+                params![tenant, lookups],
+                |r| {
+                    let lookup: Vec<u8> = r.get(0)?;
+                    let external = <[u8; 32]>::try_from(lookup.as_slice())
+                        .ok()
+                        .and_then(|l| by_lookup.get(&l))
+                        .ok_or_else(|| NodeError::Internal("a lookup not asked for".into()))?;
+                    let key = self.unwrap_key(
+                        tenant,
+                        r.get(1)?,
+                        &r.get::<_, String>(2)?,
+                        &r.get::<_, Vec<u8>>(3)?,
+                    )?;
+                    out.insert((*external).to_owned(), key);
+                    Ok(true)
+                },
+            )
+        };
+        read(
+            by_lookup.keys().map(|l| Some(l.to_vec())).collect(),
+            &mut out,
+        )?;
+        if !create || out.len() == by_lookup.len() {
+            return Ok(out);
+        }
+        // In lookup order: replicas inserting overlapping subjects at once then take the rows'
+        // locks in the same order, and wait for each other instead of deadlocking.
+        let mut made: std::collections::BTreeMap<[u8; 32], (&str, NewKey)> =
+            std::collections::BTreeMap::new();
+        for (lookup, external) in &by_lookup {
+            if !out.contains_key(*external) {
+                made.insert(*lookup, (external, self.new_key(tenant, external)?));
             }
-            Ok(out)
+        }
+        let column = |f: &dyn Fn(&[u8; 32], &NewKey) -> Vec<u8>| -> Vec<Option<Vec<u8>>> {
+            made.iter().map(|(l, (_, k))| Some(f(l, k))).collect()
+        };
+        let references: Vec<Option<String>> = made
+            .values()
+            .map(|(_, k)| Some(k.key.reference.clone()))
+            .collect();
+        let inserted: Vec<Vec<u8>> = tx.query_map(
+            "INSERT INTO subject_keys
+               (tenant, lookup, reference, wrapped, external_id, created_at, kek_id)
+             SELECT $1, l, r, w, e, $6, $7
+             FROM unnest(CAST($2 AS BYTEA[]), CAST($3 AS TEXT[]), CAST($4 AS BYTEA[]),
+                         CAST($5 AS BYTEA[])) AS u(l, r, w, e)
+             ON CONFLICT DO NOTHING RETURNING lookup",
+            params![
+                tenant,
+                column(&|l, _| l.to_vec()),
+                references,
+                column(&|_, k| k.wrapped.clone()),
+                column(&|_, k| k.sealed.clone()),
+                self.clock.now(),
+                self.kek.1
+            ],
+            |r| r.get(0),
+        )?;
+        for lookup in inserted {
+            if let Some((external, new)) = <[u8; 32]>::try_from(lookup.as_slice())
+                .ok()
+                .and_then(|l| made.remove(&l))
+            {
+                out.insert(external.to_owned(), new.key);
+            }
+        }
+        if !made.is_empty() {
+            // Another replica made these subjects first: use theirs.
+            read(made.keys().map(|l| Some(l.to_vec())).collect(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// A new subject's key: a fresh reference and data key, the key wrapped by the KEK, the
+    /// external id sealed under the key.
+    fn new_key(&self, tenant: &str, external: &str) -> Result<NewKey, NodeError> {
+        let raw = random::<32>()?;
+        let reference = hex::encode(random::<{ REFERENCE_LEN / 2 }>()?);
+        let key = SubjectKey::new(reference, &raw);
+        let wrapped = self.kek.0.wrap(&wrap_aad(tenant, &key.reference), &raw)?;
+        let sealed = key.seal(
+            &external_id_aad(tenant, &key.reference),
+            external.as_bytes(),
+        )?;
+        Ok(NewKey {
+            key,
+            wrapped,
+            sealed,
         })
     }
 
@@ -643,20 +769,41 @@ impl Vault {
         references: &BTreeSet<&str>,
     ) -> Result<HashMap<String, SubjectKey>, NodeError> {
         self.with(|tx| {
-            let mut get = tx.prepare_cached(
-                "SELECT kek_id, wrapped FROM subject_keys WHERE tenant = $1 AND reference = $2",
-            )?;
             let mut out = HashMap::with_capacity(references.len());
-            for reference in references {
-                let wrapped: Option<(String, Vec<u8>)> = get
-                    .query_row(params![tenant, reference], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((kek_id, w)) = wrapped {
-                    out.insert(
-                        (*reference).to_owned(),
-                        self.unwrap_key(tenant, (*reference).to_owned(), &kek_id, &w)?,
-                    );
+            let mut found = |r: &Row<'_>| -> Result<bool, NodeError> {
+                let reference: String = r.get(0)?;
+                let key = self.unwrap_key(
+                    tenant,
+                    reference.clone(),
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, Vec<u8>>(2)?,
+                )?;
+                out.insert(reference, key);
+                Ok(true)
+            };
+            match tx.dialect() {
+                Dialect::Sqlite => {
+                    let mut get = tx.prepare_cached(
+                        "SELECT reference, kek_id, wrapped FROM subject_keys
+                         WHERE tenant = $1 AND reference = $2",
+                    )?;
+                    for reference in references {
+                        get.query_each(params![tenant, reference], &mut found)?;
+                    }
                 }
+                // One round trip for them all.
+                Dialect::Postgres => tx.query_each(
+                    "SELECT reference, kek_id, wrapped FROM subject_keys
+                     WHERE tenant = $1 AND reference = ANY(CAST($2 AS TEXT[]))",
+                    params![
+                        tenant,
+                        references
+                            .iter()
+                            .map(|r| Some((*r).to_owned()))
+                            .collect::<Vec<_>>()
+                    ],
+                    &mut found,
+                )?,
             }
             Ok(out)
         })
@@ -782,8 +929,14 @@ mod tests {
 
     #[test]
     fn subjects_are_known_by_reference_and_shredded() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = Backend::Sqlite(dir.path().join("keys.sqlite"));
+        let dbs = crate::testing::Databases::new();
+        for data in dbs.both() {
+            known_by_reference_and_shredded(&dbs.vault(&data));
+        }
+    }
+
+    fn known_by_reference_and_shredded(at: &Backend) {
+        let at = at.clone();
         let vault = Vault::open(&at, &[3; 32]).unwrap();
         assert!(vault.find("acme", "s1").unwrap().is_none());
         let keys = vault
@@ -854,6 +1007,57 @@ mod tests {
         // The right one still does.
         let again = Vault::open(&at, &[3; 32]).unwrap();
         assert!(again.key("acme", &s2.reference).unwrap().is_some());
+    }
+
+    /// Two replicas (two vault connections) making overlapping new subjects at once agree on
+    /// every key: one makes each subject, the other reads it back; none is made twice, and
+    /// neither fails (PostgreSQL inserts a batch's keys in lookup order, so they wait for
+    /// each other rather than deadlock).
+    #[test]
+    fn replicas_making_the_same_subjects_at_once_agree_on_their_keys() {
+        let dbs = crate::testing::Databases::new();
+        for data in dbs.both() {
+            let at = dbs.vault(&data);
+            let (a, b) = (
+                Vault::open(&at, &[3; 32]).unwrap(),
+                Vault::open(&at, &[3; 32]).unwrap(),
+            );
+            let ids: Vec<String> = (0..300).map(|i| format!("c-{i}")).collect();
+            let set = |r: std::ops::Range<usize>| -> BTreeSet<&str> {
+                ids[r].iter().map(String::as_str).collect()
+            };
+            for round in 0..3 {
+                let tenant = format!("t{round}");
+                let (ka, kb) = std::thread::scope(|s| {
+                    let ha = s.spawn(|| a.resolve(&tenant, &set(0..200), true));
+                    let hb = s.spawn(|| b.resolve(&tenant, &set(100..300), true));
+                    (ha.join().unwrap().unwrap(), hb.join().unwrap().unwrap())
+                });
+                assert_eq!((ka.len(), kb.len()), (200, 200), "{data:?}");
+                for id in &ids[100..200] {
+                    assert_eq!(ka[id].reference, kb[id].reference, "{data:?} {id}");
+                }
+                let all = a.resolve(&tenant, &set(0..300), false).unwrap();
+                assert_eq!(all.len(), 300, "{data:?}");
+                for (id, key) in ka.iter().chain(&kb) {
+                    assert_eq!(all[id].reference, key.reference, "{data:?} {id}");
+                }
+                // And by reference, all at once.
+                let refs: BTreeSet<&str> = all.values().map(|k| k.reference.as_str()).collect();
+                let by_ref = b.keys(&tenant, &refs).unwrap();
+                assert_eq!(by_ref.len(), 300, "{data:?}");
+                let made: i64 = a
+                    .with(|c| {
+                        c.query_row(
+                            "SELECT COUNT(*) FROM subject_keys WHERE tenant = $1",
+                            params![tenant],
+                            |r| r.get(0),
+                        )
+                    })
+                    .unwrap();
+                assert_eq!(made, 300, "{data:?}: no subject made twice");
+            }
+        }
     }
 
     #[test]
