@@ -561,3 +561,37 @@ fn guarded_tables_refuse_updates_and_deletes_on_both_engines() {
         assert_eq!(rows, 3, "{dialect:?}: nothing changed");
     }
 }
+
+/// PostgreSQL plans every execution for its own parameters and the tables' size then: a
+/// generic plan cached while a table was small would keep scanning all of it as it grows
+/// (`store::postgres::session`). SQLite plans each statement once, by its indexes.
+#[test]
+fn postgres_plans_each_execution_for_the_tables_as_they_are() {
+    let dbs = Databases::new();
+    let store = dbs.store(&dbs.postgres());
+    let mode: String = store
+        .read(|c| c.query_row("SHOW plan_cache_mode", params![], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+    // A lookup of a batch's subjects, prepared and run while the table is small, is still
+    // planned with the values it is given (a generic plan would show the parameter `$2`, and
+    // compare every row with every id of the array, one by one).
+    let plan: Vec<String> = store
+        .write(|c| {
+            c.execute_batch(
+                "PREPARE lookup (text, text[]) AS SELECT COUNT(*) FROM subject_numbers \
+                 WHERE tenant = $1 AND subject_id = ANY($2)",
+            )?;
+            for _ in 0..6 {
+                c.execute_batch("EXECUTE lookup ('t', ARRAY['s1', 's2', 's3'])")?;
+            }
+            c.query_map(
+                "EXPLAIN EXECUTE lookup ('t', ARRAY['s1', 's2', 's3'])",
+                params![],
+                |r| r.get::<_, String>(0),
+            )
+        })
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("s2") && !plan.contains("$2"), "{plan}");
+}
