@@ -51,6 +51,21 @@ CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_update BEFORE UPDATE ON audit_
 BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
+-- Each release's counts, taken from its audit entry when it is appended (and from the log once,
+-- by migration 10): the console charts releases from these columns without parsing every
+-- entry's JSON. Derived, like `consent_state`: the log stays the evidence.
+CREATE TABLE IF NOT EXISTS release_stats (
+    seq               INTEGER PRIMARY KEY,
+    tenant            TEXT NOT NULL,
+    at                INTEGER NOT NULL,
+    purpose           TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    groups_released   INTEGER NOT NULL,
+    groups_suppressed INTEGER NOT NULL,
+    rows_released     INTEGER NOT NULL,
+    epsilon           REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS release_stats_by_time ON release_stats (tenant, at);
 "#;
 
 /// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
@@ -78,7 +93,70 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     head_hash BYTEA NOT NULL,
     signature BYTEA NOT NULL
 );
+CREATE TABLE IF NOT EXISTS release_stats (
+    seq               BIGINT PRIMARY KEY,
+    tenant            TEXT NOT NULL,
+    at                BIGINT NOT NULL,
+    purpose           TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    groups_released   BIGINT NOT NULL,
+    groups_suppressed BIGINT NOT NULL,
+    rows_released     BIGINT NOT NULL,
+    epsilon           DOUBLE PRECISION NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS release_stats_by_time ON release_stats (tenant, at);
 "#;
+
+/// Keeps a release's counts in `release_stats` from its audit entry's details (a field
+/// missing counts as zero, as the console always read it).
+fn count_release(
+    tx: &Connection,
+    seq: i64,
+    tenant: &str,
+    at: i64,
+    details: &serde_json::Value,
+) -> Result<(), NodeError> {
+    let text = |k: &str| details.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let int = |k: &str| details.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    tx.execute(
+        "INSERT INTO release_stats (seq, tenant, at, purpose, kind, groups_released,
+             groups_suppressed, rows_released, epsilon)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        params![
+            seq,
+            tenant,
+            at,
+            text("purpose"),
+            text("kind"),
+            int("groups_released"),
+            int("groups_suppressed"),
+            int("rows_released"),
+            details
+                .get("epsilon")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Fills `release_stats` from the releases already in the log (migration 10).
+pub fn count_past_releases(tx: &Connection) -> Result<(), NodeError> {
+    let entries: Vec<(i64, String, i64, String)> = tx.query_map(
+        "SELECT seq, tenant, at, details FROM audit_log
+         WHERE kind IN ('release_aggregate', 'release_records') ORDER BY seq",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    for (seq, tenant, at, details) in entries {
+        let details: serde_json::Value = serde_json::from_str(&details).map_err(|_| {
+            NodeError::Internal(format!("audit entry {seq}: its details are not JSON"))
+        })?;
+        count_release(tx, seq, &tenant, at, &details)?;
+    }
+    Ok(())
+}
 
 /// The advisory-lock key that serialises appends between replicas sharing one database.
 const APPEND_LOCK: i64 = 0x646f_6d69_0003;
@@ -325,7 +403,8 @@ impl AuditLog {
         if let serde_json::Value::Object(map) = &mut details {
             map.insert("principal".into(), principal_of_call().into());
         }
-        let details = details.to_string();
+        let parsed = details;
+        let details = parsed.to_string();
         let hash = entry_hash(
             &prev_hash,
             seq,
@@ -349,6 +428,9 @@ impl AuditLog {
                 hash.as_slice()
             ],
         )?;
+        if matches!(entry.kind, Kind::ReleaseAggregate | Kind::ReleaseRecords) {
+            count_release(tx, seq as i64, entry.tenant, at, &parsed)?;
+        }
         if seq.is_multiple_of(self.checkpoint_every) {
             self.sign_head(tx, seq, at, &hash)?;
         }

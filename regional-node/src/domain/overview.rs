@@ -3,7 +3,7 @@
 //! tables. Nothing in it identifies a person: no subject id, no free text, no value of a
 //! record.
 
-use crate::store::db::{Connection, Dialect, params};
+use crate::store::db::{Connection, params};
 use domicile_proto::{
     domain::whole_seconds as ts,
     pb::{
@@ -18,41 +18,21 @@ use crate::error::NodeError;
 pub const MAX_LISTED: usize = 100;
 
 /// Releases from `since` on, in buckets of `bucket` seconds (> 0), per bucket, purpose and kind,
-/// from the audit entries that every release writes before it leaves.
+/// from the audit entries that every release writes before it leaves (their counts, kept in
+/// `release_stats` as each entry is appended).
 pub fn releases(
     conn: &Connection,
     tenant: &str,
     since: i64,
     bucket: i64,
 ) -> Result<Vec<ReleaseBucket>, NodeError> {
-    let entries = "FROM audit_log
-         WHERE tenant = $1 AND kind IN ('release_aggregate', 'release_records') AND at >= $2";
-    // A field of the entry's JSON details, as `ty`, and where the entries come from. PostgreSQL
-    // parses each entry's details once, in the subquery (`OFFSET 0` keeps it from being folded
-    // into the outer query, which would parse them once per field: 2.6 times slower).
-    let postgres = conn.dialect() == Dialect::Postgres;
-    let field = |name: &str, ty: &str| {
-        if postgres {
-            format!("CAST(d ->> '{name}' AS {ty})")
-        } else {
-            format!("json_extract(details, '$.{name}')")
-        }
-    };
-    let from = if postgres {
-        format!("FROM (SELECT at, CAST(details AS jsonb) AS d {entries} OFFSET 0) AS r")
-    } else {
-        entries.to_owned()
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT (at - $2) / $3, {}, {}, COUNT(*), SUM({}), SUM({}), SUM({}), SUM({})
-         {from} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        field("purpose", "TEXT"),
-        field("kind", "TEXT"),
-        field("groups_released", "BIGINT"),
-        field("groups_suppressed", "BIGINT"),
-        field("rows_released", "BIGINT"),
-        field("epsilon", "DOUBLE PRECISION"),
-    ))?;
+    // The counts each release's audit entry holds, kept in columns as it was appended.
+    let mut stmt = conn.prepare_cached(
+        "SELECT (at - $2) / $3, purpose, kind, COUNT(*), SUM(groups_released),
+                SUM(groups_suppressed), SUM(rows_released), SUM(epsilon)
+         FROM release_stats WHERE tenant = $1 AND at >= $2
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )?;
     let rows = stmt.query_map(params![tenant, since, bucket], |r| {
         Ok(ReleaseBucket {
             start: Some(ts(since + r.get::<_, i64>(0)? * bucket)),
@@ -170,11 +150,10 @@ pub fn incidents(
     Ok(out)
 }
 
-/// Grouped by the whole policy version, which follows the `consent_state_counts` index: one
-/// scan of it, in order. `consents` adds up the few versions of a country.
-const CONSENT_COUNTS: &str = "SELECT policy_version, purpose, channel, state, COUNT(*)
-     FROM consent_state WHERE tenant = $1
-     GROUP BY policy_version, purpose, channel, state";
+/// Per policy version, from the counts the triggers on `consent_state` keep: a few rows, not
+/// one per subject.
+const CONSENT_COUNTS: &str = "SELECT policy_version, purpose, channel, state, subjects
+     FROM consent_counts WHERE tenant = $1 AND subjects > 0";
 
 /// Subjects per country, purpose, channel and current consent state. The country is that of
 /// the policy the state was recorded under ("DE@2026-11-01"), so consents recorded before any
@@ -260,28 +239,157 @@ mod tests {
         }
     }
 
+    /// A policy version, purpose, channel, state and count of subjects.
+    type CountRow = (String, i64, i64, i64, i64);
+
+    /// The counts kept by the triggers equal a count of `consent_state` after inserts, updates
+    /// (a state and a policy version changing, an upsert) and deletes, on both engines; and
+    /// migration 10 counts what was stored before it the same way.
     #[test]
-    fn consent_counts_read_the_index_alone_without_sorting() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(
-            &crate::store::Backend::Sqlite(dir.path().join("data.sqlite")),
-            &crate::store::Backend::Sqlite(dir.path().join("vault.sqlite")),
-            &[7; 32],
-            &crate::domain::schema::SCHEMA,
-        )
-        .unwrap();
-        let plan: Vec<String> = store
-            .read(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {CONSENT_COUNTS}"))?;
-                let rows = stmt.query_map(params!["t"], |r| r.get::<_, String>(3))?;
-                rows.collect::<Result<_, _>>()
-            })
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("USING COVERING INDEX consent_state_counts (tenant=?)"),
-            "{plan}"
-        );
-        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    fn consent_counts_follow_every_change_and_the_migration_recounts() {
+        let dbs = Databases::new();
+        for backend in dbs.both() {
+            let store = dbs.store(&backend);
+            let recount = |c: &Connection| -> Result<Vec<CountRow>, NodeError> {
+                c.query_map(
+                    "SELECT policy_version, purpose, channel, state, COUNT(*) FROM consent_state
+                     WHERE tenant = 't' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+            };
+            let kept = |c: &Connection| -> Result<Vec<CountRow>, NodeError> {
+                c.query_map(
+                    "SELECT policy_version, purpose, channel, state, subjects FROM consent_counts
+                     WHERE tenant = 't' AND subjects > 0 ORDER BY 1, 2, 3, 4",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+            };
+            store
+                .write(|tx| {
+                    for i in 0..20 {
+                        state(tx, "t", i, "DE@2026-01-01", 1 + (i % 3) as i32);
+                    }
+                    state(tx, "other", 99, "DE@2026-01-01", 1);
+                    tx.execute(
+                        "UPDATE consent_state SET state = 4 WHERE tenant = 't' AND subject_id IN ('s1', 's2')",
+                        params![],
+                    )?;
+                    tx.execute(
+                        "UPDATE consent_state SET policy_version = 'DE@2026-11-01'
+                         WHERE tenant = 't' AND subject_id = 's3'",
+                        params![],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO consent_state
+                             (tenant, subject_id, purpose, channel, state, seq, since, policy_version)
+                         VALUES ('t', 's4', 2, 1, 3, 2, 0, 'DE@2026-11-01')
+                         ON CONFLICT (tenant, subject_id, purpose, channel)
+                         DO UPDATE SET state = excluded.state, seq = excluded.seq,
+                                       policy_version = excluded.policy_version",
+                        params![],
+                    )?;
+                    tx.execute(
+                        "DELETE FROM consent_state WHERE tenant = 't' AND subject_id IN ('s5', 's6')",
+                        params![],
+                    )?;
+                    Ok(())
+                })
+                .unwrap();
+            let (want, got) = store.read(|c| Ok((recount(c)?, kept(c)?))).unwrap();
+            assert_eq!(got, want, "{backend:?}");
+            assert_eq!(want.iter().map(|r| r.4).sum::<i64>(), 18, "{backend:?}");
+            // Wrong counts (as a database of schema 9 has none) are recounted by migration 10.
+            store
+                .write(|tx| {
+                    tx.execute("UPDATE consent_counts SET subjects = 1000", params![])?;
+                    crate::domain::schema::MIGRATIONS
+                        .iter()
+                        .find(|m| m.version == 10)
+                        .map(|m| (m.apply)(tx))
+                        .expect("migration 10")
+                })
+                .unwrap();
+            let (want, got) = store.read(|c| Ok((recount(c)?, kept(c)?))).unwrap();
+            assert_eq!(got, want, "{backend:?} after the migration");
+        }
+    }
+
+    /// Releases appended to the audit log are charted from `release_stats` as their entries'
+    /// JSON says; migration 10 fills it from releases logged before it.
+    #[test]
+    fn releases_are_charted_from_their_audit_entries_and_recounted_by_the_migration() {
+        use crate::domain::audit::{AuditLog, Entry, Kind};
+        let dbs = Databases::new();
+        for backend in dbs.both() {
+            let store = dbs.store(&backend);
+            let clock = domicile_ops::clock::ManualClock::at(10_000);
+            let log =
+                AuditLog::new("eu", &[9; 32], 1_000).with_clock(std::sync::Arc::new(clock.clone()));
+            store
+                .write(|tx| {
+                    for (i, kind) in [
+                        Kind::ReleaseAggregate,
+                        Kind::ReleaseRecords,
+                        Kind::IngestBatch,
+                    ]
+                    .into_iter()
+                    .cycle()
+                    .take(9)
+                    .enumerate()
+                    {
+                        clock.advance(100);
+                        log.append(
+                            tx,
+                            Entry {
+                                kind,
+                                tenant: "t",
+                                subject: None,
+                                details: serde_json::json!({
+                                    "purpose": "PURPOSE_ANALYTICS",
+                                    "kind": "RELEASE_KIND_AGGREGATE",
+                                    "groups_released": i,
+                                    "groups_suppressed": 1,
+                                    "rows_released": 2 * i,
+                                    "epsilon": 0.25,
+                                }),
+                            },
+                        )?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let chart = |store: &crate::store::Store| {
+                store
+                    .read(|c| releases(c, "t", 10_000, 1_000))
+                    .unwrap()
+                    .into_iter()
+                    .map(|b| {
+                        (
+                            b.releases,
+                            b.groups_released,
+                            b.groups_suppressed,
+                            b.rows_released,
+                            b.epsilon,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            // Entries 0, 1, 3, 4, 6, 7 are releases, at 10,100 … 10,900: one bucket.
+            let want = vec![(6, 21, 6, 42, 1.5)];
+            assert_eq!(chart(&store), want, "{backend:?}");
+            store
+                .write(|tx| {
+                    tx.execute("DELETE FROM release_stats", params![])?;
+                    crate::domain::schema::MIGRATIONS
+                        .iter()
+                        .find(|m| m.version == 10)
+                        .map(|m| (m.apply)(tx))
+                        .expect("migration 10")
+                })
+                .unwrap();
+            assert_eq!(chart(&store), want, "{backend:?} after the migration");
+        }
     }
 }

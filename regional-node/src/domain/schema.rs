@@ -18,7 +18,7 @@ use crate::{
 
 /// The version of the schema this code writes (`PRAGMA user_version` on SQLite, the
 /// `domicile_schema` table on PostgreSQL).
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The node's schema, both dialects, with its migrations.
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
@@ -97,7 +97,28 @@ pub static MIGRATIONS: &[Migration] = &[
         what: "follow-up cases (made by the schema)",
         apply: |_| Ok(()),
     },
+    Migration {
+        version: 10,
+        what: "the console's consent counts and release statistics, counted from consent_state \
+               and the audit log once (then kept as they change)",
+        apply: derived_counts,
+    },
 ];
+
+/// Migration 10: the tables the console reads instead of every subject's consent and every
+/// release's audit entry, filled from what is stored (the schema made them and their
+/// triggers). The index they replace goes.
+fn derived_counts(tx: &Connection) -> Result<(), NodeError> {
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS consent_state_counts;
+         DELETE FROM consent_counts;
+         INSERT INTO consent_counts (tenant, policy_version, purpose, channel, state, subjects)
+         SELECT tenant, policy_version, purpose, channel, state, COUNT(*) FROM consent_state
+         WHERE true GROUP BY tenant, policy_version, purpose, channel, state;
+         DELETE FROM release_stats;",
+    )?;
+    crate::domain::audit::count_past_releases(tx)
+}
 
 /// Migration 8: the layout where no customer id is stored in clear. Ids stored by an earlier
 /// version are in clear and their subjects' keys are in the vault by external id: converting
@@ -169,6 +190,26 @@ fn triggers() -> String {
            FOR EACH ROW EXECUTE FUNCTION domicile_append_only('audit checkpoints');
          CREATE OR REPLACE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
            FOR EACH STATEMENT EXECUTE FUNCTION domicile_append_only('audit checkpoints');
+         ",
+    );
+    sql.push_str(
+        "CREATE OR REPLACE FUNCTION domicile_consent_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF TG_OP IN ('UPDATE', 'DELETE') THEN
+             UPDATE consent_counts SET subjects = subjects - 1
+             WHERE tenant = OLD.tenant AND policy_version = OLD.policy_version
+               AND purpose = OLD.purpose AND channel = OLD.channel AND state = OLD.state;
+           END IF;
+           IF TG_OP IN ('INSERT', 'UPDATE') THEN
+             INSERT INTO consent_counts (tenant, policy_version, purpose, channel, state, subjects)
+             VALUES (NEW.tenant, NEW.policy_version, NEW.purpose, NEW.channel, NEW.state, 1)
+             ON CONFLICT (tenant, policy_version, purpose, channel, state)
+             DO UPDATE SET subjects = consent_counts.subjects + 1;
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE OR REPLACE TRIGGER consent_counts AFTER INSERT OR UPDATE OR DELETE ON consent_state
+           FOR EACH ROW EXECUTE FUNCTION domicile_consent_counts();
          ",
     );
     sql.push_str(&crate::domain::rollup::pg_triggers());
