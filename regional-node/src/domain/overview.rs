@@ -239,6 +239,15 @@ mod tests {
         }
     }
 
+    /// Runs schema migration 10 (the counts the console reads) in `tx`.
+    fn migration_10(tx: &Connection) -> Result<(), NodeError> {
+        crate::domain::schema::MIGRATIONS
+            .iter()
+            .find(|m| m.version == 10)
+            .map(|m| (m.apply)(tx))
+            .expect("migration 10")
+    }
+
     /// A policy version, purpose, channel, state and count of subjects.
     type CountRow = (String, i64, i64, i64, i64);
 
@@ -304,11 +313,7 @@ mod tests {
             store
                 .write(|tx| {
                     tx.execute("UPDATE consent_counts SET subjects = 1000", params![])?;
-                    crate::domain::schema::MIGRATIONS
-                        .iter()
-                        .find(|m| m.version == 10)
-                        .map(|m| (m.apply)(tx))
-                        .expect("migration 10")
+                    migration_10(tx)
                 })
                 .unwrap();
             let (want, got) = store.read(|c| Ok((recount(c)?, kept(c)?))).unwrap();
@@ -382,11 +387,7 @@ mod tests {
             store
                 .write(|tx| {
                     tx.execute("DELETE FROM release_stats", params![])?;
-                    crate::domain::schema::MIGRATIONS
-                        .iter()
-                        .find(|m| m.version == 10)
-                        .map(|m| (m.apply)(tx))
-                        .expect("migration 10")
+                    migration_10(tx)
                 })
                 .unwrap();
             assert_eq!(chart(&store), want, "{backend:?} after the migration");
