@@ -64,8 +64,9 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed.
     #[error("postgres: {}", pg_message(.0))]
-    Postgres(#[from] postgres::Error),
-    /// A PostgreSQL connection's thread could not start or has ended.
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection to run on: the runtime could not start, or the pool gave none
+    /// (all in use past the wait, or it could not connect in time).
     #[error("postgres connection: {0}")]
     Thread(String),
     /// The database's address or its TLS options are unusable (the message names which).
@@ -91,7 +92,7 @@ pub enum DbError {
 /// PostgreSQL's message and SQLSTATE for a server error (its `DETAIL`, which can quote
 /// values, is left out), or the client's own text with its causes (e.g. why a TLS handshake
 /// failed: a certificate for another name, an unknown issuer).
-fn pg_message(e: &postgres::Error) -> String {
+fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => {
@@ -107,6 +108,20 @@ fn pg_message(e: &postgres::Error) -> String {
 }
 
 impl DbError {
+    /// Whether the PostgreSQL session is gone: the client saw its connection close, or the
+    /// server ended it (SQLSTATE class 57P: an administrator's command, a crash, a shutdown)
+    /// or broke it (class 08). Never for SQLite, whose connection is a file.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Postgres(e) => {
+                e.is_closed()
+                    || e.code()
+                        .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this is a unique or primary-key violation (on either backend).
     pub fn is_unique_violation(&self) -> bool {
         match self {
@@ -116,7 +131,7 @@ impl DbError {
                 rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                     | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             ),
-            Self::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            Self::Postgres(e) => e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
             _ => false,
         }
     }
@@ -128,8 +143,8 @@ impl From<rusqlite::Error> for NodeError {
     }
 }
 
-impl From<postgres::Error> for NodeError {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for NodeError {
+    fn from(e: tokio_postgres::Error) -> Self {
         Self::Storage(e.into())
     }
 }

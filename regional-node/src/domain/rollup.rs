@@ -1862,7 +1862,7 @@ mod tests {
             min_group_size: 0,
             epsilon: None,
         };
-        let mut rules = Rules {
+        let rules = || Rules {
             bounds: None,
             k_by_country: BTreeMap::new(),
             k_mixed: 2,
@@ -1871,7 +1871,7 @@ mod tests {
         };
         // DE's cx_survey rule is opt-in: only listed subjects are kept.
         let answer = store
-            .read(|conn| run(conn, "eu", TENANT, &spec, &mut rules))
+            .read(|conn| run(conn, "eu", TENANT, &spec, &mut rules()))
             .unwrap();
         assert!(answer.is_none());
     }

@@ -474,7 +474,7 @@ impl Node {
                     sealing_key_since: inner
                         .sealing_key_since
                         .map(domicile_proto::domain::whole_seconds),
-                    checkpoint: Some(checkpoint),
+                    checkpoint: Some(checkpoint.clone()),
                     releases: crate::domain::overview::releases(
                         conn,
                         tenant,
@@ -1126,14 +1126,14 @@ impl Node {
         let node = self.clone();
         spawn_blocking_in_span(move || {
             let inner = &node.inner;
-            let rules = Rules {
-                bounds: None,
-                k_by_country: Default::default(),
-                k_mixed: 0,
-                gate: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
-                noise: None,
-            };
             let partial = inner.store.read(|conn| {
+                let rules = Rules {
+                    bounds: None,
+                    k_by_country: Default::default(),
+                    k_mixed: 0,
+                    gate: consent::Gate::new(&inner.policies, spec.purpose, tenant.as_str()),
+                    noise: None,
+                };
                 aggregate::run(conn, &inner.config.region_id, tenant.as_str(), &spec, rules)
             })?;
             inner.store.write(|tx| {
@@ -1298,36 +1298,47 @@ impl Node {
         if !verdicts.iter().any(needs_check) {
             return Ok(verdicts);
         }
-        self.inner.store.read(|conn| {
-            let mut out = Vec::with_capacity(verdicts.len());
-            for verdict in verdicts {
-                if needs_check(&verdict)
-                    && let Verdict::Store(r) = &verdict
-                    && let RecordBody::Interaction(i) = &r.body
-                {
-                    let (state, _) = consent::current(
-                        conn,
-                        tenant.as_str(),
-                        &i.subject_id,
-                        Purpose::CallRecording,
-                        i.channel,
-                    )?;
-                    if !matches!(state, ConsentState::Granted | ConsentState::GrantedConfirmed) {
-                        out.push(Verdict::Reject(
-                            RejectReason::RecordingConsentMissing,
-                            format!(
-                                "payload.interaction.recorded: {} requires every party's consent \
-                                 to recording and none of the subject's is on file for this channel",
-                                r.country
-                            ),
+        // Which records lack the consent, read first; the batch is then changed outside the
+        // read (which may run twice, on a new session, if the first was lost).
+        let missing: Vec<bool> = self.inner.store.read(|conn| {
+            verdicts
+                .iter()
+                .map(|verdict| {
+                    if needs_check(verdict)
+                        && let Verdict::Store(r) = verdict
+                        && let RecordBody::Interaction(i) = &r.body
+                    {
+                        let (state, _) = consent::current(
+                            conn,
+                            tenant.as_str(),
+                            &i.subject_id,
+                            Purpose::CallRecording,
+                            i.channel,
+                        )?;
+                        return Ok(!matches!(
+                            state,
+                            ConsentState::Granted | ConsentState::GrantedConfirmed
                         ));
-                        continue;
                     }
-                }
-                out.push(verdict);
-            }
-            Ok(out)
-        })
+                    Ok(false)
+                })
+                .collect()
+        })?;
+        Ok(verdicts
+            .into_iter()
+            .zip(missing)
+            .map(|(verdict, missing)| match verdict {
+                Verdict::Store(r) if missing => Verdict::Reject(
+                    RejectReason::RecordingConsentMissing,
+                    format!(
+                        "payload.interaction.recorded: {} requires every party's consent \
+                         to recording and none of the subject's is on file for this channel",
+                        r.country
+                    ),
+                ),
+                verdict => verdict,
+            })
+            .collect())
     }
 
     /// Replaces `subject`'s external id with the subject's reference (made when `create` and
@@ -1507,7 +1518,7 @@ impl Node {
                     .pseudonyms
                     .suppression_of_subject(q.tenant.as_str(), &q.subject.external_id),
             ];
-            let suppressed_as = || suppressed_as;
+            let suppressed_as = || suppressed_as.clone();
             let mut q = q;
             node.to_reference(&q.tenant, &mut q.subject, false)?;
             let answer = node

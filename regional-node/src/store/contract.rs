@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use super::{
     Backend, Store,
-    db::{Connection, Dialect, OptionalExtension, Query, params},
+    db::{Connection, Dialect, OptionalExtension, Pipeline, Query, params},
 };
 use crate::{error::NodeError, testing::Databases};
 
@@ -564,7 +564,7 @@ fn guarded_tables_refuse_updates_and_deletes_on_both_engines() {
 
 /// PostgreSQL plans every execution for its own parameters and the tables' size then: a
 /// generic plan cached while a table was small would keep scanning all of it as it grows
-/// (`store::postgres::session`). SQLite plans each statement once, by its indexes.
+/// (`store::postgres::SESSION`). SQLite plans each statement once, by its indexes.
 #[test]
 fn postgres_plans_each_execution_for_the_tables_as_they_are() {
     let dbs = Databases::new();
@@ -594,4 +594,154 @@ fn postgres_plans_each_execution_for_the_tables_as_they_are() {
         .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("s2") && !plan.contains("$2"), "{plan}");
+}
+
+/// A pipeline runs its statements in the order given, on both engines: each step here
+/// depends on the one before it, so any reordering (PostgreSQL receives them all before it
+/// answers the first) changes the result.
+#[test]
+fn a_pipeline_runs_its_statements_in_order() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        let (counts, i) = store
+            .write(|c| {
+                scratch(c)?;
+                let mut pipeline = Pipeline::default();
+                pipeline.push("INSERT INTO scratch (k, i) VALUES ($1, $2)", params!["a", 1]);
+                let double = "UPDATE scratch SET i = i * 2 + $2 WHERE k = $1";
+                for bit in (0..60).map(|n| (n * 7 % 3) % 2) {
+                    pipeline.push(double, params!["a", bit]);
+                }
+                // A statement not prepared before, and one that changes nothing.
+                pipeline.push("UPDATE scratch SET t = $2 WHERE k = $1", params!["a", "last"]);
+                pipeline.push("DELETE FROM scratch WHERE k = $1", params!["nobody"]);
+                assert_eq!(pipeline.len(), 63);
+                let counts = c.pipeline(&pipeline)?;
+                let i: i64 =
+                    c.query_row("SELECT i FROM scratch WHERE k = $1", params!["a"], |r| {
+                        r.get(0)
+                    })?;
+                Ok((counts, i))
+            })
+            .unwrap();
+        let expected = (0..60)
+            .map(|n: i64| (n * 7 % 3) % 2)
+            .fold(1i64, |i, bit| i.wrapping_mul(2).wrapping_add(bit));
+        assert_eq!(i, expected, "{dialect:?}: the steps ran out of order");
+        assert_eq!(counts.len(), 63, "{dialect:?}");
+        assert!(counts[..62].iter().all(|n| *n == 1), "{dialect:?}: {counts:?}");
+        assert_eq!(counts[62], 0, "{dialect:?}");
+    }
+}
+
+/// A failing step fails the pipeline with that step's error, and the transaction it ran in
+/// leaves nothing, the steps before the failure included. Outside a transaction, where
+/// PostgreSQL would go on with the steps after a failure, SQLite refuses to run one (the
+/// integration suite runs on both engines, so a misuse fails it).
+#[test]
+fn a_pipeline_fails_at_its_first_error_and_its_transaction_leaves_nothing() {
+    let dbs = Databases::new();
+    for (dialect, store) in connections(&dbs) {
+        store.write(scratch).unwrap();
+        let failed = store
+            .write(|c| {
+                let mut pipeline = Pipeline::default();
+                let insert = "INSERT INTO scratch (k) VALUES ($1)";
+                pipeline
+                    .push(insert, params!["a"])
+                    .push(insert, params!["b"])
+                    .push(insert, params!["a"])
+                    .push(insert, params!["c"]);
+                c.pipeline(&pipeline)
+            })
+            .expect_err("the third step breaks the key");
+        assert!(
+            matches!(&failed, NodeError::Storage(db) if db.is_unique_violation()),
+            "{dialect:?}: {failed}"
+        );
+        let rows: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM scratch", params![], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(rows, 0, "{dialect:?}: nothing of the failed transaction stays");
+        if dialect == Dialect::Sqlite {
+            let conn = dbs.both()[0].connect_read_write().unwrap();
+            let mut pipeline = Pipeline::default();
+            pipeline.push("INSERT INTO scratch (k) VALUES ($1)", params!["x"]);
+            let refused = conn.pipeline(&pipeline).expect_err("outside a transaction");
+            assert!(refused.to_string().contains("inside a transaction"), "{refused}");
+        }
+    }
+}
+
+/// PostgreSQL readers come from a bounded pool: many readers at once never open more than
+/// [`super::READERS`] sessions, each session is read-only, and a session the server closed
+/// (a restart, a failover, an operator's `pg_terminate_backend`) is replaced, not handed out.
+#[test]
+fn postgres_readers_are_pooled_bounded_read_only_and_replaced_when_closed() {
+    let dbs = Databases::new();
+    let backend = dbs.postgres();
+    let store = std::sync::Arc::new(dbs.store(&backend));
+    let admin = backend.connect_read_write().unwrap();
+    let sessions = |admin: &Connection| -> i64 {
+        admin
+            .query_row(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                params![],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let before = sessions(&admin);
+    // 32 readers at once, each holding its session while the others start.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, barrier, peak) = (store.clone(), barrier.clone(), peak.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .read(|c| {
+                        let open: i64 = c.query_row(
+                            "SELECT COUNT(*) FROM pg_stat_activity \
+                             WHERE datname = current_database() \
+                             AND backend_type = 'client backend'",
+                            params![],
+                            |r| r.get(0),
+                        )?;
+                        peak.fetch_max(open, std::sync::atomic::Ordering::SeqCst);
+                        c.query_row("SELECT pg_sleep(0.05)::text", params![], |_| Ok(()))
+                    })
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let readers = sessions(&admin) - before;
+    assert!(
+        (1..=super::READERS as i64).contains(&readers),
+        "{readers} reader sessions stay open for 32 readers"
+    );
+    // The admin, the store's writer and vault, and at most READERS readers.
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= before + 1 + super::READERS as i64, "{peak} sessions at once");
+    let written = store.read(|c| c.execute_batch("CREATE TABLE written (k BIGINT)"));
+    assert!(written.is_err(), "a reader's session is read-only");
+    // The server closes every reader's session: the next reads get new ones.
+    admin
+        .execute_batch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND backend_type = 'client backend' AND query NOT LIKE '%domicile_schema%'",
+        )
+        .unwrap();
+    for _ in 0..(super::READERS + 2) {
+        let one: i64 = store
+            .read(|c| c.query_row("SELECT 1::bigint", params![], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(one, 1);
+    }
 }

@@ -10,8 +10,8 @@
 //! [`Value`]s: integers are 64-bit on both sides (`BIGINT` in PostgreSQL's schema), blobs are
 //! `BYTEA`, text is text.
 //!
-//! A [`Connection`] is owned and used through `&self` (a PostgreSQL client sits on a thread
-//! of its own), so a transaction is the same connection between `BEGIN` and `COMMIT`, and every
+//! A [`Connection`] is owned and used through `&self` (a PostgreSQL connection is driven by
+//! the engine's runtime whichever thread calls), so a transaction is the same connection between `BEGIN` and `COMMIT`, and every
 //! module takes `&Connection` whatever the backend.
 
 use std::fmt;
@@ -20,9 +20,9 @@ pub use crate::store::value::{
     ColumnIndex, FromValue, Params, Row, Rows, ToValue, Value, params_from_iter,
 };
 use crate::store::{
-    postgres::{PgConn, owned},
+    postgres::{PgConn, PgPool, owned},
     sqlite::{lite_each, lite_execute, lite_rows},
-    value::{RowInner, RowsInner},
+    value::{Cell, RowInner, RowsInner},
 };
 
 pub use crate::error::DbError;
@@ -111,6 +111,40 @@ impl<'a> Query<'a> {
             .iter()
             .map(|a| a.as_ref() as &dyn ToValue)
             .collect()
+    }
+}
+
+/// Statements to run together, in order, with [`Connection::pipeline`]: on PostgreSQL one
+/// round trip for all of them. Each keeps a copy of its values.
+#[derive(Default)]
+pub struct Pipeline<'s> {
+    steps: Vec<(&'s str, Vec<Cell>)>,
+}
+
+impl fmt::Debug for Pipeline<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The statements only: the values may be personal data.
+        f.debug_list()
+            .entries(self.steps.iter().map(|(sql, _)| sql))
+            .finish()
+    }
+}
+
+impl<'s> Pipeline<'s> {
+    /// Adds `sql` with its parameters at the end.
+    pub fn push(&mut self, sql: &'s str, params: impl Params) -> &mut Self {
+        self.steps.push((sql, owned(params.values())));
+        self
+    }
+
+    /// How many statements it holds.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
     }
 }
 
@@ -257,11 +291,27 @@ impl Connection {
         }
     }
 
-    /// Connects to PostgreSQL at `url` (`postgres://user@host:port/db`).
+    /// Connects to PostgreSQL at `url` (`postgres://user@host:port/db`): a connection of its
+    /// own, outside any pool.
     pub fn postgres(url: &str) -> Result<Self, NodeError> {
         Ok(Self {
             inner: Inner::Postgres(PgConn::connect(url)?),
         })
+    }
+
+    /// A connection from a PostgreSQL pool; it goes back to the pool when dropped.
+    pub(super) fn pooled(pool: &PgPool) -> Result<Self, NodeError> {
+        Ok(Self {
+            inner: Inner::Postgres(pool.get()?),
+        })
+    }
+
+    /// Closes the connection rather than return it to its pool (a PostgreSQL session found
+    /// broken); a SQLite connection is simply dropped.
+    pub(super) fn discard(self) {
+        if let Inner::Postgres(c) = self.inner {
+            c.discard();
+        }
     }
 
     /// The dialect this connection speaks.
@@ -336,6 +386,45 @@ impl Connection {
                 let n = c.execute(sql, owned(params.values()))?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
+        }
+    }
+
+    /// Runs the statements of `pipeline`, in order, and returns the rows each changed. On
+    /// PostgreSQL they are sent together: one round trip for the lot (two when some are not
+    /// prepared yet) rather than one each. On SQLite they run one after the other.
+    ///
+    /// Only inside a transaction ([`Connection::transaction`]), where the first failure
+    /// aborts the rest and the transaction: outside one, PostgreSQL would run the statements
+    /// after a failed one in transactions of their own. SQLite refuses a pipeline outside a
+    /// transaction, so a misuse fails the test suite, which runs on both engines.
+    pub fn pipeline(&self, pipeline: &Pipeline<'_>) -> Result<Vec<usize>, NodeError> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                if c.is_autocommit() {
+                    return Err(DbError::Statement(
+                        "a pipeline runs inside a transaction".into(),
+                    )
+                    .into());
+                }
+                pipeline
+                    .steps
+                    .iter()
+                    .map(|(sql, values)| {
+                        let values: Vec<Value<'_>> = values.iter().map(Cell::as_value).collect();
+                        let params: Vec<&dyn ToValue> =
+                            values.iter().map(|v| v as &dyn ToValue).collect();
+                        lite_execute(
+                            &mut *c.prepare_cached(sql).map_err(DbError::from)?,
+                            params,
+                        )
+                    })
+                    .collect()
+            }
+            Inner::Postgres(c) => Ok(c
+                .pipeline(&pipeline.steps)?
+                .into_iter()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .collect()),
         }
     }
 

@@ -38,6 +38,9 @@ use crate::{
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Page cache of each pooled reader connection, KiB.
 const READER_CACHE_KIB: i64 = 8 * 1024;
+/// Reader connections a store keeps: on PostgreSQL also the most it opens at once (a reader
+/// past them waits for one to come back).
+const READERS: usize = 8;
 
 /// Cache and memory-map settings of one connection.
 fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
@@ -209,7 +212,7 @@ fn pg_schema_version(conn: &Connection) -> Result<Option<i64>, NodeError> {
 pub struct Store {
     backend: Backend,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Readers,
     /// Writes queued for [`Store::write_grouped`], committed together by whichever
     /// caller next holds the writer.
     pending: Mutex<Vec<Pending>>,
@@ -222,6 +225,14 @@ impl std::fmt::Debug for Store {
             .field("backend", &self.backend.describe())
             .finish()
     }
+}
+
+/// Where a store's readers come from.
+enum Readers {
+    /// Idle SQLite connections (opened when none is idle; at most [`READERS`] kept).
+    Sqlite(Mutex<Vec<Connection>>),
+    /// A pool of read-only sessions, at most [`READERS`] connections.
+    Postgres(postgres::PgPool),
 }
 
 /// The advisory-lock key that serialises schema changes between replicas starting together.
@@ -255,10 +266,16 @@ impl Store {
         postgres::warn_if_plaintext(backend, "the data");
         let writer = backend.connect(false)?;
         writer.transaction(|tx| apply_schema(tx, backend, schema))?;
+        let readers = match backend {
+            Backend::Sqlite(_) => Readers::Sqlite(Mutex::new(Vec::new())),
+            Backend::Postgres(url) => Readers::Postgres(
+                postgres::PgPool::new(url, true, READERS).map_err(NodeError::Storage)?,
+            ),
+        };
         Ok(Self {
             backend: backend.clone(),
             writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
+            readers,
             pending: Mutex::new(Vec::new()),
             vault,
         })
@@ -372,19 +389,39 @@ impl Store {
     }
 
     /// Runs `f` with a read-only connection from the pool.
+    ///
+    /// On PostgreSQL, when the session turns out to be gone (the server restarted, failed
+    /// over, or an operator ended it while it sat in the pool), the pool's idle sessions are
+    /// closed too (what ended one most likely ended them all) and `f` runs once more on a new
+    /// one: a read-only session cannot have changed anything, and a caller should not see an
+    /// error for a connection it never chose.
     pub fn read<T>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, NodeError>,
+        f: impl Fn(&Connection) -> Result<T, NodeError>,
     ) -> Result<T, NodeError> {
-        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let idle = match &self.readers {
+            Readers::Postgres(pool) => {
+                let conn = Connection::pooled(pool)?;
+                return match f(&conn) {
+                    Err(NodeError::Storage(e)) if e.is_connection_lost() => {
+                        conn.discard();
+                        pool.forget_idle();
+                        f(&Connection::pooled(pool)?)
+                    }
+                    done => done,
+                };
+            }
+            Readers::Sqlite(idle) => idle,
+        };
+        let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self.backend.connect(true)?,
+            Some(c) => c,
+            None => self.backend.connect(true)?,
         };
         let result = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 8 {
-            pool.push(conn);
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < READERS {
+            idle.push(conn);
         }
         result
     }

@@ -1,9 +1,10 @@
-//! The PostgreSQL engine under [`super::db`]: a connection on a thread of its own (TLS when
-//! the URL asks for it), its prepared statements, and the conversion of values both ways.
+//! The PostgreSQL engine under [`super::db`]: pooled `tokio-postgres` connections (TLS when
+//! the URL asks for it) driven by a runtime of their own, their prepared statements, pipelined
+//! requests, and the conversion of values both ways.
 
-use std::collections::HashMap;
+use std::{future::Future, sync::OnceLock, time::Duration};
 
-use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
 use crate::store::value::{Cell, Value};
 use crate::{config::PgTarget, error::DbError};
@@ -105,21 +106,6 @@ impl ToSql for PgParam<'_> {
     to_sql_checked!();
 }
 
-/// What a PostgreSQL connection's thread is asked to do.
-enum Job {
-    Batch(String),
-    Execute(String, Vec<Cell>),
-    Query(String, Vec<Cell>),
-    IsClosed,
-}
-
-/// Its answer.
-enum Reply {
-    Done(Result<u64, postgres::Error>),
-    Rows(Result<Vec<postgres::Row>, postgres::Error>),
-    Closed(bool),
-}
-
 /// Warns when `backend` is PostgreSQL over a network in plaintext (`what` it holds).
 pub(crate) fn warn_if_plaintext(backend: &crate::config::Backend, what: &str) {
     if backend.plaintext_over_network() {
@@ -131,13 +117,47 @@ pub(crate) fn warn_if_plaintext(backend: &crate::config::Backend, what: &str) {
     }
 }
 
-/// A client for `url`: plaintext, or TLS verified against the URL's CA file and host name
-/// ([`PgTarget`]).
-fn pg_client(url: &str) -> Result<postgres::Client, DbError> {
-    let target = PgTarget::parse(url).map_err(DbError::Config)?;
-    let Some(ca) = &target.root_cert else {
-        return session(postgres::Client::connect(&target.url, postgres::NoTls)?);
-    };
+/// How long a caller waits for a pooled connection before it gives up with an error (rather
+/// than wait for ever behind a stuck query).
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// How long connecting (TCP, TLS, authentication, the session's settings) may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(15);
+/// Prepared statements a connection keeps: the modules' SQL is a fixed set, but dynamic
+/// filters and `IN` lists vary, so the cache is emptied when it grows past this.
+const STATEMENT_CACHE: usize = 512;
+
+/// The runtime every PostgreSQL connection of the process runs on: two threads that only move
+/// bytes between the sockets and the callers. The node's code is synchronous (called from
+/// blocking threads); it hands its requests to a connection and waits for the answers, and a
+/// connection is driven here whichever thread asked. Kept for the life of the process: a
+/// runtime must never be dropped in an async context.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, DbError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("postgres")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| DbError::Thread(format!("starting the PostgreSQL runtime: {e}")))
+}
+
+/// Runs `work` on the PostgreSQL runtime (what needs its sockets and timers: connecting,
+/// waiting for a pooled connection) and waits for it on this thread.
+fn on_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, DbError> {
+    let task = runtime()?.spawn(work);
+    futures::executor::block_on(task).map_err(|e| DbError::Thread(e.to_string()))
+}
+
+/// The TLS configuration for a server whose certificate must chain to the CA in `ca` and name
+/// the URL's host (libpq's `verify-full`).
+fn tls_config(ca: &std::path::Path) -> Result<tokio_rustls::rustls::ClientConfig, DbError> {
     use rustls_pki_types::pem::PemObject;
     use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
     let unreadable =
@@ -151,16 +171,13 @@ fn pg_client(url: &str) -> Result<postgres::Client, DbError> {
     if roots.is_empty() {
         return Err(unreadable(&"no certificate in the file"));
     }
-    let config = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreadable(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let client = postgres::Client::connect(
-        &target.url,
-        tokio_postgres_rustls::MakeRustlsConnect::new(config),
-    )?;
-    session(client)
+    Ok(
+        ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| unreadable(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// Settings of every session. Each execution is planned for its own parameters and the
@@ -170,121 +187,184 @@ fn pg_client(url: &str) -> Result<postgres::Client, DbError> {
 /// sequential scans comparing every row with every id of the batch, 57% of the machine's
 /// CPU; planned each time they are index scans (14,607 → 17,202 records/s at 1,000 per
 /// request, BENCHMARKS.md).
-fn session(mut client: postgres::Client) -> Result<postgres::Client, DbError> {
-    client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
-    Ok(client)
+const SESSION: &str = "SET plan_cache_mode = force_custom_plan";
+/// A read-only session's settings: a reader cannot write by mistake.
+const READ_ONLY_SESSION: &str =
+    "SET plan_cache_mode = force_custom_plan; SET default_transaction_read_only = on";
+
+/// A bounded pool of connections to one PostgreSQL database (`deadpool-postgres`), each
+/// connected over TLS when the URL asks for it ([`PgTarget`]), with the session's settings
+/// applied once when it is made and its prepared statements cached. A connection whose server
+/// closed it is not handed out again; a caller waits (up to [`POOL_WAIT`]) while all are in
+/// use.
+#[derive(Clone)]
+pub(super) struct PgPool(deadpool_postgres::Pool);
+
+impl PgPool {
+    /// A pool of at most `size` connections to `url`, made as they are needed.
+    pub(super) fn new(url: &str, read_only: bool, size: usize) -> Result<Self, DbError> {
+        use deadpool_postgres::{
+            Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime,
+        };
+        let target = PgTarget::parse(url).map_err(DbError::Config)?;
+        let config: tokio_postgres::Config = target.url.parse()?;
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &target.root_cert {
+            None => Manager::from_config(config, tokio_postgres::NoTls, recycling),
+            Some(ca) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(ca)?),
+                recycling,
+            ),
+        };
+        let settings = if read_only { READ_ONLY_SESSION } else { SESSION };
+        Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
+            .post_create(Hook::async_fn(move |client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(settings)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map(Self)
+            .map_err(|e| DbError::Thread(e.to_string()))
+    }
+
+    /// Closes every idle connection: one was found gone, and what ended it (a restart, a
+    /// failover) most likely ended the others too.
+    pub(super) fn forget_idle(&self) {
+        self.0.retain(|_, _| false);
+    }
+
+    /// A connection from the pool, made if none is idle and the pool is not full; it goes back
+    /// to the pool when dropped.
+    pub(super) fn get(&self) -> Result<PgConn, DbError> {
+        use deadpool_postgres::{HookError, PoolError};
+        let pool = self.0.clone();
+        match on_runtime(async move { pool.get().await })? {
+            Ok(object) => Ok(PgConn {
+                object: Some(object),
+            }),
+            Err(PoolError::Backend(e) | PoolError::PostCreateHook(HookError::Backend(e))) => {
+                Err(e.into())
+            }
+            Err(e) => Err(DbError::Thread(e.to_string())),
+        }
+    }
 }
 
-/// A PostgreSQL connection, owned by a thread of its own. The synchronous `postgres` client
-/// runs a private tokio runtime, which must never be entered from an async context (nor
-/// dropped in one); on its own thread it never is, whichever thread the node calls from.
+/// One PostgreSQL connection (`tokio-postgres`), taken from a [`PgPool`]. Its requests are
+/// written to the socket by the PostgreSQL runtime's threads; the caller's thread waits for
+/// the answers. Requests issued together are pipelined ([`PgConn::pipeline`]).
 pub(super) struct PgConn {
-    jobs: std::sync::mpsc::Sender<Job>,
-    replies: std::sync::mpsc::Receiver<Reply>,
+    /// Always `Some` until dropped.
+    object: Option<deadpool_postgres::Object>,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Dropped while a panic unwinds: the session may be left inside a transaction, so it
+        // is closed rather than handed to the next caller.
+        if std::thread::panicking()
+            && let Some(object) = self.object.take()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
 }
 
 impl PgConn {
+    /// A connection of its own to `url` (outside any shared pool).
     pub(super) fn connect(url: &str) -> Result<Self, DbError> {
-        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
-        let (reply_tx, replies) = std::sync::mpsc::channel::<Reply>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let url = url.to_owned();
-        std::thread::Builder::new()
-            .name("postgres".into())
-            .spawn(move || {
-                let mut client = match pg_client(&url) {
-                    Ok(c) => {
-                        let _ = ready_tx.send(Ok(()));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                // Prepared statements, by the SQL the module wrote.
-                let mut statements: HashMap<String, postgres::Statement> = HashMap::new();
-                let mut prepare = |client: &mut postgres::Client, sql: &str| {
-                    if let Some(s) = statements.get(sql) {
-                        return Ok(s.clone());
-                    }
-                    let s = client.prepare(sql)?;
-                    // Bounded: the modules' SQL is a fixed set, but dynamic filters vary.
-                    if statements.len() >= 512 {
-                        statements.clear();
-                    }
-                    statements.insert(sql.to_owned(), s.clone());
-                    Ok(s)
-                };
-                while let Ok(job) = job_rx.recv() {
-                    let reply = match job {
-                        Job::Batch(sql) => Reply::Done(client.batch_execute(&sql).map(|()| 0)),
-                        Job::Execute(sql, values) => {
-                            Reply::Done(prepare(&mut client, &sql).and_then(|stmt| {
-                                let params: Vec<PgParam<'_>> =
-                                    values.iter().map(|c| PgParam(c.as_value())).collect();
-                                client.execute(&stmt, &refs(&params))
-                            }))
-                        }
-                        Job::Query(sql, values) => {
-                            Reply::Rows(prepare(&mut client, &sql).and_then(|stmt| {
-                                let params: Vec<PgParam<'_>> =
-                                    values.iter().map(|c| PgParam(c.as_value())).collect();
-                                client.query(&stmt, &refs(&params))
-                            }))
-                        }
-                        Job::IsClosed => Reply::Closed(client.is_closed()),
-                    };
-                    if reply_tx.send(reply).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| DbError::Thread(e.to_string()))?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(Self { jobs, replies }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DbError::Thread("the connection thread ended".into())),
+        PgPool::new(url, false, 1)?.get()
+    }
+
+    /// Closes the connection instead of returning it to its pool.
+    pub(super) fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            drop(deadpool_postgres::Object::take(object));
         }
     }
 
-    fn ask(&self, job: Job) -> Result<Reply, DbError> {
-        let gone = || DbError::Thread("the connection thread ended".into());
-        self.jobs.send(job).map_err(|_| gone())?;
-        self.replies.recv().map_err(|_| gone())
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.object.as_ref().expect("a connection until it is dropped")
+    }
+
+    /// The prepared statement for `sql`, from the connection's cache.
+    async fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, DbError> {
+        let client = self.client();
+        if client.statement_cache.size() >= STATEMENT_CACHE {
+            client.statement_cache.clear();
+        }
+        Ok(client.prepare_cached(sql).await?)
     }
 
     pub(super) fn batch(&self, sql: &str) -> Result<(), DbError> {
-        match self.ask(Job::Batch(sql.to_owned()))? {
-            Reply::Done(r) => r.map(|_| ()).map_err(DbError::from),
-            _ => Err(DbError::Thread("unexpected reply".into())),
-        }
+        Ok(futures::executor::block_on(self.client().batch_execute(sql))?)
     }
 
     pub(super) fn execute(&self, sql: &str, values: Vec<Cell>) -> Result<u64, DbError> {
-        match self.ask(Job::Execute(sql.to_owned(), values))? {
-            Reply::Done(r) => r.map_err(DbError::from),
-            _ => Err(DbError::Thread("unexpected reply".into())),
-        }
+        futures::executor::block_on(async {
+            let stmt = self.statement(sql).await?;
+            let params: Vec<PgParam<'_>> = values.iter().map(|c| PgParam(c.as_value())).collect();
+            Ok(self.client().execute(&stmt, &refs(&params)).await?)
+        })
     }
 
     pub(super) fn query(
         &self,
         sql: &str,
         values: Vec<Cell>,
-    ) -> Result<Vec<postgres::Row>, DbError> {
-        match self.ask(Job::Query(sql.to_owned(), values))? {
-            Reply::Rows(r) => r.map_err(DbError::from),
-            _ => Err(DbError::Thread("unexpected reply".into())),
-        }
+    ) -> Result<Vec<tokio_postgres::Row>, DbError> {
+        futures::executor::block_on(async {
+            let stmt = self.statement(sql).await?;
+            let params: Vec<PgParam<'_>> = values.iter().map(|c| PgParam(c.as_value())).collect();
+            Ok(self.client().query(&stmt, &refs(&params)).await?)
+        })
+    }
+
+    /// Runs `steps` (statement, values) in order, sent together: the statements not yet
+    /// prepared are prepared in one round trip, then every execution goes out before the first
+    /// answer is awaited, so the whole list costs one more round trip, not one each.
+    /// `tokio-postgres` writes a request when its future is first polled, and `try_join_all`
+    /// polls them in the list's order, so the server runs them in that order. The rows each
+    /// changed; the first error, if any (in a transaction, it aborts the rest).
+    pub(super) fn pipeline(&self, steps: &[(&str, Vec<Cell>)]) -> Result<Vec<u64>, DbError> {
+        futures::executor::block_on(async {
+            let statements = futures::future::try_join_all(
+                steps.iter().map(|(sql, _)| self.statement(sql)),
+            )
+            .await?;
+            let params: Vec<Vec<PgParam<'_>>> = steps
+                .iter()
+                .map(|(_, values)| values.iter().map(|c| PgParam(c.as_value())).collect())
+                .collect();
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(|p| refs(p)).collect();
+            let client = self.client();
+            Ok(futures::future::try_join_all(
+                statements
+                    .iter()
+                    .zip(&params)
+                    .map(|(stmt, p)| client.execute(stmt, p)),
+            )
+            .await?)
+        })
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        !matches!(self.ask(Job::IsClosed), Ok(Reply::Closed(false)))
+        self.client().is_closed()
     }
 }
 
-/// Owned copies of parameter values, to send to a PostgreSQL connection's thread.
+/// Owned copies of parameter values, for a PostgreSQL request.
 pub(super) fn owned(values: Vec<Value<'_>>) -> Vec<Cell> {
     values
         .into_iter()

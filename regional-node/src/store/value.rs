@@ -184,7 +184,7 @@ pub struct Rows {
 #[derive(Debug)]
 pub(crate) enum RowsInner {
     Cells(Vec<Vec<Cell>>),
-    Postgres(Vec<postgres::Row>),
+    Postgres(Vec<tokio_postgres::Row>),
 }
 
 impl Rows {
@@ -293,7 +293,7 @@ pub struct Row<'a> {
 
 pub(crate) enum RowInner<'a> {
     Sqlite(&'a rusqlite::Row<'a>),
-    Postgres(&'a postgres::Row),
+    Postgres(&'a tokio_postgres::Row),
     Owned(&'a [Cell]),
 }
 
