@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::store::db::{
-    Connection, Dialect, OptionalExtension, Query, ToValue, params, params_from_iter,
+    Connection, Dialect, OptionalExtension, Pipeline, Query, ToValue, params, params_from_iter,
 };
 use domicile_proto::{
     domain::{MAX_TIMESTAMP, MIN_TIMESTAMP},
@@ -972,11 +972,11 @@ impl TenantDelta {
                 upserts.subjects
             ])?;
         }
-        let mut add_subject_cell = tx.prepare_cached(&ADD_SUBJECT_CELL)?;
-        let mut drop_empty = tx.prepare_cached(
-            "DELETE FROM subject_cells WHERE tenant = $1 AND subject_id = $2 AND bucket = $3
-             AND country = $4 AND channel = $5 AND interactions <= 0",
-        )?;
+        // The per-subject rows, one statement each, sent together (on PostgreSQL one round
+        // trip for all of them, not one each).
+        let mut pipeline = Pipeline::default();
+        const DROP_EMPTY: &str = "DELETE FROM subject_cells WHERE tenant = $1 AND subject_id = $2
+             AND bucket = $3 AND country = $4 AND channel = $5 AND interactions <= 0";
         for ((subject, bucket, country, channel), sums) in &self.subject_cells {
             if *sums == Sums::default() {
                 continue;
@@ -988,22 +988,28 @@ impl TenantDelta {
                 .into_iter()
                 .chain(fields.iter().map(|v| v as &dyn ToValue))
                 .collect();
-            add_subject_cell.execute(params_from_iter(values))?;
+            pipeline.push(&ADD_SUBJECT_CELL, params_from_iter(values));
             if sums.interactions < 0 {
-                drop_empty.execute(params![tenant, subject, bucket, country, channel])?;
+                pipeline.push(
+                    DROP_EMPTY,
+                    params![tenant, subject, bucket, country, channel],
+                );
             }
         }
-        let mut forget =
-            tx.prepare_cached("DELETE FROM subject_numbers WHERE tenant = $1 AND subject_id = $2")?;
+        const FORGET: &str = "DELETE FROM subject_numbers WHERE tenant = $1 AND subject_id = $2";
         // A subject whose last interaction went stays tracked only while it still qualifies.
-        let mut untrack = tx.prepare_cached(&format!(
+        let untrack = format!(
             "DELETE FROM tracked_subjects WHERE tenant = $1 AND subject_id = $2
              AND ($1, $2) NOT IN ({})",
             qualifying()
-        ))?;
-        for subject in gone {
-            forget.execute(params![tenant, subject])?;
-            untrack.execute(params![tenant, subject])?;
+        );
+        for subject in &gone {
+            pipeline
+                .push(FORGET, params![tenant, subject])
+                .push(&untrack, params![tenant, subject]);
+        }
+        if !pipeline.is_empty() {
+            tx.pipeline(&pipeline)?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use crate::{
     error::NodeError,
     store::{
         Store,
-        db::{Connection, Dialect, Statement, params},
+        db::{Connection, Dialect, Pipeline, Statement, params},
         vault::{SubjectKey, comment_aad, interaction_id_aad, profile_aad},
     },
 };
@@ -638,20 +638,25 @@ fn store_batch_postgres(
             profiles.push(Some(sealed));
             contacts.push(Some(i64::from(has_contact)));
         }
-        tx.prepare_cached(
-            "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
-             SELECT $1, e, c, $4, $4 FROM unnest($2::text[], $3::text[]) AS t(e, c)
-             ON CONFLICT (tenant, external_id) DO UPDATE
-             SET country = excluded.country, updated_at = excluded.updated_at",
-        )?
-        .execute(params![tenant, ids, countries, now])?;
-        tx.prepare_cached(
-            "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
-             SELECT $1, e, p, h FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS t(e, p, h)
-             ON CONFLICT (tenant, external_id) DO UPDATE
-             SET profile = excluded.profile, has_contact = excluded.has_contact",
-        )?
-        .execute(params![tenant, ids, profiles, contacts])?;
+        // Both tables in one round trip.
+        let mut pipeline = Pipeline::default();
+        pipeline
+            .push(
+                "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
+                 SELECT $1, e, c, $4, $4 FROM unnest($2::text[], $3::text[]) AS t(e, c)
+                 ON CONFLICT (tenant, external_id) DO UPDATE
+                 SET country = excluded.country, updated_at = excluded.updated_at",
+                params![tenant, ids, countries, now],
+            )
+            .push(
+                "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
+                 SELECT $1, e, p, h FROM unnest($2::text[], $3::bytea[], $4::bigint[])
+                   AS t(e, p, h)
+                 ON CONFLICT (tenant, external_id) DO UPDATE
+                 SET profile = excluded.profile, has_contact = excluded.has_contact",
+                params![tenant, ids, profiles, contacts],
+            );
+        tx.pipeline(&pipeline)?;
     }
 
     // Interactions: the first record of each id goes into the set insert; a later one in the

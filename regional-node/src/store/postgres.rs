@@ -137,7 +137,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, DbError> {
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .thread_name("postgres")
+                .thread_name("domicile-pg")
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())
