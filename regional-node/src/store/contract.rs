@@ -607,13 +607,19 @@ fn a_pipeline_runs_its_statements_in_order() {
             .write(|c| {
                 scratch(c)?;
                 let mut pipeline = Pipeline::default();
-                pipeline.push("INSERT INTO scratch (k, i) VALUES ($1, $2)", params!["a", 1]);
+                pipeline.push(
+                    "INSERT INTO scratch (k, i) VALUES ($1, $2)",
+                    params!["a", 1],
+                );
                 let double = "UPDATE scratch SET i = i * 2 + $2 WHERE k = $1";
                 for bit in (0..60).map(|n| (n * 7 % 3) % 2) {
                     pipeline.push(double, params!["a", bit]);
                 }
                 // A statement not prepared before, and one that changes nothing.
-                pipeline.push("UPDATE scratch SET t = $2 WHERE k = $1", params!["a", "last"]);
+                pipeline.push(
+                    "UPDATE scratch SET t = $2 WHERE k = $1",
+                    params!["a", "last"],
+                );
                 pipeline.push("DELETE FROM scratch WHERE k = $1", params!["nobody"]);
                 assert_eq!(pipeline.len(), 63);
                 let counts = c.pipeline(&pipeline)?;
@@ -629,7 +635,10 @@ fn a_pipeline_runs_its_statements_in_order() {
             .fold(1i64, |i, bit| i.wrapping_mul(2).wrapping_add(bit));
         assert_eq!(i, expected, "{dialect:?}: the steps ran out of order");
         assert_eq!(counts.len(), 63, "{dialect:?}");
-        assert!(counts[..62].iter().all(|n| *n == 1), "{dialect:?}: {counts:?}");
+        assert!(
+            counts[..62].iter().all(|n| *n == 1),
+            "{dialect:?}: {counts:?}"
+        );
         assert_eq!(counts[62], 0, "{dialect:?}");
     }
 }
@@ -662,13 +671,19 @@ fn a_pipeline_fails_at_its_first_error_and_its_transaction_leaves_nothing() {
         let rows: i64 = store
             .read(|c| c.query_row("SELECT COUNT(*) FROM scratch", params![], |r| r.get(0)))
             .unwrap();
-        assert_eq!(rows, 0, "{dialect:?}: nothing of the failed transaction stays");
+        assert_eq!(
+            rows, 0,
+            "{dialect:?}: nothing of the failed transaction stays"
+        );
         if dialect == Dialect::Sqlite {
             let conn = dbs.both()[0].connect_read_write().unwrap();
             let mut pipeline = Pipeline::default();
             pipeline.push("INSERT INTO scratch (k) VALUES ($1)", params!["x"]);
             let refused = conn.pipeline(&pipeline).expect_err("outside a transaction");
-            assert!(refused.to_string().contains("inside a transaction"), "{refused}");
+            assert!(
+                refused.to_string().contains("inside a transaction"),
+                "{refused}"
+            );
         }
     }
 }
@@ -727,7 +742,10 @@ fn postgres_readers_are_pooled_bounded_read_only_and_replaced_when_closed() {
     );
     // The admin, the store's writer and vault, and at most READERS readers.
     let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(peak <= before + 1 + super::READERS as i64, "{peak} sessions at once");
+    assert!(
+        peak <= before + 1 + super::READERS as i64,
+        "{peak} sessions at once"
+    );
     let written = store.read(|c| c.execute_batch("CREATE TABLE written (k BIGINT)"));
     assert!(written.is_err(), "a reader's session is read-only");
     // The server closes every reader's session: the next reads get new ones.

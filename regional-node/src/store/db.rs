@@ -401,10 +401,9 @@ impl Connection {
         match &self.inner {
             Inner::Sqlite(c) => {
                 if c.is_autocommit() {
-                    return Err(DbError::Statement(
-                        "a pipeline runs inside a transaction".into(),
-                    )
-                    .into());
+                    return Err(
+                        DbError::Statement("a pipeline runs inside a transaction".into()).into(),
+                    );
                 }
                 pipeline
                     .steps
@@ -413,10 +412,7 @@ impl Connection {
                         let values: Vec<Value<'_>> = values.iter().map(Cell::as_value).collect();
                         let params: Vec<&dyn ToValue> =
                             values.iter().map(|v| v as &dyn ToValue).collect();
-                        lite_execute(
-                            &mut *c.prepare_cached(sql).map_err(DbError::from)?,
-                            params,
-                        )
+                        lite_execute(&mut *c.prepare_cached(sql).map_err(DbError::from)?, params)
                     })
                     .collect()
             }

@@ -395,10 +395,7 @@ impl Store {
     /// closed too (what ended one most likely ended them all) and `f` runs once more on a new
     /// one: a read-only session cannot have changed anything, and a caller should not see an
     /// error for a connection it never chose.
-    pub fn read<T>(
-        &self,
-        f: impl Fn(&Connection) -> Result<T, NodeError>,
-    ) -> Result<T, NodeError> {
+    pub fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, NodeError>) -> Result<T, NodeError> {
         let idle = match &self.readers {
             Readers::Postgres(pool) => {
                 let conn = Connection::pooled(pool)?;

@@ -219,7 +219,11 @@ impl PgPool {
                 recycling,
             ),
         };
-        let settings = if read_only { READ_ONLY_SESSION } else { SESSION };
+        let settings = if read_only {
+            READ_ONLY_SESSION
+        } else {
+            SESSION
+        };
         Pool::builder(manager)
             .max_size(size)
             .runtime(Runtime::Tokio1)
@@ -295,7 +299,9 @@ impl PgConn {
     }
 
     fn client(&self) -> &deadpool_postgres::Object {
-        self.object.as_ref().expect("a connection until it is dropped")
+        self.object
+            .as_ref()
+            .expect("a connection until it is dropped")
     }
 
     /// The prepared statement for `sql`, from the connection's cache.
@@ -308,7 +314,9 @@ impl PgConn {
     }
 
     pub(super) fn batch(&self, sql: &str) -> Result<(), DbError> {
-        Ok(futures::executor::block_on(self.client().batch_execute(sql))?)
+        Ok(futures::executor::block_on(
+            self.client().batch_execute(sql),
+        )?)
     }
 
     pub(super) fn execute(&self, sql: &str, values: Vec<Cell>) -> Result<u64, DbError> {
@@ -339,10 +347,9 @@ impl PgConn {
     /// changed; the first error, if any (in a transaction, it aborts the rest).
     pub(super) fn pipeline(&self, steps: &[(&str, Vec<Cell>)]) -> Result<Vec<u64>, DbError> {
         futures::executor::block_on(async {
-            let statements = futures::future::try_join_all(
-                steps.iter().map(|(sql, _)| self.statement(sql)),
-            )
-            .await?;
+            let statements =
+                futures::future::try_join_all(steps.iter().map(|(sql, _)| self.statement(sql)))
+                    .await?;
             let params: Vec<Vec<PgParam<'_>>> = steps
                 .iter()
                 .map(|(_, values)| values.iter().map(|c| PgParam(c.as_value())).collect())
