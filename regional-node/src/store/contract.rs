@@ -763,3 +763,38 @@ fn postgres_readers_are_pooled_bounded_read_only_and_replaced_when_closed() {
         assert_eq!(one, 1);
     }
 }
+
+/// Called from inside a tokio task that has spent its cooperative budget (a test's, or a
+/// handler that calls the store directly), a PostgreSQL call still returns. It used to spin
+/// for ever at 100% CPU: a budgeted operation (the statement cache's `OnceCell`, the pool's
+/// `JoinHandle`) answered "not yet" and woke itself at once, and the budget refills only when
+/// the task yields, which a thread blocked on the answer never does.
+#[tokio::test(flavor = "current_thread")]
+async fn postgres_calls_from_a_task_that_spent_its_budget_return() {
+    use futures::FutureExt;
+    let dbs = Databases::new();
+    let store = dbs.store(&dbs.postgres());
+    // Spend the budget: each poll of a semaphore costs a unit, and past the budget a ready
+    // semaphore answers "not yet".
+    let semaphore = tokio::sync::Semaphore::new(1_000);
+    let spent = (0..1_000).any(|_| semaphore.acquire().now_or_never().is_none());
+    assert!(spent, "the task's budget is spent");
+    // A call that spins never returns: a watchdog ends the run with the reason instead of
+    // letting it hang.
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watched
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            eprintln!("a PostgreSQL call from a task without budget did not return in 60 s");
+            std::process::exit(101);
+        }
+    });
+    // A new pooled session (the pool's task, awaited here) and a statement not cached yet.
+    let n: i64 = store
+        .read(|c| c.query_row("SELECT 41::bigint + 1", params![], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(n, 42);
+    let _ = done.send(());
+}

@@ -35,7 +35,6 @@ pub const LOG_CAPS: &[&str] = &[
     "tokio_postgres=info",
     // The module that logs the parameters, in case a filter names it.
     "tokio_postgres::query=info",
-    "postgres=info",
 ];
 
 /// Which SQL dialect a connection speaks.

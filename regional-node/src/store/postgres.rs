@@ -146,13 +146,24 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, DbError> {
         .map_err(|e| DbError::Thread(format!("starting the PostgreSQL runtime: {e}")))
 }
 
+/// Waits on this thread for `work`, whose I/O the PostgreSQL runtime drives.
+///
+/// Outside tokio's cooperative budget: a caller inside a tokio task (a test's, or a handler
+/// that calls the store directly) may have spent its task's budget, and a budgeted operation
+/// (the statement cache's `OnceCell`, a `JoinHandle`) would then answer "not yet" and wake
+/// itself at once, for ever, since the budget is only refilled when the task yields, which a
+/// blocked thread never does. Found as a test spinning at 100% CPU.
+fn wait<F: Future>(work: F) -> F::Output {
+    futures::executor::block_on(tokio::task::unconstrained(work))
+}
+
 /// Runs `work` on the PostgreSQL runtime (what needs its sockets and timers: connecting,
 /// waiting for a pooled connection) and waits for it on this thread.
 fn on_runtime<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, DbError> {
     let task = runtime()?.spawn(work);
-    futures::executor::block_on(task).map_err(|e| DbError::Thread(e.to_string()))
+    wait(task).map_err(|e| DbError::Thread(e.to_string()))
 }
 
 /// The TLS configuration for a server whose certificate must chain to the CA in `ca` and name
@@ -314,13 +325,11 @@ impl PgConn {
     }
 
     pub(super) fn batch(&self, sql: &str) -> Result<(), DbError> {
-        Ok(futures::executor::block_on(
-            self.client().batch_execute(sql),
-        )?)
+        Ok(wait(self.client().batch_execute(sql))?)
     }
 
     pub(super) fn execute(&self, sql: &str, values: Vec<Cell>) -> Result<u64, DbError> {
-        futures::executor::block_on(async {
+        wait(async {
             let stmt = self.statement(sql).await?;
             let params: Vec<PgParam<'_>> = values.iter().map(|c| PgParam(c.as_value())).collect();
             Ok(self.client().execute(&stmt, &refs(&params)).await?)
@@ -332,7 +341,7 @@ impl PgConn {
         sql: &str,
         values: Vec<Cell>,
     ) -> Result<Vec<tokio_postgres::Row>, DbError> {
-        futures::executor::block_on(async {
+        wait(async {
             let stmt = self.statement(sql).await?;
             let params: Vec<PgParam<'_>> = values.iter().map(|c| PgParam(c.as_value())).collect();
             Ok(self.client().query(&stmt, &refs(&params)).await?)
@@ -346,7 +355,7 @@ impl PgConn {
     /// polls them in the list's order, so the server runs them in that order. The rows each
     /// changed; the first error, if any (in a transaction, it aborts the rest).
     pub(super) fn pipeline(&self, steps: &[(&str, Vec<Cell>)]) -> Result<Vec<u64>, DbError> {
-        futures::executor::block_on(async {
+        wait(async {
             let statements =
                 futures::future::try_join_all(steps.iter().map(|(sql, _)| self.statement(sql)))
                     .await?;
