@@ -554,3 +554,35 @@ async fn recorded_calls_need_consent_where_every_party_must_agree() -> anyhow::R
     assert_eq!(second.accepted, 1, "{:?}", second.rejected);
     Ok(())
 }
+
+/// A burst of contact checks on one region opens no more database readers than the store
+/// keeps (`store::READERS`): a call past them waits for a reader slot as a task, instead of
+/// taking a blocking thread and opening a connection of its own, as every call did before
+/// (issue 25). Four bursts of 64 calls at once, all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_contact_checks_opens_no_more_readers_than_the_store_keeps() -> anyhow::Result<()>
+{
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let gw = gateway_client(&fed).await?;
+    let node = fed.node("eu-de").unwrap().node.clone().unwrap();
+    let before = node.store().readers_opened();
+    for burst in 0..4 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let mut gw = gw.clone();
+            calls.spawn(async move {
+                let id = format!("burst-{burst}-{i}");
+                check(&mut gw, "DE", &id, Purpose::Marketing, Channel::Email).await
+            });
+        }
+        while let Some(answer) = calls.join_next().await {
+            assert!(!answer??.allowed, "nothing is on file for these subjects");
+        }
+    }
+    let opened = node.store().readers_opened() - before;
+    assert!(
+        (1..=domicile_node::store::READERS).contains(&opened),
+        "{opened} reader connections opened for 256 checks, 64 at a time"
+    );
+    Ok(())
+}

@@ -305,6 +305,15 @@ impl Connection {
         })
     }
 
+    /// Whether the connection was just made (a pooled PostgreSQL connection handed out for
+    /// the first time); a SQLite connection is always new to its caller.
+    pub(super) fn is_new(&self) -> bool {
+        match &self.inner {
+            Inner::Sqlite(_) => true,
+            Inner::Postgres(c) => c.is_new(),
+        }
+    }
+
     /// Closes the connection rather than return it to its pool (a PostgreSQL session found
     /// broken); a SQLite connection is simply dropped.
     pub(super) fn discard(self) {

@@ -24,7 +24,10 @@ mod sqlite;
 mod value;
 pub mod vault;
 
-use std::{any::Any, sync::Mutex, sync::mpsc};
+use std::{
+    any::Any,
+    sync::{Mutex, atomic::Ordering, mpsc},
+};
 
 use rusqlite::OpenFlags;
 
@@ -39,8 +42,9 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// Page cache of each pooled reader connection, KiB.
 const READER_CACHE_KIB: i64 = 8 * 1024;
 /// Reader connections a store keeps: on PostgreSQL also the most it opens at once (a reader
-/// past them waits for one to come back).
-const READERS: usize = 8;
+/// past them waits for one to come back). The node lets as many hot reads run at once
+/// (`Node::reading`), so on SQLite too they never open more.
+pub const READERS: usize = 8;
 
 /// Cache and memory-map settings of one connection.
 fn tune(conn: &rusqlite::Connection, cache_kib: i64) -> Result<(), NodeError> {
@@ -213,6 +217,8 @@ pub struct Store {
     backend: Backend,
     writer: Mutex<Connection>,
     readers: Readers,
+    /// Reader connections opened since the store was.
+    readers_opened: std::sync::atomic::AtomicUsize,
     /// Writes queued for [`Store::write_grouped`], committed together by whichever
     /// caller next holds the writer.
     pending: Mutex<Vec<Pending>>,
@@ -276,6 +282,7 @@ impl Store {
             backend: backend.clone(),
             writer: Mutex::new(writer),
             readers,
+            readers_opened: std::sync::atomic::AtomicUsize::new(0),
             pending: Mutex::new(Vec::new()),
             vault,
         })
@@ -284,6 +291,12 @@ impl Store {
     /// Where the data is.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// How many reader connections the store has opened since it was opened: with the idle
+    /// ones reused, a number that stops growing once the load's concurrency is met.
+    pub fn readers_opened(&self) -> usize {
+        self.readers_opened.load(Ordering::Relaxed)
     }
 
     /// The key vault.
@@ -398,12 +411,19 @@ impl Store {
     pub fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, NodeError>) -> Result<T, NodeError> {
         let idle = match &self.readers {
             Readers::Postgres(pool) => {
-                let conn = Connection::pooled(pool)?;
+                let pooled = || {
+                    let conn = Connection::pooled(pool)?;
+                    if conn.is_new() {
+                        self.readers_opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, NodeError>(conn)
+                };
+                let conn = pooled()?;
                 return match f(&conn) {
                     Err(NodeError::Storage(e)) if e.is_connection_lost() => {
                         conn.discard();
                         pool.forget_idle();
-                        f(&Connection::pooled(pool)?)
+                        f(&pooled()?)
                     }
                     done => done,
                 };
@@ -413,7 +433,10 @@ impl Store {
         let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => self.backend.connect(true)?,
+            None => {
+                self.readers_opened.fetch_add(1, Ordering::Relaxed);
+                self.backend.connect(true)?
+            }
         };
         let result = f(&conn);
         let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -302,6 +302,11 @@ impl PgConn {
         PgPool::new(url, false, 1)?.get()
     }
 
+    /// Whether this is the connection's first use since the pool made it.
+    pub(super) fn is_new(&self) -> bool {
+        deadpool_postgres::Object::metrics(self.client()).recycle_count == 0
+    }
+
     /// Closes the connection instead of returning it to its pool.
     pub(super) fn discard(mut self) {
         if let Some(object) = self.object.take() {
