@@ -8,7 +8,7 @@ pub mod retention;
 mod rights;
 
 use std::sync::{
-    Arc, Mutex,
+    Arc,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -25,8 +25,6 @@ use domicile_proto::{
     seal::{SUITE, SealingKeyPair},
 };
 use prost::Message;
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -73,7 +71,7 @@ pub(crate) struct Inner {
     pub(crate) policies: PolicySet,
     pub(crate) pseudonyms: Pseudonymiser,
     /// Randomness for differential-privacy noise, seeded from the operating system.
-    pub(crate) noise_rng: Mutex<ChaCha20Rng>,
+    pub(crate) noise_rng: crate::privacy::dp::SharedRng,
     /// Hot reads running at once ([`Node::reading`]): one per store reader.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
     /// Pseudonymised records handed to `QueryRecords` streams since start.
@@ -303,7 +301,7 @@ impl Node {
                 store,
                 policies,
                 pseudonyms: Pseudonymiser::new(&secret),
-                noise_rng: Mutex::new(ChaCha20Rng::from_os_rng()),
+                noise_rng: crate::privacy::dp::SharedRng::from_os_rng(),
                 read_slots: Arc::new(tokio::sync::Semaphore::new(crate::store::READERS)),
                 records_released: AtomicU64::new(0),
                 audit,
@@ -977,7 +975,8 @@ impl Node {
                 Vec::new()
             } else {
                 inner.store.write(|tx| {
-                    let mut rng = inner.noise_rng.lock().unwrap_or_else(|p| p.into_inner());
+                    // Locked per draw, not across this transaction's SQL and audit writes.
+                    let mut rng = inner.noise_rng.draws();
                     let made = match crate::domain::release::ensure_all(
                         tx,
                         region,
@@ -988,7 +987,7 @@ impl Node {
                         rules,
                         &plan,
                         now,
-                        &mut *rng,
+                        &mut rng,
                     )? {
                         Ok(made) => made,
                         Err(e) => {

@@ -14,6 +14,52 @@
 use domicile_proto::{domain::Epsilon, pb::Metric};
 use rand::{Rng, RngCore};
 
+/// A node's noise randomness, shared by its calls. The lock is taken for each draw only
+/// ([`SharedRng::draws`]): a release that draws, writes SQL and an audit entry, then draws
+/// again never holds it across that I/O, so one release's transaction does not stall
+/// another's noise.
+#[derive(Debug)]
+pub struct SharedRng(std::sync::Mutex<rand_chacha::ChaCha20Rng>);
+
+impl SharedRng {
+    /// Seeded from the operating system.
+    pub fn from_os_rng() -> Self {
+        use rand::SeedableRng;
+        Self(std::sync::Mutex::new(
+            rand_chacha::ChaCha20Rng::from_os_rng(),
+        ))
+    }
+
+    /// A source of draws from it, for a noise plan.
+    pub fn draws(&self) -> Draws<'_> {
+        Draws(&self.0)
+    }
+}
+
+/// Draws from a [`SharedRng`], each under the lock for that draw only.
+#[derive(Debug)]
+pub struct Draws<'a>(&'a std::sync::Mutex<rand_chacha::ChaCha20Rng>);
+
+impl Draws<'_> {
+    fn with<T>(&self, f: impl FnOnce(&mut rand_chacha::ChaCha20Rng) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl RngCore for Draws<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.with(|r| r.next_u32())
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.with(|r| r.next_u64())
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        self.with(|r| r.fill_bytes(dst))
+    }
+}
+
 /// `true` with probability `num / den` (`den > 0`), exactly.
 fn bernoulli<R: RngCore + ?Sized>(rng: &mut R, num: u64, den: u64) -> bool {
     rng.random_range(0..den) < num
@@ -133,6 +179,20 @@ impl NoisePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared randomness is locked for a draw only: between draws (where a release
+    /// writes its SQL and audit entry) another caller can take it at once.
+    #[test]
+    fn shared_randomness_is_locked_for_each_draw_only() {
+        let shared = SharedRng::from_os_rng();
+        let mut draws = shared.draws();
+        discrete_laplace(&mut draws, 1, 1);
+        assert!(shared.0.try_lock().is_ok(), "held after a draw");
+        let mut other = shared.draws();
+        discrete_laplace(&mut other, 1, 1);
+        draws.next_u64();
+        assert!(shared.0.try_lock().is_ok(), "held after the other's draws");
+    }
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
