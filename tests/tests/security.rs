@@ -656,6 +656,77 @@ async fn limits_refuse_before_anything_is_done() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A caller over its rate is refused from the request's headers, before its body is read:
+/// an 8 MiB aggregate whose body is still arriving gets `RESOURCE_EXHAUSTED` at once. Were
+/// the limits checked after decoding (as before issue 25), the gateway would first wait for,
+/// and buffer, the whole message, and this request, whose body never ends, would get no
+/// answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_rate_callers_body_is_neither_read_nor_waited_for() -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let (fed, _dir) = secured(Some(LimitsConfig {
+        requests_per_second: 0.01,
+        burst: 1,
+        ..LimitsConfig::default()
+    }))
+    .await?;
+    let token = hs256(&claims(&OPERATIONS, &PURPOSES, false));
+    // The one call of the burst.
+    let mut gw = client(&fed, Some(token.clone())).await;
+    gw.aggregate(aggregate(TENANT, Purpose::CxAnalytics))
+        .await?;
+
+    // The next: a gRPC message announced as 8 MiB, of which the first 64 KiB are sent and
+    // the rest never is.
+    let tcp = tokio::net::TcpStream::connect(fed.gateway_addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(connection);
+    let (frames, body) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(4);
+    let mut head = vec![0u8];
+    head.extend_from_slice(&(8u32 * 1024 * 1024).to_be_bytes());
+    head.extend_from_slice(&[0u8; 64 * 1024]);
+    frames
+        .send(Ok(hyper::body::Frame::data(bytes::Bytes::from(head))))
+        .await?;
+    let request = http::Request::post(format!(
+        "http://{}/domicile.v1.Gateway/Aggregate",
+        fed.gateway_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {token}"))
+    .body(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(body),
+    ))?;
+    // A bound on a wait that should not happen, not a clock: the refusal is immediate.
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sender.send_request(request),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer while the body is unfinished"))??;
+    let status = match response.headers().get("grpc-status") {
+        // A refusal is trailers-only: the status is in the headers.
+        Some(s) => s.to_str()?.to_owned(),
+        None => {
+            let trailers = response.into_body().collect().await?.trailers().cloned();
+            trailers
+                .and_then(|t| t.get("grpc-status").map(|s| s.to_str().unwrap().to_owned()))
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(status, (Code::ResourceExhausted as i32).to_string());
+    // Only now may the body end: the answer came while it was unfinished.
+    drop(frames);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_per_tenant_and_load_shedding() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -11,7 +11,7 @@ use domicile_proto::pb::{FILE_DESCRIPTOR_SET, gateway_server::GatewayServer};
 use tokio::net::TcpListener;
 
 use crate::{
-    api::service::{AsPrincipal, Authenticate, GatewayService},
+    api::service::{Admit, AsPrincipal, Authenticate, GatewayService},
     gateway::Gateway,
 };
 
@@ -83,10 +83,11 @@ pub async fn serve(
     let probes = tokio::spawn(probe_loop(gateway.clone()));
     let witness = tokio::spawn(crate::calls::audit::witness_loop(gateway.clone()));
     let service = tonic::service::interceptor::InterceptedService::new(
-        AsPrincipal(
+        AsPrincipal(Admit::new(
             GatewayServer::new(GatewayService::new(gateway.clone()))
                 .max_decoding_message_size(gateway.config().limits.max_message_bytes),
-        ),
+            gateway.clone(),
+        )),
         Authenticate(gateway.clone()),
     );
     let served = serve_and_drain(

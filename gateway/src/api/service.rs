@@ -15,7 +15,7 @@ use domicile_proto::pb::{
     ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
     SubmitSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -25,6 +25,99 @@ use crate::{
     gateway::Gateway,
     limits::Admission,
 };
+
+/// Admits every call under the limits ([`crate::limits`]) before its body is read: a caller
+/// over its tenant's rate or concurrency, or any caller while the gateway sheds load, is
+/// refused from the headers alone, so the refused request's body (up to
+/// `limits.max_message_bytes`) is never buffered nor decoded. Sits inside [`Authenticate`],
+/// since the limits are per authenticated tenant (without authentication every caller shares
+/// one budget: keying on the unchecked `tenant_id` would let a caller grow the limiter's
+/// tables without bound). The admission is held until the response's body ends, so a records
+/// stream keeps its concurrency slot for as long as it streams.
+#[derive(Debug, Clone)]
+pub struct Admit<S> {
+    inner: S,
+    gateway: Gateway,
+}
+
+impl<S> Admit<S> {
+    /// Admits the calls to `inner` under `gateway`'s limits in force.
+    pub fn new(inner: S, gateway: Gateway) -> Self {
+        Self { inner, gateway }
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Admit<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let tenant = req
+            .extensions()
+            .get::<Caller>()
+            .map_or("", |c| c.tenant.as_str());
+        match self.gateway.limiter().admit(tenant) {
+            // Answered now; the body is dropped unread, and the connection's flow control
+            // stops the client from sending the rest.
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Ok(admission) => {
+                let response = self.inner.call(req);
+                Box::pin(async move {
+                    Ok(response.await?.map(|body| {
+                        tonic::body::Body::new(Admitted {
+                            body,
+                            _admission: admission,
+                        })
+                    }))
+                })
+            }
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Admit<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// A response body that holds its call's admission until it ends.
+struct Admitted {
+    body: tonic::body::Body,
+    _admission: Admission,
+}
+
+impl http_body::Body for Admitted {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Access, portability and erasure act on a person's whole record: only the DPO may ask.
 fn needs_dpo(kind: SubjectRequestKind) -> bool {
@@ -102,30 +195,24 @@ impl GatewayService {
         Self { gateway }
     }
 
-    /// Authorises the caller (tenant, purpose, operation, DPO authority) and admits the call
-    /// under the limits; the admission lasts as long as the returned value.
-    fn admit<T>(
+    /// Authorises the caller: tenant, purpose, operation, DPO authority (the limits were
+    /// applied before the body was read, by [`Admit`]).
+    fn authorize<T>(
         &self,
         request: &Request<T>,
         op: Operation,
         tenant: Option<&str>,
         purpose: Option<Purpose>,
         needs_dpo: bool,
-    ) -> Result<Admission, Status> {
-        let caller = request.extensions().get::<Caller>();
-        match caller {
-            Some(c) => c.authorize(op, tenant, purpose, needs_dpo)?,
+    ) -> Result<(), Status> {
+        match request.extensions().get::<Caller>() {
+            Some(c) => c.authorize(op, tenant, purpose, needs_dpo),
             // The interceptor authenticates every call when authentication is on.
             None if self.gateway.authenticator().is_some() => {
-                return Err(Status::unauthenticated("missing credentials"));
+                Err(Status::unauthenticated("missing credentials"))
             }
-            None => {}
+            None => Ok(()),
         }
-        // Limits are per authenticated tenant. Without authentication every caller shares one
-        // budget: keying on the unchecked `tenant_id` would let a caller grow the limiter's
-        // tables without bound.
-        let key = caller.map_or("", |c| c.tenant.as_str());
-        self.gateway.limiter().admit(key)
     }
 
     fn deadline<T>(&self, request: &Request<T>) -> std::time::Duration {
@@ -145,7 +232,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ListRegionsRequest>,
     ) -> Result<Response<ListRegionsResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(&request, Operation::Regions, None, None, false)?;
+        self.authorize(&request, Operation::Regions, None, None, false)?;
         let regions = self.gateway.list_regions(deadline).await;
         Ok(Response::new(ListRegionsResponse { regions }))
     }
@@ -155,7 +242,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Ingest,
             Some(request.get_ref().tenant_id.as_str()),
@@ -171,7 +258,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<AggregateRequest>,
     ) -> Result<Response<AggregateResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Aggregate,
             Some(request.get_ref().tenant_id.as_str()),
@@ -193,7 +280,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<QueryRecordsRequest>,
     ) -> Result<Response<Self::QueryRecordsStream>, Status> {
         let deadline = self.deadline(&request);
-        let admission = self.admit(
+        self.authorize(
             &request,
             Operation::Records,
             Some(request.get_ref().tenant_id.as_str()),
@@ -201,12 +288,9 @@ impl gateway_server::Gateway for GatewayService {
             false,
         )?;
         let rx = self.gateway.query_records(request.into_inner(), deadline)?;
-        // The admission (concurrency slot) lasts as long as the stream.
-        let stream = ReceiverStream::new(rx).map(move |item| {
-            let _held = &admission;
-            item
-        });
-        Ok(Response::new(Box::pin(stream)))
+        // The admission (concurrency slot) lasts as long as the stream: `Admit` holds it
+        // until the response's body ends.
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn check_contact_permission(
@@ -214,7 +298,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<CheckContactPermissionRequest>,
     ) -> Result<Response<CheckContactPermissionResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Consent,
             Some(request.get_ref().tenant_id.as_str()),
@@ -233,7 +317,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<RecordConsentRequest>,
     ) -> Result<Response<RecordConsentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Consent,
             Some(request.get_ref().tenant_id.as_str()),
@@ -252,7 +336,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ConfirmConsentRequest>,
     ) -> Result<Response<ConfirmConsentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Consent,
             Some(request.get_ref().tenant_id.as_str()),
@@ -271,7 +355,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<WithdrawConsentRequest>,
     ) -> Result<Response<WithdrawConsentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Consent,
             Some(request.get_ref().tenant_id.as_str()),
@@ -290,7 +374,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetConsentRequest>,
     ) -> Result<Response<GetConsentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Consent,
             Some(request.get_ref().tenant_id.as_str()),
@@ -309,7 +393,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetAuditCheckpointRequest>,
     ) -> Result<Response<GetAuditCheckpointResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(&request, Operation::Audit, None, None, false)?;
+        self.authorize(&request, Operation::Audit, None, None, false)?;
         let response = self
             .gateway
             .get_audit_checkpoint(request.into_inner(), deadline)
@@ -322,7 +406,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetOverviewRequest>,
     ) -> Result<Response<GetOverviewResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Admin,
             Some(request.get_ref().tenant_id.as_str()),
@@ -341,7 +425,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ReportIncidentRequest>,
     ) -> Result<Response<ReportIncidentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Incident,
             Some(request.get_ref().tenant_id.as_str()),
@@ -360,7 +444,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Incident,
             Some(request.get_ref().tenant_id.as_str()),
@@ -379,7 +463,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<SubmitSubjectRequestRequest>,
     ) -> Result<Response<SubmitSubjectRequestResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Rights,
             Some(request.get_ref().tenant_id.as_str()),
@@ -398,7 +482,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<GetSubjectRequestRequest>,
     ) -> Result<Response<GetSubjectRequestResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Rights,
             Some(request.get_ref().tenant_id.as_str()),
@@ -417,7 +501,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<PlaceLegalHoldRequest>,
     ) -> Result<Response<PlaceLegalHoldResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Rights,
             Some(request.get_ref().tenant_id.as_str()),
@@ -436,7 +520,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ReleaseLegalHoldRequest>,
     ) -> Result<Response<ReleaseLegalHoldResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::Rights,
             Some(request.get_ref().tenant_id.as_str()),
@@ -455,7 +539,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<OpenFollowUpRequest>,
     ) -> Result<Response<OpenFollowUpResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::FollowUp,
             Some(request.get_ref().tenant_id.as_str()),
@@ -474,7 +558,7 @@ impl gateway_server::Gateway for GatewayService {
         request: Request<ListFollowUpsRequest>,
     ) -> Result<Response<ListFollowUpsResponse>, Status> {
         let deadline = self.deadline(&request);
-        let _admission = self.admit(
+        self.authorize(
             &request,
             Operation::FollowUp,
             Some(request.get_ref().tenant_id.as_str()),
