@@ -32,9 +32,8 @@ use crate::{
 /// `limits.max_message_bytes`) is never buffered nor decoded. Sits inside [`Authenticate`],
 /// since the limits are per authenticated tenant (without authentication every caller shares
 /// one budget: keying on the unchecked `tenant_id` would let a caller grow the limiter's
-/// tables without bound). A unary call's admission lasts until its handler answers; a records
-/// stream's until the response's body ends, so it keeps its concurrency slot for as long as it
-/// streams.
+/// tables without bound). The admission is held until the response's body ends, so a records
+/// stream keeps its concurrency slot for as long as it streams.
 #[derive(Debug, Clone)]
 pub struct Admit<S> {
     inner: S,
@@ -76,19 +75,9 @@ where
             // stops the client from sending the rest.
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
             Ok(admission) => {
-                // Only `QueryRecords` streams: its answer is produced while the body is sent,
-                // so the body holds the admission. A unary answer is complete when the
-                // handler returns, and the admission goes then (re-boxing every unary body
-                // cost about 6% of the gateway's calls/s at concurrency 64).
-                let streams = req.uri().path().ends_with("/QueryRecords");
                 let response = self.inner.call(req);
                 Box::pin(async move {
-                    let response = response.await?;
-                    if !streams {
-                        drop(admission);
-                        return Ok(response);
-                    }
-                    Ok(response.map(|body| {
+                    Ok(response.await?.map(|body| {
                         tonic::body::Body::new(Admitted {
                             body,
                             _admission: admission,
