@@ -434,8 +434,9 @@ impl Store {
         let conn = match pooled {
             Some(c) => c,
             None => {
+                let conn = self.backend.connect(true)?;
                 self.readers_opened.fetch_add(1, Ordering::Relaxed);
-                self.backend.connect(true)?
+                conn
             }
         };
         let result = f(&conn);
