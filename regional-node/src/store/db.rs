@@ -11,7 +11,8 @@
 //! `BYTEA`, text is text.
 //!
 //! A [`Connection`] is owned and used through `&self` (a PostgreSQL connection is driven by
-//! the engine's runtime whichever thread calls), so a transaction is the same connection between `BEGIN` and `COMMIT`, and every
+//! the engine's runtime whichever thread calls), so a transaction is the same connection
+//! between `BEGIN` and `COMMIT`, and every
 //! module takes `&Connection` whatever the backend.
 
 use std::fmt;
