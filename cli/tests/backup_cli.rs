@@ -105,6 +105,7 @@ async fn ingest_backup_erase(
     assert!(receipt.completed_at.is_some());
     assert!(node.profile_of(TENANT, erased)?.is_none());
     assert!(node.store().vault().find(TENANT, erased)?.is_none());
+    node.erasures_purged().await?;
     Ok(refs)
 }
 

@@ -51,6 +51,10 @@ pub enum NodeError {
     /// replayed.
     #[error("{0}")]
     DpoRefused(domicile_proto::trust::DpoRefusal),
+    /// The node cannot answer now and a retry later can succeed (e.g. an erasure's rows are
+    /// still being deleted). The text names no personal data.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A blocking task panicked or was cancelled.
     #[error("internal: {0}")]
     Internal(String),
@@ -161,6 +165,7 @@ impl From<NodeError> for Status {
                 Status::unavailable("storage unavailable; retry with the same idempotency keys")
             }
             NodeError::NotFound(what) => Status::not_found(what),
+            NodeError::Unavailable(why) => Status::unavailable(why),
             NodeError::FailedPrecondition(why) => Status::failed_precondition(why),
             NodeError::DeniedByPolicy(why) => Status::with_error_details(
                 Code::FailedPrecondition,

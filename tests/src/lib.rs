@@ -22,7 +22,7 @@ pub use domicile_pg_cluster as postgres;
 
 pub use domicile::{
     client,
-    federation::{Federation, FederationBuilder},
+    federation::{Federation, FederationBuilder, RunningNode},
     synth::{self, SynthRecord, SynthSpec},
 };
 use domicile_proto::pb::{

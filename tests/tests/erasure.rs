@@ -6,11 +6,12 @@ use base64::Engine;
 use domicile_node::store::Backend;
 use domicile_proto::pb::{
     Channel, CheckContactPermissionRequest, ConsentAction, ConsentSource, PermissionReasonCode,
-    Purpose, RecordConsentRequest, SubjectRef, SubjectRequestKind, SubjectRequestStatus,
-    SubmitSubjectRequestRequest,
+    Purpose, QueryRecordsRequest, RecordConsentRequest, RecordQuery, SubjectRef,
+    SubjectRequestKind, SubjectRequestStatus, SubmitSubjectRequestRequest,
 };
 use domicile_tests::{
-    Federation, TENANT, federation, gateway_client, ingest_records, person, touch,
+    Federation, TENANT, eventually, federation, gateway_client, ingest_records, person,
+    query_records, touch,
 };
 
 fn subject(country: &str, id: &str) -> Option<SubjectRef> {
@@ -328,6 +329,10 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
     let before_files = scanned.len();
 
     erase(&fed, &mut gw, "DE", subject_id).await;
+    // The rows go after the answer (docs/erasure.md): the files are scanned once they are
+    // gone and the WAL checkpointed, which is also when the node's reads resume.
+    node.erasures_purged().await?;
+    assert_eq!(node.erasures_purging(), 0);
 
     // After: the node's own files, every one of them.
     scanned.push((
@@ -419,4 +424,187 @@ async fn an_erased_subject_is_in_no_byte_of_the_nodes_files_nor_of_a_copy_from_b
 
 fn find(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `subject` with `n` interactions (one in four with a comment), one hour apart.
+fn history(subject_id: &str, n: i64) -> Vec<domicile_tests::SynthRecord> {
+    let mut records = vec![person(
+        "DE",
+        subject_id,
+        "Erika Mustermann",
+        &format!("{subject_id}@example.de"),
+        "",
+        "10115",
+        1975,
+    )];
+    for i in 0..n {
+        let comment = if i % 4 == 0 { "sehr freundlich" } else { "" };
+        records.push(touch(
+            "DE",
+            &format!("{subject_id}-i{i}"),
+            subject_id,
+            1_780_272_000 + i * 3_600,
+            comment,
+        ));
+    }
+    records
+}
+
+fn de_records() -> QueryRecordsRequest {
+    QueryRecordsRequest {
+        tenant_id: TENANT.into(),
+        query: Some(RecordQuery {
+            purpose: Purpose::CxAnalytics as i32,
+            ..Default::default()
+        }),
+        regions: vec!["eu-de".into()],
+    }
+}
+
+/// Rows of `table` whose `column` is `reference`.
+fn rows_of(
+    running: &domicile_tests::RunningNode,
+    table: &str,
+    column: &str,
+    reference: &str,
+) -> anyhow::Result<i64> {
+    Ok(running.connect()?.query_row(
+        &format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"),
+        [reference],
+        |r| r.get(0),
+    )?)
+}
+
+/// An erasure answers once the subject is unlinkable (its vault entry gone) and its rows are
+/// queued; the rows go after. Tried as a curious analyst would: a `QueryRecords` sent in that
+/// window must not release the erased subject's records. It waits, and answers once they are
+/// gone, without them. (With the wait taken out of `QueryRecords`, this test fails: the query
+/// does not wait.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_sees_an_erased_subjects_rows_between_the_answer_and_the_purge()
+-> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let mut gw = gateway_client(&fed).await?;
+    let mut records = history("purged-1", 25);
+    for other in ["kept-a", "kept-b", "kept-c"] {
+        records.extend(history(other, 3));
+    }
+    ingest_records(&fed, &records).await?;
+    let running = fed.node("eu-de").unwrap();
+    let node = running.node.clone().unwrap();
+    let reference = node
+        .store()
+        .vault()
+        .find(TENANT, "purged-1")?
+        .unwrap()
+        .reference;
+    let (before, _) = query_records(&mut gw, de_records()).await?;
+    assert_eq!(before.len(), 25 + 3 * 3);
+
+    let hold = node.hold_purges();
+    erase(&fed, &mut gw, "DE", "purged-1").await;
+    // Answered: unlinkable already, the rows still there and queued.
+    assert!(node.store().vault().find(TENANT, "purged-1")?.is_none());
+    assert!(node.store().vault().key(TENANT, &reference)?.is_none());
+    assert_eq!(node.profile_of(TENANT, &reference)?, None);
+    assert_eq!(
+        rows_of(running, "interactions", "subject_id", &reference)?,
+        25
+    );
+    assert_eq!(
+        rows_of(running, "erasure_purges", "subject_id", &reference)?,
+        1
+    );
+    assert_eq!(node.erasures_purging(), 1);
+    assert!(
+        node.metrics()
+            .encode()
+            .contains("domicile_node_erasures_purging{region=\"eu-de\"} 1"),
+        "operators see the purge waiting"
+    );
+
+    // The analyst's query, sent in the window: it waits at the node.
+    let mut analyst = gateway_client(&fed).await?;
+    let query = tokio::spawn(async move { query_records(&mut analyst, de_records()).await });
+    eventually("the record query waits for the purge", || async {
+        node.reads_waiting_for_purges() == 1
+    })
+    .await;
+    assert!(!query.is_finished());
+    assert_eq!(
+        rows_of(running, "interactions", "subject_id", &reference)?,
+        25
+    );
+
+    drop(hold);
+    let (after, _) = query.await??;
+    assert_eq!(after.len(), 3 * 3, "none of the erased subject's records");
+    for (table, column) in [
+        ("interactions", "subject_id"),
+        ("interaction_text", "subject_id"),
+        ("subject_numbers", "subject_id"),
+        ("erasure_purges", "subject_id"),
+    ] {
+        assert_eq!(rows_of(running, table, column, &reference)?, 0, "{table}");
+    }
+    let (start, end) = domicile_node::store::vault::stored_id_range(&reference);
+    let keys: i64 = running.connect()?.query_row(
+        "SELECT COUNT(*) FROM ingest_keys WHERE idempotency_key >= $1 AND idempotency_key < $2",
+        [start.as_str(), end.as_str()],
+        |r| r.get(0),
+    )?;
+    assert_eq!(keys, 0, "the idempotency keys went with the rows");
+    assert_eq!(node.erasures_purging(), 0);
+    Ok(())
+}
+
+/// The purge queue is durable: a node stopped between an erasure's answer and the deletion
+/// of its rows (a crash, a restart for an upgrade) deletes them when it starts again, and its
+/// reads wait for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_before_the_purge_finishes_it_when_it_starts_again() -> anyhow::Result<()> {
+    let mut fed = federation(&[("eu-de", &["DE"])]).await?;
+    let mut gw = gateway_client(&fed).await?;
+    let mut records = history("purged-2", 1_200);
+    records.extend(history("kept-d", 4));
+    ingest_records(&fed, &records).await?;
+    let node = fed.node("eu-de").unwrap().node.clone().unwrap();
+    let reference = node
+        .store()
+        .vault()
+        .find(TENANT, "purged-2")?
+        .unwrap()
+        .reference;
+    let config = node.config().clone();
+    let hold = node.hold_purges();
+    erase(&fed, &mut gw, "DE", "purged-2").await;
+    fed.stop_node("eu-de").await;
+    // The process dies with the purge not started: nothing of this node runs again (the hold,
+    // and the node it keeps, are never dropped), as after a SIGKILL.
+    std::mem::forget(hold);
+    drop(node);
+
+    let running = fed.node("eu-de").unwrap();
+    assert_eq!(
+        rows_of(running, "interactions", "subject_id", &reference)?,
+        1_200
+    );
+    let restarted = domicile_node::Node::open(config)?;
+    // More than one purge step (1,200 rows), and the reads wait for all of them.
+    restarted.erasures_purged().await?;
+    assert_eq!(restarted.erasures_purging(), 0);
+    for table in ["interactions", "interaction_text", "erasure_purges"] {
+        assert_eq!(
+            rows_of(running, table, "subject_id", &reference)?,
+            0,
+            "{table}"
+        );
+    }
+    let kept = restarted.store().vault().find(TENANT, "kept-d")?.unwrap();
+    assert_eq!(
+        rows_of(running, "interactions", "subject_id", &kept.reference)?,
+        4,
+        "nobody else's rows"
+    );
+    Ok(())
 }

@@ -573,6 +573,9 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert!(late.message().contains("expires_at"), "{late:?}");
     let swept = node.sweep()?;
     assert_eq!((swept.holds_expired, swept.erasures_completed), (1, 1));
+    // The key went with the answer; the rows go with the purge that follows it.
+    assert!(store.vault().key(TENANT, &d3)?.is_none());
+    node.erasures_purged().await?;
     let left: i64 = conn.query_row(
         "SELECT COUNT(*) FROM interactions WHERE subject_id = $1",
         [d3.as_str()],

@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS subject_flags (
     erasure_pending INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, subject_id)
 ) WITHOUT ROWID;
+
+-- Erasures answered whose interactions, comments and idempotency keys are still being deleted
+-- (`node::purge`): one row per subject reference until its last row is gone.
+CREATE TABLE IF NOT EXISTS erasure_purges (
+    tenant     TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    queued_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant, subject_id)
+) WITHOUT ROWID;
 "#;
 
 /// The same tables for PostgreSQL (`BIGINT` integers, `BYTEA` bytes, identity columns); the
@@ -95,6 +104,13 @@ CREATE TABLE IF NOT EXISTS subject_flags (
     subject_id      TEXT NOT NULL,
     restricted      BIGINT NOT NULL DEFAULT 0,
     erasure_pending BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, subject_id)
+);
+
+CREATE TABLE IF NOT EXISTS erasure_purges (
+    tenant     TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    queued_at  BIGINT NOT NULL,
     PRIMARY KEY (tenant, subject_id)
 );
 "#;
@@ -178,12 +194,29 @@ pub(crate) struct Erased {
     pub(crate) complete: bool,
     pub(crate) held: Vec<HeldData>,
     pub(crate) interactions_deleted: usize,
+    /// The interactions were queued for the purge worker rather than deleted
+    /// ([`Purge::Queued`]); `interactions_deleted` counts them.
+    pub(crate) queued: bool,
     /// The suppressions the erasure kept, for the vault to remember.
     pub(crate) suppressions: Vec<crate::store::vault::KeptSuppression>,
 }
 
+/// When a complete erasure deletes the subject's interactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purge {
+    /// In the erasure's transaction (a restore's `erase-again`, and erasures that keep some
+    /// interactions under a hold).
+    Now,
+    /// After the answer, by the node's purge worker (`node::purge`): the erasure's
+    /// transaction queues the subject in `erasure_purges` instead, and reads of interactions
+    /// wait until the queue is empty.
+    Queued,
+}
+
 /// Deletes what no active hold keeps, in the caller's transaction. When nothing is held the
-/// erasure is complete and the caller destroys the data key after the commit.
+/// erasure is complete and the caller destroys the data key after the commit; with
+/// [`Purge::Queued`], the interactions, their comments and the idempotency keys are left to
+/// [`purge_step`].
 /// `suppress_as`: the subject's suppression ids ([`Node::suppression_ids`]) when its country
 /// policy keeps a suppression after erasure, empty otherwise.
 pub(crate) fn erase(
@@ -192,6 +225,7 @@ pub(crate) fn erase(
     subject: &str,
     suppress_as: &[String],
     now: i64,
+    purge: Purge,
 ) -> Result<Erased, NodeError> {
     let holds = active_holds(tx, tenant, subject, now)?;
     let count_in = |range: Option<(i64, i64)>| -> Result<u64, NodeError> {
@@ -223,10 +257,10 @@ pub(crate) fn erase(
             complete: false,
             held,
             interactions_deleted: 0,
+            queued: false,
             suppressions: Vec::new(),
         });
     }
-    // Interactions outside every held range go, with their comments.
     let kept = holds
         .iter()
         .filter_map(|h| h.range)
@@ -237,20 +271,31 @@ pub(crate) fn erase(
     } else {
         format!(" AND NOT ({})", kept.join(" OR "))
     };
-    let comments = if kept.is_empty() {
-        "DELETE FROM interaction_text WHERE tenant = $1 AND subject_id = $2".to_owned()
+    let queued = kept.is_empty() && purge == Purge::Queued;
+    // Interactions outside every held range go, with their comments: now, or queued.
+    let interactions_deleted = if queued {
+        tx.execute(
+            "INSERT INTO erasure_purges (tenant, subject_id, queued_at) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, subject_id) DO NOTHING",
+            params![tenant, subject, now],
+        )?;
+        count_in(None)? as usize
     } else {
-        format!(
-            "DELETE FROM interaction_text WHERE tenant = $1 AND interaction_id IN (
-               SELECT interaction_id FROM interactions WHERE tenant = $1 AND subject_id = $2{not_kept})"
-        )
+        let comments = if kept.is_empty() {
+            "DELETE FROM interaction_text WHERE tenant = $1 AND subject_id = $2".to_owned()
+        } else {
+            format!(
+                "DELETE FROM interaction_text WHERE tenant = $1 AND interaction_id IN (
+                   SELECT interaction_id FROM interactions WHERE tenant = $1 AND subject_id = $2{not_kept})"
+            )
+        };
+        tx.execute(&comments, params![tenant, subject])?;
+        crate::domain::rollup::delete_interactions(
+            tx,
+            &format!("i.tenant = $1 AND i.subject_id = $2{not_kept}"),
+            params![tenant, subject],
+        )?
     };
-    tx.execute(&comments, params![tenant, subject])?;
-    let interactions_deleted = crate::domain::rollup::delete_interactions(
-        tx,
-        &format!("i.tenant = $1 AND i.subject_id = $2{not_kept}"),
-        params![tenant, subject],
-    )?;
     for table in ["subject_pii", "subject_pii_history", "subjects"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE tenant = $1 AND external_id = $2"),
@@ -273,19 +318,13 @@ pub(crate) fn erase(
     crate::domain::followup::forget_subject(tx, tenant, subject, now)?;
     let complete = kept.is_empty();
     if complete {
-        for table in ["subject_flags", "tracked_subjects"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE tenant = $1 AND subject_id = $2"),
-                params![tenant, subject],
-            )?;
-        }
-        // The idempotency keys of the subject's records (stored under its reference).
-        let (start, end) = crate::store::vault::stored_id_range(subject);
         tx.execute(
-            "DELETE FROM ingest_keys WHERE tenant = $1 AND idempotency_key >= $2
-             AND idempotency_key < $3",
-            params![tenant, start, end],
+            "DELETE FROM subject_flags WHERE tenant = $1 AND subject_id = $2",
+            params![tenant, subject],
         )?;
+        if !queued {
+            forget_rows(tx, tenant, subject)?;
+        }
     } else {
         set_flag(tx, tenant, subject, "erasure_pending")?;
     }
@@ -293,8 +332,97 @@ pub(crate) fn erase(
         complete,
         held,
         interactions_deleted,
+        queued,
         suppressions,
     })
+}
+
+/// The last of a complete erasure: the subject's tracking, the idempotency keys of its
+/// records (stored under its reference, so deleted by range) and its place in the purge queue
+/// (a copy restored from the middle of a purge has one).
+fn forget_rows(tx: &Connection, tenant: &str, subject: &str) -> Result<(), NodeError> {
+    for table in ["tracked_subjects", "erasure_purges"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE tenant = $1 AND subject_id = $2"),
+            params![tenant, subject],
+        )?;
+    }
+    let (start, end) = crate::store::vault::stored_id_range(subject);
+    tx.execute(
+        "DELETE FROM ingest_keys WHERE tenant = $1 AND idempotency_key >= $2
+         AND idempotency_key < $3",
+        params![tenant, start, end],
+    )?;
+    Ok(())
+}
+
+/// Interactions a purge deletes per transaction: small enough that ingest and the next
+/// erasure wait for the writer a few milliseconds at most, large enough that a subject with
+/// 10,000 interactions takes twenty commits.
+pub(crate) const PURGE_CHUNK: i64 = 500;
+
+/// The subject queued first in `erasure_purges`, if any.
+pub(crate) fn next_purge(conn: &Connection) -> Result<Option<(String, String)>, NodeError> {
+    conn.query_row(
+        "SELECT tenant, subject_id FROM erasure_purges ORDER BY queued_at, tenant, subject_id
+         LIMIT 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Erasures queued and not yet purged.
+pub(crate) fn queued_purges(conn: &Connection) -> Result<u64, NodeError> {
+    Ok(
+        conn.query_row("SELECT COUNT(*) FROM erasure_purges", params![], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
+}
+
+/// One step of a queued erasure, in the caller's transaction: the subject's comments, then
+/// about `chunk` of its interactions ([`PURGE_CHUNK`] in the node), oldest first (with the rollup cells, through
+/// [`crate::domain::rollup::delete_interactions`]); once none is left, its tracking, its
+/// idempotency keys and its place in the queue. Returns the interactions deleted and whether
+/// the subject is done.
+pub(crate) fn purge_step(
+    tx: &Connection,
+    tenant: &str,
+    subject: &str,
+    chunk: i64,
+) -> Result<(usize, bool), NodeError> {
+    tx.execute(
+        "DELETE FROM interaction_text WHERE tenant = $1 AND subject_id = $2",
+        params![tenant, subject],
+    )?;
+    // The start time of the chunk's last row, by the subject's index; ties past the chunk go
+    // with it.
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT started_at FROM interactions WHERE tenant = $1 AND subject_id = $2
+             ORDER BY started_at LIMIT 1 OFFSET $3",
+            params![tenant, subject, chunk.max(1) - 1],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let deleted = match last {
+        Some(last) => crate::domain::rollup::delete_interactions(
+            tx,
+            "i.tenant = $1 AND i.subject_id = $2 AND i.started_at <= $3",
+            params![tenant, subject, last],
+        )?,
+        None => crate::domain::rollup::delete_interactions(
+            tx,
+            "i.tenant = $1 AND i.subject_id = $2",
+            params![tenant, subject],
+        )?,
+    };
+    if last.is_some() {
+        return Ok((deleted, false));
+    }
+    forget_rows(tx, tenant, subject)?;
+    Ok((deleted, true))
 }
 
 /// Takes an erased subject's old page images out of SQLite's write-ahead log once the erasure

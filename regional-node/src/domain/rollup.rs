@@ -1365,6 +1365,7 @@ mod tests {
         domain::aggregate::run_over_rows,
         domain::consent::Gate,
         domain::policy::PolicySet,
+        domain::rights::Purge,
         domain::stored::{RecordBody, StoredRecord},
         store::{Backend, Store},
     };
@@ -1584,8 +1585,16 @@ mod tests {
                     params![TENANT, format!("s-{subject}")],
                 )?;
             }
-            for subject in &erased {
-                crate::domain::rights::erase(tx, TENANT, &format!("s-{subject}"), &[], 0)?;
+            // Half the erasures delete at once, half are queued and purged two interactions
+            // per step, as the node's purge worker does (by larger chunks).
+            for (i, subject) in erased.iter().enumerate() {
+                let subject = format!("s-{subject}");
+                if i % 2 == 0 {
+                    crate::domain::rights::erase(tx, TENANT, &subject, &[], 0, Purge::Now)?;
+                } else {
+                    crate::domain::rights::erase(tx, TENANT, &subject, &[], 0, Purge::Queued)?;
+                    while !crate::domain::rights::purge_step(tx, TENANT, &subject, 2)?.1 {}
+                }
             }
             if let Some(cut) = retention_cut {
                 delete_interactions(tx, "i.country = $1 AND i.started_at < $2", params!["FR", BASE + cut])?;

@@ -18,7 +18,7 @@ use crate::{
 
 /// The version of the schema this code writes (`PRAGMA user_version` on SQLite, the
 /// `domicile_schema` table on PostgreSQL).
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The node's schema, both dialects, with its migrations.
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
@@ -102,6 +102,11 @@ pub static MIGRATIONS: &[Migration] = &[
         what: "the console's consent counts and release statistics, counted from consent_state \
                and the audit log once (then kept as they change)",
         apply: derived_counts,
+    },
+    Migration {
+        version: 11,
+        what: "the queue of erasures whose rows are deleted after the answer (made by the schema)",
+        apply: |_| Ok(()),
     },
 ];
 

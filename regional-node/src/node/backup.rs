@@ -160,6 +160,7 @@ fn erase_again_in(
                 subject,
                 &[],
                 domicile_proto::domain::unix_now(),
+                crate::domain::rights::Purge::Now,
             )?;
             erased_again += 1;
         }

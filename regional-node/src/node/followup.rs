@@ -74,6 +74,7 @@ impl Node {
             )
             .into());
         }
+        self.erasures_purged().await?;
         self.blocking(move |node| {
             let inner = &node.inner;
             let tenant = spec.tenant.as_str();

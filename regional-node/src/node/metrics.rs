@@ -71,6 +71,8 @@ pub struct NodeMetrics {
     pub contact_checks: Family<DecisionLabels, Counter>,
     /// Size of the node's storage files in bytes, read at each scrape.
     pub storage_bytes: Family<FileLabels, Gauge>,
+    /// Erasures answered whose interactions are still being deleted (`node::purge`).
+    pub erasures_purging: Gauge,
     source: Source,
 }
 
@@ -144,6 +146,12 @@ impl NodeMetrics {
             "storage_bytes",
             "Size of the node's storage files in bytes",
         );
+        let erasures_purging = registered(
+            r,
+            "erasures_purging",
+            "Erasures answered whose interactions are still being deleted; reads of interactions \
+             wait while it is above 0",
+        );
         let sizes = storage_bytes.clone();
         let source = Source::new(root).with_refresh(move || {
             for (label, source) in &files {
@@ -164,6 +172,7 @@ impl NodeMetrics {
             dp_budget_remaining,
             contact_checks,
             storage_bytes,
+            erasures_purging,
             source,
         }
     }

@@ -4,6 +4,7 @@ pub mod backup;
 mod followup;
 pub mod local_access;
 pub mod metrics;
+pub mod purge;
 pub mod retention;
 mod rights;
 
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) pseudonyms: Pseudonymiser,
     /// Randomness for differential-privacy noise, seeded from the operating system.
     pub(crate) noise_rng: crate::privacy::dp::SharedRng,
+    /// Erasures whose rows are still being deleted ([`purge`]).
+    pub(crate) purges: purge::Purges,
     /// Hot reads running at once ([`Node::reading`]): one per store reader.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
     /// Pseudonymised records handed to `QueryRecords` streams since start.
@@ -254,6 +257,7 @@ impl Node {
             storage = %config.backend().describe(),
             "node opened"
         );
+        let queued = store.read(crate::domain::rights::queued_purges)?;
         let mut metrics = NodeMetrics::new(
             &config.region_id,
             match config.backend() {
@@ -287,8 +291,10 @@ impl Node {
                 .map_err(NodeError::Internal)?,
             );
         }
-        Ok(Self {
+        metrics.erasures_purging.set(queued as i64);
+        let node = Self {
             inner: Arc::new(Inner {
+                purges: purge::Purges::new(queued),
                 metrics,
                 tls,
                 local_tls,
@@ -307,7 +313,16 @@ impl Node {
                 audit,
                 dpo_keys,
             }),
-        })
+        };
+        if queued > 0 {
+            // A purge the node stopped in the middle of: finished before those reads answer.
+            tracing::info!(
+                erasures = queued,
+                "resuming the purge of erased subjects' rows"
+            );
+            node.kick_purges();
+        }
+        Ok(node)
     }
 
     /// Pseudonymised records this node has handed to `QueryRecords` streams since it started
@@ -517,6 +532,7 @@ impl Node {
                 Violations::one("incident_id", "must be \"inc-\" and 32 hex characters").into(),
             );
         }
+        self.erasures_purged().await?;
         let outcome = self
             .blocking(move |node| {
                 let inner = &node.inner;
@@ -612,6 +628,7 @@ impl Node {
         ),
         NodeError,
     > {
+        self.erasures_purged().await?;
         self.blocking(move |node| {
             let inner = &node.inner;
             let (subjects, exact) = inner.store.read(|conn| {
@@ -943,6 +960,7 @@ impl Node {
         spec: AggregateSpec,
     ) -> Result<RegionalNodeAggregateResponse, NodeError> {
         let tenant = TenantId::parse(tenant_id, "tenant_id")?;
+        self.erasures_purged().await?;
         let policies = &self.inner.policies;
         let floor = self.inner.config.min_group_size.max(spec.min_group_size);
         let k_by_country: std::collections::BTreeMap<String, u32> = policies
@@ -1125,6 +1143,7 @@ impl Node {
         spec: AggregateSpec,
     ) -> Result<Vec<domicile_proto::pb::PartialGroup>, NodeError> {
         let tenant = TenantId::parse(tenant_id, "tenant_id")?;
+        self.erasures_purged().await?;
         let node = self.clone();
         spawn_blocking_in_span(move || {
             let inner = &node.inner;
@@ -1185,6 +1204,12 @@ impl Node {
         let node = self.clone();
         spawn_blocking_in_span(move || {
             let inner = &node.inner;
+            // On the blocking pool, which has the runtime's handle: the stream is made before
+            // the wait, so this one waits here.
+            if let Err(e) = tokio::runtime::Handle::current().block_on(node.erasures_purged()) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
             let region_id = inner.config.region_id.as_str();
             let release = records::Release {
                 region_id,

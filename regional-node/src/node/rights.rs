@@ -2,7 +2,7 @@
 //! erasure, restriction), legal holds and their release, each checked, recorded and audited.
 //! What an erasure deletes, and the flags restriction sets, are [`crate::domain::rights`].
 
-use crate::domain::rights::{active_holds, erase, knows, scrub, set_flag, stored_country};
+use crate::domain::rights::{Purge, active_holds, erase, knows, scrub, set_flag, stored_country};
 use crate::store::db::{Connection, OptionalExtension, params};
 use crate::{
     domain::audit::{Entry, Kind},
@@ -226,6 +226,8 @@ impl Node {
             policy_version: policy.label(),
         };
         let mut shred = None;
+        // An erasure's purge ticket ([`Node::purge_begin`]), dropped once it is answered.
+        let mut ticket = None;
         let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
         let mut details = json!({ "request_id": request_id, "kind": req.kind.as_str_name() });
         match req.kind {
@@ -350,9 +352,17 @@ impl Node {
             }
             SubjectRequestKind::Erasure => {
                 let suppress_as = self.suppression_ids(tenant, external, subject)?;
-                let erased = inner
-                    .store
-                    .write(|tx| erase(tx, tenant, subject, &suppress_as, self.now()))?;
+                let mut t = self.purge_begin();
+                let erased = inner.store.write(|tx| {
+                    erase(tx, tenant, subject, &suppress_as, self.now(), Purge::Queued)
+                })?;
+                t.queued = erased.queued;
+                ticket = Some(t);
+                details["purge"] = json!(if erased.queued {
+                    "after the answer"
+                } else {
+                    "done"
+                });
                 details["suppression_kept"] = json!(!suppress_as.is_empty());
                 details["interactions_deleted"] = json!(erased.interactions_deleted);
                 details["complete"] = json!(erased.complete);
@@ -443,14 +453,20 @@ impl Node {
             )?;
             Ok(())
         })?;
-        // Crypto-shredding: the data key goes last, after the rows it protected.
+        // Crypto-shredding: the data key goes once the subject's other data is deleted (or
+        // queued for the purge, which needs no key). The WAL checkpoint that takes the old
+        // pages out of the files runs after the purge (`node::purge`), or here when nothing
+        // was queued.
         if let Some(suppressions) = shred {
             inner
                 .store
                 .vault()
                 .destroy(tenant, subject, &suppressions)?;
-            scrub(&inner.store);
+            if !ticket.as_ref().is_some_and(|t| t.queued) {
+                scrub(&inner.store);
+            }
         }
+        drop(ticket);
         tracing::debug!(
             region = %region,
             tenant = %tenant,
@@ -619,6 +635,7 @@ impl Node {
             },
             None => Vec::new(),
         };
+        let mut ticket = self.purge_begin();
         let (subject, completed_erasure) = inner.store.write(|tx| {
             let subject: Option<String> = tx
                 .query_row(
@@ -644,7 +661,14 @@ impl Node {
                 .optional()?
                 .unwrap_or(false);
             let erased = if pending {
-                Some(erase(tx, tenant, &subject, &suppress_as, self.now())?)
+                Some(erase(
+                    tx,
+                    tenant,
+                    &subject,
+                    &suppress_as,
+                    self.now(),
+                    Purge::Queued,
+                )?)
             } else {
                 None
             };
@@ -666,11 +690,14 @@ impl Node {
         })?;
         let completed = completed_erasure.is_some();
         if let Some(erased) = completed_erasure {
+            ticket.queued = erased.queued;
             inner
                 .store
                 .vault()
                 .destroy(tenant, &subject, &erased.suppressions)?;
-            scrub(&inner.store);
+            if !erased.queued {
+                scrub(&inner.store);
+            }
             inner.store.write(|tx| {
                 tx.execute(
                     "UPDATE subject_requests SET status = $1, completed_at = $2
