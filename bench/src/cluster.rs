@@ -50,20 +50,53 @@ pub struct Proc {
     child: Child,
     /// Its listen address.
     pub addr: SocketAddr,
+    /// How it was started, to start it again ([`Proc::restart`]).
+    args: Vec<String>,
+    log: PathBuf,
+    storage: Option<String>,
 }
 
 impl Proc {
-    /// Peak resident set size so far (`VmHWM`), in MiB.
-    pub fn peak_rss_mib(&self) -> f64 {
+    /// Stops the process — at once with SIGKILL (`kill`), as a crash would, or with SIGTERM
+    /// (its graceful shutdown) — and starts it again `down` later with the same arguments,
+    /// address and data. Returns once it accepts connections again.
+    pub fn restart(&mut self, kill: bool, down: Duration) -> anyhow::Result<()> {
+        let signal = if kill { "-KILL" } else { "-TERM" };
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        self.child.wait()?;
+        std::thread::sleep(down);
+        let log = self.log.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ));
+        let fresh = spawn_with(&self.args, self.addr, &log, self.storage.as_deref())?;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Resident set size now (`VmRSS`), in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_kb("VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    fn status_kb(&self, field: &str) -> Option<f64> {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
+                    .find(|l| l.starts_with(field))
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|kb| kb.parse::<f64>().ok())
             })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kb("VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
     }
 }
 
@@ -83,6 +116,10 @@ pub fn cpu_seconds(pid: &str) -> f64 {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // One already waited for (restarted) has no process any more: its id may be another's.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -160,7 +197,13 @@ fn spawn_with(
         .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting a child process")?;
-    let proc = Proc { child, addr };
+    let proc = Proc {
+        child,
+        addr,
+        args: args.to_vec(),
+        log: log.to_owned(),
+        storage: storage.map(str::to_owned),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(addr).is_err() {
         anyhow::ensure!(
@@ -208,6 +251,17 @@ impl Cluster {
     /// Starts a node process per region (data in `dir`, policies from `policies` or the shipped
     /// ones) and a gateway process in front of them.
     pub fn start(dir: &Path, regions: &[Region], policies: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_limited(dir, regions, policies, None)
+    }
+
+    /// [`Cluster::start`] with the gateway's per-tenant rate limit at `rate` calls per second
+    /// (and a burst of as many), rather than lifted.
+    pub fn start_limited(
+        dir: &Path,
+        regions: &[Region],
+        policies: Option<&Path>,
+        rate: Option<u32>,
+    ) -> anyhow::Result<Self> {
         pki(dir, regions)?;
         let dpo = domicile::trust::DevDpo::reuse_or_generate(&dpo_dir(dir), &["bench".to_owned()])?;
         let secret = dir.join("hs256.secret");
@@ -237,17 +291,15 @@ impl Cluster {
         }
         let addr = free_port()?;
         let console = free_port()?;
-        let gateway = spawn(
-            &[
-                "gateway".to_owned(),
-                dir.display().to_string(),
-                addr.to_string(),
-                route.join(";"),
-                console.to_string(),
-            ],
-            addr,
-            &dir.join("gateway.log"),
-        )?;
+        let mut args = vec![
+            "gateway".to_owned(),
+            dir.display().to_string(),
+            addr.to_string(),
+            route.join(";"),
+            console.to_string(),
+        ];
+        args.extend(rate.map(|r| r.to_string()));
+        let gateway = spawn(&args, addr, &dir.join("gateway.log"))?;
         let token = mint(
             &std::fs::read(&secret)?,
             &TokenClaims::everything("bench", 4),
@@ -330,7 +382,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             let node = Node::open(config)?;
             domicile_node::serve(node, listener, terminated()).await?;
         }
-        [kind, dir, listen, route, console] if kind == "gateway" => {
+        [kind, dir, listen, route, console, rate @ ..] if kind == "gateway" => {
             let dir = PathBuf::from(dir);
             let mut regions = Vec::new();
             for part in route.split(';') {
@@ -362,10 +414,12 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
                 leeway_seconds: 30,
                 clients: Vec::new(),
             });
-            // One tenant at full speed: its rate limit lifted, in-flight limits kept.
+            // One tenant at full speed: its rate limit lifted (unless one is given), in-flight
+            // limits kept.
+            let rate: Option<u32> = rate.first().map(|r| r.parse()).transpose()?;
             config.limits = LimitsConfig {
-                requests_per_second: 1e9,
-                burst: u32::MAX,
+                requests_per_second: rate.map_or(1e9, f64::from),
+                burst: rate.unwrap_or(u32::MAX),
                 max_concurrent_per_tenant: 1024,
                 max_in_flight: 4096,
                 ..Default::default()
@@ -386,7 +440,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             domicile_gateway::serve(gateway, listener, terminated()).await?;
         }
         _ => anyhow::bail!(
-            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route> <console>"
+            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route> <console> [rate]"
         ),
     }
     Ok(())

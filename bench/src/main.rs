@@ -41,13 +41,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 mod cluster;
 mod data;
+mod flood;
 mod scenarios;
+mod soak;
 
 #[derive(Debug, Parser)]
 #[command(name = "domicile-bench", about = "Domicile's benchmark suite")]
 pub struct Args {
     /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, `console`, `redact`,
-    /// or `all`.
+    /// `flood`, `soak`, or `all`.
     scenario: String,
     /// Seconds, small data: checks that the suite runs (CI), not the numbers.
     #[arg(long)]
@@ -424,7 +426,7 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-const SCENARIOS: [(&str, &str); 7] = [
+const SCENARIOS: [(&str, &str); 9] = [
     (
         "proxy",
         "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
@@ -447,6 +449,14 @@ const SCENARIOS: [(&str, &str); 7] = [
         "## Console: GetOverview and the console's JSON, three regions with a history",
     ),
     ("redact", "## Redaction: comments per second on one core"),
+    (
+        "flood",
+        "## Flood: 8 MiB requests from a caller over its rate limit",
+    ),
+    (
+        "soak",
+        "## Soak: a mixed workload at 70% of capacity while a node is killed and the gateway restarted",
+    ),
 ];
 
 async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
@@ -458,8 +468,10 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
         "erasure" => scenarios::erasure(args).await,
         "console" => scenarios::console(args).await,
         "redact" => scenarios::redact(args).await,
+        "flood" => flood::flood(args).await,
+        "soak" => soak::soak(args).await,
         other => anyhow::bail!(
-            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, all"
+            "unknown scenario {other:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, flood, soak, all"
         ),
     }
 }
@@ -515,7 +527,7 @@ async fn suite() -> anyhow::Result<()> {
             *SCENARIOS
                 .iter()
                 .find(|(n, _)| *n == name)
-                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, all"))?,
+                .with_context(|| format!("unknown scenario {name:?}; known: proxy, fanout, dashboard, ingest, erasure, console, redact, flood, soak, all"))?,
         ],
     };
     for (name, heading) in chosen {

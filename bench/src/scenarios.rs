@@ -30,7 +30,7 @@ use crate::{
 
 /// Sends `rows` of each region through the gateway, `batch` records per request and
 /// `in_flight` requests per region at once; returns records accepted and the wall time.
-async fn load(
+pub(crate) async fn load(
     cluster: &Cluster,
     per_region: Vec<(RegionInfo, Box<dyn Iterator<Item = Row> + Send>)>,
     batch: usize,
@@ -93,14 +93,14 @@ async fn load(
     Ok((accepted, started.elapsed()))
 }
 
-async fn regions_of(cluster: &Cluster) -> anyhow::Result<Vec<RegionInfo>> {
+pub(crate) async fn regions_of(cluster: &Cluster) -> anyhow::Result<Vec<RegionInfo>> {
     let mut client = cluster.client().await?;
     domicile_client::regions(&mut client).await
 }
 
 /// The dashboard query: NPS, CSAT and volume by country × channel × month over the twelve
 /// months.
-fn dashboard_query() -> AggregateRequest {
+pub(crate) fn dashboard_query() -> AggregateRequest {
     AggregateRequest {
         tenant_id: TENANT.into(),
         query: Some(AggregateQuery {
@@ -369,7 +369,7 @@ async fn object(
     Ok(ids)
 }
 
-fn three_regions() -> Vec<Region> {
+pub(crate) fn three_regions() -> Vec<Region> {
     vec![
         Region::new("eu-de", &["DE"]),
         Region::new("eu-fr", &["FR"]),
