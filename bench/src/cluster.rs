@@ -254,13 +254,13 @@ impl Cluster {
         Self::start_limited(dir, regions, policies, None)
     }
 
-    /// [`Cluster::start`] with the gateway's per-tenant rate limit at `rate` calls per second
-    /// (and a burst of as many), rather than lifted.
+    /// [`Cluster::start`] with the gateway's per-tenant rate limit at `rate` = (calls per
+    /// second, burst), rather than lifted.
     pub fn start_limited(
         dir: &Path,
         regions: &[Region],
         policies: Option<&Path>,
-        rate: Option<u32>,
+        rate: Option<(f64, u32)>,
     ) -> anyhow::Result<Self> {
         pki(dir, regions)?;
         let dpo = domicile::trust::DevDpo::reuse_or_generate(&dpo_dir(dir), &["bench".to_owned()])?;
@@ -298,7 +298,9 @@ impl Cluster {
             route.join(";"),
             console.to_string(),
         ];
-        args.extend(rate.map(|r| r.to_string()));
+        if let Some((per_second, burst)) = rate {
+            args.extend([per_second.to_string(), burst.to_string()]);
+        }
         let gateway = spawn(&args, addr, &dir.join("gateway.log"))?;
         let token = mint(
             &std::fs::read(&secret)?,
@@ -416,10 +418,13 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             });
             // One tenant at full speed: its rate limit lifted (unless one is given), in-flight
             // limits kept.
-            let rate: Option<u32> = rate.first().map(|r| r.parse()).transpose()?;
+            let (per_second, burst) = match rate {
+                [per_second, burst] => (per_second.parse()?, burst.parse()?),
+                _ => (1e9, u32::MAX),
+            };
             config.limits = LimitsConfig {
-                requests_per_second: rate.map_or(1e9, f64::from),
-                burst: rate.unwrap_or(u32::MAX),
+                requests_per_second: per_second,
+                burst,
                 max_concurrent_per_tenant: 1024,
                 max_in_flight: 4096,
                 ..Default::default()
@@ -440,7 +445,7 @@ pub async fn serve(args: &[String]) -> anyhow::Result<()> {
             domicile_gateway::serve(gateway, listener, terminated()).await?;
         }
         _ => anyhow::bail!(
-            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route> <console> [rate]"
+            "__serve node <dir> <id> <countries> <listen> [policies] | gateway <dir> <listen> <route> <console> [per-second burst]"
         ),
     }
     Ok(())
