@@ -855,6 +855,10 @@ pub async fn erasure(args: &Args) -> anyhow::Result<String> {
             let t = Instant::now();
             let receipt = client
                 .submit_subject_request(cluster.signed(SubmitSubjectRequestRequest {
+                    verification: Some(domicile_proto::rights::verified_by_platform(
+                        "test-session",
+                        "test-platform",
+                    )),
                     tenant_id: TENANT.into(),
                     subject: Some(SubjectRef {
                         country: "DE".into(),
@@ -1032,6 +1036,10 @@ pub async fn console(args: &Args) -> anyhow::Result<String> {
             }
             client
                 .submit_subject_request(signer.signed(SubmitSubjectRequestRequest {
+                    verification: Some(domicile_proto::rights::verified_by_platform(
+                        "test-session",
+                        "test-platform",
+                    )),
                     tenant_id: TENANT.into(),
                     subject,
                     kind: kind as i32,

@@ -228,6 +228,10 @@ async fn call(shared: &Shared, client: &mut domicile_client::Gateway, n: u64) {
                 let answer = client
                     .submit_subject_request(domicile_proto::trust::signed(
                         SubmitSubjectRequestRequest {
+                            verification: Some(domicile_proto::rights::verified_by_platform(
+                                "test-session",
+                                "test-platform",
+                            )),
                             tenant_id: TENANT.into(),
                             subject: Some(SubjectRef {
                                 country: country.clone(),

@@ -30,12 +30,13 @@ use domicile_proto::{
         GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest,
         GetConsentResponse, GetIncidentRequest, GetIncidentResponse, GetOverviewRequest,
         GetOverviewResponse, GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest,
-        IngestResponse, ListRegionsRequest, ListRegionsResponse, PlaceLegalHoldRequest,
-        PlaceLegalHoldResponse, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
-        RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
-        ReportIncidentRequest, ReportIncidentResponse, SealingKey, SealingKeyStatement,
-        SignedSealingKey, SubmitSubjectRequestRequest, SubmitSubjectRequestResponse,
-        WithdrawConsentRequest, WithdrawConsentResponse,
+        IngestResponse, ListRegionsRequest, ListRegionsResponse, ListSubjectRequestsRequest,
+        ListSubjectRequestsResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse,
+        QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest, RecordConsentResponse,
+        ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, ReportIncidentRequest,
+        ReportIncidentResponse, SealingKey, SealingKeyStatement, SignedSealingKey,
+        SubmitSubjectRequestRequest, SubmitSubjectRequestResponse, UpdateSubjectRequestRequest,
+        UpdateSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse,
         gateway_server::{Gateway as GatewayApi, GatewayServer},
     },
     seal::{EnvelopeOpener, SUITE, SealingKeyPair},
@@ -104,6 +105,8 @@ pub struct Loot {
     pub incidents: Mutex<Vec<ReportIncidentRequest>>,
     /// Signed hold releases as received (to replay).
     pub releases: Mutex<Vec<ReleaseLegalHoldRequest>>,
+    /// Signed steps of subject requests as received (to replay).
+    pub case_steps: Mutex<Vec<UpdateSubjectRequestRequest>>,
     /// The first audit head seen per region.
     first_heads: Mutex<HashMap<String, GetAuditCheckpointResponse>>,
 }
@@ -451,6 +454,30 @@ impl GatewayApi for Relay {
         let answer = self
             .client()
             .get_subject_request(request.into_inner())
+            .await?;
+        Ok(Response::new(answer.into_inner()))
+    }
+
+    async fn update_subject_request(
+        &self,
+        request: Request<UpdateSubjectRequestRequest>,
+    ) -> Answer<UpdateSubjectRequestResponse> {
+        let request = self.tamper(request.into_inner(), &self.loot.case_steps);
+        Ok(Response::new(
+            self.client()
+                .update_subject_request(request)
+                .await?
+                .into_inner(),
+        ))
+    }
+
+    async fn list_subject_requests(
+        &self,
+        request: Request<ListSubjectRequestsRequest>,
+    ) -> Answer<ListSubjectRequestsResponse> {
+        let answer = self
+            .client()
+            .list_subject_requests(request.into_inner())
             .await?;
         Ok(Response::new(answer.into_inner()))
     }

@@ -659,6 +659,10 @@ pub async fn activity(
                 }
             }
             let request = |i: usize, kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+                verification: Some(domicile_proto::rights::verified_by_platform(
+                    "dev-portal-session",
+                    "dev:portal",
+                )),
                 tenant_id: tenant.to_owned(),
                 subject: subject(country, i),
                 kind: kind as i32,

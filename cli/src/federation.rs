@@ -446,6 +446,10 @@ impl FederationBuilder {
             gateway_shutdown: Some(tx),
             gateway_task: Some(gateway_task),
             postgres,
+            clock: self
+                .clock
+                .clone()
+                .unwrap_or_else(domicile_ops::clock::system),
             _tempdir: tempdir,
         })
     }
@@ -527,6 +531,8 @@ pub struct Federation {
     /// The PostgreSQL cluster holding the nodes' data, when they use one; stopped and
     /// deleted with the federation.
     pub postgres: Option<PgCluster>,
+    /// The nodes' clock.
+    clock: domicile_ops::clock::SharedClock,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -610,6 +616,44 @@ impl Federation {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.region_id == region_id) {
             n.stop().await;
         }
+    }
+
+    /// Starts a node stopped with [`Federation::stop_node`] again, on the same address and
+    /// data, as a supervisor would after a crash (its in-country listener is not restarted).
+    pub async fn restart_node(&mut self, region_id: &str) -> anyhow::Result<()> {
+        let clock = self.clock.clone();
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.region_id == region_id)
+            .with_context(|| format!("no region {region_id}"))?;
+        anyhow::ensure!(n.task.is_none(), "region {region_id} is running");
+        let config = n
+            .node
+            .take()
+            .with_context(|| format!("region {region_id} has no node to restart"))?
+            .config()
+            .clone();
+        let node = tokio::task::spawn_blocking(move || Node::open_with_clock(config, clock))
+            .await?
+            .with_context(|| format!("reopening node {region_id}"))?;
+        // The same port: the gateway's configuration names it.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(n.addr)?;
+        let listener = socket.listen(1024)?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let serving = node.clone();
+        n.task = Some(tokio::spawn(async move {
+            domicile_node::serve(serving, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        }));
+        n.shutdown = Some(tx);
+        n.node = Some(node);
+        Ok(())
     }
 
     /// Stops the gateway and every node.

@@ -16,6 +16,7 @@ pub mod client;
 pub mod dev;
 pub mod federation;
 pub mod load;
+pub mod requests;
 pub mod synth;
 pub mod table;
 pub mod token;

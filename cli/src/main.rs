@@ -157,6 +157,18 @@ enum Command {
         #[command(subcommand)]
         command: DpoCommand,
     },
+    /// The case queue of subject requests, and the steps of a case: verify the requester's
+    /// identity (which fulfils the request), wait for the subject, extend, refuse. Steps are
+    /// signed with the DPO key on this machine.
+    Requests {
+        #[command(subcommand)]
+        command: RequestsCommand,
+    },
+    /// A subject-request receipt, checked offline.
+    Request {
+        #[command(subcommand)]
+        command: RequestCommand,
+    },
     /// Generate a region's secrets: the sealing key pair, the key-encryption key, the
     /// pseudonym secret and the audit signing key (each 32 bytes, mode 0600), either where a
     /// node configuration names them (`--config`; with `[kek_pkcs11]` the KEK is made inside
@@ -321,6 +333,23 @@ enum DpoCommand {
         /// open`: `<dir>/<request id>.receipt`.
         #[arg(long)]
         receipts_dir: Option<PathBuf>,
+        /// The requester's identity was verified already, with this method (account_login,
+        /// document_check, knowledge_based, in_person, contact_confirmation): the request is
+        /// fulfilled at once. Without it, access, portability and erasure wait for
+        /// verification.
+        #[arg(long, requires_all = ["evidence", "verified_by"])]
+        verified: Option<String>,
+        /// With --verified: where the evidence is in your systems (a ticket reference; no
+        /// personal data).
+        #[arg(long)]
+        evidence: Option<String>,
+        /// With --verified: who verified (an agent or system code).
+        #[arg(long)]
+        verified_by: Option<String>,
+        /// The federation-wide request id ("dsr-" and 32 hex digits): submitting again with
+        /// the same id is idempotent in every region.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Place a legal hold on a subject, signed with the DPO key; prints the hold id.
     Hold {
@@ -346,6 +375,120 @@ enum DpoCommand {
         /// The hold id.
         #[arg(long)]
         hold_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestsCommand {
+    /// The queue: open requests (or those of `--status`) across regions, soonest due first.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only these regions (repeat or comma-separate); all by default.
+        #[arg(long, value_delimiter = ',')]
+        region: Vec<String>,
+        /// Only these statuses (received, awaiting_subject, in_progress, partially_completed,
+        /// completed, refused); the open ones by default.
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+        /// Only open requests past their due date.
+        #[arg(long)]
+        overdue: bool,
+        /// Only requests due within this many days.
+        #[arg(long, default_value_t = 0)]
+        due_within_days: u32,
+        /// Receipts per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Follow the pages to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One request's receipt and history; `--out` writes the signed receipt (protobuf) for
+    /// `domicile request verify`.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The request id (`<region>.sr-…`).
+        #[arg(long)]
+        id: String,
+        /// Where to write the receipt.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The requester's identity is verified: the request is fulfilled now. Writes the receipt
+    /// (with an access or portability request's sealed export) to `--receipts-dir` if given.
+    Verify {
+        #[command(flatten)]
+        signer: DpoSigner,
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// account_login, document_check, knowledge_based, in_person or contact_confirmation.
+        #[arg(long)]
+        method: String,
+        /// Where the evidence is in your systems (a ticket reference; no personal data).
+        #[arg(long)]
+        evidence: String,
+        /// Who verified (an agent or system code).
+        #[arg(long)]
+        verified_by: String,
+        /// Where to write the receipt, for `domicile export open`.
+        #[arg(long)]
+        receipts_dir: Option<PathBuf>,
+    },
+    /// Waiting for the subject (identity evidence, a clarification); pauses the deadline
+    /// where the country policy allows.
+    Await {
+        #[command(flatten)]
+        signer: DpoSigner,
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// What was asked of the subject (no personal data).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Extend the deadline by the country policy's extension, once, before it is due.
+    Extend {
+        #[command(flatten)]
+        signer: DpoSigner,
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// Why, as told to the subject (no personal data).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Refuse the request, with the reason told to the subject.
+    Refuse {
+        #[command(flatten)]
+        signer: DpoSigner,
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// Why (no personal data).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestCommand {
+    /// Check a receipt's signature against its region's identity key in the trust bundle,
+    /// offline, and print it; fails naming why when it does not verify.
+    Verify {
+        /// The receipt file (protobuf, from `--receipts-dir` or `requests show --out`).
+        receipt: PathBuf,
+        /// The federation trust bundle.
+        #[arg(long, env = "DOMICILE_TRUST_BUNDLE")]
+        trust_bundle: PathBuf,
     },
 }
 
@@ -875,6 +1018,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Export { command } => return export(command),
         Command::Trust { command } => return trust(command),
         Command::Dpo { command } => return dpo(command).await,
+        Command::Requests { command } => return requests(command).await,
+        Command::Request {
+            command:
+                RequestCommand::Verify {
+                    receipt,
+                    trust_bundle,
+                },
+        } => {
+            let json = domicile::requests::verify_file(&receipt, &trust_bundle)?;
+            println!("receipt verified: signed by region {}", json["region_id"]);
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
         Command::Keygen {
             config,
             out,
@@ -1164,6 +1319,171 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn requests(command: RequestsCommand) -> anyhow::Result<()> {
+    use domicile::requests::{action, receipt_json, table};
+    match command {
+        RequestsCommand::List {
+            target,
+            tenant,
+            region,
+            status,
+            overdue,
+            due_within_days,
+            page_size,
+            all,
+        } => {
+            let statuses = status
+                .iter()
+                .map(|s| domicile::requests::parse_status(s).map(|s| s as i32))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut gw = target.connect().await?.gateway();
+            let mut token = String::new();
+            let mut receipts = Vec::new();
+            let mut counts = Vec::new();
+            let mut coverage = Vec::new();
+            loop {
+                let page = gw
+                    .list_subject_requests(domicile_proto::pb::ListSubjectRequestsRequest {
+                        tenant_id: tenant.clone(),
+                        regions: region.clone(),
+                        statuses: statuses.clone(),
+                        overdue_only: overdue,
+                        due_within_days,
+                        page_size,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                receipts.extend(page.receipts);
+                if counts.is_empty() {
+                    counts = page.counts;
+                    coverage = page.coverage;
+                }
+                token = page.next_page_token;
+                if token.is_empty() || !all {
+                    break;
+                }
+            }
+            if target.output == "json" {
+                let json = serde_json::json!({
+                    "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>(),
+                    "counts": counts.iter().map(|c| serde_json::json!({
+                        "region_id": c.region_id,
+                        "open": c.open,
+                        "due_within_7_days": c.due_within_7_days,
+                        "overdue": c.overdue,
+                    })).collect::<Vec<_>>(),
+                    "next_page_token": token,
+                });
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                print!("{}", table(&receipts));
+                for c in &counts {
+                    println!(
+                        "{}: {} open, {} due within 7 days, {} overdue",
+                        c.region_id, c.open, c.due_within_7_days, c.overdue
+                    );
+                }
+                for c in coverage
+                    .iter()
+                    .filter(|c| c.status != domicile_proto::pb::RegionStatus::Ok as i32)
+                {
+                    println!("{}: did not answer ({})", c.region_id, c.detail);
+                }
+                if !token.is_empty() {
+                    println!("more: --all for every page");
+                }
+            }
+        }
+        RequestsCommand::Show {
+            target,
+            tenant,
+            id,
+            out,
+        } => {
+            let receipt = target
+                .connect()
+                .await?
+                .gateway()
+                .get_subject_request(domicile_proto::pb::GetSubjectRequestRequest {
+                    tenant_id: tenant,
+                    request_id: id,
+                })
+                .await?
+                .into_inner()
+                .receipt
+                .context("the gateway answered no receipt")?;
+            if let Some(path) = out {
+                std::fs::write(&path, prost::Message::encode_to_vec(&receipt))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{}", serde_json::to_string_pretty(&receipt_json(&receipt))?);
+        }
+        RequestsCommand::Verify {
+            signer,
+            id,
+            method,
+            evidence,
+            verified_by,
+            receipts_dir,
+        } => {
+            let step = action("verify", None, Some((method, evidence, verified_by)))?;
+            case_step(signer, id, step, receipts_dir).await?;
+        }
+        RequestsCommand::Await { signer, id, reason } => {
+            case_step(signer, id, action("await", Some(reason), None)?, None).await?;
+        }
+        RequestsCommand::Extend { signer, id, reason } => {
+            case_step(signer, id, action("extend", Some(reason), None)?, None).await?;
+        }
+        RequestsCommand::Refuse { signer, id, reason } => {
+            case_step(signer, id, action("refuse", Some(reason), None)?, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Signs one step of a request's case with the DPO key, sends it, prints the receipt after it
+/// (and writes it to `receipts_dir` when given).
+async fn case_step(
+    signer: DpoSigner,
+    id: String,
+    step: domicile_proto::pb::update_subject_request_request::Action,
+    receipts_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use domicile_proto::{domain::unix_now, trust::sign_request};
+    let key =
+        domicile_proto::trust::read_signing_key(&signer.dpo_key).map_err(|e| anyhow::anyhow!(e))?;
+    let mut request = domicile_proto::pb::UpdateSubjectRequestRequest {
+        tenant_id: signer.tenant,
+        request_id: id,
+        action: Some(step),
+        actor: "cli:dpo".into(),
+        dpo_signature: None,
+    };
+    sign_request(&mut request, &key, unix_now());
+    let receipt = signer
+        .target
+        .connect()
+        .await?
+        .gateway()
+        .update_subject_request(request)
+        .await?
+        .into_inner()
+        .receipt
+        .context("the gateway answered no receipt")?;
+    if let Some(dir) = receipts_dir {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.receipt", receipt.request_id));
+        std::fs::write(&path, prost::Message::encode_to_vec(&receipt))?;
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&domicile::requests::receipt_json(&receipt))?
+    );
+    Ok(())
+}
+
 async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
     use domicile_proto::{
         domain::{unix_now, whole_seconds},
@@ -1198,8 +1518,29 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
             recipient_key,
             purposes,
             receipts_dir,
+            verified,
+            evidence,
+            verified_by,
+            request_id,
         } => {
             let key = key_of(&dpo_key)?;
+            let verification = match verified {
+                Some(method) => Some(domicile_proto::pb::IdentityVerification {
+                    method: domicile_proto::pb::VerificationMethod::from_str_name(&format!(
+                        "VERIFICATION_METHOD_{}",
+                        method.to_ascii_uppercase()
+                    ))
+                    .filter(|m| *m != domicile_proto::pb::VerificationMethod::Unspecified)
+                    .context(
+                        "--verified: account_login, document_check, knowledge_based, in_person \
+                         or contact_confirmation",
+                    )? as i32,
+                    evidence_reference: evidence.unwrap_or_default(),
+                    verified_by: verified_by.unwrap_or_default(),
+                    verified_at: None,
+                }),
+                None => None,
+            };
             let kind = SubjectRequestKind::from_str_name(&format!(
                 "SUBJECT_REQUEST_KIND_{}",
                 kind.to_ascii_uppercase()
@@ -1221,6 +1562,8 @@ async fn dpo(command: DpoCommand) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let mut request = domicile_proto::pb::SubmitSubjectRequestRequest {
+                verification,
+                request_id,
                 tenant_id: tenant,
                 subject: Some(SubjectRef {
                     external_id: subject,

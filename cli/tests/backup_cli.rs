@@ -92,6 +92,10 @@ async fn ingest_backup_erase(
     backup(&refs.0, &refs.1);
     let receipt = node
         .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
+            verification: Some(domicile_proto::rights::verified_by_platform(
+                "test-session",
+                "test-platform",
+            )),
             tenant_id: TENANT.into(),
             subject: Some(SubjectRef {
                 country: "DE".into(),

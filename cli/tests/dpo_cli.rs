@@ -39,8 +39,9 @@ async fn the_dpo_signs_on_their_machine_and_an_unregistered_key_is_refused() -> 
     assert_eq!(code, 0, "{out}");
     let recipient = out.trim().to_owned();
     let dpo_key = fed.dpo.key_file.to_str().unwrap().to_owned();
-    let request = |key: &str, kind: &str| {
-        domicile(&[
+    let receipts = path("receipts");
+    let request_with = |key: &str, kind: &str, verified: &[&str]| {
+        let mut args = vec![
             "dpo",
             "request",
             "--gateway",
@@ -58,13 +59,52 @@ async fn the_dpo_signs_on_their_machine_and_an_unregistered_key_is_refused() -> 
             "--recipient-key",
             &recipient,
             "--receipts-dir",
-            &path("receipts"),
-        ])
+            &receipts,
+        ];
+        args.extend_from_slice(verified);
+        domicile(&args)
     };
+    let verified = [
+        "--verified",
+        "document_check",
+        "--evidence",
+        "ticket-4411",
+        "--verified-by",
+        "agent-7",
+    ];
+    let request = |key: &str, kind: &str| request_with(key, kind, &verified);
+    // Without the verification the request waits for it: no export yet.
+    let (code, out) = request_with(&dpo_key, "access", &[]);
+    assert_eq!(code, 0, "{out}");
+    let waiting: serde_json::Value = serde_json::from_str(out.lines().next().unwrap())?;
+    assert_eq!(
+        waiting["status"], "SUBJECT_REQUEST_STATUS_RECEIVED",
+        "{out}"
+    );
+    assert_eq!(waiting["sealed_export"], false, "{out}");
+    // An unknown method is refused before anything is sent.
+    let (code, out) = request_with(
+        &dpo_key,
+        "access",
+        &[
+            "--verified",
+            "a-hunch",
+            "--evidence",
+            "x",
+            "--verified-by",
+            "y",
+        ],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("--verified"), "{out}");
     let (code, out) = request(&dpo_key, "access");
     assert_eq!(code, 0, "{out}");
     let receipt: serde_json::Value = serde_json::from_str(out.lines().next().unwrap())?;
     assert_eq!(receipt["sealed_export"], true, "{out}");
+    assert_eq!(
+        receipt["status"], "SUBJECT_REQUEST_STATUS_COMPLETED",
+        "{out}"
+    );
     let file = format!(
         "{}/{}.receipt",
         path("receipts"),

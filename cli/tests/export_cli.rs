@@ -46,6 +46,10 @@ async fn a_requester_opens_their_export_with_their_own_key() -> anyhow::Result<(
 
     let receipt = node
         .submit_subject_request(RightsRequest::parse(&SubmitSubjectRequestRequest {
+            verification: Some(domicile_proto::rights::verified_by_platform(
+                "test-session",
+                "test-platform",
+            )),
             tenant_id: "acme".into(),
             subject: Some(SubjectRef {
                 country: "DE".into(),

@@ -261,14 +261,19 @@ def main():
 
     if args.dpo_key:
         # Access for py-0: signed by the DPO (the recipient key is inside what is signed), the
-        # export sealed to a key only this script holds.
+        # export sealed to a key only this script holds. The platform verified the requester
+        # (signed in to their account), so the request is fulfilled at once; without
+        # `verification` it would wait for UpdateSubjectRequest with `verify`.
         subject_pb = pb["subject"]
         with open(args.dpo_key) as f:
             dpo_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(f.read().strip()))
         recipient = SUITE.kem.derive_key_pair(os.urandom(32))
         request = subject_pb.SubmitSubjectRequestRequest(
             tenant_id=args.tenant, subject=subject, kind=subject_pb.SUBJECT_REQUEST_KIND_ACCESS,
-            recipient_public_key=recipient.public_key.to_public_bytes(), actor="python-example")
+            recipient_public_key=recipient.public_key.to_public_bytes(), actor="python-example",
+            verification=subject_pb.IdentityVerification(
+                method=subject_pb.VERIFICATION_METHOD_ACCOUNT_LOGIN,
+                evidence_reference="portal session 1", verified_by="python-example"))
         dpo_sign(pb, request, "domicile.v1.SubmitSubjectRequestRequest", dpo_key, int(time.time()))
         receipt = stub.SubmitSubjectRequest(request).receipts[0]
         info = b"domicile/v1/export\x00" + args.tenant.encode() + b"\x00" + receipt.region_id.encode()

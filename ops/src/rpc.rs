@@ -105,6 +105,8 @@ const KNOWN_METHODS: &[&str] = &[
     "GetIncident",
     "SubmitSubjectRequest",
     "GetSubjectRequest",
+    "UpdateSubjectRequest",
+    "ListSubjectRequests",
     "PlaceLegalHold",
     "ReleaseLegalHold",
     "ListIncidentSubjects",

@@ -102,6 +102,11 @@ fn source(raw: i32, default: Option<ConsentSource>, v: &mut Violations) -> Conse
 
 /// The `actor` code: a system or agent code, never a name.
 pub(crate) fn actor(raw: &str, v: &mut Violations) -> String {
+    actor_at(raw, "actor", v)
+}
+
+/// An agent or system code at `field`; see [`actor`].
+pub(crate) fn actor_at(raw: &str, field: &str, v: &mut Violations) -> String {
     let ok = !raw.is_empty()
         && raw.len() <= MAX_ACTOR_LEN
         && raw
@@ -109,7 +114,7 @@ pub(crate) fn actor(raw: &str, v: &mut Violations) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     if !ok {
         v.add(
-            "actor",
+            field,
             "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.' and ':' (a code, not a name)",
         );
     }

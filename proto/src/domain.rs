@@ -46,6 +46,23 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     )
 }
 
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian; H. Hinnant's algorithm), the
+/// inverse of [`civil_from_days`].
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The number of days in month `m` (1 to 12) of year `y` (proleptic Gregorian).
+pub fn days_in_month(y: i64, m: i64) -> i64 {
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
+}
+
 /// The year (UTC) of a Unix time.
 pub fn year_of(unix_seconds: i64) -> u32 {
     u32::try_from(civil_from_days(unix_seconds.div_euclid(86_400)).0).unwrap_or(0)

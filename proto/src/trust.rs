@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     pb::{
         AuditCheckpoint, DpoSignature, PlaceLegalHoldRequest, RegionInfo, ReleaseLegalHoldRequest,
-        ReportIncidentRequest, SealingKeyStatement, SignedSealingKey, SubmitSubjectRequestRequest,
+        ReportIncidentRequest, SealingKeyStatement, SignedSealingKey, SubjectRequestReceipt,
+        SubmitSubjectRequestRequest, UpdateSubjectRequestRequest,
     },
     seal::{PublicSealingKey, SUITE, key_id},
 };
@@ -228,6 +229,23 @@ impl TrustBundle {
 }
 
 impl TrustBundle {
+    /// Checks a subject-request receipt's signature against its region's identity key in the
+    /// bundle.
+    pub fn verify_receipt(&self, receipt: &SubjectRequestReceipt) -> Result<(), TrustError> {
+        let id = || receipt.region_id.clone();
+        let entry = self
+            .regions
+            .get(&receipt.region_id)
+            .ok_or_else(|| TrustError::UnknownRegion(id()))?;
+        let identity =
+            identity_key(&entry.identity_public_key).map_err(|m| TrustError::Mismatch(id(), m))?;
+        if self::verify_receipt(receipt, identity.as_bytes()) {
+            Ok(())
+        } else {
+            Err(TrustError::BadSignature(id()))
+        }
+    }
+
     /// Checks an audit checkpoint relayed for `region_id`: signed by the region's identity
     /// (audit) key from the bundle, for that region, and not behind `known` (a checkpoint of
     /// the region verified earlier): a later entry, or the same entry with the same hash.
@@ -346,6 +364,38 @@ pub fn checkpoint_message(region_id: &str, seq: u64, at: i64, head_hash: &[u8]) 
     m
 }
 
+/// What a region signs for a subject-request receipt: the receipt without its signature and
+/// its export (`SubjectRequestReceipt.signature`).
+pub fn receipt_message(receipt: &SubjectRequestReceipt) -> Vec<u8> {
+    let unsigned = SubjectRequestReceipt {
+        signature: Vec::new(),
+        export: None,
+        ..receipt.clone()
+    };
+    let mut m = b"domicile/v1/subject-request-receipt\0".to_vec();
+    m.extend_from_slice(&unsigned.encode_to_vec());
+    m
+}
+
+/// Signs `receipt` with the region's identity key.
+pub fn sign_receipt(receipt: &mut SubjectRequestReceipt, identity: &SigningKey) {
+    receipt.signature = identity.sign(&receipt_message(receipt)).to_bytes().to_vec();
+}
+
+/// Whether `receipt` is signed by `public_key` (32 bytes).
+pub fn verify_receipt(receipt: &SubjectRequestReceipt, public_key: &[u8]) -> bool {
+    let Some(key) = <[u8; 32]>::try_from(public_key)
+        .ok()
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+    else {
+        return false;
+    };
+    let Ok(signature) = Signature::from_slice(&receipt.signature) else {
+        return false;
+    };
+    key.verify(&receipt_message(receipt), &signature).is_ok()
+}
+
 /// Whether `checkpoint` is signed by `public_key` (32 bytes) and well formed.
 pub fn verify_checkpoint(checkpoint: &AuditCheckpoint, public_key: &[u8]) -> bool {
     let Some(key) = <[u8; 32]>::try_from(public_key)
@@ -402,7 +452,8 @@ dpo_signed!(
     SubmitSubjectRequestRequest,
     PlaceLegalHoldRequest,
     ReleaseLegalHoldRequest,
-    ReportIncidentRequest
+    ReportIncidentRequest,
+    UpdateSubjectRequestRequest
 );
 
 /// The id of a DPO public key (see `DpoSignature.key_id`).
@@ -703,6 +754,10 @@ mod tests {
 
     fn access(recipient: u8) -> SubmitSubjectRequestRequest {
         SubmitSubjectRequestRequest {
+            verification: Some(crate::rights::verified_by_platform(
+                "test-session",
+                "test-platform",
+            )),
             tenant_id: "acme".into(),
             subject: Some(SubjectRef {
                 external_id: "c-1".into(),
@@ -764,6 +819,62 @@ mod tests {
             verify_request(&req, 1_000 - CLOCK_SKEW_SECONDS - 1, lookup).unwrap_err(),
             DpoRefusal::Stale
         );
+    }
+
+    #[test]
+    fn a_receipt_verifies_with_its_regions_key_only_and_not_once_changed() {
+        use crate::pb::{SubjectRequestEvent, SubjectRequestStatus};
+        let region = identity(7);
+        let mut bundle = TrustBundle::new();
+        bundle.insert("eu-de", region.verifying_key().as_bytes(), None);
+        bundle.insert("us", identity(8).verifying_key().as_bytes(), None);
+        let mut receipt = SubjectRequestReceipt {
+            request_id: format!("eu-de.sr-{}", "0a".repeat(16)),
+            region_id: "eu-de".into(),
+            status: SubjectRequestStatus::Completed as i32,
+            events: vec![SubjectRequestEvent {
+                action: "completed".into(),
+                principal: "dpo".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        sign_receipt(&mut receipt, &region);
+        assert!(bundle.verify_receipt(&receipt).is_ok());
+        // The export is not covered: it is sealed to the requester, and a copy without it
+        // still verifies.
+        let mut no_export = receipt.clone();
+        no_export.export = Some(Default::default());
+        assert!(bundle.verify_receipt(&no_export).is_ok());
+        let tampered = [
+            SubjectRequestReceipt {
+                status: SubjectRequestStatus::Refused as i32,
+                ..receipt.clone()
+            },
+            SubjectRequestReceipt {
+                events: Vec::new(),
+                ..receipt.clone()
+            },
+            SubjectRequestReceipt {
+                region_id: "us".into(),
+                ..receipt.clone()
+            },
+            SubjectRequestReceipt {
+                signature: Vec::new(),
+                ..receipt.clone()
+            },
+        ];
+        for t in &tampered {
+            assert!(bundle.verify_receipt(t).is_err(), "{t:?}");
+        }
+        let unknown = SubjectRequestReceipt {
+            region_id: "mars".into(),
+            ..receipt
+        };
+        assert!(matches!(
+            bundle.verify_receipt(&unknown),
+            Err(TrustError::UnknownRegion(_))
+        ));
     }
 
     #[test]

@@ -114,6 +114,10 @@ async fn erase(node: &Node, id: &str) {
     let receipt = node
         .submit_subject_request(
             RightsRequest::parse(&SubmitSubjectRequestRequest {
+                verification: Some(domicile_proto::rights::verified_by_platform(
+                    "test-session",
+                    "test-platform",
+                )),
                 tenant_id: "acme".into(),
                 subject: Some(SubjectRef {
                     country: "DE".into(),

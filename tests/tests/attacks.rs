@@ -205,6 +205,10 @@ async fn a_substituted_sealing_key_is_refused_before_a_byte_is_sealed() -> anyho
 
 fn access(recipient: &SealingKeyPair, id: &str) -> SubmitSubjectRequestRequest {
     SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: Some(SubjectRef {
             country: "DE".into(),
@@ -219,6 +223,10 @@ fn access(recipient: &SealingKeyPair, id: &str) -> SubmitSubjectRequestRequest {
 
 fn erasure(id: &str) -> SubmitSubjectRequestRequest {
     SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: Some(SubjectRef {
             country: "DE".into(),

@@ -416,6 +416,10 @@ async fn edge_inputs_get_bounded_clear_errors() -> anyhow::Result<()> {
     // error when sealing.
     let err = gw
         .submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+            verification: Some(domicile_proto::rights::verified_by_platform(
+                "test-session",
+                "test-platform",
+            )),
             tenant_id: TENANT.into(),
             subject: Some(SubjectRef {
                 country: "DE".into(),

@@ -440,6 +440,10 @@ async fn rights_calls(
 ) {
     let requester = domicile_proto::seal::SealingKeyPair::generate();
     let submit = |kind: SubjectRequestKind, country: &str| SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: subject_ref(country, c),
         kind: kind as i32,
@@ -1021,6 +1025,10 @@ async fn drive_every_rpc(
         cap.result(
             node.submit_subject_request(RegionalNodeSubmitSubjectRequestRequest {
                 request: Some(fed.signed(SubmitSubjectRequestRequest {
+                    verification: Some(domicile_proto::rights::verified_by_platform(
+                        "test-session",
+                        "test-platform",
+                    )),
                     tenant_id: TENANT.into(),
                     subject: subject_ref(country, &canaries[r]),
                     kind: SubjectRequestKind::Portability as i32,

@@ -100,6 +100,10 @@ async fn the_overview_reports_what_was_done() -> anyhow::Result<()> {
 
     // Requests: a restriction (fulfilled) and an erasure held by a legal hold (open).
     let request = |i: usize, kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: subject("DE", i),
         kind: kind as i32,

@@ -24,6 +24,10 @@ fn subject(country: &str, id: &str) -> Option<SubjectRef> {
 async fn erase(fed: &Federation, gw: &mut domicile_client::Gateway, country: &str, id: &str) {
     let resp = gw
         .submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+            verification: Some(domicile_proto::rights::verified_by_platform(
+                "test-session",
+                "test-platform",
+            )),
             tenant_id: TENANT.into(),
             subject: subject(country, id),
             kind: SubjectRequestKind::Erasure as i32,

@@ -404,6 +404,10 @@ async fn a_detractor_is_followed_up_in_country_without_their_identity_crossing()
         .follow_up
         .unwrap();
     gw.submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: subject(4),
         kind: SubjectRequestKind::Erasure as i32,

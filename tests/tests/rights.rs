@@ -37,6 +37,10 @@ fn subject(country: &str, id: &str) -> Option<SubjectRef> {
 
 fn request(country: &str, id: &str, kind: SubjectRequestKind) -> SubmitSubjectRequestRequest {
     SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: subject(country, id),
         kind: kind as i32,
@@ -160,7 +164,10 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
     assert_eq!(receipt.region_id, "eu-de");
     assert_eq!(receipt.status, SubjectRequestStatus::Completed as i32);
     let submitted = receipt.submitted_at.unwrap().seconds;
-    assert_eq!(receipt.due_at.unwrap().seconds, submitted + 30 * 86_400);
+    // The DE policy: one month by the calendar.
+    let month = domicile_node::domain::policy::Period { months: 1, days: 0 };
+    assert_eq!(receipt.due_at.unwrap().seconds, month.after(submitted));
+    assert!(month.after(submitted) >= submitted + 28 * 86_400);
     assert_eq!(receipt.policy_version, "DE@2026-11-01");
     let us = resp.coverage.iter().find(|c| c.region_id == "us").unwrap();
     assert_eq!(us.detail, "holds no data about the subject");
@@ -478,6 +485,24 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert_eq!(receipt.held[0].reason, "case 2026-114");
     assert!(receipt.held[0].whole_subject);
     assert_eq!(receipt.held[0].interactions_kept, 2);
+    assert_eq!(
+        receipt.held[0].expires_at.as_ref().unwrap().seconds,
+        now() + 3_600
+    );
+    // The receipt, signed by the region, says what the hold keeps; fetched again it says the
+    // same, with the same signature's worth (it verifies with the trust bundle).
+    fed.trust_bundle.verify_receipt(receipt)?;
+    let again = gw
+        .get_subject_request(GetSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            request_id: receipt.request_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(again.held, receipt.held);
+    fed.trust_bundle.verify_receipt(&again)?;
 
     // Kept, but processed for nothing else: out of aggregates, records and contact.
     let store = node.store();
@@ -520,6 +545,11 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
         .unwrap();
     assert_eq!(final_receipt.status, SubjectRequestStatus::Completed as i32);
     assert!(final_receipt.completed_at.is_some());
+    let last = final_receipt.events.last().unwrap();
+    assert_eq!(last.action, "hold_ended");
+    assert_eq!(last.reason, hold);
+    assert_eq!(last.status, SubjectRequestStatus::Completed as i32);
+    fed.trust_bundle.verify_receipt(&final_receipt)?;
 
     // A hold on some interactions keeps only those; one that expires ends by itself.
     gw.place_legal_hold(fed.signed(PlaceLegalHoldRequest {

@@ -184,6 +184,10 @@ async fn call(
 ) -> Code {
     let t = tenant.to_owned();
     let subject_request = |kind: SubjectRequestKind| SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: t.clone(),
         subject: subject(),
         kind: kind as i32,
@@ -526,6 +530,10 @@ async fn every_audit_entry_names_who_caused_it() -> anyhow::Result<()> {
         .await?;
     let recipient = domicile_proto::seal::SealingKeyPair::generate();
     full.submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: subject(),
         kind: SubjectRequestKind::Access as i32,
@@ -1039,6 +1047,10 @@ async fn another_tenants_subject_is_indistinguishable_from_a_missing_one() -> an
         })
         .unwrap();
     let ask = |external_id: String| SubmitSubjectRequestRequest {
+        verification: Some(domicile_proto::rights::verified_by_platform(
+            "test-session",
+            "test-platform",
+        )),
         tenant_id: TENANT.into(),
         subject: Some(SubjectRef {
             country: "DE".into(),

@@ -9,11 +9,13 @@ use domicile_proto::pb::{
     GetIncidentRequest, GetIncidentResponse, GetOverviewRequest, GetOverviewResponse,
     GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest, IngestResponse,
     ListFollowUpsRequest, ListFollowUpsResponse, ListRegionsRequest, ListRegionsResponse,
-    OpenFollowUpRequest, OpenFollowUpResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse,
-    Purpose, QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest,
-    RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
-    ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
-    SubmitSubjectRequestResponse, WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
+    ListSubjectRequestsRequest, ListSubjectRequestsResponse, OpenFollowUpRequest,
+    OpenFollowUpResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse, Purpose,
+    QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest, RecordConsentResponse,
+    ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, ReportIncidentRequest,
+    ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
+    SubmitSubjectRequestResponse, UpdateSubjectRequestRequest, UpdateSubjectRequestResponse,
+    WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -121,10 +123,7 @@ impl http_body::Body for Admitted {
 
 /// Access, portability and erasure act on a person's whole record: only the DPO may ask.
 fn needs_dpo(kind: SubjectRequestKind) -> bool {
-    matches!(
-        kind,
-        SubjectRequestKind::Access | SubjectRequestKind::Portability | SubjectRequestKind::Erasure
-    )
+    domicile_proto::rights::needs_dpo(kind)
 }
 
 /// Authenticates every call with the gateway's authenticator in force (so a reload that
@@ -492,6 +491,46 @@ impl gateway_server::Gateway for GatewayService {
         let response = self
             .gateway
             .get_subject_request(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn update_subject_request(
+        &self,
+        request: Request<UpdateSubjectRequestRequest>,
+    ) -> Result<Response<UpdateSubjectRequestResponse>, Status> {
+        let deadline = self.deadline(&request);
+        // The node decides whether the step needs the DPO's signature (it knows the request's
+        // kind); a signed step must come from a DPO token here too.
+        self.authorize(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            request.get_ref().dpo_signature.is_some(),
+        )?;
+        let response = self
+            .gateway
+            .update_subject_request(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_subject_requests(
+        &self,
+        request: Request<ListSubjectRequestsRequest>,
+    ) -> Result<Response<ListSubjectRequestsResponse>, Status> {
+        let deadline = self.deadline(&request);
+        self.authorize(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
+        let response = self
+            .gateway
+            .list_subject_requests(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
     }

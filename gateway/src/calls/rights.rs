@@ -9,13 +9,16 @@ use domicile_proto::{
     domain::TenantId,
     error::Violations,
     pb::{
-        GetSubjectRequestRequest, GetSubjectRequestResponse, PlaceLegalHoldRequest,
-        PlaceLegalHoldResponse, RegionStatus, RegionalNodeGetSubjectRequestRequest,
+        GetSubjectRequestRequest, GetSubjectRequestResponse, ListSubjectRequestsRequest,
+        ListSubjectRequestsResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse, RegionStatus,
+        RegionalNodeGetSubjectRequestRequest, RegionalNodeListSubjectRequestsRequest,
         RegionalNodePlaceLegalHoldRequest, RegionalNodeReleaseLegalHoldRequest,
-        RegionalNodeSubmitSubjectRequestRequest, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
-        SubjectRequestKind, SubmitSubjectRequestRequest, SubmitSubjectRequestResponse,
+        RegionalNodeSubmitSubjectRequestRequest, RegionalNodeUpdateSubjectRequestRequest,
+        ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, SubjectRequestKind,
+        SubmitSubjectRequestRequest, SubmitSubjectRequestResponse, UpdateSubjectRequestRequest,
+        UpdateSubjectRequestResponse,
     },
-    rights::{HoldSpec, RightsRequest, region_of_id},
+    rights::{CaseQuery, CaseUpdate, HoldSpec, PageStart, RightsRequest, region_of_id},
 };
 use tonic::{Code, Status};
 
@@ -140,6 +143,96 @@ impl Gateway {
         ));
         let answer = Self::one_region(&region.id, deadline, call).await?;
         answer.response.ok_or_else(|| missing(&region.id))
+    }
+
+    /// One step of a request's case, in the region in its id.
+    pub async fn update_subject_request(
+        &self,
+        req: UpdateSubjectRequestRequest,
+        deadline: Duration,
+    ) -> Result<UpdateSubjectRequestResponse, GatewayError> {
+        CaseUpdate::parse(&req)?;
+        let region = self.region_of(&req.request_id, "sr", "request_id")?;
+        let mut client = region.client.clone();
+        let call = client.update_subject_request(request(
+            RegionalNodeUpdateSubjectRequestRequest { request: Some(req) },
+            deadline,
+        ));
+        let answer = Self::one_region(&region.id, deadline, call).await?;
+        answer.response.ok_or_else(|| missing(&region.id))
+    }
+
+    /// The case queue: each asked region's page after the token's starting point, merged by
+    /// (due date, request id) and cut to the page size; the next token starts after the last
+    /// receipt kept. A region that does not answer is named in `coverage` and its cases are
+    /// missing from this page (a later page does not bring them back: ask again).
+    pub async fn list_subject_requests(
+        &self,
+        req: ListSubjectRequestsRequest,
+        deadline: Duration,
+    ) -> Result<ListSubjectRequestsResponse, GatewayError> {
+        let query = CaseQuery::parse(&req)?;
+        let start = PageStart::parse(&req.page_token)?;
+        let mut v = Violations::new();
+        let targets = self.resolve_regions(&req.regions, &mut v);
+        v.into_result(())?;
+        let message = RegionalNodeListSubjectRequestsRequest {
+            request: Some(ListSubjectRequestsRequest {
+                regions: Vec::new(),
+                page_token: String::new(),
+                ..req
+            }),
+            after_due_at: start.due_at,
+            after_request_id: start.request_id,
+        };
+        let targets: Vec<_> = targets.into_iter().map(|r| (r, ())).collect();
+        let outcomes = fan_out(targets, deadline, |region, (), deadline| {
+            let mut client = region.client.clone();
+            let message = message.clone();
+            async move {
+                client
+                    .list_subject_requests(request(message, deadline))
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await;
+        let size = query.page_size as usize;
+        let mut receipts = Vec::new();
+        let mut coverage = Vec::new();
+        let mut counts = Vec::new();
+        // A region whose page is full may have more after it.
+        let mut more = false;
+        for outcome in outcomes {
+            coverage.push(outcome.coverage());
+            if let Ok(answer) = outcome.result {
+                more |= answer.receipts.len() >= size;
+                receipts.extend(answer.receipts);
+                counts.extend(answer.counts);
+            }
+        }
+        let key = |r: &domicile_proto::pb::SubjectRequestReceipt| {
+            (
+                r.due_at.as_ref().map_or(0, |t| t.seconds),
+                r.request_id.clone(),
+            )
+        };
+        receipts.sort_by_key(key);
+        let next_page_token = if more {
+            receipts.truncate(size);
+            receipts.last().map_or_else(String::new, |r| {
+                let (due_at, request_id) = key(r);
+                PageStart { due_at, request_id }.token()
+            })
+        } else {
+            String::new()
+        };
+        Ok(ListSubjectRequestsResponse {
+            receipts,
+            next_page_token,
+            coverage,
+            counts,
+        })
     }
 
     /// Places a legal hold in the subject's region.

@@ -3,7 +3,6 @@
 use std::pin::Pin;
 
 use domicile_ops::principal;
-use domicile_proto::pb::SubjectRequestKind;
 use domicile_proto::{
     consent::{Confirmation, ConsentChange, ConsentQuestion},
     domain::{AggregateSpec, IncidentSpec, RecordSpec, TenantId, is_incident_id},
@@ -21,32 +20,27 @@ use domicile_proto::{
         RegionalNodeGetRegionOverviewRequest, RegionalNodeGetRegionOverviewResponse,
         RegionalNodeGetSubjectRequestRequest, RegionalNodeGetSubjectRequestResponse,
         RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodeListFollowUpsRequest,
-        RegionalNodeListFollowUpsResponse, RegionalNodeOpenFollowUpRequest,
+        RegionalNodeListFollowUpsResponse, RegionalNodeListSubjectRequestsRequest,
+        RegionalNodeListSubjectRequestsResponse, RegionalNodeOpenFollowUpRequest,
         RegionalNodeOpenFollowUpResponse, RegionalNodePlaceLegalHoldRequest,
         RegionalNodePlaceLegalHoldResponse, RegionalNodeQueryRecordsRequest,
         RegionalNodeQueryRecordsResponse, RegionalNodeRecordConsentRequest,
         RegionalNodeRecordConsentResponse, RegionalNodeReleaseLegalHoldRequest,
         RegionalNodeReleaseLegalHoldResponse, RegionalNodeReportIncidentRequest,
         RegionalNodeReportIncidentResponse, RegionalNodeSubmitSubjectRequestRequest,
-        RegionalNodeSubmitSubjectRequestResponse, RegionalNodeWithdrawConsentRequest,
+        RegionalNodeSubmitSubjectRequestResponse, RegionalNodeUpdateSubjectRequestRequest,
+        RegionalNodeUpdateSubjectRequestResponse, RegionalNodeWithdrawConsentRequest,
         RegionalNodeWithdrawConsentResponse, ReleaseLegalHoldResponse,
-        SubmitSubjectRequestResponse, WithdrawConsentResponse, regional_node_server::RegionalNode,
+        SubmitSubjectRequestResponse, UpdateSubjectRequestResponse, WithdrawConsentResponse,
+        regional_node_server::RegionalNode,
     },
-    rights::{HoldSpec, RightsRequest, region_of_id},
+    rights::{CaseQuery, CaseUpdate, HoldSpec, PageStart, RightsRequest, needs_dpo, region_of_id},
 };
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{domain::consent::Recorded, node::Node};
-
-/// Access, portability and erasure act on a person's whole record: the tenant DPO must sign.
-fn needs_dpo(kind: SubjectRequestKind) -> bool {
-    matches!(
-        kind,
-        SubjectRequestKind::Access | SubjectRequestKind::Portability | SubjectRequestKind::Erasure
-    )
-}
 
 /// The client's request inside a federation wrapper, or `INVALID_ARGUMENT` naming `request`.
 fn inner<T>(request: Option<T>) -> Result<T, Status> {
@@ -327,6 +321,54 @@ impl RegionalNode for RegionalNodeService {
             response: Some(GetSubjectRequestResponse {
                 receipt: Some(receipt),
             }),
+        }))
+    }
+
+    async fn update_subject_request(
+        &self,
+        request: Request<RegionalNodeUpdateSubjectRequestRequest>,
+    ) -> Result<Response<RegionalNodeUpdateSubjectRequestResponse>, Status> {
+        let client = inner(request.into_inner().request)?;
+        let update = CaseUpdate::parse(&client)?;
+        // A step of a request that needed the DPO's signature needs it too: the gateway cannot
+        // verify, refuse or extend on its own.
+        let kind = self
+            .node
+            .subject_request_kind(update.tenant.clone(), update.request_id.clone())
+            .await?;
+        let principal = if needs_dpo(kind) || client.dpo_signature.is_some() {
+            Some(self.node.authorize_dpo(&client.tenant_id, &client).await?)
+        } else {
+            None
+        };
+        let receipt = principal::scope(principal, self.node.update_subject_request(update)).await?;
+        Ok(Response::new(RegionalNodeUpdateSubjectRequestResponse {
+            response: Some(UpdateSubjectRequestResponse {
+                receipt: Some(receipt),
+            }),
+        }))
+    }
+
+    async fn list_subject_requests(
+        &self,
+        request: Request<RegionalNodeListSubjectRequestsRequest>,
+    ) -> Result<Response<RegionalNodeListSubjectRequestsResponse>, Status> {
+        let wrapper = request.into_inner();
+        let client = inner(wrapper.request)?;
+        let query = CaseQuery::parse(&client)?;
+        let start = if wrapper.after_request_id.is_empty() {
+            PageStart::default()
+        } else {
+            region_of_id(&wrapper.after_request_id, "sr", "after_request_id")?;
+            PageStart {
+                due_at: wrapper.after_due_at,
+                request_id: wrapper.after_request_id,
+            }
+        };
+        let (receipts, counts) = self.node.list_subject_requests(query, start).await?;
+        Ok(Response::new(RegionalNodeListSubjectRequestsResponse {
+            receipts,
+            counts: Some(counts),
         }))
     }
 

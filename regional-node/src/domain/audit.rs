@@ -501,6 +501,12 @@ impl AuditLog {
         domicile_proto::trust::sign_statement(statement, &self.key)
     }
 
+    /// Signs a subject-request receipt with the identity key
+    /// ([`domicile_proto::trust::receipt_message`]).
+    pub fn sign_receipt(&self, receipt: &mut domicile_proto::pb::SubjectRequestReceipt) {
+        domicile_proto::trust::sign_receipt(receipt, &self.key);
+    }
+
     /// Signs `release` (after its `audit_seq` is set).
     pub fn sign_release(&self, release: &mut RegionRelease) {
         release.signature = self.key.sign(&release_message(release)).to_bytes().to_vec();

@@ -7,12 +7,13 @@
 //! [`rollup`], [`aggregate`] and [`release`] (aggregates from the rollups or the rows,
 //! k-anonymous or differentially private), [`stored`] (records at rest and the batch write),
 //! [`ingest`] and [`records`] (records in and out), [`incident`], [`followup`], [`rights`]
-//! (what an erasure deletes, legal holds), [`overview`], and [`schema`] (every table, for the
-//! store to apply). The node ([`crate::node`]) composes them into calls.
+//! (what an erasure deletes, legal holds), [`cases`] (subject requests as cases: steps,
+//! deadlines, the queue), [`overview`], and [`schema`] (every table, for the store to apply). The node ([`crate::node`]) composes them into calls.
 
 pub mod aggregate;
 pub mod audit;
 pub mod authority;
+pub mod cases;
 pub mod consent;
 pub mod followup;
 pub mod incident;

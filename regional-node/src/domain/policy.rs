@@ -245,10 +245,81 @@ pub struct Retention {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deadlines {
-    /// Days to answer a data-subject request.
-    pub subject_request_days: Spanned<u32>,
+    /// Days to answer a data-subject request (this or `subject_request_months`).
+    #[serde(default)]
+    pub subject_request_days: Option<Spanned<u32>>,
+    /// Calendar months to answer a data-subject request (GDPR Art. 12(3): one month).
+    #[serde(default)]
+    pub subject_request_months: Option<Spanned<u32>>,
+    /// Days a request's deadline may be extended by, once, with a reason (none: no extension).
+    #[serde(default)]
+    pub subject_request_extension_days: Option<Spanned<u32>>,
+    /// Calendar months a request's deadline may be extended by (GDPR: two further months).
+    #[serde(default)]
+    pub subject_request_extension_months: Option<Spanned<u32>>,
+    /// Whether the deadline pauses while the tenant waits for the subject (identity evidence,
+    /// a clarification), as the law allows. Default false: the clock runs from receipt.
+    #[serde(default)]
+    pub pause_awaiting_subject: bool,
     /// Hours to notify the authority of a personal-data breach.
     pub breach_notification_hours: Spanned<u32>,
+}
+
+impl Deadlines {
+    /// The time to answer a subject request.
+    pub fn subject_request(&self) -> Period {
+        Period::of(&self.subject_request_days, &self.subject_request_months)
+    }
+
+    /// The extension a subject request may get, if any.
+    pub fn subject_request_extension(&self) -> Option<Period> {
+        let p = Period::of(
+            &self.subject_request_extension_days,
+            &self.subject_request_extension_months,
+        );
+        (p != Period::default()).then_some(p)
+    }
+}
+
+/// A legal time limit: calendar months, or days.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Period {
+    /// Calendar months.
+    pub months: u32,
+    /// Days.
+    pub days: u32,
+}
+
+impl Period {
+    fn of(days: &Option<Spanned<u32>>, months: &Option<Spanned<u32>>) -> Self {
+        Self {
+            months: months.as_ref().map_or(0, |m| *m.get_ref()),
+            days: days.as_ref().map_or(0, |d| *d.get_ref()),
+        }
+    }
+
+    /// `at` (Unix seconds) plus this period, in UTC: months by the calendar (the same day of
+    /// the month, or the month's last day when it has no such day, as EU Regulation 1182/71
+    /// counts), then days.
+    pub fn after(self, at: i64) -> i64 {
+        let day = at.div_euclid(86_400);
+        let time = at.rem_euclid(86_400);
+        let (y, m, d) = domicile_proto::domain::civil_from_days(day);
+        let months = y * 12 + (m - 1) + i64::from(self.months);
+        let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+        let d = d.min(domicile_proto::domain::days_in_month(y, m));
+        (domicile_proto::domain::days_from_civil(y, m, d) + i64::from(self.days)) * 86_400 + time
+    }
+
+    /// As policies and receipts say it, e.g. "1 month", "45 days".
+    pub fn describe(self) -> String {
+        let unit = |n: u32, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+        match (self.months, self.days) {
+            (0, d) => unit(d, "day"),
+            (m, 0) => unit(m, "month"),
+            (m, d) => format!("{} and {}", unit(m, "month"), unit(d, "day")),
+        }
+    }
 }
 
 /// What an incident report releases across the border (GDPR Art. 33(3)(a) allows approximate
@@ -479,12 +550,47 @@ impl CountryPolicy {
             );
         }
         let d = &self.deadlines;
-        if !(1..=365).contains(d.subject_request_days.get_ref()) {
-            return fail(
-                d.subject_request_days.span(),
-                "deadlines.subject_request_days",
-                "must be 1 to 365".into(),
-            );
+        for (period, extension) in [(true, false), (false, true)] {
+            let (days, months, name) = if extension {
+                (
+                    &d.subject_request_extension_days,
+                    &d.subject_request_extension_months,
+                    "deadlines.subject_request_extension",
+                )
+            } else {
+                (
+                    &d.subject_request_days,
+                    &d.subject_request_months,
+                    "deadlines.subject_request",
+                )
+            };
+            match (days, months) {
+                (Some(_), Some(m)) => {
+                    return fail(
+                        m.span(),
+                        &format!("{name}_months"),
+                        format!("give {name}_days or {name}_months, not both"),
+                    );
+                }
+                (None, None) if period => {
+                    return fail(
+                        d.breach_notification_hours.span(),
+                        "deadlines.subject_request_days",
+                        "required: subject_request_days or subject_request_months".into(),
+                    );
+                }
+                (Some(n), None) if !(1..=365).contains(n.get_ref()) => {
+                    return fail(n.span(), &format!("{name}_days"), "must be 1 to 365".into());
+                }
+                (None, Some(n)) if !(1..=12).contains(n.get_ref()) => {
+                    return fail(
+                        n.span(),
+                        &format!("{name}_months"),
+                        "must be 1 to 12".into(),
+                    );
+                }
+                _ => {}
+            }
         }
         if !(1..=720).contains(d.breach_notification_hours.get_ref()) {
             return fail(

@@ -289,17 +289,7 @@ enum Grain {
     Month = 2,
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian; H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-use domicile_proto::domain::civil_from_days;
+use domicile_proto::domain::{civil_from_days, days_from_civil};
 
 /// The month number (months since 1970-01) of a day number.
 pub(crate) fn month_of_day(day: i64) -> i64 {

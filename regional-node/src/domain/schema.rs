@@ -18,12 +18,12 @@ use crate::{
 
 /// The version of the schema this code writes (`PRAGMA user_version` on SQLite, the
 /// `domicile_schema` table on PostgreSQL).
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// The node's schema, both dialects, with its migrations.
 pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     use crate::domain::{
-        audit, authority, consent, followup, incident, release, rights, rollup, stored,
+        audit, authority, cases, consent, followup, incident, release, rights, rollup, stored,
     };
     let sqlite = [
         stored::SCHEMA_SQLITE,
@@ -33,6 +33,7 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         incident::SCHEMA_SQLITE,
         followup::SCHEMA_SQLITE,
         rights::SCHEMA_SQLITE,
+        cases::SCHEMA_SQLITE,
         release::SCHEMA_SQLITE,
         &rollup::schema_sqlite(),
     ]
@@ -45,6 +46,7 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         incident::SCHEMA_POSTGRES,
         followup::SCHEMA_POSTGRES,
         rights::SCHEMA_POSTGRES,
+        cases::SCHEMA_POSTGRES,
         release::SCHEMA_POSTGRES,
         rollup::TABLES_POSTGRES,
         &triggers(),
@@ -107,6 +109,11 @@ pub static MIGRATIONS: &[Migration] = &[
         version: 11,
         what: "the queue of erasures whose rows are deleted after the answer (made by the schema)",
         apply: |_| Ok(()),
+    },
+    Migration {
+        version: 12,
+        what: "subject requests as cases: a case and a history for each request made before",
+        apply: crate::domain::cases::migrate,
     },
 ];
 

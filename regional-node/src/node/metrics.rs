@@ -3,7 +3,10 @@
 //! Labels are method names, outcomes, purposes, channels, tenants and file kinds: never a
 //! subject, never a value read from a record. Every family carries the node's `region` label.
 
-use std::{path::PathBuf, sync::atomic::AtomicU64};
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock, atomic::AtomicU64},
+};
 
 use domicile_ops::metrics::{RpcMetrics, Source, registered};
 use prometheus_client::{
@@ -51,6 +54,27 @@ pub struct FileLabels {
     pub file: String,
 }
 
+/// Labels of the subject-request queue's gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `open`, `due_within_7_days` or `overdue`.
+    pub state: String,
+}
+
+/// What runs at each scrape besides the file sizes (set once the node exists).
+#[derive(Clone, Default)]
+struct ScrapeHook(Arc<OnceLock<Box<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for ScrapeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "ScrapeHook(set)"
+        } else {
+            "ScrapeHook(unset)"
+        })
+    }
+}
+
 /// Every metric the node exports. Cheap to clone (the families are shared).
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
@@ -73,6 +97,9 @@ pub struct NodeMetrics {
     pub storage_bytes: Family<FileLabels, Gauge>,
     /// Erasures answered whose interactions are still being deleted (`node::purge`).
     pub erasures_purging: Gauge,
+    /// Subject requests by urgency, over every tenant, read at each scrape.
+    pub subject_requests: Family<QueueLabels, Gauge>,
+    on_scrape: ScrapeHook,
     source: Source,
 }
 
@@ -152,8 +179,19 @@ impl NodeMetrics {
             "Erasures answered whose interactions are still being deleted; reads of interactions \
              wait while it is above 0",
         );
+        let subject_requests = registered(
+            r,
+            "subject_requests",
+            "Open subject requests (open), those due within 7 days (due_within_7_days) and those \
+             past due (overdue), over every tenant",
+        );
         let sizes = storage_bytes.clone();
+        let on_scrape = ScrapeHook::default();
+        let hook = on_scrape.clone();
         let source = Source::new(root).with_refresh(move || {
+            if let Some(f) = hook.0.get() {
+                f();
+            }
             for (label, source) in &files {
                 let size = source.bytes();
                 sizes
@@ -173,8 +211,15 @@ impl NodeMetrics {
             contact_checks,
             storage_bytes,
             erasures_purging,
+            subject_requests,
+            on_scrape,
             source,
         }
+    }
+
+    /// Runs `f` at each scrape (once set, for the node's life).
+    pub(crate) fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_scrape.0.set(Box::new(f));
     }
 
     /// The exposition source for `/metrics`.

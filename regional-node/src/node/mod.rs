@@ -322,6 +322,36 @@ impl Node {
             );
             node.kick_purges();
         }
+        // The subject-request queue's gauges, counted at each scrape (the node held weakly:
+        // the metrics do not keep it alive).
+        let weak = Arc::downgrade(&node.inner);
+        node.inner.metrics.on_scrape(move || {
+            let Some(inner) = weak.upgrade() else { return };
+            let node = Self { inner };
+            let now = node.now();
+            match node
+                .inner
+                .store
+                .read(|conn| crate::domain::cases::totals(conn, now))
+            {
+                Ok((open, soon, overdue)) => {
+                    for (state, n) in [
+                        ("open", open),
+                        ("due_within_7_days", soon),
+                        ("overdue", overdue),
+                    ] {
+                        node.inner
+                            .metrics
+                            .subject_requests
+                            .get_or_create(&metrics::QueueLabels {
+                                state: state.to_owned(),
+                            })
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "counting subject requests for the metrics"),
+            }
+        });
         Ok(node)
     }
 

@@ -2,7 +2,10 @@
 //! erasure, restriction), legal holds and their release, each checked, recorded and audited.
 //! What an erasure deletes, and the flags restriction sets, are [`crate::domain::rights`].
 
+use crate::domain::cases::{self, Case, Deadline};
+use crate::domain::policy::CountryPolicy;
 use crate::domain::rights::{Purge, active_holds, erase, knows, scrub, set_flag, stored_country};
+use crate::node::purge::PurgeTicket;
 use crate::store::db::{Connection, OptionalExtension, params};
 use crate::{
     domain::audit::{Entry, Kind},
@@ -11,35 +14,72 @@ use crate::{
     domain::stored::{Profile, RecordBody},
     error::NodeError,
     node::Node,
-    store::vault::{SubjectKey, comment_aad, interaction_id_aad},
+    store::vault::{KeptSuppression, SubjectKey, comment_aad, interaction_id_aad},
 };
 use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
-    domain::whole_seconds as ts,
+    domain::{TenantId, whole_seconds as ts},
     pb::{
-        Channel, ConsentAction, ConsentSource, Purpose, SealedExport, SubjectRequestKind,
+        Channel, ConsentAction, ConsentSource, HeldData, IdentityVerification, Purpose,
+        SealedEnvelope, SealedExport, SubjectRequestKind, SubjectRequestQueueCounts,
         SubjectRequestReceipt, SubjectRequestStatus,
     },
-    rights::{HoldSpec, RightsRequest},
-    seal::seal_export,
+    rights::{CaseQuery, CaseUpdate, HoldSpec, PageStart, RightsRequest, Step, needs_dpo},
+    seal::{PublicSealingKey, seal_export},
 };
+
+/// Whether a request of this kind answers with an export.
+fn needs_export(kind: SubjectRequestKind) -> bool {
+    matches!(
+        kind,
+        SubjectRequestKind::Access | SubjectRequestKind::Portability
+    )
+}
 use serde_json::json;
 
 fn channel_name(raw: i32) -> &'static str {
     Channel::try_from(raw).map_or("", |c| c.as_str_name())
 }
 
+/// What fulfilling a request needs, whether it arrived just now or waited for verification.
+struct Work<'a> {
+    tenant: &'a TenantId,
+    external: &'a str,
+    key: &'a SubjectKey,
+    country: &'a str,
+    policy: &'a CountryPolicy,
+    request_id: &'a str,
+    kind: SubjectRequestKind,
+    recipient: Option<&'a PublicSealingKey>,
+    rectification: Option<&'a SealedEnvelope>,
+    purposes: &'a [Purpose],
+    actor: &'a str,
+    /// When the work is done (a rectification's history is stamped with it).
+    at: i64,
+}
+
+/// What fulfilling a request did.
+struct Done {
+    status: SubjectRequestStatus,
+    completed_at: Option<i64>,
+    held: Vec<HeldData>,
+    export: Option<SealedExport>,
+    details: serde_json::Value,
+    /// The suppressions to keep when the data key is destroyed (a complete erasure).
+    shred: Option<Vec<KeptSuppression>>,
+    /// An erasure's purge ticket ([`Node::purge_begin`]), dropped once it is answered.
+    ticket: Option<PurgeTicket>,
+}
+
 /// The export document (`docs/export-schema.md`).
 fn export_document(
     node: &Node,
     conn: &Connection,
-    req: &RightsRequest,
-    key: &SubjectKey,
-    request_id: &str,
-    country: &str,
+    w: &Work<'_>,
 ) -> Result<serde_json::Value, NodeError> {
     let inner = &node.inner;
-    let tenant = req.tenant.as_str();
+    let (key, request_id, country) = (w.key, w.request_id, w.country);
+    let tenant = w.tenant.as_str();
     let subject = key.reference.as_str();
     let key = Some(key);
     let profile = crate::domain::stored::profile(&inner.store, conn, tenant, subject)?;
@@ -90,16 +130,16 @@ fn export_document(
     }
     let mut doc = json!({
         "schema": "domicile.export.v1",
-        "kind": if req.kind == SubjectRequestKind::Access { "access" } else { "portability" },
+        "kind": if w.kind == SubjectRequestKind::Access { "access" } else { "portability" },
         "request_id": request_id,
         "region": inner.config.region_id,
         "tenant": tenant,
         "generated_at": node.now(),
-        "subject": { "external_id": req.external_id, "country": country },
+        "subject": { "external_id": w.external, "country": country },
         "profile": profile,
         "interactions": interactions,
     });
-    if req.kind == SubjectRequestKind::Access {
+    if w.kind == SubjectRequestKind::Access {
         let mut history = Vec::new();
         let mut stmt = conn.prepare(
             "SELECT replaced_at, profile FROM subject_pii_history
@@ -116,7 +156,7 @@ fn export_document(
         let consent = consent::get(
             conn,
             &ConsentQuestion {
-                tenant: req.tenant.clone(),
+                tenant: w.tenant.clone(),
                 subject: Subject {
                     country: country.to_owned(),
                     external_id: subject.to_owned(),
@@ -171,7 +211,9 @@ fn export_document(
 }
 
 impl Node {
-    /// Fulfils a data-subject request for a subject of this region.
+    /// Takes a data-subject request for a subject of this region: fulfils it at once, or (for
+    /// access, portability and erasure without the platform's identity verification) opens
+    /// its case to wait for the verification.
     pub async fn submit_subject_request(
         &self,
         req: RightsRequest,
@@ -179,14 +221,45 @@ impl Node {
         if let Some(country) = &req.country {
             self.policy_for(country, "subject.country")?;
         }
-        self.blocking(move |node| node.fulfil(&req)).await
+        self.blocking(move |node| node.submit(&req)).await
     }
 
-    fn fulfil(&self, req: &RightsRequest) -> Result<SubjectRequestReceipt, NodeError> {
+    /// The policy of a subject's country (or the region's first, for a subject without one).
+    fn policy_of(&self, country: &str) -> Result<&CountryPolicy, NodeError> {
+        let inner = &self.inner;
+        inner
+            .policies
+            .get(country)
+            .or_else(|| inner.policies.iter().next())
+            .ok_or_else(|| NodeError::Internal("no policy".into()))
+    }
+
+    fn submit(&self, req: &RightsRequest) -> Result<SubjectRequestReceipt, NodeError> {
         let inner = &self.inner;
         let region = inner.config.region_id.clone();
         let tenant = req.tenant.as_str();
         let external = req.external_id.as_str();
+        // Submitted again (a client retrying after a region was down, or a lost answer): the
+        // request this region already has, unchanged — looked up first, since an erasure done
+        // the first time leaves no subject to find.
+        if let Some(id) = &req.federation_id
+            && let Some(case) = inner
+                .store
+                .read(|conn| cases::by_federation_id(conn, tenant, id))?
+        {
+            let same_subject = match inner.store.vault().find(tenant, external)? {
+                Some(k) => k.reference == case.subject,
+                None => true,
+            };
+            if case.kind != req.kind || !same_subject {
+                return Err(domicile_proto::error::Violations::one(
+                    "request_id",
+                    "already used for another request",
+                )
+                .into());
+            }
+            return self.receipt_with_history(tenant, &case);
+        }
         let not_found = || NodeError::NotFound("no data about this subject in this region".into());
         // The subject is known here by its reference only.
         let key = inner
@@ -205,58 +278,137 @@ impl Node {
             return Err(not_found());
         }
         let country = stored.or_else(|| req.country.clone()).unwrap_or_default();
-        let policy = inner
-            .policies
-            .get(&country)
-            .or_else(|| inner.policies.iter().next())
-            .ok_or_else(|| NodeError::Internal("no policy".into()))?;
+        let policy = self.policy_of(&country)?;
         let submitted = self.now();
-        let due = submitted + i64::from(*policy.deadlines.subject_request_days.get_ref()) * 86_400;
         let request_id = format!("{region}.sr-{}", crate::store::kek::random_hex()?);
-        let mut receipt = SubjectRequestReceipt {
+        let waits = needs_dpo(req.kind) && req.verification.is_none();
+        let verification = req.verification.as_ref().map(|v| IdentityVerification {
+            method: v.method as i32,
+            evidence_reference: v.evidence_reference.clone(),
+            verified_by: v.verified_by.clone(),
+            verified_at: Some(ts(submitted)),
+        });
+        let case = Case {
             request_id: request_id.clone(),
-            region_id: region.clone(),
-            kind: req.kind as i32,
-            status: SubjectRequestStatus::Completed as i32,
-            submitted_at: Some(ts(submitted)),
-            due_at: Some(ts(due)),
-            completed_at: Some(ts(submitted)),
+            subject: subject.to_owned(),
+            kind: req.kind,
+            status: if waits {
+                SubjectRequestStatus::Received
+            } else {
+                SubjectRequestStatus::InProgress
+            },
+            submitted_at: submitted,
+            due_at: policy.deadlines.subject_request().after(submitted),
+            closed_at: None,
+            policy_version: policy.label(),
+            paused_since: None,
+            extension_reason: None,
+            refusal_reason: None,
+            recipient: if waits {
+                req.recipient.as_ref().map(|k| k.as_bytes().to_vec())
+            } else {
+                None
+            },
+            verification,
+            federation_id: req.federation_id.clone(),
+        };
+        let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
+        if waits {
+            inner.store.write(|tx| {
+                cases::insert(tx, tenant, &case, &req.actor)?;
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: Kind::SubjectRequest,
+                        tenant,
+                        subject: Some(&audit_subject),
+                        details: json!({
+                            "request_id": request_id,
+                            "kind": req.kind.as_str_name(),
+                            "action": "received",
+                            "awaits": "identity verification",
+                        }),
+                    },
+                )?;
+                Ok(())
+            })?;
+            return self.receipt_with_history(tenant, &case);
+        }
+        let work = Work {
+            tenant: &req.tenant,
+            external,
+            key: &key,
+            country: &country,
+            policy,
+            request_id: &request_id,
+            kind: req.kind,
+            recipient: req.recipient.as_ref(),
+            rectification: req.rectification.as_ref(),
+            purposes: &req.purposes,
+            actor: &req.actor,
+            at: submitted,
+        };
+        let done = self.perform(&work)?;
+        self.finish(&work, subject, done, |tx| {
+            cases::insert(tx, tenant, &case, &req.actor)?;
+            if let Some(v) = &req.verification {
+                cases::event(
+                    tx,
+                    tenant,
+                    &request_id,
+                    submitted,
+                    "verified",
+                    SubjectRequestStatus::InProgress,
+                    &v.verified_by,
+                    "",
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Carries out a request whose identity is verified (or needs none).
+    fn perform(&self, w: &Work<'_>) -> Result<Done, NodeError> {
+        let inner = &self.inner;
+        let region = inner.config.region_id.clone();
+        let tenant = w.tenant.as_str();
+        let external = w.external;
+        let key = w.key;
+        let subject = key.reference.as_str();
+        let mut done = Done {
+            status: SubjectRequestStatus::Completed,
+            completed_at: Some(w.at),
             held: Vec::new(),
             export: None,
-            policy_version: policy.label(),
+            details: json!({ "request_id": w.request_id, "kind": w.kind.as_str_name() }),
+            shred: None,
+            ticket: None,
         };
-        let mut shred = None;
-        // An erasure's purge ticket ([`Node::purge_begin`]), dropped once it is answered.
-        let mut ticket = None;
-        let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
-        let mut details = json!({ "request_id": request_id, "kind": req.kind.as_str_name() });
-        match req.kind {
+        match w.kind {
             SubjectRequestKind::Access | SubjectRequestKind::Portability => {
-                let doc = inner
-                    .store
-                    .read(|conn| export_document(self, conn, req, &key, &request_id, &country))?;
+                let doc = inner.store.read(|conn| export_document(self, conn, w))?;
                 let plaintext =
                     serde_json::to_vec(&doc).map_err(|e| NodeError::Internal(e.to_string()))?;
-                let recipient = req.recipient.as_ref().ok_or_else(|| {
+                let recipient = w.recipient.ok_or_else(|| {
                     NodeError::Internal("validated requests carry a recipient".into())
                 })?;
                 let (enc, ct) = seal_export(
                     recipient,
                     tenant,
                     &region,
-                    request_id.as_bytes(),
+                    w.request_id.as_bytes(),
                     &plaintext,
                 )
                 .map_err(|e| NodeError::Internal(format!("sealing the export: {e}")))?;
-                details["export_bytes"] = json!(ct.len());
-                receipt.export = Some(SealedExport {
+                done.details["export_bytes"] = json!(ct.len());
+                done.export = Some(SealedExport {
                     encapsulated_key: enc,
                     ciphertext: ct,
                     schema: "domicile.export.v1".into(),
                 });
             }
             SubjectRequestKind::Rectification => {
-                let envelope = req.rectification.as_ref().ok_or_else(|| {
+                let envelope = w.rectification.ok_or_else(|| {
                     NodeError::Internal("validated requests carry a rectification".into())
                 })?;
                 if envelope.region_id != region {
@@ -305,7 +457,7 @@ impl Node {
                         .optional()?;
                     let mut profile = old
                         .as_ref()
-                        .and_then(|b| Profile::open(&key, tenant, subject, b))
+                        .and_then(|b| Profile::open(key, tenant, subject, b))
                         .unwrap_or_default();
                     let mut set = |field: &str, value: &str, slot: &mut String| {
                         if !value.is_empty() && value != slot {
@@ -328,10 +480,10 @@ impl Node {
                         tx.execute(
                             "INSERT INTO subject_pii_history (tenant, external_id, replaced_at, profile)
                              VALUES ($1, $2, $3, $4)",
-                            params![tenant, subject, submitted, old],
+                            params![tenant, subject, w.at, old],
                         )?;
                     }
-                    let sealed = profile.seal(&key, tenant, subject)?;
+                    let sealed = profile.seal(key, tenant, subject)?;
                     let has_contact = !profile.email.is_empty() || !profile.phone.is_empty();
                     tx.execute(
                         "INSERT INTO subject_pii (tenant, external_id, profile, has_contact)
@@ -344,11 +496,11 @@ impl Node {
                         "INSERT INTO subjects (tenant, external_id, country, created_at, updated_at)
                          VALUES ($1, $2, $3, $4, $4)
                          ON CONFLICT (tenant, external_id) DO UPDATE SET updated_at = excluded.updated_at",
-                        params![tenant, subject, country, submitted],
+                        params![tenant, subject, w.country, w.at],
                     )?;
                     Ok(())
                 })?;
-                details["fields_changed"] = json!(changed);
+                done.details["fields_changed"] = json!(changed);
             }
             SubjectRequestKind::Erasure => {
                 let suppress_as = self.suppression_ids(tenant, external, subject)?;
@@ -357,16 +509,16 @@ impl Node {
                     erase(tx, tenant, subject, &suppress_as, self.now(), Purge::Queued)
                 })?;
                 t.queued = erased.queued;
-                ticket = Some(t);
-                details["purge"] = json!(if erased.queued {
+                done.ticket = Some(t);
+                done.details["purge"] = json!(if erased.queued {
                     "after the answer"
                 } else {
                     "done"
                 });
-                details["suppression_kept"] = json!(!suppress_as.is_empty());
-                details["interactions_deleted"] = json!(erased.interactions_deleted);
-                details["complete"] = json!(erased.complete);
-                details["holds"] = json!(
+                done.details["suppression_kept"] = json!(!suppress_as.is_empty());
+                done.details["interactions_deleted"] = json!(erased.interactions_deleted);
+                done.details["complete"] = json!(erased.complete);
+                done.details["holds"] = json!(
                     erased
                         .held
                         .iter()
@@ -374,11 +526,11 @@ impl Node {
                         .collect::<Vec<_>>()
                 );
                 if !erased.complete {
-                    receipt.status = SubjectRequestStatus::PartiallyCompleted as i32;
-                    receipt.completed_at = None;
+                    done.status = SubjectRequestStatus::PartiallyCompleted;
+                    done.completed_at = None;
                 }
-                receipt.held = erased.held;
-                shred = erased.complete.then_some(erased.suppressions);
+                done.held = erased.held;
+                done.shred = erased.complete.then_some(erased.suppressions);
             }
             SubjectRequestKind::Restriction => {
                 inner
@@ -386,13 +538,13 @@ impl Node {
                     .write(|tx| set_flag(tx, tenant, subject, "restricted"))?;
             }
             SubjectRequestKind::Objection => {
-                let policy = policy.clone();
+                let policy = w.policy.clone();
                 inner.store.write(|tx| {
-                    for purpose in &req.purposes {
+                    for purpose in w.purposes {
                         let change = ConsentChange {
-                            tenant: req.tenant.clone(),
+                            tenant: w.tenant.clone(),
                             subject: Subject {
-                                country: country.clone(),
+                                country: w.country.to_owned(),
                                 external_id: subject.to_owned(),
                             },
                             purpose: *purpose,
@@ -400,7 +552,7 @@ impl Node {
                             action: ConsentAction::Object,
                             source: ConsentSource::Api,
                             wording_sha256: None,
-                            actor: req.actor.clone(),
+                            actor: w.actor.to_owned(),
                             token_ttl_seconds: 0,
                         };
                         let recorded = consent::record(tx, &region, &policy, &change, self.now())?;
@@ -408,8 +560,8 @@ impl Node {
                     }
                     Ok(())
                 })?;
-                details["purposes"] = json!(
-                    req.purposes
+                done.details["purposes"] = json!(
+                    w.purposes
                         .iter()
                         .map(|p| p.as_str_name())
                         .collect::<Vec<_>>()
@@ -419,36 +571,59 @@ impl Node {
                 return Err(domicile_proto::error::Violations::one("kind", "required").into());
             }
         }
+        Ok(done)
+    }
+
+    /// Records a request's fulfilment (with `record`, what else the transaction writes: the
+    /// new case, or the case's step), audits it, destroys an erased subject's key, and answers
+    /// the receipt.
+    fn finish(
+        &self,
+        w: &Work<'_>,
+        subject: &str,
+        mut done: Done,
+        record: impl Fn(&Connection) -> Result<(), NodeError>,
+    ) -> Result<SubjectRequestReceipt, NodeError> {
+        let inner = &self.inner;
+        let tenant = w.tenant.as_str();
+        let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
+        let action = if done.status == SubjectRequestStatus::Completed {
+            "completed"
+        } else {
+            "partially_completed"
+        };
+        done.details["action"] = json!(action);
         inner.store.write(|tx| {
-            let held: Vec<_> = receipt.held.iter().map(|h| h.hold_id.clone()).collect();
-            tx.execute(
-                "INSERT INTO subject_requests (tenant, request_id, subject_id, kind, status,
-                   submitted_at, due_at, completed_at, policy_version, held)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                params![
-                    tenant,
-                    request_id,
-                    subject,
-                    req.kind as i32,
-                    receipt.status,
-                    submitted,
-                    due,
-                    receipt.completed_at.map(|t| t.seconds),
-                    receipt.policy_version,
-                    serde_json::to_string(&held).unwrap_or_default()
-                ],
+            record(tx)?;
+            cases::fulfilled(
+                tx,
+                tenant,
+                w.request_id,
+                done.status,
+                done.completed_at,
+                &done.held,
+            )?;
+            cases::event(
+                tx,
+                tenant,
+                w.request_id,
+                self.now(),
+                action,
+                done.status,
+                w.actor,
+                "",
             )?;
             inner.audit.append(
                 tx,
                 Entry {
-                    kind: if req.kind == SubjectRequestKind::Erasure {
+                    kind: if w.kind == SubjectRequestKind::Erasure {
                         Kind::Erasure
                     } else {
                         Kind::SubjectRequest
                     },
                     tenant,
                     subject: Some(&audit_subject),
-                    details: details.clone(),
+                    details: done.details.clone(),
                 },
             )?;
             Ok(())
@@ -457,23 +632,203 @@ impl Node {
         // queued for the purge, which needs no key). The WAL checkpoint that takes the old
         // pages out of the files runs after the purge (`node::purge`), or here when nothing
         // was queued.
-        if let Some(suppressions) = shred {
-            inner
-                .store
-                .vault()
-                .destroy(tenant, subject, &suppressions)?;
-            if !ticket.as_ref().is_some_and(|t| t.queued) {
+        if let Some(suppressions) = &done.shred {
+            inner.store.vault().destroy(tenant, subject, suppressions)?;
+            if !done.ticket.as_ref().is_some_and(|t| t.queued) {
                 scrub(&inner.store);
             }
         }
-        drop(ticket);
+        drop(done.ticket.take());
         tracing::debug!(
-            region = %region,
+            region = %inner.config.region_id,
             tenant = %tenant,
-            kind = req.kind.as_str_name(),
+            kind = w.kind.as_str_name(),
             "subject request fulfilled"
         );
+        let case = inner
+            .store
+            .read(|conn| cases::load(conn, tenant, w.request_id))?
+            .ok_or_else(|| NodeError::Internal("a request just written is gone".into()))?;
+        let mut receipt = self.receipt_with_history(tenant, &case)?;
+        receipt.export = done.export;
         Ok(receipt)
+    }
+
+    /// A case's receipt with its history and held data, signed by the region's identity key
+    /// (no export).
+    fn receipt_with_history(
+        &self,
+        tenant: &str,
+        case: &Case,
+    ) -> Result<SubjectRequestReceipt, NodeError> {
+        let mut receipt = case.receipt(&self.inner.config.region_id, self.now());
+        (receipt.events, receipt.held) = self.inner.store.read(|conn| {
+            Ok((
+                cases::events(conn, tenant, &case.request_id)?,
+                cases::held(conn, tenant, &case.request_id)?,
+            ))
+        })?;
+        self.inner.audit.sign_receipt(&mut receipt);
+        Ok(receipt)
+    }
+
+    /// The kind of a request of this region, to decide whether a step needs the DPO's
+    /// signature.
+    pub async fn subject_request_kind(
+        &self,
+        tenant: TenantId,
+        request_id: String,
+    ) -> Result<SubjectRequestKind, NodeError> {
+        self.blocking(move |node| {
+            node.inner
+                .store
+                .read(|conn| cases::load(conn, tenant.as_str(), &request_id))?
+                .map(|c| c.kind)
+                .ok_or_else(|| NodeError::NotFound("no such request in this region".into()))
+        })
+        .await
+    }
+
+    /// Takes one step of a request's case; a verification fulfils the request.
+    pub async fn update_subject_request(
+        &self,
+        update: CaseUpdate,
+    ) -> Result<SubjectRequestReceipt, NodeError> {
+        self.blocking(move |node| node.step(&update)).await
+    }
+
+    fn step(&self, update: &CaseUpdate) -> Result<SubjectRequestReceipt, NodeError> {
+        let inner = &self.inner;
+        let tenant = update.tenant.as_str();
+        let case = inner
+            .store
+            .read(|conn| cases::load(conn, tenant, &update.request_id))?
+            .ok_or_else(|| NodeError::NotFound("no such request in this region".into()))?;
+        let country = case
+            .policy_version
+            .split_once('@')
+            .map_or("", |(c, _)| c)
+            .to_owned();
+        let policy = self.policy_of(&country)?;
+        let d = &policy.deadlines;
+        let deadline = Deadline {
+            period: d.subject_request(),
+            extension: d.subject_request_extension(),
+            pauses: d.pause_awaiting_subject,
+        };
+        let now = self.now();
+        let change = cases::next(&case, &update.step, &deadline, now)?;
+        let reason = match &update.step {
+            Step::Verify(_) => "",
+            Step::AwaitSubject(r) | Step::Extend(r) | Step::Refuse(r) => r.as_str(),
+        };
+        let actor = match &update.step {
+            Step::Verify(v) => v.verified_by.as_str(),
+            _ => update.actor.as_str(),
+        };
+        let audit_subject = inner.pseudonyms.audit_subject(tenant, &case.subject);
+        inner.store.write(|tx| {
+            cases::apply(tx, tenant, &case, &update.step, &change, now)?;
+            cases::event(
+                tx,
+                tenant,
+                &case.request_id,
+                now,
+                update.step.action(),
+                change.status,
+                actor,
+                reason,
+            )?;
+            inner.audit.append(
+                tx,
+                Entry {
+                    kind: Kind::SubjectRequest,
+                    tenant,
+                    subject: Some(&audit_subject),
+                    details: json!({
+                        "request_id": case.request_id,
+                        "kind": case.kind.as_str_name(),
+                        "action": update.step.action(),
+                        "status": change.status.as_str_name(),
+                        "due_at": change.due_at,
+                    }),
+                },
+            )?;
+            Ok(())
+        })?;
+        let case = inner
+            .store
+            .read(|conn| cases::load(conn, tenant, &case.request_id))?
+            .ok_or_else(|| NodeError::Internal("a request just written is gone".into()))?;
+        if !matches!(update.step, Step::Verify(_)) {
+            return self.receipt_with_history(tenant, &case);
+        }
+        // Verified: fulfil what the request asked.
+        let gone = || {
+            NodeError::FailedPrecondition(
+                "the subject's data is no longer held in this region (erased since the request)"
+                    .into(),
+            )
+        };
+        let external = inner
+            .store
+            .vault()
+            .external_id(tenant, &case.subject)?
+            .ok_or_else(gone)?;
+        let key = inner
+            .store
+            .vault()
+            .find(tenant, &external)?
+            .ok_or_else(gone)?;
+        let recipient = case
+            .recipient
+            .as_deref()
+            .map(PublicSealingKey::from_bytes)
+            .transpose()
+            .map_err(|e| NodeError::Internal(format!("a stored recipient key: {e}")))?;
+        if needs_export(case.kind) && recipient.is_none() {
+            return Err(NodeError::Internal(
+                "an export request without its recipient".into(),
+            ));
+        }
+        let work = Work {
+            tenant: &update.tenant,
+            external: &external,
+            key: &key,
+            country: &country,
+            policy,
+            request_id: &case.request_id,
+            kind: case.kind,
+            recipient: recipient.as_ref(),
+            rectification: None,
+            purposes: &[],
+            actor,
+            at: now,
+        };
+        let done = self.perform(&work)?;
+        self.finish(&work, &case.subject, done, |_| Ok(()))
+    }
+
+    /// One page of this region's case queue, and its counts.
+    pub async fn list_subject_requests(
+        &self,
+        query: CaseQuery,
+        start: PageStart,
+    ) -> Result<(Vec<SubjectRequestReceipt>, SubjectRequestQueueCounts), NodeError> {
+        self.blocking(move |node| {
+            let region = node.inner.config.region_id.clone();
+            let now = node.now();
+            let tenant = query.tenant.as_str();
+            node.inner.store.read(|conn| {
+                let page = cases::page(conn, tenant, &query, &start, now)?;
+                let counts = cases::counts(conn, tenant, &region, now)?;
+                Ok((
+                    page.iter().map(|c| c.receipt(&region, now)).collect(),
+                    counts,
+                ))
+            })
+        })
+        .await
     }
 
     /// The suppression ids an erasure of `subject` keeps its refusals and objections under:
@@ -503,38 +858,20 @@ impl Node {
         Ok(ids)
     }
 
-    /// A receipt, without the export.
+    /// A receipt, without the export, with its history.
     pub async fn get_subject_request(
         &self,
-        tenant: domicile_proto::domain::TenantId,
+        tenant: TenantId,
         request_id: String,
     ) -> Result<SubjectRequestReceipt, NodeError> {
         self.blocking(move |node| {
-            let region = node.inner.config.region_id.clone();
-            node.inner.store.read(|conn| {
-                let row = conn
-                    .query_row(
-                        "SELECT kind, status, submitted_at, due_at, completed_at, policy_version
-                         FROM subject_requests WHERE tenant = $1 AND request_id = $2",
-                        params![tenant.as_str(), request_id],
-                        |r| {
-                            Ok(SubjectRequestReceipt {
-                                request_id: request_id.clone(),
-                                region_id: region.clone(),
-                                kind: r.get(0)?,
-                                status: r.get(1)?,
-                                submitted_at: Some(ts(r.get(2)?)),
-                                due_at: Some(ts(r.get(3)?)),
-                                completed_at: r.get::<_, Option<i64>>(4)?.map(ts),
-                                held: Vec::new(),
-                                export: None,
-                                policy_version: r.get(5)?,
-                            })
-                        },
-                    )
-                    .optional()?;
-                row.ok_or_else(|| NodeError::NotFound("no such request in this region".into()))
-            })
+            let tenant = tenant.as_str();
+            let case = node
+                .inner
+                .store
+                .read(|conn| cases::load(conn, tenant, &request_id))?
+                .ok_or_else(|| NodeError::NotFound("no such request in this region".into()))?;
+            node.receipt_with_history(tenant, &case)
         })
         .await
     }
@@ -601,7 +938,7 @@ impl Node {
     /// Releases a hold; an erasure waiting on it completes (true).
     pub async fn release_legal_hold(
         &self,
-        tenant: domicile_proto::domain::TenantId,
+        tenant: TenantId,
         hold_id: String,
     ) -> Result<bool, NodeError> {
         self.blocking(move |node| node.end_hold(tenant.as_str(), &hold_id, "release"))
@@ -698,18 +1035,41 @@ impl Node {
             if !erased.queued {
                 scrub(&inner.store);
             }
+            let now = self.now();
+            let actor = if why == "expire" { "node" } else { "dpo" };
             inner.store.write(|tx| {
-                tx.execute(
-                    "UPDATE subject_requests SET status = $1, completed_at = $2
-                     WHERE tenant = $3 AND subject_id = $4 AND status = $5",
+                let waiting: Vec<String> = tx.query_map(
+                    "SELECT request_id FROM subject_requests
+                     WHERE tenant = $1 AND subject_id = $2 AND status = $3",
                     params![
-                        SubjectRequestStatus::Completed as i32,
-                        self.now(),
                         tenant,
                         subject,
                         SubjectRequestStatus::PartiallyCompleted as i32
                     ],
+                    |r| r.get(0),
                 )?;
+                for request_id in &waiting {
+                    tx.execute(
+                        "UPDATE subject_requests SET status = $1, completed_at = $2
+                         WHERE tenant = $3 AND request_id = $4",
+                        params![
+                            SubjectRequestStatus::Completed as i32,
+                            now,
+                            tenant,
+                            request_id
+                        ],
+                    )?;
+                    cases::event(
+                        tx,
+                        tenant,
+                        request_id,
+                        now,
+                        "hold_ended",
+                        SubjectRequestStatus::Completed,
+                        actor,
+                        hold_id,
+                    )?;
+                }
                 Ok(())
             })?;
         }
