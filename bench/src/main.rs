@@ -21,6 +21,7 @@
 //! - `erasure`: erasing subjects with 1, 100 and 10,000 interactions.
 //! - `console`: `GetOverview` and the console's `/api/overview` on three regions with a
 //!   history (consents, subject requests, releases, incidents).
+//! - `cases`: the subject-request queue (`ListSubjectRequests`) with 10,000 open requests.
 
 use std::{
     net::SocketAddr,
@@ -39,6 +40,7 @@ use domicile_proto::pb::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+mod cases;
 mod cluster;
 mod data;
 mod flood;
@@ -49,7 +51,7 @@ mod soak;
 #[command(name = "domicile-bench", about = "Domicile's benchmark suite")]
 pub struct Args {
     /// The scenario: `proxy`, `fanout`, `dashboard`, `ingest`, `erasure`, `console`, `redact`,
-    /// `flood`, `soak`, or `all`.
+    /// `flood`, `soak`, `cases`, or `all`.
     scenario: String,
     /// Seconds, small data: checks that the suite runs (CI), not the numbers.
     #[arg(long)]
@@ -426,7 +428,7 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-const SCENARIOS: [(&str, &str); 9] = [
+const SCENARIOS: [(&str, &str); 10] = [
     (
         "proxy",
         "## Proxy overhead: CheckContactPermission direct, via the gateway, via nginx",
@@ -457,6 +459,10 @@ const SCENARIOS: [(&str, &str); 9] = [
         "soak",
         "## Soak: a mixed workload at 70% of capacity while a node is killed and the gateway restarted",
     ),
+    (
+        "cases",
+        "## Cases: the subject-request queue with 10,000 open requests across three regions",
+    ),
 ];
 
 async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
@@ -467,6 +473,7 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
         "ingest" => scenarios::ingest(args).await,
         "erasure" => scenarios::erasure(args).await,
         "console" => scenarios::console(args).await,
+        "cases" => cases::cases(args).await,
         "redact" => scenarios::redact(args).await,
         "flood" => flood::flood(args).await,
         "soak" => soak::soak(args).await,

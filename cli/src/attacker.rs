@@ -27,6 +27,7 @@ use domicile_proto::{
     pb::{
         AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
         CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
+        FetchSubjectRequestExportRequest, FetchSubjectRequestExportResponse,
         GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest,
         GetConsentResponse, GetIncidentRequest, GetIncidentResponse, GetOverviewRequest,
         GetOverviewResponse, GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest,
@@ -469,6 +470,21 @@ impl GatewayApi for Relay {
                 .await?
                 .into_inner(),
         ))
+    }
+
+    type FetchSubjectRequestExportStream =
+        Pin<Box<dyn Stream<Item = Result<FetchSubjectRequestExportResponse, Status>> + Send>>;
+
+    async fn fetch_subject_request_export(
+        &self,
+        request: Request<FetchSubjectRequestExportRequest>,
+    ) -> Answer<Self::FetchSubjectRequestExportStream> {
+        let stream = self
+            .client()
+            .fetch_subject_request_export(request.into_inner())
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_subject_requests(

@@ -422,6 +422,21 @@ enum RequestsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// An access or portability request's export again (until it expires), streamed, written
+    /// with its request id and region as a receipt file for `domicile export open`.
+    Fetch {
+        #[command(flatten)]
+        target: Target,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The requester's identity is verified: the request is fulfilled now. Writes the receipt
     /// (with an access or portability request's sealed export) to `--receipts-dir` if given.
     Verify {
@@ -1418,6 +1433,56 @@ async fn requests(command: RequestsCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{}", serde_json::to_string_pretty(&receipt_json(&receipt))?);
+        }
+        RequestsCommand::Fetch {
+            target,
+            tenant,
+            id,
+            out,
+        } => {
+            let region_id = domicile_proto::rights::region_of_id(&id, "sr", "--id")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut stream = target
+                .connect()
+                .await?
+                .gateway()
+                .fetch_subject_request_export(
+                    domicile_proto::pb::FetchSubjectRequestExportRequest {
+                        tenant_id: tenant,
+                        request_id: id.clone(),
+                    },
+                )
+                .await?
+                .into_inner();
+            let mut export = domicile_proto::pb::SealedExport::default();
+            let (mut expected, mut expires) = (0, None);
+            while let Some(m) = stream.message().await? {
+                if export.encapsulated_key.is_empty() {
+                    export.encapsulated_key = m.encapsulated_key;
+                    export.schema = m.schema;
+                    expected = m.total_bytes;
+                    expires = m.expires_at.map(|t| t.seconds);
+                }
+                export.ciphertext.extend_from_slice(&m.chunk);
+            }
+            anyhow::ensure!(
+                export.ciphertext.len() as u64 == expected,
+                "the export was cut short: {} of {expected} bytes",
+                export.ciphertext.len()
+            );
+            let bytes = export.ciphertext.len();
+            let receipt = domicile_proto::pb::SubjectRequestReceipt {
+                request_id: id,
+                region_id,
+                export: Some(export),
+                ..Default::default()
+            };
+            std::fs::write(&out, prost::Message::encode_to_vec(&receipt))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}",
+                serde_json::json!({ "export_bytes": bytes, "expires_at": expires, "out": out })
+            );
         }
         RequestsCommand::Verify {
             signer,

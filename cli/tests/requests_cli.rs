@@ -149,6 +149,32 @@ async fn a_dpo_works_a_case_from_the_queue_to_a_verified_receipt() -> anyhow::Re
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"external_id\": \"c-1\""), "{out}");
+    // Fetched again (the requester lost it): the same export, which opens the same way.
+    let (code, out) = domicile(&[
+        "requests",
+        "fetch",
+        "--gateway",
+        &gateway,
+        "--tenant",
+        "acme",
+        "--id",
+        &ids[0],
+        "--out",
+        &path("again.receipt"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = domicile(&[
+        "export",
+        "open",
+        "--key",
+        &path("me.key"),
+        "--tenant",
+        "acme",
+        "--receipt",
+        &path("again.receipt"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"external_id\": \"c-1\""), "{out}");
     // A bad method is refused before anything is sent.
     let (code, out) = signer(&[
         "requests",

@@ -223,8 +223,10 @@ function renderRequests(data) {
     for (const c of r.report.subject_requests) {
       const row = table.get(c.kind) || { byRegion: new Map(), openByRegion: new Map(), open: 0, overdue: 0 };
       row.byRegion.set(r.region_id, (row.byRegion.get(r.region_id) || 0) + c.count);
-      if (c.status !== 'completed') row.openByRegion.set(r.region_id, (row.openByRegion.get(r.region_id) || 0) + c.count);
-      if (c.status !== 'completed') row.open += c.count;
+      // Completed and refused requests are closed; every other status is open.
+      const closed = c.status === 'completed' || c.status === 'refused';
+      if (!closed) row.openByRegion.set(r.region_id, (row.openByRegion.get(r.region_id) || 0) + c.count);
+      if (!closed) row.open += c.count;
       row.overdue += c.overdue;
       table.set(c.kind, row);
     }

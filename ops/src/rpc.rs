@@ -107,6 +107,7 @@ const KNOWN_METHODS: &[&str] = &[
     "GetSubjectRequest",
     "UpdateSubjectRequest",
     "ListSubjectRequests",
+    "FetchSubjectRequestExport",
     "PlaceLegalHold",
     "ReleaseLegalHold",
     "ListIncidentSubjects",

@@ -13,11 +13,11 @@ use domicile_proto::{
     domain::days_from_civil,
     error::field_violations,
     pb::{
-        AwaitSubject, ExtendDeadline, GetSubjectRequestRequest, IdentityVerification,
-        ListSubjectRequestsRequest, ListSubjectRequestsResponse, RefuseSubjectRequest,
-        RegionStatus, SubjectRef, SubjectRequestKind, SubjectRequestReceipt, SubjectRequestStatus,
-        SubmitSubjectRequestRequest, UpdateSubjectRequestRequest, VerificationMethod,
-        update_subject_request_request::Action,
+        AwaitSubject, ExtendDeadline, FetchSubjectRequestExportRequest, GetSubjectRequestRequest,
+        IdentityVerification, ListSubjectRequestsRequest, ListSubjectRequestsResponse,
+        RefuseSubjectRequest, RegionStatus, SubjectRef, SubjectRequestKind, SubjectRequestReceipt,
+        SubjectRequestStatus, SubmitSubjectRequestRequest, UpdateSubjectRequestRequest,
+        VerificationMethod, update_subject_request_request::Action,
     },
     seal::{SealingKeyPair, open_export},
 };
@@ -766,5 +766,168 @@ async fn a_region_down_during_submission_gets_the_request_when_the_client_sends_
         .await
         .unwrap_err();
     assert_eq!(fields(&e), ["request_id"], "{e:?}");
+    Ok(())
+}
+
+/// Fetches an export through the gateway: the messages' count and the export reassembled.
+async fn fetch(
+    gw: &mut domicile_client::Gateway,
+    request_id: &str,
+) -> Result<(usize, domicile_proto::pb::SealedExport, i64), tonic::Status> {
+    let mut stream = gw
+        .fetch_subject_request_export(FetchSubjectRequestExportRequest {
+            tenant_id: TENANT.into(),
+            request_id: request_id.into(),
+        })
+        .await?
+        .into_inner();
+    let mut export = domicile_proto::pb::SealedExport::default();
+    let (mut messages, mut total, mut expires) = (0, 0, 0);
+    while let Some(m) = stream.message().await? {
+        if messages == 0 {
+            export.encapsulated_key = m.encapsulated_key;
+            export.schema = m.schema;
+            total = m.total_bytes;
+            expires = m.expires_at.unwrap().seconds;
+        } else {
+            assert!(m.encapsulated_key.is_empty() && m.expires_at.is_none());
+        }
+        assert!(m.chunk.len() <= 256 * 1024);
+        export.ciphertext.extend_from_slice(&m.chunk);
+        messages += 1;
+    }
+    assert_eq!(export.ciphertext.len() as u64, total);
+    Ok((messages, export, expires))
+}
+
+fn opened(
+    keys: &SealingKeyPair,
+    receipt: &SubjectRequestReceipt,
+    export: &domicile_proto::pb::SealedExport,
+) -> serde_json::Value {
+    let json = open_export(
+        keys,
+        TENANT,
+        &receipt.region_id,
+        receipt.request_id.as_bytes(),
+        &export.encapsulated_key,
+        &export.ciphertext,
+    )
+    .expect("the export opens with the requester's key");
+    serde_json::from_slice(&json).unwrap()
+}
+
+#[tokio::test]
+async fn an_export_is_fetched_again_until_it_expires_then_destroyed_and_audited()
+-> anyhow::Result<()> {
+    let clock = ManualClock::at(jan_31());
+    let (fed, mut gw) = setup(&clock).await?;
+    // A subject with a long history: an export of several chunks.
+    let comment = "Der Rückruf kam pünktlich und das Problem war schnell gelöst. ".repeat(4);
+    let mut records = vec![person("DE", "big", "A B", "big@example.org", "", "1", 1980)];
+    for i in 0..1_500 {
+        records.push(touch(
+            "DE",
+            &format!("big-{i}"),
+            "big",
+            jan_31() - 60 * DAY + i * 60,
+            &comment,
+        ));
+    }
+    ingest_records(&fed, &records).await?;
+    let keys = SealingKeyPair::generate();
+    let mut req = submit("DE", "big", SubjectRequestKind::Access);
+    req.recipient_public_key = keys.public().as_bytes().to_vec();
+    req.verification = Some(verification());
+    let receipt = open(&fed, &mut gw, req).await?;
+    let first = opened(&keys, &receipt, receipt.export.as_ref().unwrap());
+    assert_eq!(first["interactions"].as_array().unwrap().len(), 1_500);
+    // Kept for the DE policy's 30 days.
+    let expires = receipt.export_expires_at.as_ref().unwrap().seconds;
+    assert_eq!(expires, jan_31() + 30 * DAY);
+    fed.trust_bundle.verify_receipt(&receipt)?;
+
+    // Fetched twice, later, in several messages: the same export, sealed as it was.
+    for days in [1, 29] {
+        clock.set(jan_31() + days * DAY);
+        let (messages, export, until) = fetch(&mut gw, &receipt.request_id).await?;
+        assert!(messages > 1, "{messages} message(s)");
+        assert_eq!(until, expires);
+        assert_eq!(&export, receipt.export.as_ref().unwrap());
+        assert_eq!(opened(&keys, &receipt, &export), first);
+    }
+    // Not for another tenant, nor for a request without an export.
+    let other = gw
+        .fetch_subject_request_export(FetchSubjectRequestExportRequest {
+            tenant_id: "other".into(),
+            request_id: receipt.request_id.clone(),
+        })
+        .await;
+    assert_eq!(other.err().map(|e| e.code()), Some(Code::NotFound));
+    let mut erasure = submit("DE", "d4", SubjectRequestKind::Erasure);
+    erasure.verification = Some(verification());
+    let erased = open(&fed, &mut gw, erasure).await?;
+    assert!(erased.export_expires_at.is_none());
+    let none = fetch(&mut gw, &erased.request_id).await.unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+
+    // Past its expiry: not answered, even before the sweep destroys it.
+    clock.set(expires);
+    let late = fetch(&mut gw, &receipt.request_id).await.unwrap_err();
+    assert_eq!(late.code(), Code::NotFound, "{late:?}");
+    let node = fed.node("eu-de").unwrap();
+    let swept = node.node.as_ref().unwrap().sweep()?;
+    assert_eq!(swept.exports_destroyed, 1);
+    let conn = node.connect()?;
+    let left: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM subject_exports WHERE request_id = $1",
+        [receipt.request_id.as_str()],
+        |r| r.get(0),
+    )?;
+    assert_eq!(left, 0, "the ciphertext is gone from the database");
+    let history = gw
+        .get_subject_request(GetSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            request_id: receipt.request_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .receipt
+        .unwrap();
+    let steps: Vec<_> = history.events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "received",
+            "verified",
+            "completed",
+            "export_fetched",
+            "export_fetched",
+            "export_destroyed"
+        ]
+    );
+    assert!(history.export_expires_at.is_none());
+    // Every fetch and the destruction are in the region's audit log too.
+    let audited: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM audit_log WHERE details LIKE $1 AND details LIKE $2",
+        [
+            format!("%{}%", receipt.request_id).as_str(),
+            "%\"action\":\"export_%",
+        ],
+        |r| r.get(0),
+    )?;
+    assert_eq!(audited, 3);
+
+    // An erasure takes a subject's kept exports with it.
+    let mut again = submit("DE", "d5", SubjectRequestKind::Access);
+    again.recipient_public_key = keys.public().as_bytes().to_vec();
+    again.verification = Some(verification());
+    let kept = open(&fed, &mut gw, again).await?;
+    fetch(&mut gw, &kept.request_id).await?;
+    let mut erase = submit("DE", "d5", SubjectRequestKind::Erasure);
+    erase.verification = Some(verification());
+    open(&fed, &mut gw, erase).await?;
+    let gone = fetch(&mut gw, &kept.request_id).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
     Ok(())
 }

@@ -460,6 +460,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     let clock = domicile_ops::clock::ManualClock::at(now());
     let (fed, mut gw) = setup_with(std::sync::Arc::new(clock.clone())).await?;
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
+    let hold_expires = now() + 3_600;
     let hold = gw
         .place_legal_hold(fed.signed(PlaceLegalHoldRequest {
             dpo_signature: None,
@@ -467,7 +468,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
             subject: subject("DE", "d2"),
             reason: "case 2026-114".into(),
             interactions: None,
-            expires_at: ts(now() + 3_600),
+            expires_at: ts(hold_expires),
         }))
         .await?
         .into_inner()
@@ -487,7 +488,7 @@ async fn erasure_under_a_legal_hold_completes_when_the_hold_ends() -> anyhow::Re
     assert_eq!(receipt.held[0].interactions_kept, 2);
     assert_eq!(
         receipt.held[0].expires_at.as_ref().unwrap().seconds,
-        now() + 3_600
+        hold_expires
     );
     // The receipt, signed by the region, says what the hold keeps; fetched again it says the
     // same, with the same signature's worth (it verifies with the trust bundle).

@@ -5,19 +5,19 @@ use std::pin::Pin;
 use domicile_proto::pb::{
     AggregateRequest, AggregateResponse, CheckContactPermissionRequest,
     CheckContactPermissionResponse, ConfirmConsentRequest, ConfirmConsentResponse,
-    GetAuditCheckpointRequest, GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse,
-    GetIncidentRequest, GetIncidentResponse, GetOverviewRequest, GetOverviewResponse,
-    GetSubjectRequestRequest, GetSubjectRequestResponse, IngestRequest, IngestResponse,
-    ListFollowUpsRequest, ListFollowUpsResponse, ListRegionsRequest, ListRegionsResponse,
-    ListSubjectRequestsRequest, ListSubjectRequestsResponse, OpenFollowUpRequest,
-    OpenFollowUpResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse, Purpose,
-    QueryRecordsRequest, QueryRecordsResponse, RecordConsentRequest, RecordConsentResponse,
-    ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, ReportIncidentRequest,
-    ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
+    FetchSubjectRequestExportRequest, FetchSubjectRequestExportResponse, GetAuditCheckpointRequest,
+    GetAuditCheckpointResponse, GetConsentRequest, GetConsentResponse, GetIncidentRequest,
+    GetIncidentResponse, GetOverviewRequest, GetOverviewResponse, GetSubjectRequestRequest,
+    GetSubjectRequestResponse, IngestRequest, IngestResponse, ListFollowUpsRequest,
+    ListFollowUpsResponse, ListRegionsRequest, ListRegionsResponse, ListSubjectRequestsRequest,
+    ListSubjectRequestsResponse, OpenFollowUpRequest, OpenFollowUpResponse, PlaceLegalHoldRequest,
+    PlaceLegalHoldResponse, Purpose, QueryRecordsRequest, QueryRecordsResponse,
+    RecordConsentRequest, RecordConsentResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
+    ReportIncidentRequest, ReportIncidentResponse, SubjectRequestKind, SubmitSubjectRequestRequest,
     SubmitSubjectRequestResponse, UpdateSubjectRequestRequest, UpdateSubjectRequestResponse,
     WithdrawConsentRequest, WithdrawConsentResponse, gateway_server,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -514,6 +514,35 @@ impl gateway_server::Gateway for GatewayService {
             .update_subject_request(request.into_inner(), deadline)
             .await?;
         Ok(Response::new(response))
+    }
+
+    type FetchSubjectRequestExportStream =
+        Pin<Box<dyn Stream<Item = Result<FetchSubjectRequestExportResponse, Status>> + Send>>;
+
+    async fn fetch_subject_request_export(
+        &self,
+        request: Request<FetchSubjectRequestExportRequest>,
+    ) -> Result<Response<Self::FetchSubjectRequestExportStream>, Status> {
+        let deadline = self.deadline(&request);
+        self.authorize(
+            &request,
+            Operation::Rights,
+            Some(request.get_ref().tenant_id.as_str()),
+            None,
+            false,
+        )?;
+        let stream = self
+            .gateway
+            .fetch_subject_request_export(request.into_inner(), deadline)
+            .await?;
+        // Relayed as it comes: a message at a time, never the whole export.
+        let relayed = stream.map(|item| {
+            item.and_then(|m| {
+                m.response
+                    .ok_or_else(|| Status::internal("the region's answer was empty"))
+            })
+        });
+        Ok(Response::new(Box::pin(relayed)))
     }
 
     async fn list_subject_requests(

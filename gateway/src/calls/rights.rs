@@ -9,14 +9,15 @@ use domicile_proto::{
     domain::TenantId,
     error::Violations,
     pb::{
-        GetSubjectRequestRequest, GetSubjectRequestResponse, ListSubjectRequestsRequest,
-        ListSubjectRequestsResponse, PlaceLegalHoldRequest, PlaceLegalHoldResponse, RegionStatus,
-        RegionalNodeGetSubjectRequestRequest, RegionalNodeListSubjectRequestsRequest,
-        RegionalNodePlaceLegalHoldRequest, RegionalNodeReleaseLegalHoldRequest,
-        RegionalNodeSubmitSubjectRequestRequest, RegionalNodeUpdateSubjectRequestRequest,
-        ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, SubjectRequestKind,
-        SubmitSubjectRequestRequest, SubmitSubjectRequestResponse, UpdateSubjectRequestRequest,
-        UpdateSubjectRequestResponse,
+        FetchSubjectRequestExportRequest, GetSubjectRequestRequest, GetSubjectRequestResponse,
+        ListSubjectRequestsRequest, ListSubjectRequestsResponse, PlaceLegalHoldRequest,
+        PlaceLegalHoldResponse, RegionStatus, RegionalNodeFetchSubjectRequestExportRequest,
+        RegionalNodeFetchSubjectRequestExportResponse, RegionalNodeGetSubjectRequestRequest,
+        RegionalNodeListSubjectRequestsRequest, RegionalNodePlaceLegalHoldRequest,
+        RegionalNodeReleaseLegalHoldRequest, RegionalNodeSubmitSubjectRequestRequest,
+        RegionalNodeUpdateSubjectRequestRequest, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse,
+        SubjectRequestKind, SubmitSubjectRequestRequest, SubmitSubjectRequestResponse,
+        UpdateSubjectRequestRequest, UpdateSubjectRequestResponse,
     },
     rights::{CaseQuery, CaseUpdate, HoldSpec, PageStart, RightsRequest, region_of_id},
 };
@@ -233,6 +234,23 @@ impl Gateway {
             coverage,
             counts,
         })
+    }
+
+    /// An export's stream from the region in the request's id, relayed message by message
+    /// (ciphertext only: the gateway cannot open it).
+    pub async fn fetch_subject_request_export(
+        &self,
+        req: FetchSubjectRequestExportRequest,
+        deadline: Duration,
+    ) -> Result<tonic::Streaming<RegionalNodeFetchSubjectRequestExportResponse>, GatewayError> {
+        TenantId::parse(&req.tenant_id, "tenant_id")?;
+        let region = self.region_of(&req.request_id, "sr", "request_id")?;
+        let mut client = region.client.clone();
+        let call = client.fetch_subject_request_export(request(
+            RegionalNodeFetchSubjectRequestExportRequest { request: Some(req) },
+            deadline,
+        ));
+        Self::one_region(&region.id, deadline, call).await
     }
 
     /// Places a legal hold in the subject's region.

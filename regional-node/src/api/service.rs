@@ -9,17 +9,19 @@ use domicile_proto::{
     error::Violations,
     followup::FollowUpSpec,
     pb::{
-        ConfirmConsentResponse, GetRegionInfoRequest, GetRegionInfoResponse,
-        GetSubjectRequestResponse, PlaceLegalHoldResponse, RecordConsentResponse,
-        RegionalNodeAggregateRequest, RegionalNodeAggregateResponse,
+        ConfirmConsentResponse, FetchSubjectRequestExportResponse, GetRegionInfoRequest,
+        GetRegionInfoResponse, GetSubjectRequestResponse, PlaceLegalHoldResponse,
+        RecordConsentResponse, RegionalNodeAggregateRequest, RegionalNodeAggregateResponse,
         RegionalNodeCheckContactPermissionRequest, RegionalNodeCheckContactPermissionResponse,
         RegionalNodeConfirmConsentRequest, RegionalNodeConfirmConsentResponse,
-        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetAuditCheckpointResponse,
-        RegionalNodeGetConsentRequest, RegionalNodeGetConsentResponse,
-        RegionalNodeGetIncidentRequest, RegionalNodeGetIncidentResponse,
-        RegionalNodeGetRegionOverviewRequest, RegionalNodeGetRegionOverviewResponse,
-        RegionalNodeGetSubjectRequestRequest, RegionalNodeGetSubjectRequestResponse,
-        RegionalNodeIngestRequest, RegionalNodeIngestResponse, RegionalNodeListFollowUpsRequest,
+        RegionalNodeFetchSubjectRequestExportRequest,
+        RegionalNodeFetchSubjectRequestExportResponse, RegionalNodeGetAuditCheckpointRequest,
+        RegionalNodeGetAuditCheckpointResponse, RegionalNodeGetConsentRequest,
+        RegionalNodeGetConsentResponse, RegionalNodeGetIncidentRequest,
+        RegionalNodeGetIncidentResponse, RegionalNodeGetRegionOverviewRequest,
+        RegionalNodeGetRegionOverviewResponse, RegionalNodeGetSubjectRequestRequest,
+        RegionalNodeGetSubjectRequestResponse, RegionalNodeIngestRequest,
+        RegionalNodeIngestResponse, RegionalNodeListFollowUpsRequest,
         RegionalNodeListFollowUpsResponse, RegionalNodeListSubjectRequestsRequest,
         RegionalNodeListSubjectRequestsResponse, RegionalNodeOpenFollowUpRequest,
         RegionalNodeOpenFollowUpResponse, RegionalNodePlaceLegalHoldRequest,
@@ -41,6 +43,46 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{domain::consent::Recorded, node::Node};
+
+/// Largest piece of an export's ciphertext per message of `FetchSubjectRequestExport`.
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+/// An export as the messages of `FetchSubjectRequestExport`: the first with the key, schema,
+/// expiry and length, every one with the next piece of the ciphertext (one message for an
+/// empty one).
+fn export_messages(
+    export: domicile_proto::pb::SealedExport,
+    expires_at: i64,
+) -> Vec<FetchSubjectRequestExportResponse> {
+    let total = export.ciphertext.len() as u64;
+    let mut chunks: Vec<Vec<u8>> = export
+        .ciphertext
+        .chunks(EXPORT_CHUNK)
+        .map(<[u8]>::to_vec)
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| FetchSubjectRequestExportResponse {
+            encapsulated_key: if i == 0 {
+                export.encapsulated_key.clone()
+            } else {
+                Vec::new()
+            },
+            schema: if i == 0 {
+                export.schema.clone()
+            } else {
+                String::new()
+            },
+            expires_at: (i == 0).then(|| domicile_proto::domain::whole_seconds(expires_at)),
+            total_bytes: if i == 0 { total } else { 0 },
+            chunk,
+        })
+        .collect()
+}
 
 /// The client's request inside a federation wrapper, or `INVALID_ARGUMENT` naming `request`.
 fn inner<T>(request: Option<T>) -> Result<T, Status> {
@@ -370,6 +412,33 @@ impl RegionalNode for RegionalNodeService {
             receipts,
             counts: Some(counts),
         }))
+    }
+
+    type FetchSubjectRequestExportStream = Pin<
+        Box<
+            dyn Stream<Item = Result<RegionalNodeFetchSubjectRequestExportResponse, Status>> + Send,
+        >,
+    >;
+
+    async fn fetch_subject_request_export(
+        &self,
+        request: Request<RegionalNodeFetchSubjectRequestExportRequest>,
+    ) -> Result<Response<Self::FetchSubjectRequestExportStream>, Status> {
+        let req = inner(request.into_inner().request)?;
+        let tenant = TenantId::parse(&req.tenant_id, "tenant_id")?;
+        region_of_id(&req.request_id, "sr", "request_id")?;
+        let (export, expires_at) = self
+            .node
+            .fetch_subject_request_export(tenant, req.request_id)
+            .await?;
+        let messages = export_messages(export, expires_at)
+            .into_iter()
+            .map(|response| {
+                Ok(RegionalNodeFetchSubjectRequestExportResponse {
+                    response: Some(response),
+                })
+            });
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn place_legal_hold(

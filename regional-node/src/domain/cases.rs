@@ -12,7 +12,7 @@
 use domicile_proto::{
     domain::whole_seconds as ts,
     pb::{
-        HeldData, IdentityVerification, SubjectRequestEvent, SubjectRequestKind,
+        HeldData, IdentityVerification, SealedExport, SubjectRequestEvent, SubjectRequestKind,
         SubjectRequestQueueCounts, SubjectRequestReceipt, SubjectRequestStatus, TimeRange,
     },
     rights::{CaseQuery, PageStart, Step, Verification},
@@ -54,6 +54,21 @@ CREATE TABLE IF NOT EXISTS subject_request_events (
     PRIMARY KEY (tenant, request_id, seq)
 ) WITHOUT ROWID;
 
+-- Access and portability exports, sealed to the requester, fetchable until they expire.
+CREATE TABLE IF NOT EXISTS subject_exports (
+    tenant           TEXT NOT NULL,
+    request_id       TEXT NOT NULL,
+    subject_id       TEXT NOT NULL,
+    encapsulated_key BLOB NOT NULL,
+    ciphertext       BLOB NOT NULL,
+    schema           TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    PRIMARY KEY (tenant, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subject_exports_by_expiry ON subject_exports (expires_at);
+CREATE INDEX IF NOT EXISTS subject_exports_by_subject ON subject_exports (tenant, subject_id);
+
 -- The queue: open requests by due date.
 CREATE INDEX IF NOT EXISTS subject_requests_open
     ON subject_requests (tenant, due_at, request_id) WHERE completed_at IS NULL;
@@ -90,6 +105,20 @@ CREATE TABLE IF NOT EXISTS subject_request_events (
     principal  TEXT NOT NULL,
     PRIMARY KEY (tenant, request_id, seq)
 );
+
+CREATE TABLE IF NOT EXISTS subject_exports (
+    tenant           TEXT NOT NULL,
+    request_id       TEXT NOT NULL,
+    subject_id       TEXT NOT NULL,
+    encapsulated_key BYTEA NOT NULL,
+    ciphertext       BYTEA NOT NULL,
+    schema           TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    expires_at       BIGINT NOT NULL,
+    PRIMARY KEY (tenant, request_id)
+);
+CREATE INDEX IF NOT EXISTS subject_exports_by_expiry ON subject_exports (expires_at);
+CREATE INDEX IF NOT EXISTS subject_exports_by_subject ON subject_exports (tenant, subject_id);
 
 CREATE INDEX IF NOT EXISTS subject_requests_open
     ON subject_requests (tenant, due_at, request_id) WHERE completed_at IS NULL;
@@ -188,6 +217,7 @@ impl Case {
             overdue: self.is_overdue(now),
             events: Vec::new(),
             signature: Vec::new(),
+            export_expires_at: None,
         }
     }
 }
@@ -583,6 +613,88 @@ pub fn fulfilled(
         params![tenant, request_id],
     )?;
     Ok(())
+}
+
+/// Keeps a fulfilled request's sealed export until `expires_at`.
+pub fn store_export(
+    tx: &Connection,
+    tenant: &str,
+    request_id: &str,
+    subject: &str,
+    export: &SealedExport,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), NodeError> {
+    tx.execute(
+        "INSERT INTO subject_exports (tenant, request_id, subject_id, encapsulated_key,
+           ciphertext, schema, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        params![
+            tenant,
+            request_id,
+            subject,
+            export.encapsulated_key,
+            export.ciphertext,
+            export.schema,
+            now,
+            expires_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// A request's export and when it expires, if it is still kept.
+pub fn export(
+    conn: &Connection,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<(SealedExport, i64)>, NodeError> {
+    conn.query_row(
+        "SELECT encapsulated_key, ciphertext, schema, expires_at FROM subject_exports
+         WHERE tenant = $1 AND request_id = $2",
+        params![tenant, request_id],
+        |r| {
+            Ok((
+                SealedExport {
+                    encapsulated_key: r.get(0)?,
+                    ciphertext: r.get(1)?,
+                    schema: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        },
+    )
+    .optional()
+}
+
+/// When a request's export expires, if it is still kept.
+pub fn export_expiry(
+    conn: &Connection,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<i64>, NodeError> {
+    conn.query_row(
+        "SELECT expires_at FROM subject_exports WHERE tenant = $1 AND request_id = $2",
+        params![tenant, request_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Deletes the exports expired at `now`; returns (tenant, request id, subject) of each.
+pub fn destroy_expired_exports(
+    tx: &Connection,
+    now: i64,
+) -> Result<Vec<(String, String, String)>, NodeError> {
+    let expired: Vec<(String, String, String)> = tx.query_map(
+        "SELECT tenant, request_id, subject_id FROM subject_exports WHERE expires_at <= $1",
+        params![now],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    tx.execute(
+        "DELETE FROM subject_exports WHERE expires_at <= $1",
+        params![now],
+    )?;
+    Ok(expired)
 }
 
 /// A request's history, oldest first.

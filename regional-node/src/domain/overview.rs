@@ -77,9 +77,13 @@ pub fn subject_requests(
     now: i64,
 ) -> Result<(Vec<SubjectRequestCount>, Vec<OpenSubjectRequest>, u64), NodeError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT kind, status, COUNT(*),
-                SUM(CASE WHEN completed_at IS NULL AND due_at < $2 THEN 1 ELSE 0 END)
-         FROM subject_requests WHERE tenant = $1 GROUP BY kind, status ORDER BY kind, status",
+        "SELECT r.kind, r.status, COUNT(*),
+                SUM(CASE WHEN r.completed_at IS NULL AND r.due_at < $2
+                          AND (c.paused_since IS NULL OR r.due_at < c.paused_since)
+                         THEN 1 ELSE 0 END)
+         FROM subject_requests r
+         LEFT JOIN subject_cases c ON c.tenant = r.tenant AND c.request_id = r.request_id
+         WHERE r.tenant = $1 GROUP BY r.kind, r.status ORDER BY r.kind, r.status",
     )?;
     let counts = stmt
         .query_map(params![tenant, now], |r| {

@@ -239,6 +239,14 @@ pub struct Retention {
     pub recordings: u32,
     /// The consent ledger, as evidence.
     pub consent_ledger: u32,
+    /// Access and portability exports, kept (sealed to the requester) for fetching again.
+    /// Default 30.
+    #[serde(default = "default_export_days")]
+    pub exports: u32,
+}
+
+fn default_export_days() -> u32 {
+    30
 }
 
 /// Legal deadlines.
@@ -547,6 +555,13 @@ impl CountryPolicy {
                 p.handle_time_bound_seconds.span(),
                 "privacy.handle_time_bound_seconds",
                 "must be 1 to 86400".into(),
+            );
+        }
+        if !(1..=3650).contains(&self.retention.exports) {
+            return fail(
+                self.country.span(),
+                "retention.exports",
+                "must be 1 to 3650 (days)".into(),
             );
         }
         let d = &self.deadlines;

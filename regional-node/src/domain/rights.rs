@@ -302,6 +302,11 @@ pub(crate) fn erase(
             params![tenant, subject],
         )?;
     }
+    // Exports kept for the requester to fetch again go with the rest.
+    tx.execute(
+        "DELETE FROM subject_exports WHERE tenant = $1 AND subject_id = $2",
+        params![tenant, subject],
+    )?;
     let suppressions = consent::suppress(tx, tenant, subject, suppress_as)?;
     tx.execute("INSERT INTO erasure_guard (active) VALUES (1)", [])?;
     tx.execute(

@@ -27,6 +27,8 @@ pub struct Swept {
     pub subjects_erased: usize,
     /// Superseded consent-ledger entries deleted.
     pub consent_entries_deleted: usize,
+    /// Subject-request exports whose time was up, destroyed.
+    pub exports_destroyed: usize,
 }
 
 /// Rows of `interactions i` that no active hold keeps.
@@ -122,6 +124,7 @@ impl Node {
                 )?;
                 tx.execute("DELETE FROM erasure_guard", [])?;
             }
+            swept.exports_destroyed = self.destroy_expired_exports(tx, now)?;
             inner.audit.append(
                 tx,
                 Entry {

@@ -593,8 +593,21 @@ impl Node {
             "partially_completed"
         };
         done.details["action"] = json!(action);
+        let now = self.now();
+        let export_expires = now + i64::from(w.policy.retention.exports) * 86_400;
         inner.store.write(|tx| {
             record(tx)?;
+            if let Some(export) = &done.export {
+                cases::store_export(
+                    tx,
+                    tenant,
+                    w.request_id,
+                    subject,
+                    export,
+                    now,
+                    export_expires,
+                )?;
+            }
             cases::fulfilled(
                 tx,
                 tenant,
@@ -662,12 +675,15 @@ impl Node {
         case: &Case,
     ) -> Result<SubjectRequestReceipt, NodeError> {
         let mut receipt = case.receipt(&self.inner.config.region_id, self.now());
-        (receipt.events, receipt.held) = self.inner.store.read(|conn| {
+        let expiry;
+        (receipt.events, receipt.held, expiry) = self.inner.store.read(|conn| {
             Ok((
                 cases::events(conn, tenant, &case.request_id)?,
                 cases::held(conn, tenant, &case.request_id)?,
+                cases::export_expiry(conn, tenant, &case.request_id)?,
             ))
         })?;
+        receipt.export_expires_at = expiry.map(ts);
         self.inner.audit.sign_receipt(&mut receipt);
         Ok(receipt)
     }
@@ -807,6 +823,100 @@ impl Node {
         };
         let done = self.perform(&work)?;
         self.finish(&work, &case.subject, done, |_| Ok(()))
+    }
+
+    /// A fulfilled access or portability request's export, as it was sealed, and when it
+    /// expires; each fetch is recorded in the request's history and audited.
+    pub async fn fetch_subject_request_export(
+        &self,
+        tenant: TenantId,
+        request_id: String,
+    ) -> Result<(SealedExport, i64), NodeError> {
+        self.blocking(move |node| {
+            let inner = &node.inner;
+            let tenant = tenant.as_str();
+            let now = node.now();
+            let (case, export) = inner.store.read(|conn| {
+                Ok((
+                    cases::load(conn, tenant, &request_id)?,
+                    cases::export(conn, tenant, &request_id)?,
+                ))
+            })?;
+            let case =
+                case.ok_or_else(|| NodeError::NotFound("no such request in this region".into()))?;
+            let (export, expires_at) = export.filter(|(_, e)| *e > now).ok_or_else(|| {
+                NodeError::NotFound(
+                    "no export for this request: not an access or portability request, not \
+                     fulfilled yet, or expired (and destroyed)"
+                        .into(),
+                )
+            })?;
+            let audit_subject = inner.pseudonyms.audit_subject(tenant, &case.subject);
+            inner.store.write(|tx| {
+                cases::event(
+                    tx,
+                    tenant,
+                    &request_id,
+                    now,
+                    "export_fetched",
+                    case.status,
+                    "",
+                    "",
+                )?;
+                inner.audit.append(
+                    tx,
+                    Entry {
+                        kind: Kind::SubjectRequest,
+                        tenant,
+                        subject: Some(&audit_subject),
+                        details: json!({
+                            "request_id": request_id,
+                            "action": "export_fetched",
+                            "export_bytes": export.ciphertext.len(),
+                        }),
+                    },
+                )?;
+                Ok(())
+            })?;
+            Ok((export, expires_at))
+        })
+        .await
+    }
+
+    /// Destroys the exports whose time is up (in the retention sweep's transaction `tx`),
+    /// recording each in its request's history and the audit log; returns how many.
+    pub(crate) fn destroy_expired_exports(
+        &self,
+        tx: &Connection,
+        now: i64,
+    ) -> Result<usize, NodeError> {
+        let inner = &self.inner;
+        let destroyed = cases::destroy_expired_exports(tx, now)?;
+        for (tenant, request_id, subject) in &destroyed {
+            let status = cases::load(tx, tenant, request_id)?
+                .map_or(SubjectRequestStatus::Completed, |c| c.status);
+            cases::event(
+                tx,
+                tenant,
+                request_id,
+                now,
+                "export_destroyed",
+                status,
+                "node",
+                "",
+            )?;
+            let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
+            inner.audit.append(
+                tx,
+                Entry {
+                    kind: Kind::SubjectRequest,
+                    tenant,
+                    subject: Some(&audit_subject),
+                    details: json!({ "request_id": request_id, "action": "export_destroyed" }),
+                },
+            )?;
+        }
+        Ok(destroyed.len())
     }
 
     /// One page of this region's case queue, and its counts.
