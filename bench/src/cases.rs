@@ -17,6 +17,7 @@ use std::{
 };
 
 use domicile::{federation::Federation, synth::SynthRecord};
+use domicile_gateway::limits::LimitsConfig;
 use domicile_ops::clock::ManualClock;
 use domicile_proto::pb::{
     ListSubjectRequestsRequest, RecordPayload, SubjectRecord, SubjectRef, SubjectRequestKind,
@@ -43,9 +44,17 @@ pub async fn cases(args: &Args) -> anyhow::Result<String> {
     // Day 0 at 09:00 UTC, 2027-01-04.
     let start = domicile_proto::domain::days_from_civil(2027, 1, 4) * 86_400 + 9 * 3_600;
     let clock = ManualClock::at(start);
+    // The tenant at full speed: its rate limit lifted, as in the other scenarios.
     let mut builder = Federation::builder()
         .dpo_tenant(TENANT)
-        .clock(Arc::new(clock.clone()));
+        .clock(Arc::new(clock.clone()))
+        .limits(LimitsConfig {
+            requests_per_second: 1e9,
+            burst: u32::MAX,
+            max_concurrent_per_tenant: 1024,
+            max_in_flight: 4096,
+            ..Default::default()
+        });
     for (region, country) in REGIONS {
         builder = builder.region(region, &[country]);
     }

@@ -219,7 +219,8 @@ impl Gateway {
             )
         };
         receipts.sort_by_key(key);
-        let next_page_token = if more {
+        // More than a page merged (no region's page full), or a full page somewhere.
+        let next_page_token = if more || receipts.len() > size {
             receipts.truncate(size);
             receipts.last().map_or_else(String::new, |r| {
                 let (due_at, request_id) = key(r);
