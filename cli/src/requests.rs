@@ -104,6 +104,7 @@ pub fn receipt_json(r: &SubjectRequestReceipt) -> serde_json::Value {
             "principal": e.principal,
             "reason": e.reason,
         })).collect::<Vec<_>>(),
+        "export_expires_at": seconds(&r.export_expires_at),
         "signed": !r.signature.is_empty(),
         "sealed_export": r.export.is_some(),
     })

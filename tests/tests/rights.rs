@@ -118,6 +118,62 @@ async fn setup_with(
     Ok((fed, gw))
 }
 
+/// The export schema (docs/export-schema.json).
+fn export_schema() -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/export-schema.json")).unwrap();
+    jsonschema::validator_for(&schema).expect("the export schema is a valid JSON Schema")
+}
+
+/// Asserts that `doc` is valid against the export schema, naming each error.
+fn valid_export(doc: &serde_json::Value) {
+    let errors: Vec<String> = export_schema()
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn the_export_schema_refuses_what_the_format_does_not_allow() {
+    let schema = export_schema();
+    let good = serde_json::json!({
+        "schema": "domicile.export.v1", "kind": "portability",
+        "request_id": format!("eu-de.sr-{}", "ab".repeat(16)), "region": "eu-de",
+        "tenant": "acme", "generated_at": 1, "subject": { "external_id": "c", "country": "DE" },
+        "profile": null, "interactions": [],
+        "csv": {
+            "profile": "full_name,email,phone,postal_code,language,birth_year\n",
+            "interactions": "interaction_id,channel,direction,started_at,ended_at,handle_time_seconds,outcome,agent_team,recorded,survey_id,nps,csat,ces,comment\n"
+        }
+    });
+    assert!(schema.is_valid(&good));
+    let changed = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = good.clone();
+        f(&mut d);
+        d
+    };
+    for bad in [
+        changed(&|d| d["schema"] = "domicile.export.v2".into()),
+        changed(&|d| d["extra"] = 1.into()),
+        changed(&|d| {
+            d.as_object_mut().unwrap().remove("interactions");
+        }),
+        changed(&|d| d["csv"] = serde_json::Value::Null),
+        changed(&|d| {
+            d.as_object_mut().unwrap().remove("csv");
+        }),
+        changed(&|d| d["restricted"] = true.into()),
+        changed(&|d| d["kind"] = "access".into()),
+        changed(&|d| d["subject"]["country"] = "de".into()),
+        changed(&|d| {
+            d["interactions"] = serde_json::json!([{ "channel": "CHANNEL_PHONE" }]);
+        }),
+    ] {
+        assert!(!schema.is_valid(&bad), "accepted: {bad}");
+    }
+}
+
 fn open(receipt: &SubjectRequestReceipt, keys: &SealingKeyPair) -> serde_json::Value {
     let export = receipt.export.as_ref().expect("an export");
     let json = open_export(
@@ -176,6 +232,7 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
     assert!(!bytes.windows(14).any(|w| w == b"jm0@example.de"));
 
     let doc = open(receipt, &keys);
+    valid_export(&doc);
     assert_eq!(doc["schema"], "domicile.export.v1");
     assert_eq!(doc["profile"]["email"], "jm0@example.de");
     assert_eq!(doc["interactions"].as_array().unwrap().len(), 2);
@@ -220,9 +277,27 @@ async fn access_and_portability_exports_are_sealed_to_the_requester() -> anyhow:
         .await?
         .into_inner();
     let doc = open(&resp.receipts[0], &keys);
+    valid_export(&doc);
     assert_eq!(doc["kind"], "portability");
     assert_eq!(doc["profile"]["full_name"], "Jürgen Müller");
     assert!(doc.get("processing_events").is_none());
+    // The same records as CSV, a table per record kind.
+    let profile_csv = doc["csv"]["profile"].as_str().unwrap();
+    let mut profile = csv::Reader::from_reader(profile_csv.as_bytes());
+    let rows: Vec<csv::StringRecord> = profile.records().collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0][0], "Jürgen Müller");
+    assert_eq!(&rows[0][5], "1980");
+    let mut interactions =
+        csv::Reader::from_reader(doc["csv"]["interactions"].as_str().unwrap().as_bytes());
+    let header = interactions.headers()?.clone();
+    let rows: Vec<csv::StringRecord> = interactions.records().collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 2);
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(&rows[0][column("interaction_id")], "d0-i0");
+    assert_eq!(&rows[0][column("nps")], "9");
+    assert_eq!(&rows[0][column("comment")], "Herr Müller war zufrieden");
+    assert_eq!(&rows[1][column("started_at")], &(T + 86_400).to_string());
 
     // The receipt can be fetched again (without the export).
     let again = gw

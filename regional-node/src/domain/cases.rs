@@ -771,53 +771,56 @@ pub fn page(
     )
 }
 
-/// The queue's counts for one region: open, due within 7 days, overdue.
+/// Counts the open requests, those due within 7 days and those overdue, at `now`; `filter`
+/// narrows the rows (its parameters from `$3` on, after `params`' `now` and `now + 7 days`).
+fn queue_counts(
+    conn: &Connection,
+    filter: &str,
+    params: impl crate::store::db::Params,
+) -> Result<(u64, u64, u64), NodeError> {
+    let (open, soon, overdue): (i64, i64, i64) = conn.query_row(
+        &format!(
+            "SELECT COUNT(*),
+                    COALESCE(SUM(CASE WHEN r.due_at >= $1 AND r.due_at < $2
+                                       AND c.paused_since IS NULL THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN r.due_at < $1
+                                       AND (c.paused_since IS NULL OR r.due_at < c.paused_since)
+                                      THEN 1 ELSE 0 END), 0)
+             FROM subject_requests r
+             LEFT JOIN subject_cases c ON c.tenant = r.tenant AND c.request_id = r.request_id
+             WHERE r.completed_at IS NULL{filter}"
+        ),
+        params,
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let n = |x: i64| u64::try_from(x).unwrap_or(0);
+    Ok((n(open), n(soon), n(overdue)))
+}
+
+/// The queue's counts for one tenant in one region: open, due within 7 days, overdue.
 pub fn counts(
     conn: &Connection,
     tenant: &str,
     region: &str,
     now: i64,
 ) -> Result<SubjectRequestQueueCounts, NodeError> {
-    let (open, soon, overdue): (i64, i64, i64) = conn.query_row(
-        "SELECT COUNT(*),
-                COALESCE(SUM(CASE WHEN r.due_at >= $2 AND r.due_at < $3
-                                   AND c.paused_since IS NULL THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN r.due_at < $2
-                                   AND (c.paused_since IS NULL OR r.due_at < c.paused_since)
-                                  THEN 1 ELSE 0 END), 0)
-         FROM subject_requests r
-         LEFT JOIN subject_cases c ON c.tenant = r.tenant AND c.request_id = r.request_id
-         WHERE r.tenant = $1 AND r.completed_at IS NULL",
-        params![tenant, now, now + DUE_SOON_SECONDS],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    let (open, due_within_7_days, overdue) = queue_counts(
+        conn,
+        " AND r.tenant = $3",
+        params![now, now + DUE_SOON_SECONDS, tenant],
     )?;
-    let n = |x: i64| u64::try_from(x).unwrap_or(0);
     Ok(SubjectRequestQueueCounts {
         region_id: region.to_owned(),
-        open: n(open),
-        due_within_7_days: n(soon),
-        overdue: n(overdue),
+        open,
+        due_within_7_days,
+        overdue,
     })
 }
 
 /// The queue's counts over every tenant (the node's metrics): open, due within 7 days,
 /// overdue.
 pub fn totals(conn: &Connection, now: i64) -> Result<(u64, u64, u64), NodeError> {
-    let (open, soon, overdue): (i64, i64, i64) = conn.query_row(
-        "SELECT COUNT(*),
-                COALESCE(SUM(CASE WHEN r.due_at >= $1 AND r.due_at < $2
-                                   AND c.paused_since IS NULL THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN r.due_at < $1
-                                   AND (c.paused_since IS NULL OR r.due_at < c.paused_since)
-                                  THEN 1 ELSE 0 END), 0)
-         FROM subject_requests r
-         LEFT JOIN subject_cases c ON c.tenant = r.tenant AND c.request_id = r.request_id
-         WHERE r.completed_at IS NULL",
-        params![now, now + DUE_SOON_SECONDS],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let n = |x: i64| u64::try_from(x).unwrap_or(0);
-    Ok((n(open), n(soon), n(overdue)))
+    queue_counts(conn, "", params![now, now + DUE_SOON_SECONDS])
 }
 
 #[cfg(test)]

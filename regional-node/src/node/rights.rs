@@ -71,6 +71,77 @@ struct Done {
     ticket: Option<PurgeTicket>,
 }
 
+/// The profile's columns in a portability export's CSV.
+const PROFILE_COLUMNS: [&str; 6] = [
+    "full_name",
+    "email",
+    "phone",
+    "postal_code",
+    "language",
+    "birth_year",
+];
+/// The interactions' columns in a portability export's CSV (the survey's fields flattened).
+const INTERACTION_COLUMNS: [&str; 14] = [
+    "interaction_id",
+    "channel",
+    "direction",
+    "started_at",
+    "ended_at",
+    "handle_time_seconds",
+    "outcome",
+    "agent_team",
+    "recorded",
+    "survey_id",
+    "nps",
+    "csat",
+    "ces",
+    "comment",
+];
+
+/// A portability export's records as CSV, one table per record kind (`profile`,
+/// `interactions`), with a header row; empty cells for absent values.
+fn portability_csv(doc: &serde_json::Value) -> Result<serde_json::Value, NodeError> {
+    fn cell(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+    fn table<'a>(
+        columns: &[&str],
+        rows: impl Iterator<Item = Vec<String>> + 'a,
+    ) -> Result<String, NodeError> {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        let failed = |e: csv::Error| NodeError::Internal(format!("writing the export's CSV: {e}"));
+        out.write_record(columns).map_err(failed)?;
+        for row in rows {
+            out.write_record(&row).map_err(failed)?;
+        }
+        let bytes = out
+            .into_inner()
+            .map_err(|e| NodeError::Internal(format!("writing the export's CSV: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| NodeError::Internal(e.to_string()))
+    }
+    let profile = doc["profile"]
+        .as_object()
+        .map(|p| PROFILE_COLUMNS.iter().map(|c| cell(&p[*c])).collect());
+    let interactions = doc["interactions"].as_array().cloned().unwrap_or_default();
+    let rows = interactions.iter().map(|i| {
+        INTERACTION_COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "survey_id" | "nps" | "csat" | "ces" | "comment" => cell(&i["survey"][*c]),
+                other => cell(&i[other]),
+            })
+            .collect()
+    });
+    Ok(json!({
+        "profile": table(&PROFILE_COLUMNS, profile.into_iter())?,
+        "interactions": table(&INTERACTION_COLUMNS, rows)?,
+    }))
+}
+
 /// The export document (`docs/export-schema.md`).
 fn export_document(
     node: &Node,
@@ -139,6 +210,9 @@ fn export_document(
         "profile": profile,
         "interactions": interactions,
     });
+    if w.kind == SubjectRequestKind::Portability {
+        doc["csv"] = portability_csv(&doc)?;
+    }
     if w.kind == SubjectRequestKind::Access {
         let mut history = Vec::new();
         let mut stmt = conn.prepare(
@@ -316,19 +390,16 @@ impl Node {
         if waits {
             inner.store.write(|tx| {
                 cases::insert(tx, tenant, &case, &req.actor)?;
-                inner.audit.append(
+                self.audit_request(
                     tx,
-                    Entry {
-                        kind: Kind::SubjectRequest,
-                        tenant,
-                        subject: Some(&audit_subject),
-                        details: json!({
-                            "request_id": request_id,
-                            "kind": req.kind.as_str_name(),
-                            "action": "received",
-                            "awaits": "identity verification",
-                        }),
-                    },
+                    tenant,
+                    &audit_subject,
+                    json!({
+                        "request_id": request_id,
+                        "kind": req.kind.as_str_name(),
+                        "action": "received",
+                        "awaits": "identity verification",
+                    }),
                 )?;
                 Ok(())
             })?;
@@ -688,6 +759,27 @@ impl Node {
         Ok(receipt)
     }
 
+    /// Appends a subject-request entry to the audit log, attributed to the subject's audit
+    /// pseudonym `audit_subject`.
+    fn audit_request(
+        &self,
+        tx: &Connection,
+        tenant: &str,
+        audit_subject: &str,
+        details: serde_json::Value,
+    ) -> Result<(), NodeError> {
+        self.inner.audit.append(
+            tx,
+            Entry {
+                kind: Kind::SubjectRequest,
+                tenant,
+                subject: Some(audit_subject),
+                details,
+            },
+        )?;
+        Ok(())
+    }
+
     /// The kind of a request of this region, to decide whether a step needs the DPO's
     /// signature.
     pub async fn subject_request_kind(
@@ -755,20 +847,17 @@ impl Node {
                 actor,
                 reason,
             )?;
-            inner.audit.append(
+            self.audit_request(
                 tx,
-                Entry {
-                    kind: Kind::SubjectRequest,
-                    tenant,
-                    subject: Some(&audit_subject),
-                    details: json!({
-                        "request_id": case.request_id,
-                        "kind": case.kind.as_str_name(),
-                        "action": update.step.action(),
-                        "status": change.status.as_str_name(),
-                        "due_at": change.due_at,
-                    }),
-                },
+                tenant,
+                &audit_subject,
+                json!({
+                    "request_id": case.request_id,
+                    "kind": case.kind.as_str_name(),
+                    "action": update.step.action(),
+                    "status": change.status.as_str_name(),
+                    "due_at": change.due_at,
+                }),
             )?;
             Ok(())
         })?;
@@ -863,18 +952,15 @@ impl Node {
                     "",
                     "",
                 )?;
-                inner.audit.append(
+                node.audit_request(
                     tx,
-                    Entry {
-                        kind: Kind::SubjectRequest,
-                        tenant,
-                        subject: Some(&audit_subject),
-                        details: json!({
-                            "request_id": request_id,
-                            "action": "export_fetched",
-                            "export_bytes": export.ciphertext.len(),
-                        }),
-                    },
+                    tenant,
+                    &audit_subject,
+                    json!({
+                        "request_id": request_id,
+                        "action": "export_fetched",
+                        "export_bytes": export.ciphertext.len(),
+                    }),
                 )?;
                 Ok(())
             })?;
@@ -906,14 +992,11 @@ impl Node {
                 "",
             )?;
             let audit_subject = inner.pseudonyms.audit_subject(tenant, subject);
-            inner.audit.append(
+            self.audit_request(
                 tx,
-                Entry {
-                    kind: Kind::SubjectRequest,
-                    tenant,
-                    subject: Some(&audit_subject),
-                    details: json!({ "request_id": request_id, "action": "export_destroyed" }),
-                },
+                tenant,
+                &audit_subject,
+                json!({ "request_id": request_id, "action": "export_destroyed" }),
             )?;
         }
         Ok(destroyed.len())
