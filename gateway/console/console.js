@@ -1,4 +1,5 @@
-// The Domicile console: draws GET /api/overview (the gateway's GetOverview as JSON).
+// The Domicile console: draws GET /api/overview (the gateway's GetOverview as JSON) and
+// GET /api/requests (the case queue, ListSubjectRequests as JSON).
 // No build step: plain JavaScript, Chart.js from /vendor. Every text is set with textContent,
 // never parsed as HTML.
 'use strict';
@@ -347,6 +348,47 @@ function renderFollowUps(data) {
   setRows('follow-ups', rows, 'No region answered.', 5);
 }
 
+/** The case queue: each region's counts, then the open requests, soonest due first. */
+async function loadQueue() {
+  const query = new URLSearchParams();
+  const tenant = new URLSearchParams(location.search).get('tenant');
+  if (tenant) query.set('tenant', tenant);
+  if ($('#queue-overdue').checked) query.set('overdue', '1');
+  let data;
+  try {
+    const resp = await fetch(`/api/requests?${query}`, { credentials: 'same-origin', cache: 'no-store' });
+    data = await resp.json();
+    if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
+  } catch (e) {
+    $('#queue table.queue tbody').replaceChildren(
+      el('tr', {}, el('td', { class: 'empty', colspan: 6 }, `The queue did not load: ${e.message}.`)));
+    return;
+  }
+  const now = data.at;
+  const counts = data.counts.map((c) => el('tr', { 'data-queue-region': c.region_id, class: c.overdue > 0 ? 'overdue' : undefined },
+    el('td', {}, c.region_id), el('td', { class: 'n' }, fmt(c.open)),
+    el('td', { class: 'n' }, fmt(c.due_within_7_days)), el('td', { class: 'n' }, fmt(c.overdue))));
+  const missing = data.coverage.filter((c) => c.status !== 'ok').map((c) =>
+    el('tr', { 'data-queue-region': c.region_id, class: 'down' }, el('td', {}, c.region_id),
+      el('td', { colspan: 3 }, `did not answer (${words(c.status)})`)));
+  $('#queue table.queue-counts tbody').replaceChildren(...counts, ...missing);
+  const rows = data.receipts.map((r) => {
+    const badge = r.overdue
+      ? el('span', { class: 'badge bad' }, `overdue by ${span(now - r.due_at)}`)
+      : r.paused_since !== null
+        ? el('span', { class: 'badge' }, `paused since ${utc(r.paused_since)}`)
+        : el('span', { class: 'badge ok' }, `in ${span(r.due_at - now)}`);
+    return el('tr', { 'data-status': r.status, 'data-overdue': r.overdue ? 'yes' : 'no', class: r.overdue ? 'overdue' : undefined },
+      el('td', {}, el('code', {}, r.request_id)), el('td', {}, r.region_id), el('td', {}, words(r.kind)),
+      el('td', {}, words(r.status), r.extended ? ' (extended)' : ''),
+      el('td', {}, utc(r.submitted_at)), el('td', {}, utc(r.due_at), ' ', badge));
+  });
+  $('#queue table.queue tbody').replaceChildren(...(rows.length ? rows
+    : [el('tr', {}, el('td', { class: 'empty', colspan: 6 }, 'No open requests.'))]));
+  $('#queue-more').hidden = !data.more;
+  $('#queue').dataset.state = 'ready';
+}
+
 async function load() {
   const query = new URLSearchParams({ window: $('#window').value });
   const tenant = new URLSearchParams(location.search).get('tenant');
@@ -375,6 +417,7 @@ async function load() {
   const verified = renderRegions(data);
   renderReleases(data);
   renderRequests(data);
+  await loadQueue();
   renderIncidents(data);
   renderFollowUps(data);
   renderConsent(data);
@@ -385,6 +428,7 @@ async function load() {
 
 document.addEventListener('DOMContentLoaded', () => {
   $('#window').addEventListener('change', load);
+  $('#queue-overdue').addEventListener('change', loadQueue);
   load();
   setInterval(load, 30000);
   setInterval(tick, 1000);

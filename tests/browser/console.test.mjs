@@ -69,7 +69,7 @@ async function newPage(context) {
 async function ready(page) {
   await page.waitForFunction(() => {
     const panels = [...document.querySelectorAll('[data-panel]')];
-    return panels.length === 6 && panels.every((p) => p.dataset.state === 'ready');
+    return panels.length === 7 && panels.every((p) => p.dataset.state === 'ready');
   }, null, { timeout: 30000 });
 }
 
@@ -85,7 +85,7 @@ async function signIn(page, problems = []) {
 
 test('a request without a token is refused', async () => {
   const context = await browser.newContext();
-  for (const path of ['', 'api/overview', 'console.js', 'vendor/chart.umd.min.js']) {
+  for (const path of ['', 'api/overview', 'api/requests', 'console.js', 'vendor/chart.umd.min.js']) {
     const r = await context.request.get(consoleUrl + path, { maxRedirects: 0 });
     assert.equal(r.status(), 401, `/${path} without a token`);
     assert.ok(!(await r.text()).includes('"regions"'), `/${path} leaks no data`);
@@ -117,6 +117,16 @@ test('every panel shows data, and every checkpoint verifies in the browser', asy
     ['access', 'portability', 'erasure', 'restriction', 'objection'], 'request counts per kind');
   assert.equal(await count('#requests table.open tbody tr'), 3, 'one erasure held in each region');
   assert.match(await page.textContent('#oldest-open'), /^3 open\. Oldest: (eu-de|eu-fr|us)\.sr-[0-9a-f]{32} \(erasure\)/);
+  // The case queue (ListSubjectRequests): the held erasures, soonest due first, with counts.
+  const queue = await page.$$eval('#queue table.queue tbody tr', (rows) => rows.map((r) => [r.dataset.status, r.dataset.overdue]));
+  assert.deepEqual(queue, [['partially_completed', 'no'], ['partially_completed', 'no'], ['partially_completed', 'no']]);
+  const queueCounts = await page.$$eval('#queue table.queue-counts tbody tr', (rows) => rows.map((r) => [r.dataset.queueRegion, Number(r.children[1].textContent)]));
+  assert.deepEqual(queueCounts.sort(), [['eu-de', 1], ['eu-fr', 1], ['us', 1]], 'one open request per region');
+  await page.check('#queue-overdue');
+  await page.waitForFunction(() => document.querySelector('#queue table.queue tbody tr .empty') !== null);
+  assert.equal(await page.textContent('#queue table.queue tbody tr'), 'No open requests.', 'none overdue');
+  await page.uncheck('#queue-overdue');
+  await page.waitForFunction(() => document.querySelectorAll('#queue table.queue tbody tr[data-status]').length === 3);
   const incidents = await page.$$('#incidents .card');
   assert.equal(incidents.length, 1, 'the dev incident');
   const before = await page.textContent('#incidents .countdown');
@@ -179,6 +189,8 @@ test('a stopped region is shown as unavailable and the rest is still drawn', asy
   const countries = await page.$$eval('#consent tbody tr', (rows) => [...new Set(rows.map((r) => r.dataset.country))]);
   assert.deepEqual(countries.sort(), ['DE', 'FR'], 'consent from the regions that answered');
   assert.equal(await page.$$eval('#requests table.open tbody tr', (r) => r.length), 2);
+  assert.equal(await page.$$eval('#queue table.queue tbody tr[data-status]', (r) => r.length), 2, 'the queue of the regions that answered');
+  assert.equal(await page.$eval('#queue table.queue-counts tr.down', (r) => r.dataset.queueRegion), 'us');
   const points = await page.$eval('#chart-groups', (c) => Number(c.closest('figure').dataset.points));
   assert.ok(points > 0, 'releases still drawn');
   await page.screenshot({ path: join(OUTPUT, 'console-region-down.png'), fullPage: true });

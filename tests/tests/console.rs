@@ -586,7 +586,12 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     let (status, page) = http(addr, "GET", "/", &[], "").await;
     assert_eq!(status, 401);
     assert!(page.contains("action=\"/login\""));
-    for path in ["/api/overview", "/console.js", "/vendor/chart.umd.min.js"] {
+    for path in [
+        "/api/overview",
+        "/api/requests",
+        "/console.js",
+        "/vendor/chart.umd.min.js",
+    ] {
         assert_eq!(http(addr, "GET", path, &[], "").await.0, 401, "{path}");
     }
     // A valid token without the admin operation: forbidden.
@@ -594,6 +599,7 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     let (status, body) = get(addr, &other_ops, "/api/overview").await;
     assert_eq!(status, 403);
     assert!(body.contains("admin"), "{body}");
+    assert_eq!(get(addr, &other_ops, "/api/requests").await.0, 403);
     // A forged one: unauthorised.
     let forged = format!("Bearer {}x", admin);
     assert_eq!(get(addr, &forged, "/api/overview").await.0, 401);
@@ -616,6 +622,17 @@ async fn the_console_needs_an_admin_token_and_shows_its_tenant_only() -> anyhow:
     assert_eq!(consents[0]["state"], "granted");
     assert_eq!(consents[0]["subjects"], 1);
     assert_eq!(get(addr, &bearer, "/api/overview?window=2y").await.0, 400);
+    // The case queue: every region's counts (nothing open yet), for this tenant only.
+    let (status, body) = get(addr, &bearer, "/api/requests?overdue=1").await;
+    assert_eq!(status, 200, "{body}");
+    let queue = json_body(&body);
+    assert_eq!(queue["tenant"], TENANT);
+    assert_eq!(queue["receipts"], serde_json::json!([]));
+    assert_eq!(
+        queue["counts"].as_array().map(Vec::len),
+        queue["coverage"].as_array().map(Vec::len)
+    );
+    assert!(queue["counts"].as_array().is_some_and(|c| !c.is_empty()));
     // Another tenant's admin sees its own (empty) figures, never these.
     let stranger = format!("Bearer {}", token("globex", &["admin"]));
     let (status, body) = get(addr, &stranger, "/api/overview").await;

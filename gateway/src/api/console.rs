@@ -21,8 +21,9 @@ use bytes::Bytes;
 use domicile_proto::{
     domain::TenantId,
     pb::{
-        Channel, ConsentState, DataCategory, GetOverviewRequest, GetOverviewResponse, Purpose,
-        RegionStatus, ReleaseKind, SubjectRequestKind, SubjectRequestStatus,
+        Channel, ConsentState, DataCategory, GetOverviewRequest, GetOverviewResponse,
+        ListSubjectRequestsRequest, ListSubjectRequestsResponse, Purpose, RegionStatus,
+        ReleaseKind, SubjectRequestKind, SubjectRequestStatus,
     },
 };
 use http_body_util::{BodyExt, Full, Limited};
@@ -51,6 +52,7 @@ pub const PATHS: &[&str] = &[
     "/console.css",
     "/vendor/chart.umd.min.js",
     "/api/overview",
+    "/api/requests",
 ];
 
 const INDEX: &[u8] = include_bytes!("../../console/index.html");
@@ -302,30 +304,30 @@ async fn respond(gateway: &Gateway, req: Request<Incoming>, secure: bool) -> Ans
             )),
         ),
         ("/console.css", true) => answer(StatusCode::OK, "text/css; charset=utf-8", STYLE),
-        ("/" | "/console.js" | "/vendor/chart.umd.min.js" | "/api/overview", true) => {
-            match access(gateway, req.headers()) {
-                Err((status, message)) if path == "/api/overview" => json_error(status, &message),
-                Err((StatusCode::UNAUTHORIZED, _)) if path == "/" => login_page(
-                    StatusCode::UNAUTHORIZED,
-                    "Sign in with a token that has the admin operation.",
-                ),
-                Err((status, _)) if path == "/" => login_page(
-                    status,
-                    "This token may not open the console: it lacks the admin operation.",
-                ),
-                Err((status, message)) => answer(status, "text/plain; charset=utf-8", message),
-                Ok(access) => match path.as_str() {
-                    "/" => answer(StatusCode::OK, "text/html; charset=utf-8", INDEX),
-                    "/console.js" => {
-                        answer(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
-                    }
-                    "/vendor/chart.umd.min.js" => {
-                        answer(StatusCode::OK, "text/javascript; charset=utf-8", CHART)
-                    }
-                    _ => overview(gateway, access, &query).await,
-                },
-            }
-        }
+        (
+            "/" | "/console.js" | "/vendor/chart.umd.min.js" | "/api/overview" | "/api/requests",
+            true,
+        ) => match access(gateway, req.headers()) {
+            Err((status, message)) if path.starts_with("/api/") => json_error(status, &message),
+            Err((StatusCode::UNAUTHORIZED, _)) if path == "/" => login_page(
+                StatusCode::UNAUTHORIZED,
+                "Sign in with a token that has the admin operation.",
+            ),
+            Err((status, _)) if path == "/" => login_page(
+                status,
+                "This token may not open the console: it lacks the admin operation.",
+            ),
+            Err((status, message)) => answer(status, "text/plain; charset=utf-8", message),
+            Ok(access) => match path.as_str() {
+                "/" => answer(StatusCode::OK, "text/html; charset=utf-8", INDEX),
+                "/console.js" => answer(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT),
+                "/vendor/chart.umd.min.js" => {
+                    answer(StatusCode::OK, "text/javascript; charset=utf-8", CHART)
+                }
+                "/api/requests" => requests(gateway, access, &query).await,
+                _ => overview(gateway, access, &query).await,
+            },
+        },
         (p, _) if PATHS.contains(&p) || p == "/logout" => answer(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
@@ -416,35 +418,9 @@ async fn overview(gateway: &Gateway, access: Access, query: &str) -> Answer {
             "window: must be 1h, 24h, 7d or 30d",
         );
     };
-    // The API's limits, keyed as the API keys them: the authenticated tenant, else one budget
-    // for every caller. A page left open in many tabs, or a script with an admin token, fans
-    // out to the regions no more often than the tenant's own calls may.
-    let key = match &access {
-        Access::Tenant(t) => t.as_str(),
-        Access::Open => "",
-    };
-    let _admission = match gateway.limiter().admit(key) {
-        Ok(admission) => admission,
-        Err(status) => {
-            let http = match status.code() {
-                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return json_error(http, status.message());
-        }
-    };
-    let tenant = match access {
-        Access::Tenant(t) => t,
-        Access::Open => match param(query, "tenant").map(|t| TenantId::parse(&t, "tenant")) {
-            Some(Ok(t)) => t.as_str().to_owned(),
-            Some(Err(v)) => return json_error(StatusCode::BAD_REQUEST, &v.to_string()),
-            None => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "tenant: required when the gateway runs without authentication",
-                );
-            }
-        },
+    let (tenant, _admission) = match admitted(gateway, access, query) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
     };
     let now = gateway.now();
     let request = GetOverviewRequest {
@@ -461,16 +437,120 @@ async fn overview(gateway: &Gateway, access: Access, query: &str) -> Answer {
             "application/json",
             overview_json(&tenant, name, &resp).to_string(),
         ),
-        Err(e) => {
-            let status = tonic::Status::from(e);
-            let http = match status.code() {
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            json_error(http, status.message())
-        }
+        Err(e) => gateway_error(e),
     }
+}
+
+/// The tenant a console call is for, admitted under the API's limits, or the error to answer.
+///
+/// The API's limits, keyed as the API keys them: the authenticated tenant, else one budget
+/// for every caller. A page left open in many tabs, or a script with an admin token, fans out
+/// to the regions no more often than the tenant's own calls may.
+fn admitted(
+    gateway: &Gateway,
+    access: Access,
+    query: &str,
+) -> Result<(String, crate::limits::Admission), Box<Answer>> {
+    let key = match &access {
+        Access::Tenant(t) => t.as_str(),
+        Access::Open => "",
+    };
+    let admission = gateway.limiter().admit(key).map_err(|status| {
+        let http = match status.code() {
+            tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Box::new(json_error(http, status.message()))
+    })?;
+    let tenant = match access {
+        Access::Tenant(t) => t,
+        Access::Open => match param(query, "tenant").map(|t| TenantId::parse(&t, "tenant")) {
+            Some(Ok(t)) => t.as_str().to_owned(),
+            Some(Err(v)) => {
+                return Err(Box::new(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &v.to_string(),
+                )));
+            }
+            None => {
+                return Err(Box::new(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "tenant: required when the gateway runs without authentication",
+                )));
+            }
+        },
+    };
+    Ok((tenant, admission))
+}
+
+/// A gateway error as the console's JSON error.
+fn gateway_error(e: crate::error::GatewayError) -> Answer {
+    let status = tonic::Status::from(e);
+    let http = match status.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    json_error(http, status.message())
+}
+
+/// `GET /api/requests[?overdue=1]`: the case queue (`ListSubjectRequests`, open requests,
+/// soonest due first, the first 200) for the caller's tenant, with each region's counts.
+async fn requests(gateway: &Gateway, access: Access, query: &str) -> Answer {
+    let (tenant, _admission) = match admitted(gateway, access, query) {
+        Ok(t) => t,
+        Err(answer) => return *answer,
+    };
+    let request = ListSubjectRequestsRequest {
+        tenant_id: tenant.clone(),
+        overdue_only: param(query, "overdue").is_some_and(|v| v == "1"),
+        page_size: 200,
+        ..Default::default()
+    };
+    match gateway
+        .list_subject_requests(request, gateway.config().default_deadline())
+        .await
+    {
+        Ok(resp) => answer(
+            StatusCode::OK,
+            "application/json",
+            requests_json(&tenant, gateway.now(), &resp).to_string(),
+        ),
+        Err(e) => gateway_error(e),
+    }
+}
+
+/// The JSON view of the case queue that the page draws: ids, kinds, statuses and dates only.
+pub fn requests_json(tenant: &str, now: i64, resp: &ListSubjectRequestsResponse) -> Value {
+    let status = |raw: i32| {
+        enum_name::<SubjectRequestStatus>(raw, "SUBJECT_REQUEST_STATUS_", |e| e.as_str_name())
+    };
+    json!({
+        "tenant": tenant,
+        "at": now,
+        "receipts": resp.receipts.iter().map(|r| json!({
+            "request_id": r.request_id,
+            "region_id": r.region_id,
+            "kind": enum_name::<SubjectRequestKind>(r.kind, "SUBJECT_REQUEST_KIND_", |e| e.as_str_name()),
+            "status": status(r.status),
+            "submitted_at": seconds(r.submitted_at.as_ref()),
+            "due_at": seconds(r.due_at.as_ref()),
+            "overdue": r.overdue,
+            "paused_since": seconds(r.paused_since.as_ref()),
+            "extended": !r.extension_reason.is_empty(),
+        })).collect::<Vec<_>>(),
+        "more": !resp.next_page_token.is_empty(),
+        "counts": resp.counts.iter().map(|c| json!({
+            "region_id": c.region_id,
+            "open": c.open,
+            "due_within_7_days": c.due_within_7_days,
+            "overdue": c.overdue,
+        })).collect::<Vec<_>>(),
+        "coverage": resp.coverage.iter().map(|c| json!({
+            "region_id": c.region_id,
+            "status": enum_name::<RegionStatus>(c.status, "REGION_STATUS_", |e| e.as_str_name()),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// An enum value's name without its type prefix, lower case: `REGION_STATUS_OK` → `ok`.
