@@ -1202,13 +1202,17 @@ async fn no_canary_crosses_the_federation_boundary() -> anyhow::Result<()> {
     let console_addr = domicile_tests::console(&fed).await?;
     let mut console = String::new();
     for path in domicile_gateway::api::console::PATHS {
-        let paths: Vec<String> = if *path == "/api/overview" {
-            ["1h", "24h", "7d", "30d"]
+        let paths: Vec<String> = match *path {
+            "/api/overview" => ["1h", "24h", "7d", "30d"]
                 .iter()
                 .map(|w| format!("{path}?tenant={TENANT}&window={w}"))
-                .collect()
-        } else {
-            vec![(*path).to_owned()]
+                .collect(),
+            // The case queue, all open requests and the overdue ones.
+            "/api/requests" => vec![
+                format!("{path}?tenant={TENANT}"),
+                format!("{path}?tenant={TENANT}&overdue=1"),
+            ],
+            _ => vec![(*path).to_owned()],
         };
         for p in paths {
             let (status, body) = domicile_ops::metrics::scrape(console_addr, &p).await?;

@@ -528,6 +528,82 @@ async fn a_refusal_closes_the_request_with_its_reason_and_does_nothing() -> anyh
         refused_list.receipts[0].refusal_reason,
         "identity could not be verified"
     );
+
+    // Waiting for the subject, then refused: the pause ends with the request.
+    let waiting = open(
+        &fed,
+        &mut gw,
+        submit("DE", "d6", SubjectRequestKind::Erasure),
+    )
+    .await?;
+    take(
+        &fed,
+        &mut gw,
+        &waiting.request_id,
+        Action::AwaitSubject(AwaitSubject {
+            reason: reason("identity evidence requested"),
+        }),
+    )
+    .await?;
+    let closed = take(
+        &fed,
+        &mut gw,
+        &waiting.request_id,
+        Action::Refuse(RefuseSubjectRequest {
+            reason: reason("no answer from the requester"),
+        }),
+    )
+    .await?;
+    assert_eq!(status(&closed), S::Refused);
+    assert!(closed.paused_since.is_none());
+
+    // An access request whose subject is erased before it is verified: verifying cannot
+    // fulfil it (IN_PROGRESS, and the call says why), and it is closed with a reason.
+    let late_keys = SealingKeyPair::generate();
+    let mut late = submit("DE", "d7", SubjectRequestKind::Access);
+    late.recipient_public_key = late_keys.public().as_bytes().to_vec();
+    let late = open(&fed, &mut gw, late).await?;
+    let mut erase = submit("DE", "d7", SubjectRequestKind::Erasure);
+    erase.verification = Some(verification());
+    assert_eq!(status(&open(&fed, &mut gw, erase).await?), S::Completed);
+    let failed = take(
+        &fed,
+        &mut gw,
+        &late.request_id,
+        Action::Verify(verification()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(failed.code(), Code::FailedPrecondition, "{failed:?}");
+    assert!(failed.message().contains("no longer held"), "{failed:?}");
+    let stuck = gw
+        .get_subject_request(GetSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            request_id: late.request_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(status(&stuck), S::InProgress);
+    let closed = take(
+        &fed,
+        &mut gw,
+        &late.request_id,
+        Action::Refuse(RefuseSubjectRequest {
+            reason: reason("the data was erased at the subject's request"),
+        }),
+    )
+    .await?;
+    assert_eq!(status(&closed), S::Refused);
+    assert_eq!(
+        actions(&closed),
+        named(&[
+            ("received", S::Received),
+            ("verified", S::InProgress),
+            ("refused", S::Refused)
+        ])
+    );
     Ok(())
 }
 

@@ -302,8 +302,10 @@ pub fn next(case: &Case, step: &Step, deadline: &Deadline, now: i64) -> Result<C
                 closed_at: None,
             })
         }
+        // IN_PROGRESS too: a fulfilment that cannot finish (the subject erased meanwhile) is
+        // closed with a reason rather than left open.
         Step::Refuse(_) => match status {
-            S::Received | S::AwaitingSubject => Ok(Change {
+            S::Received | S::AwaitingSubject | S::InProgress => Ok(Change {
                 status: S::Refused,
                 due_at: resumed,
                 paused_since: None,
@@ -965,7 +967,7 @@ mod tests {
         let table = [
             (S::Received, false, [true, true, true, true]),
             (S::AwaitingSubject, false, [true, false, true, true]),
-            (S::InProgress, false, [true, false, true, false]),
+            (S::InProgress, false, [true, false, true, true]),
             (S::PartiallyCompleted, false, [false, false, true, false]),
             (S::Completed, true, [false, false, false, false]),
             (S::Refused, true, [false, false, false, false]),
