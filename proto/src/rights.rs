@@ -86,6 +86,18 @@ pub fn verified_by_platform(evidence_reference: &str, verified_by: &str) -> Iden
     }
 }
 
+impl Verification {
+    /// As the receipt says it, recorded at `at`.
+    pub fn recorded_at(&self, at: i64) -> IdentityVerification {
+        IdentityVerification {
+            method: self.method as i32,
+            evidence_reference: self.evidence_reference.clone(),
+            verified_by: self.verified_by.clone(),
+            verified_at: Some(crate::domain::whole_seconds(at)),
+        }
+    }
+}
+
 /// Checks a free-text field the tenant writes (a reason, a reference): 1 to `max`
 /// characters, no control characters.
 fn text(raw: &str, max: usize, field: &str, v: &mut Violations) {

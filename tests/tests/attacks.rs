@@ -13,10 +13,13 @@ use domicile_node::store::db::Dialect;
 use domicile_proto::{
     domain::unix_now as now,
     pb::{
-        AuditWitnessStatus, GetAuditCheckpointRequest, GetOverviewRequest, PlaceLegalHoldRequest,
+        AuditWitnessStatus, GetAuditCheckpointRequest, GetOverviewRequest,
+        GetSubjectRequestRequest, IdentityVerification, PlaceLegalHoldRequest,
         RegionalNodePlaceLegalHoldRequest, RegionalNodeReportIncidentRequest,
         RegionalNodeSubmitSubjectRequestRequest, ReportIncidentRequest, SealingKeyStatement,
-        SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest, TimeRange,
+        SubjectRef, SubjectRequestKind, SubjectRequestStatus, SubmitSubjectRequestRequest,
+        TimeRange, UpdateSubjectRequestRequest, VerificationMethod,
+        update_subject_request_request::Action,
     },
     seal::{SealingKeyPair, open_export},
     trust::{TrustError, sign_request},
@@ -312,6 +315,32 @@ async fn a_gateway_cannot_act_as_the_dpo() -> anyhow::Result<()> {
         "dpo_signature.signature: does not verify",
     );
 
+    // An access request waiting for the tenant's identity verification, filed honestly.
+    let mut honest = client::connect(fed.gateway_addr).await?;
+    let waiting = SubmitSubjectRequestRequest {
+        verification: None,
+        ..access(&dpo, "d2")
+    };
+    let waiting = honest
+        .submit_subject_request(fed.signed(waiting))
+        .await?
+        .into_inner()
+        .receipts
+        .remove(0);
+    assert_eq!(waiting.status, SubjectRequestStatus::Received as i32);
+    let verify = || UpdateSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        request_id: waiting.request_id.clone(),
+        action: Some(Action::Verify(IdentityVerification {
+            method: VerificationMethod::DocumentCheck as i32,
+            evidence_reference: "ticket 1".into(),
+            verified_by: "agent-1".into(),
+            verified_at: None,
+        })),
+        actor: "dpo-desk".into(),
+        dpo_signature: None,
+    };
+
     // Claiming the DPO's authority itself: no signature, or its own key's.
     for (attack, reason, says) in [
         (DpoAttack::Strip, "missing", "dpo_signature: required"),
@@ -339,7 +368,25 @@ async fn a_gateway_cannot_act_as_the_dpo() -> anyhow::Result<()> {
             .await
             .unwrap_err();
         assert_refused(&err, reason, says);
+        // Verifying the waiting request on its own (which would release the export).
+        let err = gw
+            .update_subject_request(fed.signed(verify()))
+            .await
+            .unwrap_err();
+        assert_refused(&err, reason, says);
     }
+    // Nothing moved: the request still waits, with nothing in its history but its receipt.
+    let still = honest
+        .get_subject_request(GetSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            request_id: waiting.request_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(still.status, SubjectRequestStatus::Received as i32);
+    assert_eq!(still.events.len(), 1);
 
     // Relayed honestly, the DPO's request works, and its export opens only with the DPO's key.
     let mal = start(DpoAttack::None).await?;

@@ -21,25 +21,28 @@
 use base64::Engine;
 use domicile_proto::{
     pb::{
-        AggregateQuery, AggregateRequest, Channel, CheckContactPermissionRequest,
-        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, FollowUpStatus,
-        GetAuditCheckpointRequest, GetConsentRequest, GetIncidentRequest, GetOverviewRequest,
-        GetRegionInfoRequest, GetSubjectRequestRequest, IngestRequest, InteractionRecord,
-        ListFollowUpsRequest, ListRegionsRequest, OpenFollowUpRequest, PlaceLegalHoldRequest,
-        Purpose, QueryRecordsRequest, RecordConsentRequest, RecordFollowUpOutcomeRequest,
-        RecordPayload, RecordQuery, RegionalNodeAggregateRequest,
-        RegionalNodeCheckContactPermissionRequest, RegionalNodeConfirmConsentRequest,
-        RegionalNodeGetAuditCheckpointRequest, RegionalNodeGetConsentRequest,
-        RegionalNodeGetIncidentRequest, RegionalNodeGetRegionOverviewRequest,
-        RegionalNodeGetSubjectRequestRequest, RegionalNodeIngestRequest,
-        RegionalNodeListFollowUpsRequest, RegionalNodeOpenFollowUpRequest,
-        RegionalNodePlaceLegalHoldRequest, RegionalNodeQueryRecordsRequest,
-        RegionalNodeRecordConsentRequest, RegionalNodeReleaseLegalHoldRequest,
-        RegionalNodeReportIncidentRequest, RegionalNodeSubmitSubjectRequestRequest,
-        RegionalNodeWithdrawConsentRequest, ReidentifyFollowUpRequest, ReleaseLegalHoldRequest,
-        ReportIncidentRequest, SealedEnvelope, SubjectRecord, SubjectRef, SubjectRequestKind,
-        SubmitSubjectRequestRequest, SurveyAnswer, TimeRange, WithdrawConsentRequest,
-        record_payload::Record, regional_node_client::RegionalNodeClient,
+        AggregateQuery, AggregateRequest, AwaitSubject, Channel, CheckContactPermissionRequest,
+        ConfirmConsentRequest, ConsentAction, ConsentSource, Dimension, ExtendDeadline,
+        FetchSubjectRequestExportRequest, FollowUpStatus, GetAuditCheckpointRequest,
+        GetConsentRequest, GetIncidentRequest, GetOverviewRequest, GetRegionInfoRequest,
+        GetSubjectRequestRequest, IdentityVerification, IngestRequest, InteractionRecord,
+        ListFollowUpsRequest, ListRegionsRequest, ListSubjectRequestsRequest, OpenFollowUpRequest,
+        PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordConsentRequest,
+        RecordFollowUpOutcomeRequest, RecordPayload, RecordQuery, RefuseSubjectRequest,
+        RegionalNodeAggregateRequest, RegionalNodeCheckContactPermissionRequest,
+        RegionalNodeConfirmConsentRequest, RegionalNodeGetAuditCheckpointRequest,
+        RegionalNodeGetConsentRequest, RegionalNodeGetIncidentRequest,
+        RegionalNodeGetRegionOverviewRequest, RegionalNodeGetSubjectRequestRequest,
+        RegionalNodeIngestRequest, RegionalNodeListFollowUpsRequest,
+        RegionalNodeOpenFollowUpRequest, RegionalNodePlaceLegalHoldRequest,
+        RegionalNodeQueryRecordsRequest, RegionalNodeRecordConsentRequest,
+        RegionalNodeReleaseLegalHoldRequest, RegionalNodeReportIncidentRequest,
+        RegionalNodeSubmitSubjectRequestRequest, RegionalNodeWithdrawConsentRequest,
+        ReidentifyFollowUpRequest, ReleaseLegalHoldRequest, ReportIncidentRequest, SealedEnvelope,
+        SubjectRecord, SubjectRef, SubjectRequestKind, SubjectRequestStatus,
+        SubmitSubjectRequestRequest, SurveyAnswer, TimeRange, UpdateSubjectRequestRequest,
+        VerificationMethod, WithdrawConsentRequest, record_payload::Record,
+        regional_node_client::RegionalNodeClient, update_subject_request_request::Action,
     },
     seal::{EnvelopeSealer, PublicSealingKey},
 };
@@ -530,6 +533,132 @@ async fn rights_calls(
         }))
         .await,
     );
+    case_calls(fed, cap, gw, country, c).await;
+}
+
+/// The case RPCs for `c`'s subject: an access request left waiting, its steps (wait, extend,
+/// verify), the queue, its export fetched again, and invalid steps, pages and fetches carrying
+/// canaries.
+async fn case_calls(
+    fed: &Federation,
+    cap: &Capture,
+    gw: &mut domicile_client::Gateway,
+    country: &str,
+    c: &Canaries,
+) {
+    let requester = domicile_proto::seal::SealingKeyPair::generate();
+    let waiting = cap.result(
+        gw.submit_subject_request(fed.signed(SubmitSubjectRequestRequest {
+            tenant_id: TENANT.into(),
+            subject: subject_ref(country, c),
+            kind: SubjectRequestKind::Access as i32,
+            recipient_public_key: requester.public().as_bytes().to_vec(),
+            actor: "dpo".into(),
+            request_id: format!("dsr-{}", "c0".repeat(16)),
+            ..Default::default()
+        }))
+        .await,
+    );
+    let step = |request_id: &str, action: Action| UpdateSubjectRequestRequest {
+        tenant_id: TENANT.into(),
+        request_id: request_id.to_owned(),
+        action: Some(action),
+        actor: "dpo".into(),
+        dpo_signature: None,
+    };
+    let verification = IdentityVerification {
+        method: VerificationMethod::DocumentCheck as i32,
+        evidence_reference: "ticket 7".into(),
+        verified_by: "agent-7".into(),
+        verified_at: None,
+    };
+    if let Some(id) = waiting.and_then(|w| w.receipts.into_iter().next().map(|r| r.request_id)) {
+        for action in [
+            Action::AwaitSubject(AwaitSubject {
+                reason: "identity evidence requested".into(),
+            }),
+            Action::Extend(ExtendDeadline {
+                reason: "many systems".into(),
+            }),
+            Action::Verify(verification.clone()),
+        ] {
+            cap.result(
+                gw.update_subject_request(fed.signed(step(&id, action)))
+                    .await,
+            );
+        }
+        fetch_export(cap, gw, &id).await;
+    }
+    for statuses in [Vec::new(), vec![SubjectRequestStatus::Completed as i32]] {
+        cap.result(
+            gw.list_subject_requests(ListSubjectRequestsRequest {
+                tenant_id: TENANT.into(),
+                statuses,
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    // Invalid: canaries in a step's id, evidence and reason, a page token and a fetched id.
+    let bogus = format!("{}.sr-{}", "eu-de", "0".repeat(32));
+    for (id, action) in [
+        (c.phone.clone(), Action::Verify(verification.clone())),
+        (
+            bogus.clone(),
+            Action::Verify(IdentityVerification {
+                evidence_reference: format!("{}\u{1}", c.email),
+                verified_by: c.full_name(),
+                ..verification.clone()
+            }),
+        ),
+        (
+            bogus.clone(),
+            Action::Refuse(RefuseSubjectRequest {
+                reason: format!("{}\u{7}", c.iban),
+            }),
+        ),
+    ] {
+        cap.result(
+            gw.update_subject_request(fed.signed(step(&id, action)))
+                .await,
+        );
+    }
+    cap.result(
+        gw.list_subject_requests(ListSubjectRequestsRequest {
+            tenant_id: TENANT.into(),
+            page_token: hex::encode(format!("1:{}", c.card)),
+            ..Default::default()
+        })
+        .await,
+    );
+    fetch_export(cap, gw, &c.postal_code).await;
+    fetch_export(cap, gw, &bogus).await;
+}
+
+/// Fetches an export through the gateway, every message (or the error) captured.
+async fn fetch_export(cap: &Capture, gw: &mut domicile_client::Gateway, request_id: &str) {
+    let answer = gw
+        .fetch_subject_request_export(FetchSubjectRequestExportRequest {
+            tenant_id: TENANT.into(),
+            request_id: request_id.to_owned(),
+        })
+        .await;
+    match answer {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => cap.message(&m),
+                    Ok(None) => break,
+                    Err(s) => {
+                        cap.status(&s);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(s) => cap.status(&s),
+    }
 }
 
 /// Every consent RPC of a node's federation API for `c`'s subject.

@@ -11,10 +11,12 @@
 use domicile_client::{ConnectOptions, Gateway, connect_with};
 use domicile_gateway::{auth::AuthConfig, limits::LimitsConfig};
 use domicile_proto::pb::{
-    AggregateQuery, AggregateRequest, CheckContactPermissionRequest, GetAuditCheckpointRequest,
-    GetConsentRequest, GetIncidentRequest, GetSubjectRequestRequest, IngestRequest,
-    ListRegionsRequest, Metric, PlaceLegalHoldRequest, Purpose, QueryRecordsRequest, RecordQuery,
-    SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
+    AggregateQuery, AggregateRequest, CheckContactPermissionRequest, ExtendDeadline,
+    FetchSubjectRequestExportRequest, GetAuditCheckpointRequest, GetConsentRequest,
+    GetIncidentRequest, GetSubjectRequestRequest, IngestRequest, ListRegionsRequest,
+    ListSubjectRequestsRequest, Metric, PlaceLegalHoldRequest, Purpose, QueryRecordsRequest,
+    RecordQuery, SubjectRef, SubjectRequestKind, SubmitSubjectRequestRequest,
+    UpdateSubjectRequestRequest, update_subject_request_request::Action,
 };
 use domicile_tests::{Federation, TENANT};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -155,7 +157,7 @@ fn aggregate(tenant: &str, purpose: Purpose) -> AggregateRequest {
 }
 
 /// One call of each RPC (with the DPO-only kinds apart), as `(operation, name)`.
-const RPCS: [(&str, &str); 16] = [
+const RPCS: [(&str, &str); 19] = [
     ("regions", "ListRegions"),
     ("ingest", "Ingest"),
     ("aggregate", "Aggregate"),
@@ -169,6 +171,9 @@ const RPCS: [(&str, &str); 16] = [
     ("rights", "SubmitSubjectRequest(ERASURE)"),
     ("rights", "SubmitSubjectRequest(ACCESS)"),
     ("rights", "PlaceLegalHold"),
+    ("rights", "UpdateSubjectRequest(signed)"),
+    ("rights", "ListSubjectRequests"),
+    ("rights", "FetchSubjectRequestExport"),
     ("admin", "GetOverview"),
     ("follow_up", "OpenFollowUp"),
     ("follow_up", "ListFollowUps"),
@@ -269,6 +274,32 @@ async fn call(
             .get_subject_request(GetSubjectRequestRequest {
                 tenant_id: t.clone(),
                 request_id: "dsr-eu-de-00000000000000000000000000000000".into(),
+            })
+            .await
+            .map(|_| ()),
+        "UpdateSubjectRequest(signed)" => gw
+            .update_subject_request(fed.signed(UpdateSubjectRequestRequest {
+                tenant_id: t.clone(),
+                request_id: format!("eu-de.sr-{}", "0".repeat(32)),
+                action: Some(Action::Extend(ExtendDeadline {
+                    reason: "complex".into(),
+                })),
+                actor: "dpo".into(),
+                dpo_signature: None,
+            }))
+            .await
+            .map(|_| ()),
+        "ListSubjectRequests" => gw
+            .list_subject_requests(ListSubjectRequestsRequest {
+                tenant_id: t.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "FetchSubjectRequestExport" => gw
+            .fetch_subject_request_export(FetchSubjectRequestExportRequest {
+                tenant_id: t.clone(),
+                request_id: format!("eu-de.sr-{}", "0".repeat(32)),
             })
             .await
             .map(|_| ()),
@@ -497,7 +528,10 @@ async fn every_rpc_checks_operation_tenant_purpose_and_dpo_authority() -> anyhow
         let code = call(&fed, &mut no_dpo, rpc, TENANT, Purpose::CxAnalytics).await;
         let dpo_only = matches!(
             *rpc,
-            "SubmitSubjectRequest(ERASURE)" | "SubmitSubjectRequest(ACCESS)" | "PlaceLegalHold"
+            "SubmitSubjectRequest(ERASURE)"
+                | "SubmitSubjectRequest(ACCESS)"
+                | "PlaceLegalHold"
+                | "UpdateSubjectRequest(signed)"
         );
         assert_eq!(
             code == Code::PermissionDenied,

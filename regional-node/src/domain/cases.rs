@@ -15,7 +15,7 @@ use domicile_proto::{
         HeldData, IdentityVerification, SealedExport, SubjectRequestEvent, SubjectRequestKind,
         SubjectRequestQueueCounts, SubjectRequestReceipt, SubjectRequestStatus, TimeRange,
     },
-    rights::{CaseQuery, PageStart, Step, Verification},
+    rights::{CaseQuery, PageStart, Step},
 };
 
 use crate::{
@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS subject_cases (
     recipient        BLOB,
     verification     TEXT,
     paused_since     INTEGER,
-    paused_seconds   INTEGER NOT NULL DEFAULT 0,
     extension_reason TEXT,
     refusal_reason   TEXT,
     PRIMARY KEY (tenant, request_id)
@@ -85,7 +84,6 @@ CREATE TABLE IF NOT EXISTS subject_cases (
     recipient        BYTEA,
     verification     TEXT,
     paused_since     BIGINT,
-    paused_seconds   BIGINT NOT NULL DEFAULT 0,
     extension_reason TEXT,
     refusal_reason   TEXT,
     PRIMARY KEY (tenant, request_id)
@@ -376,12 +374,12 @@ pub fn by_federation_id(
 }
 
 /// A verification as the case keeps it (JSON; no personal data by contract).
-pub fn verification_json(v: &Verification, at: i64) -> String {
+fn verification_json(v: &IdentityVerification) -> String {
     serde_json::json!({
-        "method": v.method as i32,
+        "method": v.method,
         "evidence_reference": v.evidence_reference,
         "verified_by": v.verified_by,
-        "verified_at": at,
+        "verified_at": v.verified_at.as_ref().map(|t| t.seconds),
     })
     .to_string()
 }
@@ -422,15 +420,7 @@ pub fn insert(tx: &Connection, tenant: &str, case: &Case, actor: &str) -> Result
             case.request_id,
             case.federation_id,
             case.recipient,
-            case.verification.as_ref().map(|v| {
-                serde_json::json!({
-                    "method": v.method,
-                    "evidence_reference": v.evidence_reference,
-                    "verified_by": v.verified_by,
-                    "verified_at": v.verified_at.as_ref().map(|t| t.seconds),
-                })
-                .to_string()
-            })
+            case.verification.as_ref().map(verification_json)
         ],
     )?;
     event(
@@ -496,20 +486,20 @@ pub fn apply(
             case.request_id
         ],
     )?;
-    let paused = case
-        .paused_since
-        .filter(|_| change.paused_since.is_none())
-        .map_or(0, |p| (now - p).max(0));
+    // A pause's length is already in the due date the step moved (`Change::due_at`).
     tx.execute(
-        "UPDATE subject_cases SET paused_since = $1, paused_seconds = paused_seconds + $2
-         WHERE tenant = $3 AND request_id = $4",
-        params![change.paused_since, paused, tenant, case.request_id],
+        "UPDATE subject_cases SET paused_since = $1 WHERE tenant = $2 AND request_id = $3",
+        params![change.paused_since, tenant, case.request_id],
     )?;
     match step {
         Step::Verify(v) => {
             tx.execute(
                 "UPDATE subject_cases SET verification = $1 WHERE tenant = $2 AND request_id = $3",
-                params![verification_json(v, now), tenant, case.request_id],
+                params![
+                    verification_json(&v.recorded_at(now)),
+                    tenant,
+                    case.request_id
+                ],
             )?;
         }
         Step::Extend(reason) => {
@@ -828,6 +818,7 @@ pub fn totals(conn: &Connection, now: i64) -> Result<(u64, u64, u64), NodeError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domicile_proto::rights::Verification;
 
     /// 2027-01-31T10:00:00Z.
     const JAN_31: i64 = 1_801_389_600;

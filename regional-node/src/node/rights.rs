@@ -20,9 +20,8 @@ use domicile_proto::{
     consent::{ConsentChange, ConsentQuestion, Subject},
     domain::{TenantId, whole_seconds as ts},
     pb::{
-        Channel, ConsentAction, ConsentSource, HeldData, IdentityVerification, Purpose,
-        SealedEnvelope, SealedExport, SubjectRequestKind, SubjectRequestQueueCounts,
-        SubjectRequestReceipt, SubjectRequestStatus,
+        Channel, ConsentAction, ConsentSource, HeldData, Purpose, SealedEnvelope, SealedExport,
+        SubjectRequestKind, SubjectRequestQueueCounts, SubjectRequestReceipt, SubjectRequestStatus,
     },
     rights::{CaseQuery, CaseUpdate, HoldSpec, PageStart, RightsRequest, Step, needs_dpo},
     seal::{PublicSealingKey, seal_export},
@@ -356,12 +355,7 @@ impl Node {
         let submitted = self.now();
         let request_id = format!("{region}.sr-{}", crate::store::kek::random_hex()?);
         let waits = needs_dpo(req.kind) && req.verification.is_none();
-        let verification = req.verification.as_ref().map(|v| IdentityVerification {
-            method: v.method as i32,
-            evidence_reference: v.evidence_reference.clone(),
-            verified_by: v.verified_by.clone(),
-            verified_at: Some(ts(submitted)),
-        });
+        let verification = req.verification.as_ref().map(|v| v.recorded_at(submitted));
         let case = Case {
             request_id: request_id.clone(),
             subject: subject.to_owned(),
