@@ -104,7 +104,7 @@ async fn run(args: &Args, rate: (f64, u32)) -> anyhow::Result<Measured> {
                 idempotency_key: "flood".into(),
                 country: "DE".into(),
                 kind: 1,
-                ciphertext: vec![0x5a; REQUEST_BYTES],
+                ciphertext: vec![0x5a; REQUEST_BYTES].into(),
             }],
         }],
     };

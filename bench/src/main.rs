@@ -484,10 +484,14 @@ async fn run(args: &Args, scenario: &str) -> anyhow::Result<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `domicile` does, before any thread starts: the processes measured run like it.
+    domicile_ops::alloc::tune();
     let raw: Vec<String> = std::env::args().collect();
     if raw.get(1).map(String::as_str) == Some("__serve") {
         // The runtime `domicile gateway` and `domicile node` run on: tokio's default.
-        let threads: usize = std::env::var("DOMICILE_BENCH_THREADS")
+        let kind = raw.get(2).map(|k| k.to_uppercase()).unwrap_or_default();
+        let threads: usize = std::env::var(format!("DOMICILE_BENCH_THREADS_{kind}"))
+            .or_else(|_| std::env::var("DOMICILE_BENCH_THREADS"))
             .ok()
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);

@@ -4,6 +4,10 @@
 //! its concurrent calls it gets `RESOURCE_EXHAUSTED`; when the gateway as a whole has
 //! `max_in_flight` calls running it gets `UNAVAILABLE` (retryable elsewhere). Nothing is
 //! half-done: the refusal comes before any region is called.
+//!
+//! An admitted call's request then reserves its size from one budget shared by every call
+//! (`max_buffered_bytes`) before its body is read ([`crate::api::budget`]), so what the gateway
+//! holds of requests at once is bounded whatever the callers send.
 
 use std::{
     sync::{
@@ -39,6 +43,12 @@ pub struct LimitsConfig {
     /// records of 64 KiB, plus framing.
     #[serde(default = "default_message_bytes")]
     pub max_message_bytes: usize,
+    /// Request bytes the gateway holds at once, across all calls. Each admitted call reserves
+    /// its message's declared size (at most this) before its body is read, and keeps it until
+    /// its response ends; a call that does not fit waits, its body unread, until others finish
+    /// or its deadline passes. Default 16 MiB. A message larger than this runs alone.
+    #[serde(default = "default_buffered_bytes")]
+    pub max_buffered_bytes: u32,
 }
 
 fn default_rate() -> f64 {
@@ -56,6 +66,9 @@ fn default_in_flight() -> usize {
 fn default_message_bytes() -> usize {
     80 * 1024 * 1024
 }
+fn default_buffered_bytes() -> u32 {
+    16 * 1024 * 1024
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -65,6 +78,7 @@ impl Default for LimitsConfig {
             max_concurrent_per_tenant: default_concurrency(),
             max_in_flight: default_in_flight(),
             max_message_bytes: default_message_bytes(),
+            max_buffered_bytes: default_buffered_bytes(),
         }
     }
 }
@@ -88,6 +102,9 @@ impl LimitsConfig {
         if !(1024..=1024 * 1024 * 1024).contains(&self.max_message_bytes) {
             out.push(("limits.max_message_bytes", "must be 1 KiB to 1 GiB"));
         }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.max_buffered_bytes) {
+            out.push(("limits.max_buffered_bytes", "must be 64 KiB to 1 GiB"));
+        }
         out
     }
 }
@@ -104,6 +121,7 @@ pub struct Limiter {
     buckets: DashMap<String, Mutex<Bucket>>,
     running: DashMap<String, Arc<Semaphore>>,
     in_flight: Arc<AtomicUsize>,
+    buffered: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -131,11 +149,22 @@ impl Limiter {
     /// A limiter with `config`.
     pub fn new(config: LimitsConfig) -> Self {
         Self {
-            config,
             buckets: DashMap::new(),
             running: DashMap::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            buffered: Arc::new(Semaphore::new(config.max_buffered_bytes as usize)),
+            config,
         }
+    }
+
+    /// The budget of request bytes held at once (one permit per byte), and its size.
+    pub fn request_budget(&self) -> (Arc<Semaphore>, u32) {
+        (self.buffered.clone(), self.config.max_buffered_bytes)
+    }
+
+    /// The largest request message accepted (`limits.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
     }
 
     /// Calls admitted and not yet finished, across tenants.

@@ -325,7 +325,7 @@ impl EnvelopeSealer {
             idempotency_key: idempotency_key.to_owned(),
             country: country.to_owned(),
             kind: kind as i32,
-            ciphertext,
+            ciphertext: ciphertext.into(),
         });
         Ok(seq)
     }
@@ -450,7 +450,9 @@ mod tests {
     fn a_damaged_record_does_not_affect_the_others() {
         let keys = SealingKeyPair::generate();
         let mut env = sealed(&keys, 3);
-        env.records[1].ciphertext[0] ^= 1;
+        let mut damaged = env.records[1].ciphertext.to_vec();
+        damaged[0] ^= 1;
+        env.records[1].ciphertext = damaged.into();
         let opener = EnvelopeOpener::new(&keys, "acme", "eu-de", &env.encapsulated_key).unwrap();
         assert!(opener.open(&env.records[0]).is_ok());
         assert_eq!(opener.open(&env.records[1]), Err(SealError::OpenFailed));

@@ -79,7 +79,9 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
     let fed = federation(&[("eu-de", &["DE"]), ("us", &["US"])]).await?;
     let key = key_of(&fed, "eu-de").await?;
     let mut envelope = seal(TENANT, "eu-de", &key, &some_records("DE", 3));
-    envelope.records[1].ciphertext[5] ^= 0x40;
+    let mut damaged = envelope.records[1].ciphertext.to_vec();
+    damaged[5] ^= 0x40;
+    envelope.records[1].ciphertext = damaged.into();
     let mut gw = gateway_client(&fed).await?;
     let results = ingest_one(&mut gw, envelope.clone()).await?;
     assert_eq!(

@@ -943,7 +943,9 @@ async fn drive_every_rpc(
     moved.country = "FR".into();
     moved.idempotency_key = "bad-moved".into();
     let mut tampered = envelope.records[1].clone();
-    tampered.ciphertext[0] ^= 1;
+    let mut damaged = tampered.ciphertext.to_vec();
+    damaged[0] ^= 1;
+    tampered.ciphertext = damaged.into();
     tampered.idempotency_key = "bad-tampered".into();
     envelope.records.extend([moved, tampered]);
     let req = IngestRequest {

@@ -1036,7 +1036,7 @@ async fn oversized_requests_are_refused_before_decoding() -> anyhow::Result<()> 
             region_id: "eu-de".into(),
             records: vec![SealedRecord {
                 country: "DE".into(),
-                ciphertext: vec![0; 2 * 1024 * 1024],
+                ciphertext: vec![0; 2 * 1024 * 1024].into(),
                 ..Default::default()
             }],
             ..Default::default()
@@ -1052,6 +1052,63 @@ async fn oversized_requests_are_refused_before_decoding() -> anyhow::Result<()> 
     // Nothing reached a region.
     let node = fed.node("eu-de").unwrap().node.clone().unwrap();
     assert!(!node.metrics().encode().contains("method=\"Ingest\""));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_byte_budget_is_taken_per_call_and_given_back() -> anyhow::Result<()> {
+    use domicile_proto::pb::{SealedEnvelope, SealedRecord};
+    let (fed, _dir) = secured(Some(LimitsConfig {
+        max_message_bytes: 1024 * 1024,
+        max_buffered_bytes: 256 * 1024,
+        ..LimitsConfig::default()
+    }))
+    .await?;
+    let gw = client(&fed, Some(hs256(&claims(&OPERATIONS, &PURPOSES, false)))).await;
+    // The records do not open (no region key sealed them): the node rejects them, and the
+    // call itself is answered.
+    let ingest = |bytes: usize, n: usize| IngestRequest {
+        tenant_id: TENANT.into(),
+        envelopes: vec![SealedEnvelope {
+            region_id: "eu-de".into(),
+            key_id: "budget".into(),
+            encapsulated_key: vec![1; 32],
+            records: vec![SealedRecord {
+                seq: 0,
+                idempotency_key: format!("budget-{n}"),
+                country: "DE".into(),
+                kind: 1,
+                ciphertext: vec![0x5a; bytes].into(),
+            }],
+        }],
+    };
+    // Larger than the whole budget: it runs alone, and is answered.
+    gw.clone().ingest(ingest(600 * 1024, 0)).await?;
+    // Each call gives its share back when it is answered: 100 KiB twenty times over a 256 KiB
+    // budget.
+    for n in 1..=20 {
+        gw.clone().ingest(ingest(100 * 1024, n)).await?;
+    }
+    // At once, only what fits is taken: the rest is refused, retryably, and changes nothing.
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        let mut gw = gw.clone();
+        let request = ingest(100 * 1024, 100 + n);
+        calls.spawn(async move { gw.ingest(request).await });
+    }
+    let answers = calls.join_all().await;
+    let answered = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(answered >= 1, "at least the first fits");
+    for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("request bytes"),
+            "{}",
+            refused.message()
+        );
+    }
+    // Nothing is left held.
+    gw.clone().ingest(ingest(250 * 1024, 200)).await?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    api::budget::{Budgeted, Reservation},
     auth::{Caller, Operation},
     deadline,
     gateway::Gateway,
@@ -35,7 +36,9 @@ use crate::{
 /// since the limits are per authenticated tenant (without authentication every caller shares
 /// one budget: keying on the unchecked `tenant_id` would let a caller grow the limiter's
 /// tables without bound). The admission is held until the response's body ends, so a records
-/// stream keeps its concurrency slot for as long as it streams.
+/// stream keeps its concurrency slot for as long as it streams. An admitted call's request
+/// then reserves its size from the gateway's request budget ([`crate::api::budget`]) before
+/// its body is read, and keeps it as long.
 #[derive(Debug, Clone)]
 pub struct Admit<S> {
     inner: S,
@@ -49,9 +52,12 @@ impl<S> Admit<S> {
     }
 }
 
-impl<S, B> tower_service::Service<http::Request<B>> for Admit<S>
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Admit<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -67,22 +73,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let tenant = req
             .extensions()
             .get::<Caller>()
             .map_or("", |c| c.tenant.as_str());
-        match self.gateway.limiter().admit(tenant) {
+        let limiter = self.gateway.limiter();
+        match limiter.admit(tenant) {
             // Answered now; the body is dropped unread, and the connection's flow control
             // stops the client from sending the rest.
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
             Ok(admission) => {
+                // The request's size is reserved before its body is read, and the reservation
+                // is kept with the admission until the response ends.
+                let reservation = Reservation::default();
+                let req = req.map(|body| {
+                    tonic::body::Body::new(Budgeted::new(
+                        body,
+                        limiter.request_budget(),
+                        limiter.max_message_bytes(),
+                        reservation.clone(),
+                    ))
+                });
                 let response = self.inner.call(req);
                 Box::pin(async move {
                     Ok(response.await?.map(|body| {
                         tonic::body::Body::new(Admitted {
                             body,
-                            _admission: admission,
+                            _admission: (admission, reservation),
                         })
                     }))
                 })
@@ -95,10 +113,11 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Admit<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// A response body that holds its call's admission until it ends.
+/// A response body that holds its call's admission and its request's reservation until it
+/// ends.
 struct Admitted {
     body: tonic::body::Body,
-    _admission: Admission,
+    _admission: (Admission, Reservation),
 }
 
 impl http_body::Body for Admitted {
