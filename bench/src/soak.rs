@@ -155,8 +155,17 @@ impl Shared {
 type Attempt = (Code, bool);
 
 fn code_of(e: &anyhow::Error) -> Code {
-    e.downcast_ref::<tonic::Status>()
-        .map_or(Code::Unknown, tonic::Status::code)
+    let code = e
+        .downcast_ref::<tonic::Status>()
+        .map_or(Code::Unknown, tonic::Status::code);
+    // The table counts codes; an unexpected one is also printed, so that a run says why.
+    if !matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    ) {
+        eprintln!("soak: unexpected {code:?}: {e:#}");
+    }
+    code
 }
 
 /// Runs call `n` of the mix; writes retry until acknowledged (the same idempotency keys, the
