@@ -43,10 +43,11 @@ pub struct LimitsConfig {
     /// records of 64 KiB, plus framing.
     #[serde(default = "default_message_bytes")]
     pub max_message_bytes: usize,
-    /// Request bytes the gateway holds at once, across all calls. Each admitted call reserves
-    /// its message's declared size (at most this) before its body is read, and keeps it until
-    /// its response ends; a call that does not fit waits, its body unread, until others finish
-    /// or its deadline passes. Default 16 MiB. A message larger than this runs alone.
+    /// Request bytes the gateway holds at once, across all calls. Each admitted call whose
+    /// message is over 64 KiB reserves the message's declared size (at most this) before its
+    /// body is read, and keeps it until its response ends; a call that does not fit is refused
+    /// with `UNAVAILABLE`, its body unread. Default 16 MiB. A message larger than this runs
+    /// only when no other call holds any of it.
     #[serde(default = "default_buffered_bytes")]
     pub max_buffered_bytes: u32,
 }
