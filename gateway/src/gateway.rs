@@ -13,7 +13,7 @@ use domicile_proto::{
     pb::{
         AggregateRequest, AggregateResponse, IngestRequest, IngestResponse, NoiseMechanism,
         PrivacyParameters, RegionInfo, RegionRelease, RegionStatus, RegionalNodeAggregateRequest,
-        RegionalNodeIngestRequest, ReleaseKind, ResidencyAttestation,
+        ReleaseKind, ResidencyAttestation,
     },
 };
 
@@ -23,7 +23,7 @@ use crate::{
     error::GatewayError,
     federation::directory::{BuildError, Directory, Region},
     federation::fanout::{fan_out, request},
-    federation::routing,
+    federation::{forward, routing},
     limits::Limiter,
     metrics::GatewayMetrics,
 };
@@ -265,19 +265,8 @@ impl Gateway {
             targets.push((forward.region, forward.envelope));
         }
         let tenant_id = tenant.as_str();
-        let outcomes = fan_out(targets, deadline, |region, envelope, deadline| {
-            let mut client = region.client.clone();
-            let message = RegionalNodeIngestRequest {
-                tenant_id: tenant_id.to_owned(),
-                envelope: Some(envelope),
-            };
-            async move {
-                Ok(client
-                    .ingest(request(message, deadline))
-                    .await?
-                    .into_inner()
-                    .results)
-            }
+        let outcomes = fan_out(targets, deadline, |region, envelope, deadline| async move {
+            forward::ingest(&region, tenant_id, envelope, deadline).await
         })
         .await;
 

@@ -114,6 +114,78 @@ async fn a_bad_seal_is_rejected_per_record_and_the_rest_is_stored() -> anyhow::R
     Ok(())
 }
 
+/// The gateway forwards large ciphertexts as slices of the buffer it read them into, framing
+/// the fields around them itself (`federation::forward`): every record must still reach the
+/// node byte for byte, in order, with the records after a large one intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_around_large_ciphertexts_reach_the_node_intact() -> anyhow::Result<()> {
+    let fed = federation(&[("eu-de", &["DE"])]).await?;
+    let key = key_of(&fed, "eu-de").await?;
+    let records = some_records("DE", 3);
+    let mut sealer = EnvelopeSealer::new(TENANT, "eu-de", &key)?;
+    // Sealed well, but no RecordPayload inside: the node opens them (so every byte arrived:
+    // the AEAD tag covers them all) and then rejects them for what they hold.
+    let opaque = |n: usize| {
+        (0..n)
+            .map(|i| (i * 31 % 251) as u8 | 0x80)
+            .collect::<Vec<u8>>()
+    };
+    sealer.seal(
+        &records[0].country,
+        &records[0].idempotency_key,
+        &records[0].payload,
+    )?;
+    sealer.seal_bytes("DE", "large-1", RecordKind::Subject, &opaque(60_000))?;
+    sealer.seal(
+        &records[1].country,
+        &records[1].idempotency_key,
+        &records[1].payload,
+    )?;
+    sealer.seal_bytes("DE", "large-2", RecordKind::Subject, &opaque(3_000))?;
+    sealer.seal(
+        &records[2].country,
+        &records[2].idempotency_key,
+        &records[2].payload,
+    )?;
+    let mut envelope = sealer.finish();
+    let mut gw = gateway_client(&fed).await?;
+    let results = ingest_one(&mut gw, envelope.clone()).await?;
+    let opaque_rejected = rejected(RejectReason::PayloadInvalid);
+    assert_eq!(
+        statuses(&results),
+        [OK, opaque_rejected, OK, opaque_rejected, OK]
+    );
+    assert!(
+        results[1].detail.contains("records[1].ciphertext: opened"),
+        "{}",
+        results[1].detail
+    );
+    assert_eq!(subjects_in(&fed, "eu-de"), 3);
+
+    // One bit changed in the large ciphertext: it no longer opens, and its neighbours are
+    // answered as the duplicates they are.
+    let mut damaged = envelope.records[1].ciphertext.to_vec();
+    damaged[40_000] ^= 0x01;
+    envelope.records[1].ciphertext = damaged.into();
+    let results = ingest_one(&mut gw, envelope).await?;
+    let duplicate = (
+        RecordStatus::Duplicate as i32,
+        RejectReason::Unspecified as i32,
+    );
+    assert_eq!(
+        statuses(&results),
+        [
+            duplicate,
+            rejected(RejectReason::SealInvalid),
+            duplicate,
+            opaque_rejected,
+            duplicate
+        ]
+    );
+    assert_eq!(subjects_in(&fed, "eu-de"), 3);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_for_another_country_is_refused_by_gateway_and_node() -> anyhow::Result<()> {
     let fed = federation(&[("eu-de", &["DE"]), ("eu-fr", &["FR"])]).await?;

@@ -32,6 +32,9 @@ pub struct Region {
     pub endpoints: Vec<String>,
     /// A client balanced over the region's endpoints; cheap to clone.
     pub client: RegionalNodeClient<RegionChannel>,
+    /// The channel under `client`, for calls made without the generated client
+    /// ([`crate::federation::forward`]).
+    pub channel: RegionChannel,
     /// The replicas the client calls, for their state (which are ejected).
     pub replicas: Replicas,
 }
@@ -126,7 +129,7 @@ fn channel(
 }
 
 /// Largest response the gateway decodes from a region.
-const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Directory {
     /// Builds the directory from validated configuration. Connections are made lazily, so a
@@ -178,16 +181,14 @@ impl Directory {
                         .get_or_create(&RegionLabels { region: id.clone() })
                         .clone();
                     let replicas = channel(endpoints, tls.as_ref(), &rc.identity(), ejections)?;
+                    let channel = Instrumented::new(replicas.clone(), id, metrics.regions.clone());
                     Arc::new(Region {
                         id: id.clone(),
                         countries: countries.clone(),
                         endpoints: endpoints.clone(),
-                        client: RegionalNodeClient::new(Instrumented::new(
-                            replicas.clone(),
-                            id,
-                            metrics.regions.clone(),
-                        ))
-                        .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
+                        client: RegionalNodeClient::new(channel.clone())
+                            .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES),
+                        channel,
                         replicas,
                     })
                 }

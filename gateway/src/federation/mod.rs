@@ -1,12 +1,14 @@
 //! The federation's plumbing: the regions the gateway knows and how it reaches them.
 //!
 //! [`directory`] (the regions, their clients, health and replicas), [`replicas`] (choosing a
-//! replica), [`fanout`] (one call per region under a deadline, with each region's outcome),
+//! replica), [`fanout`] (one call per region under a deadline, with each region's outcome), [`forward`]
+//! (sealed batches framed for a region without copying their ciphertexts),
 //! [`routing`] (which region a country's record goes to) and [`witness`] (the audit-chain heads
 //! the gateway has seen from each region, kept across restarts).
 
 pub mod directory;
 pub mod fanout;
+pub mod forward;
 pub mod replicas;
 pub mod routing;
 pub mod witness;

@@ -21,6 +21,8 @@ use std::{
 
 use domicile_proto::pb::{GetRegionInfoRequest, regional_node_client::RegionalNodeClient};
 use tonic::{body::Body, transport::Channel};
+
+use crate::federation::forward::PreEncoded;
 use tower_service::Service;
 
 /// How often an ejected replica is probed.
@@ -146,7 +148,12 @@ impl Service<http::Request<Body>> for Replicas {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // A request whose message was framed without copying its large fields
+        // ([`crate::federation::forward`]): that frame replaces the empty message tonic encoded.
+        if let Some(frame) = request.extensions_mut().remove::<PreEncoded>() {
+            request = request.map(|_| Body::new(frame));
+        }
         let i = self.pick();
         let this = self.clone();
         let mut channel = this.inner.replicas[i].channel.clone();
