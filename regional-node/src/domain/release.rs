@@ -539,19 +539,23 @@ pub fn ensure_all(
         min_group_size: 0,
         epsilon: None,
     };
-    let exact = crate::domain::aggregate::run_over_rows(
-        tx,
-        region_id,
-        tenant,
-        &spec,
-        Rules {
-            k_by_country: BTreeMap::new(),
-            k_mixed: 0,
-            noise: None,
-            bounds: Some((rules.max_contributions, rules.handle_time_bound)),
-            gate,
-        },
-    )?;
+    // The pass sorts every row of the months it releases (the contribution bound's window,
+    // then the groups): on the writer's connection, with a small cache for the sorts' sake.
+    let exact = tx.with_cache_kib(crate::store::SORT_CACHE_KIB, |tx| {
+        crate::domain::aggregate::run_over_rows(
+            tx,
+            region_id,
+            tenant,
+            &spec,
+            Rules {
+                k_by_country: BTreeMap::new(),
+                k_mixed: 0,
+                noise: None,
+                bounds: Some((rules.max_contributions, rules.handle_time_bound)),
+                gate,
+            },
+        )
+    })?;
     let mut by_cell: BTreeMap<(String, String, i32), AggregateStats> = BTreeMap::new();
     for g in exact.groups {
         let key = g.key.unwrap_or_default();

@@ -347,6 +347,26 @@ impl Connection {
         }
     }
 
+    /// Runs `f` with this connection's page cache held to `kib` KiB, then gives the cache its
+    /// size back (also when `f` fails). SQLite sizes a sort's in-memory runs by the page
+    /// cache, so a query that sorts many rows (a window, a `GROUP BY`, a `COUNT(DISTINCT)`)
+    /// on the writer's large cache could hold that much again per sort. PostgreSQL bounds
+    /// sorts by its own `work_mem`: there `f` just runs.
+    pub fn with_cache_kib<T>(
+        &self,
+        kib: i64,
+        f: impl FnOnce(&Connection) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let Some(conn) = self.as_sqlite() else {
+            return f(self);
+        };
+        let before: i64 = conn.pragma_query_value(None, "cache_size", |r| r.get(0))?;
+        conn.pragma_update(None, "cache_size", -kib)?;
+        let result = f(self);
+        conn.pragma_update(None, "cache_size", before)?;
+        result
+    }
+
     /// Begins a write transaction. On SQLite it takes the write lock at once (`IMMEDIATE`,
     /// waiting up to the busy timeout): a deferred transaction that read first could not
     /// upgrade while another process (a replica on the same file) writes, and would fail.

@@ -37,10 +37,16 @@ use crate::{
     store::vault::Vault,
 };
 
-/// Page cache of the writer connection, KiB: the indexes ingest touches stay in memory.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of the writer connection, KiB: the upper levels of the indexes ingest touches
+/// stay in memory (the leaves come from the OS's page cache). With [`READER_CACHE_KIB`] times
+/// [`READERS`], this bounds what the node's SQLite caches can hold: 56 MiB (`domicile-bench
+/// dashboard` holds the node's peak RSS to 128 MiB).
+const WRITER_CACHE_KIB: i64 = 24 * 1024;
 /// Page cache of each pooled reader connection, KiB.
-const READER_CACHE_KIB: i64 = 8 * 1024;
+const READER_CACHE_KIB: i64 = 4 * 1024;
+/// Page cache (and so the memory of each sort, see [`db::Connection::with_cache_kib`]) for a
+/// query that sorts a large share of the rows, such as a release's pass.
+pub const SORT_CACHE_KIB: i64 = 8 * 1024;
 /// Reader connections a store keeps: on PostgreSQL also the most it opens at once (a reader
 /// past them waits for one to come back). The node lets as many hot reads run at once
 /// (`Node::reading`), so on SQLite too they never open more.
@@ -774,6 +780,46 @@ mod tests {
                 .unwrap();
             assert_eq!(verified.entries, 200, "{:?}", backend);
             assert_eq!(verified.checkpoints, 8);
+        }
+    }
+
+    #[test]
+    fn a_small_cache_for_one_query_is_given_back_even_when_it_fails() {
+        let dbs = Databases::new();
+        for store in stores(&dbs) {
+            let cache = |c: &Connection| -> Option<i64> {
+                c.as_sqlite().map(|s| {
+                    s.pragma_query_value(None, "cache_size", |r| r.get(0))
+                        .unwrap()
+                })
+            };
+            store
+                .write(|tx| {
+                    let before = cache(tx);
+                    assert!(before.is_none_or(|b| b == -WRITER_CACHE_KIB), "{before:?}");
+                    let n = tx.with_cache_kib(SORT_CACHE_KIB, |c| {
+                        assert!(cache(c).is_none_or(|k| k == -SORT_CACHE_KIB));
+                        c.execute("INSERT INTO t VALUES (1)", params![])
+                    })?;
+                    assert_eq!(n, 1);
+                    assert_eq!(cache(tx), before, "given back");
+                    Ok(())
+                })
+                .unwrap();
+            let failed = store.write(|tx| {
+                tx.with_cache_kib(SORT_CACHE_KIB, |c| {
+                    c.execute("INSERT INTO t VALUES (1)", params![])
+                })
+            });
+            assert!(failed.is_err(), "a duplicate key");
+            store
+                .write(|tx| {
+                    let after = cache(tx);
+                    assert!(after.is_none_or(|a| a == -WRITER_CACHE_KIB), "{after:?}");
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(values(&store), [1]);
         }
     }
 
