@@ -159,10 +159,7 @@ fn code_of(e: &anyhow::Error) -> Code {
         .downcast_ref::<tonic::Status>()
         .map_or(Code::Unknown, tonic::Status::code);
     // The table counts codes; an unexpected one is also printed, so that a run says why.
-    if !matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-    ) {
+    if !matches!(code, Code::Unavailable | Code::DeadlineExceeded) {
         eprintln!("soak: unexpected {code:?}: {e:#}");
     }
     code
@@ -779,11 +776,11 @@ fn report(
     let wrong_codes = samples.iter().any(|s| {
         !matches!(
             s.code,
-            Code::Ok | Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+            Code::Ok | Code::Unavailable | Code::DeadlineExceeded
         )
     });
     format!(
-        "{table}\nCapacity, measured first with {WORKERS} callers back to back: {capacity:.0} calls/s; the soak sends {rate:.0} calls/s ({share:.0}%). Faults: {faults}.\n\n| region | records ingested, acknowledged | erasures acknowledged | interactions expected | interactions stored | consent writes acknowledged | consent ledger entries | audit chain |\n|---|---:|---:|---:|---:|---:|---:|---|\n{}\n\n- acknowledged writes lost: {}, stored twice: {}: {}\n- errors of calls not in flight during a fault window (from the fault to 5 s after the process is back): {outside_text}; codes other than UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED: {}: {}\n- audit chains: {}\n- RSS from minute 2 to the end, largest growth of any process: {growth:.1}% (≤ 20%): {}\n\nThree regions (DE, FR, US), each a node process on {}), and the gateway a process in front, on loopback with mutual TLS. The mix, by share of calls: sealed ingest of {INGEST_BATCH} records 25%, contact checks 40%, the dashboard aggregate (any regions) 10%, record queries (100 records) 5%, consent writes 19%, erasures of a subject with {POOL_INTERACTIONS} interactions 1%. A node is killed with SIGKILL and started again 2 s later, as a supervisor would; the gateway gets SIGTERM (its graceful shutdown) and is started at once. An ingest or erasure that fails is sent again every 200 ms, with the same idempotency keys, until acknowledged (a retried erasure that finds nothing counts: the first attempt did it). A consent write is not retried. The checks read each node's database after the soak: interactions stored against the pool loaded first, less the erased subjects', plus the acknowledged ingests; consent ledger entries between the acknowledged and the sent writes; the audit chain walked and its checkpoints verified. p99 counts answered calls only.",
+        "{table}\nCapacity, measured first with {WORKERS} callers back to back: {capacity:.0} calls/s; the soak sends {rate:.0} calls/s ({share:.0}%). Faults: {faults}.\n\n| region | records ingested, acknowledged | erasures acknowledged | interactions expected | interactions stored | consent writes acknowledged | consent ledger entries | audit chain |\n|---|---:|---:|---:|---:|---:|---:|---|\n{}\n\n- acknowledged writes lost: {}, stored twice: {}: {}\n- errors of calls not in flight during a fault window (from the fault to 5 s after the process is back): {outside_text}; codes other than UNAVAILABLE / DEADLINE_EXCEEDED: {}: {}\n- audit chains: {}\n- RSS from minute 2 to the end, largest growth of any process: {growth:.1}% (≤ 20%): {}\n\nThree regions (DE, FR, US), each a node process on {}), and the gateway a process in front, on loopback with mutual TLS. The mix, by share of calls: sealed ingest of {INGEST_BATCH} records 25%, contact checks 40%, the dashboard aggregate (any regions) 10%, record queries (100 records) 5%, consent writes 19%, erasures of a subject with {POOL_INTERACTIONS} interactions 1%. A node is killed with SIGKILL and started again 2 s later, as a supervisor would; the gateway gets SIGTERM (its graceful shutdown) and is started at once. An ingest or erasure that fails is sent again every 200 ms, with the same idempotency keys, until acknowledged (a retried erasure that finds nothing counts: the first attempt did it). A consent write is not retried. The checks read each node's database after the soak: interactions stored against the pool loaded first, less the erased subjects', plus the acknowledged ingests; consent ledger entries between the acknowledged and the sent writes; the audit chain walked and its checkpoints verified. p99 counts answered calls only.",
         checks.rows.join("\n"),
         checks.lost,
         checks.duplicated,

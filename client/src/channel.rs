@@ -1,6 +1,10 @@
 //! The connection to a gateway: plaintext or TLS, with the caller's bearer token on every call.
 
-use std::task::{Context as TaskContext, Poll};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+};
 
 use anyhow::Context;
 use domicile_proto::pb::gateway_client::GatewayClient;
@@ -35,21 +39,58 @@ pub struct GatewayChannel {
     authorization: Option<HeaderValue>,
 }
 
+/// Boxed errors, as a gRPC client accepts them.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Service<Request<Body>> for GatewayChannel {
     type Response = Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = <Channel as Service<Request<Body>>>::Future;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         if let Some(value) = &self.authorization {
             req.headers_mut().insert(AUTHORIZATION, value.clone());
         }
-        self.inner.call(req)
+        let call = self.inner.call(req);
+        Box::pin(async move { call.await.map_err(going_away) })
     }
+}
+
+/// A call the gateway's connection dropped as it went away becomes `UNAVAILABLE`, as the
+/// gRPC spec has it for a server that stops. A gateway that drains to stop sends HTTP/2
+/// `GOAWAY`: a call that crossed it fails with `GOAWAY` (which tonic reports as `INTERNAL`,
+/// reading its `NO_ERROR` reason as a protocol violation), and a call still queued for the
+/// connection when it closed is given back unsent (which tonic reports as `CANCELLED`, as if
+/// the caller had cancelled it). Both tell a caller not to retry a call it should retry.
+/// Every other error is kept.
+fn going_away(e: tonic::transport::Error) -> BoxError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && h2.is_go_away()
+            && h2.is_remote()
+        {
+            return Box::new(tonic::Status::unavailable(format!(
+                "the gateway closed the connection (HTTP/2 GOAWAY, {:?}) before answering; \
+                 retry with backoff",
+                h2.reason()
+            )));
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return Box::new(tonic::Status::unavailable(
+                "the connection to the gateway closed before the call was sent; retry with backoff",
+            ));
+        }
+        source = err.source();
+    }
+    Box::new(e)
 }
 
 /// Connects to the gateway at `addr` (`host:port`) as `options` say.
