@@ -130,23 +130,18 @@ async fn records_around_large_ciphertexts_reach_the_node_intact() -> anyhow::Res
             .map(|i| (i * 31 % 251) as u8 | 0x80)
             .collect::<Vec<u8>>()
     };
-    sealer.seal(
-        &records[0].country,
-        &records[0].idempotency_key,
-        &records[0].payload,
-    )?;
-    sealer.seal_bytes("DE", "large-1", RecordKind::Subject, &opaque(60_000))?;
-    sealer.seal(
-        &records[1].country,
-        &records[1].idempotency_key,
-        &records[1].payload,
-    )?;
-    sealer.seal_bytes("DE", "large-2", RecordKind::Subject, &opaque(3_000))?;
-    sealer.seal(
-        &records[2].country,
-        &records[2].idempotency_key,
-        &records[2].payload,
-    )?;
+    for (i, r) in records.iter().enumerate() {
+        sealer.seal(&r.country, &r.idempotency_key, &r.payload)?;
+        // Between the records: 60 KB, then 3 KB (both shared, not copied, by the gateway).
+        if let Some(n) = [60_000, 3_000].get(i) {
+            sealer.seal_bytes(
+                "DE",
+                &format!("large-{i}"),
+                RecordKind::Subject,
+                &opaque(*n),
+            )?;
+        }
+    }
     let mut envelope = sealer.finish();
     let mut gw = gateway_client(&fed).await?;
     let results = ingest_one(&mut gw, envelope.clone()).await?;
