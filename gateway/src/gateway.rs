@@ -23,7 +23,7 @@ use crate::{
     error::GatewayError,
     federation::directory::{BuildError, Directory, Region},
     federation::fanout::{fan_out, request},
-    federation::{forward, routing},
+    federation::routing,
     limits::Limiter,
     metrics::GatewayMetrics,
 };
@@ -266,7 +266,7 @@ impl Gateway {
         }
         let tenant_id = tenant.as_str();
         let outcomes = fan_out(targets, deadline, |region, envelope, deadline| async move {
-            forward::ingest(&region, tenant_id, envelope, deadline).await
+            region.ingest(tenant_id, envelope, deadline).await
         })
         .await;
 

@@ -6,14 +6,19 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use dashmap::DashMap;
 use domicile_ops::rpc::Instrumented;
 use domicile_proto::pb::{
-    GetRegionInfoRequest, RegionHealth, RegionInfo, SealingKey, SignedSealingKey,
-    regional_node_client::RegionalNodeClient,
+    GetRegionInfoRequest, RecordResult, RegionHealth, RegionInfo, RegionalNodeIngestResponse,
+    SealedEnvelope, SealingKey, SignedSealingKey, regional_node_client::RegionalNodeClient,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use http::uri::PathAndQuery;
+use tonic::{
+    GrpcMethod, Status,
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
+};
+use tonic_prost::ProstCodec;
 
 use crate::{
     config::{GatewayConfig, RegionConfig},
-    federation::replicas::Replicas,
+    federation::{forward, replicas::Replicas},
     metrics::{GatewayMetrics, RegionLabels},
 };
 
@@ -33,10 +38,38 @@ pub struct Region {
     /// A client balanced over the region's endpoints; cheap to clone.
     pub client: RegionalNodeClient<RegionChannel>,
     /// The channel under `client`, for calls made without the generated client
-    /// ([`crate::federation::forward`]).
+    /// ([`Region::ingest`]).
     pub channel: RegionChannel,
     /// The replicas the client calls, for their state (which are ejected).
     pub replicas: Replicas,
+}
+
+impl Region {
+    /// `RegionalNode.Ingest` of `envelope` for `tenant_id`, under `deadline`: the node's
+    /// results, one per record. The same call as the generated client's, but framed by
+    /// [`forward::ingest_frame`], which sends large ciphertexts without copying them.
+    pub async fn ingest(
+        &self,
+        tenant_id: &str,
+        envelope: SealedEnvelope,
+        deadline: Duration,
+    ) -> Result<Vec<RecordResult>, Status> {
+        let frame = forward::ingest_frame(tenant_id, envelope)
+            .map_err(|e| Status::invalid_argument(format!("envelope: {e}")))?;
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("region not ready: {e}")))?;
+        // tonic encodes `()` as an empty message; `Replicas` puts the frame in its place.
+        let mut req = crate::deadline::request((), deadline);
+        req.extensions_mut().insert(frame);
+        req.extensions_mut()
+            .insert(GrpcMethod::new("domicile.v1.RegionalNode", "Ingest"));
+        let codec = ProstCodec::<(), RegionalNodeIngestResponse>::default();
+        let path = PathAndQuery::from_static("/domicile.v1.RegionalNode/Ingest");
+        Ok(grpc.unary(req, path, codec).await?.into_inner().results)
+    }
 }
 
 /// The latest known state of a region.
@@ -129,7 +162,7 @@ fn channel(
 }
 
 /// Largest response the gateway decodes from a region.
-pub(crate) const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+const MAX_REGION_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Directory {
     /// Builds the directory from validated configuration. Connections are made lazily, so a

@@ -10,35 +10,24 @@
 //! batch then holds one copy of it, not two.
 //!
 //! The frame rides in the request's extensions through tonic's client (which still does the
-//! deadline, the status, the response's decoding and the metrics), and [`Replicas`] puts it in
-//! place of the empty message tonic encoded.
-//!
-//! [`Replicas`]: crate::federation::replicas::Replicas
+//! deadline, the status, the response's decoding and the metrics; see
+//! [`Region::ingest`](crate::federation::directory::Region::ingest)), and
+//! [`Replicas`](crate::federation::replicas::Replicas) puts it in place of the empty message
+//! tonic encoded. This module depends on no other of the federation's: both of those use it.
 
 use std::{
     collections::VecDeque,
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use domicile_proto::pb::{
-    RecordResult, RegionalNodeIngestRequest, RegionalNodeIngestResponse, SealedEnvelope,
-};
-use http::uri::PathAndQuery;
+use domicile_proto::pb::{RegionalNodeIngestRequest, SealedEnvelope};
 use http_body::{Frame, SizeHint};
 use prost::{
     Message,
     encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
-};
-use tonic::{GrpcMethod, Status};
-use tonic_prost::ProstCodec;
-
-use crate::{
-    deadline::request,
-    federation::directory::{MAX_REGION_RESPONSE_BYTES, Region},
 };
 
 /// `RegionalNodeIngestRequest.envelope`.
@@ -106,37 +95,6 @@ impl http_body::Body for PreEncoded {
         SizeHint::with_exact(self.remaining)
     }
 }
-
-/// `RegionalNode.Ingest` of `envelope` for `tenant_id` on `region`, under `deadline`: the
-/// node's results, one per record. The same call as the generated client's, but framed by
-/// [`ingest_frame`].
-pub async fn ingest(
-    region: &Region,
-    tenant_id: &str,
-    envelope: SealedEnvelope,
-    deadline: Duration,
-) -> Result<Vec<RecordResult>, Status> {
-    let frame = ingest_frame(tenant_id, envelope)
-        .map_err(|e| Status::invalid_argument(format!("envelope: {e}")))?;
-    let mut grpc = tonic::client::Grpc::new(region.channel.clone())
-        .max_decoding_message_size(MAX_REGION_RESPONSE_BYTES);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("region not ready: {e}")))?;
-    // tonic encodes `()` as an empty message; `Replicas` puts the frame in its place.
-    let mut req = request((), deadline);
-    req.extensions_mut().insert(frame);
-    req.extensions_mut()
-        .insert(GrpcMethod::new("domicile.v1.RegionalNode", "Ingest"));
-    let codec = ProstCodec::<(), RegionalNodeIngestResponse>::default();
-    let response = grpc
-        .unary(req, PathAndQuery::from_static(INGEST_PATH), codec)
-        .await?;
-    Ok(response.into_inner().results)
-}
-
-/// The path of `RegionalNode.Ingest`.
-const INGEST_PATH: &str = "/domicile.v1.RegionalNode/Ingest";
 
 /// Why a request could not be framed.
 #[derive(Debug, thiserror::Error)]
