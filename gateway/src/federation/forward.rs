@@ -15,20 +15,17 @@
 //! [`Replicas`](crate::federation::replicas::Replicas) puts it in place of the empty message
 //! tonic encoded. This module depends on no other of the federation's: both of those use it.
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::convert::Infallible;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use domicile_proto::pb::{RegionalNodeIngestRequest, SealedEnvelope};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
+use http_body_util::StreamBody;
 use prost::{
     Message,
     encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
 };
+use tonic::body::Body;
 
 /// `RegionalNodeIngestRequest.envelope`.
 const REQUEST_ENVELOPE: u32 = 2;
@@ -45,54 +42,28 @@ pub const SHARED_FROM: usize = 2 * 1024;
 /// A gRPC request body already framed (length prefix and message) as a list of chunks.
 #[derive(Debug, Clone, Default)]
 pub struct PreEncoded {
-    chunks: VecDeque<Bytes>,
-    remaining: u64,
+    chunks: Vec<Bytes>,
 }
 
 impl PreEncoded {
     fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
-            self.remaining += chunk.len() as u64;
-            self.chunks.push_back(chunk);
+            self.chunks.push(chunk);
         }
     }
 
-    /// The chunks, in order (for tests and for reading the frame back).
-    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        self.chunks.iter()
+    /// The chunks, in order.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
     }
 
-    /// The frame's length in bytes.
-    pub fn len(&self) -> u64 {
-        self.remaining
-    }
-
-    /// Whether nothing is left to send.
-    pub fn is_empty(&self) -> bool {
-        self.remaining == 0
-    }
-}
-
-impl http_body::Body for PreEncoded {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.chunks.pop_front().map(|chunk| {
-            self.remaining -= chunk.len() as u64;
-            Ok(Frame::data(chunk))
-        }))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+    /// The frame as a request body, one DATA frame per chunk.
+    pub fn into_body(self) -> Body {
+        let frames = self
+            .chunks
+            .into_iter()
+            .map(|c| Ok::<_, Infallible>(Frame::data(c)));
+        Body::new(StreamBody::new(futures::stream::iter(frames)))
     }
 }
 
@@ -136,9 +107,12 @@ pub fn ingest_frame(tenant_id: &str, mut envelope: SealedEnvelope) -> Result<Pre
     let prefix = u32::try_from(message_len).map_err(|_| TooLarge(message_len))?;
 
     let mut frame = PreEncoded::default();
-    let mut buf = BytesMut::with_capacity(
-        (5 + message_len - ciphertexts.iter().map(Bytes::len).sum::<usize>()).min(1 << 20),
-    );
+    let shared: usize = ciphertexts
+        .iter()
+        .map(Bytes::len)
+        .filter(|&l| l >= SHARED_FROM)
+        .sum();
+    let mut buf = BytesMut::with_capacity((5 + message_len - shared).min(1 << 20));
     buf.put_u8(0); // not compressed
     buf.put_u32(prefix);
     // Encoding into a `BytesMut` cannot fail: it grows as needed.
@@ -193,11 +167,7 @@ mod tests {
 
     /// The frame read back: its prefix, and the message decoded by prost.
     fn read_back(frame: &PreEncoded) -> (u8, u32, RegionalNodeIngestRequest) {
-        let mut all = Vec::new();
-        for c in frame.chunks() {
-            all.extend_from_slice(c);
-        }
-        assert_eq!(all.len() as u64, frame.len());
+        let all = frame.chunks().concat();
         let len = u32::from_be_bytes(all[1..5].try_into().unwrap());
         assert_eq!(
             len as usize,
@@ -259,7 +229,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let pointers: Vec<*const u8> = frame.chunks().map(|c| c.as_ptr()).collect();
+        let pointers: Vec<*const u8> = frame.chunks().iter().map(|c| c.as_ptr()).collect();
         assert!(
             pointers.contains(&big.as_ptr()),
             "the 1 MiB ciphertext is the caller's"
@@ -267,6 +237,7 @@ mod tests {
         assert!(pointers.contains(&big[10..].as_ptr()));
         let copied: usize = frame
             .chunks()
+            .iter()
             .filter(|c| !std::ptr::eq(c.as_ptr(), big.as_ptr()) && c.len() != SHARED_FROM)
             .map(Bytes::len)
             .sum();
@@ -277,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn the_body_yields_its_chunks_in_order_with_an_exact_size() {
+    fn the_body_yields_its_chunks_in_order() {
         use http_body_util::BodyExt;
         let big = Bytes::from(vec![3; 2 * SHARED_FROM]);
         let frame = ingest_frame(
@@ -285,12 +256,13 @@ mod tests {
             envelope(vec![record(0, big), record(1, vec![4; 9].into())]),
         )
         .unwrap();
-        let expected: Vec<u8> = frame.chunks().flat_map(|c| c.to_vec()).collect();
+        let expected = frame.chunks().concat();
         assert_eq!(
-            http_body::Body::size_hint(&frame).exact(),
-            Some(expected.len() as u64)
+            frame.chunks().len(),
+            3,
+            "head, the shared ciphertext, the rest"
         );
-        let collected = futures::executor::block_on(frame.collect())
+        let collected = futures::executor::block_on(frame.into_body().collect())
             .unwrap()
             .to_bytes();
         assert_eq!(collected, expected);

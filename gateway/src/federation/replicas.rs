@@ -152,7 +152,7 @@ impl Service<http::Request<Body>> for Replicas {
         // A request whose message was framed without copying its large fields
         // ([`crate::federation::forward`]): that frame replaces the empty message tonic encoded.
         if let Some(frame) = request.extensions_mut().remove::<PreEncoded>() {
-            request = request.map(|_| Body::new(frame));
+            request = request.map(|_| frame.into_body());
         }
         let i = self.pick();
         let this = self.clone();
