@@ -10,15 +10,16 @@ use domicile_proto::pb::{
     SealedEnvelope, SealingKey, SignedSealingKey, regional_node_client::RegionalNodeClient,
 };
 use http::uri::PathAndQuery;
-use tonic::{
-    GrpcMethod, Status,
-    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::{GrpcMethod, Status};
 use tonic_prost::ProstCodec;
 
 use crate::{
     config::{GatewayConfig, RegionConfig},
-    federation::{forward, replicas::Replicas},
+    federation::{
+        conn::{self, Endpoint},
+        forward,
+        replicas::Replicas,
+    },
     metrics::{GatewayMetrics, RegionLabels},
 };
 
@@ -101,64 +102,102 @@ pub struct Directory {
 /// buffer in the gateway per region while the client is not reading (about 1,500 records).
 const REGION_STREAM_WINDOW: u32 = 256 * 1024;
 
+/// Receive window of a connection to a region, shared by its streams.
+const REGION_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// Why a directory could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// An endpoint or TLS setting tonic refuses.
+    /// An endpoint URL or TLS setting that cannot be used.
     #[error("{0}")]
-    Transport(#[from] tonic::transport::Error),
+    Endpoint(String),
     /// A TLS file that cannot be read.
     #[error("{0}")]
     Files(String),
 }
 
-/// The client TLS settings towards regions, from `[federation_tls]` (without the per-region
-/// name).
-fn federation_tls(config: &GatewayConfig) -> Result<Option<ClientTlsConfig>, BuildError> {
+/// The client TLS settings towards regions, from `[federation_tls]`: the federation's CA as
+/// the only root, the gateway's certificate and key, ALPN `h2`.
+fn federation_tls(
+    config: &GatewayConfig,
+) -> Result<Option<tokio_rustls::TlsConnector>, BuildError> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
     let Some(t) = &config.federation_tls else {
         return Ok(None);
     };
-    let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            BuildError::Files(format!("federation_tls.{what}: {}: {e}", path.display()))
-        })
+    let unreadable = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        BuildError::Files(format!("federation_tls.{what}: {}: {e}", path.display()))
     };
-    Ok(Some(
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca_file", &t.ca_file)?))
-            .identity(Identity::from_pem(
-                read("cert_file", &t.cert_file)?,
-                read("key_file", &t.key_file)?,
-            )),
-    ))
-}
-
-fn endpoint(url: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
-    let mut e = Endpoint::from_shared(url.to_owned())?;
-    if let Some(tls) = tls {
-        e = e.tls_config(tls)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&t.ca_file)
+        .map_err(|e| unreadable("ca_file", &t.ca_file, &e))?
+    {
+        let cert = cert.map_err(|e| unreadable("ca_file", &t.ca_file, &e))?;
+        roots
+            .add(cert)
+            .map_err(|e| unreadable("ca_file", &t.ca_file, &e))?;
     }
-    Ok(e.connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(REGION_STREAM_WINDOW)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+    if roots.is_empty() {
+        return Err(unreadable(
+            "ca_file",
+            &t.ca_file,
+            &"no certificate in the file",
+        ));
+    }
+    let chain = CertificateDer::pem_file_iter(&t.cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| unreadable("cert_file", &t.cert_file, &e))?;
+    if chain.is_empty() {
+        return Err(unreadable(
+            "cert_file",
+            &t.cert_file,
+            &"no certificate in the file",
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key_file)
+        .map_err(|e| unreadable("key_file", &t.key_file, &e))?;
+    let mut tls =
+        ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BuildError::Endpoint(format!("federation_tls: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| BuildError::Endpoint(format!("federation_tls.key_file: {e}")))?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        tls,
+    ))))
 }
 
-/// The replicas at `endpoints`, each connected lazily; with `tls`, each endpoint verifies the
-/// region's certificate for `identity` and presents the gateway's.
+/// The replicas at `endpoints`, each connected on its first call; with `tls`, each endpoint
+/// verifies the region's certificate for `identity` and presents the gateway's.
 fn channel(
     endpoints: &[String],
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&tokio_rustls::TlsConnector>,
     identity: &str,
     ejections: prometheus_client::metrics::counter::Counter,
-) -> Result<Replicas, tonic::transport::Error> {
-    let tls = || tls.map(|t| t.clone().domain_name(identity));
-    let channels = endpoints
+) -> Result<Replicas, BuildError> {
+    let tls = match tls {
+        Some(connector) => Some(conn::Tls {
+            connector: connector.clone(),
+            name: rustls_pki_types::ServerName::try_from(identity.to_owned())
+                .map_err(|e| BuildError::Endpoint(format!("identity {identity}: {e}")))?,
+        }),
+        None => None,
+    };
+    let settings = conn::Settings {
+        stream_window: REGION_STREAM_WINDOW,
+        connection_window: REGION_CONNECTION_WINDOW,
+    };
+    let endpoints = endpoints
         .iter()
-        .map(|e| Ok((e.clone(), endpoint(e, tls())?.connect_lazy())))
-        .collect::<Result<Vec<_>, tonic::transport::Error>>()?;
-    Ok(Replicas::new(channels, ejections))
+        .map(|url| {
+            Endpoint::new(url, tls.clone(), settings)
+                .map_err(|e| BuildError::Endpoint(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Replicas::new(endpoints, ejections))
 }
 
 /// Largest response the gateway decodes from a region.

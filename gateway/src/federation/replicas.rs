@@ -20,22 +20,21 @@ use std::{
 };
 
 use domicile_proto::pb::{GetRegionInfoRequest, regional_node_client::RegionalNodeClient};
-use tonic::{body::Body, transport::Channel};
+use tonic::body::Body;
 
-use crate::federation::forward::PreEncoded;
+use crate::federation::{
+    conn::{BoxError, Endpoint, EndpointChannel, ResponseBody},
+    forward::PreEncoded,
+};
 use tower_service::Service;
 
 /// How often an ejected replica is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-/// Boxed errors, as a gRPC client accepts them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// One endpoint of a region.
 #[derive(Debug)]
 struct Replica {
-    url: String,
-    channel: Channel,
+    endpoint: Arc<Endpoint>,
     /// Set while ejected; the time of the ejection (ms since `epoch`), for picking the one
     /// ejected longest ago when all are.
     ejected: AtomicBool,
@@ -57,19 +56,18 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// The replicas at `(url, channel)`, all in service; `ejections` counts ejections.
+    /// The replicas at `endpoints`, all in service; `ejections` counts ejections.
     pub fn new(
-        channels: Vec<(String, Channel)>,
+        endpoints: Vec<Endpoint>,
         ejections: prometheus_client::metrics::counter::Counter,
     ) -> Self {
-        assert!(!channels.is_empty(), "a region has at least one endpoint");
+        assert!(!endpoints.is_empty(), "a region has at least one endpoint");
         Self {
             inner: Arc::new(Inner {
-                replicas: channels
+                replicas: endpoints
                     .into_iter()
-                    .map(|(url, channel)| Replica {
-                        url,
-                        channel,
+                    .map(|endpoint| Replica {
+                        endpoint: Arc::new(endpoint),
                         ejected: AtomicBool::new(false),
                         ejected_at: AtomicU64::new(0),
                     })
@@ -87,7 +85,7 @@ impl Replicas {
             .replicas
             .iter()
             .filter(|r| r.ejected.load(Ordering::Relaxed))
-            .map(|r| r.url.clone())
+            .map(|r| r.endpoint.url().to_owned())
             .collect()
     }
 
@@ -118,7 +116,7 @@ impl Replicas {
             return; // nothing to balance to, or already ejected and probed
         }
         self.inner.ejections.inc();
-        tracing::warn!(endpoint = %replica.url, "region endpoint ejected after a connection failure");
+        tracing::warn!(endpoint = %replica.endpoint.url(), "region endpoint ejected after a connection failure");
         // The probe holds the replicas weakly: a reload that drops the region ends it.
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -126,11 +124,11 @@ impl Replicas {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let replica = &inner.replicas[i];
-                let mut client = RegionalNodeClient::new(replica.channel.clone());
+                let mut client = RegionalNodeClient::new(EndpointChannel(replica.endpoint.clone()));
                 let probe = client.get_region_info(GetRegionInfoRequest {});
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
                     replica.ejected.store(false, Ordering::Release);
-                    tracing::info!(endpoint = %replica.url, "region endpoint back in service");
+                    tracing::info!(endpoint = %replica.endpoint.url(), "region endpoint back in service");
                     return;
                 }
             }
@@ -139,12 +137,12 @@ impl Replicas {
 }
 
 impl Service<http::Request<Body>> for Replicas {
-    type Response = http::Response<Body>;
+    type Response = http::Response<ResponseBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each call waits for its own replica's channel.
+        // Each call waits for its own replica's connection.
         Poll::Ready(Ok(()))
     }
 
@@ -156,14 +154,14 @@ impl Service<http::Request<Body>> for Replicas {
         }
         let i = self.pick();
         let this = self.clone();
-        let mut channel = this.inner.replicas[i].channel.clone();
         Box::pin(async move {
-            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-            match channel.call(request).await {
+            match this.inner.replicas[i].endpoint.call(request).await {
                 Ok(response) => Ok(response),
                 Err(e) => {
-                    this.eject(i);
-                    Err(e.into())
+                    if e.is_connection_failure() {
+                        this.eject(i);
+                    }
+                    Err(e.into_status())
                 }
             }
         })
@@ -175,16 +173,14 @@ mod tests {
     use super::*;
 
     fn replicas(n: usize) -> Replicas {
-        let channels = (0..n)
-            .map(|i| {
-                let url = format!("http://127.0.0.1:{}", 1 + i);
-                let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                    .unwrap()
-                    .connect_lazy();
-                (url, channel)
-            })
+        let settings = crate::federation::conn::Settings {
+            stream_window: 65_535,
+            connection_window: 65_535,
+        };
+        let endpoints = (0..n)
+            .map(|i| Endpoint::new(&format!("http://127.0.0.1:{}", 1 + i), None, settings).unwrap())
             .collect();
-        Replicas::new(channels, Default::default())
+        Replicas::new(endpoints, Default::default())
     }
 
     fn mark(r: &Replicas, i: usize, at: u64) {
