@@ -41,6 +41,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest header or trailer block a node may send (a status with its details is a few
+/// KiB): a node cannot make the gateway buffer more.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// HTTP/2 settings of every connection to a region.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +230,7 @@ impl Endpoint {
             .initial_window_size(self.settings.stream_window)
             .initial_connection_window_size(self.settings.connection_window)
             .enable_push(false)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES)
             .handshake(io)
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -614,6 +618,40 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_sending_oversized_headers_fails_that_call_only() {
+        let (endpoint, far) = piped().await;
+        tokio::spawn(async move {
+            let mut server = h2::server::Builder::new()
+                .max_send_buffer_size(1 << 20)
+                .handshake::<_, Bytes>(far)
+                .await
+                .unwrap();
+            let mut served = 0;
+            while let Some(Ok((_, mut respond))) = server.accept().await {
+                let mut response = http::Response::new(());
+                if served == 0 {
+                    let huge = "x".repeat(MAX_HEADER_LIST_BYTES as usize + 1);
+                    response
+                        .headers_mut()
+                        .insert("x-huge", http::HeaderValue::from_str(&huge).unwrap());
+                }
+                served += 1;
+                let _ = respond.send_response(response, true);
+            }
+        });
+        let request = || {
+            http::Request::builder()
+                .uri("/domicile.v1.RegionalNode/GetRegionInfo")
+                .body(tonic::body::Body::empty())
+                .unwrap()
+        };
+        let refused = endpoint.call(request()).await.unwrap_err();
+        assert!(!refused.is_connection_failure(), "{refused}");
+        let next = endpoint.call(request()).await.unwrap();
+        assert_eq!(next.status(), http::StatusCode::OK);
     }
 
     #[test]
