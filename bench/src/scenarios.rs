@@ -636,6 +636,7 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
         .1;
     let mut rows = Vec::new();
     let mut p50s = Vec::new();
+    let mut gateway_ms = f64::NAN;
     for &n in counts {
         let dir = tempfile::tempdir()?;
         let policies = dir.path().join("policies");
@@ -685,21 +686,29 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
         let per_call = |a: f64, b: f64| (a - b) / ((calls + 10) * runs) as f64 * 1e3;
         let p50 = median(p50);
         p50s.push(p50);
+        gateway_ms = per_call(after.0, before.0);
         rows.push(format!(
             "| {n} | {} | {} | {:.2}× | {:.2} ms | {:.2} ms |",
             ms(p50),
             ms(median(p99)),
             p50.as_secs_f64() / p50s[0].as_secs_f64(),
-            per_call(after.0, before.0),
+            gateway_ms,
             per_call(after.1, before.1),
         ));
     }
     let ratio = p50s[p50s.len() - 1].as_secs_f64() / p50s[0].as_secs_f64();
+    let most = counts[counts.len() - 1];
     Ok(format!(
-        "| regions | p50 | p99 | p50 / p50 at 1 region | gateway CPU per call | all nodes' CPU per call |\n|---:|---:|---:|---:|---:|---:|\n{}\n\nTarget: p50 at {} regions ≤ 3× the p50 at 1 region: {ratio:.2}×, {}.\n\nEach region is a node process with its own country (policies shaped after DE's), 500 interactions of 50 subjects; the gateway is a process in front of them with mutual TLS. `Aggregate` by country, volume, distinct subjects, NPS and CSAT, every region required. Medians of {runs} run(s) of {} calls after 10 warm-up calls. All the node processes share the machine's two cores with the gateway and the client, so the work of a fan-out, which grows with the number of regions, is done on two cores: the CPU columns (per call, warm-up included) show how much of it is the gateway's.",
+        "| regions | p50 | p99 | p50 / p50 at 1 region | gateway CPU per call | all nodes' CPU per call |\n|---:|---:|---:|---:|---:|---:|\n{}\n\nTargets: p50 at {most} regions ≤ 3× the p50 at 1 region: {ratio:.2}×, {}; the gateway's CPU per call at {most} regions ≤ 1.1 ms (issue 25): {gateway_ms:.2} ms, {}.\n\nEach region is a node process with its own country (policies shaped after DE's), 500 interactions of 50 subjects; the gateway is a process in front of them with mutual TLS. `Aggregate` by country, volume, distinct subjects, NPS and CSAT, every region required. Medians of {runs} run(s) of {} calls after 10 warm-up calls. All the node processes share the machine's two cores with the gateway and the client, so the work of a fan-out, which grows with the number of regions, is done on two cores: the CPU columns (per call, warm-up included) show how much of it is the gateway's.",
         rows.join("\n"),
-        counts[counts.len() - 1],
         if ratio <= 3.0 { "met" } else { "**missed**" },
+        if most == 32 && gateway_ms <= 1.1 {
+            "met"
+        } else if most == 32 {
+            "**missed**"
+        } else {
+            "not measured (fewer regions in --quick)"
+        },
         if args.quick { 20 } else { 300 },
     ))
 }

@@ -1,8 +1,10 @@
 //! A region's node replicas: calls go round-robin to the replicas in service; a replica whose
 //! connection fails is ejected at once and probed in the background until it answers again.
 //!
-//! A transport error (refused, reset, closed connection) is the only thing that ejects: a gRPC
-//! status, even `UNAVAILABLE`, is the node's answer and says nothing about the connection. So
+//! A connection failure (refused, reset or closed, no TLS handshake within the time to connect,
+//! [`crate::federation::conn`]) is the only thing that ejects: a gRPC status, even
+//! `UNAVAILABLE`, is the node's answer, and a stream the node resets concerns that call alone;
+//! neither says anything about the connection. So
 //! when a replica dies, the calls it had in flight fail (the gateway reports them as
 //! retryable), the first call that finds it gone ejects it, and later calls go to the others.
 //! When every replica is ejected, calls still go to the one ejected longest ago, so a region
