@@ -443,6 +443,14 @@ mod tests {
         connection_window: 1 << 20,
     };
 
+    /// A bodiless call, as the replica probe makes.
+    fn get_region_info() -> http::Request<tonic::body::Body> {
+        http::Request::builder()
+            .uri("/domicile.v1.RegionalNode/GetRegionInfo")
+            .body(tonic::body::Body::empty())
+            .unwrap()
+    }
+
     /// An endpoint whose connection is one end of an in-memory pipe; the other end is returned.
     async fn piped() -> (Endpoint, tokio::io::DuplexStream) {
         let endpoint = Endpoint::new("http://node.test:50061", None, SETTINGS).unwrap();
@@ -550,17 +558,11 @@ mod tests {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             let _second = server.accept().await;
         });
-        let request = || {
-            http::Request::builder()
-                .uri("/domicile.v1.RegionalNode/GetRegionInfo")
-                .body(tonic::body::Body::empty())
-                .unwrap()
-        };
-        let refused = endpoint.call(request()).await.unwrap_err();
+        let refused = endpoint.call(get_region_info()).await.unwrap_err();
         assert!(!refused.is_connection_failure(), "{refused}");
         assert!(endpoint.is_connected());
         // The server task ends after the second stream arrives, dropping its end of the pipe.
-        let gone = endpoint.call(request()).await.unwrap_err();
+        let gone = endpoint.call(get_region_info()).await.unwrap_err();
         assert!(gone.is_connection_failure(), "{gone}");
         assert!(!endpoint.is_connected(), "the next call will connect again");
         let status = gone.into_status().downcast::<tonic::Status>().unwrap();
@@ -601,11 +603,11 @@ mod tests {
         let calls = (0..8).map(|_| {
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
-                let request = http::Request::builder()
-                    .uri("/domicile.v1.RegionalNode/GetRegionInfo")
-                    .body(tonic::body::Body::empty())
-                    .unwrap();
-                endpoint.call(request).await.unwrap_err().to_string()
+                endpoint
+                    .call(get_region_info())
+                    .await
+                    .unwrap_err()
+                    .to_string()
             })
         });
         for error in futures::future::join_all(calls).await {
@@ -642,15 +644,9 @@ mod tests {
                 let _ = respond.send_response(response, true);
             }
         });
-        let request = || {
-            http::Request::builder()
-                .uri("/domicile.v1.RegionalNode/GetRegionInfo")
-                .body(tonic::body::Body::empty())
-                .unwrap()
-        };
-        let refused = endpoint.call(request()).await.unwrap_err();
+        let refused = endpoint.call(get_region_info()).await.unwrap_err();
         assert!(!refused.is_connection_failure(), "{refused}");
-        let next = endpoint.call(request()).await.unwrap();
+        let next = endpoint.call(get_region_info()).await.unwrap();
         assert_eq!(next.status(), http::StatusCode::OK);
     }
 

@@ -129,32 +129,26 @@ fn federation_tls(
     let unreadable = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
         BuildError::Files(format!("federation_tls.{what}: {}: {e}", path.display()))
     };
+    // Every certificate of a PEM file, at least one.
+    let certificates = |what: &str, path: &std::path::Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| unreadable(what, path, &e))
+            .and_then(|certs| {
+                if certs.is_empty() {
+                    Err(unreadable(what, path, &"no certificate in the file"))
+                } else {
+                    Ok(certs)
+                }
+            })
+    };
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&t.ca_file)
-        .map_err(|e| unreadable("ca_file", &t.ca_file, &e))?
-    {
-        let cert = cert.map_err(|e| unreadable("ca_file", &t.ca_file, &e))?;
+    for cert in certificates("ca_file", &t.ca_file)? {
         roots
             .add(cert)
             .map_err(|e| unreadable("ca_file", &t.ca_file, &e))?;
     }
-    if roots.is_empty() {
-        return Err(unreadable(
-            "ca_file",
-            &t.ca_file,
-            &"no certificate in the file",
-        ));
-    }
-    let chain = CertificateDer::pem_file_iter(&t.cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| unreadable("cert_file", &t.cert_file, &e))?;
-    if chain.is_empty() {
-        return Err(unreadable(
-            "cert_file",
-            &t.cert_file,
-            &"no certificate in the file",
-        ));
-    }
+    let chain = certificates("cert_file", &t.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&t.key_file)
         .map_err(|e| unreadable("key_file", &t.key_file, &e))?;
     let mut tls =
@@ -378,5 +372,78 @@ impl Directory {
             }
         });
         futures::future::join_all(probes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FederationTlsConfig;
+
+    #[test]
+    fn unusable_federation_tls_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gateway.domicile".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = FederationTlsConfig {
+            ca_file: write("ca.pem", &cert.pem()),
+            cert_file: write("cert.pem", &cert.pem()),
+            key_file: write("key.pem", &key.serialize_pem()),
+        };
+        let toml = "insecure_no_auth = true\ninsecure_plaintext_federation = true\n[[regions]]\nid = \"eu-de\"\ncountries = [\"DE\"]\nendpoints = [\"http://127.0.0.1:1\"]\n";
+        let mut config = GatewayConfig::from_toml_with_env(toml, |_| None).unwrap();
+        config.federation_tls = Some(good.clone());
+        assert!(federation_tls(&config).unwrap().is_some());
+
+        let empty = write("empty.pem", "");
+        let not_a_key = write("not-a-key.pem", &cert.pem());
+        for (field, broken) in [
+            (
+                "ca_file",
+                FederationTlsConfig {
+                    ca_file: empty.clone(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "cert_file",
+                FederationTlsConfig {
+                    cert_file: empty.clone(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "key_file",
+                FederationTlsConfig {
+                    key_file: not_a_key.clone(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "ca_file",
+                FederationTlsConfig {
+                    ca_file: dir.path().join("missing.pem"),
+                    ..good.clone()
+                },
+            ),
+        ] {
+            config.federation_tls = Some(broken);
+            let Err(error) = federation_tls(&config) else {
+                panic!("{field}: accepted");
+            };
+            let error = error.to_string();
+            assert!(
+                error.starts_with(&format!("federation_tls.{field}: ")),
+                "{error}"
+            );
+        }
     }
 }
