@@ -30,10 +30,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 
-# A CI run builds once from a clean clone: incremental state would only add gigabytes of disk
-# (a full disk made the linker die with SIGBUS in one CI run), never save time.
-if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
-
 cargo test --locked --workspace "$@"
 export DOMICILE_FEDERATION_STORAGE=postgres
 cargo test --locked -p domicile-tests "$@"
