@@ -395,9 +395,7 @@ impl GatewayConfig {
                 "http://"
             };
             for (j, e) in r.endpoints.iter().enumerate() {
-                if tonic::transport::Endpoint::from_shared(e.clone()).is_err()
-                    || !e.starts_with(scheme)
-                {
+                if endpoint_url(e).is_err() || !e.starts_with(scheme) {
                     err(
                         format!("regions[{i}].endpoints[{j}]"),
                         &format!("must be a URL like {scheme}host:port"),
@@ -492,9 +490,61 @@ impl GatewayConfig {
     }
 }
 
+/// The scheme and `host:port` of a region endpoint's URL (`http://host:port` or
+/// `https://host:port`, no path): what the gateway connects to
+/// ([`crate::federation::conn::Endpoint`]) and what configuration checks accept, so that a
+/// file that passes the check also starts.
+pub fn endpoint_url(url: &str) -> Result<(http::uri::Scheme, http::uri::Authority), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .filter(|s| *s == &http::uri::Scheme::HTTP || *s == &http::uri::Scheme::HTTPS)
+        .cloned()
+        .ok_or_else(|| format!("{url}: the scheme must be http or https"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{url}: no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!("{url}: no port"));
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(format!("{url}: a path has no place in an endpoint"));
+    }
+    Ok((scheme, authority))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_urls_need_a_scheme_a_host_and_a_port_and_nothing_else() {
+        for bad in [
+            "node:1",
+            "http://node",
+            "ftp://node:1",
+            "http://node:1/api",
+            "http://node:1/?x=1",
+            "/path",
+            "",
+        ] {
+            assert!(endpoint_url(bad).is_err(), "{bad}");
+        }
+        let (scheme, authority) = endpoint_url("https://10.0.1.10:50061").unwrap();
+        assert_eq!(
+            (scheme.as_str(), authority.as_str()),
+            ("https", "10.0.1.10:50061")
+        );
+        assert!(endpoint_url("http://[::1]:50061").is_ok());
+    }
+
+    #[test]
+    fn an_endpoint_without_a_port_is_refused_by_its_field() {
+        let toml = "insecure_no_auth = true\ninsecure_plaintext_federation = true\n[[regions]]\nid = \"eu-de\"\ncountries = [\"DE\"]\nendpoints = [\"http://127.0.0.1:1\", \"http://node\"]\n";
+        let e = GatewayConfig::from_toml(toml).unwrap_err();
+        assert_eq!(e.path, "regions[0].endpoints[1]", "{e:?}");
+    }
 
     #[test]
     fn the_environment_overrides_top_level_options() {

@@ -102,18 +102,7 @@ impl Endpoint {
     /// The endpoint at `url` (`http://host:port`, or `https://host:port` with `tls`). Nothing
     /// is connected yet.
     pub fn new(url: &str, tls: Option<Tls>, settings: Settings) -> Result<Self, UrlError> {
-        let uri: http::Uri = url.parse().map_err(|e| UrlError(format!("{url}: {e}")))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| UrlError(format!("{url}: no scheme")))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| UrlError(format!("{url}: no host")))?;
-        if authority.port_u16().is_none() {
-            return Err(UrlError(format!("{url}: no port")));
-        }
+        let (scheme, authority) = crate::config::endpoint_url(url).map_err(UrlError)?;
         if (scheme == Scheme::HTTPS) != tls.is_some() {
             return Err(UrlError(format!(
                 "{url}: https needs the federation's TLS settings, and http must go without"
@@ -157,7 +146,8 @@ impl Endpoint {
     }
 
     /// Whether a connection is open now.
-    pub fn is_connected(&self) -> bool {
+    #[cfg(test)]
+    fn is_connected(&self) -> bool {
         self.current().is_some()
     }
 
