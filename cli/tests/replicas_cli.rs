@@ -193,11 +193,16 @@ async fn a_killed_replica_loses_nothing(
     }
     assert_eq!(outcome.len(), records.len(), "every record acknowledged");
     assert!(batches_after_kill > 50, "load went on after the kill");
-    // Calls are sent one at a time: the one that found the replica gone failed (and ejected
-    // it), and at most one more that was already on its way to it; every later call went to
-    // the other replica.
+    // Calls are sent one at a time. The first to find the replica gone ejected it: it failed
+    // if it had been sent on the connection the kill broke, and went to the other replica
+    // if it failed before being sent (a refused connection, or one already known closed).
+    // Every later call went to the other replica. (The gateway's background probe may be
+    // the one to find it gone.)
+    let resent = metrics
+        .encode()
+        .contains("domicile_gateway_region_call_retries_total{region=\"eu-de\"} 1");
     assert!(
-        (1..=2).contains(&failed_calls),
+        failed_calls <= 1,
         "{failed_calls} calls failed after the kill"
     );
     assert_eq!(replicas.ejected(), [format!("http://{a_addr}")]);
@@ -208,7 +213,7 @@ async fn a_killed_replica_loses_nothing(
         "the ejection is counted"
     );
     println!(
-        "{}: {failed_calls} call(s) failed after the kill, {retried} records retried",
+        "{}: {failed_calls} call(s) failed after the kill, {retried} records retried, the first call sent again by the gateway: {resent}",
         data.describe()
     );
 

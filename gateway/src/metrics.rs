@@ -72,6 +72,8 @@ pub struct GatewayMetrics {
     pub console_requests: Family<ConsoleLabels, Counter>,
     /// Region endpoints taken out of service after a connection failure.
     pub endpoints_ejected: Family<RegionLabels, Counter>,
+    /// Region calls sent a second time because the first attempt never left the gateway.
+    pub region_retries: Family<RegionLabels, Counter>,
     /// Audit heads a region presented that do not extend the one the gateway witnessed.
     pub audit_forks: Family<RegionLabels, Counter>,
     /// 1 while a region's latest audit head forks from the witnessed one, else 0.
@@ -138,6 +140,11 @@ impl GatewayMetrics {
                 &mut r,
                 "region_endpoints_ejected",
                 "Region endpoints taken out of service after a connection failure, by region",
+            ),
+            region_retries: registered(
+                &mut r,
+                "region_call_retries",
+                "Region calls sent again, to another replica or on a new connection, because the first attempt never left the gateway (no connection, or the node was draining), by region",
             ),
             audit_forks: registered(
                 &mut r,

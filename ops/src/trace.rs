@@ -25,11 +25,16 @@ tokio::task_local! {
     static CURRENT: TraceContext;
 }
 
+/// Random bytes for an id, from the thread's CSPRNG (`rand::rng()`: ChaCha seeded from the
+/// operating system and reseeded as it goes) rather than a system call per id: a call through
+/// the gateway draws three ids, a fan-out one more per region.
 fn random<const N: usize>() -> [u8; N] {
+    use rand::Rng as _;
     let mut b = [0u8; N];
+    let mut rng = rand::rng();
     // All-zero ids are invalid: redraw (probability 2^-64 at worst).
     while b.iter().all(|&x| x == 0) {
-        getrandom::fill(&mut b).expect("the operating system's random source is available");
+        rng.fill(&mut b);
     }
     b
 }
@@ -180,6 +185,24 @@ mod tests {
         let v = format!("01{}-what-comes-next", &EXAMPLE[2..]);
         let c = TraceContext::parse(v.as_bytes()).unwrap();
         assert_eq!(c.span_id_hex(), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn ids_never_repeat_across_calls_or_threads() {
+        // Each thread's generator is seeded from the operating system: one fixed seed, or a
+        // seed shared by threads, would repeat ids here.
+        let draw = || {
+            (0..1_000)
+                .map(|_| TraceContext::new_root().trace_id)
+                .collect::<Vec<_>>()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for id in draw()
+            .into_iter()
+            .chain(std::thread::spawn(draw).join().unwrap())
+        {
+            assert!(seen.insert(id), "{} drawn twice", hex::encode(id));
+        }
     }
 
     #[test]

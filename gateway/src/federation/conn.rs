@@ -145,6 +145,12 @@ impl Endpoint {
         }
     }
 
+    /// Connection attempts finished so far.
+    #[cfg(test)]
+    pub(crate) fn connection_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Acquire)
+    }
+
     /// Whether a connection is open now.
     #[cfg(test)]
     fn is_connected(&self) -> bool {
@@ -253,28 +259,44 @@ impl Endpoint {
 
     /// Makes one call: opens a stream, queues the request's headers and body, and returns the
     /// response once its headers arrive. A connection-level failure drops the connection, so
-    /// that the next call opens a new one.
+    /// that the next call opens a new one. A call that failed before anything of it was sent
+    /// (no connection, or one that had been told to go away) gives its request back in
+    /// [`Failed::unsent`], for the caller to send again.
     pub async fn call(
         &self,
         request: http::Request<tonic::body::Body>,
-    ) -> Result<http::Response<ResponseBody>, CallError> {
-        let live = self.connection().await.map_err(CallError::Connect)?;
-        let result = self.exchange(live.send.clone(), request).await;
+    ) -> Result<http::Response<ResponseBody>, Failed> {
+        let live = match self.connection().await {
+            Ok(live) => live,
+            Err(e) => return Err(Failed::unsent(CallError::Connect(e), request)),
+        };
+        // `ready` fails, without sending, once the node has sent GOAWAY (a node draining) or
+        // the connection has ended: the request is still whole.
+        let send = match live.send.clone().ready().await {
+            Ok(send) => send,
+            Err(e) => {
+                self.forget(&live);
+                return Err(Failed::unsent(
+                    CallError::Stream(self.url.clone(), e),
+                    request,
+                ));
+            }
+        };
+        let result = self.exchange(send, request).await;
         if let Err(e) = &result
             && e.is_connection_failure()
         {
             self.forget(&live);
         }
-        result
+        result.map_err(Failed::sent)
     }
 
     async fn exchange(
         &self,
-        send: h2::client::SendRequest<Bytes>,
+        mut send: h2::client::SendRequest<Bytes>,
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<ResponseBody>, CallError> {
         let h2 = |e| CallError::Stream(self.url.clone(), e);
-        let mut send = send.ready().await.map_err(h2)?;
         let (mut parts, mut body) = request.into_parts();
         // tonic's client gives the path; HTTP/2 needs the scheme and authority too.
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -323,6 +345,32 @@ impl Endpoint {
             recv,
             data_done: false,
         }))
+    }
+}
+
+/// A call that failed, with its request if none of it was sent.
+#[derive(Debug)]
+pub struct Failed {
+    /// Why.
+    pub error: CallError,
+    /// The request, whole, when the call failed before any of it left the gateway: sending
+    /// it again cannot make the node act on it twice.
+    pub unsent: Option<http::Request<tonic::body::Body>>,
+}
+
+impl Failed {
+    fn unsent(error: CallError, request: http::Request<tonic::body::Body>) -> Self {
+        Self {
+            error,
+            unsent: Some(request),
+        }
+    }
+
+    fn sent(error: CallError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
     }
 }
 
@@ -408,7 +456,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for EndpointChanne
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let endpoint = self.0.clone();
-        Box::pin(async move { endpoint.call(request).await.map_err(CallError::into_status) })
+        Box::pin(async move {
+            endpoint
+                .call(request)
+                .await
+                .map_err(|f| f.error.into_status())
+        })
     }
 }
 
@@ -548,11 +601,11 @@ mod tests {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
             let _second = server.accept().await;
         });
-        let refused = endpoint.call(get_region_info()).await.unwrap_err();
+        let refused = endpoint.call(get_region_info()).await.unwrap_err().error;
         assert!(!refused.is_connection_failure(), "{refused}");
         assert!(endpoint.is_connected());
         // The server task ends after the second stream arrives, dropping its end of the pipe.
-        let gone = endpoint.call(get_region_info()).await.unwrap_err();
+        let gone = endpoint.call(get_region_info()).await.unwrap_err().error;
         assert!(gone.is_connection_failure(), "{gone}");
         assert!(!endpoint.is_connected(), "the next call will connect again");
         let status = gone.into_status().downcast::<tonic::Status>().unwrap();
@@ -597,6 +650,7 @@ mod tests {
                     .call(get_region_info())
                     .await
                     .unwrap_err()
+                    .error
                     .to_string()
             })
         });
@@ -634,7 +688,7 @@ mod tests {
                 let _ = respond.send_response(response, true);
             }
         });
-        let refused = endpoint.call(get_region_info()).await.unwrap_err();
+        let refused = endpoint.call(get_region_info()).await.unwrap_err().error;
         assert!(!refused.is_connection_failure(), "{refused}");
         let next = endpoint.call(get_region_info()).await.unwrap();
         assert_eq!(next.status(), http::StatusCode::OK);

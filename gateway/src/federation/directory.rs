@@ -171,6 +171,7 @@ fn channel(
     tls: Option<&tokio_rustls::TlsConnector>,
     identity: &str,
     ejections: prometheus_client::metrics::counter::Counter,
+    retries: prometheus_client::metrics::counter::Counter,
 ) -> Result<Replicas, BuildError> {
     let tls = match tls {
         Some(connector) => Some(conn::Tls {
@@ -191,7 +192,7 @@ fn channel(
                 .map_err(|e| BuildError::Endpoint(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Replicas::new(endpoints, ejections))
+    Ok(Replicas::new(endpoints, ejections, retries))
 }
 
 /// Largest response the gateway decodes from a region.
@@ -242,11 +243,11 @@ impl Directory {
                     region
                 }
                 None => {
-                    let ejections = metrics
-                        .endpoints_ejected
-                        .get_or_create(&RegionLabels { region: id.clone() })
-                        .clone();
-                    let replicas = channel(endpoints, tls.as_ref(), &rc.identity(), ejections)?;
+                    let labels = RegionLabels { region: id.clone() };
+                    let ejections = metrics.endpoints_ejected.get_or_create(&labels).clone();
+                    let retries = metrics.region_retries.get_or_create(&labels).clone();
+                    let replicas =
+                        channel(endpoints, tls.as_ref(), &rc.identity(), ejections, retries)?;
                     let channel = Instrumented::new(replicas.clone(), id, metrics.regions.clone());
                     Arc::new(Region {
                         id: id.clone(),
