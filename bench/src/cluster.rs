@@ -354,6 +354,16 @@ impl Cluster {
         )
     }
 
+    /// The issue 25 target line for the gateway's peak RSS since the last
+    /// [`Self::reset_peak_rss`].
+    pub fn gateway_rss_target(&self) -> String {
+        let peak = self.gateway.peak_rss_mib();
+        format!(
+            "- the gateway's peak RSS during the runs: {peak:.0} MiB ≤ 30 MiB (every scenario, issue 25): {}.",
+            if peak <= 30.0 { "met" } else { "**missed**" }
+        )
+    }
+
     /// Peak RSS of the gateway and of the largest node, MiB.
     pub fn peak_rss(&self) -> (f64, f64) {
         let node = self

@@ -285,6 +285,7 @@ async fn proxy(args: &Args) -> anyhow::Result<String> {
             .await?,
     );
     let gateway = cluster.client().await?;
+    cluster.reset_peak_rss();
 
     let mut rows = Vec::new();
     let mut targets = Vec::new();
@@ -379,6 +380,7 @@ async fn proxy(args: &Args) -> anyhow::Result<String> {
             ));
         }
     }
+    targets.push(cluster.gateway_rss_target());
     drop(nginx);
     drop(cluster);
     Ok(format!(
