@@ -5,7 +5,8 @@
 //! region is shown as unavailable, and that requests without a token are refused. Screenshots
 //! land in `target/console/`.
 //!
-//! Needs Node.js with npm, and Chromium (`apt-get install chromium`; `.ci/run` installs both).
+//! Needs Node.js with npm, and Chromium (`apt-get install chromium`; the README's test
+//! command, `tests/all.sh`, installs both).
 //! Without them this test fails and says what to install: it is never skipped.
 
 use std::{
@@ -33,7 +34,7 @@ fn the_console_works_in_chromium() {
     assert!(
         Path::new(&chromium).exists(),
         "Chromium is not installed at {chromium}: install Debian's package (apt-get install chromium) \
-         or set CHROMIUM to its path. .ci/run installs it."
+         or set CHROMIUM to its path. tests/all.sh installs it."
     );
     assert!(
         found("node") && found("npm"),

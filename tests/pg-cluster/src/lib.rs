@@ -45,7 +45,7 @@ fn server_bin() -> anyhow::Result<PathBuf> {
         Some((_, bin)) => Ok(bin),
         None => bail!(
             "PostgreSQL's server binaries are not installed (no /usr/lib/postgresql/<version>/bin/initdb): \
-             apt-get install postgresql. CI's .ci/run installs it."
+             apt-get install postgresql. tests/all.sh (the README's test command) installs it."
         ),
     }
 }
