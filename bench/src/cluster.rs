@@ -141,6 +141,9 @@ pub struct Cluster {
     pub dpo: domicile::trust::DevDpo,
 }
 
+/// Issue 25's bound on the gateway's peak RSS in every scenario, MiB (linkerd2-proxy's class).
+pub const GATEWAY_RSS_TARGET_MIB: f64 = 30.0;
+
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -354,13 +357,17 @@ impl Cluster {
         )
     }
 
-    /// The issue 25 target line for the gateway's peak RSS since the last
+    /// The issue 25 target line for the gateway's peak RSS ([`GATEWAY_RSS_TARGET_MIB`]) since the last
     /// [`Self::reset_peak_rss`].
     pub fn gateway_rss_target(&self) -> String {
         let peak = self.gateway.peak_rss_mib();
         format!(
             "- the gateway's peak RSS during the runs: {peak:.0} MiB ≤ 30 MiB (every scenario, issue 25): {}.",
-            if peak <= 30.0 { "met" } else { "**missed**" }
+            if peak <= GATEWAY_RSS_TARGET_MIB {
+                "met"
+            } else {
+                "**missed**"
+            }
         )
     }
 

@@ -712,7 +712,7 @@ pub async fn fanout(args: &Args) -> anyhow::Result<String> {
         } else {
             "not measured (fewer regions in --quick)"
         },
-        if gateway_peak <= 30.0 {
+        if gateway_peak <= crate::cluster::GATEWAY_RSS_TARGET_MIB {
             "met"
         } else {
             "**missed**"

@@ -116,6 +116,21 @@ impl Replicas {
             })
     }
 
+    /// Calls replica `i`, and ejects it if its connection failed.
+    async fn call_on(
+        &self,
+        i: usize,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<ResponseBody>, Failed> {
+        let result = self.inner.replicas[i].endpoint.call(request).await;
+        if let Err(failed) = &result
+            && failed.error.is_connection_failure()
+        {
+            self.eject(i);
+        }
+        result
+    }
+
     /// Takes replica `i` out of service (if it is the only one, it stays the fallback) and
     /// probes it until it answers.
     fn eject(&self, i: usize) {
@@ -190,23 +205,6 @@ impl Service<http::Request<Body>> for Replicas {
     }
 }
 
-impl Replicas {
-    /// Calls replica `i`, and ejects it if its connection failed.
-    async fn call_on(
-        &self,
-        i: usize,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<ResponseBody>, Failed> {
-        let result = self.inner.replicas[i].endpoint.call(request).await;
-        if let Err(failed) = &result
-            && failed.error.is_connection_failure()
-        {
-            self.eject(i);
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::counter::Counter;
@@ -214,14 +212,10 @@ mod tests {
     use super::*;
 
     fn replicas(n: usize) -> Replicas {
-        let settings = crate::federation::conn::Settings {
-            stream_window: 65_535,
-            connection_window: 65_535,
-        };
-        let endpoints = (0..n)
-            .map(|i| Endpoint::new(&format!("http://127.0.0.1:{}", 1 + i), None, settings).unwrap())
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
             .collect();
-        Replicas::new(endpoints, Default::default(), Default::default())
+        replicas_at(&urls).0
     }
 
     fn mark(r: &Replicas, i: usize, at: u64) {
